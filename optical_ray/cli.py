@@ -1,0 +1,219 @@
+"""``optical-ray``: a thin command line over the Python API.
+
+Every subcommand parses its arguments, calls one public function, and prints. Errors a
+user can act on (:class:`~optical_ray.errors.OpticalRayError`) become one line on
+stderr and exit code 2; argparse does the same for malformed flags. Heavy imports
+(torch, ray) happen inside the handlers so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from optical_ray import __version__
+from optical_ray.errors import ConfigError, OpticalRayError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _bitext_size(value: str) -> tuple[str, int]:
+    lang, sep, n = value.partition("=")
+    if not sep or not lang or not n.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"got {value!r}, expected LANG=N such as xc=1000")
+    return lang, int(n)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from optical_ray.data.synthetic import synthesize_world
+
+    manifest = synthesize_world(args.out, seed=args.seed, languages=args.languages,
+                                bitext_sizes=dict(args.bitext_size or []) or None,
+                                scale=args.scale)
+    print(f"wrote synthetic world (seed {args.seed}) to {args.out}")
+    for code, lang in sorted(manifest.languages.items()):
+        print(f"  {code}: {lang.get('resource', '?')}-resource, "
+              f"{lang.get('bitext_size', 0)} bitext pairs")
+    print(f"next: optical-ray data validate {args.out}")
+    return 0
+
+
+def _cmd_data_validate(args: argparse.Namespace) -> int:
+    from optical_ray.data.validate import validate_dataset
+
+    report = validate_dataset(args.root, strict=args.strict)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from optical_ray.config import load_config, to_dict
+
+    cfg = load_config(args.config, args.overrides)
+    print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+    return 0
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """CLI flags are shorthands for config keys; explicit key=value wins."""
+    flags = {"scaling.workers": args.workers, "scaling.cpus_per_worker": args.cpus_per_worker,
+             "scaling.gpus_per_worker": args.gpus_per_worker, "storage.uri": args.storage,
+             "name": args.name}
+    return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from optical_ray.config import load_config
+
+    cfg = load_config(args.config, _train_overrides(args))
+    if cfg.scaling.workers == 1 and args.address is None:
+        from optical_ray.train import LocalContext, run
+
+        run_dir = Path(cfg.output_dir) / cfg.name
+        history = run(cfg, LocalContext(run_dir))
+        final = history.evals[-1] if history.evals else {}
+        print(f"done: model in {run_dir / 'model'}")
+        if final:
+            print(json.dumps(final, sort_keys=True))
+        return 0
+    from optical_ray.distributed import fit
+
+    result = fit(cfg, address=args.address)
+    print(f"done: {result.summary()}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from optical_ray.config import load_config
+    from optical_ray.evaluate import evaluate_pairs, format_metrics_table
+    from optical_ray.model import RetrievalModel
+
+    ckpt = Path(args.checkpoint)
+    if not (ckpt / "optical_ray.json").is_file():
+        raise ConfigError(f"--checkpoint {str(ckpt)!r} is not a saved model directory "
+                          "(no optical_ray.json); pass the model/ dir of a run")
+    overrides = [f"data.root={args.data}"] if args.data else []
+    if args.split:
+        overrides.append(f"eval.split={args.split}")
+    if args.metrics:
+        overrides.append(f"eval.metrics=[{','.join(args.metrics)}]")
+    saved = json.loads((ckpt / "optical_ray.json").read_text())
+    base = saved.get("config") or {}
+    from optical_ray.config import apply_overrides, from_dict, parse_overrides
+    cfg = from_dict(apply_overrides(base, parse_overrides(overrides + list(args.overrides))))
+    model = RetrievalModel.load(ckpt)
+    results = evaluate_pairs(model, cfg, pairs=args.pairs, out_dir=args.out)
+    print(format_metrics_table(results))
+    if args.out:
+        print(f"runs and metrics.json written to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from optical_ray.demo import run_demo
+
+    run_demo(out_dir=args.out, trials=args.trials, seed=args.seed)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``optical-ray`` argument parser (exposed for docs and tests)."""
+    p = argparse.ArgumentParser(
+        prog="optical-ray",
+        description="Find and train the best cross-lingual retrieval models for "
+                    "low-resource languages (OPTICAL optimal-transport distillation on Ray).")
+    p.add_argument("--version", action="version", version=f"optical-ray {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="the embedded default: synthetic world, teacher, "
+                          "sweep, best config and gap report")
+    demo.add_argument("--out", default="optical_runs/demo", help="output directory")
+    demo.add_argument("--trials", type=int, default=6, help="trials per pair")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+
+    data = sub.add_parser("data", help="generate or validate datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    synth = dsub.add_parser("synth", help="write a synthetic multilingual CLIR world")
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--languages", type=_csv, default=None,
+                       help="comma-separated synthetic languages (default: all presets)")
+    synth.add_argument("--bitext-size", type=_bitext_size, action="append",
+                       metavar="LANG=N", help="bitext pairs for a language (repeatable)")
+    synth.add_argument("--scale", choices=["tiny", "default"], default="default")
+    synth.set_defaults(func=_cmd_data_synth)
+    val = dsub.add_parser("validate", help="check a dataset directory and print counts")
+    val.add_argument("root", help="dataset root in the standard layout")
+    val.add_argument("--strict", action="store_true",
+                     help="qrels naming unknown queries/documents are errors, not warnings")
+    val.set_defaults(func=_cmd_data_validate)
+
+    cfg = sub.add_parser("config", help="print the resolved config (YAML + overrides)")
+    cfg.add_argument("--config", default=None, help="YAML config file")
+    cfg.add_argument("overrides", nargs="*", metavar="key=value")
+    cfg.set_defaults(func=_cmd_config)
+
+    tr = sub.add_parser("train", help="train one configuration (stages rank/adapt/distill)")
+    tr.add_argument("--config", default=None, help="YAML config file")
+    tr.add_argument("--workers", type=int, default=None, help="Ray Train workers")
+    tr.add_argument("--cpus-per-worker", type=float, default=None)
+    tr.add_argument("--gpus-per-worker", type=float, default=None)
+    tr.add_argument("--address", default=None,
+                    help="Ray cluster: auto or HOST:PORT (default: local)")
+    tr.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
+    tr.add_argument("--name", default=None, help="run name (same name resumes)")
+    tr.add_argument("overrides", nargs="*", metavar="key=value")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a saved model per language pair")
+    ev.add_argument("--checkpoint", required=True, help="saved model directory")
+    ev.add_argument("--data", default=None, help="dataset root (default: the run's)")
+    ev.add_argument("--pairs", type=_csv, default=None, help="e.g. en-en,en-xa,xa-en")
+    ev.add_argument("--split", choices=["dev", "test"], default=None)
+    ev.add_argument("--metrics", type=_csv, default=None, help="e.g. map,ndcg@10")
+    ev.add_argument("--out", default=None, help="write TREC runs and metrics.json here")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``optical-ray`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OpticalRayError as exc:
+        print(f"optical-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optical-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Typed configs: YAML + overrides, all problems at once, flat round-trip for Tune."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optical_ray.cli import main
+from optical_ray.config import (Config, DistillConfig, from_dict, from_flat, load_config,
+                                parse_overrides, save_config, to_dict, to_flat)
+from optical_ray.errors import ConfigError
+
+
+def test_defaults_are_valid_and_typed() -> None:
+    cfg = from_dict({})
+    assert isinstance(cfg, Config)
+    assert isinstance(cfg.distill, DistillConfig)
+    assert cfg.model.scoring == "late_interaction"
+    assert cfg.distill.layers == [-1]
+
+
+def test_yaml_and_overrides(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("pair: en-sw\ndistill:\n  epsilon: 0.1\n  layers: [-1, -2]\n"
+                    "data:\n  bitext:\n    en-sw: /data/en-sw.tsv\n")
+    cfg = load_config(path, ["distill.epsilon=1e-3", "rank.steps=10", "train.stages=[distill]"])
+    assert cfg.pair == "en-sw" and cfg.foreign_lang == "sw"
+    # YAML 1.1 reads 1e-3 as a string; a float field still accepts it.
+    assert cfg.distill.epsilon == pytest.approx(1e-3)
+    assert cfg.distill.layers == [-1, -2]
+    assert cfg.rank.steps == 10
+    assert cfg.train.stages == ["distill"]
+    assert cfg.data.bitext["en-sw"].path == "/data/en-sw.tsv"
+
+
+def test_reverse_pair_foreign_lang() -> None:
+    assert from_dict({"pair": "sw-en"}).foreign_lang == "sw"
+
+
+def test_every_problem_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"distill": {"epsilonn": 1, "cost": "l1", "epsilon": -1},
+                   "rank": {"lr": 0}, "pair": "ensw", "train": {"stages": ["rank", "fly"]},
+                   "bogus": 1})
+    problems = info.value.problems
+    text = str(info.value)
+    assert len(problems) == 7, problems
+    assert "distill.epsilonn: unknown key; did you mean 'epsilon'?" in text
+    assert "distill.cost: got 'l1', expected one of 'cosine', 'sqeuclidean'" in text
+    assert "distill.epsilon: got -1.0, must be > 0" in text
+    assert "rank.lr: got 0.0, must be > 0" in text
+    assert "pair: got 'ensw'" in text
+    assert "train.stages[1]: got 'fly'" in text
+    assert "bogus: unknown key" in text
+    assert "\n" not in text  # one line
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(ConfigError, match="layer_weights: got 1 weights for 2 layers"):
+        from_dict({"distill": {"layers": [-1, -2], "layer_weights": [1.0]}})
+    with pytest.raises(ConfigError, match="num_heads: got 3, must divide"):
+        from_dict({"model": {"tiny": {"hidden_size": 64, "num_heads": 3}}})
+    with pytest.raises(ConfigError, match="eval.metrics\\[0\\]: got 'bleu'"):
+        from_dict({"eval": {"metrics": ["bleu"]}})
+    with pytest.raises(ConfigError, match="storage.uri: got 'gs://b'"):
+        from_dict({"storage": {"uri": "gs://b"}})
+
+
+def test_flat_round_trip() -> None:
+    cfg = load_config(None, ["data.bitext={en-sw: a.tsv}", "distill.layers=[1,2]"])
+    flat = to_flat(cfg)
+    assert flat["distill.epsilon"] == 0.05
+    assert "data.bitext" in flat  # user-keyed mappings stay whole
+    assert from_flat(flat) == cfg
+    changed = from_flat({"distill.epsilon": 0.2}, base=cfg)
+    assert changed.distill.epsilon == 0.2 and changed.distill.layers == [1, 2]
+
+
+def test_save_config_json(tmp_path) -> None:
+    cfg = from_dict({"pair": "en-xc"})
+    path = save_config(cfg, tmp_path / "sub" / "config.json")
+    assert from_dict(json.loads(path.read_text())) == cfg
+    assert to_dict(cfg)["pair"] == "en-xc"
+
+
+def test_bad_yaml_and_missing_file(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    top = tmp_path / "list.yaml"
+    top.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(top)
+
+
+def test_override_syntax() -> None:
+    assert parse_overrides(["a.b=[1, 2]", "c=x"]) == {"a.b": [1, 2], "c": "x"}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_cli_config_error_is_one_line_exit_2(capsys) -> None:
+    assert main(["config", "distill.cost=l1", "distill.epsilon=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "distill.cost: got 'l1'" in err and "distill.epsilon: got 0.0" in err
+
+
+def test_cli_config_prints_resolved(capsys) -> None:
+    assert main(["config", "pair=en-sw"]) == 0
+    assert json.loads(capsys.readouterr().out)["pair"] == "en-sw"
