@@ -1,0 +1,302 @@
+"""YAML search spaces: distributions over config keys, conditions, per-pair overrides.
+
+A search space file (``search_spaces/*.yaml``)::
+
+    base:                         # fixed config values for every trial (dotted keys)
+      train.stages: [distill]
+      distill.steps: 300
+    params:                       # sampled per trial, in this order
+      distill.epsilon: {type: loguniform, low: 1.0e-3, high: 1.0}
+      distill.rank_batch_size: {type: categorical, choices: [0, 8]}
+      distill.weight: {type: uniform, low: 0.0, high: 1.0,
+                       when: {distill.rank_batch_size: [8]}}     # conditional
+      distill.layers: {type: layers, strategies: [last, one, set],
+                       max_k: 2, sets: [[1, 2]]}
+    pairs:                        # per-pair overrides of base and params
+      en-xc:
+        base: {distill.steps: 600}
+        params:
+          distill.epsilon: {type: loguniform, low: 1.0e-2, high: 1.0}
+
+Distribution types: ``loguniform`` / ``uniform`` (``low``, ``high``), ``int``
+(``low``, ``high``, optional ``log``), ``categorical`` (``choices``), ``fixed``
+(``value``), and ``layers``: which encoder layers to align, given the model depth —
+``last`` (the last k layers, k in 1..max_k), ``one`` (a single layer 1..depth), ``set``
+(one of the explicit ``sets``). A ``when`` condition samples a parameter only when an
+earlier parameter took one of the listed values; otherwise the config keeps its value
+from ``base``/defaults. Every key must be a config field (see :mod:`optical_ray.config`);
+a file is validated whole and every problem is reported at once.
+
+The space becomes an Optuna define-by-run function (``define_by_run``), which is what
+Ray Tune's ``OptunaSearch`` takes for conditional spaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from optical_ray.config import PAIR_RE, Config, apply_overrides, from_dict, to_dict, to_flat
+from optical_ray.errors import ConfigError
+
+__all__ = ["Param", "SearchSpace", "load_space", "parse_space", "layers_from_choice"]
+
+TYPES = ("loguniform", "uniform", "int", "categorical", "fixed", "layers")
+LAYER_STRATEGIES = ("last", "one", "set")
+_KEYS = {
+    "loguniform": {"low", "high"}, "uniform": {"low", "high"}, "int": {"low", "high", "log"},
+    "categorical": {"choices"}, "fixed": {"value"},
+    "layers": {"strategies", "max_k", "sets"},
+}
+
+
+@dataclass
+class Param:
+    """One searched config key."""
+
+    key: str
+    type: str
+    spec: dict[str, Any]
+    when: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SearchSpace:
+    """A parsed, validated search space."""
+
+    base: dict[str, Any]
+    params: list[Param]
+    pairs: dict[str, tuple[dict[str, Any], list[Param]]]
+    source: str = "<space>"
+
+    def for_pair(self, pair: str) -> tuple[dict[str, Any], list[Param]]:
+        """Base values and params for ``pair``, with its overrides applied."""
+        base = dict(self.base)
+        params = {p.key: p for p in self.params}
+        if pair in self.pairs:
+            extra_base, extra_params = self.pairs[pair]
+            base.update(extra_base)
+            for p in extra_params:
+                params[p.key] = p
+        return base, list(params.values())
+
+    def define_by_run(self, pair: str, depth: int) -> Callable[[Any], dict[str, Any]]:
+        """An Optuna define-by-run function sampling this space for ``pair``.
+
+        It returns the pair's fixed ``base`` values as constants; Ray's ``OptunaSearch``
+        merges them into the trial config.
+        """
+        base, params = self.for_pair(pair)
+        known = {**to_flat(from_dict({})), **base}  # a condition on an unsampled key sees this
+
+        def space(trial: Any) -> dict[str, Any]:
+            taken: dict[str, Any] = {}
+            for p in params:
+                if any(taken.get(k, known.get(k)) not in allowed for k, allowed in p.when.items()):
+                    continue
+                taken[p.key] = _suggest(trial, p, depth)
+            return dict(base)
+
+        return space
+
+
+def _suggest(trial: Any, p: Param, depth: int) -> Any:
+    s = p.spec
+    if p.type == "loguniform":
+        return trial.suggest_float(p.key, float(s["low"]), float(s["high"]), log=True)
+    if p.type == "uniform":
+        return trial.suggest_float(p.key, float(s["low"]), float(s["high"]))
+    if p.type == "int":
+        return trial.suggest_int(p.key, int(s["low"]), int(s["high"]), log=bool(s.get("log")))
+    if p.type == "categorical":
+        # Optuna stores categorical choices as plain scalars; lists become strings.
+        choices = [c if not isinstance(c, list) else str(c) for c in s["choices"]]
+        return trial.suggest_categorical(p.key, choices)
+    if p.type == "fixed":
+        return s["value"]
+    strategies = s.get("strategies", list(LAYER_STRATEGIES))
+    strategy = trial.suggest_categorical(f"{p.key}.strategy", strategies)
+    if strategy == "last":
+        k = trial.suggest_int(f"{p.key}.k", 1, min(int(s.get("max_k", depth)), depth))
+        return {"strategy": "last", "k": k}
+    if strategy == "one":
+        return {"strategy": "one", "layer": trial.suggest_int(f"{p.key}.layer", 1, depth)}
+    idx = trial.suggest_categorical(f"{p.key}.set", list(range(len(s["sets"]))))
+    return {"strategy": "set", "set": idx}
+
+
+def layers_from_choice(flat: Mapping[str, Any], key: str, spec: Mapping[str, Any],
+                       ) -> list[int] | None:
+    """Turn the sampled ``<key>.strategy``/``.k``/``.layer``/``.set`` into a layer list."""
+    strategy = flat.get(f"{key}.strategy")
+    if strategy == "last":
+        k = int(flat[f"{key}.k"])
+        return list(range(-k, 0))
+    if strategy == "one":
+        return [int(flat[f"{key}.layer"])]
+    if strategy == "set":
+        return [int(x) for x in spec["sets"][int(flat[f"{key}.set"])]]
+    return None
+
+
+def trial_config(space: SearchSpace, pair: str, sampled: Mapping[str, Any],
+                 base: Config | Mapping[str, Any] | None = None) -> Config:
+    """The full validated :class:`Config` of one trial: defaults ← ``base`` ← the space's
+    fixed values ← the sampled values."""
+    fixed, params = space.for_pair(pair)
+    data = to_dict(base) if isinstance(base, Config) else dict(base or {})
+    values: dict[str, Any] = {**fixed, "pair": pair}
+    for p in params:
+        if p.type == "layers":
+            layers = layers_from_choice(sampled, p.key, p.spec)
+            if layers is not None:
+                values[p.key] = layers
+        elif p.type == "fixed":
+            values[p.key] = p.spec["value"]  # never suggested, so not in ``sampled``
+        elif p.key in sampled:
+            value = sampled[p.key]
+            if p.type == "categorical":
+                value = next((c for c in p.spec["choices"] if str(c) == str(value)), value)
+            values[p.key] = value
+    return from_dict(apply_overrides(data, values), source=f"trial of {space.source}")
+
+
+def _parse_params(raw: Any, where: str, problems: list[str], known: set[str]) -> list[Param]:
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping of config keys to distributions")
+        return []
+    out: list[Param] = []
+    for key, spec in raw.items():
+        at = f"{where}.{key}"
+        if key not in known:
+            problems.append(f"{at}: not a config key (e.g. distill.epsilon, rank.lr)")
+        if not isinstance(spec, Mapping) or "type" not in spec:
+            problems.append(f"{at}: expected {{type: <{'|'.join(TYPES)}>, ...}}")
+            continue
+        kind = spec["type"]
+        if kind not in TYPES:
+            problems.append(f"{at}.type: got {kind!r}, expected one of {', '.join(TYPES)}")
+            continue
+        extra = set(spec) - _KEYS[kind] - {"type", "when"}
+        if extra:
+            problems.append(f"{at}: unknown field(s) {sorted(extra)} for type {kind} "
+                            f"(allowed: {sorted(_KEYS[kind] | {'when'})})")
+        missing = {"low", "high"} & _KEYS[kind] - set(spec)
+        missing |= {k for k in ("choices", "value") if k in _KEYS[kind] and k not in spec}
+        if missing:
+            problems.append(f"{at}: type {kind} needs {sorted(missing)}")
+            continue
+        if kind in ("loguniform", "uniform", "int"):
+            try:
+                low, high = float(spec["low"]), float(spec["high"])
+            except (TypeError, ValueError):
+                problems.append(f"{at}: low/high must be numbers, got {spec['low']!r}, "
+                                f"{spec['high']!r}")
+                continue
+            if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+                problems.append(f"{at}: need low < high, got low={low:g}, high={high:g}")
+            if kind == "loguniform" and low <= 0:
+                problems.append(f"{at}: loguniform needs low > 0, got {low:g}")
+            if kind == "int" and (low != int(low) or high != int(high)):
+                problems.append(f"{at}: int bounds must be integers, got {low:g}, {high:g}")
+        if kind == "categorical" and (not isinstance(spec["choices"], list) or not spec["choices"]):
+            problems.append(f"{at}.choices: expected a non-empty list")
+        if kind == "layers":
+            strategies = spec.get("strategies", list(LAYER_STRATEGIES))
+            bad = [s for s in strategies if s not in LAYER_STRATEGIES] \
+                if isinstance(strategies, list) else [strategies]
+            if bad or not strategies:
+                problems.append(f"{at}.strategies: got {strategies!r}, expected a list of "
+                                f"{', '.join(LAYER_STRATEGIES)}")
+            sets = spec.get("sets", [])
+            if "set" in (strategies or []) and (not isinstance(sets, list) or not sets or not all(
+                    isinstance(s, list) and s and all(isinstance(i, int) for i in s)
+                    for s in sets)):
+                problems.append(f"{at}.sets: strategy 'set' needs a list of layer lists, "
+                                f"e.g. [[1, 2], [-1]]; got {sets!r}")
+            if "max_k" in spec and (not isinstance(spec["max_k"], int) or spec["max_k"] < 1):
+                problems.append(f"{at}.max_k: got {spec['max_k']!r}, expected an integer >= 1")
+        when = spec.get("when", {})
+        if not isinstance(when, Mapping):
+            problems.append(f"{at}.when: expected a mapping of key to allowed values")
+            when = {}
+        when = {k: (v if isinstance(v, list) else [v]) for k, v in when.items()}
+        for k in when:
+            if k not in known:
+                problems.append(f"{at}.when: {k!r} is not a config key")
+        out.append(Param(key, kind, dict(spec), when))
+    return out
+
+
+def _check_base(raw: Any, where: str, problems: list[str], known: set[str]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping of config keys to values")
+        return {}
+    for key in raw:
+        if key not in known and key.split(".")[0] not in ("data",):
+            problems.append(f"{where}.{key}: not a config key")
+    return dict(raw)
+
+
+def parse_space(raw: Any, *, source: str = "<space>") -> SearchSpace:
+    """Validate a parsed YAML search space; raise :class:`ConfigError` with every
+    problem at once."""
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError("top level: expected a mapping with base/params/pairs", source=source)
+    extra = set(raw) - {"base", "params", "pairs", "description"}
+    if extra:
+        problems.append(f"top level: unknown section(s) {sorted(extra)} (allowed: base, "
+                        "params, pairs, description)")
+    known = set(to_flat(from_dict({})))
+    base = _check_base(raw.get("base"), "base", problems, known)
+    params = _parse_params(raw.get("params"), "params", problems, known)
+    pairs: dict[str, tuple[dict[str, Any], list[Param]]] = {}
+    raw_pairs = raw.get("pairs") or {}
+    if not isinstance(raw_pairs, Mapping):
+        problems.append("pairs: expected a mapping of language pair to overrides")
+        raw_pairs = {}
+    for pair, over in raw_pairs.items():
+        if not PAIR_RE.match(str(pair)):
+            problems.append(f"pairs.{pair}: expected <query_lang>-<doc_lang> such as en-sw")
+        if not isinstance(over, Mapping) or set(over) - {"base", "params"}:
+            problems.append(f"pairs.{pair}: expected a mapping with base and/or params")
+            continue
+        pairs[str(pair)] = (_check_base(over.get("base"), f"pairs.{pair}.base", problems, known),
+                            _parse_params(over.get("params"), f"pairs.{pair}.params",
+                                          problems, known))
+    space = SearchSpace(base, params, pairs, source)
+    if not problems:
+        # The fixed values must make a valid config on their own, for every pair.
+        for pair in [None, *pairs]:
+            fixed, _ = space.for_pair(pair or "")
+            try:
+                from_dict(apply_overrides({}, fixed))
+            except ConfigError as exc:
+                label = f"pairs.{pair}.base" if pair else "base"
+                problems.extend(f"{label}: {p}" for p in exc.problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return space
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Load and validate a YAML search space file."""
+    p = Path(path)
+    if not p.is_file():
+        shipped = sorted(x.name for x in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+        hint = f" (shipped: {', '.join(shipped)})" if shipped else ""
+        raise ConfigError(f"search space {str(path)!r} does not exist{hint}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=str(p)) from None
+    return parse_space(raw, source=str(p))

@@ -1,0 +1,134 @@
+"""Search spaces: the YAML format, validation of every shipped file, sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from optical_ray.errors import ConfigError
+from optical_ray.space import load_space, parse_space, trial_config
+
+SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+
+
+def test_some_spaces_are_shipped() -> None:
+    names = {p.name for p in SHIPPED}
+    assert "default.yaml" in names
+    assert len(names) >= 2  # default plus a per-pair example
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_space_is_valid_and_samples(path: Path) -> None:
+    space = load_space(path)
+    pairs = ["en-xa", *space.pairs]
+    for pair in pairs:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        fn = space.define_by_run(pair, depth=2)
+        for _ in range(8):
+            trial = study.ask()
+            fixed = fn(trial)
+            cfg = trial_config(space, pair, {**trial.params, **fixed})
+            assert cfg.pair == pair
+            for layer in cfg.distill.layers:
+                assert -2 <= layer <= 2
+            study.tell(trial, 0.0)
+
+
+def _raw(**params):
+    return {"base": {"train.stages": ["distill"]}, "params": params}
+
+
+def test_all_problems_reported_at_once() -> None:
+    raw = {
+        "base": {"distill.epsilonn": 0.1},
+        "params": {
+            "distill.epsilon": {"type": "loguniform", "low": 0, "high": 1},
+            "distill.weight": {"type": "uniform", "low": 1, "high": 0},
+            "rank.lr": {"type": "gaussian"},
+            "distill.nope": {"type": "uniform", "low": 0, "high": 1},
+            "distill.layers": {"type": "layers", "strategies": ["top"]},
+            "distill.method": {"type": "categorical", "choices": []},
+        },
+        "pairs": {"ensw": {"base": {}}},
+        "extra": 1,
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_space(raw, source="x.yaml")
+    text = str(info.value)
+    for needle in ["base.distill.epsilonn: not a config key",
+                   "params.distill.epsilon: loguniform needs low > 0",
+                   "params.distill.weight: need low < high",
+                   "params.rank.lr.type: got 'gaussian'",
+                   "params.distill.nope: not a config key",
+                   "params.distill.layers.strategies: got ['top']",
+                   "params.distill.method.choices: expected a non-empty list",
+                   "pairs.ensw: expected <query_lang>-<doc_lang>",
+                   "unknown section(s) ['extra']"]:
+        assert needle in text, needle
+    assert len(info.value.problems) == 9
+    assert "x.yaml" in text
+
+
+def test_fixed_values_must_make_a_valid_config() -> None:
+    with pytest.raises(ConfigError, match="base: distill.cost: got 'l1'"):
+        parse_space({"base": {"distill.cost": "l1"}})
+
+
+def test_condition_and_pair_override() -> None:
+    space = parse_space({
+        "base": {"distill.steps": 10},
+        "params": {
+            "distill.rank_batch_size": {"type": "categorical", "choices": [0, 4]},
+            "distill.weight": {"type": "uniform", "low": 0.1, "high": 0.9,
+                               "when": {"distill.rank_batch_size": [4]}},
+            "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 0.1},
+        },
+        "pairs": {"en-xc": {"base": {"distill.steps": 30},
+                            "params": {"distill.epsilon": {"type": "fixed", "value": 0.5}}}},
+    })
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    fn = space.define_by_run("en-xa", depth=2)
+    seen_weight = {True: 0, False: 0}
+    for _ in range(20):
+        trial = study.ask()
+        fixed = fn(trial)
+        has_weight = "distill.weight" in trial.params
+        assert has_weight == (trial.params["distill.rank_batch_size"] == 4)
+        seen_weight[has_weight] += 1
+        cfg = trial_config(space, "en-xa", {**trial.params, **fixed})
+        assert cfg.distill.steps == 10
+        assert 0.01 <= cfg.distill.epsilon <= 0.1
+        study.tell(trial, 0.0)
+    assert seen_weight[True] and seen_weight[False]
+    trial = optuna.create_study().ask()
+    fixed = space.define_by_run("en-xc", depth=2)(trial)
+    cfg = trial_config(space, "en-xc", {**trial.params, **fixed})
+    assert cfg.distill.steps == 30 and cfg.distill.epsilon == 0.5
+
+
+def test_layer_strategies_map_to_layer_lists() -> None:
+    space = parse_space(_raw(**{"distill.layers": {
+        "type": "layers", "strategies": ["last", "one", "set"], "max_k": 2,
+        "sets": [[1, 2]]}}))
+    sampled = {
+        ("last", 2): [-2, -1],
+        ("one", 1): [1],
+        ("set", 0): [1, 2],
+    }
+    for (strategy, value), expected in sampled.items():
+        extra = {"last": "k", "one": "layer", "set": "set"}[strategy]
+        cfg = trial_config(space, "en-xa", {"distill.layers.strategy": strategy,
+                                             f"distill.layers.{extra}": value})
+        assert cfg.distill.layers == expected
+
+
+def test_missing_file_lists_shipped(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="default.yaml"):
+        load_space(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"distill.epsilon": {"type": "uniform"}}}))
+    with pytest.raises(ConfigError, match="needs \\['high', 'low'\\]"):
+        load_space(bad)
