@@ -1,0 +1,820 @@
+"""Evaluation: rank a collection, score it with pytrec_eval, compare systems per pair.
+
+Ranking (:func:`rank`) streams the corpus in batches, encodes every document once,
+scores all queries against each batch and keeps a running top-``depth`` per query, so
+memory is O(queries x depth), never O(queries x corpus).
+
+*Exact* ranking (``candidates=0``) scores every (query, document) pair with
+``model.score`` (ColBERT MaxSim or pooled dot product).
+
+*Candidate* ranking (``candidates=C > 0``, late interaction only) is the usual
+two-stage approximation for large corpora:
+
+1. first stage, one pass over the corpus: every document is scored by the dot product
+   of the mean of its token vectors with the mean of the query's token vectors, i.e.
+   the *average* token similarity ``(1/(Lq Ld)) sum_ij q_i . d_j``, a cheap lower
+   bound of ``MaxSim / Lq``; the top ``C`` per query are its candidates;
+2. second pass over the corpus: only candidate documents are encoded again, and each
+   query's candidates are reranked by exact MaxSim.
+
+A relevant document missed by the first stage is not retrieved, so candidate runs can
+score lower than exact ones; with ``C >= corpus size`` they are identical. Pooled
+models ignore ``candidates``: their exact scoring is already one matrix product.
+
+Ties. pytrec_eval (like trec_eval) ignores the rank column of a run: it orders each
+query's documents by score, descending, and breaks ties by document id, *descending*
+(``strcmp``). Runs made here are ordered the same way (rank column included), and
+MRR@K truncates with that order, so every number matches trec_eval on the written run
+file. Which of several documents tied at the depth cut-off enter the run is decided by
+corpus order (earlier documents win), independent of the batch size.
+
+Metrics (names as in the config): ``map`` (``map@K`` = map_cut_K), ``ndcg@K``
+(ndcg_cut_K, graded gains as trec_eval), ``recall@K`` (recall_K), ``p@K`` (P_K),
+``mrr@K`` (recip_rank on the run truncated to K; pytrec_eval has no cut-off for it).
+A query counts in the means when it has judgements (trec_eval semantics: a judged
+query whose judgements are all non-relevant scores 0; a judged query missing from the
+run scores 0, as ``trec_eval -c``); queries without judgements are ranked but excluded
+and counted in :attr:`EvalResult.num_skipped`.
+
+Comparison (:func:`gap_report`): per metric and pair, each system's value, its gap to
+the reference (the baseline on ``en-en``), the fraction of the baseline's gap it closes,
+and a paired test over queries against the baseline (:func:`paired_test`) with
+Holm-Bonferroni adjusted p-values over all tests of the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gzip
+import io
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from optical_ray.config import METRIC_RE, PAIR_RE
+from optical_ray.errors import ConfigError, DataError, TrainingError
+
+__all__ = [
+    "EvalResult", "GapRow", "GapReport", "parse_metric", "rank", "evaluate_run",
+    "evaluate_collection", "evaluate_pairs", "write_trec_run", "read_trec_run",
+    "load_results", "paired_test", "gap_report", "format_metrics_table",
+]
+
+Run = dict[str, dict[str, float]]  # {qid: {docid: score}}, as pytrec_eval takes it
+PerQuery = dict[str, dict[str, float]]  # {qid: {metric: value}}
+
+_METRICS_HELP = "map, map@K, ndcg, ndcg@K, mrr, mrr@K, recall, recall@K or p@K (e.g. ndcg@10)"
+_PAIR_BUDGET = 1 << 24  # floats of one [pairs, Lq, Ld] similarity block in reranking
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def parse_metric(name: str) -> tuple[str, int | None]:
+    """``"ndcg@10"`` -> ``("ndcg", 10)``, ``"map"`` -> ``("map", None)``.
+
+    Raises :class:`ConfigError` naming the metric and the allowed forms.
+    """
+    m = METRIC_RE.match(name) if isinstance(name, str) else None
+    if not m:
+        raise ConfigError(f"eval.metrics: unknown metric {name!r}; expected {_METRICS_HELP}")
+    family, cut = m.group(1), m.group(2)
+    if family == "p" and cut is None:
+        raise ConfigError(f"eval.metrics: metric {name!r} needs a cut-off; expected p@K, e.g. p@10")
+    return family, int(cut[1:]) if cut else None
+
+
+# trec_eval measure (parameterised by cut-offs) and result-key prefix per metric family
+_TREC = {"map": "map_cut", "ndcg": "ndcg_cut", "recall": "recall", "p": "P"}
+_TREC_FULL = {"map": "map", "ndcg": "ndcg"}
+
+
+def _ordered(scores: Mapping[str, float]) -> list[tuple[str, float]]:
+    """A query's documents in trec_eval order: score descending, then docid descending."""
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+
+
+def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+                 metrics: Sequence[str], *, depth: int | None = None,
+                 ) -> tuple[dict[str, float], PerQuery]:
+    """Score ``run`` against ``qrels`` with pytrec_eval.
+
+    Returns ``(means, per_query)``: ``means[metric]`` averages ``per_query[qid][metric]``
+    over the queries of ``qrels`` with at least one judgement (those missing from the
+    run score 0). ``depth`` (the run depth asked for) makes metrics cut deeper than the
+    run warn, naming ``eval.depth``.
+    """
+    import pytrec_eval
+
+    parsed = {name: parse_metric(name) for name in dict.fromkeys(metrics)}
+    if not parsed:
+        raise ConfigError(f"eval.metrics: got [], expected some of {_METRICS_HELP}")
+    judged = {str(q): {str(d): int(r) for d, r in docs.items()}
+              for q, docs in qrels.items() if docs}
+    if not judged:
+        raise DataError("qrels: no query has a relevance judgement; nothing to evaluate")
+    if depth is not None:
+        deep = [n for n, (_, k) in parsed.items() if k is not None and k > depth]
+        if deep:
+            warnings.warn(f"{', '.join(deep)} cut deeper than the run (eval.depth={depth}): "
+                          f"only the top {depth} documents count; raise eval.depth",
+                          UserWarning, stacklevel=2)
+    full = {q: {str(d): float(s) for d, s in run.get(q, {}).items()} for q in judged}
+
+    cuts: dict[str, set[int]] = {}
+    plain: set[str] = set()
+    for family, k in parsed.values():
+        if family == "mrr":
+            continue
+        if k is None:  # recall without a cut-off: relevant retrieved / relevant
+            plain |= {"num_rel_ret", "num_rel"} if family == "recall" else {_TREC_FULL[family]}
+        else:
+            cuts.setdefault(_TREC[family], set()).add(k)
+    measures = plain | {f"{m}.{','.join(map(str, sorted(ks)))}" for m, ks in cuts.items()}
+    values = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(full) if measures else {}
+    mrr = {}
+    for k in {k for f, k in parsed.values() if f == "mrr"}:
+        cut = {q: dict(_ordered(docs)[:k] if k else _ordered(docs)) for q, docs in full.items()}
+        mrr[k] = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
+
+    per_query: PerQuery = {}
+    for q in judged:
+        row = {}
+        for name, (family, k) in parsed.items():
+            if family == "mrr":
+                row[name] = mrr[k][q]["recip_rank"]
+            elif family == "recall" and k is None:
+                v = values[q]
+                row[name] = v["num_rel_ret"] / v["num_rel"] if v["num_rel"] else 0.0
+            else:
+                row[name] = values[q][_TREC_FULL[family] if k is None else f"{_TREC[family]}_{k}"]
+        per_query[q] = row
+    means = {n: float(np.mean([per_query[q][n] for q in per_query])) for n in parsed}
+    return means, per_query
+
+
+# --------------------------------------------------------------------------- TREC runs
+
+
+def _open_text(path: Path, mode: str) -> IO[str]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8", newline="\n")
+    return open(path, mode, encoding="utf-8", newline="\n")
+
+
+def _check_id(value: str, what: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        raise DataError(f"{what} {value!r} is empty or holds whitespace; a TREC run needs "
+                        "ids without spaces")
+    return value
+
+
+def write_trec_run(path: str | os.PathLike, run: Mapping[str, Mapping[str, float]],
+                   tag: str = "optical-ray") -> Path:
+    """Write ``qid Q0 docid rank score tag`` lines (``.gz`` paths are gzipped).
+
+    Each query's documents are written in trec_eval order (score descending, docid
+    descending), ranks from 1, scores with every digit (``repr``) so that reading the
+    file back gives the same evaluation. Written to a temporary file, then renamed.
+    """
+    _check_id(tag, "run tag")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp" + p.suffix)
+    with _open_text(tmp, "w") as f:
+        for qid, docs in run.items():
+            _check_id(str(qid), "query id")
+            for rank_, (docid, score) in enumerate(_ordered(docs), 1):
+                _check_id(str(docid), "document id")
+                f.write(f"{qid} Q0 {docid} {rank_} {float(score)!r} {tag}\n")
+    os.replace(tmp, p)
+    return p
+
+
+def read_trec_run(path: str | os.PathLike) -> Run:
+    """Read a TREC run file into ``{qid: {docid: score}}`` (rank column ignored, as
+    trec_eval does)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"run file {str(p)!r} does not exist")
+    run: Run = {}
+    with _open_text(p, "r") as f:
+        for lineno, line in enumerate(f, 1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) != 6:
+                raise DataError(f"{p}: line {lineno}: got {len(cols)} columns, expected 6 "
+                                "(qid Q0 docid rank score tag)")
+            qid, _, docid, _, score, _ = cols
+            try:
+                value = float(score)
+            except ValueError:
+                raise DataError(f"{p}: line {lineno}: score {score!r} is not a number") from None
+            docs = run.setdefault(qid, {})
+            if docid in docs:
+                raise DataError(f"{p}: line {lineno}: document {docid!r} listed twice "
+                                f"for query {qid!r}")
+            docs[docid] = value
+    return run
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _doc_text(doc: Any) -> tuple[str, str]:
+    """``(docid, text)`` of a corpus item: a ``Doc`` (title prepended, as in BEIR) or a
+    ``(docid, text)`` pair."""
+    if hasattr(doc, "docid"):
+        title = getattr(doc, "title", "") or ""
+        return str(doc.docid), f"{title} {doc.text}" if title else str(doc.text)
+    docid, text = doc
+    return str(docid), str(text)
+
+
+Batches = Callable[[], Iterator[tuple[list[str], list[str]]]]
+
+
+def _batches_of(corpus: Any, batch_size: int) -> Batches:
+    """A function that streams ``corpus`` as ``(docids, texts)`` batches, once per call.
+
+    ``corpus``: a :class:`~optical_ray.data.collection.Corpus` (anything with
+    ``batches(n)``), a ``{docid: text}`` mapping, or a sequence of docs / pairs.
+    """
+    def chunked(items: Iterable[Any]) -> Iterator[tuple[list[str], list[str]]]:
+        ids: list[str] = []
+        texts: list[str] = []
+        for item in items:
+            docid, text = _doc_text(item)
+            ids.append(docid)
+            texts.append(text)
+            if len(ids) == batch_size:
+                yield ids, texts
+                ids, texts = [], []
+        if ids:
+            yield ids, texts
+
+    if hasattr(corpus, "batches"):
+        return lambda: chunked(doc for batch in corpus.batches(batch_size) for doc in batch)
+    if isinstance(corpus, Mapping):
+        return lambda: chunked(corpus.items())
+    return lambda: chunked(corpus)
+
+
+class _TopK:
+    """Running top-``k`` per query over documents arriving in batches.
+
+    Keeps scores ``[Q, k]`` and global document indices ``[Q, k]``. New batches are
+    buffered and merged by a stable descending sort, so among equal scores the earlier
+    document wins and the result does not depend on how the corpus was batched.
+    """
+
+    def __init__(self, n_queries: int, k: int) -> None:
+        self.k = k
+        self.scores = torch.empty(n_queries, 0)
+        self.index = torch.empty(n_queries, 0, dtype=torch.long)
+        self._scores: list[torch.Tensor] = []
+        self._index: list[torch.Tensor] = []
+        self._buffered = 0
+
+    def add(self, scores: torch.Tensor, index: torch.Tensor) -> None:
+        """``scores`` ``[Q, B]``; ``index`` ``[B]`` global document indices, increasing."""
+        self._scores.append(scores)
+        self._index.append(index.expand(scores.shape[0], -1))
+        self._buffered += scores.shape[1]
+        if self._buffered >= max(self.k, 1024):  # amortise the sort over many batches
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._scores:
+            return
+        scores = torch.cat([self.scores, *self._scores], dim=1)
+        index = torch.cat([self.index, *self._index], dim=1)
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :self.k]
+        self.scores, self.index = scores.gather(1, order), index.gather(1, order)
+        self._scores, self._index, self._buffered = [], [], 0
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._merge()
+        return self.scores, self.index
+
+
+def _check_finite(scores: torch.Tensor, first_doc: int) -> torch.Tensor:
+    if torch.isnan(scores).any():
+        raise TrainingError(f"the model scored NaN against documents {first_doc}.."
+                            f"{first_doc + scores.shape[1] - 1}; the checkpoint has diverged")
+    return scores
+
+
+def _centroids(enc: Any) -> torch.Tensor:
+    """Mean of the real token vectors ``[B, D]`` (pooled vectors pass through)."""
+    v = enc.vectors
+    if v.dim() == 2:
+        return v
+    m = enc.mask.to(v.dtype).unsqueeze(-1)  # shape [B, L, 1]
+    return (v * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def _score_pairs(model: Any, q: Any, d: Any, q_rows: torch.Tensor,
+                 d_rows: torch.Tensor) -> torch.Tensor:
+    """Exact scores ``[P]`` of the pairs ``(q[q_rows[p]], d[d_rows[p]])``, in chunks."""
+    if not hasattr(model, "score_pairs"):  # only the all-pairs scorer: take the diagonal
+        return torch.stack([model.score(q[q_rows[p:p + 1]], d[d_rows[p:p + 1]])[0, 0]
+                            for p in range(len(q_rows))]) if len(q_rows) else torch.empty(0)
+    per_pair = max(1, q.vectors.shape[1] * d.vectors.shape[1])
+    chunk = max(1, _PAIR_BUDGET // per_pair)
+    out = [model.score_pairs(q[q_rows[s:s + chunk]], d[d_rows[s:s + chunk]]).float().cpu()
+           for s in range(0, len(q_rows), chunk)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def rank(model: Any, queries: Mapping[str, str], corpus: Any, *, depth: int,
+         batch_size: int = 64, candidates: int = 0) -> tuple[Run, int]:
+    """Rank ``corpus`` for every query; returns ``(run, num_docs)``.
+
+    ``model``: ``encode_texts(texts, kind, batch_size=...) -> Encoded`` and
+    ``score(q, d) -> [Bq, Bd]`` (``score_pairs`` used for reranking when present).
+    ``run[qid]`` holds the top ``depth`` documents in trec_eval order (module docstring).
+    ``candidates > 0`` selects the two-stage approximation for late interaction.
+    """
+    for key, value, low in (("eval.depth", depth, 1), ("eval.batch_size", batch_size, 1),
+                            ("eval.candidates", candidates, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key}: got {value!r}, expected an integer >= {low}")
+    qids = list(queries)
+    if not qids:
+        raise DataError("no queries to rank")
+    stream = _batches_of(corpus, batch_size)
+    docids: list[str] = []
+    with torch.inference_mode():
+        q = model.encode_texts([queries[i] for i in qids], "query", batch_size=batch_size)
+        two_stage = candidates > 0 and q.vectors.dim() == 3
+        if two_stage and candidates < depth:
+            warnings.warn(f"eval.candidates={candidates} < eval.depth={depth}: runs hold at "
+                          f"most {candidates} documents per query; raise eval.candidates",
+                          UserWarning, stacklevel=2)
+        top = _TopK(len(qids), candidates if two_stage else depth)
+        q_cent = _centroids(q) if two_stage else None
+        for ids, texts in stream():
+            first = len(docids)
+            docids.extend(ids)
+            d = model.encode_texts(texts, "doc", batch_size=batch_size)
+            if two_stage:
+                scores = q_cent @ _centroids(d).T  # shape [Q, B]
+            else:
+                scores = model.score(q, d)
+            top.add(_check_finite(scores.float().cpu(), first), torch.arange(first, len(docids)))
+        if not docids:
+            raise DataError("the corpus holds no documents")
+        scores, index = top.result()
+        if two_stage:
+            scores, index = _rerank(model, q, index, stream, docids, depth, batch_size)
+    run: Run = {}
+    for row, qid in enumerate(qids):
+        docs: dict[str, float] = {}
+        for s, i in zip(scores[row].tolist(), index[row].tolist()):
+            if s == float("-inf"):
+                continue  # a padding slot of the candidate reranker, not a document
+            docid = docids[i]
+            if docid in docs:
+                raise DataError(f"document id {docid!r} occurs twice in the corpus; "
+                                "ids must be unique")
+            docs[docid] = s
+        run[qid] = dict(_ordered(docs))
+    return run, len(docids)
+
+
+def _rerank(model: Any, q: Any, cand: torch.Tensor, stream: Batches,
+            docids: list[str], depth: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Second stage: re-encode the candidate documents, score each query's candidates
+    exactly, keep the top ``depth``. ``cand``: ``[Q, C]`` global document indices."""
+    n_q, n_c = cand.shape
+    flat_d = cand.reshape(-1)
+    order = torch.sort(flat_d, stable=True).indices
+    by_doc, by_doc_q = flat_d[order], torch.arange(n_q).repeat_interleave(n_c)[order]
+    wanted = torch.zeros(len(docids), dtype=torch.bool)
+    wanted[flat_d] = True
+    top = _TopK(n_q, depth)
+    pending: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        idx = torch.tensor([i for i, _ in pending], dtype=torch.long)
+        d = model.encode_texts([t for _, t in pending], "doc", batch_size=batch_size)
+        # the (query, doc) pairs of this batch: doc j's nominators are by_doc_q[lo_j:hi_j]
+        lo = torch.searchsorted(by_doc, idx)
+        counts = torch.searchsorted(by_doc, idx, right=True) - lo
+        col = torch.arange(len(idx)).repeat_interleave(counts)  # pair -> doc in this batch
+        offset = torch.arange(int(counts.sum())) - (torch.cumsum(counts, 0) - counts)[col]
+        rows = by_doc_q[lo[col] + offset]  # pair -> query
+        exact = _score_pairs(model, q, d, rows, col)
+        scores = torch.full((n_q, len(idx)), float("-inf"))  # -inf: not a candidate
+        scores[rows, col] = _check_finite(exact[None], int(idx[0]))[0]
+        top.add(scores, idx)
+        pending.clear()
+
+    seen = 0
+    for ids, texts in stream():
+        keep = wanted[seen:seen + len(ids)].tolist()
+        for docid, text, k in zip(ids, texts, keep + [False] * (len(ids) - len(keep))):
+            if seen >= len(docids) or docids[seen] != docid:
+                raise DataError("the corpus changed between the two passes of candidate "
+                                f"ranking (document {seen}: {docid!r}); use eval.candidates=0")
+            if k:
+                pending.append((seen, text))
+            seen += 1
+        if len(pending) >= batch_size:
+            flush()
+    if seen != len(docids):
+        raise DataError(f"the corpus changed between the two passes of candidate ranking "
+                        f"({len(docids)} then {seen} documents); use eval.candidates=0")
+    if pending:
+        flush()
+    return top.result()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class EvalResult:
+    """The evaluation of one model on one language pair.
+
+    ``metrics``: means over the ``num_queries`` judged queries; ``per_query``: the
+    values behind them (for significance tests); ``num_skipped``: ranked queries without
+    judgements, left out of the means; ``run``: ``{qid: {docid: score}}`` if kept.
+    """
+
+    pair: str
+    metrics: dict[str, float]
+    per_query: PerQuery
+    num_queries: int
+    num_docs: int
+    run: Run | None = None
+    seconds: float = 0.0
+    num_skipped: int = 0
+    depth: int | None = None
+
+    def to_dict(self, *, per_query: bool = True) -> dict[str, Any]:
+        """JSON form (without the run, which goes to a TREC file)."""
+        skip = {"run"} if per_query else {"run", "per_query"}
+        return {f.name: copy.deepcopy(getattr(self, f.name))
+                for f in dataclasses.fields(self) if f.name not in skip}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "run"}
+        return cls(**{"per_query": {}, **known})
+
+
+def evaluate_collection(model: Any, collection: Any, *, metrics: Sequence[str], depth: int,
+                        batch_size: int = 64, candidates: int = 0,
+                        run_path: str | os.PathLike | None = None, pair: str = "",
+                        run_tag: str = "optical-ray", keep_run: bool = True) -> EvalResult:
+    """Rank ``collection`` (``queries``, ``qrels``, ``corpus``) and score it.
+
+    Every query is ranked (the run file is complete); the metrics average over queries
+    with judgements. ``run_path`` writes the TREC run there.
+    """
+    for name in metrics:
+        parse_metric(name)  # fail before the slow part
+    if not metrics:
+        raise ConfigError(f"eval.metrics: got [], expected some of {_METRICS_HELP}")
+    start = time.perf_counter()
+    queries = collection.queries
+    qrels = {q: docs for q, docs in collection.qrels.items() if docs and q in queries}
+    if not qrels:
+        raise DataError(f"{pair or 'collection'}: no query has relevance judgements")
+    run, num_docs = rank(model, queries, collection.corpus, depth=depth,
+                         batch_size=batch_size, candidates=candidates)
+    if run_path is not None:
+        write_trec_run(run_path, run, run_tag)
+    means, per_query = evaluate_run(run, qrels, metrics,
+                                    depth=depth if depth < num_docs else None)
+    return EvalResult(pair=pair, metrics=means, per_query=per_query, num_queries=len(per_query),
+                      num_docs=num_docs, run=run if keep_run else None,
+                      seconds=time.perf_counter() - start,
+                      num_skipped=len(queries) - len(per_query), depth=depth)
+
+
+def evaluate_pairs(model: Any, cfg: Any, pairs: Sequence[str] | None = None,
+                   split: str | None = None, out_dir: str | os.PathLike | None = None, *,
+                   load_collection: Callable[[Any, str, str], Any] | None = None,
+                   ) -> dict[str, EvalResult]:
+    """Evaluate ``model`` on each pair's collection (``cfg.eval`` knobs).
+
+    Pairs default to ``cfg.eval.pairs`` or, when empty, the teacher pair (``en-en``)
+    and ``cfg.pair``. ``out_dir`` receives ``run.<pair>.<split>.trec`` per pair and
+    ``metrics.json`` (means and per-query values; :func:`load_results` reads it).
+    ``load_collection(cfg, pair, split)`` defaults to
+    :func:`optical_ray.data.sources.eval_collection`.
+    """
+    ev = cfg.eval
+    split = split or ev.split
+    if pairs is None or not list(pairs):
+        teacher = cfg.data.teacher_lang
+        pairs = list(ev.pairs) or [f"{teacher}-{teacher}", cfg.pair]
+    pairs = list(dict.fromkeys(pairs))
+    bad = [p for p in pairs if not isinstance(p, str) or not PAIR_RE.match(p)]
+    if bad:
+        raise ConfigError(f"eval.pairs: got {bad!r}, expected <query_lang>-<doc_lang> "
+                          "such as en-sw")
+    if load_collection is None:
+        from optical_ray.data.sources import eval_collection as load_collection
+    out = Path(out_dir) if out_dir is not None else None
+    results: dict[str, EvalResult] = {}
+    for pair in pairs:
+        collection = load_collection(cfg, pair, split)
+        run_path = out / f"run.{pair}.{split}.trec" if out is not None else None
+        results[pair] = evaluate_collection(
+            model, collection, metrics=ev.metrics, depth=ev.depth, batch_size=ev.batch_size,
+            candidates=ev.candidates, run_path=run_path, pair=pair, run_tag=cfg.name)
+    if out is not None:
+        doc = {"split": split, "metrics": list(ev.metrics), "depth": ev.depth,
+               "candidates": ev.candidates, "results": {p: r.to_dict() for p, r in results.items()}}
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out / "metrics.json")
+    return results
+
+
+def load_results(path: str | os.PathLike) -> dict[str, EvalResult]:
+    """Read the ``metrics.json`` written by :func:`evaluate_pairs` (``{pair: result}``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.json"
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        return {pair: EvalResult.from_dict(r) for pair, r in doc["results"].items()}
+    except FileNotFoundError:
+        raise DataError(f"metrics file {str(p)!r} does not exist") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{p}: not a metrics.json written by evaluate_pairs ({exc})") from None
+
+
+# --------------------------------------------------------------------------- significance
+
+
+def paired_test(a_per_query: Mapping[str, Mapping[str, float]],
+                b_per_query: Mapping[str, Mapping[str, float]], metric: str, *,
+                method: str = "randomization", n_resamples: int = 10_000, seed: int = 0,
+                ) -> tuple[float, float]:
+    """Two-sided paired test of ``metric`` between systems a and b over their common
+    queries; returns ``(mean(a - b), p_value)``.
+
+    ``randomization``: sign-flip permutation test of the mean difference (Fisher;
+    Smucker, Allan & Carterette, CIKM 2007). With ``2**n <= n_resamples`` all sign
+    patterns are enumerated (exact p); otherwise ``n_resamples`` random patterns from
+    ``seed`` give ``p = (1 + #{|T*| >= |T|}) / (1 + n_resamples)`` (never 0; Phipson &
+    Smyth 2010). ``ttest``: ``scipy.stats.ttest_rel``. Identical systems give p = 1.
+    """
+    if method not in ("randomization", "ttest"):
+        raise ConfigError(f"method: got {method!r}, expected 'randomization' or 'ttest'")
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ConfigError(f"n_resamples: got {n_resamples!r}, expected an integer >= 1")
+    common = [q for q in a_per_query if q in b_per_query
+              and metric in a_per_query[q] and metric in b_per_query[q]]
+    if not common:
+        raise DataError(f"paired_test: no query has {metric!r} in both systems")
+    a = np.array([a_per_query[q][metric] for q in common], dtype=np.float64)
+    b = np.array([b_per_query[q][metric] for q in common], dtype=np.float64)
+    diff = a - b
+    n, mean = len(diff), float(diff.mean())
+    if not diff.any():
+        return mean, 1.0
+    if method == "ttest":
+        if n < 2:
+            return mean, float("nan")
+        if np.ptp(diff) == 0:  # constant non-zero difference: no variance, certain sign
+            return mean, 0.0
+        from scipy.stats import ttest_rel
+
+        return mean, float(ttest_rel(a, b).pvalue)
+    observed = abs(diff.sum())
+    tol = 1e-9 * np.abs(diff).sum()  # equal sums that differ only by rounding count as equal
+    if n <= 62 and 2 ** n <= n_resamples:
+        bits = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1
+        sums = np.abs((1 - 2 * bits) @ diff)
+        return mean, float(np.mean(sums >= observed - tol))
+    rng = np.random.default_rng(seed)
+    hits, chunk = 0, max(1, (1 << 22) // n)
+    for s in range(0, n_resamples, chunk):
+        signs = rng.integers(0, 2, size=(min(chunk, n_resamples - s), n)) * 2 - 1
+        hits += int(np.count_nonzero(np.abs(signs @ diff) >= observed - tol))
+    return mean, (1 + hits) / (1 + n_resamples)
+
+
+def _holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and is not counted)."""
+    idx = sorted((i for i, p in enumerate(p_values) if not math.isnan(p)),
+                 key=lambda i: p_values[i])
+    out = [float("nan")] * len(p_values)
+    running = 0.0
+    for rank_, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank_) * p_values[i]))
+        out[i] = running
+    return out
+
+
+# --------------------------------------------------------------------------- gap report
+
+
+@dataclass
+class GapRow:
+    """One (metric, pair, system) cell of a gap report.
+
+    ``gap = reference - value``; ``delta = value - baseline`` on the same pair;
+    ``closed = delta / (reference - baseline)``: the fraction of the baseline's gap this
+    system closes (None on the reference pair or when the baseline has no gap).
+    """
+
+    metric: str
+    pair: str
+    system: str
+    value: float
+    reference: float
+    gap: float
+    delta: float | None = None
+    closed: float | None = None
+    p_value: float | None = None
+    p_holm: float | None = None
+    n_queries: int | None = None
+
+
+@dataclass
+class GapReport:
+    """Systems side by side per pair, against a baseline and a reference pair."""
+
+    rows: list[GapRow]
+    baseline: str
+    reference_pair: str
+    reference_system: str
+    metrics: list[str]
+    method: str
+    alpha: float = 0.05
+    notes: list[str] = field(default_factory=list)
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """Plain dicts (JSON)."""
+        return [dataclasses.asdict(r) for r in self.rows]
+
+    def _table(self, metric: str) -> tuple[list[str], list[list[str]]]:
+        head = ["system", "pair", metric, "gap to ref", "delta vs base", "gap closed",
+                f"p ({self.method})", "p (Holm)"]
+        body = []
+        for r in (r for r in self.rows if r.metric == metric):
+            sig = r.p_holm is not None and not math.isnan(r.p_holm) and r.p_holm < self.alpha
+            body.append([r.system, r.pair, f"{r.value:.4f}" + (" †" if sig else ""),
+                         f"{r.gap:+.4f}", _fmt(r.delta, "{:+.4f}"), _fmt(r.closed, "{:.1%}"),
+                         _fmt_p(r.p_value), _fmt_p(r.p_holm)])
+        return head, body
+
+    def _caption(self, metric: str) -> str:
+        ref = next(r.reference for r in self.rows if r.metric == metric)
+        return f"{metric}: reference {self.reference_system} on {self.reference_pair} = {ref:.4f}"
+
+    def _footer(self) -> list[str]:
+        return [f"baseline: {self.baseline}; p: paired {self.method} test over queries vs the "
+                f"baseline on the same pair; Holm: adjusted over all tests in this report; "
+                f"† p (Holm) < {self.alpha}", *self.notes]
+
+    def to_markdown(self) -> str:
+        parts = []
+        for metric in self.metrics:
+            head, body = self._table(metric)
+            lines = [f"### {self._caption(metric)}", "", "| " + " | ".join(head) + " |",
+                     "|" + "|".join("---" for _ in head) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in body]
+            parts.append("\n".join(lines))
+        return "\n\n".join(parts + ["\n".join(self._footer())]) + "\n"
+
+    def to_text(self) -> str:
+        parts = []
+        for metric in self.metrics:
+            head, body = self._table(metric)
+            parts.append(self._caption(metric) + "\n" + _aligned(head, body))
+        return "\n\n".join(parts + ["\n".join(self._footer())])
+
+    __str__ = to_text
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or math.isnan(value) else spec.format(value)
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "-"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _aligned(head: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    line = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)  # noqa: E731
+                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
+
+
+def _pick_reference(results: Mapping[str, Mapping[str, EvalResult]], system: str,
+                    metric: str) -> str:
+    """``en-en`` if present, else the best monolingual pair of ``system`` on ``metric``."""
+    pairs = list(results[system])
+    if "en-en" in pairs:
+        return "en-en"
+    mono = [p for p in pairs if p.split("-", 1)[0] == p.split("-", 1)[1]]
+    if not mono:
+        raise ConfigError(f"reference_pair: none given and {system!r} has no monolingual pair "
+                          f"such as en-en (pairs: {', '.join(pairs)}); pass reference_pair")
+    return max(mono, key=lambda p: results[system][p].metrics.get(metric, float("-inf")))
+
+
+def gap_report(results: Mapping[str, Mapping[str, EvalResult]], *, baseline: str,
+               reference_pair: str | None = None, metrics: Sequence[str] | None = None,
+               reference_system: str | None = None, method: str = "randomization",
+               n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05) -> GapReport:
+    """Compare systems (outer key, e.g. ``"zero-shot"``, ``"ot eps=0.05"``) per pair.
+
+    The reference value of a metric is ``reference_system`` (default: the baseline) on
+    ``reference_pair`` (default ``en-en``, else the best monolingual pair). For each
+    system and pair: the value, ``gap = reference - value``, ``delta = value - baseline``
+    and ``closed = delta / (reference - baseline)`` (``ref 0.8, base 0.4, sys 0.6 ->
+    0.5``), with a paired test over queries against the baseline on the same pair.
+    """
+    if baseline not in results:
+        raise ConfigError(f"baseline: got {baseline!r}, expected one of the systems: "
+                          f"{', '.join(results) or 'none'}")
+    ref_sys = reference_system or baseline
+    if ref_sys not in results:
+        raise ConfigError(f"reference_system: got {ref_sys!r}, expected one of the systems: "
+                          f"{', '.join(results)}")
+    if metrics is None:
+        found = [set(r.metrics) for pairs in results.values() for r in pairs.values()]
+        first = next((r for pairs in results.values() for r in pairs.values()), None)
+        metrics = [m for m in (first.metrics if first else []) if all(m in f for f in found)]
+    metrics = list(metrics)
+    if not metrics:
+        raise ConfigError("metrics: no metric is shared by all results; pass metrics")
+    for m in metrics:
+        parse_metric(m)
+    ref_pair = reference_pair or _pick_reference(results, ref_sys, metrics[0])
+    if ref_pair not in results[ref_sys]:
+        raise ConfigError(f"reference_pair: got {ref_pair!r}, but {ref_sys!r} has only "
+                          f"{', '.join(results[ref_sys])}")
+    pairs = list(dict.fromkeys([ref_pair] + [p for s in results.values() for p in s]))
+    systems = [baseline] + [s for s in results if s != baseline]
+    rows: list[GapRow] = []
+    notes: list[str] = []
+    for metric in metrics:
+        ref_metrics = results[ref_sys][ref_pair].metrics
+        if metric not in ref_metrics:
+            raise ConfigError(f"metrics: {metric!r} is not in the results of {ref_sys!r} on "
+                              f"{ref_pair} (have: {', '.join(ref_metrics)})")
+        ref = ref_metrics[metric]
+        for pair in pairs:
+            base = results[baseline].get(pair)
+            for system in systems:
+                res = results[system].get(pair)
+                if res is None or metric not in res.metrics:
+                    continue
+                value = res.metrics[metric]
+                row = GapRow(metric, pair, system, value, ref, ref - value)
+                if base is not None and metric in base.metrics and system != baseline:
+                    row.delta = value - base.metrics[metric]
+                    room = ref - base.metrics[metric]
+                    if pair != ref_pair and abs(room) > 1e-12:
+                        row.closed = row.delta / room
+                    try:
+                        _, row.p_value = paired_test(res.per_query, base.per_query, metric,
+                                                     method=method, n_resamples=n_resamples,
+                                                     seed=seed)
+                        row.n_queries = len(set(res.per_query) & set(base.per_query))
+                    except DataError:
+                        notes.append(f"{system} vs {baseline} on {pair}: no per-query "
+                                     f"{metric} in common, no test")
+                rows.append(row)
+    tested = [r for r in rows if r.p_value is not None]
+    for r, p in zip(tested, _holm([r.p_value for r in tested])):
+        r.p_holm = p
+    return GapReport(rows, baseline, ref_pair, ref_sys, metrics, method, alpha, notes)
+
+
+def format_metrics_table(results: Mapping[str, EvalResult]) -> str:
+    """A plain-text table: one row per pair, one column per metric."""
+    if not results:
+        return "(no results)"
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r.metrics))
+    head = ["pair", "queries", "docs", *metrics, "seconds"]
+    body = [[pair, str(r.num_queries) + (f" (+{r.num_skipped} unjudged)" if r.num_skipped else ""),
+             str(r.num_docs), *(_fmt(r.metrics.get(m), "{:.4f}") for m in metrics),
+             f"{r.seconds:.1f}"] for pair, r in results.items()]
+    return _aligned(head, body)
