@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# A real S3 server (SeaweedFS) on loopback: fixtures s3_server, s3_env, s3_storage_uri.
+pytest_plugins = ["tests.s3server"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(

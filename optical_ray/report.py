@@ -1,0 +1,451 @@
+"""The gap report: how far each low-resource pair is from the English reference, and how
+much of that gap the best distillation config closes.
+
+For every language pair in the catalog (:mod:`optical_ray.catalog`):
+
+* **baseline** — ``baseline="zero-shot"`` (default): the best trial whose config has
+  ``distill.method: none`` (the teacher applied zero-shot to the pair); if the sweep ran
+  none, the ``baseline_metrics`` recorded with the trials (the teacher evaluated on the
+  same set before distilling; the most recent record wins). ``baseline=<method>``
+  (``mse_sentence``, ``mse_token``, ``ot``) compares against the best trial of that
+  method instead.
+* **best** — the best trial of any other method (mode ``max``: highest ``metric``).
+* **reference** — the teacher's own pair ``<t>-<t>/<metric>`` (``t = data.teacher_lang``,
+  normally ``en-en``) as evaluated with the best trial; failing that, with the baseline.
+* **gap** = reference - value; **gap closed** = (best - baseline) / (reference - baseline).
+
+Outputs in ``out_dir``: ``report.md`` (links the PNGs), ``report.html`` (one file, PNGs
+embedded), ``report.json`` (the numbers), ``overview.png`` (baseline / best / reference
+per pair), ``params_<pair>.png`` (metric against epsilon, log x, and against the
+distillation weight) and ``importance_<pair>.png``: parameter importances by Optuna's
+PED-ANOVA evaluator (``optuna.importance.PedAnovaImportanceEvaluator``, no fANOVA forest)
+on a study rebuilt from the catalog with ``optuna.create_study`` + ``add_trial``, over
+the config keys that vary between the pair's trials.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from optical_ray.catalog import (RANKED_STATUSES, Catalog, _lookup, _recorded_metrics,
+                                 _values)
+from optical_ray.errors import ConfigError, StorageError
+
+__all__ = ["build_report", "PairSummary", "summarize", "parameter_importances"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("none", "mse_token", "mse_sentence", "ot")
+# Keys that name places or runs rather than searched knobs.
+_NOT_PARAMS = re.compile(r"^(name|output_dir|pair|storage\..*|data\..*|sweep\..*|eval\..*)$")
+
+
+@dataclass
+class PairSummary:
+    """One row of the gap table."""
+
+    pair: str
+    trials: int
+    baseline: float | None
+    baseline_source: str  # how the baseline was found, for the reader
+    best: float | None
+    best_trial: str | None
+    best_config: dict[str, Any] = field(default_factory=dict)  # the main knobs
+    reference: float | None = None
+    reference_pair: str | None = None
+    checkpoint_uri: str | None = None
+
+    @property
+    def delta(self) -> float | None:
+        return _sub(self.best, self.baseline)
+
+    @property
+    def gap_baseline(self) -> float | None:
+        return _sub(self.reference, self.baseline)
+
+    @property
+    def gap_best(self) -> float | None:
+        return _sub(self.reference, self.best)
+
+    @property
+    def gap_closed(self) -> float | None:
+        gap = self.gap_baseline
+        if gap is None or self.delta is None or gap <= 1e-12:
+            return None
+        return self.delta / gap
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(delta=self.delta, gap_baseline=self.gap_baseline, gap_best=self.gap_best,
+                   gap_closed=self.gap_closed)
+        return out
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _json(text: Any) -> dict[str, Any]:
+    return json.loads(text) if isinstance(text, str) and text else {}
+
+
+def _teacher_pair(flat: dict[str, Any]) -> str:
+    lang = flat.get("data.teacher_lang") or "en"
+    return f"{lang}-{lang}"
+
+
+def _pick(df: pd.DataFrame, values: pd.Series, mode: str) -> pd.Series | None:
+    ok = values.dropna()
+    if ok.empty:
+        return None
+    return df.loc[ok.idxmax() if mode == "max" else ok.idxmin()]
+
+
+def summarize(df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot",
+              mode: str = "max") -> list[PairSummary]:
+    """The gap table from catalog records ``df`` (see the module docstring)."""
+    if baseline != "zero-shot" and baseline not in METHODS:
+        raise ConfigError(f"baseline: got {baseline!r}, expected 'zero-shot' or a "
+                          f"distill.method ({', '.join(METHODS)})")
+    base_method = "none" if baseline == "zero-shot" else baseline
+    out = []
+    for pair, group in df.groupby("pair", sort=True):
+        ranked = group[group["status"].isin(RANKED_STATUSES)]
+        values = _values(ranked, metric)
+        is_base = ranked["method"] == base_method
+        base_row = _pick(ranked[is_base], values[is_base], mode)
+        best_row = _pick(ranked[~is_base], values[~is_base], mode)
+        base_value: float | None = None
+        base_metrics: dict[str, Any] = {}
+        if base_row is not None:
+            base_value = float(values[base_row.name])
+            base_metrics = _json(base_row["best_metrics"])
+            source = f"best '{base_method}' trial {base_row['trial_id']}"
+        else:
+            recorded = ranked[ranked["baseline_metrics"].notna()]
+            source = "none recorded"
+            if baseline == "zero-shot" and len(recorded):
+                row = recorded.sort_values("finished_at").iloc[-1]
+                base_metrics = _json(row["baseline_metrics"])
+                base_value = _lookup(base_metrics, str(pair), metric)
+                source = f"baseline_metrics of trial {row['trial_id']}"
+        best_metrics = _json(best_row["best_metrics"]) if best_row is not None else {}
+        flat = _json(best_row["config"]) if best_row is not None else (
+            _json(base_row["config"]) if base_row is not None else {})
+        ref_pair = _teacher_pair(flat)
+        reference = None
+        if ref_pair != pair:
+            reference = best_metrics.get(f"{ref_pair}/{metric}", base_metrics.get(
+                f"{ref_pair}/{metric}"))
+        out.append(PairSummary(
+            pair=str(pair), trials=int(len(ranked)), baseline=base_value,
+            baseline_source=source,
+            best=None if best_row is None else float(values[best_row.name]),
+            best_trial=None if best_row is None else str(best_row["trial_id"]),
+            best_config={} if best_row is None else {
+                k: best_row[k] for k in ("method", "epsilon", "weight", "layers", "lr")
+                if k in best_row and not _missing(best_row[k])},
+            reference=None if reference is None else float(reference),
+            reference_pair=ref_pair if reference is not None else None,
+            checkpoint_uri=None if best_row is None or _missing(best_row["checkpoint_uri"])
+            else str(best_row["checkpoint_uri"])))
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# --------------------------------------------------------------------------- importances
+
+
+def parameter_importances(df: pd.DataFrame, metric: str = "map",
+                          mode: str = "max") -> dict[str, float]:
+    """Optuna PED-ANOVA importances of the config keys that vary across ``df`` (one
+    pair's records), from a study rebuilt out of the catalog. {} if fewer than 3 ranked
+    trials or nothing varies."""
+    import optuna
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    ranked = df[df["status"].isin(RANKED_STATUSES)]
+    values = _values(ranked, metric)
+    rows = [(_json(c), v) for c, v in zip(ranked["config"], values) if not _missing(v)]
+    if len(rows) < 3:
+        return {}
+    keys = sorted({k for flat, _ in rows for k in flat if not _NOT_PARAMS.match(k)})
+    distributions: dict[str, Any] = {}
+    encode: dict[str, Any] = {}
+    for key in keys:
+        seen = [flat.get(key) for flat, _ in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) for v in seen)
+        if numeric:
+            low, high = min(seen), max(seen)
+            if low == high:
+                continue
+            if all(isinstance(v, int) for v in seen):
+                distributions[key] = IntDistribution(int(low), int(high))
+            else:  # epsilon and learning rates span decades: compare them in log space
+                distributions[key] = FloatDistribution(
+                    float(low), float(high), log=low > 0 and high / low >= 100)
+            encode[key] = (lambda v, ints=isinstance(distributions[key], IntDistribution):
+                           int(v) if ints else float(v))
+        else:
+            choices = sorted({json.dumps(v, sort_keys=True) for v in seen})
+            if len(choices) < 2 or len(choices) == len(rows) > 3:
+                continue  # constant, or unique per trial (a name, a path): not a knob
+            distributions[key] = CategoricalDistribution(choices)
+            encode[key] = lambda v: json.dumps(v, sort_keys=True)
+    if not distributions:
+        return {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" lines
+    try:
+        study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for flat, value in rows:
+        study.add_trial(optuna.trial.create_trial(
+            params={k: encode[k](flat.get(k)) for k in distributions},
+            distributions=distributions, value=float(value)))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        result = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    return {k: float(v) for k, v in result.items()}
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_overview(rows: list[PairSummary], metric: str, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 3.8))
+    xs = range(len(rows))
+    width = 0.38
+    base = [r.baseline if r.baseline is not None else 0.0 for r in rows]
+    best = [r.best if r.best is not None else 0.0 for r in rows]
+    ax.bar([x - width / 2 for x in xs], base, width, label="baseline", color="#bbbbbb")
+    ax.bar([x + width / 2 for x in xs], best, width, label="best config", color="#3b75af")
+    for x, r in zip(xs, rows):
+        if r.reference is not None:
+            ax.hlines(r.reference, x - 0.45, x + 0.45, colors="#c0392b", linestyles="--",
+                      label=f"reference ({r.reference_pair})" if x == 0 else None)
+    ax.set_xticks(list(xs), [r.pair for r in rows], rotation=30 if len(rows) > 6 else 0)
+    tops = base + best + [r.reference for r in rows if r.reference is not None]
+    ax.set_ylim(0, 1.3 * max(tops + [1e-9]))  # head room for the legend
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per language pair: baseline vs best config")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=8, loc="upper right", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_params(df: pd.DataFrame, row: PairSummary, metric: str, path: Path) -> bool:
+    ranked = df[df["status"].isin(RANKED_STATUSES)]
+    values = _values(ranked, metric)
+    if values.notna().sum() == 0:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4), sharey=True)
+    for ax, column, label, log_x in ((axes[0], "epsilon", "Sinkhorn epsilon", True),
+                                     (axes[1], "weight", "distillation weight", False)):
+        x = pd.to_numeric(ranked[column], errors="coerce")
+        ok = x.notna() & values.notna() & (x > 0 if log_x else True)
+        ax.scatter(x[ok], values[ok], s=18, alpha=0.75, color="#3b75af", label="trials")
+        best = ranked["trial_id"] == row.best_trial
+        if (ok & best).any():
+            ax.scatter(x[ok & best], values[ok & best], s=70, marker="*", color="#e67e22",
+                       label="best", zorder=3)
+        if row.baseline is not None:
+            ax.axhline(row.baseline, color="#7f7f7f", linestyle=":", label="baseline")
+        if log_x and ok.any():
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel(metric)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{row.pair}: {metric} against the OT knobs ({int(values.notna().sum())} "
+                 "trials)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_importance(importances: dict[str, float], pair: str, n: int, path: Path) -> None:
+    plt = _plt()
+    items = sorted(importances.items(), key=lambda kv: kv[1])[-12:]
+    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(items) + 1.4))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#3b75af")
+    ax.set_xlabel("importance (PED-ANOVA)")
+    ax.set_title(f"{pair}: parameter importance ({n} trials)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.0f}%" if pct else f"{value:.4f}"
+
+
+def _table_rows(rows: list[PairSummary]) -> tuple[list[str], list[list[str]]]:
+    head = ["pair", "trials", "baseline", "best", "Δ", "reference", "gap (baseline)",
+            "gap (best)", "gap closed", "best config"]
+    body = []
+    for r in rows:
+        knobs = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}"
+                          for k, v in r.best_config.items())
+        ref = f"{_fmt(r.reference)} ({r.reference_pair})" if r.reference is not None else "n/a"
+        body.append([r.pair, str(r.trials), _fmt(r.baseline), _fmt(r.best), _fmt(r.delta),
+                     ref, _fmt(r.gap_baseline), _fmt(r.gap_best), _fmt(r.gap_closed, True),
+                     knobs or "n/a"])
+    return head, body
+
+
+def _slug(pair: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", pair)
+
+
+def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
+                 baseline: str = "zero-shot", experiment: str | None = None,
+                 mode: str = "max") -> Path:
+    """Write the gap report for every pair in the catalog of ``storage`` (local or
+    ``s3://``) into the local directory ``out_dir``; returns the path of ``report.md``.
+
+    Raises :class:`StorageError` for an empty or unreachable store or a metric no
+    record has, :class:`ConfigError` for an unknown ``baseline`` or ``mode``.
+    """
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode: got {mode!r}, expected 'max' or 'min'")
+    catalog = Catalog(storage)
+    df = catalog.records(experiment=experiment)
+    if df.empty:
+        raise StorageError(f"no trial records in {catalog.storage.where()}; run a sweep "
+                           "first or check the storage URI")
+    rows = summarize(df, metric, baseline, mode)
+    base_method = "none" if baseline == "zero-shot" else baseline
+    if all(r.best is None and r.baseline is None for r in rows):
+        raise StorageError(f"metric {metric!r} was never recorded in "
+                           f"{catalog.storage.where()}; recorded metrics: "
+                           f"{', '.join(_recorded_metrics(df))}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_overview(rows, metric, out / "overview.png")
+    figures: dict[str, list[tuple[str, str]]] = {}
+    importances: dict[str, dict[str, float]] = {}
+    for r in rows:
+        # The sweep's own trials: the baseline runs are not part of its search.
+        group = df[(df["pair"] == r.pair) & (df["method"] != base_method)]
+        figs = figures.setdefault(r.pair, [])
+        name = f"params_{_slug(r.pair)}.png"
+        if _plot_params(group, r, metric, out / name):
+            figs.append((name, f"{r.pair}: {metric} vs epsilon and weight"))
+        try:
+            imp = parameter_importances(group, metric, mode)
+        except Exception as exc:  # importances are a nicety; never lose the report
+            log.warning("report: no parameter importances for %s: %s", r.pair, exc)
+            imp = {}
+        importances[r.pair] = imp
+        if imp:
+            name = f"importance_{_slug(r.pair)}.png"
+            n = int(group["status"].isin(RANKED_STATUSES).sum())
+            _plot_importance(imp, r.pair, n, out / name)
+            figs.append((name, f"{r.pair}: parameter importance"))
+    where = catalog.storage.where()
+    head, body = _table_rows(rows)
+    _write_markdown(out / "report.md", rows, head, body, figures, importances, metric,
+                    baseline, where)
+    _write_html(out / "report.html", head, body, figures, importances, metric, baseline,
+                where, out)
+    (out / "report.json").write_text(json.dumps(
+        {"storage": where, "metric": metric, "baseline": baseline, "mode": mode,
+         "pairs": [r.to_dict() for r in rows], "importances": importances},
+        indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return out / "report.md"
+
+
+def _intro(metric: str, baseline: str, where: str) -> list[str]:
+    base = ("zero-shot teacher (trials with distill.method=none, else the recorded "
+            "baseline_metrics)" if baseline == "zero-shot" else f"best '{baseline}' trial")
+    return [f"Catalog: `{where}`. Metric: **{metric}**. Baseline: {base}. Reference: the "
+            "teacher's own pair. Gap = reference − value; gap closed = (best − baseline) "
+            "/ (reference − baseline)."]
+
+
+def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
+                    body: list[list[str]], figures: dict[str, list[tuple[str, str]]],
+                    importances: dict[str, dict[str, float]], metric: str, baseline: str,
+                    where: str) -> None:
+    lines = ["# optical-ray gap report", "", *_intro(metric, baseline, where), "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["", "![baseline vs best per pair](overview.png)", ""]
+    for r in rows:
+        lines += [f"## {r.pair}", "", f"- baseline: {_fmt(r.baseline)} ({r.baseline_source})",
+                  f"- best: {_fmt(r.best)} (trial {r.best_trial or 'n/a'}; checkpoint "
+                  f"{r.checkpoint_uri or 'n/a'})"]
+        imp = importances.get(r.pair) or {}
+        if imp:
+            top = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:5])
+            lines.append(f"- most important parameters (PED-ANOVA): {top}")
+        lines.append("")
+        lines += [f"![{alt}]({name})" for name, alt in figures.get(r.pair, [])]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _write_html(path: Path, head: list[str], body: list[list[str]],
+                figures: dict[str, list[tuple[str, str]]],
+                importances: dict[str, dict[str, float]], metric: str, baseline: str,
+                where: str, out: Path) -> None:
+    def img(name: str, alt: str) -> str:
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
+    e = html.escape
+    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"
+                       for cells in body) + "</table>")
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>optical-ray gap "
+             "report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:right}</style></head><body>", "<h1>optical-ray gap report</h1>",
+             f"<p>{e(_intro(metric, baseline, where)[0])}</p>", table,
+             img("overview.png", "baseline vs best per pair")]
+    for pair, figs in figures.items():
+        parts.append(f"<h2>{e(pair)}</h2>")
+        imp = importances.get(pair) or {}
+        if imp:
+            parts.append("<p>most important parameters (PED-ANOVA): " + e(", ".join(
+                f"{k} {v:.2f}" for k, v in list(imp.items())[:5])) + "</p>")
+        parts += [img(name, alt) for name, alt in figs]
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
