@@ -126,6 +126,58 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sweep / best / report
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from optical_ray.config import load_config
+    from optical_ray.sweep import run_sweep
+
+    over = [f"storage.uri={args.storage}"] if args.storage else []
+    if args.s3_endpoint:
+        over.append(f"storage.endpoint={args.s3_endpoint}")
+    cfg = load_config(args.config, over + list(args.overrides))
+    result = run_sweep(cfg, args.space, pairs=args.pairs, samples=args.samples,
+                       workers_per_trial=args.workers_per_trial,
+                       max_concurrent=args.max_concurrent, scheduler=args.scheduler,
+                       metric=args.metric, name=args.name, resume=args.resume,
+                       address=args.address)
+    print(result.summary())
+    print(f"next: optical-ray best --all --storage {result.storage}")
+    return 0
+
+
+def _storage_arg(args: argparse.Namespace) -> object:
+    from optical_ray.storage import resolve_storage
+
+    return resolve_storage(args.storage, args.s3_endpoint)
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from optical_ray.catalog import best_config, best_configs_all, best_yaml, format_records
+
+    if args.all == bool(args.pair):
+        raise ConfigError("best: give exactly one of --pair PAIR or --all")
+    store = _storage_arg(args)
+    if args.all:
+        records = best_configs_all(args.metric, store, args.mode)
+    else:
+        records = best_config(args.pair, args.metric, store, args.top, args.mode)
+    if args.format == "yaml" and len(records) == 1:
+        print(best_yaml(records[0]), end="")
+    else:
+        print(format_records(records, args.format))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from optical_ray.report import build_report
+
+    path = build_report(_storage_arg(args), args.out, metric=args.metric, mode=args.mode)
+    print(f"report written to {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -198,6 +250,41 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="write TREC runs and metrics.json here")
     ev.add_argument("overrides", nargs="*", metavar="key=value")
     ev.set_defaults(func=_cmd_evaluate)
+
+    sw = sub.add_parser("sweep", help="Ray Tune + Optuna search per language pair")
+    sw.add_argument("--space", required=True, help="YAML search space (search_spaces/*.yaml)")
+    sw.add_argument("--pairs", type=_csv, required=True, help="e.g. en-sw,en-so")
+    sw.add_argument("--samples", type=int, default=None, help="trials per pair")
+    sw.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
+    sw.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
+    sw.add_argument("--workers-per-trial", type=int, default=None)
+    sw.add_argument("--max-concurrent", type=int, default=None)
+    sw.add_argument("--scheduler", choices=["asha", "none"], default=None)
+    sw.add_argument("--metric", default=None, help="e.g. map, ndcg@10")
+    sw.add_argument("--name", default=None, help="sweep name (experiments <name>-<pair>)")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue the sweep with this name in this storage")
+    sw.add_argument("--config", default=None, help="base config YAML (e.g. train.teacher)")
+    sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
+    sw.add_argument("overrides", nargs="*", metavar="key=value")
+    sw.set_defaults(func=_cmd_sweep)
+
+    for cmd, helptext in (("best", "best configs per pair from the results catalog"),
+                          ("report", "gap report (tables, plots) from the results catalog")):
+        q = sub.add_parser(cmd, help=helptext)
+        q.add_argument("--storage", default="optical_runs", help="local dir or s3://bucket/prefix")
+        q.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
+        q.add_argument("--metric", default="map")
+        q.add_argument("--mode", choices=["max", "min"], default="max")
+        if cmd == "best":
+            q.add_argument("--pair", default=None, help="e.g. en-sw")
+            q.add_argument("--all", action="store_true", help="one row per pair")
+            q.add_argument("--top", type=int, default=1)
+            q.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+            q.set_defaults(func=_cmd_best)
+        else:
+            q.add_argument("--out", default="optical_report", help="output directory")
+            q.set_defaults(func=_cmd_report)
     return p
 
 

@@ -55,6 +55,7 @@ class TinyModelConfig:
     num_heads: int = _f(2, ge=1, help="attention heads (must divide hidden_size)")
     intermediate_size: int = _f(128, ge=8, help="feed-forward size")
     max_position_embeddings: int = _f(128, ge=16, help="longest input in tokens")
+    dropout: float = _f(0.1, ge=0, le=0.9, help="hidden and attention dropout")
 
 
 @dataclass

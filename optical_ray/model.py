@@ -215,7 +215,8 @@ class RetrievalModel(nn.Module):
             t = mc.tiny
             spec = TinyModelSpec(num_layers=t.num_layers, hidden_size=t.hidden_size,
                                  num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                                 max_position_embeddings=t.max_position_embeddings)
+                                 max_position_embeddings=t.max_position_embeddings,
+                                 dropout=t.dropout)
             encoder = build_tiny_encoder(tokenizer, spec, seed=seed)
             return cls._with_projection(encoder, tokenizer, mc, seed)
         if name in PRESETS:

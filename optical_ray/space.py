@@ -84,24 +84,33 @@ class SearchSpace:
                 params[p.key] = p
         return base, list(params.values())
 
-    def define_by_run(self, pair: str, depth: int) -> Callable[[Any], dict[str, Any]]:
+    def define_by_run(self, pair: str, depth: int) -> "DefineByRun":
         """An Optuna define-by-run function sampling this space for ``pair``.
 
         It returns the pair's fixed ``base`` values as constants; Ray's ``OptunaSearch``
-        merges them into the trial config.
+        merges them into the trial config. Picklable (the searcher's saved state holds
+        it, for resume).
         """
         base, params = self.for_pair(pair)
-        known = {**to_flat(from_dict({})), **base}  # a condition on an unsampled key sees this
+        return DefineByRun(base, params, depth)
 
-        def space(trial: Any) -> dict[str, Any]:
-            taken: dict[str, Any] = {}
-            for p in params:
-                if any(taken.get(k, known.get(k)) not in allowed for k, allowed in p.when.items()):
-                    continue
-                taken[p.key] = _suggest(trial, p, depth)
-            return dict(base)
 
-        return space
+class DefineByRun:
+    """A picklable define-by-run sampler over ``params`` (see
+    :meth:`SearchSpace.define_by_run`)."""
+
+    def __init__(self, base: dict[str, Any], params: list[Param], depth: int) -> None:
+        self.base, self.params, self.depth = base, params, depth
+        # A condition on a key no parameter samples sees its fixed or default value.
+        self.known = {**to_flat(from_dict({})), **base}
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        taken: dict[str, Any] = {}
+        for p in self.params:
+            if any(taken.get(k, self.known.get(k)) not in allowed for k, allowed in p.when.items()):
+                continue
+            taken[p.key] = _suggest(trial, p, self.depth)
+        return dict(self.base)
 
 
 def _suggest(trial: Any, p: Param, depth: int) -> Any:

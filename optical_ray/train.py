@@ -91,12 +91,14 @@ class TrainContext:
 
     def shard(self, n_items: int, epoch: int, seed: int) -> list[int]:
         """This rank's items for ``epoch``: one seeded permutation shared by all ranks,
-        cut into ``world_size`` equal shards (the remainder dropped, so every rank runs
-        the same number of steps)."""
+        dealt round-robin (the remainder dropped, so every rank runs the same number of
+        steps). Dealing, not cutting, makes the union of the ranks' k-th batches the
+        k-th batch of a single worker with the same global batch: N workers train on
+        exactly the examples one worker would."""
         g = torch.Generator().manual_seed(_mix(seed, epoch))
         order = torch.randperm(n_items, generator=g)
-        per = n_items // self.world_size
-        return order[self.rank * per:(self.rank + 1) * per].tolist()
+        usable = n_items - n_items % self.world_size
+        return order[:usable][self.rank::self.world_size].tolist()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Hand metrics (and a finished checkpoint directory) to whoever watches."""
@@ -188,6 +190,7 @@ class History:
     steps: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
     model_dir: str | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # {"stage", "step", "time"}
 
     def losses(self, stage: str | None = None, key: str = "loss") -> list[float]:
         """The ``key`` column of the step records of ``stage`` (all stages by default)."""
@@ -203,7 +206,7 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         return cls(steps=list(data.get("steps", [])), evals=list(data.get("evals", [])),
-                   model_dir=data.get("model_dir"))
+                   model_dir=data.get("model_dir"), resumes=list(data.get("resumes", [])))
 
 
 # --------------------------------------------------------------------------- devices, RNG
@@ -304,7 +307,11 @@ def save_checkpoint(root: Path, name: str, *, state: dict[str, Any], model: Retr
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     rng_tensors, rng_meta = _rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    doc = {**state, "rng": rng_meta, "config": to_dict(cfg), "version": 1}
+    # A manifest of every file: a copy in object storage (uploaded in no particular
+    # order) is complete when all of them are there with these sizes.
+    files = {p.relative_to(tmp).as_posix(): p.stat().st_size
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    doc = {**state, "rng": rng_meta, "config": to_dict(cfg), "version": 1, "files": files}
     (tmp / _STATE).write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
     if final.exists():  # the same step written again (a resumed run): replace it whole
         old = root / f".old-{name}-{os.getpid()}"
@@ -1002,6 +1009,8 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
         if (Path(ckpt) / "teacher").is_dir():
             teacher = RetrievalModel.load(Path(ckpt) / "teacher", device=device)
         history = History.from_dict(state["history"])
+        history.resumes.append({"stage": state["stage"], "step": int(state["step"]),
+                                "time": time.time()})
         ctx.print0(f"resuming from {ckpt} (stage {state['stage']}, step {state['step']})")
     elif cfg.train.teacher:
         model = RetrievalModel.from_config(_with_model(cfg, cfg.train.teacher))

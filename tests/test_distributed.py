@@ -1,0 +1,179 @@
+"""Ray Train: two real nodes on this machine, DDP across them, a killed worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head and one worker node (1 CPU each, small object stores), stopped after."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 150 * 2**20})
+    cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny world and a (randomly initialised) teacher saved from it."""
+    from optical_ray.config import from_flat
+    from optical_ray.data.synthetic import synthesize_world
+    from optical_ray.model import RetrievalModel
+
+    root = tmp_path_factory.mktemp("dist")
+    world = synthesize_world(root / "world", seed=0, scale="tiny")
+    cfg = from_flat({"data.root": str(world.root), "model.tiny.dropout": 0.0})
+    RetrievalModel.from_config(cfg).save(root / "teacher", cfg)
+    return root
+
+
+def _cfg(root: Path, name: str, **over):
+    from optical_ray.config import from_flat
+
+    base = {"data.root": str(root / "world"), "output_dir": str(root / "runs"),
+            "storage.uri": str(root / "storage"), "name": name, "pair": "en-xc",
+            "train.teacher": str(root / "teacher"), "train.stages": ["distill"],
+            "train.warmup_ratio": 0.0, "train.log_every": 1000, "model.tiny.dropout": 0.0,
+            "distill.batch_size": 8, "distill.steps": 6, "distill.lr": 1e-3,
+            "train.checkpoint_every": 3, "eval.metrics": ["map"], "eval.pairs": ["en-xc"]}
+    return from_flat({**base, **over})
+
+
+def _final_state(checkpoint: str) -> dict:
+    return json.loads((Path(checkpoint) / "state.json").read_text())
+
+
+def _train_worker_pids() -> list[int]:
+    """Live Ray Train worker processes (Ray titles them ``ray::RayTrainWorker...``)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if cmd.startswith("ray::RayTrainWorker"):
+            out.append(proc.info["pid"])
+    return sorted(out)
+
+
+def test_two_workers_on_two_nodes_equal_one_worker(two_nodes, teacher_dir) -> None:
+    from optical_ray.distributed import fit
+
+    one = fit(_cfg(teacher_dir, "one", **{"scaling.workers": 1}))
+    two = fit(_cfg(teacher_dir, "two", **{"scaling.workers": 2, "distill.batch_size": 4,
+                                          "scaling.placement_strategy": "STRICT_SPREAD"}))
+    # Global batch 8 either way, round-robin shards: the same examples per step.
+    s1 = _final_state(one.checkpoint)["history"]["steps"]
+    s2 = _final_state(two.checkpoint)["history"]["steps"]
+    assert len(s1) == len(s2) == 6
+    for a, b in zip(s1, s2):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+    assert two.metrics["map"] == pytest.approx(one.metrics["map"], abs=1e-4)
+    # STRICT_SPREAD put one worker on each node: the group spanned both nodes.
+    assert two.metrics["num_nodes"] == 2 and two.metrics["num_workers"] == 2
+    assert one.metrics["num_nodes"] == 1
+    # Checkpoints went to the storage URI, the model with the resolved config beside it.
+    assert Path(two.checkpoint).is_relative_to(teacher_dir / "storage" / "two")
+    assert (Path(two.checkpoint) / "model" / "optical_ray.json").is_file()
+
+
+def test_killed_worker_resumes_from_checkpoint(two_nodes, teacher_dir) -> None:
+    from optical_ray.distributed import fit
+
+    steps = 24
+    calm = fit(_cfg(teacher_dir, "calm", **{"scaling.workers": 2, "distill.batch_size": 4,
+                                            "distill.steps": steps,
+                                            "train.checkpoint_every": 4}))
+    storage = teacher_dir / "storage" / "storm"
+    killed: list[int] = []
+
+    def kill_one_worker_after_a_checkpoint() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            # A second checkpoint on disk means the first one is registered with the
+            # controller (a checkpoint directory appears before its report lands).
+            if storage.is_dir() and sum(p.name.startswith("checkpoint_")
+                                        for p in storage.iterdir()) >= 2:
+                workers = _train_worker_pids()
+                if workers:
+                    os.kill(workers[-1], signal.SIGKILL)
+                    killed.append(workers[-1])
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one_worker_after_a_checkpoint, daemon=True)
+    killer.start()
+    storm = fit(_cfg(teacher_dir, "storm", **{"scaling.workers": 2, "distill.batch_size": 4,
+                                              "distill.steps": steps,
+                                              "train.checkpoint_every": 4,
+                                              "scaling.max_failures": 2}))
+    killer.join(timeout=5)
+    assert killed, "no worker was killed: the run finished before its first checkpoint"
+    history = _final_state(storm.checkpoint)["history"]
+    # It resumed from a checkpoint (a step > 0), not from step 0 ...
+    assert history["resumes"] and history["resumes"][0]["step"] > 0
+    assert [s["step"] for s in history["steps"]] == list(range(1, steps + 1))
+    # ... and ended where the undisturbed run ended.
+    calm_steps = _final_state(calm.checkpoint)["history"]["steps"]
+    assert history["steps"][-1]["loss"] == pytest.approx(calm_steps[-1]["loss"], rel=1e-4)
+    assert storm.metrics["map"] == pytest.approx(calm.metrics["map"], abs=1e-4)
+
+
+def test_restart_with_same_name_continues_after_driver_dies(two_nodes, teacher_dir) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from optical_ray.config import to_dict
+    from optical_ray.distributed import fit
+
+    cfg = _cfg(teacher_dir, "again", **{"distill.steps": 30, "train.checkpoint_every": 3})
+    path = teacher_dir / "again.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "optical_ray.cli", "train", "--config", str(path),
+         "--address", two_nodes.address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = teacher_dir / "storage" / "again"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            if storage.is_dir() and sum(p.name.startswith("checkpoint_")
+                                        for p in storage.iterdir()) >= 2:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the driver ended before its first checkpoint"
+    finally:
+        driver.kill()  # SIGKILL: the driver dies mid-run
+        driver.wait()
+    again = fit(cfg)
+    history = _final_state(again.checkpoint)["history"]
+    assert history["resumes"] and history["resumes"][0]["step"] > 0
+    assert [s["step"] for s in history["steps"]] == list(range(1, 31))
+
+
+def test_too_many_workers_is_one_clear_error(two_nodes, teacher_dir) -> None:
+    from optical_ray.distributed import fit
+    from optical_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs 8 CPUs .* the cluster has 2 CPUs"):
+        fit(_cfg(teacher_dir, "big", **{"scaling.workers": 8}))
