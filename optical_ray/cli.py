@@ -300,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("optical-ray: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `optical-ray ... | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

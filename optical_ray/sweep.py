@@ -1,0 +1,405 @@
+"""Ray Tune wiring: a YAML search space → OptunaSearch (TPE) + ASHA, one experiment per
+language pair, each trial a training run, every result in the catalog.
+
+Why one experiment per pair: the best epsilon, weight and layers differ between a
+high- and a low-resource language, so each pair gets its own TPE model and its own ASHA
+brackets (a pair dimension would let the easy pair's scores stop the hard pair's trials
+early), and a pair can be resumed, extended or deleted on its own.
+
+Trials follow Ray's Train V2 pattern: a Tune function that, for ``workers_per_trial >
+1``, builds and fits a ``TorchTrainer`` (metrics reach Tune through
+``TuneReportCallback``). A single-worker trial runs the same stage functions in the
+trial process itself (:class:`TuneContext`), which skips a worker-group start-up per
+trial and holds exactly the CPUs it trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ray.tune import Callback
+
+from optical_ray.config import Config, from_flat, to_dict, to_flat
+from optical_ray.errors import ConfigError, OpticalRayError
+from optical_ray.space import SearchSpace, load_space, parse_space, trial_config
+from optical_ray.train import TrainContext, run
+
+__all__ = ["TuneContext", "PairResult", "SweepResult", "run_sweep", "experiment_name"]
+
+FINISHED_KEY = "trial_finished"
+
+
+class TuneContext(TrainContext):
+    """:class:`~optical_ray.train.TrainContext` for a single-worker trial: reports go to
+    Ray Tune (checkpoints persisted to the experiment's storage), resume comes from
+    ``tune.get_checkpoint()``."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(rank=0, world_size=1, device=None,
+                         run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")))
+        self.metric = cfg.sweep.metric
+        self.last: dict[str, Any] = {}
+        self._restored: str | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        out = dict(metrics)
+        if self.metric in out:
+            self.last = {k: v for k, v in out.items() if isinstance(v, (int, float))}
+        else:
+            # OptunaSearch and ASHA read the metric from every result.
+            out[self.metric] = self.last.get(self.metric, -math.inf)
+        out["score"] = out[self.metric]
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(out, checkpoint=checkpoint)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def latest_checkpoint(self) -> str | None:
+        from ray import tune
+
+        if self._restored is None:
+            ckpt = tune.get_checkpoint()
+            if ckpt is None:
+                return None
+            self._restored = ckpt.to_directory(str(self.run_dir / "restored"))
+        return self._restored
+
+
+def experiment_name(name: str, pair: str) -> str:
+    """The Tune experiment (and catalog experiment) of ``pair`` in sweep ``name``."""
+    return f"{name}-{pair}"
+
+
+def _trial(sampled: dict[str, Any], *, base: dict[str, Any], space: dict[str, Any],
+           pair: str, experiment: str) -> None:
+    """The Tune trial function: build the trial's config, train, report."""
+    from ray import tune
+
+    ctx_tune = tune.get_context()
+    trial_id = ctx_tune.get_trial_id()
+    overrides = {"name": f"{experiment}-{trial_id}"}
+    cfg = from_flat(overrides, trial_config(parse_space(space, source=experiment), pair,
+                                            sampled, base))
+    # Checkpoints at evaluation points only: every Tune result then carries a fresh
+    # metric, and ASHA's training_iteration counts evaluations.
+    if cfg.train.eval_every > 0:
+        cfg = from_flat({"train.checkpoint_every": cfg.train.eval_every}, cfg)
+    start = time.perf_counter()
+    if cfg.scaling.workers == 1:
+        ctx = TuneContext(cfg)
+        try:
+            run(cfg, ctx)
+        finally:
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+        last = ctx.last
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from optical_ray.distributed import build_trainer
+
+        trainer = build_trainer(cfg, callbacks=[TuneReportCallback()],
+                                name=f"trainruns/{experiment}/{trial_id}")
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    tune.report({**last, FINISHED_KEY: 1, "train_s": time.perf_counter() - start})
+
+
+@dataclass
+class PairResult:
+    """The outcome of one pair's experiment."""
+
+    pair: str
+    experiment: str
+    path: str
+    best_config: dict[str, Any] | None
+    best_metrics: dict[str, float]
+    best_checkpoint: str | None
+    baseline_metrics: dict[str, float] | None
+    trials: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SweepResult:
+    """Every pair's outcome; ``summary()`` is what the CLI prints."""
+
+    name: str
+    metric: str
+    storage: str
+    pairs: dict[str, PairResult]
+
+    def summary(self) -> str:
+        lines = [f"best config per pair ({self.metric}, sweep {self.name!r}, storage "
+                 f"{self.storage}):"]
+        for pair, r in self.pairs.items():
+            value = r.best_metrics.get(self.metric)
+            base = (r.baseline_metrics or {}).get(self.metric)
+            shown = "no finished trial" if value is None else f"{self.metric}={value:.4f}"
+            if value is not None and base is not None:
+                shown += f" (zero-shot {base:.4f}, {value - base:+.4f})"
+            lines.append(f"  {pair}: {shown}; {r.trials} trials, {len(r.failed)} failed")
+            if r.best_config:
+                hp = {k: r.best_config.get(k) for k in ("distill.epsilon", "distill.weight",
+                                                        "distill.layers", "distill.lr",
+                                                        "distill.rank_batch_size")}
+                lines.append("    " + ", ".join(f"{k.split('.')[-1]}={_fmt(v)}"
+                                                for k, v in hp.items()))
+            if r.best_checkpoint:
+                lines.append(f"    checkpoint: {r.best_checkpoint}")
+            for trial_id, reason in r.failed:
+                lines.append(f"    failed {trial_id}: {reason}")
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+class CatalogCallback(Callback):
+    """Appends one catalog record per finished or failed trial, as it happens (a
+    driver that dies loses no finished trial's record). Records are keyed by
+    experiment and trial, so a trial recorded twice (e.g. around a resume) is one
+    record."""
+
+    def __init__(self, catalog: Any, experiment: str, pair: str, metric: str, mode: str,
+                 baseline: dict[str, float] | None, base: dict[str, Any],
+                 space: dict[str, Any]) -> None:
+        self.catalog, self.experiment, self.pair = catalog, experiment, pair
+        self.metric, self.mode, self.baseline = metric, mode, baseline
+        self.base, self.space = base, space
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._record(trial, "finished", None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._record(trial, "failed", _error_line(trial))
+
+    def _record(self, trial: Any, status: str, error: str | None) -> None:
+        from optical_ray.catalog import TrialRecord
+
+        result = trial.last_result or {}
+        analysis = trial.metric_analysis or {}
+        best_key = "max" if self.mode == "max" else "min"
+        best = {k: v[best_key] for k, v in analysis.items()
+                if isinstance(v, Mapping) and best_key in v and _is_metric(k)}
+        last = {k: v for k, v in result.items()
+                if isinstance(v, (int, float)) and _is_metric(k)}
+        if status == "finished" and not result.get(FINISHED_KEY):
+            status = "stopped"  # ASHA ended it early
+        try:
+            config: dict[str, Any] = to_flat(trial_config(
+                parse_space(self.space), self.pair, dict(trial.config), self.base))
+        except OpticalRayError:
+            config = dict(trial.config)  # a sampled combination that cannot work
+        ckpt = trial.checkpoint
+        self.catalog.append(TrialRecord(
+            experiment=self.experiment, pair=self.pair, trial_id=trial.trial_id,
+            status=status, config=config, best_metrics=best, last_metrics=last,
+            metric=self.metric, mode=self.mode, error=error,
+            baseline_metrics=self.baseline,
+            checkpoint_uri=_uri(ckpt.path, ckpt.filesystem) if ckpt else None,
+            started_at=self.started.get(trial.trial_id), finished_at=time.time(),
+            training_s=result.get("train_s"), iterations=result.get("training_iteration"),
+            record_id=f"{self.experiment}--{trial.trial_id}"))
+
+
+def _is_metric(key: str) -> bool:
+    name = key.split("/")[-1].split("@")[0]
+    return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key
+
+
+def _uri(path: str, filesystem: Any) -> str:
+    kind = getattr(filesystem, "type_name", "local")
+    return f"s3://{path}" if kind == "s3" else path
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of the trial's error (Ray wraps user errors in several layers)."""
+    try:
+        err = trial.get_error()
+    except Exception:  # noqa: BLE001 - reporting must not break the sweep
+        err = None
+    text = str(err or "unknown error").strip().splitlines()
+    useful = [line for line in text if line.strip() and not line.startswith((" ", "\t"))]
+    return (useful or text or ["unknown error"])[-1][:500]
+
+
+def _model_depth(cfg: Config) -> int:
+    """Encoder layers of the model the trials distill (for layer choices)."""
+    teacher = cfg.train.teacher
+    if teacher and (Path(teacher) / "config.json").is_file():
+        data = json.loads((Path(teacher) / "config.json").read_text())
+        return int(data.get("num_hidden_layers", cfg.model.tiny.num_layers))
+    return cfg.model.tiny.num_layers
+
+
+def _baseline(cfg: Config, pair: str) -> dict[str, float] | None:
+    """Zero-shot metrics of the teacher on the trials' evaluation set (None without
+    a trained teacher)."""
+    if not cfg.train.teacher:
+        return None
+    import ray
+
+    from optical_ray.model import RetrievalModel
+    from optical_ray.train import evaluate_dev
+
+    pcfg = from_flat({"pair": pair}, cfg)
+
+    @ray.remote(num_cpus=cfg.scaling.cpus_per_worker, num_gpus=cfg.scaling.gpus_per_worker)
+    def evaluate() -> dict[str, float]:
+        return evaluate_dev(RetrievalModel.load(pcfg.train.teacher), pcfg)
+
+    return ray.get(evaluate.remote())
+
+
+def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[str],
+              samples: int | None = None, workers_per_trial: int | None = None,
+              max_concurrent: int | None = None, scheduler: str | None = None,
+              metric: str | None = None, name: str | None = None, resume: bool = False,
+              address: str | None = None, verbose: int = 1) -> SweepResult:
+    """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
+    to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
+
+    With ``resume=True`` an experiment already in storage is restored: finished trials
+    are not run again, unfinished ones continue from their checkpoints, and the
+    searcher keeps its history. Without it, an existing experiment is an error.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from optical_ray.catalog import Catalog
+    from optical_ray.data.sources import ensure_data_root
+    from optical_ray.distributed import init_ray, prepare_config
+    from optical_ray.storage import resolve_storage
+
+    sw = base.sweep
+    over = {"sweep.samples": samples, "scaling.workers": workers_per_trial,
+            "sweep.max_concurrent": max_concurrent, "sweep.scheduler": scheduler,
+            "sweep.metric": metric, "name": name, "sweep.pairs": list(pairs)}
+    cfg = prepare_config(from_flat({k: v for k, v in over.items() if v is not None}, base))
+    sw = cfg.sweep
+    if not sw.pairs:
+        raise ConfigError("sweep.pairs: got [], expected at least one pair such as en-sw")
+    if not isinstance(space, SearchSpace):
+        space = load_space(space)
+    space_raw = _space_raw(space)
+    store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    if store.scheme == "s3":
+        store.ensure_bucket()
+    catalog = Catalog(store)
+    ensure_data_root(cfg)
+    init_ray(address)
+    results: dict[str, PairResult] = {}
+    for pair in sw.pairs:
+        exp = experiment_name(cfg.name, pair)
+        path = store.join(exp)
+        fs = store.ray_storage_filesystem()
+        exists = tune.Tuner.can_restore(path, storage_filesystem=fs)
+        if exists and not resume:
+            raise ConfigError(f"sweep {cfg.name!r}: experiment {exp!r} already exists in "
+                              f"{store.uri}; pass --resume to continue it, or another --name")
+        baseline = _baseline(cfg, pair)
+        trainable = tune.with_parameters(_trial, base=to_dict(cfg), space=space_raw,
+                                         pair=pair, experiment=exp)
+        sc = cfg.scaling
+        if sc.workers == 1:
+            resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
+            if sc.gpus_per_worker:
+                resources["GPU"] = sc.gpus_per_worker
+        else:
+            # The trial driver only waits on its TorchTrainer: holding a CPU there
+            # would deadlock small clusters whose workers need every CPU.
+            resources = {"CPU": 0}
+        trainable = tune.with_resources(trainable, resources)
+        callback = CatalogCallback(catalog, exp, pair, sw.metric, sw.mode, baseline,
+                                   to_dict(cfg), space_raw)
+        if exists:
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                       resume_errored=False, storage_filesystem=fs)
+            # The restored run config is the pickled one; give it a fresh callback
+            # (this driver's catalog connection and baseline).
+            tuner._local_tuner.get_run_config().callbacks = [callback]
+        else:
+            import optuna
+
+            depth = _model_depth(cfg)
+            sampler = optuna.samplers.TPESampler(seed=sw.seed, n_startup_trials=max(
+                2, min(5, sw.samples // 3)))
+            searcher = ConcurrencyLimiter(
+                OptunaSearch(space=space.define_by_run(pair, depth), metric=sw.metric,
+                             mode=sw.mode, sampler=sampler),
+                max_concurrent=sw.max_concurrent)
+            sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
+                                  reduction_factor=sw.reduction_factor, max_t=10_000) \
+                if sw.scheduler == "asha" else FIFOScheduler()
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
+                                            metric=sw.metric, mode=sw.mode,
+                                            num_samples=sw.samples),
+                run_config=tune.RunConfig(
+                    name=exp, storage_path=store.ray_storage_path(), storage_filesystem=fs,
+                    callbacks=[callback], verbose=verbose,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    failure_config=tune.FailureConfig(max_failures=0)))
+        grid = tuner.fit()
+        results[pair] = _pair_result(grid, pair, exp, path, sw.metric, sw.mode, baseline,
+                                     space, cfg)
+    return SweepResult(cfg.name, sw.metric, store.uri, results)
+
+
+def _space_raw(space: SearchSpace) -> dict[str, Any]:
+    """A search space as plain data (shipped to trials, re-parsed there)."""
+    def params(ps: Any) -> dict[str, Any]:
+        return {p.key: {**p.spec, **({"when": p.when} if p.when else {})} for p in ps}
+
+    return {"base": space.base, "params": params(space.params),
+            "pairs": {pair: {"base": b, "params": params(ps)}
+                      for pair, (b, ps) in space.pairs.items()}}
+
+
+def _pair_result(grid: Any, pair: str, exp: str, path: str, metric: str, mode: str,
+                 baseline: dict[str, float] | None, space: SearchSpace,
+                 base: Config) -> PairResult:
+    failed = []
+    for r in grid:
+        if r.error is not None:
+            text = str(r.error).strip().splitlines()
+            failed.append((Path(r.path).name, (text[-1] if text else "error")[:300]))
+    best_config, best_metrics, best_ckpt = None, {}, None
+    try:
+        best = grid.get_best_result(metric=metric, mode=mode, scope="all",
+                                    filter_nan_and_inf=True)
+    except RuntimeError:
+        best = None
+    if best is not None and best.metrics:
+        df = best.metrics_dataframe
+        if df is not None and metric in df:
+            row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
+            best_metrics = {k: float(v) for k, v in row.items()
+                            if isinstance(v, (int, float)) and _is_metric(str(k))}
+        try:  # the full resolved config (layer strategies become layer lists)
+            best_config = to_flat(trial_config(space, pair, dict(best.config), base))
+        except OpticalRayError:
+            best_config = dict(best.config)
+        ckpt = best.checkpoint
+        best_ckpt = _uri(ckpt.path, ckpt.filesystem) if ckpt else None
+    return PairResult(pair, exp, path, best_config, best_metrics, best_ckpt, baseline,
+                      len(grid), failed)

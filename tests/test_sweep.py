@@ -1,0 +1,156 @@
+"""Sweeps: Ray Tune + Optuna + ASHA per pair, catalog records, failures, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+
+SPACE = {
+    "base": {"train.stages": ["distill"], "distill.steps": 4, "distill.batch_size": 8,
+             "train.eval_every": 2, "train.log_every": 1000, "train.warmup_ratio": 0.0},
+    "params": {
+        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
+        "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local node with 2 CPUs, owned by this test module."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "object_store_memory": 200 * 2**20})
+    ray.init(address=c.address)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory):
+    from optical_ray.config import from_flat
+    from optical_ray.data.synthetic import synthesize_world
+    from optical_ray.model import RetrievalModel
+
+    root = tmp_path_factory.mktemp("sweep")
+    world = synthesize_world(root / "world", seed=0, scale="tiny")
+    cfg = from_flat({"data.root": str(world.root)})
+    RetrievalModel.from_config(cfg).save(root / "teacher", cfg)
+    return root
+
+
+def _base(root: Path, storage: str, **over):
+    from optical_ray.config import from_flat
+
+    return from_flat({"data.root": str(root / "world"), "output_dir": str(root / "runs"),
+                      "storage.uri": storage, "train.teacher": str(root / "teacher"),
+                      "eval.metrics": ["map", "mrr@10"], "eval.pairs": ["en-en"],
+                      "sweep.max_concurrent": 2, **over})
+
+
+def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None:
+    from optical_ray.catalog import Catalog, best_config, best_yaml
+    from optical_ray.config import from_dict
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    storage = str(sweep_root / "store-a")
+    result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=["en-xc", "xc-en"],
+                       samples=3, name="t", verbose=0)
+    for pair in ("en-xc", "xc-en"):
+        r = result.pairs[pair]
+        assert r.trials == 3 and not r.failed
+        assert r.best_metrics["map"] > 0
+        assert r.baseline_metrics and "map" in r.baseline_metrics
+        assert r.best_checkpoint and Path(r.best_checkpoint, "model").is_dir()
+    records = Catalog(storage).records()
+    assert len(records) == 6
+    assert set(records["pair"]) == {"en-xc", "xc-en"}
+    assert set(records["status"]) <= {"finished", "stopped"}
+    best = best_config("en-xc", storage=storage)[0]
+    assert best.value == pytest.approx(result.pairs["en-xc"].best_metrics["map"])
+    cfg = from_dict(yaml.safe_load(best_yaml(best)))
+    assert cfg.pair == "en-xc" and 0.01 <= cfg.distill.epsilon <= 1.0
+    assert "best config per pair" in result.summary()
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(cluster, sweep_root) -> None:
+    from optical_ray.catalog import Catalog
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    space = {**SPACE, "params": {
+        **SPACE["params"],
+        # Layer 7 of a 2-layer model: a sampled combination that cannot work.
+        "distill.layers": {"type": "layers", "strategies": ["set"], "sets": [[7]]}}}
+    storage = str(sweep_root / "store-b")
+    result = run_sweep(_base(sweep_root, storage), parse_space(space), pairs=["en-xc"],
+                       samples=2, name="bad", verbose=0)
+    r = result.pairs["en-xc"]
+    assert r.trials == 2 and len(r.failed) == 2
+    records = Catalog(storage).records()
+    assert list(records["status"]) == ["failed", "failed"]
+    assert all("layer" in e and "7" in e for e in records["error"])
+
+
+def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
+    from optical_ray.catalog import Catalog
+    from optical_ray.config import to_dict
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    storage = sweep_root / "store-c"
+    space = {**SPACE, "base": {**SPACE["base"], "distill.steps": 8}}
+    space_path = sweep_root / "space.yaml"
+    space_path.write_text(yaml.safe_dump(space))
+    cfg_path = sweep_root / "base.yaml"
+    cfg_path.write_text(yaml.safe_dump(to_dict(_base(sweep_root, str(storage),
+                                                     **{"sweep.max_concurrent": 1}))))
+    cmd = [sys.executable, "-m", "optical_ray.cli", "sweep", "--space", str(space_path),
+           "--pairs", "en-xc", "--samples", "4", "--name", "kill", "--config", str(cfg_path),
+           "--address", cluster.address]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    catalog = Catalog(str(storage))
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            if (storage / "catalog").is_dir() and len(catalog.records()) >= 1:
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        driver.kill()  # SIGKILL mid-sweep
+        driver.wait()
+    before = catalog.records()
+    assert 1 <= len(before) < 4
+    done = dict(zip(before["trial_id"], before["finished_at"]))
+    # The same command with --resume: finished trials are not run again.
+    result = run_sweep(_base(sweep_root, str(storage), **{"sweep.max_concurrent": 1}),
+                       parse_space(space), pairs=["en-xc"], samples=4, name="kill",
+                       resume=True, verbose=0)
+    after = Catalog(str(storage)).records()
+    assert result.pairs["en-xc"].trials == 4
+    assert after["trial_id"].nunique() == len(after) == 4
+    for trial_id, finished in done.items():
+        row = after[after["trial_id"] == trial_id]
+        assert len(row) == 1 and row["finished_at"].iloc[0] == finished
+    # Without --resume, an existing sweep is refused with one clear line.
+    from optical_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already exists .* pass --resume"):
+        run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
+                  samples=4, name="kill", verbose=0)
