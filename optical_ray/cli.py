@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from optical_ray import __version__
-from optical_ray.errors import ConfigError, OpticalRayError
+from optical_ray.errors import ConfigError, DataError, OpticalRayError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,7 +54,10 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
 
     report = validate_dataset(args.root, strict=args.strict)
     print(report.format())
-    return 0 if report.ok else 1
+    if not report.ok:
+        first = report.problems[0] if report.problems else "see the table above"
+        raise DataError(f"{len(report.problems)} problem(s) in {args.root}; first: {first}")
+    return 0
 
 
 # --------------------------------------------------------------------------- config
