@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
@@ -228,15 +229,29 @@ def _uri(path: str, filesystem: Any) -> str:
     return f"s3://{path}" if kind == "s3" else path
 
 
+_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b: \S")
+
+
+def error_reason(text: str) -> str:
+    """The user-facing line of an error text: the last ``SomeError: message`` line
+    (Ray wraps a trial's exception in several layers of its own)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    found = [line for line in lines if _EXC_LINE.match(line)]
+    return ((found or lines or ["unknown error"])[-1])[:500]
+
+
 def _error_line(trial: Any) -> str:
-    """The last line of the trial's error (Ray wraps user errors in several layers)."""
+    """The reason a trial failed, from its error file or its error object."""
+    text = ""
+    path = getattr(trial, "error_file", None)
     try:
-        err = trial.get_error()
+        if path and Path(path).is_file():
+            text = Path(path).read_text(errors="replace")
+        if not text:
+            text = str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - reporting must not break the sweep
-        err = None
-    text = str(err or "unknown error").strip().splitlines()
-    useful = [line for line in text if line.strip() and not line.startswith((" ", "\t"))]
-    return (useful or text or ["unknown error"])[-1][:500]
+        pass
+    return error_reason(text or "unknown error")
 
 
 def _model_depth(cfg: Config) -> int:
@@ -381,8 +396,7 @@ def _pair_result(grid: Any, pair: str, exp: str, path: str, metric: str, mode: s
     failed = []
     for r in grid:
         if r.error is not None:
-            text = str(r.error).strip().splitlines()
-            failed.append((Path(r.path).name, (text[-1] if text else "error")[:300]))
+            failed.append((Path(r.path).name, error_reason(str(r.error))[:300]))
     best_config, best_metrics, best_ckpt = None, {}, None
     try:
         best = grid.get_best_result(metric=metric, mode=mode, scope="all",
