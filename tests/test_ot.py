@@ -65,20 +65,24 @@ def test_plans_and_values_match_pot(padded, eps):
     res = sinkhorn(padded["cost"], padded["row"], padded["col"], eps, tol=1e-7, max_iter=20000)
     assert isinstance(res, SinkhornResult) and res.converged
     assert res.plan.dtype == torch.float32 and res.plan.shape == padded["cost"].shape
-    for i, (n_i, m_i) in enumerate(zip(ROW_LENS, COL_LENS)):
+    for i, (n_i, m_i) in enumerate(zip(ROW_LENS, COL_LENS, strict=True)):
         cost_i = padded["cost"][i, :n_i, :m_i].double().numpy()
         ref = _pot_plan(padded["cost"][i, :n_i, :m_i], eps)
         got = res.plan[i, :n_i, :m_i].double().numpy()
         assert np.abs(got - ref).max() <= 1e-4 * ref.max(), f"pair {i}"
         a = np.full(n_i, 1.0 / n_i)
         b = np.full(m_i, 1.0 / m_i)
-        value_ref = float(ot.sinkhorn2(a, b, cost_i, eps, method="sinkhorn_log", numItermax=200000, stopThr=1e-12))
+        value_ref = float(
+            ot.sinkhorn2(
+                a, b, cost_i, eps, method="sinkhorn_log", numItermax=200000, stopThr=1e-12
+            )
+        )
         assert abs((got * cost_i).sum() - value_ref) <= 1e-4 * value_ref, f"pair {i}"
 
 
 def test_padded_batch_equals_pairs_one_by_one(padded):
     res = sinkhorn(padded["cost"], padded["row"], padded["col"], 0.05, tol=1e-6)
-    for i, (n_i, m_i) in enumerate(zip(ROW_LENS, COL_LENS)):
+    for i, (n_i, m_i) in enumerate(zip(ROW_LENS, COL_LENS, strict=True)):
         alone = sinkhorn(padded["cost"][i : i + 1, :n_i, :m_i], eps=0.05, tol=1e-6)
         torch.testing.assert_close(res.plan[i, :n_i, :m_i], alone.plan[0], rtol=1e-4, atol=1e-7)
         # padding carries exactly zero mass
@@ -109,7 +113,9 @@ def test_fixed_iteration_count(padded):
 @pytest.mark.parametrize("eps", [0.05, 0.5])
 def test_methods_agree(padded, eps):
     plans = {
-        method: sinkhorn(padded["cost"], padded["row"], padded["col"], eps, tol=1e-6, method=method).plan
+        method: sinkhorn(
+            padded["cost"], padded["row"], padded["col"], eps, tol=1e-6, method=method
+        ).plan
         for method in ("auto", "log", "kernel")
     }
     torch.testing.assert_close(plans["auto"], plans["log"], rtol=0, atol=2e-6)
@@ -119,19 +125,32 @@ def test_methods_agree(padded, eps):
 def test_small_eps_auto_matches_log_and_kernel_refuses(padded):
     eps = 0.01
     auto = sinkhorn(padded["cost"], padded["row"], padded["col"], eps, tol=1e-6, max_iter=5000)
-    log = sinkhorn(padded["cost"], padded["row"], padded["col"], eps, tol=1e-6, max_iter=5000, method="log")
+    log = sinkhorn(
+        padded["cost"], padded["row"], padded["col"], eps, tol=1e-6, max_iter=5000, method="log"
+    )
     assert auto.converged and log.converged
     assert auto.n_iter < log.n_iter  # over-relaxation pays off at small eps
     torch.testing.assert_close(auto.plan, log.plan, rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match=r"method='kernel' would underflow.*increase eps \(now 0.01\)"):
+    with pytest.raises(
+        ValueError, match=r"method='kernel' would underflow.*increase eps \(now 0.01\)"
+    ):
         sinkhorn(padded["cost"], padded["row"], padded["col"], eps, method="kernel")
 
 
 @pytest.mark.parametrize("method", ["auto", "log"])
 def test_eps_scaling_reaches_the_same_plan(padded, method):
-    plain = sinkhorn(padded["cost"], padded["row"], padded["col"], 0.02, tol=1e-6, max_iter=5000, method=method)
+    plain = sinkhorn(
+        padded["cost"], padded["row"], padded["col"], 0.02, tol=1e-6, max_iter=5000, method=method
+    )
     scaled = sinkhorn(
-        padded["cost"], padded["row"], padded["col"], 0.02, tol=1e-6, max_iter=5000, method=method, eps_scaling=0.5
+        padded["cost"],
+        padded["row"],
+        padded["col"],
+        0.02,
+        tol=1e-6,
+        max_iter=5000,
+        method=method,
+        eps_scaling=0.5,
     )
     assert scaled.converged
     torch.testing.assert_close(scaled.plan, plain.plan, rtol=0, atol=1e-5)
@@ -157,7 +176,11 @@ def test_no_nan_at_extreme_eps(padded, cost, eps):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SinkhornConvergenceWarning)  # eps=1e-4 may not converge
         for method in ("auto", "log"):
-            _assert_sane(sinkhorn(c, padded["row"], padded["col"], eps, max_iter=300, method=method), padded["row"], padded["col"])
+            _assert_sane(
+                sinkhorn(c, padded["row"], padded["col"], eps, max_iter=300, method=method),
+                padded["row"],
+                padded["col"],
+            )
 
 
 def test_no_nan_with_large_unnormalised_costs(padded):
@@ -183,12 +206,16 @@ def test_half_precision_cost_gives_fp32_plan(padded, dtype):
     ref = sinkhorn(c.float(), padded["row"], padded["col"], 0.05, tol=1e-5)
     torch.testing.assert_close(res.plan, ref.plan)
     # the loss accepts half-precision states too and returns an fp32 scalar
-    loss = ot_distillation_loss(padded["x"].to(dtype), padded["y"].to(dtype), padded["row"], padded["col"], 0.05)
+    loss = ot_distillation_loss(
+        padded["x"].to(dtype), padded["y"].to(dtype), padded["row"], padded["col"], 0.05
+    )
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_float64_cost_is_solved_in_float64(padded):
-    res = sinkhorn(padded["cost"].double(), padded["row"], padded["col"], 0.05, tol=1e-10, max_iter=10000)
+    res = sinkhorn(
+        padded["cost"].double(), padded["row"], padded["col"], 0.05, tol=1e-10, max_iter=10000
+    )
     assert res.plan.dtype == torch.float64 and res.converged
     assert torch.all(res.marginal_error <= 1e-10)
 
@@ -214,13 +241,15 @@ def test_gradient_matches_autograd_through_pot(cost):
     """
     eps = 0.1
     teacher, student, row, col = _states(torch.float32)
-    loss = ot_distillation_loss(teacher, student, row, col, eps, cost=cost, tol=1e-7, max_iter=10000)
+    loss = ot_distillation_loss(
+        teacher, student, row, col, eps, cost=cost, tol=1e-7, max_iter=10000
+    )
     loss.backward()
     assert teacher.grad is None  # the teacher is frozen
     s_ref = student.detach().double().requires_grad_(True)
     s_lin = student.detach().double().requires_grad_(True)
     entropic, linear = 0.0, 0.0
-    for i, (n_i, m_i) in enumerate(zip(ROW_LENS, COL_LENS)):
+    for i, (n_i, m_i) in enumerate(zip(ROW_LENS, COL_LENS, strict=True)):
         a = torch.full((n_i,), 1.0 / n_i, dtype=torch.float64)
         b = torch.full((m_i,), 1.0 / m_i, dtype=torch.float64)
         t_i = teacher[i : i + 1, :n_i].detach().double()
@@ -228,7 +257,9 @@ def test_gradient_matches_autograd_through_pot(cost):
         p = ot.sinkhorn(a, b, c, eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-12)
         entropic = entropic + (p * c).sum() + eps * (p * (p.log() - 1)).sum()
         c_lin = cost_matrix(t_i, s_lin[i : i + 1, :m_i], cost)[0]
-        linear = linear + ot.sinkhorn2(a, b, c_lin, eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-12)
+        linear = linear + ot.sinkhorn2(
+            a, b, c_lin, eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-12
+        )
     (entropic / len(ROW_LENS)).backward()
     (linear / len(ROW_LENS)).backward()
     assert abs(loss.item() - linear.item() / len(ROW_LENS)) <= 1e-4 * abs(loss.item())
@@ -251,16 +282,22 @@ def test_gradient_matches_finite_differences_of_entropic_value():
             plogp = torch.where(p > 0, p * (p.log() - 1), torch.zeros_like(p))
             return ((p * c).sum((1, 2)) + eps * plogp.sum((1, 2))).mean().item()
 
-    direction = torch.randn(student.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    direction = torch.randn(
+        student.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     h = 1e-5
-    fd = (entropic_value(student + h * direction) - entropic_value(student - h * direction)) / (2 * h)
+    fd = (entropic_value(student + h * direction) - entropic_value(student - h * direction)) / (
+        2 * h
+    )
     analytic = (student.grad * direction).sum().item()
     assert abs(fd - analytic) <= 1e-3 * abs(analytic)
 
 
 def test_loss_is_mean_transport_cost_and_teacher_gets_no_gradient():
     teacher, student, row, col = _states(torch.float32)
-    loss, plans = ot_distillation_loss(teacher, student, row, col, 0.1, tol=1e-6, return_plans=True)
+    loss, plans = ot_distillation_loss(
+        teacher, student, row, col, 0.1, tol=1e-6, return_plans=True
+    )
     assert loss.dim() == 0
     c = cost_matrix(teacher.detach(), student.detach())
     expected = (plans[0] * c).sum((1, 2)).mean()
@@ -278,12 +315,15 @@ def test_multi_layer_weights_and_plans():
     teachers = [t for t, _, _, _ in layers]
     students = [s for _, s, _, _ in layers]
     row, col = layers[0][2], layers[0][3]
-    singles = [ot_distillation_loss(t, s, row, col, 0.1, tol=1e-6) for t, s in zip(teachers, students)]
+    singles = [
+        ot_distillation_loss(t, s, row, col, 0.1, tol=1e-6)
+        for t, s in zip(teachers, students, strict=True)
+    ]
     weights = [1.0, 0.0, 3.0]
     loss, plans = ot_distillation_loss(
         teachers, students, row, col, 0.1, layer_weights=weights, tol=1e-6, return_plans=True
     )
-    expected = sum(w * single for w, single in zip(weights, singles)) / sum(weights)
+    expected = sum(w * single for w, single in zip(weights, singles, strict=True)) / sum(weights)
     torch.testing.assert_close(loss, expected)
     assert len(plans) == 3 and all(p.shape == (len(ROW_LENS), N, M) for p in plans)
     uniform = ot_distillation_loss(teachers, students, row, col, 0.1, tol=1e-6)
@@ -319,31 +359,54 @@ def test_bad_eps(eps):
 
 def test_bad_method_and_cost():
     teacher, student, row, col = _loss_args()
-    with pytest.raises(ValueError, match=r"method='exact' is not supported; allowed: auto, log, kernel"):
+    with pytest.raises(
+        ValueError, match=r"method='exact' is not supported; allowed: auto, log, kernel"
+    ):
         sinkhorn(torch.rand(2, 3, 4), method="exact")
-    with pytest.raises(ValueError, match=r"cost='l1' is not supported; allowed: cosine, sqeuclidean"):
+    with pytest.raises(
+        ValueError, match=r"cost='l1' is not supported; allowed: cosine, sqeuclidean"
+    ):
         ot_distillation_loss(teacher, student, row, col, 0.1, cost="l1")
-    with pytest.raises(ValueError, match=r"cost='dot' is not supported; allowed: cosine, sqeuclidean"):
+    with pytest.raises(
+        ValueError, match=r"cost='dot' is not supported; allowed: cosine, sqeuclidean"
+    ):
         cost_matrix(teacher, student, "dot")
 
 
 def test_bad_shapes():
     teacher, student, row, col = _loss_args()
-    with pytest.raises(ValueError, match=r"batch sizes differ: teacher_states\[0\] has 6 pairs, student_states\[0\] has 5"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch sizes differ: teacher_states\[0\] has 6 pairs, student_states\[0\] has 5",
+    ):
         ot_distillation_loss(teacher, student[:5], row, col, 0.1)
-    with pytest.raises(ValueError, match=r"hidden dims differ: teacher_states\[0\] has d=16, student_states\[0\] has d=8"):
+    with pytest.raises(
+        ValueError,
+        match=r"hidden dims differ: teacher_states\[0\] has d=16, student_states\[0\] has d=8",
+    ):
         ot_distillation_loss(teacher, student[..., :8], row, col, 0.1)
-    with pytest.raises(ValueError, match=r"teacher_mask must have shape \[batch, tokens\] = \[6, 7\], got \(6, 9\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"teacher_mask must have shape \[batch, tokens\] = \[6, 7\], got \(6, 9\)",
+    ):
         ot_distillation_loss(teacher, student, col, col, 0.1)
-    with pytest.raises(ValueError, match=r"student_mask must have shape \[batch, tokens\] = \[6, 9\], got \(6, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"student_mask must have shape \[batch, tokens\] = \[6, 9\], got \(6, 7\)",
+    ):
         ot_distillation_loss(teacher, student, row, row, 0.1)
-    with pytest.raises(ValueError, match=r"teacher_states\[0\] must be a float tensor of shape \[batch, tokens, dim\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"teacher_states\[0\] must be a float tensor of shape \[batch, tokens, dim\]",
+    ):
         ot_distillation_loss(teacher[0], student, row, col, 0.1)
     with pytest.raises(ValueError, match=r"cost must be a float tensor of shape \[batch, n, m\]"):
         sinkhorn(torch.rand(3, 4))
     with pytest.raises(ValueError, match=r"row_mask must have shape \[batch, tokens\] = \[2, 3\]"):
         sinkhorn(torch.rand(2, 3, 4), torch.ones(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"x \(2, 3, 5\) and y \(2, 4, 6\) must share batch and dim"):
+    with pytest.raises(
+        ValueError, match=r"x \(2, 3, 5\) and y \(2, 4, 6\) must share batch and dim"
+    ):
         cost_matrix(torch.rand(2, 3, 5), torch.rand(2, 4, 6))
 
 
@@ -370,13 +433,22 @@ def test_bad_layers_and_weights():
     teacher, student, row, col = _loss_args()
     with pytest.raises(ValueError, match=r"teacher_states has 2 layers but student_states has 1"):
         ot_distillation_loss([teacher, teacher], [student], row, col, 0.1)
-    with pytest.raises(ValueError, match=r"teacher_states must be a tensor \[batch, tokens, dim\] or a non-empty sequence"):
+    with pytest.raises(
+        ValueError,
+        match=r"teacher_states must be a tensor \[batch, tokens, dim\] or a non-empty sequence",
+    ):
         ot_distillation_loss([], [], row, col, 0.1)
-    with pytest.raises(ValueError, match=r"layer_weights has 3 entries; expected one per layer \(2\)"):
+    with pytest.raises(
+        ValueError, match=r"layer_weights has 3 entries; expected one per layer \(2\)"
+    ):
         ot_distillation_loss([teacher] * 2, [student] * 2, row, col, 0.1, layer_weights=[1, 1, 1])
-    with pytest.raises(ValueError, match=r"layer_weights must be finite, >= 0 and not all zero, got \[1.0, -1.0\]"):
+    with pytest.raises(
+        ValueError, match=r"layer_weights must be finite, >= 0 and not all zero, got \[1.0, -1.0\]"
+    ):
         ot_distillation_loss([teacher] * 2, [student] * 2, row, col, 0.1, layer_weights=[1, -1])
-    with pytest.raises(ValueError, match=r"layer_weights must be finite, >= 0 and not all zero, got \[0.0, 0.0\]"):
+    with pytest.raises(
+        ValueError, match=r"layer_weights must be finite, >= 0 and not all zero, got \[0.0, 0.0\]"
+    ):
         ot_distillation_loss([teacher] * 2, [student] * 2, row, col, 0.1, layer_weights=[0, 0])
     with pytest.raises(ValueError, match=r"all layers must share \[batch, tokens\]"):
         ot_distillation_loss([teacher, teacher[:, :5]], [student] * 2, row, col, 0.1)
@@ -389,7 +461,10 @@ def test_bad_layers_and_weights():
         ({"tol": -1.0}, r"tol must be a finite float > 0 or None, got -1.0"),
         ({"check_every": 0}, r"check_every must be an int >= 1, got 0"),
         ({"eps_scaling": 1.5}, r"eps_scaling must be a float in \(0, 1\) or None, got 1.5"),
-        ({"eps_scaling": 0.5, "method": "kernel"}, r"eps_scaling needs method='auto' or 'log', not 'kernel'"),
+        (
+            {"eps_scaling": 0.5, "method": "kernel"},
+            r"eps_scaling needs method='auto' or 'log', not 'kernel'",
+        ),
     ],
 )
 def test_bad_solver_options(kwargs, message):
@@ -406,7 +481,9 @@ def test_non_convergence_warns_with_the_knobs(padded):
     assert not res.converged and res.n_iter == 5
     assert torch.any(res.marginal_error > 1e-6)
     with pytest.warns(SinkhornConvergenceWarning, match=r"increase max_iter \(now 3\)"):
-        ot_distillation_loss(padded["x"], padded["y"], padded["row"], padded["col"], 0.01, max_iter=3, tol=1e-6)
+        ot_distillation_loss(
+            padded["x"], padded["y"], padded["row"], padded["col"], 0.01, max_iter=3, tol=1e-6
+        )
 
 
 def test_cost_matrix_formulas_and_gradient():
@@ -422,6 +499,8 @@ def test_cost_matrix_formulas_and_gradient():
     # states of RMS 1 per coordinate (LayerNorm output): squared L2 / d == 2 (1 - cos)
     xr = x / x.pow(2).mean(-1, keepdim=True).sqrt()
     yr = y / y.pow(2).mean(-1, keepdim=True).sqrt()
-    torch.testing.assert_close(cost_matrix(xr, yr, "sqeuclidean"), 2 * cost_matrix(xr, yr, "cosine"))
+    torch.testing.assert_close(
+        cost_matrix(xr, yr, "sqeuclidean"), 2 * cost_matrix(xr, yr, "cosine")
+    )
     assert torch.autograd.gradcheck(lambda y_: cost_matrix(x, y_, "cosine"), (y,))
     assert torch.autograd.gradcheck(lambda y_: cost_matrix(x, y_, "sqeuclidean"), (y,))
