@@ -98,10 +98,13 @@ def _trial(sampled: dict[str, Any], *, base: dict[str, Any], space: dict[str, An
     if cfg.scaling.workers == 1:
         ctx = TuneContext(cfg)
         try:
-            run(cfg, ctx)
+            history = run(cfg, ctx)
         finally:
             shutil.rmtree(ctx.run_dir, ignore_errors=True)
-        last = ctx.last
+        # A trial restored at its final checkpoint trains nothing and reports nothing
+        # in this process: its metrics are the last evaluation in its history.
+        last = ctx.last or {k: v for k, v in (history.evals[-1] if history.evals else {}).items()
+                            if isinstance(v, (int, float))}
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
