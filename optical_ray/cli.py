@@ -104,7 +104,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from optical_ray.config import load_config
     from optical_ray.evaluate import evaluate_pairs, format_metrics_table
     from optical_ray.model import RetrievalModel
 
