@@ -60,6 +60,18 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_prepare_real(args: argparse.Namespace) -> int:
+    from optical_ray.data.real import prepare_real
+
+    manifest = prepare_real(args.out, shared=args.shared, languages=args.languages,
+                            reference=args.reference)
+    print(f"wrote the real-data root (from {manifest['source']}) to {args.out}")
+    for name, counts in sorted(manifest["counts"].items()):
+        print(f"  {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"next: optical-ray train --config search_spaces/real_base.yaml data.root={args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -86,7 +98,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config
 
     cfg = load_config(args.config, _train_overrides(args))
-    if cfg.scaling.workers == 1 and args.address is None:
+    # One worker on this machine trains in this process; more workers, a cluster, or
+    # object storage (checkpoints persisted there, resumable) go through Ray Train.
+    if cfg.scaling.workers == 1 and args.address is None and \
+            not cfg.storage.uri.startswith("s3://"):
         from optical_ray.train import LocalContext, run
 
         run_dir = Path(cfg.output_dir) / cfg.name
@@ -107,9 +122,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from optical_ray.evaluate import evaluate_pairs, format_metrics_table
     from optical_ray.model import RetrievalModel
 
-    ckpt = Path(args.checkpoint)
+    from optical_ray.storage import local_copy
+
+    ckpt = local_copy(args.checkpoint, endpoint=args.s3_endpoint)
     if not (ckpt / "optical_ray.json").is_file():
-        raise ConfigError(f"--checkpoint {str(ckpt)!r} is not a saved model directory "
+        raise ConfigError(f"--checkpoint {args.checkpoint!r} is not a saved model directory "
                           "(no optical_ray.json); pass the model/ dir of a run")
     overrides = [f"data.root={args.data}"] if args.data else []
     if args.split:
@@ -142,7 +159,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(cfg, args.space, pairs=args.pairs, samples=args.samples,
                        workers_per_trial=args.workers_per_trial,
                        max_concurrent=args.max_concurrent, scheduler=args.scheduler,
-                       metric=args.metric, name=args.name, resume=args.resume,
+                       search=args.search, metric=args.metric, name=args.name, resume=args.resume,
                        address=args.address)
     print(result.summary())
     print(f"next: optical-ray best --all --storage {result.storage}")
@@ -190,6 +207,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- cluster
+
+
+def _cmd_cluster_up(args: argparse.Namespace) -> int:
+    from optical_ray.cluster import LocalCluster
+
+    cluster = LocalCluster(args.nodes, cpus_per_node=args.cpus_per_node, memory=args.memory,
+                           object_store_memory=args.object_store_memory,
+                           gpus_per_node=args.gpus_per_node, name=args.name,
+                           state_dir=args.state_dir)
+    print(f"starting a local Ray cluster: head + {args.nodes} worker node(s) ...", flush=True)
+    cluster.up()
+    print(cluster.summary())
+    return 0
+
+
+def _cmd_cluster_down(args: argparse.Namespace) -> int:
+    from optical_ray.cluster import LocalCluster
+
+    cluster = LocalCluster.attach(args.name, args.state_dir)
+    logs = cluster.temp_dir
+    stopped = cluster.down(keep_logs=args.keep_logs)
+    print(f"local Ray cluster {args.name!r} stopped ({stopped} processes)"
+          + (f"; logs kept in {logs}" if args.keep_logs else ""))
+    return 0
+
+
+def _cmd_cluster_status(args: argparse.Namespace) -> int:
+    from optical_ray.cluster import LocalCluster
+
+    status = LocalCluster.attach(args.name, args.state_dir).status()
+    print(status.format())
+    return 0 if status.up else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -225,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--strict", action="store_true",
                      help="qrels naming unknown queries/documents are errors, not warnings")
     val.set_defaults(func=_cmd_data_validate)
+    real = dsub.add_parser("prepare-real", help="write a dataset root from the real data "
+                           "samples (MAFAND-MT, NTREX-128, AfriQA, XQuAD-R)")
+    real.add_argument("--shared", default=None, help="shared data folder (default: "
+                      "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
+    real.add_argument("--out", required=True, help="output dataset root")
+    real.add_argument("--languages", type=_csv, default=["swa", "hau"],
+                      help="low-resource languages with MAFAND bitext (default swa,hau)")
+    real.add_argument("--reference", type=_csv, default=["deu", "fra", "fin"],
+                      help="high-resource NTREX reference languages (default deu,fra,fin)")
+    real.set_defaults(func=_cmd_data_prepare_real)
 
     cfg = sub.add_parser("config", help="print the resolved config (YAML + overrides)")
     cfg.add_argument("--config", default=None, help="YAML config file")
@@ -244,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a saved model per language pair")
-    ev.add_argument("--checkpoint", required=True, help="saved model directory")
+    ev.add_argument("--checkpoint", required=True,
+                    help="saved model directory: a local path or s3://.../model")
+    ev.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
     ev.add_argument("--data", default=None, help="dataset root (default: the run's)")
     ev.add_argument("--pairs", type=_csv, default=None, help="e.g. en-en,en-xa,xa-en")
     ev.add_argument("--split", choices=["dev", "test"], default=None)
@@ -262,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers-per-trial", type=int, default=None)
     sw.add_argument("--max-concurrent", type=int, default=None)
     sw.add_argument("--scheduler", choices=["asha", "none"], default=None)
+    sw.add_argument("--search", choices=["tpe", "random"], default=None,
+                    help="Optuna sampler (default tpe)")
     sw.add_argument("--metric", default=None, help="e.g. map, ndcg@10")
     sw.add_argument("--name", default=None, help="sweep name (experiments <name>-<pair>)")
     sw.add_argument("--resume", action="store_true",
@@ -287,6 +353,33 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("--out", default="optical_report", help="output directory")
             q.set_defaults(func=_cmd_report)
+
+    cl = sub.add_parser("cluster", help="a local multi-node Ray cluster on this machine")
+    csub = cl.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    for action, helptext, func in (
+            ("up", "start a head and --nodes worker nodes (resource-capped)", _cmd_cluster_up),
+            ("down", "stop exactly the processes `cluster up` started", _cmd_cluster_down),
+            ("status", "node launchers, processes and registered nodes (exit 1 unless up)",
+             _cmd_cluster_status)):
+        c = csub.add_parser(action, help=helptext)
+        c.add_argument("--name", default="local", help="cluster name (default: local)")
+        c.add_argument("--state-dir", default=None,
+                       help="where the state file lives (default: ~/.optical-ray/clusters)")
+        c.set_defaults(func=func)
+        if action == "up":
+            c.add_argument("--nodes", type=int, default=1,
+                           help="worker nodes besides the head (default 1)")
+            c.add_argument("--cpus-per-node", type=int, default=2,
+                           help="logical CPUs per node (may exceed the cores; default 2)")
+            c.add_argument("--gpus-per-node", type=int, default=0,
+                           help="GPUs each node advertises (default 0)")
+            c.add_argument("--memory", default=None,
+                           help="Ray memory resource per node, e.g. 4G (default: RAM / nodes)")
+            c.add_argument("--object-store-memory", default="200M",
+                           help="object store per node, e.g. 200M (at least 75M)")
+        elif action == "down":
+            c.add_argument("--keep-logs", action="store_true",
+                           help="keep the nodes' Ray temp dir (logs) instead of deleting it")
     return p
 
 

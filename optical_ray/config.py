@@ -29,12 +29,16 @@ __all__ = [
     "AdaptConfig", "DistillConfig", "TrainConfig", "EvalConfig", "ScalingConfig",
     "StorageConfig", "SweepConfig", "Config", "load_config", "from_dict", "to_dict",
     "to_flat", "from_flat", "apply_overrides", "parse_overrides", "save_config",
-    "validate", "PAIR_RE", "METRIC_RE",
+    "validate", "PAIR_RE", "METRIC_RE", "REAL_FORMATS",
 ]
 
 PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
 # Metric names as users write them: map, ndcg@10, mrr@10, recall@100, p@1, ...
 METRIC_RE = re.compile(r"^(map|ndcg|mrr|recall|p)(@[1-9][0-9]*)?$")
+#: Source formats of the real data samples (optical_ray.data.real): bitext, then evaluation.
+REAL_BITEXT_FORMATS = ("mafand",)
+REAL_EVAL_FORMATS = ("ntrex", "ntrex_doc", "afriqa", "xquad_r")
+REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS
 
 
 def _f(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,
@@ -82,8 +86,11 @@ class ModelConfig:
 class SourceConfig:
     """Where one dataset comes from: a file/directory, or a Hugging Face dataset."""
 
-    path: str = _f(help="file or directory (standard layout), or a HF dataset name/dir")
-    format: str = _f("auto", help="auto | tsv | jsonl | text | hf")
+    path: str = _f(help="file or directory (standard layout), or a HF dataset name/dir; "
+                   "for the real-data formats the shared data folder ('' = "
+                   "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
+    format: str = _f("auto", help="auto | tsv | jsonl | text | hf; real data samples: "
+                     "mafand (bitext), ntrex | ntrex_doc | afriqa | xquad_r (evaluation)")
     preset: str | None = _f(None, help="HF field mapping preset (mmarco, miracl, mrtydi, "
                             "xor_tydi, opus)")
     split: str | None = _f(None, help="HF split")
@@ -157,6 +164,17 @@ class DistillConfig:
     steps: int = _f(0, ge=0, help="optimizer steps; 0 = use epochs")
     epochs: float = _f(1.0, gt=0)
     init: str = _f("teacher", help="student initialisation: 'teacher' or a checkpoint dir")
+    long_pairs: Literal["truncate", "drop"] = _f(
+        "truncate", help="bitext pairs with a side longer than model.max_bitext_length "
+        "tokens: truncate both sides (cuts different content on each side) or drop the pair")
+    max_length_ratio: float = _f(0.0, ge=0, help="drop bitext pairs whose token counts "
+                                 "differ by more than this factor (longer/shorter, e.g. 2.0); "
+                                 "0 = keep all")
+    english_fraction: float = _f(0.0, ge=0, le=1, help="English retention: the share of "
+                                 "each batch's pairs on which the student reads the English "
+                                 "side (distilled en->en to the teacher) instead of the foreign one")
+    l2sp: float = _f(0.0, ge=0, help="L2-SP (Li et al. 2018): adds l2sp * sum of squared "
+                     "differences between the student's and the teacher's weights to the loss")
 
 
 @dataclass
@@ -177,6 +195,12 @@ class TrainConfig:
     log_every: int = _f(20, ge=1, help="steps between progress lines")
     eval_every: int = _f(0, ge=0, help="steps between dev evaluations; 0 = end of stage")
     checkpoint_every: int = _f(0, ge=0, help="steps between checkpoints; 0 = end of stage")
+    keep_best: bool = _f(False, help="distill stage: evaluate the starting model too and end "
+                         "with the weights of the best dev evaluation (train.select_metric)")
+    patience: int = _f(0, ge=0, help="distill stage: stop after this many dev evaluations "
+                       "without improvement (needs train.eval_every > 0); 0 = never")
+    select_metric: str = _f("map", help="dev metric of `pair` for keep_best and patience; "
+                            "one of eval.metrics")
 
 
 @dataclass
@@ -222,6 +246,8 @@ class SweepConfig:
     samples: int = _f(8, ge=1, help="trials per pair")
     metric: str = _f("map")
     mode: Literal["max", "min"] = _f("max")
+    search: Literal["tpe", "random"] = _f("tpe", help="Optuna sampler: seeded TPE, or "
+                                          "random search (the baseline TPE is measured against)")
     scheduler: Literal["asha", "none"] = _f("asha")
     max_concurrent: int = _f(1, ge=1)
     grace_period: int = _f(1, ge=1, help="ASHA: evaluations before a trial may be stopped")
@@ -442,6 +468,25 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         elif any(w < 0 for w in d.layer_weights) or sum(d.layer_weights) <= 0:
             problems.append(f"distill.layer_weights: got {d.layer_weights}, expected "
                             "non-negative weights with a positive sum")
+    if d.max_length_ratio and d.max_length_ratio < 1:
+        problems.append(f"distill.max_length_ratio: got {d.max_length_ratio}, expected 0 "
+                        "(off) or a ratio >= 1 such as 2.0")
+    tc = cfg.train
+    if tc.keep_best or tc.patience:
+        if not METRIC_RE.match(tc.select_metric):
+            problems.append(f"train.select_metric: got {tc.select_metric!r}, expected map, "
+                            "ndcg@K, mrr@K, recall@K or p@K")
+        elif tc.select_metric not in cfg.eval.metrics:
+            problems.append(f"train.select_metric: got {tc.select_metric!r}, not among "
+                            f"eval.metrics {cfg.eval.metrics}; add it there or pick one of them")
+    if tc.patience and not tc.eval_every:
+        problems.append(f"train.patience: got {tc.patience} with train.eval_every=0; early "
+                        "stopping needs dev evaluations during the stage (train.eval_every > 0)")
+    for section, allowed in (("bitext", REAL_BITEXT_FORMATS), ("eval", REAL_EVAL_FORMATS)):
+        for key, src in getattr(cfg.data, section).items():
+            if src.format in REAL_FORMATS and src.format not in allowed:
+                problems.append(f"data.{section}.{key}.format: got {src.format!r}, not a "
+                                f"format for data.{section}; allowed here: {', '.join(allowed)}")
     if len(set(cfg.train.stages)) != len(cfg.train.stages):
         problems.append(f"train.stages: got {cfg.train.stages}, each stage at most once")
     if not cfg.train.stages:
@@ -493,8 +538,10 @@ def _flatten(data: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
         # Mappings keyed by user names (data.bitext.en-sw) stay whole: their keys are
-        # not config fields, and Tune needs a fixed set of flat keys.
-        if isinstance(value, dict) and key not in ("bitext", "eval", "mono", "field_map"):
+        # not config fields, and Tune needs a fixed set of flat keys. The top-level
+        # `eval` section is a config section like the others (eval.pairs, eval.split).
+        user_keyed = (prefix == "data" and key in ("bitext", "eval", "mono")) or key == "field_map"
+        if isinstance(value, dict) and not user_keyed:
             _flatten(value, full, out)
         else:
             out[full] = value

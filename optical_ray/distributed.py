@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ class RayTrainContext(TrainContext):
         self.run_path, self.storage = run_path, storage
         self._restored: Path | None = None
         self._num_nodes: int | None = None
+        self._started = time.perf_counter()
 
     @property
     def num_nodes(self) -> int:
@@ -106,7 +108,10 @@ class RayTrainContext(TrainContext):
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
 
-        out = {**metrics, "num_workers": self.world_size, "num_nodes": self.num_nodes}
+        # run_s: seconds since this worker began the run (the trial's own work, without
+        # the worker-group start-up that comes before it).
+        out = {**metrics, "num_workers": self.world_size, "num_nodes": self.num_nodes,
+               "run_s": time.perf_counter() - self._started}
         # The checkpoint manager ranks by this key; every report must carry it.
         score = out.get(self.score_key)
         out["score"] = float(score) if isinstance(score, (int, float)) else -math.inf
@@ -275,7 +280,8 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
     df = result.metrics_dataframe
     history = df.to_dict("records") if df is not None else []
     return FitResult(metrics=dict(result.metrics or {}),
-                     checkpoint=result.checkpoint.path if result.checkpoint else None,
+                     checkpoint=(store.uri_of(store.rel(result.checkpoint.path))
+                                 if result.checkpoint else None),
                      path=result.path, history=history)
 
 

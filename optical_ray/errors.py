@@ -7,7 +7,8 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["OpticalRayError", "ConfigError", "DataError", "StorageError", "TrainingError"]
+__all__ = ["OpticalRayError", "ConfigError", "DataError", "StorageError", "TrainingError",
+           "ClusterError"]
 
 
 class OpticalRayError(Exception):
@@ -43,3 +44,7 @@ class StorageError(OpticalRayError):
 
 class TrainingError(OpticalRayError):
     """Training cannot go on (e.g. the loss became NaN); names the loss and the step."""
+
+
+class ClusterError(OpticalRayError):
+    """A local cluster could not start, was not found, or did not stop."""

@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import re
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import pyarrow.fs as pafs
 from optical_ray.errors import StorageError
 
 __all__ = ["Storage", "StorageUnavailable", "resolve_storage", "as_storage", "with_retries",
+           "is_transient", "local_copy",
            "redact", "CONNECT_TIMEOUT_S", "REQUEST_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,15 @@ _TRANSIENT = ("network_connection", "curlcode", "could not connect", "connection
               "timed out", "timeout", "could not resolve", "service_unavailable",
               "internal_failure", "slow_down", "slowdown", "throttl", "503", "500 ",
               "internalerror", "connection reset", "broken pipe", "unavailable")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` looks like a storage failure worth retrying (network error,
+    timeout, throttling, 5xx) rather than a permanent one (credentials, no bucket)."""
+    if isinstance(exc, StorageUnavailable):
+        return True
+    low = _one_line(exc).lower()
+    return not any(k in low for k in _PERMANENT) and any(k in low for k in _TRANSIENT)
 
 
 def _reason(message: str) -> str:
@@ -312,6 +323,19 @@ class Storage:
             return self.filesystem.get_file_info(
                 pafs.FileSelector(self.join(rel), recursive=recursive, allow_not_found=True))
 
+    def download(self, rel: str, local_dir: str | os.PathLike[str]) -> Path:
+        """Copy the directory ``rel`` (everything under it) into ``local_dir``; returns
+        ``local_dir``. A missing directory is a :class:`StorageError`."""
+        dest = Path(local_dir)
+        if not self.ls(rel):
+            raise StorageError(f"no such directory: {self.uri_of(rel)}")
+        with self._translate(f"download {self.uri_of(rel)}"):
+            dest.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(self.join(rel), str(dest.absolute()),
+                            source_filesystem=self.filesystem,
+                            destination_filesystem=pafs.LocalFileSystem())
+        return dest
+
     def rel(self, path: str) -> str:
         """The inverse of :meth:`join`: ``path`` relative to the root."""
         root = self.path.rstrip("/") + "/"
@@ -467,6 +491,18 @@ def resolve_storage(uri: str, endpoint: str | None = None, region: str | None = 
                         request_timeout=request_timeout)
     return Storage(uri=f"s3://{path}", scheme="s3", path=path, filesystem=fs,
                    endpoint=endpoint.strip() if endpoint else None, region=region)
+
+
+def local_copy(uri: str, dest: str | os.PathLike[str] | None = None, *,
+               endpoint: str | None = None, region: str | None = None) -> Path:
+    """A local directory with the contents of ``uri``: a local path as it is, an
+    ``s3://`` directory (a checkpoint or a saved model) downloaded into ``dest`` (default:
+    a new temporary directory)."""
+    store = resolve_storage(uri, endpoint, region)
+    if store.scheme == "local":
+        return Path(store.path)
+    target = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="optical-ray-"))
+    return store.download("", target)
 
 
 def as_storage(storage: "Storage | str | os.PathLike[str] | Any") -> Storage:

@@ -15,6 +15,7 @@ trial and holds exactly the CPUs it trains on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -23,18 +24,25 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ray.tune import Callback
 
 from optical_ray.config import Config, from_flat, to_dict, to_flat
 from optical_ray.errors import ConfigError, OpticalRayError
 from optical_ray.space import SearchSpace, load_space, parse_space, trial_config
+from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
 from optical_ray.train import TrainContext, run
 
 __all__ = ["TuneContext", "PairResult", "SweepResult", "run_sweep", "experiment_name"]
 
 FINISHED_KEY = "trial_finished"
+# Where a multi-worker trial's checkpoints are (its own Train run, not Tune's trial
+# checkpoints): a filesystem path in storage, as Ray's TuneReportCallback reports it.
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+# Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
+REPORT_ATTEMPTS = 9
+DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
 
 
 class TuneContext(TrainContext):
@@ -60,7 +68,11 @@ class TuneContext(TrainContext):
             out[self.metric] = self.last.get(self.metric, -math.inf)
         out["score"] = out[self.metric]
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(out, checkpoint=checkpoint)
+        # Reporting uploads the checkpoint: a storage outage is waited out (a failed
+        # upload raises before the result is queued, so the report can be repeated).
+        with_retries(lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
+                     attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
+                     what="reporting a checkpoint to storage")
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -73,6 +85,41 @@ class TuneContext(TrainContext):
                 return None
             self._restored = ckpt.to_directory(str(self.run_dir / "restored"))
         return self._restored
+
+
+def _storage_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with transient storage failures (pyarrow raises OSError:
+    connection refused, timeouts, 5xx) turned into :class:`StorageUnavailable`."""
+    try:
+        return fn(*args, **kwargs)
+    except OSError as exc:
+        if is_transient(exc):
+            raise StorageUnavailable(redact(" ".join(str(exc).split()))) from exc
+        raise
+
+
+_SECRET_VARS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                          "AWS_ACCESS_KEY_ID"})
+
+
+@contextlib.contextmanager
+def _credentials_stay_on_nodes() -> Iterator[None]:
+    """Stop Ray Tune from copying the driver's AWS keys into each trial's
+    ``runtime_env`` (Ray's runtime-env agent logs runtime envs in plain text, so the
+    secret would land in the cluster's logs). Trials take credentials from their node's
+    own AWS chain instead: the instance role, a Kubernetes secret, or the environment
+    the node was started in (a local Ray started by this process inherits it)."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # pragma: no cover - another Ray layout: nothing to patch
+        yield
+        return
+    before = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = set(before) - _SECRET_VARS
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = before
 
 
 def experiment_name(name: str, pair: str) -> str:
@@ -116,7 +163,12 @@ def _trial(sampled: dict[str, Any], *, base: dict[str, Any], space: dict[str, An
         if result.error is not None:
             raise result.error
         last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    tune.report({**last, FINISHED_KEY: 1, "train_s": time.perf_counter() - start})
+        if result.checkpoint is not None:
+            last[CHECKPOINT_PATH_KEY] = result.checkpoint.path
+    # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
+    # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
+    train_s = last.get("run_s", time.perf_counter() - start)
+    tune.report({**last, FINISHED_KEY: 1, "train_s": train_s})
 
 
 @dataclass
@@ -216,7 +268,7 @@ class CatalogCallback(Callback):
             status=status, config=config, best_metrics=best, last_metrics=last,
             metric=self.metric, mode=self.mode, error=error,
             baseline_metrics=self.baseline,
-            checkpoint_uri=_uri(ckpt.path, ckpt.filesystem) if ckpt else None,
+            checkpoint_uri=_checkpoint_uri(ckpt, result, self.catalog.storage),
             started_at=self.started.get(trial.trial_id), finished_at=time.time(),
             training_s=result.get("train_s"), iterations=result.get("training_iteration"),
             record_id=f"{self.experiment}--{trial.trial_id}"))
@@ -225,6 +277,15 @@ class CatalogCallback(Callback):
 def _is_metric(key: str) -> bool:
     name = key.split("/")[-1].split("@")[0]
     return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key
+
+
+def _checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
+    """The URI of a trial's latest checkpoint: Tune's (single-worker trials) or its
+    Train run's (multi-worker trials report it as ``checkpoint_path``)."""
+    if ckpt is not None:
+        return _uri(ckpt.path, ckpt.filesystem)
+    path = result.get(CHECKPOINT_PATH_KEY)
+    return store.uri_of(store.rel(path)) if isinstance(path, str) and path else None
 
 
 def _uri(path: str, filesystem: Any) -> str:
@@ -258,10 +319,16 @@ def _error_line(trial: Any) -> str:
 
 
 def _model_depth(cfg: Config) -> int:
-    """Encoder layers of the model the trials distill (for layer choices)."""
-    teacher = cfg.train.teacher
-    if teacher and (Path(teacher) / "config.json").is_file():
-        data = json.loads((Path(teacher) / "config.json").read_text())
+    """Encoder layers of the model the trials distill (for layer choices): the trained
+    teacher's, else the configured model's (a preset, a local directory or the tiny
+    builder's)."""
+    from optical_ray.model import PRESETS, preset_dir
+
+    name = cfg.model.name_or_path
+    where = cfg.train.teacher or (str(preset_dir(name)) if name in PRESETS else
+                                  (name if name != "tiny" else None))
+    if where and (Path(where) / "config.json").is_file():
+        data = json.loads((Path(where) / "config.json").read_text())
         return int(data.get("num_hidden_layers", cfg.model.tiny.num_layers))
     return cfg.model.tiny.num_layers
 
@@ -288,7 +355,7 @@ def _baseline(cfg: Config, pair: str) -> dict[str, float] | None:
 def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[str],
               samples: int | None = None, workers_per_trial: int | None = None,
               max_concurrent: int | None = None, scheduler: str | None = None,
-              metric: str | None = None, name: str | None = None, resume: bool = False,
+              search: str | None = None, metric: str | None = None, name: str | None = None, resume: bool = False,
               address: str | None = None, verbose: int = 1) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
@@ -310,6 +377,7 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
     sw = base.sweep
     over = {"sweep.samples": samples, "scaling.workers": workers_per_trial,
             "sweep.max_concurrent": max_concurrent, "sweep.scheduler": scheduler,
+            "sweep.search": search,
             "sweep.metric": metric, "name": name, "sweep.pairs": list(pairs)}
     cfg = prepare_config(from_flat({k: v for k, v in over.items() if v is not None}, base))
     sw = cfg.sweep
@@ -343,8 +411,9 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
                 resources["GPU"] = sc.gpus_per_worker
         else:
             # The trial driver only waits on its TorchTrainer: holding a CPU there
-            # would deadlock small clusters whose workers need every CPU.
-            resources = {"CPU": 0}
+            # would deadlock small clusters whose workers need every CPU. Tune needs
+            # a non-empty request, so the driver claims a little memory instead.
+            resources = {"CPU": 0, "memory": DRIVER_MEMORY}
         trainable = tune.with_resources(trainable, resources)
         callback = CatalogCallback(catalog, exp, pair, sw.metric, sw.mode, baseline,
                                    to_dict(cfg), space_raw)
@@ -358,29 +427,82 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
             import optuna
 
             depth = _model_depth(cfg)
-            sampler = optuna.samplers.TPESampler(seed=sw.seed, n_startup_trials=max(
-                2, min(5, sw.samples // 3)))
+            # Multivariate TPE models the parameters jointly (epsilon and learning rate
+            # interact); Optuna recommends it over independent TPE.
+            sampler = optuna.samplers.RandomSampler(seed=sw.seed) if sw.search == "random" \
+                else optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
+                                                n_startup_trials=max(2, min(5, sw.samples // 3)))
             searcher = ConcurrencyLimiter(
                 OptunaSearch(space=space.define_by_run(pair, depth), metric=sw.metric,
                              mode=sw.mode, sampler=sampler),
                 max_concurrent=sw.max_concurrent)
             sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
-                                  reduction_factor=sw.reduction_factor, max_t=10_000) \
+                                  reduction_factor=sw.reduction_factor,
+                                  max_t=_asha_max_t(cfg, space, pair)) \
                 if sw.scheduler == "asha" else FIFOScheduler()
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
                                             metric=sw.metric, mode=sw.mode,
-                                            num_samples=sw.samples),
+                                            num_samples=sw.samples,
+                                            # a single-worker trial runs in its actor:
+                                            # the next trial reuses the warm process
+                                            reuse_actors=sc.workers == 1),
                 run_config=tune.RunConfig(
                     name=exp, storage_path=store.ray_storage_path(), storage_filesystem=fs,
                     callbacks=[callback], verbose=verbose,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=0)))
-        grid = tuner.fit()
+        with _credentials_stay_on_nodes():
+            grid = tuner.fit()
+        _flush_catalog(catalog)
         results[pair] = _pair_result(grid, pair, exp, path, sw.metric, sw.mode, baseline,
-                                     space, cfg)
+                                     space, cfg, store)
     return SweepResult(cfg.name, sw.metric, store.uri, results)
+
+
+def _evaluations_per_trial(cfg: Config, space: SearchSpace, pair: str) -> int | None:
+    """How many evaluations (Tune results, ASHA's time unit) a full trial makes, when
+    every trial makes the same number: one distill stage with fixed steps and
+    ``train.eval_every``. ASHA then places its rungs inside the trial's real length
+    (the last evaluation is the end, not a rung). None when it varies or is unknown."""
+    base, params = space.for_pair(pair)
+    varying = {p.key for p in params}
+    keys = ("train.stages", "distill.steps", "train.eval_every")
+    if varying & set(keys):
+        return None
+    flat = {**to_flat(cfg), **base}
+    steps, every = int(flat["distill.steps"]), int(flat["train.eval_every"])
+    if list(flat["train.stages"]) != ["distill"] or steps <= 0:
+        return None
+    return max(1, math.ceil(steps / every)) if every > 0 else 1
+
+
+def _asha_max_t(cfg: Config, space: SearchSpace, pair: str) -> int:
+    """ASHA's ``max_t`` in Tune results: a full trial's evaluations plus its end-of-trial
+    summary (so a trial is never cut before that summary), or unbounded when unknown."""
+    evaluations = _evaluations_per_trial(cfg, space, pair)
+    return evaluations + 1 if evaluations else 10_000
+
+
+def _flush_catalog(catalog: Any) -> None:
+    """Write the records spooled while storage was down, waiting for it (about 75 s);
+    if it stays down they stay spooled (and are written by the next catalog write)."""
+    import logging
+
+    def flush_all() -> None:
+        catalog.flush()
+        if catalog.pending():
+            raise StorageUnavailable(f"{len(catalog.pending())} catalog record part(s) "
+                                     f"spooled in {catalog.spool_dir}")
+
+    try:
+        with_retries(flush_all, attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
+                     what="writing spooled catalog records")
+    except StorageUnavailable as exc:
+        logging.getLogger(__name__).warning(
+            "storage still unreachable: %s; they are written by the next catalog write "
+            "(any later sweep, or Catalog(storage).flush())", exc)
 
 
 def _space_raw(space: SearchSpace) -> dict[str, Any]:
@@ -395,7 +517,7 @@ def _space_raw(space: SearchSpace) -> dict[str, Any]:
 
 def _pair_result(grid: Any, pair: str, exp: str, path: str, metric: str, mode: str,
                  baseline: dict[str, float] | None, space: SearchSpace,
-                 base: Config) -> PairResult:
+                 base: Config, store: Any) -> PairResult:
     failed = []
     for r in grid:
         if r.error is not None:
@@ -417,6 +539,6 @@ def _pair_result(grid: Any, pair: str, exp: str, path: str, metric: str, mode: s
         except OpticalRayError:
             best_config = dict(best.config)
         ckpt = best.checkpoint
-        best_ckpt = _uri(ckpt.path, ckpt.filesystem) if ckpt else None
+        best_ckpt = _checkpoint_uri(ckpt, best.metrics or {}, store)
     return PairResult(pair, exp, path, best_config, best_metrics, best_ckpt, baseline,
                       len(grid), failed)

@@ -53,6 +53,7 @@ __all__ = [
     "train_distill", "init_student", "distill_loss", "token_mse_loss", "sentence_mse_loss",
     "rank_loss", "RankExamples", "MLMHead", "evaluate_dev", "save_checkpoint",
     "read_checkpoint_state", "resolve_device", "resolve_precision", "STAGE_HINTS",
+    "filter_bitext", "l2sp_penalty", "english_rows",
 ]
 
 #: What to turn when a stage's loss blows up (ends the TrainingError message).
@@ -191,6 +192,10 @@ class History:
     evals: list[dict[str, Any]] = field(default_factory=list)
     model_dir: str | None = None
     resumes: list[dict[str, Any]] = field(default_factory=list)  # {"stage", "step", "time"}
+    # keep_best / patience, once per stage that selected on dev: {"stage", "metric",
+    # "best_step", "best_value", "kept_step" (whose weights it ended with), "last_step",
+    # "stopped_early"}
+    selections: list[dict[str, Any]] = field(default_factory=list)
 
     def losses(self, stage: str | None = None, key: str = "loss") -> list[float]:
         """The ``key`` column of the step records of ``stage`` (all stages by default)."""
@@ -206,7 +211,8 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         return cls(steps=list(data.get("steps", [])), evals=list(data.get("evals", [])),
-                   model_dir=data.get("model_dir"), resumes=list(data.get("resumes", [])))
+                   model_dir=data.get("model_dir"), resumes=list(data.get("resumes", [])),
+                   selections=list(data.get("selections", [])))
 
 
 # --------------------------------------------------------------------------- devices, RNG
@@ -284,11 +290,14 @@ def _set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
 def save_checkpoint(root: Path, name: str, *, state: dict[str, Any], model: RetrievalModel,
                     cfg: Config, teacher: RetrievalModel | None = None,
                     extra: dict[str, nn.Module] | None = None,
-                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None,
+                    tensors: dict[str, dict[str, Tensor]] | None = None) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename).
 
     Holds ``model/`` and ``teacher/`` (safetensors), ``<extra>.safetensors`` (e.g. the
-    MLM head), ``optimizer.pt`` (tensors and numbers only: read back with
+    MLM head), ``<key>.safetensors`` per entry of ``tensors`` (e.g. the best weights so
+    far of a stage that keeps its best dev evaluation), ``optimizer.pt`` (tensors and
+    numbers only: read back with
     ``weights_only=True``), ``rng.safetensors`` and ``state.json`` (step, scheduler,
     history, config). Nothing in it needs unpickling arbitrary objects.
     """
@@ -302,6 +311,9 @@ def save_checkpoint(root: Path, name: str, *, state: dict[str, Any], model: Retr
         teacher.save(tmp / "teacher", cfg)
     for key, module in (extra or {}).items():
         save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                  str(tmp / f"{key}.safetensors"))
+    for key, values in (tensors or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in values.items()},
                   str(tmp / f"{key}.safetensors"))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -416,6 +428,74 @@ def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: 
     if method == "mse_sentence":
         return sentence_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
     raise ValueError(f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, none")
+
+
+def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+    r"""L2-SP (Li, Grandvalet & Davoine, ICML 2018): ``sum_k ||theta_k - theta0_k||^2``
+    over ``(parameter, reference)`` pairs whose parameter is trained (``requires_grad``).
+
+    With the teacher's weights as ``theta0`` it pulls the student back towards the
+    teacher instead of towards 0 (weight decay), so a small bitext cannot drag it far
+    from what zero-shot transfer rode on."""
+    terms = [(p.float() - ref.float()).pow(2).sum() for p, ref in pairs if p.requires_grad]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+def english_rows(batch_no: int, batch_size: int, fraction: float) -> int:
+    """How many rows of batch ``batch_no`` carry English retention: ``floor((b + 1) f B)
+    - floor(b f B)``, so the share over batches is exactly ``fraction`` even when
+    ``fraction * batch_size`` is not a whole number (and is fixed per batch: resumable)."""
+    if fraction <= 0:
+        return 0
+    total = fraction * batch_size
+    return min(batch_size, math.floor((batch_no + 1) * total + 1e-9) - math.floor(batch_no * total + 1e-9))
+
+
+def _token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
+    counts: list[int] = []
+    for s in range(0, len(texts), 4096):
+        ids = tokenizer(texts[s:s + 4096], add_special_tokens=False, truncation=False)["input_ids"]
+        counts += [len(x) for x in ids]
+    return counts
+
+
+def filter_bitext(pairs: Sequence[tuple[str, str]], teacher: RetrievalModel,
+                  student: RetrievalModel, cfg: Config) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """Length handling of bitext (``distill.long_pairs``, ``distill.max_length_ratio``).
+
+    Truncating a long pair at ``model.max_bitext_length`` tokens cuts the two sides at
+    different places in the sentence (a Hausa sentence takes more tokens than its
+    English one), so the tails align content the other side no longer has. ``drop``
+    removes pairs with a side over the limit (special tokens included); a ratio ``r >
+    0`` removes pairs whose token counts (without special tokens) differ by more than a
+    factor ``r`` (misaligned or loose translations). Returns the kept pairs, in order,
+    and counts ``{"kept", "too_long", "bad_ratio"}``.
+    """
+    dc = cfg.distill
+    pairs = list(pairs)
+    if dc.long_pairs == "truncate" and not dc.max_length_ratio:
+        return pairs, {"kept": len(pairs), "too_long": 0, "bad_ratio": 0}
+
+    def limit(model: RetrievalModel) -> int:
+        return min(cfg.model.max_bitext_length,
+                   int(getattr(model.encoder.config, "max_position_embeddings", 512)))
+
+    max_en, max_xx = limit(teacher), limit(student)
+    n_en = _token_counts(teacher.tokenizer, [e for e, _ in pairs])
+    n_xx = _token_counts(student.tokenizer, [f for _, f in pairs])
+    special_en = teacher.tokenizer.num_special_tokens_to_add(pair=False)
+    special_xx = student.tokenizer.num_special_tokens_to_add(pair=False)
+    kept, too_long, bad_ratio = [], 0, 0
+    for pair, a, b in zip(pairs, n_en, n_xx):
+        if dc.long_pairs == "drop" and (a + special_en > max_en or b + special_xx > max_xx):
+            too_long += 1
+        elif dc.max_length_ratio and max(a, b) > dc.max_length_ratio * max(1, min(a, b)):
+            bad_ratio += 1
+        else:
+            kept.append(pair)
+    return kept, {"kept": len(kept), "too_long": too_long, "bad_ratio": bad_ratio}
 
 
 # --------------------------------------------------------------------------- data
@@ -572,6 +652,7 @@ class _Stage:
     loss: Callable[[nn.Module, list[int], int], tuple[Tensor, dict[str, Tensor]]]
     teacher: RetrievalModel | None = None
     extra: dict[str, nn.Module] = field(default_factory=dict)
+    select: bool = False  # keep_best / patience on dev evaluations
 
 
 def _total_steps(stage: _Stage, grad_accum: int) -> int:
@@ -609,6 +690,75 @@ def _raise_nonfinite(stage: str, step: int, loss: float, parts: dict[str, float]
                         f"{f' ({detail})' if detail else ''}; {STAGE_HINTS[stage]}")
 
 
+class _Selection:
+    """Dev-based selection of a stage's final weights (``train.keep_best``) and early
+    stopping (``train.patience``).
+
+    The starting model is evaluated too, so a stage that only makes things worse ends
+    with the weights it started from. The metric is read on rank 0 and broadcast, so
+    every rank takes the same decisions; each rank keeps its own (identical) copy of
+    the best weights, on the CPU.
+    """
+
+    def __init__(self, metric: str, keep_best: bool, patience: int) -> None:
+        self.metric, self.keep_best, self.patience = metric, keep_best, patience
+        self.best_value, self.best_step = -math.inf, -1
+        self.best_eval: dict[str, float] = {}
+        self.since_best = 0
+        self.weights: dict[str, Tensor] | None = None
+
+    def update(self, step: int, metrics: dict[str, float], model: nn.Module,
+               ctx: TrainContext) -> bool:
+        """Record an evaluation; True when ``patience`` evaluations in a row did not
+        improve on the best (strictly)."""
+        value = 0.0
+        if ctx.rank == 0:
+            if self.metric not in metrics:
+                raise ConfigError(f"train.select_metric: {self.metric!r} is not among the dev "
+                                  f"metrics {sorted(k for k in metrics if '/' not in k)}")
+            value = float(metrics[self.metric]) * ctx.world_size
+        value = ctx.all_reduce_mean(value)
+        if math.isfinite(value) and value > self.best_value:
+            self.best_value, self.best_step, self.best_eval = value, step, dict(metrics)
+            self.since_best = 0
+            if self.keep_best:
+                self.weights = {k: v.detach().to("cpu", copy=True)
+                                for k, v in model.state_dict().items()}
+        else:
+            self.since_best += 1
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def finish(self, stage: _Stage, step: int, history: History, ctx: TrainContext,
+               last_eval: dict[str, float], stopped: bool) -> dict[str, float]:
+        """End of the stage: restore the best weights (keep_best) and return the dev
+        metrics of the model the stage ends with."""
+        kept = step
+        if self.keep_best and self.weights is not None and self.best_step != step:
+            stage.model.load_state_dict(self.weights)
+            last_eval, kept = self.best_eval, self.best_step
+        history.selections.append({"stage": stage.name, "metric": self.metric,
+                                   "best_step": self.best_step, "best_value": self.best_value,
+                                   "kept_step": kept, "last_step": step,
+                                   "stopped_early": stopped})
+        ctx.print0(f"[{stage.name}] dev {self.metric}: best {self.best_value:.4f} at step "
+                   f"{self.best_step}; ending with the weights of step {kept}"
+                   f"{' (stopped early)' if stopped else ''}")
+        return last_eval
+
+    def state(self) -> dict[str, Any]:
+        return {"best_value": self.best_value, "best_step": self.best_step,
+                "best_eval": self.best_eval, "since_best": self.since_best}
+
+    def restore(self, state: dict[str, Any] | None, ckpt: Path) -> None:
+        """Continue from a checkpoint's selection state (and ``best.safetensors``)."""
+        if not state:
+            return
+        self.best_value, self.best_step = float(state["best_value"]), int(state["best_step"])
+        self.best_eval, self.since_best = dict(state["best_eval"]), int(state["since_best"])
+        if self.keep_best and (ckpt / "best.safetensors").is_file():
+            self.weights = load_file(str(ckpt / "best.safetensors"))
+
+
 def _run_stage(stage: _Stage, cfg: Config, ctx: TrainContext, history: History,
                resume: str | None, eval_fn: EvalFn | None) -> History:
     """Optimise ``stage``: AdamW, warm-up + linear decay, gradient accumulation,
@@ -636,6 +786,13 @@ def _run_stage(stage: _Stage, cfg: Config, ctx: TrainContext, history: History,
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None \
         else contextlib.nullcontext
     last_eval: dict[str, float] = {}
+    sel = _Selection(tc.select_metric, tc.keep_best, tc.patience) \
+        if stage.select and eval_fn is not None else None
+    if sel is not None:
+        if resume is not None:
+            sel.restore(read_checkpoint_state(resume).get("selection"), Path(resume))
+        else:  # the starting model is a candidate too (distillation may only hurt)
+            sel.update(0, _evaluate(stage, 0, history, ctx, eval_fn), stage.model, ctx)
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         # Every random draw of this step (dropout, masking, sampled negatives) follows
@@ -684,8 +841,13 @@ def _run_stage(stage: _Stage, cfg: Config, ctx: TrainContext, history: History,
         done = step == total
         do_eval = eval_fn is not None and (done or (tc.eval_every > 0 and step % tc.eval_every == 0))
         do_ckpt = done or (tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0)
+        stopped = False
         if do_eval:
             last_eval = _evaluate(stage, step, history, ctx, eval_fn)
+            if sel is not None and sel.update(step, last_eval, stage.model, ctx) and not done:
+                stopped = done = do_ckpt = True
+        if done and sel is not None:
+            last_eval = sel.finish(stage, step, history, ctx, last_eval, stopped)
         if do_eval or do_ckpt:
             metrics = {k: v for k, v in record.items() if k != "epoch"}
             metrics.update(last_eval)
@@ -695,9 +857,14 @@ def _run_stage(stage: _Stage, cfg: Config, ctx: TrainContext, history: History,
                          "total_steps": total, "stage_done": done, "epoch": epoch,
                          "position": pos, "global_step": record["global_step"],
                          "history": history.to_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None}
-                ckpt = _checkpoint(stage, cfg, ctx, state, opt)
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "selection": sel.state() if sel is not None else None}
+                best = {"best": sel.weights} if sel is not None and sel.weights is not None \
+                    and not done else None
+                ckpt = _checkpoint(stage, cfg, ctx, state, opt, best)
             ctx.report(metrics, ckpt)
+        if done:
+            break
     return history
 
 
@@ -716,14 +883,16 @@ def _evaluate(stage: _Stage, step: int, history: History, ctx: TrainContext,
 
 
 def _checkpoint(stage: _Stage, cfg: Config, ctx: TrainContext, state: dict[str, Any],
-                opt: torch.optim.Optimizer | None) -> str | None:
+                opt: torch.optim.Optimizer | None,
+                tensors: dict[str, dict[str, Tensor]] | None = None) -> str | None:
     """Rank 0 writes the checkpoint; every rank gets its path (None off rank 0)."""
     path, root = None, ctx.checkpoint_root()
     if ctx.rank == 0 and root is not None:
         name = f"{_CKPT_PREFIX}{stage.index}-{stage.name}-{state['step']:07d}"
         path = str(save_checkpoint(root, name, state=state, model=stage.model,
                                    cfg=cfg, teacher=stage.teacher, extra=stage.extra,
-                                   optimizer=None if state["stage_done"] else opt))
+                                   optimizer=None if state["stage_done"] else opt,
+                                   tensors=tensors))
     ctx.barrier()
     return path
 
@@ -860,6 +1029,12 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
     0`` each step also draws that many ranking examples from ``rank_data`` (a
     collection) and the loss is ``weight * L_distill + (1 - weight) * L_rank``. Method
     ``none`` trains nothing (the zero-shot baseline). Returns the student and history.
+
+    Regularisation: ``distill.long_pairs`` / ``distill.max_length_ratio`` filter the
+    bitext (:func:`filter_bitext`); ``distill.english_fraction`` of the rows show the
+    student the English side (English retention); ``distill.l2sp`` adds
+    :func:`l2sp_penalty` towards the teacher's weights; ``train.keep_best`` and
+    ``train.patience`` select the final weights on dev (``eval_fn``).
     """
     ctx = ctx or TrainContext()
     history = history if history is not None else History()
@@ -874,6 +1049,31 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
     for p in student.parameters():
         p.requires_grad_(True)
     pairs = list(bitext)
+    if dc.method != "none":
+        pairs, counts = filter_bitext(pairs, teacher, student, cfg)
+        if counts["too_long"] or counts["bad_ratio"]:
+            ctx.print0(f"[distill] bitext: kept {counts['kept']} pairs, dropped "
+                       f"{counts['too_long']} longer than model.max_bitext_length="
+                       f"{cfg.model.max_bitext_length} tokens and {counts['bad_ratio']} with a "
+                       f"length ratio over {dc.max_length_ratio}")
+        if not pairs:
+            raise DataError("distill: every bitext pair was filtered out; raise "
+                            "model.max_bitext_length, set distill.long_pairs=truncate or "
+                            "raise distill.max_length_ratio")
+    select = cfg.train.keep_best or cfg.train.patience > 0
+    if select and eval_fn is None and dc.method != "none":
+        raise ConfigError("train.keep_best/train.patience select weights on dev evaluations: "
+                          "pass eval_fn, or turn them off")
+    reference: list[tuple[Tensor, Tensor]] = []
+    if dc.l2sp > 0:
+        t_params = dict(teacher.named_parameters())
+        for name, p in student.named_parameters():
+            ref = t_params.get(name)
+            if ref is None or ref.shape != p.shape:
+                raise ConfigError(f"distill.l2sp: the student's {name} has no counterpart of the "
+                                  "same shape in the teacher; L2-SP needs the teacher's "
+                                  "architecture (distill.init) or distill.l2sp=0")
+            reference.append((p, ref.detach()))
     hybrid = dc.rank_batch_size > 0 and dc.method != "none"
     ranked = None
     if hybrid:
@@ -888,7 +1088,10 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
 
     def loss_fn(fwd: nn.Module, indices: list[int], batch_no: int) -> tuple[Tensor, dict[str, Tensor]]:
         english = [pairs[i][0] for i in indices]
-        foreign = [pairs[i][1] for i in indices]
+        # English retention: the first k rows (the batch is shuffled) show the student
+        # the English side, so en->en stays matched to the teacher.
+        k = english_rows(batch_no, len(indices), dc.english_fraction)
+        foreign = english[:k] + [pairs[i][1] for i in indices[k:]]
         t_batch = _to(teacher.tokenize(english, "bitext"), device)
         s_batch = _to(student.tokenize(foreign, "bitext"), device)
         with torch.no_grad():
@@ -897,19 +1100,23 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         l_dist = distill_loss(method, t_states, s_states, t_batch["attention_mask"],
                               s_batch["attention_mask"], cfg)
         parts = {method: l_dist}
+        penalty = l_dist.new_zeros(())
+        if reference:
+            penalty = dc.l2sp * l2sp_penalty(reference).to(l_dist.device)
+            parts["l2sp"] = penalty
         if rank_batches is None:
-            return l_dist, parts
+            return l_dist + penalty, parts
         r_idx, _, _ = rank_batches(batch_no)
         queries, docs = ranked.batch(r_idx, cfg.rank.hard_negatives)
         q = fwd(**_to(student.tokenize(queries, "query"), device))
         d = fwd(**_to(student.tokenize(docs, "doc"), device))
         l_rank = rank_loss(student, q, d, n_docs, cfg.model.temperature)
         parts["rank"] = l_rank
-        return lam * l_dist + (1.0 - lam) * l_rank, parts
+        return lam * l_dist + (1.0 - lam) * l_rank + penalty, parts
 
     stage = _Stage("distill", stage_index, student, student, dc.lr, dc.steps, dc.epochs,
                    _Batches(ctx, len(pairs), dc.batch_size, _mix(cfg.train.seed, stage_index), "distill"),
-                   dc.batch_size, loss_fn, teacher=teacher)
+                   dc.batch_size, loss_fn, teacher=teacher, select=select)
     if method == "none":
         return student, _finish_without_training(stage, cfg, ctx, history, eval_fn)
     if resume is not None:

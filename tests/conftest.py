@@ -76,3 +76,21 @@ def tiny_config(tiny_world, tmp_path):
         return from_flat({**base, **overrides})
 
     return make
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+@pytest.fixture(scope="session")
+def sweep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with a tiny world (``world/``) and a randomly initialised teacher
+    saved from it (``teacher/``), for sweep tests. Read-only: write elsewhere."""
+    from optical_ray.config import from_flat
+    from optical_ray.data.synthetic import synthesize_world
+    from optical_ray.model import RetrievalModel
+
+    root = tmp_path_factory.mktemp("sweep")
+    world = synthesize_world(root / "world", seed=0, scale="tiny")
+    cfg = from_flat({"data.root": str(world.root)})
+    RetrievalModel.from_config(cfg).save(root / "teacher", cfg)
+    return root

@@ -17,20 +17,20 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head and one worker node (1 CPU each, small object stores), stopped after."""
-    from ray.cluster_utils import Cluster
+def two_nodes(tmp_path_factory):
+    """A head and one worker node (1 CPU each, small object stores) from
+    :class:`~optical_ray.cluster.LocalCluster`, this process connected; stopped after."""
+    from optical_ray.cluster import LocalCluster
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "object_store_memory": 150 * 2**20})
-    cluster.add_node(num_cpus=1, object_store_memory=150 * 2**20)
-    ray.init(address=cluster.address)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with LocalCluster(nodes=1, cpus_per_node=1, object_store_memory=150 * 2**20,
+                      name="two-nodes", state_dir=tmp_path_factory.mktemp("cluster")) as cluster:
+        cluster.connect()
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +63,19 @@ def _final_state(checkpoint: str) -> dict:
     return json.loads((Path(checkpoint) / "state.json").read_text())
 
 
-def _train_worker_pids() -> list[int]:
-    """Live Ray Train worker processes (Ray titles them ``ray::RayTrainWorker...``)."""
+def _train_worker_pids(cluster) -> list[int]:
+    """Live Ray Train worker processes of ``cluster`` (Ray titles them
+    ``ray::RayTrainWorker...``); never another cluster's."""
     import psutil
 
     out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info.get("cmdline") or [])
+    for pid in cluster.pids():
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
         if cmd.startswith("ray::RayTrainWorker"):
-            out.append(proc.info["pid"])
+            out.append(pid)
     return sorted(out)
 
 
@@ -113,7 +117,7 @@ def test_killed_worker_resumes_from_checkpoint(two_nodes, teacher_dir) -> None:
             # controller (a checkpoint directory appears before its report lands).
             if storage.is_dir() and sum(p.name.startswith("checkpoint_")
                                         for p in storage.iterdir()) >= 2:
-                workers = _train_worker_pids()
+                workers = _train_worker_pids(two_nodes)
                 if workers:
                     os.kill(workers[-1], signal.SIGKILL)
                     killed.append(workers[-1])

@@ -264,3 +264,18 @@ def test_s3_wrong_credentials_one_line_no_secret(s3_storage_uri, monkeypatch) ->
     text = str(info.value)
     assert "refused access" in text and "\n" not in text
     assert "wrong-secret-987654" not in text and TEST_SECRET_KEY not in text
+
+
+@pytest.mark.slow
+def test_local_copy_of_a_local_path_and_of_an_s3_directory(s3_storage_uri, tmp_path) -> None:
+    from optical_ray.storage import local_copy, resolve_storage
+
+    assert local_copy(str(tmp_path)) == tmp_path  # a local path is used where it is
+    store = resolve_storage(s3_storage_uri)
+    store.write_bytes("ckpt/model/weights.bin", b"\x00\x01" * 10)
+    store.write_bytes("ckpt/model/sub/config.json", b"{}")
+    got = local_copy(store.uri_of("ckpt/model"), tmp_path / "dl")
+    assert (got / "weights.bin").read_bytes() == b"\x00\x01" * 10
+    assert (got / "sub" / "config.json").read_bytes() == b"{}"
+    with pytest.raises(StorageError, match="no such directory"):
+        local_copy(store.uri_of("missing"), tmp_path / "none")

@@ -41,19 +41,6 @@ def cluster():
     c.shutdown()
 
 
-@pytest.fixture(scope="module")
-def sweep_root(tmp_path_factory):
-    from optical_ray.config import from_flat
-    from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.model import RetrievalModel
-
-    root = tmp_path_factory.mktemp("sweep")
-    world = synthesize_world(root / "world", seed=0, scale="tiny")
-    cfg = from_flat({"data.root": str(world.root)})
-    RetrievalModel.from_config(cfg).save(root / "teacher", cfg)
-    return root
-
-
 def _base(root: Path, storage: str, **over):
     from optical_ray.config import from_flat
 
@@ -159,3 +146,26 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     with pytest.raises(ConfigError, match="already exists .* pass --resume"):
         run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
                   samples=4, name="kill", verbose=0)
+
+
+def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None:
+    """workers_per_trial=2: the trial driver holds no CPU (on 2 CPUs both go to the
+    TorchTrainer's workers), each trial is a 2-worker DDP run, and its work time is
+    the rank-0 worker's."""
+    from optical_ray.catalog import Catalog
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    storage = str(sweep_root / "store-d")
+    result = run_sweep(_base(sweep_root, storage, **{"distill.batch_size": 4}),
+                       parse_space(SPACE), pairs=["en-xc"], samples=1, name="ddp",
+                       workers_per_trial=2, verbose=0)
+    r = result.pairs["en-xc"]
+    assert r.trials == 1 and not r.failed and r.best_metrics["map"] > 0
+    assert r.best_checkpoint and Path(r.best_checkpoint, "model").is_dir()
+    record = Catalog(storage).records().iloc[0]
+    assert record["status"] == "finished"
+    # The trial ran as a Ray Train run of its own (storage trainruns/<experiment>/<trial>).
+    assert Path(storage, "trainruns", "ddp-en-xc", record["trial_id"]).is_dir()
+    wall = (record["finished_at"] - record["started_at"]).total_seconds()
+    assert 0 < record["training_s"] < wall

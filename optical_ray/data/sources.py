@@ -5,7 +5,10 @@
 once under ``<output_dir>/world/`` and reused. Explicit sources in ``cfg.data.bitext``,
 ``cfg.data.eval``, ``cfg.data.mono`` and ``cfg.data.rank`` override the layout per pair
 or language; a source whose ``format`` is ``hf`` is read through
-:mod:`optical_ray.data.hf`.
+:mod:`optical_ray.data.hf`, and the formats of the real data samples (``mafand`` for
+bitext; ``ntrex``, ``ntrex_doc``, ``afriqa``, ``xquad_r`` for evaluation) through
+:mod:`optical_ray.data.real`, with ``path`` the shared data folder (empty: the
+``OPTICAL_RAY_SHARED_DATA`` variable, else ``../shared/data``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from optical_ray.config import Config, SourceConfig
+from optical_ray.config import REAL_FORMATS, Config, SourceConfig
 from optical_ray.data.collection import Collection, load_collection, parse_pair
 from optical_ray.data.formats import iter_bitext, read_lines
 from optical_ray.errors import DataError
@@ -97,8 +100,14 @@ def bitext_pairs(cfg: Config, pair: str | None = None, split: str = "train",
         raise DataError(f"pair {pair!r}: distillation needs bitext between "
                         f"{en!r} (data.teacher_lang) and another language")
     xx = d if q == en else q
-    src = _lookup(cfg.data.bitext, f"{en}-{xx}", f"{xx}-{en}") if split == "train" else None
-    if src is not None and src.format == "hf":
+    src = _lookup(cfg.data.bitext, f"{en}-{xx}", f"{xx}-{en}")
+    if src is not None and split != "train" and src.format not in REAL_FORMATS:
+        src = None  # a configured file is the train split; other splits from the layout
+    if src is not None and src.format in REAL_FORMATS:
+        from optical_ray.data.real import real_bitext
+
+        pairs = real_bitext(src.format, f"{en}-{xx}", src.split or split, src.path)
+    elif src is not None and src.format == "hf":
         from optical_ray.data.hf import load_hf_bitext
 
         pairs = load_hf_bitext(src.path, en, xx, preset=src.preset or "opus",
@@ -146,6 +155,10 @@ def eval_collection(cfg: Config, pair: str, split: str | None = None) -> Collect
     parse_pair(pair)
     split = split or cfg.eval.split
     src = cfg.data.eval.get(pair)
+    if src is not None and src.format in REAL_FORMATS:
+        from optical_ray.data.real import real_eval_collection
+
+        return real_eval_collection(src.format, pair, src.split or split, src.path)
     if src is not None and src.format == "hf":
         from optical_ray.data.hf import load_hf_collection
 

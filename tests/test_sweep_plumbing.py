@@ -1,0 +1,92 @@
+"""Sweep plumbing that needs no cluster: ASHA's horizon, storage retries in trial
+reports, and keeping credentials out of Ray's runtime envs."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray")
+
+
+def _space(base: dict, params: dict | None = None, pairs: dict | None = None):
+    from optical_ray.space import parse_space
+
+    return parse_space({"base": base, "params": params or {
+        "distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0}},
+        **({"pairs": pairs} if pairs else {})})
+
+
+def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
+    from optical_ray.config import from_flat
+    from optical_ray.sweep import _asha_max_t, _evaluations_per_trial
+
+    cfg = from_flat({})
+    space = _space({"train.stages": ["distill"], "distill.steps": 100, "train.eval_every": 25},
+                   pairs={"en-xc": {"base": {"distill.steps": 150}}})
+    assert _evaluations_per_trial(cfg, space, "en-xa") == 4
+    assert _asha_max_t(cfg, space, "en-xa") == 5  # 4 evaluations + the end-of-trial report
+    assert _evaluations_per_trial(cfg, space, "en-xc") == 6  # the pair's own budget
+    # 110 steps, an evaluation every 25 and one at the end: 5 evaluations.
+    assert _evaluations_per_trial(cfg, _space({"train.stages": ["distill"],
+                                               "distill.steps": 110,
+                                               "train.eval_every": 25}), "en-xa") == 5
+    # Unknown or varying length: no horizon.
+    varying = _space({"train.stages": ["distill"], "train.eval_every": 25},
+                     {"distill.steps": {"type": "int", "low": 50, "high": 100}})
+    assert _evaluations_per_trial(cfg, varying, "en-xa") is None
+    assert _asha_max_t(cfg, varying, "en-xa") == 10_000
+    by_epochs = _space({"train.stages": ["distill"], "distill.steps": 0})
+    assert _evaluations_per_trial(cfg, by_epochs, "en-xa") is None
+
+
+def test_storage_call_marks_transient_failures_for_retry() -> None:
+    from optical_ray.storage import StorageUnavailable, with_retries
+    from optical_ray.sweep import _storage_call
+
+    calls = []
+
+    def flaky_upload() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("When uploading part for key 'x': AWS Error NETWORK_CONNECTION "
+                          "during UploadPart operation: curlCode: 7, Couldn't connect to "
+                          "server")
+        return "done"
+
+    assert with_retries(lambda: _storage_call(flaky_upload), attempts=5, base_delay=0,
+                        sleep=lambda s: None) == "done"
+    assert len(calls) == 3
+    with pytest.raises(StorageUnavailable):  # still down after the last attempt
+        with_retries(lambda: _storage_call(_always_down), attempts=2, base_delay=0,
+                     sleep=lambda s: None)
+
+    def denied() -> None:
+        raise OSError("AWS Error ACCESS_DENIED during PutObject operation: Access Denied")
+
+    with pytest.raises(OSError, match="ACCESS_DENIED"):  # permanent: not retried
+        _storage_call(denied)
+
+
+def _always_down() -> None:
+    raise OSError("AWS Error NETWORK_CONNECTION during PutObject operation: connection refused")
+
+
+def test_tune_does_not_copy_aws_keys_into_runtime_envs(monkeypatch) -> None:
+    from ray.tune.execution import class_cache
+
+    from optical_ray.sweep import _credentials_stay_on_nodes
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    before = set(class_cache.ENV_VARS_TO_PROPAGATE)
+    assert "AWS_SECRET_ACCESS_KEY" in before  # Ray's default: what the guard undoes
+
+    class Trainable:
+        pass
+
+    with _credentials_stay_on_nodes():
+        cache = class_cache._ActorClassCache()
+        remote = cache.get(Trainable)
+        env = remote._default_options["runtime_env"]["env_vars"]
+        assert not {k for k in env if k.startswith("AWS_")}
+    assert set(class_cache.ENV_VARS_TO_PROPAGATE) == before
