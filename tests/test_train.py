@@ -358,3 +358,153 @@ def test_teacher_learns_and_ot_distillation_closes_the_gap(tiny_config, tiny_wor
     gap_before = figures["en-en (teacher)"] - figures["en-xc zero-shot"]
     assert figures["en-en (teacher)"] - figures["en-xc ot"] < gap_before - 0.05
     assert figures["en-xc ot"] >= max(figures["en-xc mse_token"], figures["en-xc mse_sentence"]) - 0.02
+
+
+# --------------------------------------------------------------------------- regularisation
+
+
+def test_filter_bitext_drops_long_pairs_and_extreme_ratios(tiny_config, tiny_world):
+    from optical_ray.train import filter_bitext
+
+    cfg = tiny_config(**{"model.max_bitext_length": 12})
+    model = tiny_model(cfg, tiny_world.tokenizer_dir)
+    pairs = bitext_pairs(cfg)[:64]
+    n_tok = lambda s: len(model.tokenizer(s, add_special_tokens=True)["input_ids"])  # noqa: E731
+    long = [(e, f) for e, f in pairs if n_tok(e) > 12 or n_tok(f) > 12]
+    assert long and len(long) < len(pairs)  # the data exercise both branches
+    kept, counts = filter_bitext(pairs, model, model, cfg)
+    assert kept == pairs and counts["too_long"] == 0  # truncate: nothing dropped
+
+    drop = tiny_config(**{"model.max_bitext_length": 12, "distill.long_pairs": "drop"})
+    kept, counts = filter_bitext(pairs, model, model, drop)
+    assert counts["too_long"] == len(long) and len(kept) == len(pairs) - len(long)
+    assert all(n_tok(e) <= 12 and n_tok(f) <= 12 for e, f in kept)
+
+    skewed = pairs[:8] + [(pairs[0][0] + " " + pairs[1][0] + " " + pairs[2][0], pairs[0][1].split()[0])]
+    ratio = tiny_config(**{"distill.max_length_ratio": 2.5})
+    kept, counts = filter_bitext(skewed, model, model, ratio)
+    assert skewed[-1] not in kept and counts["bad_ratio"] >= 1
+
+
+def test_everything_filtered_is_a_data_error(tiny_config, tiny_world):
+    from optical_ray.errors import DataError
+
+    cfg = tiny_config(**{"model.max_bitext_length": 4, "distill.long_pairs": "drop"})
+    with pytest.raises(DataError, match="filtered out"):
+        train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg), cfg)
+
+
+def test_english_rows_hit_the_fraction_exactly():
+    from optical_ray.train import english_rows
+
+    rows = [english_rows(b, 8, 0.3) for b in range(10)]
+    assert sum(rows) == 24 and set(rows) <= {2, 3}  # 0.3 * 8 * 10, spread evenly
+    assert [english_rows(b, 8, 0.0) for b in range(3)] == [0, 0, 0]
+    assert [english_rows(b, 8, 1.0) for b in range(3)] == [8, 8, 8]
+
+
+@pytest.mark.parametrize("method", ["mse_sentence", "ot"])
+def test_english_retention_shows_the_student_english(tiny_config, tiny_world, method):
+    # Without dropout the student (a copy of the teacher) reading the teacher's own
+    # English input has the teacher's states: the sentence loss is 0 and the OT loss is
+    # its entropic floor, well below the loss on the foreign side.
+    def first_loss(fraction: float) -> float:
+        cfg = tiny_config(**{"distill.method": method, "distill.steps": 1,
+                             "distill.english_fraction": fraction})
+        teacher = tiny_model(cfg, tiny_world.tokenizer_dir, dropout=0.0)
+        _, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
+        return hist.losses()[0]
+
+    english, foreign = first_loss(1.0), first_loss(0.0)
+    if method == "mse_sentence":
+        assert english == pytest.approx(0.0, abs=1e-10) and foreign > 1e-4
+    else:
+        assert english < 0.5 * foreign
+
+
+def test_l2sp_penalises_distance_to_the_teacher(tiny_config, tiny_world):
+    def drift(l2sp: float) -> tuple[float, History]:
+        cfg = tiny_config(**{"distill.steps": 4, "distill.l2sp": l2sp, "distill.lr": 3e-3})
+        teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
+        student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
+        t = dict(teacher.named_parameters())
+        return sum(float((p - t[n]).detach().pow(2).sum()) for n, p in student.named_parameters()), hist
+
+    free, free_hist = drift(0.0)
+    held, held_hist = drift(10.0)
+    assert "l2sp" not in free_hist.steps[0]
+    assert held_hist.losses(key="l2sp")[0] == 0.0  # the student starts as the teacher
+    assert held_hist.losses(key="l2sp")[-1] > 0
+    assert held < 0.5 * free
+
+
+def _scripted_eval(values: list[float], snapshots: list[dict]):
+    """An eval_fn returning ``values`` in turn as dev MAP and recording the weights."""
+    calls = iter(values)
+
+    def eval_fn(model):
+        snapshots.append(weights(model))
+        v = next(calls)
+        return {"map": v, "en-xc/map": v}
+
+    return eval_fn
+
+
+def test_keep_best_ends_with_the_best_dev_weights(tiny_config, tiny_world):
+    cfg = tiny_config(**{"distill.steps": 4, "train.eval_every": 1, "train.keep_best": True})
+    snaps: list[dict] = []
+    # evaluations at steps 0..4: the best is step 2
+    eval_fn = _scripted_eval([0.3, 0.4, 0.6, 0.5, 0.2], snaps)
+    student, hist = train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg),
+                                  cfg, eval_fn=eval_fn)
+    assert [e["step"] for e in hist.evals] == [0, 1, 2, 3, 4]
+    assert hist.selections[-1]["kept_step"] == 2 and not hist.selections[-1]["stopped_early"]
+    assert_same_weights(weights(student), snaps[2])
+    with pytest.raises(AssertionError):
+        assert_same_weights(weights(student), snaps[4])
+
+
+def test_keep_best_falls_back_to_the_starting_model(tiny_config, tiny_world):
+    cfg = tiny_config(**{"distill.steps": 3, "train.eval_every": 1, "train.keep_best": True})
+    snaps: list[dict] = []
+    student, hist = train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg),
+                                  cfg, eval_fn=_scripted_eval([0.5, 0.4, 0.3, 0.2], snaps))
+    assert hist.selections[-1]["kept_step"] == 0
+    assert_same_weights(weights(student), snaps[0])  # distillation only hurt: the teacher
+
+
+def test_patience_stops_the_stage_early(tiny_config, tiny_world):
+    cfg = tiny_config(**{"distill.steps": 8, "train.eval_every": 1, "train.patience": 2})
+    snaps: list[dict] = []
+    student, hist = train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg),
+                                  cfg, eval_fn=_scripted_eval([0.5, 0.6, 0.55, 0.5, 0.9, 0.9], snaps))
+    assert len(hist.steps) == 3  # best at step 1, no better at 2 and 3: stop
+    sel = hist.selections[-1]
+    assert sel["stopped_early"] and sel["best_step"] == 1 and sel["kept_step"] == 3
+    assert_same_weights(weights(student), snaps[3])  # patience alone keeps the last weights
+
+
+def test_keep_best_and_patience_need_dev_evaluations(tiny_config, tiny_world):
+    cfg = tiny_config(**{"train.keep_best": True})
+    with pytest.raises(ConfigError, match="eval_fn"):
+        train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg), cfg)
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        tiny_config(**{"train.patience": 2})
+    with pytest.raises(ConfigError, match="train.select_metric"):
+        tiny_config(**{"train.keep_best": True, "train.select_metric": "ndcg@10"})
+    with pytest.raises(ConfigError, match="max_length_ratio"):
+        tiny_config(**{"distill.max_length_ratio": 0.5})
+
+
+def test_keep_best_resume_equals_uninterrupted(tiny_config, tmp_path):
+    over = {"train.stages": ["distill"], "train.checkpoint_every": 2, "train.eval_every": 1,
+            "train.keep_best": True, "distill.steps": 5, "eval.pairs": ["en-xc"]}
+    whole = run(tiny_config(**over, output_dir=str(tmp_path / "a")))
+    cfg_b = tiny_config(**over, output_dir=str(tmp_path / "b"))
+    run_dir = Path(cfg_b.output_dir) / cfg_b.name
+    with pytest.raises(Stop):
+        run(cfg_b, StopAfter(run_dir, 2))
+    resumed = run(cfg_b, LocalContext(run_dir))
+    assert resumed.selections == whole.selections
+    assert_same_weights(weights(RetrievalModel.load(resumed.model_dir)),
+                        weights(RetrievalModel.load(whole.model_dir)), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,228 @@
+"""OPTICAL on real languages: zero-shot MiniLM vs OT and MSE distillation on MAFAND bitext.
+
+For each low-resource language (Swahili, Hausa) the English teacher all-MiniLM-L6-v2
+(preset ``minilm``, pooled scoring: it is a mean-pooled dual encoder) is distilled on
+that language's MAFAND-MT train bitext with OT (OPTICAL) and the two MSE baselines
+(``mse_token``, ``mse_sentence``), every method with the same budget (steps, batch,
+learning rate) and the same regularisation (``search_spaces/real_en_swa.yaml``'s
+``base``: dev-based best-weight selection on NTREX dev documents, long pairs dropped,
+English retention). Each model is then evaluated on the *test* splits:
+
+- ``ntrex_xx_en``: NTREX foreign sentence -> English sentence (test documents only);
+- ``ntrex_en_xx``: English sentence -> foreign sentence;
+- ``ntrex_doc``: foreign sentence -> English document (the document holding it);
+- ``afriqa``: AfriQA question -> its English gold passage among all gold passages.
+
+German, French and Finnish zero-shot on the NTREX tasks are the high-resource
+reference. Every text is encoded once per model and language and every task ranks from
+those vectors; metrics come from pytrec_eval (:func:`optical_ray.evaluate.evaluate_run`),
+significance from the paired randomisation test (:func:`optical_ray.evaluate.paired_test`)
+against the zero-shot teacher on the same queries.
+
+Prints one JSON line per figure: ``{"bench": "real", "figure": "retrieval", "lang",
+"task", "system", "map", "ndcg@10", "recall@10", "p_vs_zero_shot", ...}``, then one
+``"figure": "target"`` line per language with the issue's three checks (OT beats
+zero-shot at p < 0.05; OT closes >= half the NTREX gap to German zero-shot; OT is not
+significantly worse than the best MSE baseline).
+
+CPU-sized: ``--steps 80 --batch-size 16`` is a few minutes per method per language on
+two shared cores (``--threads 1`` under contention). ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from optical_ray.config import Config, from_flat
+from optical_ray.data import real
+from optical_ray.evaluate import evaluate_run, paired_test
+from optical_ray.model import Encoded, RetrievalModel
+from optical_ray.train import LocalContext, run
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = ROOT / "search_spaces" / "real_en_swa.yaml"
+METRICS = ["map", "ndcg@10", "recall@10"]
+DEPTH = 100
+
+
+def emit(figure: str, **fields: Any) -> None:
+    print(json.dumps({"bench": "real", "figure": figure, **fields}), flush=True)
+
+
+class Encoder:
+    """Encodes each distinct text once per model and length limit (query and document
+    kinds share vectors when their limits are equal); tasks rank from the cache."""
+
+    def __init__(self, model: RetrievalModel, batch_size: int = 64) -> None:
+        self.model, self.batch_size = model, batch_size
+        self.cache: dict[tuple[int, str], Any] = {}
+
+    def encode(self, texts: list[str], kind: str) -> Any:
+        limit = {"query": self.model.cfg.max_query_length,
+                 "doc": self.model.cfg.max_doc_length}[kind]
+        todo = list(dict.fromkeys(t for t in texts if (limit, t) not in self.cache))
+        if todo:
+            enc = self.model.encode_texts(todo, kind, batch_size=self.batch_size)
+            for i, t in enumerate(todo):
+                self.cache[(limit, t)] = enc[i:i + 1]
+        parts = [self.cache[(limit, t)] for t in texts]
+        if parts[0].late:
+            raise SystemExit("bench_real ranks pooled vectors; use model.scoring=pooled")
+        vectors = torch.cat([p.vectors for p in parts])  # [N, D]; pooled: no token mask
+        return Encoded(vectors, torch.ones(len(parts), 1, dtype=torch.bool))
+
+
+def rank_collection(enc: Encoder, col: Any) -> tuple[dict, dict]:
+    """Top-``DEPTH`` run of a collection, and pytrec_eval means and per-query values."""
+    qids = list(col.queries)
+    docs = list(col.corpus)
+    q = enc.encode([col.queries[x] for x in qids], "query")
+    d = enc.encode([f"{x.title} {x.text}" if x.title else x.text for x in docs], "doc")
+    scores = enc.model.score(q, d)  # [Q, D]
+    top = scores.topk(min(DEPTH, len(docs)), dim=1)
+    run_ = {qid: {docs[j].docid: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())}
+            for i, qid in enumerate(qids)}
+    return evaluate_run(run_, col.qrels, METRICS, depth=min(DEPTH, len(docs)))
+
+
+def tasks(lang: str, split: str, reference: bool) -> dict[str, Any]:
+    """The retrieval tests of one language (collections from optical_ray.data.real)."""
+    out = {"ntrex_xx_en": real.ntrex_collection(lang, "en", split),
+           "ntrex_doc": real.ntrex_collection(lang, "en", split, level="document")}
+    if not reference:
+        out["ntrex_en_xx"] = real.ntrex_collection("en", lang, split)
+        try:
+            out["afriqa"] = real.afriqa_collection(lang, split)
+        except Exception as exc:  # noqa: BLE001 - a language without AfriQA gold passages
+            print(f"# {lang}: no AfriQA {split} ({exc})", file=sys.stderr)
+    return out
+
+
+def base_config(args: argparse.Namespace, lang: str, method: str) -> Config:
+    """The training config: the search space's ``base``, the bench's budget, the pair."""
+    space = yaml.safe_load(SPACE.read_text(encoding="utf-8"))
+    flat = dict(space["base"])
+    flat.update({
+        "pair": f"{lang}-en", "name": f"{lang}-{method}", "output_dir": str(args.out),
+        "distill.method": method, "distill.steps": args.steps,
+        "distill.batch_size": args.batch_size, "distill.lr": args.lr,
+        "data.bitext": {f"en-{lang}": {"path": args.shared or "", "format": "mafand"}},
+        "data.eval": {f"{lang}-en": {"path": args.shared or "", "format": "ntrex"}},
+        "eval.pairs": [f"{lang}-en"], "eval.split": "dev",
+    })
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        flat[key] = yaml.safe_load(value)
+    return from_flat(flat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=None, help="shared data folder (default: "
+                    "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
+    ap.add_argument("--langs", default="hau,swa")
+    ap.add_argument("--reference", default="deu,fra,fin")
+    ap.add_argument("--methods", default="ot,mse_token,mse_sentence")
+    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--split", default="test", choices=["dev", "test"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="optical_runs/bench_real")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a training config key for every method")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps, one language")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.langs, args.reference = 4, args.langs.split(",")[0], ""
+    torch.set_num_threads(args.threads)
+    real.shared_data_dir(args.shared)  # fail early, one line
+    langs = [x for x in args.langs.split(",") if x]
+    methods = [x for x in args.methods.split(",") if x]
+    teacher_cfg = base_config(args, langs[0], "none")
+    teacher = RetrievalModel.from_config(teacher_cfg)
+    zero = Encoder(teacher)
+    results: dict[tuple[str, str, str], tuple[dict, dict]] = {}
+
+    def report(lang: str, task: str, system: str, res: tuple[dict, dict], seconds: float,
+               extra: dict | None = None) -> None:
+        means, per_q = res
+        row = {"lang": lang, "task": task, "system": system, "split": args.split,
+               "queries": len(per_q), **{m: round(means[m], 4) for m in METRICS}}
+        base = results.get((lang, task, "zero_shot"))
+        if system != "zero_shot" and base is not None:
+            for m in ("map", "ndcg@10"):
+                delta, p = paired_test(per_q, base[1], m)
+                row[f"delta_{m}"], row[f"p_{m}"] = round(delta, 4), round(p, 4)
+        row["seconds"] = round(seconds, 1)
+        emit("retrieval", **row, **(extra or {}))
+
+    for lang in [x for x in args.reference.split(",") if x]:
+        for task, col in tasks(lang, args.split, reference=True).items():
+            t0 = time.perf_counter()
+            results[(lang, task, "zero_shot")] = rank_collection(zero, col)
+            report(lang, task, "zero_shot", results[(lang, task, "zero_shot")],
+                   time.perf_counter() - t0, {"resource": "high"})
+    for lang in langs:
+        cols = tasks(lang, args.split, reference=False)
+        for task, col in cols.items():
+            t0 = time.perf_counter()
+            results[(lang, task, "zero_shot")] = rank_collection(zero, col)
+            report(lang, task, "zero_shot", results[(lang, task, "zero_shot")],
+                   time.perf_counter() - t0, {"resource": "low"})
+        for method in methods:
+            cfg = base_config(args, lang, method)
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr):  # progress lines: stdout is JSON only
+                hist = run(cfg, LocalContext(Path(cfg.output_dir) / cfg.name, keep=1))
+            train_s = time.perf_counter() - t0
+            model = RetrievalModel.load(hist.model_dir)
+            sel = hist.selections[-1] if hist.selections else {}
+            dev = [e.get("map") for e in hist.evals if "map" in e]
+            extra = {"resource": "low", "train_seconds": round(train_s, 1),
+                     "steps": cfg.distill.steps, "kept_step": sel.get("kept_step"),
+                     "dev_map_curve": [round(x, 4) for x in dev]}
+            enc = Encoder(model)
+            for task, col in cols.items():
+                t0 = time.perf_counter()
+                results[(lang, task, method)] = rank_collection(enc, col)
+                report(lang, task, method, results[(lang, task, method)],
+                       time.perf_counter() - t0, extra)
+    ref = results.get(("deu", "ntrex_xx_en", "zero_shot"))
+    for lang in langs:
+        if "ot" not in methods:
+            continue
+        zs, ot = results[(lang, "ntrex_xx_en", "zero_shot")], results[(lang, "ntrex_xx_en", "ot")]
+        beats = {task: paired_test(results[(lang, task, "ot")][1],
+                                   results[(lang, task, "zero_shot")][1], "map")
+                 for task in ("ntrex_xx_en", "ntrex_en_xx", "ntrex_doc", "afriqa")
+                 if (lang, task, "ot") in results}
+        mse = [m for m in methods if m.startswith("mse")]
+        best_mse = max(mse, key=lambda m: results[(lang, "ntrex_xx_en", m)][0]["map"]) if mse else None
+        vs_mse = paired_test(ot[1], results[(lang, "ntrex_xx_en", best_mse)][1], "map") \
+            if best_mse else (None, None)
+        closed = None
+        if ref is not None and ref[0]["map"] > zs[0]["map"]:
+            closed = (ot[0]["map"] - zs[0]["map"]) / (ref[0]["map"] - zs[0]["map"])
+        emit("target", lang=lang, split=args.split,
+             ot_beats_zero_shot={t: {"delta_map": round(d, 4), "p": round(p, 4),
+                                     "holds": d > 0 and p < 0.05} for t, (d, p) in beats.items()},
+             gap_to_deu_closed=None if closed is None else round(closed, 3),
+             closes_half_gap=closed is not None and closed >= 0.5,
+             best_mse=best_mse,
+             ot_minus_best_mse_map=None if vs_mse[0] is None else round(vs_mse[0], 4),
+             p_vs_best_mse=None if vs_mse[1] is None else round(vs_mse[1], 4),
+             not_worse_than_mse=vs_mse[0] is None or vs_mse[0] >= 0 or vs_mse[1] >= 0.05)
+
+
+if __name__ == "__main__":
+    main()

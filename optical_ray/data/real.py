@@ -1,0 +1,428 @@
+"""Loaders for the real public data samples in ``../shared/data`` (see its README).
+
+Four sources, each turned into what the rest of optical-ray reads (bitext pairs and
+:class:`~optical_ray.data.collection.Collection` objects), and together into a dataset
+root in the standard layout (:func:`prepare_real`, ``optical-ray data prepare-real``):
+
+- **MAFAND-MT** (Adelani et al., NAACL 2022): news bitext, line-aligned
+  ``mafand_mt/data/text_files/en-<xx>/{train,dev,test}.{en,<xx>}``.
+- **NTREX-128** (Federmann et al., 2022): 1,997 English news sentences and their human
+  translations, multi-way parallel; ``DOCUMENT_IDS.tsv`` names the source document of
+  each line. Retrieval tests from parallel text: a sentence in one language retrieves
+  the same sentence (level ``sentence``) or the document holding it (level
+  ``document``: the document's sentences joined) in another. Dev and test are split
+  *by document* (:func:`ntrex_split_documents`), so they never share one.
+- **AfriQA** (Ogundepo et al., 2023): an African-language question retrieves its English
+  Wikipedia gold passage from the pool of all gold passages of the sample. Rows whose
+  ``context`` is null are dropped; files without a final newline are read whole.
+- **XQuAD-R** (Roy et al., 2020): SQuAD JSON with ``sentence_breaks``; a question in one
+  language retrieves the sentence (in another language) that holds its answer. Dev and
+  test are split by article.
+
+Language codes: English is ``en`` (the teacher's language); the others keep the
+three-letter codes of the files (``swa``, ``hau``, ``deu``, ``fra``, ``fin``, ``spa``);
+two-letter aliases (``sw``, ``ha``, ``de``, ...) are accepted everywhere.
+
+The data folder comes from an explicit path, else ``$OPTICAL_RAY_SHARED_DATA``, else
+``../shared/data`` beside the repository checkout. Nothing is copied into the
+repository: :func:`prepare_real` writes wherever ``out`` points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from optical_ray.data.collection import Collection, Corpus, build_collection, parse_pair
+from optical_ray.data.formats import (
+    Doc,
+    iter_bitext,
+    write_bitext,
+    write_corpus,
+    write_qrels,
+    write_queries,
+)
+from optical_ray.errors import DataError
+
+__all__ = [
+    "ENV_VAR", "REAL_FORMATS", "LOW_RESOURCE", "HIGH_RESOURCE", "shared_data_dir",
+    "canonical_lang", "mafand_bitext", "ntrex_sentences", "ntrex_document_ids",
+    "ntrex_split_documents", "ntrex_collection", "afriqa_collection", "xquad_r_collection",
+    "real_eval_collection", "real_bitext", "prepare_real",
+]
+
+#: Environment variable naming the shared data folder.
+ENV_VAR = "OPTICAL_RAY_SHARED_DATA"
+#: ``format`` values of config data sources read by this module.
+REAL_FORMATS = ("mafand", "ntrex", "ntrex_doc", "afriqa", "xquad_r")
+LOW_RESOURCE = ("swa", "hau")
+HIGH_RESOURCE = ("deu", "fra", "fin")
+
+_ALIASES = {"eng": "en", "english": "en", "sw": "swa", "swh": "swa", "ha": "hau",
+            "de": "deu", "ger": "deu", "fr": "fra", "fre": "fra", "fi": "fin",
+            "es": "spa"}
+_NTREX_FILES = {"en": "newstest2019-src.eng.txt"}  # others: newstest2019-ref.<lang>.txt
+_XQUAD_CODES = {"en": "en", "deu": "de", "spa": "es"}
+_SPLITS = ("dev", "test")
+
+
+def shared_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The shared data folder: ``path``, else ``$OPTICAL_RAY_SHARED_DATA``, else
+    ``../shared/data`` beside the repository. DataError if it is not a directory."""
+    if path is not None and str(path) != "":
+        where, how = Path(path).expanduser(), "given"
+    elif os.environ.get(ENV_VAR):
+        where, how = Path(os.environ[ENV_VAR]).expanduser(), f"from ${ENV_VAR}"
+    else:
+        where, how = Path(__file__).resolve().parents[2].parent / "shared" / "data", "default"
+    if not where.is_dir():
+        raise DataError(f"shared data folder {str(where)!r} ({how}) is not a directory; "
+                        f"pass its path (--shared DIR, or a source's path) or set ${ENV_VAR}")
+    return where.resolve()
+
+
+def canonical_lang(code: str) -> str:
+    """``sw`` -> ``swa``, ``eng`` -> ``en``, ``deu`` -> ``deu`` (lower case)."""
+    c = code.strip().lower()
+    return _ALIASES.get(c, c)
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{what}: {path} not found in the shared data folder")
+    return path
+
+
+# --------------------------------------------------------------------------- MAFAND-MT
+
+
+def mafand_bitext(lang: str, split: str = "train", shared: str | os.PathLike | None = None,
+                  ) -> list[tuple[str, str]]:
+    """MAFAND-MT ``(english, foreign)`` pairs of ``lang`` for ``split`` (train/dev/test).
+
+    The two line-aligned files must have the same number of lines (DataError
+    otherwise); pairs with an empty side are skipped.
+    """
+    xx = canonical_lang(lang)
+    if split not in ("train", "dev", "test"):
+        raise DataError(f"MAFAND split {split!r}: allowed train, dev, test")
+    base = shared_data_dir(shared) / "mafand_mt" / "data" / "text_files" / f"en-{xx}"
+    if not base.is_dir():
+        have = sorted(p.name for p in base.parent.glob("en-*")) if base.parent.is_dir() else []
+        raise DataError(f"MAFAND-MT has no pair en-{xx} in {base.parent} "
+                        f"(present: {', '.join(have) or 'none'})")
+    en = _need(base / f"{split}.en", f"MAFAND en-{xx} {split}")
+    fx = _need(base / f"{split}.{xx}", f"MAFAND en-{xx} {split}")
+    pairs = list(iter_bitext((en, fx)))
+    if not pairs:
+        raise DataError(f"MAFAND en-{xx} {split}: no sentence pair")
+    return pairs
+
+
+# --------------------------------------------------------------------------- NTREX-128
+
+
+def _ntrex_dir(shared: str | os.PathLike | None) -> Path:
+    return shared_data_dir(shared) / "ntrex128"
+
+
+def ntrex_sentences(lang: str, shared: str | os.PathLike | None = None) -> list[str]:
+    """The 1,997 NTREX sentences of ``lang``, line i of every language being the same
+    sentence (the English source for ``en``)."""
+    code = canonical_lang(lang)
+    name = _NTREX_FILES.get(code, f"newstest2019-ref.{code}.txt")
+    path = _need(_ntrex_dir(shared) / "NTREX-128" / name, f"NTREX-128 language {code!r}")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    n_docs = len(ntrex_document_ids(shared))
+    if len(lines) != n_docs:
+        raise DataError(f"{path}: {len(lines)} lines, but DOCUMENT_IDS.tsv has {n_docs}; "
+                        "NTREX files must be line-aligned")
+    empty = [i + 1 for i, s in enumerate(lines) if not s.strip()]
+    if empty:
+        raise DataError(f"{path}: line {empty[0]} is empty ({len(empty)} empty lines)")
+    return [s.strip() for s in lines]
+
+
+def ntrex_document_ids(shared: str | os.PathLike | None = None) -> list[str]:
+    """The source document id of every NTREX line (``DOCUMENT_IDS.tsv``)."""
+    path = _need(_ntrex_dir(shared) / "DOCUMENT_IDS.tsv", "NTREX-128 document ids")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.split("\t")[0].strip() for line in lines]
+
+
+def _stable_order(keys: Iterable[str]) -> list[str]:
+    """Keys in an order fixed by their SHA-1 (independent of file order and seeds)."""
+    return sorted(set(keys), key=lambda k: (hashlib.sha1(k.encode("utf-8")).hexdigest(), k))
+
+
+def ntrex_split_documents(doc_ids: Sequence[str], dev_fraction: float = 0.3,
+                          ) -> dict[str, set[str]]:
+    """Split documents (not lines) into ``dev`` and ``test``: the first
+    ``round(dev_fraction * n_docs)`` documents in :func:`_stable_order` are dev."""
+    if not 0 < dev_fraction < 1:
+        raise DataError(f"dev_fraction: got {dev_fraction!r}, expected a number in (0, 1)")
+    order = _stable_order(doc_ids)
+    n_dev = min(len(order) - 1, max(1, round(dev_fraction * len(order))))
+    return {"dev": set(order[:n_dev]), "test": set(order[n_dev:])}
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLITS:
+        raise DataError(f"split {split!r}: allowed {', '.join(_SPLITS)}")
+
+
+def ntrex_collection(qlang: str, dlang: str, split: str, *, level: str = "sentence",
+                     shared: str | os.PathLike | None = None, dev_fraction: float = 0.3,
+                     ) -> Collection:
+    """An NTREX retrieval test: ``qlang`` sentences retrieve ``dlang`` sentences
+    (``level="sentence"``: the same line is relevant) or ``dlang`` documents
+    (``level="document"``: the document holding the line is relevant), restricted to the
+    documents of ``split``.
+
+    Sentence-level corpora hold each distinct text once (a handful of NTREX lines repeat
+    within a language); a query's relevant document is the one with its line's text.
+    """
+    _check_split(split)
+    if level not in ("sentence", "document"):
+        raise DataError(f"NTREX level {level!r}: allowed sentence, document")
+    doc_ids = ntrex_document_ids(shared)
+    keep = ntrex_split_documents(doc_ids, dev_fraction)[split]
+    q_text, d_text = ntrex_sentences(qlang, shared), ntrex_sentences(dlang, shared)
+    lines = [i for i, d in enumerate(doc_ids) if d in keep]
+    queries = {f"L{i:04d}": q_text[i] for i in lines}
+    docs: list[Doc] = []
+    qrels: list[tuple[int | None, str, str, int]] = []
+    if level == "sentence":
+        by_text: dict[str, str] = {}
+        for i in lines:
+            did = by_text.get(d_text[i])
+            if did is None:
+                did = by_text[d_text[i]] = f"S{i:04d}"
+                docs.append(Doc(did, d_text[i]))
+            qrels.append((None, f"L{i:04d}", did, 1))
+    else:
+        grouped: dict[str, list[str]] = {}
+        for i in lines:
+            grouped.setdefault(doc_ids[i], []).append(d_text[i])
+        docs = [Doc(f"D-{d}", " ".join(sents)) for d, sents in grouped.items()]
+        qrels = [(None, f"L{i:04d}", f"D-{doc_ids[i]}", 1) for i in lines]
+    return build_collection(queries, Corpus.from_docs(docs), qrels)
+
+
+# --------------------------------------------------------------------------- AfriQA
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """JSON Lines, tolerant of a missing final newline; DataError names a bad line."""
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {lineno}: not JSON ({exc.msg})") from None
+    return out
+
+
+def _afriqa_rows(shared: str | os.PathLike | None) -> dict[tuple[str, str], list[dict]]:
+    """Gold-passage rows with a context, per (language, split), English pivot files."""
+    base = shared_data_dir(shared) / "afriqa" / "data" / "gold_passages"
+    if not base.is_dir():
+        raise DataError(f"AfriQA gold passages not found: {base}")
+    out: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(base.glob("*/gold_span_passages.afriqa.*.en.*.json")):
+        lang, split = path.parent.name, path.name.split(".")[-2]
+        rows = [r for r in _json_lines(path) if r.get("context") and r.get("question_lang")]
+        out[(canonical_lang(lang), split)] = rows
+    return out
+
+
+def afriqa_collection(lang: str, split: str, shared: str | os.PathLike | None = None,
+                      ) -> Collection:
+    """AfriQA: ``lang`` questions (``question_lang``) of ``split`` retrieve their English
+    gold passage among the pool of every gold passage of the sample (all languages and
+    splits, each distinct text once; rows with a null context dropped)."""
+    _check_split(split)
+    xx = canonical_lang(lang)
+    rows = _afriqa_rows(shared)
+    if (xx, split) not in rows:
+        have = sorted(f"{k[0]}/{k[1]}" for k in rows)
+        raise DataError(f"AfriQA has no English gold passages for {xx} {split} "
+                        f"(present: {', '.join(have)})")
+    pool: dict[str, Doc] = {}
+    for key in sorted(rows):
+        for r in rows[key]:
+            text = " ".join(r["context"].split())
+            if text not in pool:
+                pool[text] = Doc(f"P{len(pool):05d}", text, (r.get("title") or "").strip())
+    queries, qrels = {}, []
+    for r in rows[(xx, split)]:
+        qid = f"{xx}-{split}-{r['id']}"
+        queries[qid] = " ".join(str(r["question_lang"]).split())
+        qrels.append((None, qid, pool[" ".join(r["context"].split())].docid, 1))
+    return build_collection(queries, Corpus.from_docs(pool.values()), qrels)
+
+
+# --------------------------------------------------------------------------- XQuAD-R
+
+
+def _xquad(lang: str, shared: str | os.PathLike | None) -> list[dict]:
+    code = _XQUAD_CODES.get(canonical_lang(lang))
+    if code is None:
+        raise DataError(f"XQuAD-R language {lang!r}: allowed {', '.join(_XQUAD_CODES)}")
+    path = _need(shared_data_dir(shared) / "xquad_r" / "xquad-r" / f"{code}.json", "XQuAD-R")
+    return json.loads(path.read_text(encoding="utf-8"))["data"]
+
+
+def xquad_r_collection(qlang: str, dlang: str, split: str, *,
+                       shared: str | os.PathLike | None = None, dev_fraction: float = 0.3,
+                       ) -> Collection:
+    """XQuAD-R: ``qlang`` questions retrieve the ``dlang`` sentence that holds the answer
+    (its ``answer_start`` inside the sentence's ``sentence_breaks`` span), among all
+    ``dlang`` sentences of the split's articles (split by article title)."""
+    _check_split(split)
+    qdata, ddata = _xquad(qlang, shared), _xquad(dlang, shared)
+    if len(qdata) != len(ddata):
+        raise DataError(f"XQuAD-R {qlang} and {dlang} have different article counts")
+    titles = [a["title"] for a in ddata]
+    n_dev = max(1, round(dev_fraction * len(titles)))
+    keep = set(_stable_order(str(i) for i in range(len(titles)))[:n_dev] if split == "dev" else
+               _stable_order(str(i) for i in range(len(titles)))[n_dev:])
+    queries, docs, qrels = {}, [], []
+    for ai, (qa_art, d_art) in enumerate(zip(qdata, ddata)):
+        if str(ai) not in keep:
+            continue
+        for pi, (qp, dp) in enumerate(zip(qa_art["paragraphs"], d_art["paragraphs"])):
+            breaks = dp["sentence_breaks"]
+            for si, (s, e) in enumerate(breaks):
+                docs.append(Doc(f"a{ai}p{pi}s{si}", dp["context"][s:e].strip()))
+            answers = {qa["id"]: qa["answers"][0]["answer_start"] for qa in dp["qas"]}
+            for qa in qp["qas"]:
+                start = answers.get(qa["id"])
+                if start is None:
+                    continue
+                queries[qa["id"]] = qa["question"].strip()
+                hit = next((si for si, (s, e) in enumerate(breaks) if s <= start < e + 1), None)
+                if hit is not None:
+                    qrels.append((None, qa["id"], f"a{ai}p{pi}s{hit}", 1))
+    return build_collection(queries, Corpus.from_docs(d for d in docs if d.text), qrels,
+                            strict=False)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _task_langs(pair: str) -> tuple[str, str]:
+    """Languages of a task name: ``swa-en_doc`` -> ``(swa, en)`` (suffix after ``_``)."""
+    q, d = parse_pair(pair)
+    return canonical_lang(q.split("_")[0]), canonical_lang(d.split("_")[0])
+
+
+def real_eval_collection(fmt: str, pair: str, split: str,
+                         shared: str | os.PathLike | None = None) -> Collection:
+    """The collection a config source ``{format: <fmt>, path: <shared>}`` names for
+    ``pair`` (languages before any ``_suffix``: ``swa-en_doc`` is Swahili -> English)."""
+    q, d = _task_langs(pair)
+    if fmt == "ntrex":
+        return ntrex_collection(q, d, split, shared=shared)
+    if fmt == "ntrex_doc":
+        return ntrex_collection(q, d, split, level="document", shared=shared)
+    if fmt == "afriqa":
+        if d != "en":
+            raise DataError(f"AfriQA pair {pair!r}: documents are English (e.g. hau-en)")
+        return afriqa_collection(q, split, shared)
+    if fmt == "xquad_r":
+        return xquad_r_collection(q, d, split, shared=shared)
+    raise DataError(f"format {fmt!r} is not an evaluation format; allowed: ntrex, "
+                    "ntrex_doc, afriqa, xquad_r")
+
+
+def real_bitext(fmt: str, pair: str, split: str = "train",
+                shared: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """Bitext a config source ``{format: mafand}`` names: ``(english, foreign)`` pairs."""
+    if fmt != "mafand":
+        raise DataError(f"format {fmt!r} is not a bitext format; allowed: mafand")
+    q, d = _task_langs(pair)
+    return mafand_bitext(d if q == "en" else q, split, shared)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _write_collection(col: Collection, out: Path) -> dict[str, int]:
+    write_queries(out / "queries.tsv", col.queries)
+    write_corpus(out / "corpus.jsonl", col.corpus)
+    write_qrels(out / "qrels.txt", col.qrels)
+    return col.counts()
+
+
+def prepare_real(out: str | os.PathLike, *, shared: str | os.PathLike | None = None,
+                 languages: Sequence[str] = LOW_RESOURCE,
+                 reference: Sequence[str] = HIGH_RESOURCE, dev_fraction: float = 0.3,
+                 ) -> dict:
+    """Write a dataset root in the standard layout from the shared data folder.
+
+    For every low-resource language ``xx`` in ``languages``: ``bitext/en-xx/{train,dev,
+    test}.tsv`` (MAFAND-MT) and the evaluation tasks ``eval/<task>/{dev,test}/``:
+    ``xx-en`` / ``en-xx`` (NTREX sentences), ``xx-en_doc`` / ``en-xx_doc`` (NTREX
+    sentence -> document), ``xx-en_afriqa`` (AfriQA; splits that have gold passages).
+    For each ``reference`` language: ``yy-en``, ``en-yy``, ``yy-en_doc``; plus
+    ``en-en`` (NTREX English -> English, the teacher's ceiling) and XQuAD-R
+    ``deu-en_xquadr``, ``spa-en_xquadr``, ``en-en_xquadr`` when present. Returns the
+    manifest (also written to ``manifest.json``, last).
+    """
+    root = Path(out)
+    src = shared_data_dir(shared)
+    langs = [canonical_lang(x) for x in languages]
+    refs = [canonical_lang(x) for x in reference]
+    bad = [x for x in langs + refs if x == "en"]
+    if bad:
+        raise DataError("languages/reference: English is the teacher's language; give others")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").unlink(missing_ok=True)
+    counts: dict[str, dict] = {}
+    tasks: dict[str, tuple] = {}
+    for xx in langs:
+        for split in ("train", "dev", "test"):
+            n = write_bitext(root / "bitext" / f"en-{xx}" / f"{split}.tsv",
+                             mafand_bitext(xx, split, src))
+            counts[f"bitext/en-{xx}/{split}"] = {"pairs": n}
+        tasks.update({f"{xx}-en": ("ntrex", xx, "en"), f"en-{xx}": ("ntrex", "en", xx),
+                      f"{xx}-en_doc": ("ntrex_doc", xx, "en"),
+                      f"en-{xx}_doc": ("ntrex_doc", "en", xx),
+                      f"{xx}-en_afriqa": ("afriqa", xx, "en")})
+    for yy in refs:
+        tasks.update({f"{yy}-en": ("ntrex", yy, "en"), f"en-{yy}": ("ntrex", "en", yy),
+                      f"{yy}-en_doc": ("ntrex_doc", yy, "en")})
+    tasks["en-en"] = ("ntrex", "en", "en")
+    if (src / "xquad_r" / "xquad-r" / "en.json").is_file():
+        for q in ("deu", "spa", "en"):
+            if (src / "xquad_r" / "xquad-r" / f"{_XQUAD_CODES[q]}.json").is_file():
+                tasks[f"{q}-en_xquadr"] = ("xquad_r", q, "en")
+    afriqa = _afriqa_rows(src) if any(t[0] == "afriqa" for t in tasks.values()) else {}
+    for name, (fmt, q, d) in tasks.items():
+        for split in _SPLITS:
+            if fmt == "afriqa" and (q, split) not in afriqa:
+                continue  # e.g. Swahili AfriQA has gold passages for test only
+            if fmt == "ntrex" or fmt == "ntrex_doc":
+                col = ntrex_collection(q, d, split, shared=src, dev_fraction=dev_fraction,
+                                       level="document" if fmt == "ntrex_doc" else "sentence")
+            elif fmt == "afriqa":
+                col = afriqa_collection(q, split, src)
+            else:
+                col = xquad_r_collection(q, d, split, shared=src, dev_fraction=dev_fraction)
+            counts[f"eval/{name}/{split}"] = _write_collection(col, root / "eval" / name / split)
+    manifest = {"kind": "real", "source": str(src), "languages": langs, "reference": refs,
+                "pairs": sorted(tasks), "dev_fraction": dev_fraction, "counts": counts}
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, root / "manifest.json")
+    return manifest
