@@ -149,14 +149,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from optical_ray.config import load_config
+    from optical_ray.config import load_config, parse_overrides, to_flat
+    from optical_ray.space import load_space, pin_overrides
     from optical_ray.sweep import run_sweep
 
     over = [f"storage.uri={args.storage}"] if args.storage else []
     if args.s3_endpoint:
         over.append(f"storage.endpoint={args.s3_endpoint}")
     cfg = load_config(args.config, over + list(args.overrides))
-    result = run_sweep(cfg, args.space, pairs=args.pairs, samples=args.samples,
+    # key=value on the command line wins over the space's fixed values.
+    flat = to_flat(cfg)
+    space = pin_overrides(load_space(args.space),
+                          {k: flat[k] for k in parse_overrides(args.overrides) if k in flat})
+    result = run_sweep(cfg, space, pairs=args.pairs, samples=args.samples,
                        workers_per_trial=args.workers_per_trial,
                        max_concurrent=args.max_concurrent, scheduler=args.scheduler,
                        search=args.search, metric=args.metric, name=args.name, resume=args.resume,

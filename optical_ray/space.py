@@ -34,7 +34,7 @@ Ray Tune's ``OptunaSearch`` takes for conditional spaces.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,7 +43,8 @@ import yaml
 from optical_ray.config import PAIR_RE, Config, apply_overrides, from_dict, to_dict, to_flat
 from optical_ray.errors import ConfigError
 
-__all__ = ["Param", "SearchSpace", "load_space", "parse_space", "layers_from_choice"]
+__all__ = ["Param", "SearchSpace", "load_space", "parse_space", "layers_from_choice",
+           "pin_overrides"]
 
 TYPES = ("loguniform", "uniform", "int", "categorical", "fixed", "layers")
 LAYER_STRATEGIES = ("last", "one", "set")
@@ -295,6 +296,27 @@ def parse_space(raw: Any, *, source: str = "<space>") -> SearchSpace:
     if problems:
         raise ConfigError(problems, source=source)
     return space
+
+
+def pin_overrides(space: SearchSpace, values: Mapping[str, Any]) -> SearchSpace:
+    """``space`` with the fixed values (``base`` and per-pair ``base``) of the keys in
+    ``values`` replaced: a user's ``key=value`` on the command line wins over the space's
+    fixed values. A key the space searches raises :class:`ConfigError` (an override
+    cannot both fix and search it)."""
+    searched = sorted({p.key for p in space.params}
+                      | {p.key for _, ps in space.pairs.values() for p in ps})
+    clash = sorted(set(values) & set(searched))
+    if clash:
+        raise ConfigError([f"override {k}={values[k]!r}: the search space {space.source} "
+                           f"searches {k}; drop the override or make it fixed in the space"
+                           for k in clash])
+
+    def pinned(fixed: dict[str, Any]) -> dict[str, Any]:
+        return {**fixed, **{k: v for k, v in values.items() if k in fixed}}
+
+    return replace(space, base=pinned(space.base),
+                               pairs={pair: (pinned(b), ps)
+                                      for pair, (b, ps) in space.pairs.items()})
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -55,6 +55,8 @@ def test_synth_and_validate(tmp_path, capsys) -> None:
     (["best", "--storage", "/nonexistent-store", "--all"], "no trial records"),
     (["best", "--storage", "/nonexistent-store"], "exactly one of --pair PAIR or --all"),
     (["sweep", "--space", "/nope.yaml", "--pairs", "en-xa"], "does not exist"),
+    (["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa",
+      "distill.epsilon=0.1"], "searches distill.epsilon; drop the override"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys) -> None:
     try:

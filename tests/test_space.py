@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from optical_ray.errors import ConfigError
-from optical_ray.space import load_space, parse_space, trial_config
+from optical_ray.space import load_space, parse_space, pin_overrides, trial_config
 
 SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
@@ -132,3 +132,20 @@ def test_missing_file_lists_shipped(tmp_path) -> None:
     bad.write_text(yaml.safe_dump({"params": {"distill.epsilon": {"type": "uniform"}}}))
     with pytest.raises(ConfigError, match="needs \\['high', 'low'\\]"):
         load_space(bad)
+
+
+def test_command_line_overrides_win_over_fixed_values() -> None:
+    """`optical-ray sweep ... distill.steps=40` replaces the space's fixed steps (in
+    base and per pair); a key the space searches cannot be overridden."""
+    space = parse_space({
+        "base": {"distill.steps": 10, "distill.batch_size": 8},
+        "params": {"distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 0.1}},
+        "pairs": {"en-xc": {"base": {"distill.steps": 30}}},
+    })
+    pinned = pin_overrides(space, {"distill.steps": 40, "distill.lr": 1e-3})
+    for pair in ("en-xa", "en-xc"):
+        cfg = trial_config(pinned, pair, {"distill.epsilon": 0.05})
+        assert cfg.distill.steps == 40 and cfg.distill.batch_size == 8
+    assert trial_config(space, "en-xc", {"distill.epsilon": 0.05}).distill.steps == 30
+    with pytest.raises(ConfigError, match="searches distill.epsilon"):
+        pin_overrides(space, {"distill.epsilon": 0.2})
