@@ -30,7 +30,7 @@ from optical_ray.config import Config, from_dict, to_dict
 from optical_ray.errors import ConfigError, TrainingError
 from optical_ray.train import TrainContext, run
 
-__all__ = ["RayTrainContext", "FitResult", "build_trainer", "fit", "init_ray",
+__all__ = ["RayTrainContext", "FitResult", "build_trainer", "checkpoint_score", "fit", "init_ray",
            "prepare_config", "worker_loop"]
 
 
@@ -66,6 +66,22 @@ def prepare_config(cfg: Config) -> Config:
     return from_dict(data)
 
 
+# The score of a checkpoint reported before any evaluation: the worst finite value.
+# Not -inf: Ray Train saves its checkpoint-manager snapshot as JSON (pydantic), where
+# -inf and NaN become null, and a run resumed from that snapshot then fails to rank its
+# checkpoints ("unsupported operand type(s) for *: 'float' and 'NoneType'").
+UNSCORED = 1e300
+
+
+def checkpoint_score(metrics: dict[str, Any], key: str, mode: str) -> float:
+    """The value Ray Train ranks a reported checkpoint by: ``metrics[key]`` when it is
+    a finite number, else the worst finite score for ``mode`` (``max`` or ``min``)."""
+    value = metrics.get(key)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return -UNSCORED if mode == "max" else UNSCORED
+
+
 class RayTrainContext(TrainContext):
     """:class:`~optical_ray.train.TrainContext` on a Ray Train worker."""
 
@@ -77,7 +93,7 @@ class RayTrainContext(TrainContext):
         local = Path(tempfile.mkdtemp(prefix=f"optical-ray-{cfg.name}-r{c.get_world_rank()}-"))
         super().__init__(rank=c.get_world_rank(), world_size=c.get_world_size(),
                          device=ray.train.torch.get_device(), run_dir=local)
-        self.score_key = cfg.sweep.metric
+        self.score_key, self.score_mode = cfg.sweep.metric, cfg.sweep.mode
         self.run_path, self.storage = run_path, storage
         self._restored: Path | None = None
         self._num_nodes: int | None = None
@@ -113,8 +129,7 @@ class RayTrainContext(TrainContext):
         out = {**metrics, "num_workers": self.world_size, "num_nodes": self.num_nodes,
                "run_s": time.perf_counter() - self._started}
         # The checkpoint manager ranks by this key; every report must carry it.
-        score = out.get(self.score_key)
-        out["score"] = float(score) if isinstance(score, (int, float)) else -math.inf
+        out["score"] = checkpoint_score(out, self.score_key, self.score_mode)
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(out, checkpoint=checkpoint)  # collective: every rank calls it
         if checkpoint_dir:

@@ -1,5 +1,5 @@
-"""Sweep plumbing that needs no cluster: ASHA's horizon, storage retries in trial
-reports, and keeping credentials out of Ray's runtime envs."""
+"""Ray plumbing that needs no cluster: ASHA's horizon, storage retries in trial
+reports, keeping credentials out of Ray's runtime envs, checkpoint scores."""
 
 from __future__ import annotations
 
@@ -90,3 +90,29 @@ def test_tune_does_not_copy_aws_keys_into_runtime_envs(monkeypatch) -> None:
         env = remote._default_options["runtime_env"]["env_vars"]
         assert not {k for k in env if k.startswith("AWS_")}
     assert set(class_cache.ENV_VARS_TO_PROPAGATE) == before
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_unevaluated_checkpoint_score_survives_ray_snapshot(mode: str) -> None:
+    """A checkpoint reported before any evaluation gets the worst *finite* score: Ray
+    Train saves its checkpoint-manager snapshot as JSON, where -inf would become null
+    and a run resumed from it would crash ranking checkpoints."""
+    import json
+    import math
+
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        _TrainingResultState)
+
+    from optical_ray.distributed import checkpoint_score
+
+    assert checkpoint_score({"map": 0.25}, "map", mode) == 0.25
+    scores = [checkpoint_score(m, "map", mode)
+              for m in ({"loss": 1.0}, {"map": float("nan")}, {"map": -math.inf})]
+    for score in scores:
+        assert math.isfinite(score)
+        worse = score < 0.25 if mode == "max" else score > 0.25
+        assert worse, (mode, score)
+        state = _TrainingResultState(checkpoint_dir_name="checkpoint_0",
+                                     metrics={"score": score})
+        restored = _TrainingResultState.parse_obj(json.loads(state.json()))
+        assert restored.metrics["score"] == score
