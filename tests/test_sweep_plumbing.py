@@ -92,6 +92,8 @@ def test_tune_does_not_copy_aws_keys_into_runtime_envs(monkeypatch) -> None:
     assert set(class_cache.ENV_VARS_TO_PROPAGATE) == before
 
 
+# .json() / .parse_obj() are pydantic-1 calls (deprecated in 2): the ones Ray makes.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_unevaluated_checkpoint_score_survives_ray_snapshot(mode: str) -> None:
     """A checkpoint reported before any evaluation gets the worst *finite* score: Ray
