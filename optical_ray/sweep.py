@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from optical_ray.config import Config, from_flat, to_dict, to_flat
 from optical_ray.errors import ConfigError, OpticalRayError
@@ -43,6 +44,30 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 # Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
 REPORT_ATTEMPTS = 9
 DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial the scheduler stopped early as *pruned*.
+
+    Ray's OptunaSearch tells every trial that ended without an error as complete, with
+    its last metric; under ASHA that compares a metric after one evaluation with others
+    after the full budget. Early in training the two do not rank alike (a learning rate
+    that will win often dips first, while one too small to move stays at the teacher's
+    zero-shot level), so TPE learns the wrong thing. A trial without our end-of-trial
+    report (``FINISHED_KEY``) was stopped: told as pruned, with the intermediate values
+    already reported, Optuna's TPE ranks it below every trial that ran to the end, and
+    pruned trials among themselves by how far they got, then by their last value.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if error or not result or result.get(FINISHED_KEY) or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        import optuna
+
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
 
 
 class TuneContext(TrainContext):
@@ -367,7 +392,6 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from optical_ray.catalog import Catalog
     from optical_ray.data.sources import ensure_data_root
@@ -433,8 +457,8 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
                 else optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
                                                 n_startup_trials=max(2, min(5, sw.samples // 3)))
             searcher = ConcurrencyLimiter(
-                OptunaSearch(space=space.define_by_run(pair, depth), metric=sw.metric,
-                             mode=sw.mode, sampler=sampler),
+                PruningAwareOptunaSearch(space=space.define_by_run(pair, depth),
+                                         metric=sw.metric, mode=sw.mode, sampler=sampler),
                 max_concurrent=sw.max_concurrent)
             sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
                                   reduction_factor=sw.reduction_factor,

@@ -118,3 +118,30 @@ def test_unevaluated_checkpoint_score_survives_ray_snapshot(mode: str) -> None:
                                      metrics={"score": score})
         restored = _TrainingResultState.parse_obj(json.loads(state.json()))
         assert restored.metrics["score"] == score
+
+
+def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() -> None:
+    """A trial without the end-of-trial report was stopped by the scheduler: TPE must
+    see it as pruned (ranked by how far it got), not as complete with an early metric."""
+    import optuna
+    from ray.tune.result import TRAINING_ITERATION
+
+    from optical_ray.sweep import FINISHED_KEY, PruningAwareOptunaSearch
+
+    searcher = PruningAwareOptunaSearch(
+        space=_space({}).define_by_run("en-xc", 2), metric="map", mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0))
+    for trial_id in ("stopped", "finished", "failed"):
+        assert searcher.suggest(trial_id) is not None
+    searcher.on_trial_result("stopped", {"map": 0.2, TRAINING_ITERATION: 1})
+    searcher.on_trial_complete("stopped", {"map": 0.2, TRAINING_ITERATION: 1})
+    for it, value in ((1, 0.1), (2, 0.3)):
+        searcher.on_trial_result("finished", {"map": value, TRAINING_ITERATION: it})
+    searcher.on_trial_complete("finished", {"map": 0.3, FINISHED_KEY: 1, TRAINING_ITERATION: 3})
+    searcher.on_trial_complete("failed", None, error=True)
+    trials = searcher._ot_study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
+                      optuna.trial.TrialState.FAIL]
+    assert trials[0].intermediate_values == {1: 0.2}
+    assert trials[1].value == 0.3
