@@ -29,7 +29,8 @@ from transformers import BertConfig, BertModel
 
 from optical_ray.config import from_flat
 from optical_ray.model import RetrievalModel
-from optical_ray.train import distill_loss, resolve_precision
+from optical_ray.losses import distill_loss
+from optical_ray.train import resolve_precision
 
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
               intermediate_size=1536, max_position_embeddings=512)

@@ -40,20 +40,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from optical_ray.batches import Batches, RankExamples, english_rows, filter_bitext, to_device
+from optical_ray.checkpoint import (CHECKPOINT_PREFIX, complete_checkpoints, load_module,
+                                    read_checkpoint_state, save_checkpoint, set_rng_state)
 from optical_ray.config import Config, save_config, to_dict
 from optical_ray.errors import ConfigError, DataError, TrainingError
+from optical_ray.losses import distill_loss, l2sp_penalty, rank_loss
 from optical_ray.model import RetrievalModel, resolve_layers
-from optical_ray.ot import ot_distillation_loss
 
 __all__ = [
     "TrainContext", "LocalContext", "History", "run", "train_rank", "train_adapt",
-    "train_distill", "init_student", "distill_loss", "token_mse_loss", "sentence_mse_loss",
-    "rank_loss", "RankExamples", "MLMHead", "evaluate_dev", "save_checkpoint",
-    "read_checkpoint_state", "resolve_device", "resolve_precision", "STAGE_HINTS",
-    "filter_bitext", "l2sp_penalty", "english_rows",
+    "train_distill", "init_student", "MLMHead", "evaluate_dev", "resolve_device",
+    "resolve_precision", "STAGE_HINTS",
 ]
 
 #: What to turn when a stage's loss blows up (ends the TrainingError message).
@@ -62,8 +63,6 @@ STAGE_HINTS = {
     "adapt": "lower adapt.lr",
     "distill": "lower rank.lr/distill.lr or raise distill.epsilon",
 }
-_STATE = "state.json"
-_CKPT_PREFIX = "ckpt-"
 
 EvalFn = Callable[[RetrievalModel], dict[str, float]]
 
@@ -148,7 +147,7 @@ class LocalContext(TrainContext):
         with open(self.run_dir / "progress.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
         if checkpoint_dir is not None and self.keep is not None:
-            for old in _complete_checkpoints(self.checkpoint_root())[:-self.keep]:
+            for old in complete_checkpoints(self.checkpoint_root())[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def latest_checkpoint(self) -> str | None:
@@ -157,23 +156,8 @@ class LocalContext(TrainContext):
             for p in root.iterdir():
                 if p.name.startswith((".tmp-", ".old-")):
                     shutil.rmtree(p, ignore_errors=True)
-        found = _complete_checkpoints(root)
+        found = complete_checkpoints(root)
         return str(found[-1]) if found else None
-
-
-def _complete_checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoints under ``root``, oldest first (by stage, then step)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if p.name.startswith(_CKPT_PREFIX) and (p / _STATE).is_file():
-            try:
-                s = json.loads((p / _STATE).read_text(encoding="utf-8"))
-                found.append(((s["stage_index"], s["step"], s["stage_done"]), p))
-            except (OSError, ValueError, KeyError):
-                continue  # unreadable: not a checkpoint we wrote completely
-    return [p for _, p in sorted(found)]
 
 
 # --------------------------------------------------------------------------- history
@@ -260,319 +244,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
-    np_state = np.random.get_state()
-    tensors = {"torch": torch.get_rng_state(),
-               "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = s
-    py = random.getstate()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    name, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(root: Path, name: str, *, state: dict[str, Any], model: RetrievalModel,
-                    cfg: Config, teacher: RetrievalModel | None = None,
-                    extra: dict[str, nn.Module] | None = None,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    tensors: dict[str, dict[str, Tensor]] | None = None) -> Path:
-    """Write a checkpoint directory atomically (temporary sibling, then rename).
-
-    Holds ``model/`` and ``teacher/`` (safetensors), ``<extra>.safetensors`` (e.g. the
-    MLM head), ``<key>.safetensors`` per entry of ``tensors`` (e.g. the best weights so
-    far of a stage that keeps its best dev evaluation), ``optimizer.pt`` (tensors and
-    numbers only: read back with
-    ``weights_only=True``), ``rng.safetensors`` and ``state.json`` (step, scheduler,
-    history, config). Nothing in it needs unpickling arbitrary objects.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save(tmp / "model", cfg)
-    if teacher is not None:
-        teacher.save(tmp / "teacher", cfg)
-    for key, module in (extra or {}).items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-                  str(tmp / f"{key}.safetensors"))
-    for key, values in (tensors or {}).items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in values.items()},
-                  str(tmp / f"{key}.safetensors"))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    # A manifest of every file: a copy in object storage (uploaded in no particular
-    # order) is complete when all of them are there with these sizes.
-    files = {p.relative_to(tmp).as_posix(): p.stat().st_size
-             for p in sorted(tmp.rglob("*")) if p.is_file()}
-    doc = {**state, "rng": rng_meta, "config": to_dict(cfg), "version": 1, "files": files}
-    (tmp / _STATE).write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
-    if final.exists():  # the same step written again (a resumed run): replace it whole
-        old = root / f".old-{name}-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
-def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``state.json`` of a checkpoint directory."""
-    p = Path(path) / _STATE
-    if not p.is_file():
-        raise TrainingError(f"{path}: not a checkpoint (no {_STATE}); it may be half written")
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
-def _load_extra(path: Path, key: str, module: nn.Module, device: torch.device) -> None:
-    module.load_state_dict(load_file(str(path / f"{key}.safetensors"), device=str(device)))
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def rank_loss(model: RetrievalModel, q: Any, d: Any, n_docs_per_query: int,
-              temperature: float) -> Tensor:
-    """InfoNCE over in-batch and hard negatives.
-
-    ``q``: Encoded queries ``[B, ...]``; ``d``: Encoded documents ``[B * k, ...]`` laid
-    out as ``[pos_0, neg_0.., pos_1, neg_1.., ...]`` (``k = n_docs_per_query``). Every
-    query is scored against every document of the batch; the target is its positive.
-    Late-interaction scores are divided by the query's token count first: a MaxSim sum
-    over 30 tokens divided by a temperature of 0.05 would make logits of ~600 and a
-    one-hot softmax, whereas the mean MaxSim is a cosine in [-1, 1] like a pooled score.
-    """
-    scores = model.score(q, d)  # [B, B * k]
-    if q.late:
-        scores = scores / q.mask.sum(1, keepdim=True).clamp_min(1).to(scores.dtype)
-    labels = torch.arange(scores.shape[0], device=scores.device) * n_docs_per_query
-    return F.cross_entropy(scores.float() / temperature, labels)
-
-
-def _weights(layer_weights: Sequence[float] | None, n: int) -> list[float]:
-    if layer_weights is None:
-        return [1.0 / n] * n
-    total = float(sum(layer_weights))
-    return [float(w) / total for w in layer_weights]
-
-
-def token_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
-                   teacher_mask: Tensor, student_mask: Tensor,
-                   layer_weights: Sequence[float] | None = None) -> Tensor:
-    r"""Token MSE after greedy hard alignment (the non-OT token baseline).
-
-    Each real student token ``j`` is paired with its most similar real teacher token
-    ``a(j) = argmax_i cos(s_j, t_i)`` (no gradient through the argmax) and
-    ``L = sum_l w_l mean_b mean_j mean_d (s_{l,b,j} - t_{l,b,a(j)})^2``.
-    Shapes: teacher ``[B, n, d]``, student ``[B, m, d]`` per layer, masks ``[B, n]``/``[B, m]``.
-    """
-    t_mask, s_mask = teacher_mask.bool(), student_mask.bool()
-    loss = student_states[0].new_zeros((), dtype=torch.float32)
-    for w, t, s in zip(_weights(layer_weights, len(student_states)), teacher_states, student_states):
-        t, s = t.detach().float(), s.float()
-        with torch.no_grad():
-            sim = torch.bmm(F.normalize(s, dim=-1), F.normalize(t, dim=-1).transpose(1, 2))  # [B, m, n]
-            best = sim.masked_fill(~t_mask[:, None, :], float("-inf")).argmax(-1)  # [B, m]
-        aligned = t.gather(1, best.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # [B, m, d]
-        err = (s - aligned).pow(2).mean(-1)  # [B, m]
-        m = s_mask.to(err.dtype)
-        loss = loss + w * ((err * m).sum(1) / m.sum(1).clamp_min(1)).mean()
-    return loss
-
-
-def sentence_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
-                      teacher_mask: Tensor, student_mask: Tensor,
-                      layer_weights: Sequence[float] | None = None) -> Tensor:
-    r"""Reimers & Gurevych (2020): MSE between mean-pooled sentence embeddings,
-    ``L = sum_l w_l mean_b mean_d (mean_j s_{l,b,j} - mean_i t_{l,b,i})^2``."""
-    def pool(x: Tensor, mask: Tensor) -> Tensor:
-        m = mask.to(x.dtype).unsqueeze(-1)
-        return (x * m).sum(1) / m.sum(1).clamp_min(1)  # [B, d]
-
-    loss = student_states[0].new_zeros((), dtype=torch.float32)
-    for w, t, s in zip(_weights(layer_weights, len(student_states)), teacher_states, student_states):
-        diff = pool(s.float(), student_mask) - pool(t.detach().float(), teacher_mask)
-        loss = loss + w * diff.pow(2).mean()
-    return loss
-
-
-def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
-                 teacher_mask: Tensor, student_mask: Tensor, cfg: Config) -> Tensor:
-    """The distillation loss ``cfg.distill.method`` names (``ot``, ``mse_token``,
-    ``mse_sentence``), computed in fp32 whatever the autocast dtype."""
-    d = cfg.distill
-    if method == "ot":
-        return ot_distillation_loss(
-            [t.float() for t in teacher_states], [s.float() for s in student_states],
-            teacher_mask, student_mask, d.epsilon, cost=d.cost, layer_weights=d.layer_weights,
-            max_iter=d.sinkhorn_iters, tol=d.sinkhorn_tol)
-    if method == "mse_token":
-        return token_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
-    if method == "mse_sentence":
-        return sentence_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
-    raise ValueError(f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, none")
-
-
-def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
-    r"""L2-SP (Li, Grandvalet & Davoine, ICML 2018): ``sum_k ||theta_k - theta0_k||^2``
-    over ``(parameter, reference)`` pairs whose parameter is trained (``requires_grad``).
-
-    With the teacher's weights as ``theta0`` it pulls the student back towards the
-    teacher instead of towards 0 (weight decay), so a small bitext cannot drag it far
-    from what zero-shot transfer rode on."""
-    terms = [(p.float() - ref.float()).pow(2).sum() for p, ref in pairs if p.requires_grad]
-    if not terms:
-        return torch.zeros(())
-    return torch.stack(terms).sum()
-
-
-def english_rows(batch_no: int, batch_size: int, fraction: float) -> int:
-    """How many rows of batch ``batch_no`` carry English retention: ``floor((b + 1) f B)
-    - floor(b f B)``, so the share over batches is exactly ``fraction`` even when
-    ``fraction * batch_size`` is not a whole number (and is fixed per batch: resumable)."""
-    if fraction <= 0:
-        return 0
-    total = fraction * batch_size
-    return min(batch_size, math.floor((batch_no + 1) * total + 1e-9) - math.floor(batch_no * total + 1e-9))
-
-
-def _token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
-    counts: list[int] = []
-    for s in range(0, len(texts), 4096):
-        ids = tokenizer(texts[s:s + 4096], add_special_tokens=False, truncation=False)["input_ids"]
-        counts += [len(x) for x in ids]
-    return counts
-
-
-def filter_bitext(pairs: Sequence[tuple[str, str]], teacher: RetrievalModel,
-                  student: RetrievalModel, cfg: Config) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Length handling of bitext (``distill.long_pairs``, ``distill.max_length_ratio``).
-
-    Truncating a long pair at ``model.max_bitext_length`` tokens cuts the two sides at
-    different places in the sentence (a Hausa sentence takes more tokens than its
-    English one), so the tails align content the other side no longer has. ``drop``
-    removes pairs with a side over the limit (special tokens included); a ratio ``r >
-    0`` removes pairs whose token counts (without special tokens) differ by more than a
-    factor ``r`` (misaligned or loose translations). Returns the kept pairs, in order,
-    and counts ``{"kept", "too_long", "bad_ratio"}``.
-    """
-    dc = cfg.distill
-    pairs = list(pairs)
-    if dc.long_pairs == "truncate" and not dc.max_length_ratio:
-        return pairs, {"kept": len(pairs), "too_long": 0, "bad_ratio": 0}
-
-    def limit(model: RetrievalModel) -> int:
-        return min(cfg.model.max_bitext_length,
-                   int(getattr(model.encoder.config, "max_position_embeddings", 512)))
-
-    max_en, max_xx = limit(teacher), limit(student)
-    n_en = _token_counts(teacher.tokenizer, [e for e, _ in pairs])
-    n_xx = _token_counts(student.tokenizer, [f for _, f in pairs])
-    special_en = teacher.tokenizer.num_special_tokens_to_add(pair=False)
-    special_xx = student.tokenizer.num_special_tokens_to_add(pair=False)
-    kept, too_long, bad_ratio = [], 0, 0
-    for pair, a, b in zip(pairs, n_en, n_xx):
-        if dc.long_pairs == "drop" and (a + special_en > max_en or b + special_xx > max_xx):
-            too_long += 1
-        elif dc.max_length_ratio and max(a, b) > dc.max_length_ratio * max(1, min(a, b)):
-            bad_ratio += 1
-        else:
-            kept.append(pair)
-    return kept, {"kept": len(kept), "too_long": too_long, "bad_ratio": bad_ratio}
-
-
-# --------------------------------------------------------------------------- data
-
-
-class RankExamples:
-    """Training examples of a ranking collection: a query, one positive, its hard
-    negatives (triples when the collection has them, else judged positives from qrels
-    with random negatives)."""
-
-    def __init__(self, collection: Any) -> None:
-        self.collection = collection
-        items: list[tuple[str, tuple[str, ...], tuple[str, ...], bool]] = []
-        for t in collection.iter_triples():
-            items.append((t.query, tuple(t.pos), tuple(t.neg), bool(t.texts)))
-        if not items:
-            for qid, docs in collection.qrels.items():
-                if qid in collection.queries:
-                    items += [(qid, (d,), (), False) for d, rel in docs.items()
-                              if rel > 0 and d in collection.corpus]
-        if not items:
-            raise DataError("the ranking collection has no training example (no triples and "
-                            "no positive judgement of a known query and document)")
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _doc(self, docid: str) -> str:
-        doc = self.collection.corpus.get(docid)
-        return f"{doc.title} {doc.text}" if doc.title else doc.text
-
-    def batch(self, indices: Sequence[int], n_neg: int) -> tuple[list[str], list[str]]:
-        """Query texts ``[B]`` and document texts ``[B * (1 + n_neg)]`` (positive first).
-
-        Missing hard negatives are filled with random documents, drawn from the torch
-        RNG (re-seeded per step, so resume-safe).
-        """
-        corpus = self.collection.corpus
-        queries, docs = [], []
-        for i in indices:
-            q, pos, neg, texts = self.items[i]
-            queries.append(q if texts else self.collection.queries[q])
-            docs.append(pos[0] if texts else self._doc(pos[0]))
-            negs = list(neg[:n_neg])
-            while len(negs) < n_neg:
-                if neg:
-                    negs.append(neg[len(negs) % len(neg)])
-                else:
-                    negs.append(corpus[int(torch.randint(len(corpus), ()))].docid)
-            docs += negs if texts else [self._doc(n) for n in negs]
-        return queries, docs
-
-
-class _Batches:
-    """Batch number -> item indices: epochs of ``ctx.shard`` cut into fixed batches."""
-
-    def __init__(self, ctx: TrainContext, n_items: int, batch_size: int, seed: int, what: str) -> None:
-        self.ctx, self.n_items, self.batch_size, self.seed = ctx, n_items, batch_size, seed
-        self.per_epoch = (n_items // ctx.world_size) // batch_size
-        if self.per_epoch == 0:
-            raise DataError(f"{what}: {n_items} examples give no full batch of {batch_size} per "
-                            f"worker x {ctx.world_size} worker(s); lower the batch size")
-        self._epoch, self._order = -1, []
-
-    def __call__(self, batch_no: int) -> tuple[list[int], int, int]:
-        """Indices of batch ``batch_no``, its epoch and its position in the epoch."""
-        epoch, pos = divmod(batch_no, self.per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, self.ctx.shard(self.n_items, epoch, self.seed)
-        return self._order[pos * self.batch_size:(pos + 1) * self.batch_size], epoch, pos
-
-
-def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 # --------------------------------------------------------------------------- MLM
 
 
@@ -647,7 +318,7 @@ class _Stage:
     lr: float
     steps: int
     epochs: float
-    batches: _Batches
+    batches: Batches
     examples_per_batch: int
     loss: Callable[[nn.Module, list[int], int], tuple[Tensor, dict[str, Tensor]]]
     teacher: RetrievalModel | None = None
@@ -779,7 +450,7 @@ def _run_stage(stage: _Stage, cfg: Config, ctx: TrainContext, history: History,
         sched.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(load_file(str(Path(resume) / "rng.safetensors")), state["rng"])
+        set_rng_state(load_file(str(Path(resume) / "rng.safetensors")), state["rng"])
         ctx.print0(f"[{stage.name}] resuming at step {start}/{total} from {resume}")
     wrapped = ctx.prepare_model(stage.module)
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -888,7 +559,7 @@ def _checkpoint(stage: _Stage, cfg: Config, ctx: TrainContext, state: dict[str, 
     """Rank 0 writes the checkpoint; every rank gets its path (None off rank 0)."""
     path, root = None, ctx.checkpoint_root()
     if ctx.rank == 0 and root is not None:
-        name = f"{_CKPT_PREFIX}{stage.index}-{stage.name}-{state['step']:07d}"
+        name = f"{CHECKPOINT_PREFIX}{stage.index}-{stage.name}-{state['step']:07d}"
         path = str(save_checkpoint(root, name, state=state, model=stage.model,
                                    cfg=cfg, teacher=stage.teacher, extra=stage.extra,
                                    optimizer=None if state["stage_done"] else opt,
@@ -933,13 +604,13 @@ def train_rank(model: RetrievalModel, collection: Any, cfg: Config,
 
     def loss_fn(fwd: nn.Module, indices: list[int], batch_no: int) -> tuple[Tensor, dict[str, Tensor]]:
         queries, docs = data.batch(indices, rc.hard_negatives)
-        q = fwd(**_to(model.tokenize(queries, "query"), device))
-        d = fwd(**_to(model.tokenize(docs, "doc"), device))
+        q = fwd(**to_device(model.tokenize(queries, "query"), device))
+        d = fwd(**to_device(model.tokenize(docs, "doc"), device))
         loss = rank_loss(model, q, d, n_docs, cfg.model.temperature)
         return loss, {"rank": loss}
 
     stage = _Stage("rank", stage_index, model, model, rc.lr, rc.steps, rc.epochs,
-                   _Batches(ctx, len(data), rc.batch_size, _mix(cfg.train.seed, stage_index), "rank"),
+                   Batches(ctx, len(data), rc.batch_size, _mix(cfg.train.seed, stage_index), "rank"),
                    rc.batch_size, loss_fn)
     if resume is not None:
         _restore_modules(resume, model, None)
@@ -973,11 +644,11 @@ def train_adapt(model: RetrievalModel, texts: Sequence[str], cfg: Config,
         return loss, {"mlm": loss}
 
     stage = _Stage("adapt", stage_index, mlm, model, ac.lr, ac.steps, ac.epochs,
-                   _Batches(ctx, len(texts), ac.batch_size, _mix(cfg.train.seed, stage_index), "adapt"),
+                   Batches(ctx, len(texts), ac.batch_size, _mix(cfg.train.seed, stage_index), "adapt"),
                    ac.batch_size, loss_fn, teacher=teacher, extra={"mlm_head": head})
     if resume is not None:
         _restore_modules(resume, model, None)
-        _load_extra(Path(resume), "mlm_head", head, device)
+        load_module(Path(resume), "mlm_head", head, device)
     return _run_stage(stage, cfg, ctx, history, resume, eval_fn)
 
 
@@ -1081,7 +752,7 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
             raise ConfigError("distill.rank_batch_size > 0 needs ranking data: pass rank_data "
                               "(the rank collection), or set distill.rank_batch_size=0")
         ranked = rank_data if isinstance(rank_data, RankExamples) else RankExamples(rank_data)
-    rank_batches = _Batches(ctx, len(ranked), dc.rank_batch_size, _mix(cfg.train.seed, stage_index, 1),
+    rank_batches = Batches(ctx, len(ranked), dc.rank_batch_size, _mix(cfg.train.seed, stage_index, 1),
                             "distill (ranking part)") if ranked is not None else None
     n_docs = 1 + cfg.rank.hard_negatives
     method, lam = dc.method, dc.weight
@@ -1092,8 +763,8 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         # the English side, so en->en stays matched to the teacher.
         k = english_rows(batch_no, len(indices), dc.english_fraction)
         foreign = english[:k] + [pairs[i][1] for i in indices[k:]]
-        t_batch = _to(teacher.tokenize(english, "bitext"), device)
-        s_batch = _to(student.tokenize(foreign, "bitext"), device)
+        t_batch = to_device(teacher.tokenize(english, "bitext"), device)
+        s_batch = to_device(student.tokenize(foreign, "bitext"), device)
         with torch.no_grad():
             t_states = teacher.layer_states(t_batch["input_ids"], t_batch["attention_mask"], dc.layers)
         s_states = fwd(s_batch["input_ids"], s_batch["attention_mask"], layers=dc.layers).layer_states
@@ -1108,14 +779,14 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
             return l_dist + penalty, parts
         r_idx, _, _ = rank_batches(batch_no)
         queries, docs = ranked.batch(r_idx, cfg.rank.hard_negatives)
-        q = fwd(**_to(student.tokenize(queries, "query"), device))
-        d = fwd(**_to(student.tokenize(docs, "doc"), device))
+        q = fwd(**to_device(student.tokenize(queries, "query"), device))
+        d = fwd(**to_device(student.tokenize(docs, "doc"), device))
         l_rank = rank_loss(student, q, d, n_docs, cfg.model.temperature)
         parts["rank"] = l_rank
         return lam * l_dist + (1.0 - lam) * l_rank + penalty, parts
 
     stage = _Stage("distill", stage_index, student, student, dc.lr, dc.steps, dc.epochs,
-                   _Batches(ctx, len(pairs), dc.batch_size, _mix(cfg.train.seed, stage_index), "distill"),
+                   Batches(ctx, len(pairs), dc.batch_size, _mix(cfg.train.seed, stage_index), "distill"),
                    dc.batch_size, loss_fn, teacher=teacher, select=select)
     if method == "none":
         return student, _finish_without_training(stage, cfg, ctx, history, eval_fn)

@@ -10,18 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import optical_ray.losses as losses
 import optical_ray.train as train_mod
 from optical_ray.config import Config
 from optical_ray.data.sources import bitext_pairs, rank_collection
 from optical_ray.errors import ConfigError, TrainingError
 from optical_ray.model import RetrievalModel
 from optical_ray.tiny import TinyModelSpec, build_tiny_encoder
+from optical_ray.checkpoint import read_checkpoint_state
+from optical_ray.losses import distill_loss
 from optical_ray.train import (
     History,
     LocalContext,
     TrainContext,
-    distill_loss,
-    read_checkpoint_state,
     resolve_precision,
     run,
     train_adapt,
@@ -150,7 +151,7 @@ def test_hybrid_without_rank_data_is_a_config_error(tiny_config, tiny_world):
 
 def test_nan_distill_loss_raises_training_error(tiny_config, tiny_world, monkeypatch):
     cfg = tiny_config(**{"distill.rank_batch_size": 4, "distill.weight": 0.5})
-    monkeypatch.setattr(train_mod, "ot_distillation_loss",
+    monkeypatch.setattr(losses, "ot_distillation_loss",
                         lambda t, s, *a, **k: s[0].sum() * float("nan"))
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
     with pytest.raises(TrainingError, match=r"distill loss became nan at step 1 \(ot=nan, rank=[0-9.]+\);"
@@ -364,7 +365,7 @@ def test_teacher_learns_and_ot_distillation_closes_the_gap(tiny_config, tiny_wor
 
 
 def test_filter_bitext_drops_long_pairs_and_extreme_ratios(tiny_config, tiny_world):
-    from optical_ray.train import filter_bitext
+    from optical_ray.batches import filter_bitext
 
     cfg = tiny_config(**{"model.max_bitext_length": 12})
     model = tiny_model(cfg, tiny_world.tokenizer_dir)
@@ -395,7 +396,7 @@ def test_everything_filtered_is_a_data_error(tiny_config, tiny_world):
 
 
 def test_english_rows_hit_the_fraction_exactly():
-    from optical_ray.train import english_rows
+    from optical_ray.batches import english_rows
 
     rows = [english_rows(b, 8, 0.3) for b in range(10)]
     assert sum(rows) == 24 and set(rows) <= {2, 3}  # 0.3 * 8 * 10, spread evenly

@@ -1,0 +1,112 @@
+"""Training losses: InfoNCE ranking, the distillation losses (OPTICAL's OT loss and the
+two MSE baselines) and the L2-SP penalty. Pure functions of tensors and a config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from optical_ray.config import Config
+from optical_ray.model import RetrievalModel
+from optical_ray.ot import ot_distillation_loss
+
+__all__ = ["rank_loss", "token_mse_loss", "sentence_mse_loss", "distill_loss", "l2sp_penalty"]
+
+def rank_loss(model: RetrievalModel, q: Any, d: Any, n_docs_per_query: int,
+              temperature: float) -> Tensor:
+    """InfoNCE over in-batch and hard negatives.
+
+    ``q``: Encoded queries ``[B, ...]``; ``d``: Encoded documents ``[B * k, ...]`` laid
+    out as ``[pos_0, neg_0.., pos_1, neg_1.., ...]`` (``k = n_docs_per_query``). Every
+    query is scored against every document of the batch; the target is its positive.
+    Late-interaction scores are divided by the query's token count first: a MaxSim sum
+    over 30 tokens divided by a temperature of 0.05 would make logits of ~600 and a
+    one-hot softmax, whereas the mean MaxSim is a cosine in [-1, 1] like a pooled score.
+    """
+    scores = model.score(q, d)  # [B, B * k]
+    if q.late:
+        scores = scores / q.mask.sum(1, keepdim=True).clamp_min(1).to(scores.dtype)
+    labels = torch.arange(scores.shape[0], device=scores.device) * n_docs_per_query
+    return F.cross_entropy(scores.float() / temperature, labels)
+
+
+def _weights(layer_weights: Sequence[float] | None, n: int) -> list[float]:
+    if layer_weights is None:
+        return [1.0 / n] * n
+    total = float(sum(layer_weights))
+    return [float(w) / total for w in layer_weights]
+
+
+def token_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
+                   teacher_mask: Tensor, student_mask: Tensor,
+                   layer_weights: Sequence[float] | None = None) -> Tensor:
+    r"""Token MSE after greedy hard alignment (the non-OT token baseline).
+
+    Each real student token ``j`` is paired with its most similar real teacher token
+    ``a(j) = argmax_i cos(s_j, t_i)`` (no gradient through the argmax) and
+    ``L = sum_l w_l mean_b mean_j mean_d (s_{l,b,j} - t_{l,b,a(j)})^2``.
+    Shapes: teacher ``[B, n, d]``, student ``[B, m, d]`` per layer, masks ``[B, n]``/``[B, m]``.
+    """
+    t_mask, s_mask = teacher_mask.bool(), student_mask.bool()
+    loss = student_states[0].new_zeros((), dtype=torch.float32)
+    for w, t, s in zip(_weights(layer_weights, len(student_states)), teacher_states, student_states):
+        t, s = t.detach().float(), s.float()
+        with torch.no_grad():
+            sim = torch.bmm(F.normalize(s, dim=-1), F.normalize(t, dim=-1).transpose(1, 2))  # [B, m, n]
+            best = sim.masked_fill(~t_mask[:, None, :], float("-inf")).argmax(-1)  # [B, m]
+        aligned = t.gather(1, best.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # [B, m, d]
+        err = (s - aligned).pow(2).mean(-1)  # [B, m]
+        m = s_mask.to(err.dtype)
+        loss = loss + w * ((err * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+    return loss
+
+
+def sentence_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
+                      teacher_mask: Tensor, student_mask: Tensor,
+                      layer_weights: Sequence[float] | None = None) -> Tensor:
+    r"""Reimers & Gurevych (2020): MSE between mean-pooled sentence embeddings,
+    ``L = sum_l w_l mean_b mean_d (mean_j s_{l,b,j} - mean_i t_{l,b,i})^2``."""
+    def pool(x: Tensor, mask: Tensor) -> Tensor:
+        m = mask.to(x.dtype).unsqueeze(-1)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1)  # [B, d]
+
+    loss = student_states[0].new_zeros((), dtype=torch.float32)
+    for w, t, s in zip(_weights(layer_weights, len(student_states)), teacher_states, student_states):
+        diff = pool(s.float(), student_mask) - pool(t.detach().float(), teacher_mask)
+        loss = loss + w * diff.pow(2).mean()
+    return loss
+
+
+def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
+                 teacher_mask: Tensor, student_mask: Tensor, cfg: Config) -> Tensor:
+    """The distillation loss ``cfg.distill.method`` names (``ot``, ``mse_token``,
+    ``mse_sentence``), computed in fp32 whatever the autocast dtype."""
+    d = cfg.distill
+    if method == "ot":
+        return ot_distillation_loss(
+            [t.float() for t in teacher_states], [s.float() for s in student_states],
+            teacher_mask, student_mask, d.epsilon, cost=d.cost, layer_weights=d.layer_weights,
+            max_iter=d.sinkhorn_iters, tol=d.sinkhorn_tol)
+    if method == "mse_token":
+        return token_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
+    if method == "mse_sentence":
+        return sentence_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
+    raise ValueError(f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, none")
+
+
+def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
+    r"""L2-SP (Li, Grandvalet & Davoine, ICML 2018): ``sum_k ||theta_k - theta0_k||^2``
+    over ``(parameter, reference)`` pairs whose parameter is trained (``requires_grad``).
+
+    With the teacher's weights as ``theta0`` it pulls the student back towards the
+    teacher instead of towards 0 (weight decay), so a small bitext cannot drag it far
+    from what zero-shot transfer rode on."""
+    terms = [(p.float() - ref.float()).pow(2).sum() for p, ref in pairs if p.requires_grad]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
