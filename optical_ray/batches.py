@@ -60,8 +60,8 @@ def filter_bitext(pairs: Sequence[tuple[str, str]], teacher: RetrievalModel,
                    int(getattr(model.encoder.config, "max_position_embeddings", 512)))
 
     max_en, max_xx = limit(teacher), limit(student)
-    n_en = _token_counts(teacher.tokenizer, [e for e, _ in pairs])
-    n_xx = _token_counts(student.tokenizer, [f for _, f in pairs])
+    n_en = _token_counts(teacher.tokenizer, teacher.normalize([e for e, _ in pairs]))
+    n_xx = _token_counts(student.tokenizer, student.normalize([f for _, f in pairs]))
     special_en = teacher.tokenizer.num_special_tokens_to_add(pair=False)
     special_xx = student.tokenizer.num_special_tokens_to_add(pair=False)
     kept, too_long, bad_ratio = [], 0, 0

@@ -80,6 +80,9 @@ class ModelConfig:
     max_query_length: int = _f(32, ge=4)
     max_doc_length: int = _f(128, ge=4)
     max_bitext_length: int = _f(64, ge=4, help="tokens per side of a bitext pair")
+    fold_letters: bool = _f(True, help="before tokenising, replace Latin letters the "
+                            "tokenizer can only read as [UNK] by their base letter (Hausa "
+                            "ɗ ƙ ɓ ƴ -> d k b y) instead of losing the whole word")
 
 
 @dataclass

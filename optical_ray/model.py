@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from optical_ray.config import Config, ModelConfig, from_dict, to_dict
 from optical_ray.errors import ConfigError
+from optical_ray.text import LetterFolder
 
 __all__ = ["Encoded", "RetrievalModel", "PRESETS", "maxsim", "resolve_layers", "preset_dir",
            "model_summary"]
@@ -188,6 +189,7 @@ class RetrievalModel(nn.Module):
         self.encoder = _drop_pooler(encoder)
         self.tokenizer = tokenizer
         self.cfg = cfg
+        self._folder: LetterFolder | None = None
         hidden = encoder.config.hidden_size
         # ColBERT's linear map to a small token dimension, without bias (Khattab &
         # Zaharia 2020); pooled scoring uses the hidden states directly.
@@ -306,6 +308,15 @@ class RetrievalModel(nn.Module):
 
     # ------------------------------------------------------------------ encoding
 
+    def normalize(self, texts: list[str]) -> list[str]:
+        """``texts`` as the tokenizer gets them: with ``model.fold_letters``, the Latin
+        letters it cannot represent folded to their base (:mod:`optical_ray.text`)."""
+        if not self.cfg.fold_letters:
+            return list(texts)
+        if self._folder is None:
+            self._folder = LetterFolder(self.tokenizer)
+        return [self._folder(t) for t in texts]
+
     def tokenize(self, texts: list[str], kind: Kind) -> dict[str, Tensor]:
         """Tokenise ``texts`` padded to the longest, truncated to the ``kind``'s limit."""
         limits = {"query": self.cfg.max_query_length, "doc": self.cfg.max_doc_length,
@@ -313,8 +324,8 @@ class RetrievalModel(nn.Module):
         if kind not in limits:
             raise ValueError(f"kind {kind!r}: allowed {sorted(limits)}")
         max_len = min(limits[kind], int(getattr(self.encoder.config, "max_position_embeddings", 512)))
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len,
-                               return_tensors="pt")
+        batch = self.tokenizer(self.normalize(texts), padding=True, truncation=True,
+                               max_length=max_len, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def _hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
