@@ -25,7 +25,7 @@ Prints one JSON line per figure: ``{"bench": "real", "figure": "retrieval", "lan
 zero-shot at p < 0.05; OT closes >= half the NTREX gap to German zero-shot; OT is not
 significantly worse than the best MSE baseline).
 
-CPU-sized: ``--steps 80 --batch-size 16`` is a few minutes per method per language on
+CPU-sized: ``--steps 160 --batch-size 16`` is a few minutes per method per language on
 two shared cores (``--threads 1`` under contention). ``--quick`` is a smoke run.
 """
 
@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--langs", default="hau,swa")
     ap.add_argument("--reference", default="deu,fra,fin")
     ap.add_argument("--methods", default="ot,mse_token,mse_sentence")
-    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--split", default="test", choices=["dev", "test"])
