@@ -158,6 +158,10 @@ class DistillConfig:
                            "(1-based, negative counts from the top; 0 = embeddings)")
     layer_weights: list[float] | None = _f(None, help="one weight per layer; default uniform")
     cost: Literal["cosine", "sqeuclidean"] = _f("cosine")
+    trainable: Literal["all", "embeddings"] = _f(
+        "all", help="student parameters the stage trains: all, or only the input "
+        "embeddings with the transformer frozen (a foreign language the model barely "
+        "reads, little bitext: the transformer keeps what zero-shot transfer rode on)")
     sinkhorn_iters: int = _f(100, ge=1, help="maximum Sinkhorn iterations")
     sinkhorn_tol: float = _f(1e-3, gt=0, help="marginal-error tolerance")
     rank_batch_size: int = _f(0, ge=0, help="ranking examples per hybrid batch; 0 = "

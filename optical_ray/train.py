@@ -664,15 +664,22 @@ def init_student(teacher: RetrievalModel, cfg: Config) -> RetrievalModel:
 
 
 @contextlib.contextmanager
-def _frozen_unreachable(student: RetrievalModel, layers: list[int], hybrid: bool):
+def _frozen_unreachable(student: RetrievalModel, layers: list[int], hybrid: bool,
+                        trainable: str = "all"):
     """Freeze parameters no distillation gradient reaches (layers above the deepest
-    aligned one, the ColBERT projection) unless ranking data trains them too.
+    aligned one, the ColBERT projection) unless ranking data trains them too; with
+    ``trainable="embeddings"`` everything but the encoder's input embeddings.
 
     DDP without ``find_unused_parameters`` fails on parameters that get no gradient;
     AdamW skips parameters without a gradient either way, so results are unchanged.
     """
     frozen: list[nn.Parameter] = []
-    if not hybrid:
+    if trainable == "embeddings":
+        embeddings = getattr(student.encoder, "embeddings", None) or \
+            student.encoder.get_input_embeddings()
+        keep = {id(p) for p in embeddings.parameters()}
+        frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in keep]
+    elif not hybrid:
         deepest = max(resolve_layers(layers, student.depth))
         blocks = getattr(getattr(student.encoder, "encoder", None), "layer", None)
         modules: list[nn.Module] = list(blocks[deepest:]) if isinstance(blocks, nn.ModuleList) else []
@@ -792,7 +799,7 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         return student, _finish_without_training(stage, cfg, ctx, history, eval_fn)
     if resume is not None:
         _restore_modules(resume, student, None)
-    with _frozen_unreachable(student, dc.layers, hybrid):
+    with _frozen_unreachable(student, dc.layers, hybrid, dc.trainable):
         _run_stage(stage, cfg, ctx, history, resume, eval_fn)
     return student, history
 

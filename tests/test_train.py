@@ -212,6 +212,21 @@ def test_grad_accum_half_batch_matches_full_batch(tiny_config, tiny_world, metho
     assert_same_weights(full, half, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_distill_trainable_embeddings_trains_only_the_input_embeddings(tiny_config, tiny_world,
+                                                                        hybrid):
+    over = {"distill.rank_batch_size": 4, "distill.weight": 0.5} if hybrid else {}
+    cfg = tiny_config(**{"distill.steps": 2, "distill.trainable": "embeddings", **over})
+    teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
+    before = weights(teacher)
+    student, _ = train_distill(None, teacher, bitext_pairs(cfg), cfg,
+                               rank_data=rank_collection(cfg) if hybrid else None)
+    changed = {k for k, v in weights(student).items() if not torch.equal(v, before[k])}
+    assert "encoder.embeddings.word_embeddings.weight" in changed
+    assert changed and all(k.startswith("encoder.embeddings.") for k in changed), changed
+    assert all(p.requires_grad for p in student.parameters())  # unfrozen after the stage
+
+
 def test_distill_none_trains_nothing(tiny_config, tiny_world):
     cfg = tiny_config(**{"distill.method": "none"})
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
