@@ -40,22 +40,21 @@ class LetterFolder:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.unk = getattr(tokenizer, "unk_token", None)
-        self._map: dict[str, str] = {}  # characters decided so far; identity = keep
+        self._seen: set[str] = set()  # characters decided so far
+        self._table: dict[int, str] = {}  # str.translate table of the folded ones
 
-    def _decide(self, ch: str) -> str:
+    def _fold(self, ch: str) -> str | None:
         base = base_letter(ch) if self.unk is not None else None
-        if base is not None and self.tokenizer.tokenize(ch) != [self.unk]:
-            base = None  # the vocabulary has it (or a decomposition of it): keep
-        self._map[ch] = base or ch
-        return self._map[ch]
+        if base is not None and self.tokenizer.tokenize(ch) == [self.unk]:
+            return base
+        return None  # not a modified letter, or the vocabulary has it: keep
 
     def __call__(self, text: str) -> str:
         if text.isascii():
             return text
-        out = []
-        for ch in text:
-            mapped = self._map.get(ch)
-            if mapped is None:
-                mapped = ch if ch.isascii() else self._decide(ch)
-            out.append(mapped)
-        return "".join(out)
+        for ch in set(text) - self._seen:
+            self._seen.add(ch)
+            base = None if ch.isascii() else self._fold(ch)
+            if base is not None:
+                self._table[ord(ch)] = base
+        return text.translate(self._table)
