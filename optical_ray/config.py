@@ -148,9 +148,10 @@ class AdaptConfig:
 class DistillConfig:
     """Stage ``distill`` (OPTICAL): teacher on English, student on the foreign side."""
 
-    method: Literal["ot", "mse_token", "mse_sentence", "none"] = _f(
+    method: Literal["ot", "mse_token", "mse_sentence", "contrastive", "none"] = _f(
         "ot", help="ot = OPTICAL; mse_token = token MSE after greedy hard alignment; "
-        "mse_sentence = Reimers & Gurevych 2020; none = zero-shot teacher")
+        "mse_sentence = Reimers & Gurevych 2020; contrastive = the distill.contrastive "
+        "term alone (no distillation loss; the ablation); none = zero-shot teacher")
     epsilon: float = _f(0.05, gt=0, help="Sinkhorn entropic regularisation")
     weight: float = _f(1.0, ge=0, le=1, help="lambda: loss = lambda*L_distill + "
                        "(1-lambda)*L_rank on hybrid batches")
@@ -182,6 +183,11 @@ class DistillConfig:
                                  "side (distilled en->en to the teacher) instead of the foreign one")
     l2sp: float = _f(0.0, ge=0, help="L2-SP (Li et al. 2018): adds l2sp * sum of squared "
                      "differences between the student's and the teacher's weights to the loss")
+    contrastive: float = _f(0.0, ge=0, help="adds contrastive * InfoNCE between the "
+                            "student's ranking vectors of each pair's foreign side and the "
+                            "teacher's of its English side (in-batch negatives, both "
+                            "directions, model.temperature): keeps sentences apart where a "
+                            "student that barely reads the language would be pulled to one point")
 
 
 @dataclass
@@ -475,6 +481,9 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         elif any(w < 0 for w in d.layer_weights) or sum(d.layer_weights) <= 0:
             problems.append(f"distill.layer_weights: got {d.layer_weights}, expected "
                             "non-negative weights with a positive sum")
+    if d.method == "contrastive" and d.contrastive <= 0:
+        problems.append("distill.contrastive: got 0 with distill.method=contrastive, which "
+                        "trains on that term alone; set a weight > 0 such as 1.0")
     if d.max_length_ratio and d.max_length_ratio < 1:
         problems.append(f"distill.max_length_ratio: got {d.max_length_ratio}, expected 0 "
                         "(off) or a ratio >= 1 such as 2.0")

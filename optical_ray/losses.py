@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from optical_ray.config import Config
-from optical_ray.model import RetrievalModel
+from optical_ray.model import Encoded, RetrievalModel
 from optical_ray.ot import ot_distillation_loss
 
-__all__ = ["rank_loss", "token_mse_loss", "sentence_mse_loss", "distill_loss", "l2sp_penalty"]
+__all__ = ["rank_loss", "pair_contrastive_loss", "token_mse_loss", "sentence_mse_loss", "distill_loss",
+           "l2sp_penalty"]
 
 def rank_loss(model: RetrievalModel, q: Any, d: Any, n_docs_per_query: int,
               temperature: float) -> Tensor:
@@ -33,6 +34,27 @@ def rank_loss(model: RetrievalModel, q: Any, d: Any, n_docs_per_query: int,
         scores = scores / q.mask.sum(1, keepdim=True).clamp_min(1).to(scores.dtype)
     labels = torch.arange(scores.shape[0], device=scores.device) * n_docs_per_query
     return F.cross_entropy(scores.float() / temperature, labels)
+
+
+def pair_contrastive_loss(model: RetrievalModel, student: Encoded, teacher: Encoded,
+                          temperature: float) -> Tensor:
+    r"""Symmetric in-batch InfoNCE between aligned rows: ``student[i]`` (the foreign
+    side of pair ``i``, encoded by the student) must score its own ``teacher[i]`` (the
+    English side, encoded by the frozen teacher) above every other row's, and the other
+    way round. ``L = (CE(S / tau) + CE(S'^T / tau)) / 2`` with ``S = score(student,
+    teacher)`` and ``S' = score(teacher, student)`` (the same matrix transposed for
+    pooled scoring), late-interaction scores divided by the query's token count as in
+    :func:`rank_loss`. The teacher side carries no gradient."""
+    def logits(q: Any, d: Any) -> Tensor:
+        s = model.score(q, d)
+        if q.late:
+            s = s / q.mask.sum(1, keepdim=True).clamp_min(1).to(s.dtype)
+        return s.float() / temperature
+
+    labels = torch.arange(len(student), device=student.vectors.device)
+    forward = F.cross_entropy(logits(student, teacher), labels)
+    backward = F.cross_entropy(logits(teacher, student), labels)
+    return 0.5 * (forward + backward)
 
 
 def _weights(layer_weights: Sequence[float] | None, n: int) -> list[float]:
@@ -85,8 +107,11 @@ def sentence_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence
 def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
                  teacher_mask: Tensor, student_mask: Tensor, cfg: Config) -> Tensor:
     """The distillation loss ``cfg.distill.method`` names (``ot``, ``mse_token``,
-    ``mse_sentence``), computed in fp32 whatever the autocast dtype."""
+    ``mse_sentence``; ``contrastive`` has none: 0), computed in fp32 whatever the
+    autocast dtype."""
     d = cfg.distill
+    if method == "contrastive":
+        return student_states[0].new_zeros((), dtype=torch.float32)
     if method == "ot":
         return ot_distillation_loss(
             [t.float() for t in teacher_states], [s.float() for s in student_states],
@@ -96,7 +121,8 @@ def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: 
         return token_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
     if method == "mse_sentence":
         return sentence_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
-    raise ValueError(f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, none")
+    raise ValueError(f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, "
+                     "contrastive, none")
 
 
 def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:

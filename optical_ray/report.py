@@ -7,7 +7,7 @@ For every language pair in the catalog (:mod:`optical_ray.catalog`):
   ``distill.method: none`` (the teacher applied zero-shot to the pair); if the sweep ran
   none, the ``baseline_metrics`` recorded with the trials (the teacher evaluated on the
   same set before distilling; the most recent record wins). ``baseline=<method>``
-  (``mse_sentence``, ``mse_token``, ``ot``) compares against the best trial of that
+  (``mse_sentence``, ``mse_token``, ``contrastive``, ``ot``) compares against the best trial of that
   method instead.
 * **best** — the best trial of any other method (mode ``max``: highest ``metric``).
 * **reference** — the teacher's own pair ``<t>-<t>/<metric>`` (``t = data.teacher_lang``,
@@ -46,7 +46,7 @@ __all__ = ["build_report", "PairSummary", "summarize", "parameter_importances"]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "mse_token", "mse_sentence", "ot")
+METHODS = ("none", "mse_token", "mse_sentence", "contrastive", "ot")
 # Keys that name places or runs rather than searched knobs.
 _NOT_PARAMS = re.compile(r"^(name|output_dir|pair|storage\..*|data\..*|sweep\..*|eval\..*)$")
 

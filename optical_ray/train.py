@@ -48,7 +48,7 @@ from optical_ray.checkpoint import (CHECKPOINT_PREFIX, complete_checkpoints, loa
                                     read_checkpoint_state, save_checkpoint, set_rng_state)
 from optical_ray.config import Config, save_config, to_dict
 from optical_ray.errors import ConfigError, DataError, TrainingError
-from optical_ray.losses import distill_loss, l2sp_penalty, rank_loss
+from optical_ray.losses import distill_loss, l2sp_penalty, pair_contrastive_loss, rank_loss
 from optical_ray.model import RetrievalModel, resolve_layers
 
 __all__ = [
@@ -664,10 +664,11 @@ def init_student(teacher: RetrievalModel, cfg: Config) -> RetrievalModel:
 
 
 @contextlib.contextmanager
-def _frozen_unreachable(student: RetrievalModel, layers: list[int], hybrid: bool,
+def _frozen_unreachable(student: RetrievalModel, layers: list[int], reaches_top: bool,
                         trainable: str = "all"):
     """Freeze parameters no distillation gradient reaches (layers above the deepest
-    aligned one, the ColBERT projection) unless ranking data trains them too; with
+    aligned one, the ColBERT projection) unless ranking data or the contrastive term
+    (``reaches_top``) trains them too; with
     ``trainable="embeddings"`` everything but the encoder's input embeddings.
 
     DDP without ``find_unused_parameters`` fails on parameters that get no gradient;
@@ -679,7 +680,7 @@ def _frozen_unreachable(student: RetrievalModel, layers: list[int], hybrid: bool
             student.encoder.get_input_embeddings()
         keep = {id(p) for p in embeddings.parameters()}
         frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in keep]
-    elif not hybrid:
+    elif not reaches_top:
         deepest = max(resolve_layers(layers, student.depth))
         blocks = getattr(getattr(student.encoder, "encoder", None), "layer", None)
         modules: list[nn.Module] = list(blocks[deepest:]) if isinstance(blocks, nn.ModuleList) else []
@@ -773,11 +774,15 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         t_batch = to_device(teacher.tokenize(english, "bitext"), device)
         s_batch = to_device(student.tokenize(foreign, "bitext"), device)
         with torch.no_grad():
-            t_states = teacher.layer_states(t_batch["input_ids"], t_batch["attention_mask"], dc.layers)
-        s_states = fwd(s_batch["input_ids"], s_batch["attention_mask"], layers=dc.layers).layer_states
-        l_dist = distill_loss(method, t_states, s_states, t_batch["attention_mask"],
-                              s_batch["attention_mask"], cfg)
+            t_enc = teacher.encode(t_batch["input_ids"], t_batch["attention_mask"], layers=dc.layers)
+        s_enc = fwd(s_batch["input_ids"], s_batch["attention_mask"], layers=dc.layers)
+        l_dist = distill_loss(method, t_enc.layer_states, s_enc.layer_states,
+                              t_batch["attention_mask"], s_batch["attention_mask"], cfg)
         parts = {method: l_dist}
+        if dc.contrastive > 0:
+            l_con = pair_contrastive_loss(student, s_enc, t_enc, cfg.model.temperature)
+            parts["contrastive"] = l_con
+            l_dist = l_dist + dc.contrastive * l_con
         penalty = l_dist.new_zeros(())
         if reference:
             penalty = dc.l2sp * l2sp_penalty(reference).to(l_dist.device)
@@ -799,7 +804,7 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         return student, _finish_without_training(stage, cfg, ctx, history, eval_fn)
     if resume is not None:
         _restore_modules(resume, student, None)
-    with _frozen_unreachable(student, dc.layers, hybrid, dc.trainable):
+    with _frozen_unreachable(student, dc.layers, hybrid or dc.contrastive > 0, dc.trainable):
         _run_stage(stage, cfg, ctx, history, resume, eval_fn)
     return student, history
 

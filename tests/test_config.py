@@ -65,6 +65,9 @@ def test_cross_field_rules() -> None:
         from_dict({"eval": {"metrics": ["bleu"]}})
     with pytest.raises(ConfigError, match="storage.uri: got 'gs://b'"):
         from_dict({"storage": {"uri": "gs://b"}})
+    with pytest.raises(ConfigError, match="distill.contrastive: got 0 with distill.method=contrastive"):
+        from_dict({"distill": {"method": "contrastive"}})
+    assert from_dict({"distill": {"method": "contrastive", "contrastive": 1.0}}).distill.contrastive == 1.0
 
 
 def test_flat_round_trip() -> None:

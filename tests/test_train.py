@@ -454,6 +454,61 @@ def test_l2sp_penalises_distance_to_the_teacher(tiny_config, tiny_world):
     assert held < 0.5 * free
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_pair_contrastive_loss_rewards_each_row_finding_its_own_pair(tiny_config, tiny_world, late):
+    from optical_ray.losses import pair_contrastive_loss
+    from optical_ray.model import Encoded
+
+    model = tiny_model(tiny_config(), tiny_world.tokenizer_dir)
+    torch.manual_seed(0)
+    if late:
+        base = torch.nn.functional.normalize(torch.randn(6, 5, 8), dim=-1)
+        mask = torch.ones(6, 5, dtype=torch.bool)
+    else:
+        base = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+        mask = torch.ones(6, 1, dtype=torch.bool)
+    student = base.clone().requires_grad_(True)
+    teacher = Encoded(base.clone(), mask)
+    aligned = pair_contrastive_loss(model, Encoded(student, mask), teacher, 0.05)
+    shuffled = pair_contrastive_loss(model, Encoded(student[[1, 2, 3, 4, 5, 0]], mask), teacher, 0.05)
+    assert aligned.item() < 0.1 < shuffled.item()
+    shuffled.backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+def test_contrastive_term_reaches_the_layers_above_the_aligned_ones(tiny_config, tiny_world):
+    # Aligning layer 1 only, nothing above it gets a distillation gradient (frozen);
+    # the contrastive term scores the ranking vectors, so it trains the top layers too.
+    def top_drift(contrastive: float) -> tuple[float, History]:
+        cfg = tiny_config(**{"distill.steps": 3, "distill.layers": [1], "distill.lr": 3e-3,
+                             "distill.contrastive": contrastive})
+        teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
+        student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
+        t = dict(teacher.named_parameters())
+        top = [n for n, _ in student.named_parameters() if "layer.1." in n or "projection" in n]
+        assert top
+        params = dict(student.named_parameters())
+        return sum(float((params[n] - t[n]).detach().abs().sum()) for n in top), hist
+
+    off, off_hist = top_drift(0.0)
+    on, on_hist = top_drift(1.0)
+    assert off == 0.0 and on > 0
+    assert "contrastive" not in off_hist.steps[0]
+    assert on_hist.losses(key="contrastive")[0] > 0
+    assert on_hist.losses()[0] > off_hist.losses()[0]  # the total carries the term
+
+
+def test_contrastive_method_trains_on_the_term_alone(tiny_config, tiny_world):
+    cfg = tiny_config(**{"distill.method": "contrastive", "distill.contrastive": 1.0,
+                         "distill.steps": 2, "distill.lr": 3e-3})
+    teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
+    student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
+    assert hist.losses() == pytest.approx(hist.losses(key="contrastive"))
+    assert hist.losses()[0] > 0
+    t = dict(teacher.named_parameters())
+    assert any(float((p - t[n]).detach().abs().sum()) > 0 for n, p in student.named_parameters())
+
+
 def _scripted_eval(values: list[float], snapshots: list[dict]):
     """An eval_fn returning ``values`` in turn as dev MAP and recording the weights."""
     calls = iter(values)
