@@ -111,7 +111,9 @@ class DefineByRun:
             if any(taken.get(k, self.known.get(k)) not in allowed for k, allowed in p.when.items()):
                 continue
             taken[p.key] = _suggest(trial, p, self.depth)
-        return dict(self.base)
+        # Ray merges these constants over the sampled values: a key the trial sampled
+        # keeps its sample (the base value is only its default when not sampled).
+        return {k: v for k, v in self.base.items() if k not in taken}
 
 
 def _suggest(trial: Any, p: Param, depth: int) -> Any:

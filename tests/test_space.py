@@ -109,6 +109,25 @@ def test_condition_and_pair_override() -> None:
     assert cfg.distill.steps == 30 and cfg.distill.epsilon == 0.5
 
 
+def test_a_sampled_key_overrides_its_base_value() -> None:
+    # A base may carry a default for a key that params also search (the benchmark reads
+    # the base); the trial must get the sample, merged the way Ray's OptunaSearch does.
+    raw = _raw(**{"distill.epsilon": {"type": "loguniform", "low": 0.2, "high": 0.9},
+                  "distill.layers": {"type": "layers", "strategies": ["one"]}})
+    raw["base"].update({"distill.epsilon": 0.01, "distill.layers": [-1, -2]})
+    space = parse_space(raw)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = space.define_by_run("en-xa", depth=2)
+    for _ in range(5):
+        trial = study.ask()
+        fixed = fn(trial)
+        assert "distill.epsilon" not in fixed and "distill.layers" not in fixed
+        cfg = trial_config(space, "en-xa", {**trial.params, **fixed})
+        assert cfg.distill.epsilon == trial.params["distill.epsilon"] != 0.01
+        assert cfg.distill.layers == [trial.params["distill.layers.layer"]]
+        study.tell(trial, 0.0)
+
+
 def test_layer_strategies_map_to_layer_lists() -> None:
     space = parse_space(_raw(**{"distill.layers": {
         "type": "layers", "strategies": ["last", "one", "set"], "max_k": 2,
