@@ -54,7 +54,8 @@ from optical_ray.errors import ConfigError, StorageError
 from optical_ray.storage import Storage, as_storage, redact, with_retries
 
 __all__ = ["TrialRecord", "BestRecord", "Catalog", "best_config", "best_configs_all",
-           "best_yaml", "format_records", "format_table", "SCHEMA", "STATUSES", "CATALOG_DIR"]
+           "best_yaml", "format_records", "format_table", "varying_distill_keys", "SCHEMA",
+           "STATUSES", "CATALOG_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -929,8 +930,26 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
     if not records:
         return "(no records)"
     metric = records[0].metric
+    extra = varying_distill_keys(records)
     rows = [{"pair": r.pair, "rank": r.rank, metric: r.value, **r.hyperparameters,
+             **{k.split(".", 1)[1]: r.flat_config.get(k) for k in extra},
              "trial": r.trial_id, "experiment": r.experiment,
              "checkpoint": r.checkpoint_uri} for r in records]
-    columns = ["pair", "rank", metric, *HYPERPARAMETERS, "trial", "experiment", "checkpoint"]
+    columns = ["pair", "rank", metric, *HYPERPARAMETERS, *(k.split(".", 1)[1] for k in extra),
+               "trial", "experiment", "checkpoint"]
     return format_table(rows, columns)
+
+
+def varying_distill_keys(records: Sequence[BestRecord]) -> list[str]:
+    """``distill.*`` keys with scalar values, beyond the main columns, that differ
+    between ``records`` (what else a sweep searched, e.g. ``distill.contrastive``)."""
+    shown = set(HYPERPARAMETERS.values())
+    keys = sorted({k for r in records for k in r.flat_config
+                   if k.startswith("distill.") and k not in shown})
+    out = []
+    for k in keys:
+        values = {json.dumps(r.flat_config.get(k), sort_keys=True, default=str) for r in records}
+        if len(values) > 1 and all(isinstance(r.flat_config.get(k), (int, float, str, bool, type(None)))
+                                   for r in records):
+            out.append(k)
+    return out

@@ -209,6 +209,7 @@ class PairResult:
     baseline_metrics: dict[str, float] | None
     trials: int
     failed: list[tuple[str, str]] = field(default_factory=list)
+    searched: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -231,9 +232,10 @@ class SweepResult:
                 shown += f" (zero-shot {base:.4f}, {value - base:+.4f})"
             lines.append(f"  {pair}: {shown}; {r.trials} trials, {len(r.failed)} failed")
             if r.best_config:
-                hp = {k: r.best_config.get(k) for k in ("distill.epsilon", "distill.weight",
-                                                        "distill.layers", "distill.lr",
-                                                        "distill.rank_batch_size")}
+                keys = list(dict.fromkeys([*r.searched, "distill.epsilon", "distill.weight",
+                                           "distill.layers", "distill.lr",
+                                           "distill.rank_batch_size"]))
+                hp = {k: r.best_config.get(k) for k in keys}
                 lines.append("    " + ", ".join(f"{k.split('.')[-1]}={_fmt(v)}"
                                                 for k, v in hp.items()))
             if r.best_checkpoint:
@@ -565,4 +567,4 @@ def _pair_result(grid: Any, pair: str, exp: str, path: str, metric: str, mode: s
         ckpt = best.checkpoint
         best_ckpt = _checkpoint_uri(ckpt, best.metrics or {}, store)
     return PairResult(pair, exp, path, best_config, best_metrics, best_ckpt, baseline,
-                      len(grid), failed)
+                      len(grid), failed, searched=[p.key for p in space.for_pair(pair)[1]])

@@ -211,6 +211,19 @@ def test_best_configs_all_one_per_pair(catalog) -> None:
         format_records(rows, "xml")
 
 
+def test_table_shows_the_other_distill_keys_that_differ(catalog) -> None:
+    for i, weight in enumerate([0.5, 2.0, 2.0]):
+        rec = record(i, "en-sw")
+        rec.config["distill.contrastive"] = weight
+        catalog.append(rec)
+    rows = best_config("en-sw", storage=catalog.storage, top=3)
+    header = format_records(rows).splitlines()[0].split()
+    assert "contrastive" in header and "sinkhorn_iters" not in header  # the same in all
+    column = header.index("contrastive")
+    assert [line.split()[column] for line in format_records(rows).splitlines()[2:]] == ["2", "2", "0.5"]
+    assert "contrastive" not in format_records(rows[:2]).splitlines()[0].split()
+
+
 def test_best_yaml_is_a_valid_train_config(catalog, tmp_path) -> None:
     from optical_ray.config import load_config
 

@@ -145,3 +145,15 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
                       optuna.trial.TrialState.FAIL]
     assert trials[0].intermediate_values == {1: 0.2}
     assert trials[1].value == 0.3
+
+
+def test_summary_lists_the_searched_keys_first() -> None:
+    from optical_ray.sweep import PairResult, SweepResult
+
+    best = {"distill.contrastive": 1.557, "distill.epsilon": 0.02, "distill.weight": 1.0,
+            "distill.layers": [-2, -1], "distill.lr": 2e-4, "distill.rank_batch_size": 0}
+    pair = PairResult("hau-en", "real-hau-en", "/x", best, {"map": 0.4258}, None, None, 3,
+                      searched=["distill.epsilon", "distill.contrastive", "distill.layers"])
+    text = SweepResult("real", "map", "/x", {"hau-en": pair}).summary()
+    assert "hau-en: map=0.4258; 3 trials, 0 failed" in text
+    assert "epsilon=0.02, contrastive=1.56, layers=[-2, -1], weight=1" in text
