@@ -696,6 +696,42 @@ def _frozen_unreachable(student: RetrievalModel, layers: list[int], reaches_top:
             p.requires_grad_(True)
 
 
+class _SinkhornNotes:
+    """Collects Sinkhorn's non-convergence warnings over a stage: the first one is
+    printed, the rest are counted and summed up once at the end of the stage, instead of
+    one warning per step (hundreds of lines in a sweep's log)."""
+
+    def __init__(self, ctx: TrainContext, cfg: Config) -> None:
+        self.ctx, self.cfg = ctx, cfg
+        self.steps = self.unconverged = 0
+
+    @contextlib.contextmanager
+    def watch(self):
+        from optical_ray.ot import SinkhornConvergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SinkhornConvergenceWarning)
+            yield
+        self.steps += 1
+        hits = [w for w in caught if issubclass(w.category, SinkhornConvergenceWarning)]
+        for w in caught:
+            if not issubclass(w.category, SinkhornConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if hits:
+            self.unconverged += 1
+            if self.unconverged == 1:
+                self.ctx.print0(f"[distill] {hits[0].message} (further steps like this are "
+                                "counted and reported at the end of the stage)")
+
+    def summary(self) -> None:
+        if self.unconverged:
+            d = self.cfg.distill
+            self.ctx.print0(f"[distill] Sinkhorn stopped at distill.sinkhorn_iters="
+                            f"{d.sinkhorn_iters} before distill.sinkhorn_tol={d.sinkhorn_tol} "
+                            f"in {self.unconverged} of {self.steps} steps (epsilon {d.epsilon}); "
+                            "raise distill.sinkhorn_iters or distill.epsilon for exact plans")
+
+
 def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
                   bitext: Sequence[tuple[str, str]], cfg: Config,
                   ctx: TrainContext | None = None, rank_data: Any = None, *,
@@ -764,6 +800,7 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
                             "distill (ranking part)") if ranked is not None else None
     n_docs = 1 + cfg.rank.hard_negatives
     method, lam = dc.method, dc.weight
+    sinkhorn_notes = _SinkhornNotes(ctx, cfg)
 
     def loss_fn(fwd: nn.Module, indices: list[int], batch_no: int) -> tuple[Tensor, dict[str, Tensor]]:
         english = [pairs[i][0] for i in indices]
@@ -776,8 +813,9 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         with torch.no_grad():
             t_enc = teacher.encode(t_batch["input_ids"], t_batch["attention_mask"], layers=dc.layers)
         s_enc = fwd(s_batch["input_ids"], s_batch["attention_mask"], layers=dc.layers)
-        l_dist = distill_loss(method, t_enc.layer_states, s_enc.layer_states,
-                              t_batch["attention_mask"], s_batch["attention_mask"], cfg)
+        with sinkhorn_notes.watch():
+            l_dist = distill_loss(method, t_enc.layer_states, s_enc.layer_states,
+                                  t_batch["attention_mask"], s_batch["attention_mask"], cfg)
         parts = {method: l_dist}
         if dc.contrastive > 0:
             l_con = pair_contrastive_loss(student, s_enc, t_enc, cfg.model.temperature)
@@ -806,6 +844,7 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         _restore_modules(resume, student, None)
     with _frozen_unreachable(student, dc.layers, hybrid or dc.contrastive > 0, dc.trainable):
         _run_stage(stage, cfg, ctx, history, resume, eval_fn)
+    sinkhorn_notes.summary()
     return student, history
 
 

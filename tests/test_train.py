@@ -579,3 +579,21 @@ def test_keep_best_resume_equals_uninterrupted(tiny_config, tmp_path):
     assert resumed.selections == whole.selections
     assert_same_weights(weights(RetrievalModel.load(resumed.model_dir)),
                         weights(RetrievalModel.load(whole.model_dir)), rtol=1e-5, atol=1e-6)
+
+
+def test_sinkhorn_non_convergence_is_reported_once_per_stage(tiny_config, tiny_world, capsys):
+    import warnings as _warnings
+
+    from optical_ray.ot import SinkhornConvergenceWarning
+
+    cfg = tiny_config(**{"distill.method": "ot", "distill.steps": 3, "distill.epsilon": 0.001,
+                         "distill.sinkhorn_iters": 1, "distill.sinkhorn_tol": 1e-9})
+    teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        train_distill(None, teacher, bitext_pairs(cfg), cfg)
+    assert not [w for w in caught if issubclass(w.category, SinkhornConvergenceWarning)]
+    out = capsys.readouterr().out
+    assert out.count("did not converge") == 1
+    assert "Sinkhorn stopped at distill.sinkhorn_iters=1 before distill.sinkhorn_tol=1e-09 " \
+           "in 3 of 3 steps" in out
