@@ -24,7 +24,8 @@ Distribution types: ``loguniform`` / ``uniform`` (``low``, ``high``), ``int``
 ``last`` (the last k layers, k in 1..max_k), ``one`` (a single layer 1..depth), ``set``
 (one of the explicit ``sets``). A ``when`` condition samples a parameter only when an
 earlier parameter took one of the listed values; otherwise the config keeps its value
-from ``base``/defaults. Every key must be a config field (see :mod:`optical_ray.config`);
+from ``base``/defaults. A key may be in both ``base`` and ``params``: trials get the
+sample, and the base value serves readers of the base alone (e.g. a benchmark). Every key must be a config field (see :mod:`optical_ray.config`);
 a file is validated whole and every problem is reported at once.
 
 The space becomes an Optuna define-by-run function (``define_by_run``), which is what
