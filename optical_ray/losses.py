@@ -5,7 +5,6 @@ two MSE baselines) and the L2-SP penalty. Pure functions of tensors and a config
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from optical_ray.ot import ot_distillation_loss
 __all__ = ["rank_loss", "pair_contrastive_loss", "token_mse_loss", "sentence_mse_loss", "distill_loss",
            "l2sp_penalty"]
 
-def rank_loss(model: RetrievalModel, q: Any, d: Any, n_docs_per_query: int,
+def rank_loss(model: RetrievalModel, q: Encoded, d: Encoded, n_docs_per_query: int,
               temperature: float) -> Tensor:
     """InfoNCE over in-batch and hard negatives.
 
@@ -29,11 +28,18 @@ def rank_loss(model: RetrievalModel, q: Any, d: Any, n_docs_per_query: int,
     over 30 tokens divided by a temperature of 0.05 would make logits of ~600 and a
     one-hot softmax, whereas the mean MaxSim is a cosine in [-1, 1] like a pooled score.
     """
-    scores = model.score(q, d)  # [B, B * k]
+    logits = _logits(model, q, d, temperature)  # [B, B * k]
+    labels = torch.arange(logits.shape[0], device=logits.device) * n_docs_per_query
+    return F.cross_entropy(logits, labels)
+
+
+def _logits(model: RetrievalModel, q: Encoded, d: Encoded, temperature: float) -> Tensor:
+    """fp32 ``score(q, d) / temperature``, late-interaction scores first divided by the
+    query's token count (see :func:`rank_loss`)."""
+    scores = model.score(q, d)
     if q.late:
         scores = scores / q.mask.sum(1, keepdim=True).clamp_min(1).to(scores.dtype)
-    labels = torch.arange(scores.shape[0], device=scores.device) * n_docs_per_query
-    return F.cross_entropy(scores.float() / temperature, labels)
+    return scores.float() / temperature
 
 
 def pair_contrastive_loss(model: RetrievalModel, student: Encoded, teacher: Encoded,
@@ -45,15 +51,9 @@ def pair_contrastive_loss(model: RetrievalModel, student: Encoded, teacher: Enco
     teacher)`` and ``S' = score(teacher, student)`` (the same matrix transposed for
     pooled scoring), late-interaction scores divided by the query's token count as in
     :func:`rank_loss`. The teacher side carries no gradient."""
-    def logits(q: Any, d: Any) -> Tensor:
-        s = model.score(q, d)
-        if q.late:
-            s = s / q.mask.sum(1, keepdim=True).clamp_min(1).to(s.dtype)
-        return s.float() / temperature
-
     labels = torch.arange(len(student), device=student.vectors.device)
-    forward = F.cross_entropy(logits(student, teacher), labels)
-    backward = F.cross_entropy(logits(teacher, student), labels)
+    forward = F.cross_entropy(_logits(model, student, teacher, temperature), labels)
+    backward = F.cross_entropy(_logits(model, teacher, student, temperature), labels)
     return 0.5 * (forward + backward)
 
 
