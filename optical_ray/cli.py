@@ -165,8 +165,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                        workers_per_trial=args.workers_per_trial,
                        max_concurrent=args.max_concurrent, scheduler=args.scheduler,
                        search=args.search, metric=args.metric, name=args.name, resume=args.resume,
-                       address=args.address)
+                       address=args.address, verbose=args.verbose, pair_order=args.pair_order,
+                       max_failures=args.max_failures, trust_storage=args.trust_storage)
     print(result.summary())
+    if result.exit_code:
+        return result.exit_code
     print(f"next: optical-ray best --all --storage {result.storage}")
     return 0
 
@@ -329,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
     sw.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
     sw.add_argument("--workers-per-trial", type=int, default=None)
-    sw.add_argument("--max-concurrent", type=int, default=None)
+    sw.add_argument("--max-concurrent", type=int, default=None,
+                    help="trials in flight across all pairs (sweep.max_concurrent)")
+    sw.add_argument("--pair-order", choices=["concurrent", "sequential"], default=None,
+                    help="run the pairs at the same time (default) or one after another")
+    sw.add_argument("--max-failures", type=int, default=None,
+                    help="restarts of a trial whose process or node dies (default 2)")
     sw.add_argument("--scheduler", choices=["asha", "none"], default=None)
     sw.add_argument("--search", choices=["tpe", "random"], default=None,
                     help="Optuna sampler (default tpe)")
@@ -337,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--name", default=None, help="sweep name (experiments <name>-<pair>)")
     sw.add_argument("--resume", action="store_true",
                     help="continue the sweep with this name in this storage")
+    sw.add_argument("--trust-storage", action="store_true",
+                    help="with --resume: skip the check that Tune's saved state was "
+                         "written by this installation (see README, trust model)")
+    sw.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                    help="0: summary only; 1: a progress line per pair (default); "
+                         "2: also Ray Tune's trial tables and every trial's output")
     sw.add_argument("--config", default=None, help="base config YAML (e.g. train.teacher)")
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")

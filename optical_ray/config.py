@@ -262,7 +262,12 @@ class SweepConfig:
     search: Literal["tpe", "random"] = _f("tpe", help="Optuna sampler: seeded TPE, or "
                                           "random search (the baseline TPE is measured against)")
     scheduler: Literal["asha", "none"] = _f("asha")
-    max_concurrent: int = _f(1, ge=1)
+    max_concurrent: int = _f(1, ge=1, help="trials in flight across all pairs of the sweep")
+    max_concurrent_per_pair: int = _f(0, ge=0, help="cap per pair (0: only the total)")
+    pair_order: Literal["concurrent", "sequential"] = _f(
+        "concurrent", help="run the pairs' experiments at the same time, or one after another")
+    max_failures: int = _f(2, ge=0, help="restarts of a trial whose process or node dies, "
+                           "from its last checkpoint")
     grace_period: int = _f(1, ge=1, help="ASHA: evaluations before a trial may be stopped")
     reduction_factor: float = _f(2.0, gt=1)
     seed: int = _f(0)

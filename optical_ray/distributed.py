@@ -34,23 +34,25 @@ __all__ = ["RayTrainContext", "FitResult", "build_trainer", "checkpoint_score", 
            "prepare_config", "worker_loop"]
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, *, num_cpus: int | None = None,
+             log_to_driver: bool = True) -> None:
     """Connect to ``address`` (``auto``, ``HOST:PORT``, ``ray://...``) or start a local
-    Ray with capped memory; a no-op if Ray is already up."""
+    Ray with capped memory; a no-op if Ray is already up. ``log_to_driver=False`` keeps
+    workers' output in their log files (a sweep prints its own progress lines)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return
     # A local Ray claims ~30% of RAM for its object store by default; we pass
     # tensors by file, not through the object store, so a small one is enough.
     # address="local": always a fresh local instance, never a cluster that another
     # process happens to run on this machine.
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=512 * 1024 * 1024,
-             include_dashboard=False, log_to_driver=True)
+             include_dashboard=False, log_to_driver=log_to_driver)
 
 
 def prepare_config(cfg: Config) -> Config:

@@ -52,13 +52,14 @@ def _base(root: Path, storage: str, **over):
 
 def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog, best_config, best_yaml
-    from optical_ray.config import from_dict
+    from optical_ray.config import from_dict, to_flat
     from optical_ray.space import parse_space
     from optical_ray.sweep import run_sweep
 
     storage = str(sweep_root / "store-a")
     result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=["en-xc", "xc-en"],
                        samples=3, name="t", verbose=0)
+    assert result.exit_code == 0
     for pair in ("en-xc", "xc-en"):
         r = result.pairs[pair]
         assert r.trials == 3 and not r.failed
@@ -69,6 +70,18 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
     assert len(records) == 6
     assert set(records["pair"]) == {"en-xc", "xc-en"}
     assert set(records["status"]) <= {"finished", "stopped"}
+    # Each record's config is the config the trial ran: the one saved beside its
+    # checkpoint (name, checkpoint_every and the sampled values included).
+    for _, row in records.iterrows():
+        state = json.loads((Path(row["checkpoint_uri"]) / "state.json").read_text())
+        ran = to_flat(from_dict(state["config"]))
+        assert json.loads(row["config"]) == json.loads(json.dumps(ran, default=str))
+        assert ran["name"] == f"t-{row['pair']}-{row['trial_id']}"
+        assert ran["train.checkpoint_every"] == ran["train.eval_every"] == 2
+    # The two pairs ran at the same time (one experiment each, one shared budget of 2).
+    spans = {p: [(r.started_at, r.finished_at) for r in records[records["pair"] == p].itertuples()]
+             for p in ("en-xc", "xc-en")}
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["en-xc"] for b0, b1 in spans["xc-en"])
     best = best_config("en-xc", storage=storage)[0]
     assert best.value == pytest.approx(result.pairs["en-xc"].best_metrics["map"])
     cfg = from_dict(yaml.safe_load(best_yaml(best)))
@@ -76,23 +89,41 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
     assert "best config per pair" in result.summary()
 
 
-def test_failed_trials_are_recorded_and_the_sweep_goes_on(cluster, sweep_root) -> None:
+def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog
     from optical_ray.space import parse_space
     from optical_ray.sweep import run_sweep
 
-    space = {**SPACE, "params": {
-        **SPACE["params"],
-        # Layer 7 of a 2-layer model: a sampled combination that cannot work.
-        "distill.layers": {"type": "layers", "strategies": ["set"], "sets": [[7]]}}}
+    # Every bitext pair is longer than 4 tokens and dropped: each trial fails at run time.
+    space = {**SPACE, "base": {**SPACE["base"], "model.max_bitext_length": 4,
+                               "distill.long_pairs": "drop"}}
     storage = str(sweep_root / "store-b")
     result = run_sweep(_base(sweep_root, storage), parse_space(space), pairs=["en-xc"],
                        samples=2, name="bad", verbose=0)
     r = result.pairs["en-xc"]
     assert r.trials == 2 and len(r.failed) == 2
+    assert all("filtered out" in reason for _, reason in r.failed)
+    assert result.exit_code == 1
+    summary = result.summary()
+    assert "error: no finished trial for en-xc" in summary and "Traceback" not in summary
     records = Catalog(storage).records()
     assert list(records["status"]) == ["failed", "failed"]
-    assert all("layer" in e and "7" in e for e in records["error"])
+    assert all("filtered out" in e for e in records["error"])
+
+
+def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_root) -> None:
+    from optical_ray.errors import ConfigError
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    space = {**SPACE, "params": {
+        **SPACE["params"],
+        "distill.layers": {"type": "layers", "strategies": ["set"], "sets": [[1], [7]]}}}
+    storage = sweep_root / "store-e"
+    with pytest.raises(ConfigError, match=r"\[7\].*2 layers"):
+        run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
+                  samples=2, name="deep", verbose=0)
+    assert not (storage / "deep-en-xc").exists()
 
 
 def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
@@ -143,9 +174,21 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     # Without --resume, an existing sweep is refused with one clear line.
     from optical_ray.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="already exists .* pass --resume"):
+    with pytest.raises(ConfigError, match="already exist .* pass --resume"):
         run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
                   samples=4, name="kill", verbose=0)
+    # A pickle planted in the experiment's storage is refused before Ray reads it.
+    import pickle
+
+    from optical_ray.trust import UntrustedStateError
+    from tests.test_trust import _Payload
+
+    marker = sweep_root / "pwned"
+    (storage / "kill-en-xc" / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(UntrustedStateError, match="tuner.pkl was not written"):
+        run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
+                  samples=4, name="kill", resume=True, verbose=0)
+    assert not marker.exists()
 
 
 def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None:

@@ -18,7 +18,7 @@ def _space(base: dict, params: dict | None = None, pairs: dict | None = None):
 
 def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
     from optical_ray.config import from_flat
-    from optical_ray.sweep import _asha_max_t, _evaluations_per_trial
+    from optical_ray.sweep import asha_max_t as _asha_max_t, evaluations_per_trial as _evaluations_per_trial
 
     cfg = from_flat({})
     space = _space({"train.stages": ["distill"], "distill.steps": 100, "train.eval_every": 25},
@@ -41,7 +41,7 @@ def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
 
 def test_storage_call_marks_transient_failures_for_retry() -> None:
     from optical_ray.storage import StorageUnavailable, with_retries
-    from optical_ray.sweep import _storage_call
+    from optical_ray.raytune import _storage_call
 
     calls = []
 
@@ -74,7 +74,7 @@ def _always_down() -> None:
 def test_tune_does_not_copy_aws_keys_into_runtime_envs(monkeypatch) -> None:
     from ray.tune.execution import class_cache
 
-    from optical_ray.sweep import _credentials_stay_on_nodes
+    from optical_ray.raytune import _credentials_stay_on_nodes
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
@@ -126,7 +126,7 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
     import optuna
     from ray.tune.result import TRAINING_ITERATION
 
-    from optical_ray.sweep import FINISHED_KEY, PruningAwareOptunaSearch
+    from optical_ray.raytune import FINISHED_KEY, PruningAwareOptunaSearch
 
     searcher = PruningAwareOptunaSearch(
         space=_space({}).define_by_run("en-xc", 2), metric="map", mode="max",

@@ -1,0 +1,640 @@
+"""Everything Ray Tune, in one adapter: the trial function and its context, the
+pruning-aware Optuna searcher, the cross-pair trial budget, the catalog and progress
+callbacks, the signed-state guard, and Tuner build / restore / run per pair.
+
+Ray's API moves fast; the private pieces this project cannot avoid live here only, each
+with a test that fails when Ray changes it: Optuna's study inside ``OptunaSearch``
+(``_ot_study``/``_ot_trials``), the copy of AWS keys into trial runtime envs
+(``class_cache``), and the callbacks of a restored Tuner (``_local_tuner``).
+
+How a sweep runs: the driver plans every pair (:mod:`optical_ray.sweep`), checks them
+all, then starts one zero-CPU Ray task per pair, pinned to the driver's node (its local
+paths and key file). Each task builds or restores its pair's ``Tuner`` and fits it, so
+the pairs run at the same time with their own TPE model and ASHA brackets, and share
+``sweep.max_concurrent`` trials in flight through one named coordinator actor. The
+driver prints one line per pair as its trials move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from optical_ray.config import Config, from_flat, to_flat
+from optical_ray.errors import OpticalRayError
+from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
+from optical_ray.sweep import (PairPlan, PairResult, error_reason, resolve_trial_config)
+from optical_ray.train import TrainContext
+from optical_ray.train import run as run_training
+from optical_ray.trust import (StateManifest, StateSigner, UntrustedStateError,
+                               sign_tuner_file, state_key, verify_state)
+
+__all__ = ["fit_pair", "TuneContext", "PruningAwareOptunaSearch", "SharedLimiter",
+           "CatalogCallback", "ProgressCallback", "fill_metric", "FINISHED_KEY", "CONFIG_KEY",
+           "NAMESPACE"]
+
+FINISHED_KEY = "trial_finished"
+#: The trial's resolved flat config (JSON), in its first report and its last.
+CONFIG_KEY = "resolved_config"
+# Where a multi-worker trial's checkpoints are (its own Train run, not Tune's trial
+# checkpoints): a filesystem path in storage, as Ray's TuneReportCallback reports it.
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+# Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
+REPORT_ATTEMPTS = 9
+DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
+NAMESPACE = "optical-ray"
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def fill_metric(metrics: Mapping[str, Any], last: Mapping[str, Any], metric: str,
+                mode: str) -> dict[str, Any]:
+    """The metrics a context reports: ``metric`` as evaluated now, else its last
+    evaluated value, else the worst *finite* value for ``mode`` (schedulers and
+    searchers read it from every result, and -inf would become null in Ray's JSON
+    snapshots); ``score`` mirrors it."""
+    from optical_ray.distributed import UNSCORED
+
+    out = dict(metrics)
+    value = out.get(metric, last.get(metric))
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        value = -UNSCORED if mode == "max" else UNSCORED
+    out[metric] = out["score"] = float(value)
+    return out
+
+
+class TuneContext(TrainContext):
+    """:class:`~optical_ray.train.TrainContext` for a single-worker trial: reports go to
+    Ray Tune (checkpoints persisted to the experiment's storage), resume comes from
+    ``tune.get_checkpoint()``."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(rank=0, world_size=1, device=None,
+                         run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")))
+        self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
+        self.config_json = json.dumps(to_flat(cfg), sort_keys=True)
+        self.last: dict[str, Any] = {}
+        self._restored: str | None = None
+        self._config_sent = False
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        out = fill_metric(metrics, self.last, self.metric, self.mode)
+        if self.metric in metrics:
+            self.last = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if not self._config_sent:
+            out[CONFIG_KEY] = self.config_json
+            self._config_sent = True
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        # Reporting uploads the checkpoint: a storage outage is waited out (a failed
+        # upload raises before the result is queued, so the report can be repeated).
+        with_retries(lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
+                     attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
+                     what="reporting a checkpoint to storage")
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def latest_checkpoint(self) -> str | None:
+        if self._restored is None:
+            ckpt = tune.get_checkpoint()
+            if ckpt is None:
+                return None
+            self._restored = ckpt.to_directory(str(self.run_dir / "restored"))
+        return self._restored
+
+
+def _storage_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with transient storage failures (pyarrow raises OSError:
+    connection refused, timeouts, 5xx) turned into :class:`StorageUnavailable`."""
+    try:
+        return fn(*args, **kwargs)
+    except OSError as exc:
+        if is_transient(exc):
+            raise StorageUnavailable(redact(" ".join(str(exc).split()))) from exc
+        raise
+
+
+def _trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
+    """The Tune trial function: resolve the trial's config once, train, report."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = resolve_trial_config(plan, sampled, trial_id)
+    start = time.perf_counter()
+    if cfg.scaling.workers == 1:
+        ctx = TuneContext(cfg)
+        try:
+            history = run_training(cfg, ctx)
+        finally:
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+        # A trial restored at its final checkpoint trains nothing and reports nothing
+        # in this process: its metrics are the last evaluation in its history.
+        last = ctx.last or {k: v for k, v in (history.evals[-1] if history.evals else {}).items()
+                            if isinstance(v, (int, float))}
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from optical_ray.distributed import build_trainer
+
+        trainer = build_trainer(cfg, callbacks=[TuneReportCallback()],
+                                name=f"trainruns/{plan.experiment}/{trial_id}")
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        if result.checkpoint is not None:
+            last[CHECKPOINT_PATH_KEY] = result.checkpoint.path
+    # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
+    # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
+    train_s = last.get("run_s", time.perf_counter() - start)
+    tune.report({**last, FINISHED_KEY: 1, "train_s": train_s,
+                 CONFIG_KEY: json.dumps(to_flat(cfg), sort_keys=True)})
+
+
+def _trainable(plan: PairPlan) -> Callable[[dict[str, Any]], None]:
+    """The pair's trial function, under a name of its own: Tune registers trainables
+    cluster-wide by name, so two pairs fitting at once under one name (or one
+    ``with_parameters`` key) would run each other's plans."""
+    def trial(sampled: dict[str, Any]) -> None:
+        _trial(sampled, plan=plan)
+
+    trial.__name__ = trial.__qualname__ = f"trial_{plan.experiment}"
+    return trial
+
+
+# --------------------------------------------------------------------------- searchers
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial the scheduler stopped early as *pruned*.
+
+    Ray's OptunaSearch tells every trial that ended without an error as complete, with
+    its last metric; under ASHA that compares a metric after one evaluation with others
+    after the full budget. Early in training the two do not rank alike (a learning rate
+    that will win often dips first, while one too small to move stays at the teacher's
+    zero-shot level), so TPE learns the wrong thing. A trial without our end-of-trial
+    report (``FINISHED_KEY``) was stopped: told as pruned, with the intermediate values
+    already reported, Optuna's TPE ranks it below every trial that ran to the end, and
+    pruned trials among themselves by how far they got, then by their last value.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if error or not result or result.get(FINISHED_KEY) or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        import optuna
+
+        # Private: OptunaSearch keeps its study and ask-and-tell trials here.
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def _coordinator(name: str | None) -> Any:
+    """The coordinator actor by name (None when it is gone: no limit, no progress)."""
+    if not name:
+        return None
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+class SharedLimiter(Searcher):
+    """Caps trials in flight across every pair of a sweep: Tune's ConcurrencyLimiter
+    counts one experiment's trials, and each pair is its own experiment. A pair asks the
+    coordinator for a slot before it samples a trial and returns it when the trial ends.
+
+    Holds the coordinator by name, so a searcher unpickled on resume finds the new
+    driver's coordinator."""
+
+    def __init__(self, searcher: Searcher, coordinator: str, owner: str) -> None:
+        self.searcher, self.coordinator, self.owner = searcher, coordinator, owner
+        self.live: set[str] = set()
+        self._handle: Any = None
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+    def _slots(self) -> Any:
+        if self._handle is None:
+            self._handle = _coordinator(self.coordinator)
+        return self._handle
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        slots = self._slots()
+        if slots is not None and not ray.get(slots.acquire.remote(self.owner, trial_id)):
+            return None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion is None or suggestion == Searcher.FINISHED:
+            if slots is not None:
+                slots.release.remote(self.owner, trial_id)
+            return suggestion
+        self.live.add(trial_id)
+        return suggestion
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self.live:
+            self.live.discard(trial_id)
+            slots = self._slots()
+            if slots is not None:
+                slots.release.remote(self.owner, trial_id)
+
+    def get_state(self) -> dict:
+        return {"live": set(self.live)}
+
+    def set_state(self, state: dict) -> None:
+        self.live = set(state.get("live", ()))
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
+def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
+    import optuna
+
+    sw = plan.base.sweep
+    # Multivariate TPE models the parameters jointly (epsilon and learning rate
+    # interact); Optuna recommends it over independent TPE.
+    sampler = optuna.samplers.RandomSampler(seed=sw.seed) if sw.search == "random" \
+        else optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
+                                        n_startup_trials=max(2, min(5, sw.samples // 3)))
+    searcher: Searcher = PruningAwareOptunaSearch(
+        space=plan.space.define_by_run(plan.pair, plan.depth), metric=sw.metric,
+        mode=sw.mode, sampler=sampler)
+    if sw.max_concurrent_per_pair:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
+    return SharedLimiter(searcher, coordinator, plan.pair)
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class CatalogCallback(Callback):
+    """Appends one catalog record per finished, stopped or failed trial, as it happens
+    (a driver that dies loses no finished trial's record). The record's config is the
+    one the trial reported it ran (``CONFIG_KEY``); records are keyed by experiment and
+    trial, so a trial recorded twice (e.g. around a resume) is one record."""
+
+    def __init__(self, catalog: Any, plan: PairPlan, baseline: dict[str, float] | None) -> None:
+        self.catalog, self.plan, self.baseline = catalog, plan, baseline
+        self.started: dict[str, float] = {}
+        self.configs: dict[str, dict[str, Any]] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        if isinstance(result.get(CONFIG_KEY), str):
+            self.configs[trial.trial_id] = json.loads(result[CONFIG_KEY])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._record(trial, "finished", None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._record(trial, "failed", _error_line(trial))
+
+    def config_of(self, trial: Any) -> dict[str, Any]:
+        """What ``trial`` ran: its own report, else the same resolution it made."""
+        reported = self.configs.get(trial.trial_id)
+        if reported is None and isinstance((trial.last_result or {}).get(CONFIG_KEY), str):
+            reported = json.loads(trial.last_result[CONFIG_KEY])
+        if reported is not None:
+            return reported
+        try:
+            return to_flat(resolve_trial_config(self.plan, dict(trial.config), trial.trial_id))
+        except OpticalRayError:
+            return dict(trial.config)  # a sampled combination that cannot work
+
+    def _record(self, trial: Any, status: str, error: str | None) -> None:
+        from optical_ray.catalog import TrialRecord
+
+        sw = self.plan.base.sweep
+        result = trial.last_result or {}
+        analysis = trial.metric_analysis or {}
+        best_key = "max" if sw.mode == "max" else "min"
+        best = {k: v[best_key] for k, v in analysis.items()
+                if isinstance(v, Mapping) and best_key in v and _is_metric(k)}
+        last = {k: v for k, v in result.items()
+                if isinstance(v, (int, float)) and _is_metric(k)}
+        if status == "finished" and not result.get(FINISHED_KEY):
+            status = "stopped"  # ASHA ended it early
+        self.catalog.append(TrialRecord(
+            experiment=self.plan.experiment, pair=self.plan.pair, trial_id=trial.trial_id,
+            status=status, config=self.config_of(trial), best_metrics=best, last_metrics=last,
+            metric=sw.metric, mode=sw.mode, error=error, baseline_metrics=self.baseline,
+            checkpoint_uri=_checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
+            started_at=self.started.get(trial.trial_id), finished_at=time.time(),
+            training_s=result.get("train_s"), iterations=result.get("training_iteration"),
+            record_id=f"{self.plan.experiment}--{trial.trial_id}"))
+
+
+class ProgressCallback(Callback):
+    """Keeps one pair's counts (done, running, stopped, failed), best so far and start
+    time in the coordinator, where the driver reads them."""
+
+    def __init__(self, plan: PairPlan, coordinator: str) -> None:
+        self.plan, self.coordinator = plan, coordinator
+        self.status: dict[str, str] = {}
+        self.best: tuple[float, str] | None = None
+        self.start = time.time()
+        self._handle: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+    def _push(self) -> None:
+        if self._handle is None:
+            self._handle = _coordinator(self.coordinator)
+        if self._handle is None:
+            return
+        counts = {s: sum(1 for v in self.status.values() if v == s)
+                  for s in ("running", "finished", "stopped", "failed")}
+        self._handle.update.remote(self.plan.pair, {
+            **counts, "samples": self.plan.base.sweep.samples, "start": self.start,
+            "best": self.best[0] if self.best else None,
+            "best_trial": self.best[1] if self.best else None})
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.status[trial.trial_id] = "running"
+        self._push()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.status[trial.trial_id] = "running"
+        self._push()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        sw = self.plan.base.sweep
+        value = result.get(sw.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) >= 1e299:
+            return
+        better = self.best is None or (value > self.best[0] if sw.mode == "max"
+                                       else value < self.best[0])
+        if better:
+            self.best = (float(value), trial.trial_id)
+            self._push()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        done = (trial.last_result or {}).get(FINISHED_KEY)
+        self.status[trial.trial_id] = "finished" if done else "stopped"
+        self._push()
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.status[trial.trial_id] = "failed"
+        self._push()
+
+
+def _is_metric(key: str) -> bool:
+    name = key.split("/")[-1].split("@")[0]
+    return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key
+
+
+def _checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
+    """The URI of a trial's latest checkpoint: Tune's (single-worker trials) or its
+    Train run's (multi-worker trials report it as ``checkpoint_path``)."""
+    if ckpt is not None:
+        kind = getattr(ckpt.filesystem, "type_name", "local")
+        return f"s3://{ckpt.path}" if kind == "s3" else ckpt.path
+    path = result.get(CHECKPOINT_PATH_KEY)
+    return store.uri_of(store.rel(path)) if isinstance(path, str) and path else None
+
+
+def _error_line(trial: Any) -> str:
+    """The reason a trial failed, from its error file or its error object."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).is_file():
+            text = Path(path).read_text(errors="replace")
+        if not text:
+            text = str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 - reporting must not break the sweep
+        pass
+    return error_reason(text or "unknown error")
+
+
+# --------------------------------------------------------------------------- ray internals
+
+
+_SECRET_VARS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                          "AWS_ACCESS_KEY_ID"})
+
+
+@contextlib.contextmanager
+def _credentials_stay_on_nodes() -> Iterator[None]:
+    """Stop Ray Tune from copying the driver's AWS keys into each trial's
+    ``runtime_env`` (Ray's runtime-env agent logs runtime envs in plain text, so the
+    secret would land in the cluster's logs). Trials take credentials from their node's
+    own AWS chain instead: the instance role, a Kubernetes secret, or the environment
+    the node was started in (a local Ray started by this process inherits it)."""
+    from ray.tune.execution import class_cache  # private: Tune's actor-class cache
+
+    before = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = set(before) - _SECRET_VARS
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = before
+
+
+def _set_callbacks(tuner: Any, callbacks: list[Callback]) -> None:
+    """Give a restored Tuner this driver's callbacks (its pickled ones hold the old
+    driver's catalog connection and baseline). Private: Ray has no public way."""
+    tuner._local_tuner.get_run_config().callbacks = callbacks
+
+
+class _OneLineTrialErrors(logging.Filter):
+    """Tune logs each failed trial with its whole traceback; the sweep's summary gives
+    the cause and the traceback stays in the trial's ``error.txt``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "Trial task failed" in str(record.msg):
+            record.msg = f"{record.getMessage().splitlines()[0]} (cause in the sweep summary)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+# --------------------------------------------------------------------------- one pair
+
+
+def _baseline(plan: PairPlan) -> dict[str, float] | None:
+    """Zero-shot metrics of the teacher on the trials' evaluation set (None without
+    a trained teacher)."""
+    cfg = plan.base
+    if not cfg.train.teacher:
+        return None
+    from optical_ray.model import RetrievalModel
+    from optical_ray.train import evaluate_dev
+
+    pcfg = from_flat({"pair": plan.pair}, cfg)
+
+    @ray.remote(num_cpus=cfg.scaling.cpus_per_worker, num_gpus=cfg.scaling.gpus_per_worker)
+    def evaluate() -> dict[str, float]:
+        return evaluate_dev(RetrievalModel.load(pcfg.train.teacher), pcfg)
+
+    return ray.get(evaluate.remote())
+
+
+def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: str,
+           verbose: int) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sw, sc = plan.base.sweep, plan.base.scaling
+    trainable = _trainable(plan)
+    if sc.workers == 1:
+        resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
+        if sc.gpus_per_worker:
+            resources["GPU"] = sc.gpus_per_worker
+    else:
+        # The trial driver only waits on its TorchTrainer: holding a CPU there
+        # would deadlock small clusters whose workers need every CPU. Tune needs
+        # a non-empty request, so the driver claims a little memory instead.
+        resources = {"CPU": 0, "memory": DRIVER_MEMORY}
+    trainable = tune.with_resources(trainable, resources)
+    fs = store.ray_storage_filesystem()
+    if plan.resume:
+        tuner = tune.Tuner.restore(plan.path, trainable, resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=fs)
+        _set_callbacks(tuner, callbacks)
+        return tuner
+    sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
+                          reduction_factor=sw.reduction_factor, max_t=plan.max_t) \
+        if sw.scheduler == "asha" else FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=_searcher(plan, coordinator), scheduler=sched,
+                                    metric=sw.metric, mode=sw.mode, num_samples=sw.samples,
+                                    # a single-worker trial runs in its actor: the next
+                                    # trial reuses the warm process
+                                    reuse_actors=sc.workers == 1),
+        run_config=tune.RunConfig(
+            name=plan.experiment, storage_path=store.ray_storage_path(),
+            storage_filesystem=fs, callbacks=callbacks, verbose=2 if verbose >= 2 else 0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # A trial whose process or node dies restarts from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=sw.max_failures)))
+
+
+def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
+             key: bytes | None = None) -> PairResult:
+    """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
+    own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
+    the driver's, handed over as an argument (never through the task's environment,
+    which Ray logs)."""
+    from optical_ray.catalog import Catalog
+    from optical_ray.storage import resolve_storage
+
+    if verbose < 2:
+        logging.getLogger("ray.tune").addFilter(_OneLineTrialErrors())
+        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+            logging.getLogger(name).addFilter(_OneLineTrialErrors())
+    cfg = plan.base
+    store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    catalog = Catalog(store)
+    rel = store.rel(plan.path)
+    key = key or state_key()
+    manifest = StateManifest()
+    if plan.resume:
+        with contextlib.suppress(UntrustedStateError):
+            manifest = verify_state(store, rel, key)  # checked by the driver (or overridden)
+    baseline = _baseline(plan)
+    signer = StateSigner(store, rel, manifest, key)
+    callbacks = [CatalogCallback(catalog, plan, baseline), ProgressCallback(plan, coordinator),
+                 signer]
+    tuner = _tuner(plan, store, callbacks, coordinator, verbose)
+    if not plan.resume:
+        sign_tuner_file(store, rel, manifest)
+        signer.write()
+    with _credentials_stay_on_nodes():
+        grid = tuner.fit()
+    _flush_catalog(catalog)
+    return _pair_result(grid, plan, baseline, store)
+
+
+def _pair_result(grid: Any, plan: PairPlan, baseline: dict[str, float] | None,
+                 store: Any) -> PairResult:
+    sw = plan.base.sweep
+    failed, stopped = [], 0
+    for r in grid:
+        if r.error is not None:
+            failed.append((Path(r.path).name, error_reason(str(r.error))[:300]))
+        elif not (r.metrics or {}).get(FINISHED_KEY):
+            stopped += 1
+    best_config, best_metrics, best_ckpt = None, {}, None
+    try:
+        best = grid.get_best_result(metric=sw.metric, mode=sw.mode, scope="all",
+                                    filter_nan_and_inf=True)
+    except RuntimeError:
+        best = None
+    if best is not None and best.metrics:
+        df = best.metrics_dataframe
+        if df is not None and sw.metric in df:
+            values = df[sw.metric].where(df[sw.metric].abs() < 1e299)
+            if values.notna().any():
+                row = df.loc[values.idxmax() if sw.mode == "max" else values.idxmin()]
+                best_metrics = {k: float(v) for k, v in row.items()
+                                if isinstance(v, (int, float)) and _is_metric(str(k))}
+        reported = (best.metrics or {}).get(CONFIG_KEY)
+        if isinstance(reported, str):
+            best_config = json.loads(reported)
+        else:
+            try:
+                best_config = to_flat(resolve_trial_config(plan, dict(best.config),
+                                                           Path(best.path).name))
+            except OpticalRayError:
+                best_config = dict(best.config)
+        best_ckpt = _checkpoint_uri(best.checkpoint, best.metrics or {}, store)
+    return PairResult(plan.pair, plan.experiment, plan.path, best_config, best_metrics,
+                      best_ckpt, baseline, len(grid), failed, searched=plan.searched,
+                      stopped=stopped)
+
+
+def _flush_catalog(catalog: Any) -> None:
+    """Write the records spooled while storage was down, waiting for it (about 75 s);
+    if it stays down they stay spooled (and are written by the next catalog write)."""
+    def flush_all() -> None:
+        catalog.flush()
+        if catalog.pending():
+            raise StorageUnavailable(f"{len(catalog.pending())} catalog record part(s) "
+                                     f"spooled in {catalog.spool_dir}")
+
+    try:
+        with_retries(flush_all, attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
+                     what="writing spooled catalog records")
+    except StorageUnavailable as exc:
+        log.warning("storage still unreachable: %s; they are written by the next catalog "
+                    "write (any later sweep, or Catalog(storage).flush())", exc)
+
+

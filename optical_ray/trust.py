@@ -1,0 +1,203 @@
+"""Signed manifests of Ray Tune's saved state, so a resume never unpickles state that
+this installation did not write.
+
+Threat model: storage may be shared (a bucket many people and jobs can write to). Ray
+Tune restores an experiment by unpickling ``tuner.pkl``, ``searcher-state-*.pkl``,
+``callback-states-*.pkl`` and the trial objects inside ``experiment_state-*.json``; a
+pickle placed there by anyone with write access to the prefix runs code on the machine
+that resumes. So while a sweep runs, its driver records the SHA-256 of every state file
+it writes (from its own local staging copy, never read back from storage) in a manifest
+signed with HMAC-SHA256 under a key that never leaves the installation; ``--resume``
+checks every state file in storage against that manifest before Ray reads any of them.
+
+The key: ``$OPTICAL_RAY_STATE_KEY`` when set (give the same secret to every machine
+that may resume a sweep, e.g. a cluster's head node, through a secret store), else a
+random key created once in ``~/.config/optical-ray/state.key`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ray.tune import Callback
+
+from optical_ray.errors import OpticalRayError
+from optical_ray.storage import StorageUnavailable, redact
+
+__all__ = ["KEY_ENV", "MANIFEST_NAME", "UntrustedStateError", "StateManifest", "StateSigner",
+           "state_key", "is_state_file", "verify_state", "sign_tuner_file"]
+
+KEY_ENV = "OPTICAL_RAY_STATE_KEY"
+MANIFEST_NAME = "optical-ray-state.json"
+#: Hashes kept per file: storage may lag behind the driver's staging copy by a few
+#: saves, and any version this installation wrote is one it may resume from.
+HISTORY = 64
+
+
+class UntrustedStateError(OpticalRayError):
+    """Saved sweep state in storage that this installation did not write."""
+
+
+def state_key(path: str | os.PathLike[str] | None = None) -> bytes:
+    """The HMAC key: ``$OPTICAL_RAY_STATE_KEY``, else the local key file (created with
+    32 random bytes, mode 0600, on first use)."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode()
+    key_file = Path(path) if path else Path(os.environ.get("XDG_CONFIG_HOME")
+                                            or Path.home() / ".config") / "optical-ray" / "state.key"
+    try:
+        return bytes.fromhex(key_file.read_text().strip())
+    except FileNotFoundError:
+        pass
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    # O_EXCL: two processes creating the key at once agree on the first one written.
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return bytes.fromhex(key_file.read_text().strip())
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return bytes.fromhex(value)
+
+
+def is_state_file(name: str) -> bool:
+    """Whether Ray Tune may read ``name`` (a file at an experiment's root) on restore:
+    every ``.pkl`` and ``.json`` there is downloaded and may hold pickles."""
+    return name.endswith((".pkl", ".json")) and name != MANIFEST_NAME
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class StateManifest:
+    """``files``: state file name → SHA-256 of each version written (newest last)."""
+
+    files: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, name: str, data: bytes) -> bool:
+        """Record a version of ``name``; True when it was new."""
+        seen = self.files.setdefault(name, [])
+        digest = _digest(data)
+        if digest in seen:
+            return False
+        seen.append(digest)
+        del seen[:-HISTORY]
+        return True
+
+    def sign(self, key: bytes) -> bytes:
+        """The manifest as signed JSON bytes."""
+        body = json.dumps(self.files, sort_keys=True, separators=(",", ":"))
+        mac = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+        return json.dumps({"files": self.files, "hmac": mac}, sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, data: bytes, key: bytes) -> StateManifest:
+        """A manifest from :meth:`sign`'s bytes; raises :class:`UntrustedStateError` when
+        the signature does not verify under ``key``."""
+        try:
+            raw = json.loads(data)
+            files = {str(k): [str(h) for h in v] for k, v in raw["files"].items()}
+            mac = str(raw["hmac"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UntrustedStateError(f"the state manifest is not readable ({exc})") from exc
+        body = json.dumps(files, sort_keys=True, separators=(",", ":"))
+        expected = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(mac, expected):
+            raise UntrustedStateError("the state manifest's signature does not match this "
+                                      f"installation's key (${KEY_ENV} or the local key file)")
+        return cls(files)
+
+    def untrusted(self, found: Iterable[tuple[str, bytes]]) -> list[str]:
+        """Names among ``found`` (name, content) whose content this manifest does not
+        vouch for."""
+        return [name for name, data in found
+                if _digest(data) not in self.files.get(name, ())]
+
+
+class StateSigner(Callback):
+    """Signs Tune's experiment state as this driver writes it: after every Tune step
+    (Tune saves its state, then calls ``on_step_end``) the SHA-256 of each state file in
+    the driver's local staging copy joins the manifest, which is re-signed and written
+    to the experiment's storage. Resume verifies storage against it
+    (:func:`verify_state`)."""
+
+    def __init__(self, store: Any, experiment_rel: str, manifest: StateManifest,
+                 key: bytes) -> None:
+        self.store, self.rel, self.manifest, self.key = store, experiment_rel, manifest, key
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into tuner.pkl, in storage: never the key.
+        return {**self.__dict__, "_seen": {}, "key": None}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if trials:
+            self.sign(Path(trials[0].storage.experiment_driver_staging_path))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.on_step_end(0, trials)
+
+    def sign(self, staging: Path) -> None:
+        changed = False
+        for path in staging.iterdir() if staging.is_dir() else ():
+            if not path.is_file() or not is_state_file(path.name):
+                continue
+            st = path.stat()
+            if self._seen.get(path.name) == (st.st_mtime, st.st_size):
+                continue
+            self._seen[path.name] = (st.st_mtime, st.st_size)
+            changed |= self.manifest.add(path.name, path.read_bytes())
+        if changed:
+            self.write()
+
+    def write(self) -> None:
+        if self.key is None:
+            return
+        with contextlib.suppress(OSError, StorageUnavailable):
+            self.store.write_bytes(f"{self.rel}/{MANIFEST_NAME}", self.manifest.sign(self.key))
+
+
+def verify_state(store: Any, experiment_rel: str, key: bytes | None = None) -> StateManifest:
+    """Check every state file Tune would read on restore against the signed manifest;
+    returns the manifest, or raises :class:`UntrustedStateError` naming the files."""
+    where = store.uri_of(experiment_rel)
+    hint = ("; resume only state you trust: pass --trust-storage (trust_storage=True) if "
+            f"everyone who can write to {redact(where)} is trusted")
+    try:
+        data = store.read_bytes(f"{experiment_rel}/{MANIFEST_NAME}")
+    except (FileNotFoundError, OpticalRayError):
+        raise UntrustedStateError(f"refusing to resume {redact(where)}: it has no "
+                                  f"{MANIFEST_NAME} signed by this installation{hint}") from None
+    try:
+        manifest = StateManifest.load(data, key or state_key())
+    except UntrustedStateError as exc:
+        raise UntrustedStateError(f"refusing to resume {redact(where)}: {exc}{hint}") from None
+    found = [(info.base_name, store.read_bytes(f"{experiment_rel}/{info.base_name}"))
+             for info in store.ls(experiment_rel)
+             if info.is_file and is_state_file(info.base_name)]
+    bad = manifest.untrusted(found)
+    if bad:
+        raise UntrustedStateError(
+            f"refusing to resume {redact(where)}: {', '.join(sorted(bad))} "
+            f"{'was' if len(bad) == 1 else 'were'} not written by this installation "
+            f"(not in its signed {MANIFEST_NAME}){hint}")
+    return manifest
+
+
+def sign_tuner_file(store: Any, experiment_rel: str, manifest: StateManifest) -> None:
+    """Add ``tuner.pkl`` (written straight to storage by ``Tuner()``, read back once
+    right after) to the manifest."""
+    with contextlib.suppress(FileNotFoundError, OpticalRayError):
+        manifest.add("tuner.pkl", store.read_bytes(f"{experiment_rel}/tuner.pkl"))

@@ -1,0 +1,85 @@
+"""The Ray-free half of a sweep: plans, the one trial-config resolution, the summary."""
+
+from __future__ import annotations
+
+import pytest
+
+SPACE = {"base": {"train.stages": ["distill"], "distill.steps": 4, "train.eval_every": 2},
+         "params": {"distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
+                    "distill.layers": {"type": "layers", "strategies": ["last"], "max_k": 2}},
+         "pairs": {"en-xc": {"base": {"distill.steps": 6}}}}
+
+
+def _plans(resume=False, exists=None):
+    from optical_ray.config import from_flat
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import plan_sweep, sweep_config
+
+    cfg = sweep_config(from_flat({}), pairs=["en-xa", "en-xc"], name="s", samples=3)
+    return plan_sweep(cfg, parse_space(SPACE), lambda e: f"/store/{e}", 2, exists or {},
+                      resume)
+
+
+def test_plans_per_pair_and_the_trial_config_resolved_once() -> None:
+    from optical_ray.config import to_flat
+    from optical_ray.sweep import resolve_trial_config
+
+    plans = _plans()
+    assert [(p.pair, p.experiment, p.path, p.max_t) for p in plans] == [
+        ("en-xa", "s-en-xa", "/store/s-en-xa", 3), ("en-xc", "s-en-xc", "/store/s-en-xc", 4)]
+    assert plans[1].searched == ["distill.epsilon", "distill.layers"]
+    sampled = {"distill.epsilon": 0.05, "distill.layers.strategy": "last", "distill.layers.k": 2}
+    cfg = resolve_trial_config(plans[1], sampled, "abc123")
+    flat = to_flat(cfg)
+    # Knob names are the same end to end; name and checkpoints follow the trial.
+    assert flat["distill.epsilon"] == 0.05 and flat["distill.layers"] == [-2, -1]
+    assert flat["distill.steps"] == 6 and flat["pair"] == "en-xc"
+    assert flat["name"] == "s-en-xc-abc123" and flat["train.checkpoint_every"] == 2
+
+
+def test_every_existing_experiment_is_named_before_anything_runs() -> None:
+    from optical_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="s-en-xa, s-en-xc already exist"):
+        _plans(exists={"en-xa": True, "en-xc": True})
+    plans = _plans(resume=True, exists={"en-xc": True})
+    assert [p.resume for p in plans] == [False, True]
+
+
+def test_bad_sweep_arguments_are_one_line() -> None:
+    from optical_ray.config import from_flat
+    from optical_ray.errors import ConfigError
+    from optical_ray.sweep import sweep_config
+
+    with pytest.raises(ConfigError, match="en-xa given more than once"):
+        sweep_config(from_flat({}), pairs=["en-xa", "en-xa"])
+    with pytest.raises(ConfigError, match="sweep.pair_order"):
+        sweep_config(from_flat({}), pairs=["en-xa"], pair_order="diagonal")
+
+
+def test_a_sweep_without_finished_trials_exits_non_zero() -> None:
+    from optical_ray.sweep import PairResult, SweepResult
+
+    ok = PairResult("en-xa", "s-en-xa", "/x", {"distill.epsilon": 0.1}, {"map": 0.4}, None,
+                    None, 2)
+    failed = PairResult("en-xc", "s-en-xc", "/x", None, {}, None, None, 2,
+                        failed=[("t1", "DataError: no bitext"), ("t2", "DataError: no bitext")])
+    assert SweepResult("s", "map", "/x", {"en-xa": ok}).exit_code == 0
+    result = SweepResult("s", "map", "/x", {"en-xa": ok, "en-xc": failed})
+    assert result.exit_code == 1
+    text = result.summary()
+    assert "en-xc: no finished trial; 2 trials, 2 failed" in text
+    assert "failed t1: DataError: no bitext" in text
+    assert text.splitlines()[-1].startswith("error: no finished trial for en-xc")
+    crashed = PairResult("en-xc", "s-en-xc", "/x", None, {}, None, None, 0, error="boom")
+    assert "en-xc: experiment failed: boom" in SweepResult("s", "map", "/x",
+                                                           {"en-xc": crashed}).summary()
+
+
+def test_the_sweep_module_is_ray_free() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, optical_ray.sweep; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
