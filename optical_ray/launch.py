@@ -139,8 +139,13 @@ def _wait(refs: dict[str, Any], coord: Any, metric: str, verbose: int,
 
 def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = None,
         verbose: int = 1, trust_storage: bool = False,
-        out: Callable[[str], None] | None = None) -> SweepResult:
-    """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`optical_ray.sweep.run_sweep`)."""
+        out: Callable[[str], None] | None = None, trial_fn: Any = None,
+        check_data: bool = True) -> SweepResult:
+    """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`optical_ray.sweep.run_sweep`).
+
+    ``out`` receives the progress lines (default: print); ``trial_fn(sampled, plan=)``
+    replaces the training trial, for benchmarks of the driver itself (which pass
+    ``check_data=False``: their stand-in trials read no data)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from optical_ray.catalog import Catalog
@@ -156,10 +161,11 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     if store.scheme == "s3":
         store.ensure_bucket()
     Catalog(store)  # a storage the catalog cannot use fails here, not in a trial
-    ensure_data_root(cfg)
     depth = model_depth(cfg)
     _validate_space(space, depth)
-    _check_pairs_data(cfg)
+    if check_data:
+        ensure_data_root(cfg)
+        _check_pairs_data(cfg)
     init_ray(address, log_to_driver=verbose >= 2)
     _check_resources(cfg)
     fs = store.ray_storage_filesystem()
@@ -188,11 +194,11 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     try:
         if sw.pair_order == "sequential":
             for plan in plans:
-                results.update(_wait({plan.pair: task.remote(plan, name, verbose, key)}, coord,
-                                     sw.metric, verbose, out))
+                ref = task.remote(plan, name, verbose, key, trial_fn)
+                results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out))
         else:
-            results = _wait({p.pair: task.remote(p, name, verbose, key) for p in plans}, coord,
-                            sw.metric, verbose, out)
+            refs = {p.pair: task.remote(p, name, verbose, key, trial_fn) for p in plans}
+            results = _wait(refs, coord, sw.metric, verbose, out)
     finally:
         with contextlib.suppress(Exception):
             ray.kill(coord)

@@ -163,12 +163,18 @@ def _trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
                  CONFIG_KEY: json.dumps(to_flat(cfg), sort_keys=True)})
 
 
-def _trainable(plan: PairPlan) -> Callable[[dict[str, Any]], None]:
+TrialFn = Callable[..., None]
+
+
+def _trainable(plan: PairPlan, trial_fn: TrialFn | None = None) -> Callable[[dict[str, Any]], None]:
     """The pair's trial function, under a name of its own: Tune registers trainables
     cluster-wide by name, so two pairs fitting at once under one name (or one
-    ``with_parameters`` key) would run each other's plans."""
+    ``with_parameters`` key) would run each other's plans. ``trial_fn(sampled, plan=)``
+    replaces the training trial (benchmarks of the driver use stand-ins)."""
+    fn = trial_fn or _trial
+
     def trial(sampled: dict[str, Any]) -> None:
-        _trial(sampled, plan=plan)
+        fn(sampled, plan=plan)
 
     trial.__name__ = trial.__qualname__ = f"trial_{plan.experiment}"
     return trial
@@ -508,11 +514,11 @@ def _baseline(plan: PairPlan) -> dict[str, float] | None:
 
 
 def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: str,
-           verbose: int) -> Any:
+           verbose: int, trial_fn: TrialFn | None = None) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sw, sc = plan.base.sweep, plan.base.scaling
-    trainable = _trainable(plan)
+    trainable = _trainable(plan, trial_fn)
     if sc.workers == 1:
         resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
         if sc.gpus_per_worker:
@@ -548,7 +554,7 @@ def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: s
 
 
 def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
-             key: bytes | None = None) -> PairResult:
+             key: bytes | None = None, trial_fn: TrialFn | None = None) -> PairResult:
     """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
     own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
     the driver's, handed over as an argument (never through the task's environment,
@@ -573,7 +579,7 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
     signer = StateSigner(store, rel, manifest, key)
     callbacks = [CatalogCallback(catalog, plan, baseline), ProgressCallback(plan, coordinator),
                  signer]
-    tuner = _tuner(plan, store, callbacks, coordinator, verbose)
+    tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn)
     if not plan.resume:
         sign_tuner_file(store, rel, manifest)
         signer.write()
