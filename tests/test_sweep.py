@@ -212,3 +212,21 @@ def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None
     assert Path(storage, "trainruns", "ddp-en-xc", record["trial_id"]).is_dir()
     wall = (record["finished_at"] - record["started_at"]).total_seconds()
     assert 0 < record["training_s"] < wall
+
+
+def test_impossible_sweeps_fail_in_one_line_before_any_trial(cluster, sweep_root) -> None:
+    """A pair without data and a trial that needs more CPUs than the cluster has are
+    refused up front (they used to fail inside Ray, or hang retrying worker start-up)."""
+    from optical_ray.errors import ConfigError, DataError
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    storage = sweep_root / "store-f"
+    with pytest.raises(DataError, match="en-zz") as info:
+        run_sweep(_base(sweep_root, str(storage)), parse_space(SPACE), pairs=["en-xc", "en-zz"],
+                  samples=1, name="zz", verbose=0)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    with pytest.raises(ConfigError, match="99 workers .* the cluster has 2 CPUs"):
+        run_sweep(_base(sweep_root, str(storage)), parse_space(SPACE), pairs=["en-xc"],
+                  samples=1, name="big", workers_per_trial=99, verbose=0)
+    assert not storage.exists() or not any(storage.iterdir())
