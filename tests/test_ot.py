@@ -6,6 +6,8 @@ import math
 import pickle
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import ot  # POT, the independent oracle
 import pytest
@@ -596,3 +598,27 @@ def test_min_epsilon_is_the_predicate_boundary():
         iterations_needed(0.0)
     with pytest.raises(ValueError, match=r"max_iter must be an int >= 1, got 0"):
         min_epsilon(0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_spaces_sample_only_converging_epsilons(path):
+    """Every pair of every shipped space: the smallest epsilon it can use reaches
+    distill.sinkhorn_tol within distill.sinkhorn_iters (the pre-sweep predicate)."""
+    from optical_ray.config import Config
+    from optical_ray.space import load_space
+
+    defaults = Config().distill
+    space = load_space(path)
+    for pair in ["en-xa", *space.pairs]:
+        base, params = space.for_pair(pair)
+        eps = [base["distill.epsilon"]] if "distill.epsilon" in base else [defaults.epsilon]
+        for p in params:
+            if p.key == "distill.epsilon":
+                eps = [p.spec.get("low", p.spec.get("value"))]
+        max_iter = base.get("distill.sinkhorn_iters", defaults.sinkhorn_iters)
+        tol = base.get("distill.sinkhorn_tol", defaults.sinkhorn_tol)
+        assert converges_within(min(eps), max_iter, tol), (pair, min(eps), max_iter, tol)
