@@ -547,7 +547,8 @@ def _aligned_costs(seed, batch=8, n=12, m=30, d=32):
 
 def _cost_range(c, row, col):
     pair = row[:, :, None] & col[:, None, :]
-    return float((c.masked_fill(~pair, -9).amax((1, 2)) - c.masked_fill(~pair, 9).amin((1, 2))).max())
+    hi, lo = c.masked_fill(~pair, -9).amax((1, 2)), c.masked_fill(~pair, 9).amin((1, 2))
+    return float((hi - lo).max())
 
 
 @pytest.mark.parametrize("eps", [1e-3, 1e-2])
