@@ -206,7 +206,8 @@ def iterations_needed(epsilon: float, tol: float = 1e-3, cost_range: float = _CO
 
 
 def _tol_factor(tol: float) -> float:
-    """Iterations at ``tol`` relative to ``tol=1e-3`` (measured up to 1.6x at 1e-4)."""
+    """Budget factor for ``tol`` below 1e-3: 1.78 at 1e-4, where the measured solves took
+    at most 0.87 of the resulting budget (aligned states, eps=0.03: 261 of 301)."""
     return max(1.0, (math.log(1.0 / tol) / math.log(1e3)) ** 2)
 
 
