@@ -18,11 +18,17 @@ Compares, in one process with interleaved repeats (median after warm-up):
   no backward), ours against POT's fastest converging batched variant, interleaved.
   End-to-end ratios are bounded below by floor / POT (both pay the floor); this one
   compares the solvers themselves.
+- ``part: small_eps`` (eps 1e-3 and 3e-3, ours only: POT's batched solvers take minutes
+  there): fwd+bwd time, its ratio to the cost floor (same run, interleaved), the
+  iterations run and ``iterations_needed``, the budget ``ot.iterations_needed`` predicts
+  for the case's cost range (the pre-sweep check), and whether the plan reached 1e-3.
 
 Each figure is one JSON line. Ratios are what matter: absolute milliseconds drift on a
 shared machine. Targets: ``optical_ray`` >= 3x faster than the fastest converging
 ``ot.solve_batch`` variant (``ratio_vs_pot_best <= 1/3``) on every case, and
-``ratio_vs_cost_floor <= 2`` for eps >= 0.05.
+``ratio_vs_cost_floor <= 2`` for eps >= 0.05 (issue 20 asks <= 1.5 at eps 0.01: not met,
+see optical_ray.ot.sinkhorn's Notes). Each optical_ray line carries ``n_iter`` and
+``iterations_needed``.
 
 Usage: ``python benchmarks/bench_ot.py [--quick] [--threads N] [--repeats R]``
 """
@@ -43,7 +49,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from optical_ray.ot import cost_matrix, ot_distillation_loss, sinkhorn  # noqa: E402
+from optical_ray.ot import (  # noqa: E402
+    cost_matrix,
+    iterations_needed,
+    ot_distillation_loss,
+    sinkhorn,
+)
 
 TARGET_ERROR = 1e-3  # L1 marginal error every solver must reach
 POT_TOLS = (
@@ -100,7 +111,45 @@ def plan_marginal_error(plan: torch.Tensor, t_mask: torch.Tensor, s_mask: torch.
     return err if math.isfinite(err) else float("nan")
 
 
-def solver_ours(case: dict, eps: float):
+def cost_range(case: dict, c: torch.Tensor) -> float:
+    """Largest max - min of the cost over real entries, over the pairs."""
+    pair = case["t_mask"][:, :, None] & case["s_mask"][:, None, :]
+    hi = c.masked_fill(~pair, -math.inf).amax((1, 2))
+    lo = c.masked_fill(~pair, math.inf).amin((1, 2))
+    return float((hi - lo).max())
+
+
+def bench_small_eps(batch, n, m, d, eps, repeats, seed=0):
+    """Ours alone at an eps where POT's batched solvers take minutes: time, ratio to the
+    floor, iterations against the predicted budget."""
+    case = make_case(batch, n, m, d, seed)
+    c = cost_matrix(case["teacher"], case["student"]).detach()
+    need = iterations_needed(eps, TARGET_ERROR, cost_range(case, c))
+    ours = solver_ours(case, eps, max_iter=need)
+    plan = ours(return_plan=True)
+    case["student"].grad = None
+    res = sinkhorn(c, case["t_mask"], case["s_mask"], eps, tol=TARGET_ERROR, max_iter=need)
+    medians = time_interleaved(
+        {"optical_ray": ours, "cost_floor": solver_floor(case)}, case, repeats, warmup=1
+    )
+    return {
+        "bench": "ot",
+        "case": f"b{batch}_n{n}_m{m}_d{d}",
+        "part": "small_eps",
+        "solver": "optical_ray",
+        "eps": eps,
+        "m": m,
+        "median_ms": round(medians["optical_ray"], 3),
+        "cost_floor_ms": round(medians["cost_floor"], 3),
+        "ratio_vs_cost_floor": round(medians["optical_ray"] / medians["cost_floor"], 4),
+        "marginal_error": float(f"{plan_marginal_error(plan, case['t_mask'], case['s_mask']):.3e}"),
+        "n_iter": res.n_iter,
+        "iterations_needed": need,
+        "converged": res.converged,
+    }
+
+
+def solver_ours(case: dict, eps: float, max_iter: int = 5000):
     def run(return_plan: bool = False):
         out = ot_distillation_loss(
             case["teacher"],
@@ -109,7 +158,7 @@ def solver_ours(case: dict, eps: float):
             case["s_mask"],
             eps,
             tol=TARGET_ERROR,
-            max_iter=5000,
+            max_iter=max_iter,
             return_plans=return_plan,
         )
         loss, plans = out if return_plan else (out, None)
@@ -256,7 +305,8 @@ def bench_case(batch, n, m, d, eps, repeats, pot_repeats, seed=0):
     notes["optical_ray"] = {
         "n_iter": sinkhorn(
             c, case["t_mask"], case["s_mask"], eps, tol=TARGET_ERROR, max_iter=5000
-        ).n_iter
+        ).n_iter,
+        "iterations_needed": iterations_needed(eps, TARGET_ERROR, cost_range(case, c)),
     }
     runners["cost_floor"] = solver_floor(case)
     errors["cost_floor"] = None
@@ -417,6 +467,12 @@ def main(argv=None) -> None:
     for batch, n, m, d, eps in cases:
         for line in bench_case(batch, n, m, d, eps, repeats, pot_repeats):
             print(json.dumps(line), flush=True)
+    small = [(8, 16, 32, 64, 3e-3)] if args.quick else [
+        (64, 32, m, 384, eps) for m in (64, 180) for eps in (1e-3, 3e-3)
+    ]
+    for batch, n, m, d, eps in small:
+        line = bench_small_eps(batch, n, m, d, eps, max(3, min(repeats, 5)))
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ __all__ = [
     "SINKHORN_METHODS",
     "SinkhornConvergenceWarning",
     "SinkhornResult",
+    "converges_within",
     "cost_matrix",
+    "iterations_needed",
+    "min_epsilon",
     "ot_distillation_loss",
     "sinkhorn",
 ]
@@ -73,7 +76,60 @@ _KERNEL_MAX_EXPONENT = 50.0
 
 
 class SinkhornConvergenceWarning(UserWarning):
-    """Sinkhorn stopped at ``max_iter`` with a marginal error above ``tol``."""
+    """Sinkhorn stopped at ``max_iter`` with a marginal error above ``tol``.
+
+    Carries the figures a training loop records per step (read them from the caught
+    warning's ``message``, which is this instance).
+
+    Attributes
+    ----------
+    marginal_error : float
+        Worst L1 marginal error over the batch when the solver stopped.
+    iterations : int
+        Iterations run (``== max_iter``).
+    epsilon : float
+        The entropic regularisation asked for.
+    tol : float
+        The tolerance that was not reached.
+    max_iter : int
+        The iteration budget.
+    unconverged : int
+        Pairs of the batch (layers included) whose error is above ``tol``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        marginal_error: float = math.nan,
+        iterations: int = 0,
+        epsilon: float = math.nan,
+        tol: float = math.nan,
+        max_iter: int = 0,
+        unconverged: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.marginal_error = float(marginal_error)
+        self.iterations = int(iterations)
+        self.epsilon = float(epsilon)
+        self.tol = float(tol)
+        self.max_iter = int(max_iter)
+        self.unconverged = int(unconverged)
+
+    def __reduce__(self):
+        # Exceptions pickle as cls(*args); keep the figures when a warning crosses
+        # processes (Ray workers).
+        return (
+            type(self),
+            (
+                str(self),
+                self.marginal_error,
+                self.iterations,
+                self.epsilon,
+                self.tol,
+                self.max_iter,
+                self.unconverged,
+            ),
+        )
 
 
 @dataclass
@@ -99,6 +155,88 @@ class SinkhornResult:
     n_iter: int
     marginal_error: Tensor
     converged: bool
+
+
+# Iterations of method="auto" to reach tol <= 1e-3 are at most
+# _BUDGET_FLOOR + _ITERS_PER_RANGE * (cost range) / eps: measured n_iter * eps / range
+# <= 5.6 (above the two-check floor) on cosine costs of MiniLM token states (MAFAND
+# en-swa/en-hau, layers -1/-2: <= 1.4), of bench_ot's aligned states (batch 16-64,
+# 32 x 64..180 tokens: <= 5.6) and of random states, for eps in 1e-3..1.
+_ITERS_PER_RANGE = 6.0
+_BUDGET_FLOOR = 20
+# Cost range max - min over the real entries that the predicates assume by default:
+# cosine costs of transformer token states measured 0.8-1.3 (the bound is 2).
+_COST_RANGE = 1.25
+
+
+def iterations_needed(epsilon: float, tol: float = 1e-3, cost_range: float = _COST_RANGE) -> int:
+    r"""Iteration budget with which :func:`sinkhorn` (``method="auto"``) reaches ``tol``.
+
+    .. math::
+        N(\varepsilon) = 20 + \left\lceil 6\, \frac{R}{\varepsilon}\,
+            \max\!\left(1, \Big(\frac{\log(1/\mathrm{tol})}{\log 10^3}\Big)^2\right)
+        \right\rceil
+
+    with ``R`` the cost range (max - min over real entries). An empirical, conservative
+    bound, not a theorem: at ``tol=1e-3`` the measured iterations were at most
+    ``20 + 5.6 R / eps`` over MiniLM token states, bench_ot's aligned states and random
+    states (eps 1e-3..1, cosine and squared-L2 costs; tests/test_ot.py re-checks it on
+    random cosine costs). Iterations grow like ``1/eps`` because the potentials must
+    travel ~``R`` in steps of ~``eps``; neither eps scaling nor a Newton step shortened
+    that on these costs (see :func:`sinkhorn`).
+
+    Parameters
+    ----------
+    epsilon : float
+        Entropic regularisation, > 0.
+    tol : float
+        L1 marginal-error tolerance, > 0.
+    cost_range : float
+        ``max C - min C`` over real entries; the default 1.25 covers cosine costs of
+        transformer token states (measured 0.8-1.3); pass 2.0 for any cosine cost.
+
+    Returns
+    -------
+    int
+    """
+    _check_eps(epsilon, "epsilon")
+    _check_eps(tol, "tol")
+    _check_eps(cost_range, "cost_range")
+    return _BUDGET_FLOOR + math.ceil(_ITERS_PER_RANGE * cost_range / epsilon * _tol_factor(tol))
+
+
+def _tol_factor(tol: float) -> float:
+    """Budget factor for ``tol`` below 1e-3: 1.78 at 1e-4, where the measured solves took
+    at most 0.87 of the resulting budget (aligned states, eps=0.03: 261 of 301)."""
+    return max(1.0, (math.log(1.0 / tol) / math.log(1e3)) ** 2)
+
+
+def converges_within(
+    epsilon: float, max_iter: int, tol: float = 1e-3, cost_range: float = _COST_RANGE
+) -> bool:
+    """Whether ``max_iter`` iterations suffice at ``epsilon`` (see :func:`iterations_needed`).
+
+    Pure and cheap (no solve): a sweep can call it on its epsilon range before it starts.
+    """
+    return iterations_needed(epsilon, tol, cost_range) <= max_iter
+
+
+def min_epsilon(max_iter: int, tol: float = 1e-3, cost_range: float = _COST_RANGE) -> float:
+    """Smallest epsilon for which :func:`converges_within` holds with ``max_iter``.
+
+    ``math.inf`` when ``max_iter`` is at most the floor of 20 (no epsilon qualifies).
+    """
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if max_iter <= _BUDGET_FLOOR:
+        return math.inf
+    _check_eps(tol, "tol")
+    _check_eps(cost_range, "cost_range")
+    eps = _ITERS_PER_RANGE * cost_range * _tol_factor(tol) / (max_iter - _BUDGET_FLOOR)
+    # the ceil in iterations_needed: nudge up until the predicate holds
+    while not converges_within(eps, max_iter, tol, cost_range):
+        eps *= 1.0 + 1e-9
+    return eps
 
 
 def sinkhorn(
@@ -135,7 +273,8 @@ def sinkhorn(
     eps : float
         Entropic regularisation, > 0, in the units of the cost.
     max_iter : int
-        Maximum number of iterations (all ``eps_scaling`` stages included).
+        Maximum number of iterations (all ``eps_scaling`` stages included); at small
+        eps see :func:`iterations_needed` (eps=1e-3 may need thousands).
     tol : float or None
         Stop once every pair's L1 marginal error is ``<= tol``; None runs exactly
         ``max_iter`` iterations.
@@ -165,11 +304,30 @@ def sinkhorn(
         Epsilon scaling: solve first at eps = the cost range (max - min over real
         entries), then multiply eps by ``eps_scaling`` per stage down to ``eps``,
         warm-starting the potentials; each intermediate stage runs one exact
-        log-domain iteration and 3 kernel iterations (counted in ``n_iter``). With
-        over-relaxation on, it helps only at small eps (``eps_scaling=0.5``, 64 pairs
-        of 32 x 180 tokens, cosine costs: 150 -> 96 iterations at eps=1e-3, 4340 ->
-        3840 on aligned states) and costs iterations at eps >= ~0.003 (20 -> 44 at
-        eps=0.01). Not for ``method="kernel"``.
+        log-domain iteration and 3 kernel iterations (counted in ``n_iter``). Off by
+        default: with over-relaxation on it does not pay (``eps_scaling=0.5``, tol
+        1e-3, 16 pairs, one thread; iterations and time without -> with): MiniLM
+        token states, en-swa, 45 x 87 tokens, eps=1e-3: 1120 -> 2334 (370 -> 895 ms),
+        eps=0.01: 130 -> 248; en-hau, 91 x 169, eps=1e-3: 770 -> 614 (567 -> 550 ms);
+        bench_ot's aligned states, 32 x 180, eps=1e-3: 4050 -> 3730 (1.86 -> 2.06 s),
+        eps=0.01: 300 -> 338. Not for ``method="kernel"``.
+
+    Notes
+    -----
+    Budget. Iterations to reach ``tol=1e-3`` grow like ``R / eps`` (``R`` the cost
+    range): the potentials must travel ~``R`` in steps of ~``eps``. Measured
+    ``n_iter * eps / R`` (tol 1e-3, eps 1e-3..0.03): 0.6-1.4 on MiniLM token states,
+    1.8-5.6 on bench_ot's aligned states, 0.4-1.4 on random states; so eps=1e-3
+    needs ~1000-4000 iterations, eps=0.01 ~120-300. :func:`iterations_needed` turns
+    this into a conservative budget and :func:`converges_within` /
+    :func:`min_epsilon` into a check a sweep can run before it starts. Alternatives
+    measured and rejected: eps scaling (above); over-relaxation cap 1.97 instead of
+    1.9 (-10% iterations on aligned states, +15% on MiniLM en-swa at eps=0.01);
+    convergence checks every 5 or 20 iterations instead of 10 (both worse); a
+    Sinkhorn-Newton step on the semi-dual (Brauer et al. 2017; Schur complement as
+    a graph Laplacian, float64 Cholesky, damped): far from the optimum its steps are
+    cut to ~eps along near-null directions, so at eps=1e-3 it had not reached 1e-3
+    after 200 steps and at eps=0.01 it took 2-5x the time of the iterations here.
 
     Returns
     -------
@@ -240,11 +398,22 @@ def sinkhorn(
             )
     converged = tol is None or bool(err.max() <= tol)
     if not converged:
+        worst = float(err.max())
+        spread = float((c.masked_fill(~pair_mask, -math.inf).amax((1, 2))
+                        - c.masked_fill(~pair_mask, math.inf).amin((1, 2))).max())
+        need = iterations_needed(eps, tol, max(spread, 1e-6))
         warnings.warn(
-            f"Sinkhorn did not converge: marginal error {float(err.max()):.2e} > tol={tol} after "
-            f"{n_iter} iterations; increase max_iter (now {max_iter}) or eps (now {eps}), "
-            f"or enable eps_scaling (e.g. eps_scaling=0.5)",
-            SinkhornConvergenceWarning,
+            SinkhornConvergenceWarning(
+                f"Sinkhorn did not converge: marginal error {worst:.2e} > tol={tol} after "
+                f"{n_iter} iterations; increase max_iter (now {max_iter}; up to {need} may be "
+                f"needed at this eps for costs spanning {spread:.2f}) or eps (now {eps})",
+                marginal_error=worst,
+                iterations=n_iter,
+                epsilon=eps,
+                tol=tol,
+                max_iter=max_iter,
+                unconverged=int((err > tol).sum()),
+            ),
             stacklevel=2,
         )
     return SinkhornResult(plan=plan, n_iter=n_iter, marginal_error=err, converged=converged)
@@ -559,7 +728,9 @@ def ot_distillation_loss(
     ``<P*.detach(), C>``, so ``dL/dC = w_l P* / B`` with no backward through Sinkhorn.
     By the envelope theorem ``P*`` is, at convergence, the exact gradient of the
     entropic OT value ``<P*, C> - eps H(P*)``; the value returned is its linear part
-    ``<P*, C>`` (DESIGN.md), whose full derivative would add ``<dP*/dC, C>`` (what
+    ``<P*, C>``, the transport cost OPTICAL minimises (Huang, Yu & Allan 2023,
+    arXiv 2301.12566, its OT alignment loss), whose full derivative would add
+    ``<dP*/dC, C>`` (what
     autograd through POT's ``ot.sinkhorn2`` computes; ~8% apart at eps=0.1). The
     teacher is frozen: its states are detached, gradient reaches the student only. All
     layers are solved in one batched Sinkhorn call.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
+
+from pathlib import Path
 
 import numpy as np
 import ot  # POT, the independent oracle
@@ -13,7 +16,10 @@ import torch
 from optical_ray.ot import (
     SinkhornConvergenceWarning,
     SinkhornResult,
+    converges_within,
     cost_matrix,
+    iterations_needed,
+    min_epsilon,
     ot_distillation_loss,
     sinkhorn,
 )
@@ -475,12 +481,24 @@ def test_bad_solver_options(kwargs, message):
 def test_non_convergence_warns_with_the_knobs(padded):
     with pytest.warns(
         SinkhornConvergenceWarning,
-        match=r"increase max_iter \(now 5\) or eps \(now 0.01\), or enable eps_scaling",
-    ):
+        match=r"increase max_iter \(now 5; up to \d+ may be needed at this eps for costs "
+        r"spanning \d\.\d\d\) or eps \(now 0.01\)",
+    ) as record:
         res = sinkhorn(padded["cost"], padded["row"], padded["col"], 0.01, max_iter=5, tol=1e-6)
     assert not res.converged and res.n_iter == 5
     assert torch.any(res.marginal_error > 1e-6)
-    with pytest.warns(SinkhornConvergenceWarning, match=r"increase max_iter \(now 3\)"):
+    # the figures a training loop records, as attributes of the warning
+    w = record[0].message
+    assert w.marginal_error == pytest.approx(float(res.marginal_error.max()))
+    assert (w.iterations, w.max_iter, w.epsilon, w.tol) == (5, 5, 0.01, 1e-6)
+    assert w.unconverged == int((res.marginal_error > 1e-6).sum()) >= 1
+    clone = pickle.loads(pickle.dumps(w))  # crosses process boundaries (Ray) intact
+    assert (clone.marginal_error, clone.iterations, str(clone)) == (
+        w.marginal_error,
+        5,
+        str(w),
+    )
+    with pytest.warns(SinkhornConvergenceWarning, match=r"increase max_iter \(now 3;"):
         ot_distillation_loss(
             padded["x"], padded["y"], padded["row"], padded["col"], 0.01, max_iter=3, tol=1e-6
         )
@@ -504,3 +522,104 @@ def test_cost_matrix_formulas_and_gradient():
     )
     assert torch.autograd.gradcheck(lambda y_: cost_matrix(x, y_, "cosine"), (y,))
     assert torch.autograd.gradcheck(lambda y_: cost_matrix(x, y_, "sqeuclidean"), (y,))
+
+
+# --- convergence over the search range: small eps, the budget predicate --------------------
+
+
+def _aligned_costs(seed, batch=8, n=12, m=30, d=32):
+    """Cosine costs of anisotropic states where each column copies one real row, padded:
+    the slow case for Sinkhorn (aligned ~0.3 vs unaligned ~0.8, like bench_ot's)."""
+    gen = torch.Generator().manual_seed(seed)
+    common = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0)
+    n_real = torch.randint(n // 2, n + 1, (batch,), generator=gen)
+    m_real = torch.randint(m // 2, m + 1, (batch,), generator=gen)
+    row = torch.arange(n)[None, :] < n_real[:, None]
+    col = torch.arange(m)[None, :] < m_real[:, None]
+    meaning = torch.nn.functional.normalize(torch.randn(batch, n, d, generator=gen), dim=-1)
+    source = (torch.rand(batch, m, generator=gen) * n_real[:, None]).long()
+    aligned = torch.gather(meaning, 1, source[:, :, None].expand(-1, -1, d))
+    noise = torch.nn.functional.normalize(torch.randn(batch, m, d, generator=gen), dim=-1)
+    x = meaning + 0.7 * common
+    y = aligned + 0.6 * noise + 0.7 * common
+    return cost_matrix(x, y), row, col
+
+
+def _cost_range(c, row, col):
+    pair = row[:, :, None] & col[:, None, :]
+    hi, lo = c.masked_fill(~pair, -9).amax((1, 2)), c.masked_fill(~pair, 9).amin((1, 2))
+    return float((hi - lo).max())
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-2])
+@pytest.mark.parametrize("kind", ["random", "aligned"])
+def test_small_eps_converges_within_the_predicted_budget(padded, eps, kind):
+    c, row, col = (
+        (padded["cost"], padded["row"], padded["col"]) if kind == "random" else _aligned_costs(0)
+    )
+    tol = 1e-3
+    budget = iterations_needed(eps, tol, _cost_range(c, row, col))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SinkhornConvergenceWarning)
+        res = sinkhorn(c, row, col, eps, tol=tol, max_iter=budget)
+    assert res.converged and res.n_iter <= budget
+    _assert_sane(res, row, col)
+    assert torch.all(_col_error(res.plan, col) <= tol + 1e-6)
+    assert torch.all(_row_error(res.plan, row) <= 1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_predicate_agrees_with_solves_on_random_cosine_costs(seed):
+    """converges_within(...) True => the solve converges, over eps 1e-3..0.3 and tol 1e-3/1e-4;
+    and the issue's failing case (eps 1e-3, 100 iterations) is predicted not to."""
+    c, row, col = _aligned_costs(seed, batch=6, n=8, m=20, d=16)
+    spread = _cost_range(c, row, col)
+    for tol in (1e-3, 1e-4):
+        for eps in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3):
+            budget = iterations_needed(eps, tol, spread)
+            assert converges_within(eps, budget, tol, spread)
+            assert not converges_within(eps, budget - 1, tol, spread)
+            res = sinkhorn(c, row, col, eps, tol=tol, max_iter=budget)
+            assert res.converged, (eps, tol, res.n_iter, budget)
+    assert not converges_within(1e-3, 100, 1e-3)
+    assert converges_within(0.1, 100, 1e-3)
+
+
+def test_min_epsilon_is_the_predicate_boundary():
+    for max_iter in (25, 100, 800, 2600, 10000):
+        for tol in (1e-2, 1e-3, 1e-5):
+            eps = min_epsilon(max_iter, tol)
+            assert converges_within(eps, max_iter, tol)
+            assert not converges_within(eps * 0.99, max_iter, tol)
+    assert min_epsilon(20) == math.inf
+    assert iterations_needed(1e-3) > iterations_needed(1e-2) > iterations_needed(0.1)
+    assert iterations_needed(0.01, 1e-5) > iterations_needed(0.01, 1e-3)  # smaller tol, more
+    assert iterations_needed(0.01, cost_range=2.0) > iterations_needed(0.01)
+    with pytest.raises(ValueError, match=r"epsilon must be a finite number > 0"):
+        iterations_needed(0.0)
+    with pytest.raises(ValueError, match=r"max_iter must be an int >= 1, got 0"):
+        min_epsilon(0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_spaces_sample_only_converging_epsilons(path):
+    """Every pair of every shipped space: the smallest epsilon it can use reaches
+    distill.sinkhorn_tol within distill.sinkhorn_iters (the pre-sweep predicate)."""
+    from optical_ray.config import Config
+    from optical_ray.space import load_space
+
+    defaults = Config().distill
+    space = load_space(path)
+    for pair in ["en-xa", *space.pairs]:
+        base, params = space.for_pair(pair)
+        eps = [base["distill.epsilon"]] if "distill.epsilon" in base else [defaults.epsilon]
+        for p in params:
+            if p.key == "distill.epsilon":
+                eps = [p.spec.get("low", p.spec.get("value"))]
+        max_iter = base.get("distill.sinkhorn_iters", defaults.sinkhorn_iters)
+        tol = base.get("distill.sinkhorn_tol", defaults.sinkhorn_tol)
+        assert converges_within(min(eps), max_iter, tol), (pair, min(eps), max_iter, tol)
