@@ -23,7 +23,8 @@ from optical_ray.config import Config, from_flat
 from optical_ray.errors import ConfigError, DataError, OpticalRayError
 from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
-from optical_ray.sweep import PairResult, SweepResult, error_reason, plan_sweep
+from optical_ray.sweep import (PairResult, SweepResult, error_reason, plan_sweep,
+                               unconverging_epsilon)
 from optical_ray.trust import state_key, verify_state
 
 __all__ = ["run"]
@@ -163,6 +164,8 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     Catalog(store)  # a storage the catalog cannot use fails here, not in a trial
     depth = model_depth(cfg)
     _validate_space(space, depth)
+    for line in unconverging_epsilon(cfg, space):
+        log.warning("%s", line)
     if check_data:
         ensure_data_root(cfg)
         _check_pairs_data(cfg)

@@ -103,6 +103,46 @@ def asha_max_t(cfg: Config, space: SearchSpace, pair: str) -> int:
     return evaluations + 1 if evaluations else 10_000
 
 
+def _lowest(flat: Mapping[str, Any], params: Sequence[Any], key: str, pick: Any) -> Any:
+    """The extreme (``pick``: min or max) value ``key`` can take in a pair's trials."""
+    for p in params:
+        if p.key != key:
+            continue
+        if p.type in ("loguniform", "uniform", "int"):
+            return pick(float(p.spec["low"]), float(p.spec["high"]))
+        if p.type == "categorical":
+            return pick(float(c) for c in p.spec["choices"])
+        if p.type == "fixed":
+            return p.spec["value"]
+    return flat[key]
+
+
+def unconverging_epsilon(cfg: Config, space: SearchSpace) -> list[str]:
+    """One warning line per pair whose space can sample an epsilon at which Sinkhorn
+    cannot reach ``distill.sinkhorn_tol`` within ``distill.sinkhorn_iters`` (those trials
+    would train on plans far from converged, and TPE would learn that small epsilon is
+    bad for the wrong reason); see :func:`optical_ray.ot.converges_within`."""
+    from optical_ray.ot import converges_within, iterations_needed
+
+    lines = []
+    for pair in cfg.sweep.pairs:
+        fixed, params = space.for_pair(pair)
+        flat = {**to_flat(cfg), **fixed}
+        eps = _lowest(flat, params, "distill.epsilon", min)
+        iters = int(_lowest(flat, params, "distill.sinkhorn_iters", min))
+        tol = float(_lowest(flat, params, "distill.sinkhorn_tol", min))
+        methods = {flat["distill.method"]} | {
+            c for p in params if p.key == "distill.method" and p.type == "categorical"
+            for c in p.spec["choices"]}
+        if "ot" in methods and not converges_within(float(eps), iters, tol):
+            lines.append(f"{pair}: the space samples distill.epsilon down to {eps:g}, where "
+                         f"Sinkhorn needs up to {iterations_needed(float(eps), tol)} "
+                         f"iterations to reach distill.sinkhorn_tol={tol:g}; "
+                         f"distill.sinkhorn_iters={iters} stops those trials on unconverged "
+                         "plans (raise distill.sinkhorn_iters or the lowest epsilon)")
+    return lines
+
+
 def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
     """``base`` with the sweep arguments that were given (not None) applied.
 

@@ -83,3 +83,21 @@ def test_the_sweep_module_is_ray_free() -> None:
     code = "import sys, optical_ray.sweep; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
+    from optical_ray.config import from_flat
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import sweep_config, unconverging_epsilon
+
+    cfg = sweep_config(from_flat({"distill.sinkhorn_iters": 100}), pairs=["en-xa", "en-xc"])
+    space = parse_space({"params": {"distill.epsilon": {"type": "loguniform", "low": 1e-3,
+                                                        "high": 1.0}},
+                         "pairs": {"en-xa": {"base": {"distill.sinkhorn_iters": 20000}}}})
+    lines = unconverging_epsilon(cfg, space)
+    assert len(lines) == 1 and lines[0].startswith("en-xc: ")
+    assert "distill.epsilon down to 0.001" in lines[0] and "distill.sinkhorn_iters=100" in lines[0]
+    mse = parse_space({"base": {"distill.method": "mse_sentence"},
+                       "params": {"distill.epsilon": {"type": "loguniform", "low": 1e-3,
+                                                      "high": 1.0}}})
+    assert unconverging_epsilon(cfg, mse) == []  # no OT, nothing to converge
