@@ -148,7 +148,8 @@ def test_compact_merges_parts_and_keeps_every_record(catalog) -> None:
     Path(part).with_name("part-copy.parquet").write_bytes(Path(part).read_bytes())
     assert len(catalog.records(pair="en-sw")) == 12
     stats = catalog.compact()
-    assert stats == {"dirs": 1, "parts_before": 14, "parts_after": 2, "records": 12}
+    assert stats == {"dirs": 1, "parts_before": 14, "parts_after": 2, "records": 12,
+                     "quarantined": 0}
     assert len(catalog.parts("en-sw")) == 1
     df = catalog.records()
     assert len(df) == 13 and df.record_id.is_unique
