@@ -329,17 +329,16 @@ class Catalog:
                min_parts: int = 2) -> tuple[int | None, int, int]:
         """Merge the readable parts of ``infos`` (one directory) into one new part if
         there are ``min_parts`` of them, then delete them; quarantine the unreadable
-        ones. Below ``min_parts`` parts only the record ids are read, to find unreadable
-        parts cheaply. Returns (records merged, or None if nothing was merged; parts left
-        in the directory; parts quarantined)."""
-        columns = None if len(infos) >= min_parts else ["record_id"]
+        ones (every part is read: that is how an unreadable one shows). Returns (records
+        merged, or None if nothing was merged; parts left in the directory; parts
+        quarantined)."""
         try:
-            table, bad = read_parts(self.storage, infos, columns, None)
+            table, bad = read_parts(self.storage, infos, None, None)
         except PartGone:  # another compaction removed an input first
             return None, len(infos), 0
         good = [i for i in infos if i.path not in bad]
         merged = None
-        if columns is None and len(good) >= min_parts:
+        if len(good) >= min_parts:
             table = unique_records(table).sort_by([("finished_at", "ascending")])
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
             rel = (f"{self.storage.rel(directory)}/part-{stamp}-compact-"
@@ -362,7 +361,7 @@ class Catalog:
         rel = self.storage.rel(info.path)
         uri = self.storage.uri_of(rel)
         try:
-            if not read_parts(self.storage, [info], ["record_id"], None)[1]:
+            if not read_parts(self.storage, [info], None, None)[1]:
                 return False  # the second read was fine after all
             target = f"{QUARANTINE_DIR}/{rel}"
             self._write(target, self.storage.read_bytes(rel))
