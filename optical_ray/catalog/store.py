@@ -19,8 +19,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from optical_ray.catalog.parts import PartGone, is_part, parquet_bytes, read_parts
-from optical_ray.catalog.records import (CATALOG_DIR, SCHEMA, TrialRecord, as_record,
-                                         encode_name, unique_records)
+from optical_ray.catalog.records import (CATALOG_DIR, IDENTITY_COLUMNS, SCHEMA, TrialRecord,
+                                         as_record, encode_name, unique_records)
 from optical_ray.config import PAIR_RE
 from optical_ray.errors import ConfigError, StorageError
 from optical_ray.storage import Storage, as_storage, redact, with_retries
@@ -329,16 +329,18 @@ class Catalog:
                min_parts: int = 2) -> tuple[int | None, int, int]:
         """Merge the readable parts of ``infos`` (one directory) into one new part if
         there are ``min_parts`` of them, then delete them; quarantine the unreadable
-        ones (every part is read: that is how an unreadable one shows). Returns (records
-        merged, or None if nothing was merged; parts left in the directory; parts
-        quarantined)."""
+        ones (reading is how an unreadable one shows: below ``min_parts`` only the
+        identity columns are read, enough to tell a corrupt, empty or foreign file).
+        Returns (records merged, or None if nothing was merged; parts left in the
+        directory; parts quarantined)."""
+        columns = None if len(infos) >= min_parts else list(IDENTITY_COLUMNS)
         try:
-            table, bad = read_parts(self.storage, infos, None, None)
+            table, bad = read_parts(self.storage, infos, columns, None)
         except PartGone:  # another compaction removed an input first
             return None, len(infos), 0
         good = [i for i in infos if i.path not in bad]
         merged = None
-        if len(good) >= min_parts:
+        if columns is None and len(good) >= min_parts:
             table = unique_records(table).sort_by([("finished_at", "ascending")])
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
             rel = (f"{self.storage.rel(directory)}/part-{stamp}-compact-"
@@ -350,18 +352,20 @@ class Catalog:
             log.info("catalog: merged %d parts (%d records) into %s", len(good),
                      table.num_rows, self.storage.uri_of(rel))
             merged = table.num_rows
-        moved = sum(self._quarantine(i, bad[i.path]) for i in infos if i.path in bad)
+        moved = sum(self._quarantine(i, bad[i.path], columns) for i in infos if i.path in bad)
         left = (1 if merged is not None else len(good)) + len(bad) - moved
         return merged, left, moved
 
-    def _quarantine(self, info: pafs.FileInfo, reason: str) -> bool:
+    def _quarantine(self, info: pafs.FileInfo, reason: str,
+                    columns: list[str] | None) -> bool:
         """Move an unreadable part to ``quarantine/`` (same path below it) once a second
-        read confirms it, so that a glitch never hides good records. Returns whether it
-        moved; on failure it stays where it is (logged), skipped by readers."""
+        read of ``columns`` confirms it, so that a glitch never hides good records.
+        Returns whether it moved; on failure it stays where it is (logged), skipped by
+        readers."""
         rel = self.storage.rel(info.path)
         uri = self.storage.uri_of(rel)
         try:
-            if not read_parts(self.storage, [info], None, None)[1]:
+            if not read_parts(self.storage, [info], columns, None)[1]:
                 return False  # the second read was fine after all
             target = f"{QUARANTINE_DIR}/{rel}"
             self._write(target, self.storage.read_bytes(rel))
