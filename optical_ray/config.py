@@ -29,7 +29,7 @@ __all__ = [
     "AdaptConfig", "DistillConfig", "TrainConfig", "EvalConfig", "ScalingConfig",
     "StorageConfig", "SweepConfig", "Config", "load_config", "from_dict", "to_dict",
     "to_flat", "from_flat", "apply_overrides", "parse_overrides", "save_config",
-    "validate", "PAIR_RE", "METRIC_RE", "REAL_FORMATS",
+    "validate", "PAIR_RE", "METRIC_RE", "REAL_FORMATS", "MAIN_HYPERPARAMETERS",
 ]
 
 PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
@@ -39,6 +39,10 @@ METRIC_RE = re.compile(r"^(map|ndcg|mrr|recall|p)(@[1-9][0-9]*)?$")
 REAL_BITEXT_FORMATS = ("mafand",)
 REAL_EVAL_FORMATS = ("ntrex", "ntrex_doc", "afriqa", "xquad_r")
 REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS
+#: The main searched knobs (flat keys), in the order tables show them: the catalog keeps
+#: each as a plain column (named after its last part) and the report lists them.
+MAIN_HYPERPARAMETERS = ("distill.epsilon", "distill.weight", "distill.layers", "distill.lr",
+                        "distill.method")
 
 
 def _f(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,

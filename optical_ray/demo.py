@@ -85,7 +85,8 @@ def _teacher(cfg: Config, out: Path) -> Path:
 
 def _gap(cfg: Config, teacher: Path, sweep: object, pairs: Sequence[str]) -> object:
     """Teacher zero-shot vs the best student per pair, on the test split."""
-    from optical_ray.evaluate import evaluate_pairs, gap_report
+    from optical_ray.compare import gap_report
+    from optical_ray.evaluate import evaluate_pairs
     from optical_ray.model import RetrievalModel
 
     tcfg = from_flat({"eval.split": "test"}, cfg)

@@ -12,7 +12,8 @@ For every language pair in the catalog (:mod:`optical_ray.catalog`):
 * **best** — the best trial of any other method (mode ``max``: highest ``metric``).
 * **reference** — the teacher's own pair ``<t>-<t>/<metric>`` (``t = data.teacher_lang``,
   normally ``en-en``) as evaluated with the best trial; failing that, with the baseline.
-* **gap** = reference - value; **gap closed** = (best - baseline) / (reference - baseline).
+* **gap** = reference - value; **gap closed** = (best - baseline) / (reference - baseline)
+  (:mod:`optical_ray.compare`).
 
 Outputs in ``out_dir``: ``report.md`` (links the PNGs), ``report.html`` (one file, PNGs
 embedded), ``report.json`` (the numbers), ``overview.png`` (baseline / best / reference
@@ -38,9 +39,11 @@ from typing import Any
 
 import pandas as pd
 
-from optical_ray.catalog import (RANKED_STATUSES, Catalog, _lookup, _recorded_metrics,
-                                 _values)
+from optical_ray.catalog import (HYPERPARAMETERS, RANKED_STATUSES, Catalog, metric_value,
+                                 metric_values, recorded_metrics)
+from optical_ray.compare import gap, gap_closed
 from optical_ray.errors import ConfigError, StorageError
+from optical_ray.tables import html_table, markdown_table, number
 
 __all__ = ["build_report", "PairSummary", "summarize", "parameter_importances"]
 
@@ -68,32 +71,25 @@ class PairSummary:
 
     @property
     def delta(self) -> float | None:
-        return _sub(self.best, self.baseline)
+        return None if self.best is None or self.baseline is None else self.best - self.baseline
 
     @property
     def gap_baseline(self) -> float | None:
-        return _sub(self.reference, self.baseline)
+        return gap(self.reference, self.baseline)
 
     @property
     def gap_best(self) -> float | None:
-        return _sub(self.reference, self.best)
+        return gap(self.reference, self.best)
 
     @property
     def gap_closed(self) -> float | None:
-        gap = self.gap_baseline
-        if gap is None or self.delta is None or gap <= 1e-12:
-            return None
-        return self.delta / gap
+        return gap_closed(self.best, self.baseline, self.reference)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(delta=self.delta, gap_baseline=self.gap_baseline, gap_best=self.gap_best,
                    gap_closed=self.gap_closed)
         return out
-
-
-def _sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
 
 
 def _json(text: Any) -> dict[str, Any]:
@@ -122,7 +118,7 @@ def summarize(df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot"
     out = []
     for pair, group in df.groupby("pair", sort=True):
         ranked = group[group["status"].isin(RANKED_STATUSES)]
-        values = _values(ranked, metric)
+        values = metric_values(ranked, metric)
         is_base = ranked["method"] == base_method
         base_row = _pick(ranked[is_base], values[is_base], mode)
         best_row = _pick(ranked[~is_base], values[~is_base], mode)
@@ -138,7 +134,7 @@ def summarize(df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot"
             if baseline == "zero-shot" and len(recorded):
                 row = recorded.sort_values("finished_at").iloc[-1]
                 base_metrics = _json(row["baseline_metrics"])
-                base_value = _lookup(base_metrics, str(pair), metric)
+                base_value = metric_value(base_metrics, str(pair), metric)
                 source = f"baseline_metrics of trial {row['trial_id']}"
         best_metrics = _json(best_row["best_metrics"]) if best_row is not None else {}
         flat = _json(best_row["config"]) if best_row is not None else (
@@ -154,7 +150,7 @@ def summarize(df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot"
             best=None if best_row is None else float(values[best_row.name]),
             best_trial=None if best_row is None else str(best_row["trial_id"]),
             best_config={} if best_row is None else {
-                k: best_row[k] for k in ("method", "epsilon", "weight", "layers", "lr")
+                k: best_row[k] for k in HYPERPARAMETERS
                 if k in best_row and not _missing(best_row[k])},
             reference=None if reference is None else float(reference),
             reference_pair=ref_pair if reference is not None else None,
@@ -180,7 +176,7 @@ def parameter_importances(df: pd.DataFrame, metric: str = "map",
                                       IntDistribution)
 
     ranked = df[df["status"].isin(RANKED_STATUSES)]
-    values = _values(ranked, metric)
+    values = metric_values(ranked, metric)
     rows = [(_json(c), v) for c, v in zip(ranked["config"], values) if not _missing(v)]
     if len(rows) < 3:
         return {}
@@ -266,7 +262,7 @@ def _plot_overview(rows: list[PairSummary], metric: str, path: Path) -> None:
 
 def _plot_params(df: pd.DataFrame, row: PairSummary, metric: str, path: Path) -> bool:
     ranked = df[df["status"].isin(RANKED_STATUSES)]
-    values = _values(ranked, metric)
+    values = metric_values(ranked, metric)
     if values.notna().sum() == 0:
         return False
     plt = _plt()
@@ -311,9 +307,7 @@ def _plot_importance(importances: dict[str, float], pair: str, n: int, path: Pat
 
 
 def _fmt(value: float | None, pct: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.0f}%" if pct else f"{value:.4f}"
+    return number(value, "{:.0%}" if pct else "{:.4f}", missing="n/a")
 
 
 def _table_rows(rows: list[PairSummary]) -> tuple[list[str], list[list[str]]]:
@@ -355,7 +349,7 @@ def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
     if all(r.best is None and r.baseline is None for r in rows):
         raise StorageError(f"metric {metric!r} was never recorded in "
                            f"{catalog.storage.where()}; recorded metrics: "
-                           f"{', '.join(_recorded_metrics(df))}")
+                           f"{', '.join(recorded_metrics(df))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _plot_overview(rows, metric, out / "overview.png")
@@ -405,9 +399,8 @@ def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
                     importances: dict[str, dict[str, float]], metric: str, baseline: str,
                     where: str) -> None:
     lines = ["# optical-ray gap report", "", *_intro(metric, baseline, where), "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    lines += ["", "![baseline vs best per pair](overview.png)", ""]
+             markdown_table(head, body), "",
+             "![baseline vs best per pair](overview.png)", ""]
     for r in rows:
         lines += [f"## {r.pair}", "", f"- baseline: {_fmt(r.baseline)} ({r.baseline_source})",
                   f"- best: {_fmt(r.best)} (trial {r.best_trial or 'n/a'}; checkpoint "
@@ -431,9 +424,7 @@ def _write_html(path: Path, head: list[str], body: list[list[str]],
         return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
     e = html.escape
-    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-             + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"
-                       for cells in body) + "</table>")
+    table = html_table(head, body)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>optical-ray gap "
              "report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"

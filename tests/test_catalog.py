@@ -148,7 +148,8 @@ def test_compact_merges_parts_and_keeps_every_record(catalog) -> None:
     Path(part).with_name("part-copy.parquet").write_bytes(Path(part).read_bytes())
     assert len(catalog.records(pair="en-sw")) == 12
     stats = catalog.compact()
-    assert stats == {"dirs": 1, "parts_before": 14, "parts_after": 2, "records": 12}
+    assert stats == {"dirs": 1, "parts_before": 14, "parts_after": 2, "records": 12,
+                     "quarantined": 0}
     assert len(catalog.parts("en-sw")) == 1
     df = catalog.records()
     assert len(df) == 13 and df.record_id.is_unique
@@ -289,6 +290,142 @@ def test_unreachable_store_query_fails_fast(monkeypatch) -> None:
     assert time.monotonic() - start < 10
     text = str(info.value)
     assert f"127.0.0.1:{port}" in text and "'results'" in text and "\n" not in text
+
+
+# --------------------------------------------------------------------------- unreadable parts
+
+
+def _bad_parts(directory: Path) -> dict[str, Path]:
+    """A corrupt, an empty and two foreign Parquet files named like parts in ``directory``
+    (issue 22: one of them used to hide every record of the store)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    bad = {name: directory / f"part-99999999T000000000000Z-{name}.parquet"
+           for name in ("corrupt", "empty", "foreign", "clash")}
+    good = next(directory.glob("part-*.parquet"), None)
+    head = good.read_bytes()[:200] if good else b"PAR1"
+    bad["corrupt"].write_bytes(head + b"\x00garbage" * 20)  # a torn part
+    bad["empty"].write_bytes(b"")
+    pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), bad["foreign"])
+    # the identity columns, but a value column that cannot be read as a number
+    ids = {"record_id": "clash", "experiment": "exp", "pair": directory.name, "trial_id": "t",
+           "status": "finished"}
+    pq.write_table(pa.table({k: [v] for k, v in ids.items()} | {"best_value": ["high"]}),
+                   bad["clash"])
+    return bad
+
+
+def _warned(caplog, path: Path) -> int:
+    return sum(str(path) in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING")
+
+
+def test_unreadable_parts_are_skipped_with_a_warning_and_quarantined(catalog, caplog) -> None:
+    for i in range(4):
+        catalog.append(record(i, "en-sw"))
+    catalog.append(record(0, "en-yo"))
+    store = Path(catalog.storage.path)
+    bad = _bad_parts(store / "catalog" / "exp" / "en-sw")
+    alone = store / "catalog" / "exp" / "en-zz" / "part-1-torn.parquet"  # a pair of its own
+    alone.parent.mkdir()
+    alone.write_bytes(bad["corrupt"].read_bytes())
+    caplog.set_level("WARNING", logger="optical_ray.catalog")
+    best = best_config("en-sw", storage=catalog.storage, top=10)
+    assert [b.trial_id for b in best] == [f"en-sw-{i:04d}" for i in (3, 2, 1, 0)]
+    for path in bad.values():
+        assert _warned(caplog, path) == 1, path  # named once, though the query reads twice
+    assert [r.pair for r in best_configs_all(storage=catalog.storage)] == ["en-sw", "en-yo"]
+    reader = Catalog(catalog.storage, spool_dir=catalog.spool_dir)
+    assert len(reader.records()) == 5
+    assert set(reader.skipped) == {str(p) for p in [*bad.values(), alone]}
+    assert "not a catalog part" in reader.skipped[str(bad["foreign"])]
+    originals = {p: p.read_bytes() for p in [*bad.values(), alone]}
+
+    stats = catalog.compact()
+    assert stats["quarantined"] == 5 and stats["records"] == 4
+    assert stats["parts_after"] == 2  # en-sw merged, en-yo as it was, en-zz emptied
+    for path, data in originals.items():
+        moved = store / "quarantine" / path.relative_to(store)
+        assert not path.exists() and moved.read_bytes() == data  # moved aside, never deleted
+    caplog.clear()
+    after = Catalog(catalog.storage, spool_dir=catalog.spool_dir)
+    assert sorted(after.records().trial_id) == sorted(
+        [f"en-sw-{i:04d}" for i in range(4)] + ["en-yo-0000"])
+    assert after.skipped == {} and not caplog.records
+
+
+def test_writer_compaction_quarantines_unreadable_parts(tmp_path) -> None:
+    catalog = Catalog(tmp_path / "store", spool_dir=tmp_path / "spool", auto_compact=4)
+    catalog.append(record(0))
+    bad = _bad_parts(tmp_path / "store" / "catalog" / "exp" / "en-sw")
+    for i in range(1, 4):
+        catalog.append(record(i))
+    assert not any(p.exists() for p in bad.values())
+    assert len(list((tmp_path / "store" / "quarantine").rglob("part-*.parquet"))) == 4
+    assert sorted(catalog.records().trial_id) == [f"en-sw-{i:04d}" for i in range(4)]
+
+
+def test_best_cli_exits_0_and_names_the_unreadable_parts(catalog) -> None:
+    import subprocess
+    import sys
+
+    for i in range(3):
+        catalog.append(record(i))
+    bad = _bad_parts(Path(catalog.storage.path) / "catalog" / "exp" / "en-sw")
+    proc = subprocess.run([sys.executable, "-m", "optical_ray.cli", "best", "--pair", "en-sw",
+                           "--storage", catalog.storage.path], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "en-sw-0002" in proc.stdout
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == len(bad) and "Traceback" not in proc.stderr
+    for path in bad.values():
+        assert sum(str(path) in line for line in warnings) == 1
+
+
+def test_a_part_that_vanished_is_told_apart_from_a_storage_error(catalog) -> None:
+    from optical_ray.catalog.parts import PartGone, read_parts
+
+    for i in range(3):
+        catalog.append(record(i))
+    infos = catalog.parts()
+    Path(infos[1].path).unlink()  # a concurrent compaction removed it after our listing
+    with pytest.raises(PartGone):
+        read_parts(catalog.storage, infos, ["record_id"], None)
+    assert len(catalog.records()) == 2  # the catalog lists again and reads what is there
+
+
+# --------------------------------------------------------------------------- package seams
+
+
+def test_public_names_and_report_uses_only_public_ones() -> None:
+    import ast
+
+    import optical_ray.catalog as catalog_pkg
+    import optical_ray.report
+
+    for name in catalog_pkg.__all__:
+        assert getattr(catalog_pkg, name) is not None
+    tree = ast.parse(Path(optical_ray.report.__file__).read_text())
+    imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("optical_ray.catalog") for a in node.names]
+    assert imported and not [n for n in imported if n.startswith("_")]
+
+
+def test_metric_values_and_rank_trials_on_records(catalog) -> None:
+    from optical_ray.catalog import metric_value, metric_values, rank_trials, recorded_metrics
+
+    assert metric_value({"en-sw/map": 0.3, "map": None}, "en-sw", "map") == 0.3
+    assert metric_value({"map": 0.4}, "en-sw", "ndcg@10") is None
+    for i, v in enumerate([0.2, 0.5, 0.5]):
+        catalog.append(record(i, value=v))
+    catalog.append(record(7, status="failed", value=0.9))
+    df = catalog.records(pair="en-sw")
+    assert list(metric_values(df, "ndcg@10").round(6)) == [0.8, 0.5, 0.5, 0.1]
+    top = rank_trials(df, "en-sw", "map", top=2)
+    assert list(top.trial_id) == ["en-sw-0001", "en-sw-0002"] and list(top.value) == [0.5, 0.5]
+    assert recorded_metrics(df) == ["map", "ndcg@10"]
+    with pytest.raises(StorageError, match="'p@5' was never recorded"):
+        rank_trials(df, "en-sw", "p@5")
 
 
 # --------------------------------------------------------------------------- secrets
@@ -432,3 +569,30 @@ def test_s3_secret_never_written(s3_storage_uri, s3_env, tmp_path) -> None:
     assert sum(k.endswith(".parquet") for k in keys) >= 1
     _assert_no_secret(blobs, SECRET)
     assert len(catalog.records()) == 4
+
+
+@pytest.mark.slow
+def test_s3_unreadable_parts_and_vanished_parts(s3_storage_uri, s3_env, tmp_path) -> None:
+    from optical_ray.catalog.parts import PartGone, read_parts
+
+    catalog = Catalog(s3_storage_uri, spool_dir=tmp_path / "spool", auto_compact=None)
+    for i in range(3):
+        catalog.append(record(i))
+    bad = _bad_parts(tmp_path / "bad" / "en-sw")
+    client = s3_env.client()
+    bucket, prefix = s3_storage_uri[len("s3://"):].split("/", 1)
+    for path in bad.values():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/catalog/exp/en-sw/{path.name}",
+                          Body=path.read_bytes())
+    assert best_config("en-sw", storage=s3_storage_uri)[0].trial_id == "en-sw-0002"
+    assert catalog.compact()["quarantined"] == len(bad)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys if "/quarantine/catalog/exp/en-sw/" in k) \
+        == sorted(p.name for p in bad.values())
+    assert sorted(catalog.records().trial_id) == [f"en-sw-{i:04d}" for i in range(3)]
+    catalog.append(record(3))
+    infos = catalog.parts()
+    catalog.storage.delete_files([infos[0].path])  # gone between listing and reading
+    with pytest.raises(PartGone):
+        read_parts(catalog.storage, infos, ["record_id"], None)
+

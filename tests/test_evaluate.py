@@ -1,5 +1,5 @@
 """Evaluation: pytrec_eval metrics against hand computations, streaming ranking,
-candidate reranking, TREC runs, paired tests and the gap report.
+candidate reranking, TREC runs (paired tests and the gap report: test_compare.py).
 
 The model is a bag-of-words fake with the RetrievalModel contract (``encode_texts``,
 ``score``, ``score_pairs``): one-hot token vectors weighted by powers of two, so every
@@ -8,7 +8,6 @@ score is exact in float32 and rankings can be compared with ``==``.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from types import SimpleNamespace
@@ -21,14 +20,11 @@ from optical_ray.data.collection import Collection, Corpus
 from optical_ray.data.formats import Doc
 from optical_ray.errors import ConfigError, DataError, TrainingError
 from optical_ray.evaluate import (
-    EvalResult,
     evaluate_collection,
     evaluate_pairs,
     evaluate_run,
     format_metrics_table,
-    gap_report,
     load_results,
-    paired_test,
     parse_metric,
     rank,
     read_trec_run,
@@ -275,88 +271,9 @@ def test_evaluate_pairs_defaults_and_outputs(tmp_path):
         evaluate_pairs(BagOfWords(), cfg, pairs=["english"], load_collection=load)
 
 
-# --------------------------------------------------------------------------- significance
+def test_comparisons_stay_importable_from_evaluate():
+    import optical_ray.compare as compare
+    import optical_ray.evaluate as evaluate
 
-
-def _per_query(values):
-    return {f"q{i}": {"map": float(v)} for i, v in enumerate(values)}
-
-
-def test_paired_test_identical_systems_give_p_one():
-    a = _per_query(random.Random(0).random() for _ in range(30))
-    for method in ("randomization", "ttest"):
-        assert paired_test(a, a, "map", method=method) == (0.0, 1.0)
-
-
-def test_paired_test_detects_a_better_system_in_both_methods():
-    rng = random.Random(1)
-    base = [rng.random() * 0.5 for _ in range(40)]
-    better = [b + 0.1 + rng.gauss(0, 0.05) for b in base]
-    d1, p1 = paired_test(_per_query(better), _per_query(base), "map", seed=3)
-    d2, p2 = paired_test(_per_query(better), _per_query(base), "map", method="ttest")
-    assert d1 == pytest.approx(d2) and d1 > 0.05
-    assert p1 < 0.01 and p2 < 0.01
-    assert paired_test(_per_query(base), _per_query(better), "map", seed=3)[0] < 0
-    assert paired_test(_per_query(better), _per_query(base), "map", seed=3) == (d1, p1)
-    # a weaker effect, on a sample too big to enumerate: seeds fix the Monte Carlo p
-    noisy = [b + rng.gauss(0.01, 0.1) for b in base]
-    args = (_per_query(noisy), _per_query(base), "map")
-    p_a = paired_test(*args, seed=7, n_resamples=2000)[1]
-    assert p_a == paired_test(*args, seed=7, n_resamples=2000)[1]
-    assert 0 < p_a <= 1
-
-
-def test_paired_test_exact_enumeration_and_common_queries():
-    a, b = _per_query([1, 1, 1, 1, 1]), _per_query([0, 0, 0, 0, 0])
-    # 2^5 sign patterns, only all-plus and all-minus reach |sum| = 5
-    assert paired_test(a, b, "map") == (1.0, 2 / 32)
-    b["extra"] = {"map": 0.3}  # only queries present in both count
-    assert paired_test(a, b, "map")[1] == 2 / 32
-    with pytest.raises(ConfigError, match="randomization"):
-        paired_test(a, b, "map", method="wilcoxon")
-    with pytest.raises(DataError, match="ndcg@10"):
-        paired_test(a, b, "ndcg@10")
-
-
-# --------------------------------------------------------------------------- gap report
-
-
-def _result(pair, values, metric="map"):
-    pq = _per_query(values)
-    return EvalResult(pair=pair, metrics={metric: sum(values) / len(values)}, per_query=pq,
-                      num_queries=len(values), num_docs=100)
-
-
-def test_gap_report_numbers_and_formats():
-    n = 20
-    rng = random.Random(0)
-    half = [rng.uniform(-0.05, 0.05) for _ in range(n // 2)]
-    noise = half + [-e for e in half]  # mean 0: the means are exactly 0.4 and 0.6
-    base_sw = [0.4 + e for e in noise]
-    sys_sw = [0.6 + e for e in noise]
-    results = {
-        "zero-shot": {"en-en": _result("en-en", [0.8] * n), "en-sw": _result("en-sw", base_sw)},
-        "ot eps=0.05": {"en-en": _result("en-en", [0.79] * n), "en-sw": _result("en-sw", sys_sw)},
-    }
-    report = gap_report(results, baseline="zero-shot")
-    assert report.reference_pair == "en-en"
-    row = next(r for r in report.rows if r.system == "ot eps=0.05" and r.pair == "en-sw")
-    assert row.reference == pytest.approx(0.8)
-    assert row.value == pytest.approx(0.6)
-    assert row.gap == pytest.approx(0.2)
-    assert row.delta == pytest.approx(0.2)
-    assert row.closed == pytest.approx(0.5)
-    assert row.p_value < 0.001 and row.p_holm >= row.p_value and row.n_queries == n
-    base_row = next(r for r in report.rows if r.system == "zero-shot" and r.pair == "en-sw")
-    assert base_row.gap == pytest.approx(0.4)
-    assert base_row.closed is None and base_row.p_value is None
-    md = report.to_markdown()
-    assert "en-en" in md and "en-sw" in md and "50.0%" in md and "| system |" in md
-    text = report.to_text()
-    assert "en-sw" in text and "50.0%" in text and "†" in text
-    rows = json.loads(json.dumps(report.to_rows()))
-    assert {r["pair"] for r in rows} == {"en-en", "en-sw"} and len(rows) == 4
-    with pytest.raises(ConfigError, match="baseline"):
-        gap_report(results, baseline="nope")
-    with pytest.raises(ConfigError, match="reference_pair"):
-        gap_report({"a": {"en-sw": _result("en-sw", base_sw)}}, baseline="a")
+    assert evaluate.paired_test is compare.paired_test
+    assert evaluate.gap_report is compare.gap_report

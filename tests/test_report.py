@@ -153,3 +153,14 @@ def test_report_from_s3(s3_storage_uri, tmp_path) -> None:
     md = build_report(s3_storage_uri, tmp_path / "out").read_text()
     assert s3_storage_uri in md and all(f"| {p} |" in md for p in PAIRS)
     _check_pngs(tmp_path / "out", ["overview.png", "params_en-sw.png"])
+
+
+def test_an_unreadable_part_hides_no_pair(catalog, caplog) -> None:
+    synthetic_catalog(catalog, trials=2)
+    torn = catalog.storage.path + "/catalog/sweep/en-sw/part-torn.parquet"
+    with open(torn, "wb") as f:
+        f.write(b"PAR1 not really")
+    caplog.set_level("WARNING", logger="optical_ray.catalog")
+    rows = {r.pair: r for r in summarize(Catalog(catalog.storage).records())}
+    assert sorted(rows) == sorted(PAIRS) and rows["en-sw"].best == pytest.approx(0.43)
+    assert any(torn in r.getMessage() for r in caplog.records)
