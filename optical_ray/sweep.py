@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from optical_ray.config import Config, from_flat, to_flat
+from optical_ray.config import MAIN_HYPERPARAMETERS, Config, from_flat, to_flat
 from optical_ray.errors import ConfigError
 from optical_ray.space import SearchSpace, load_space, trial_config
 
@@ -31,8 +31,7 @@ __all__ = ["PairPlan", "PairResult", "SweepResult", "plan_sweep", "resolve_trial
            "evaluations_per_trial"]
 
 #: Keys the sweep summary shows after the space's searched keys.
-SUMMARY_KEYS = ("distill.epsilon", "distill.weight", "distill.layers", "distill.lr",
-                "distill.rank_batch_size")
+SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 
 
 def experiment_name(name: str, pair: str) -> str:
@@ -237,7 +236,7 @@ class SweepResult:
             lines.append(f"  {pair}: {shown}; {r.trials} trials, {len(r.failed)} failed")
             if r.best_config:
                 keys = list(dict.fromkeys([*r.searched, *SUMMARY_KEYS]))
-                hp = {k: r.best_config.get(k) for k in keys}
+                hp = {k: r.best_config[k] for k in keys if r.best_config.get(k) is not None}
                 lines.append("    " + ", ".join(f"{k.split('.')[-1]}={_fmt(v)}"
                                                 for k, v in hp.items()))
             if r.best_checkpoint:
