@@ -383,7 +383,9 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
               samples: int | None = None, workers_per_trial: int | None = None,
               max_concurrent: int | None = None, scheduler: str | None = None,
               search: str | None = None, metric: str | None = None, name: str | None = None, resume: bool = False,
-              address: str | None = None, verbose: int = 1) -> SweepResult:
+              address: str | None = None, verbose: int = 1,
+              tracking: Sequence[str] | None = None,
+              optuna_storage: str | None = None) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
 
@@ -399,12 +401,17 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
     from optical_ray.data.sources import ensure_data_root
     from optical_ray.distributed import init_ray, prepare_config
     from optical_ray.storage import resolve_storage
+    from optical_ray.tracking import optuna_storage_url, prepare_study
+    from optical_ray.tracking_tune import tracking_callbacks
 
     sw = base.sweep
     over = {"sweep.samples": samples, "scaling.workers": workers_per_trial,
             "sweep.max_concurrent": max_concurrent, "sweep.scheduler": scheduler,
             "sweep.search": search,
-            "sweep.metric": metric, "name": name, "sweep.pairs": list(pairs)}
+            "sweep.metric": metric, "name": name, "sweep.pairs": list(pairs),
+            # tracking (optical_ray.tracking): views onto the catalog
+            "sweep.tracking": None if tracking is None else list(tracking),
+            "sweep.optuna_storage": optuna_storage}
     cfg = prepare_config(from_flat({k: v for k, v in over.items() if v is not None}, base))
     sw = cfg.sweep
     if not sw.pairs:
@@ -443,12 +450,16 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
         trainable = tune.with_resources(trainable, resources)
         callback = CatalogCallback(catalog, exp, pair, sw.metric, sw.mode, baseline,
                                    to_dict(cfg), space_raw)
+        # tracking: MLflow / TensorBoard / W&B callbacks on the Tuner (Train V2)
+        views = tracking_callbacks(sw.tracking, sweep=cfg.name, experiment=exp, pair=pair,
+                                   base=to_dict(cfg), space=space_raw, store=store,
+                                   space_file=space.source, output_dir=cfg.output_dir)
         if exists:
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
                                        resume_errored=False, storage_filesystem=fs)
             # The restored run config is the pickled one; give it a fresh callback
             # (this driver's catalog connection and baseline).
-            tuner._local_tuner.get_run_config().callbacks = [callback]
+            tuner._local_tuner.get_run_config().callbacks = [callback, *views]
         else:
             import optuna
 
@@ -458,9 +469,15 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
             sampler = optuna.samplers.RandomSampler(seed=sw.seed) if sw.search == "random" \
                 else optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
                                                 n_startup_trials=max(2, min(5, sw.samples // 3)))
+            # tracking: the pair's persistent Optuna study (<name>-<pair>), if any
+            study_url = optuna_storage_url(sw.optuna_storage, store)
+            study = {"storage": prepare_study(study_url, exp, resume=resume, metric=sw.metric,
+                                              mode=sw.mode), "study_name": exp} \
+                if study_url else {}
             searcher = ConcurrencyLimiter(
                 PruningAwareOptunaSearch(space=space.define_by_run(pair, depth),
-                                         metric=sw.metric, mode=sw.mode, sampler=sampler),
+                                         metric=sw.metric, mode=sw.mode, sampler=sampler,
+                                         **study),
                 max_concurrent=sw.max_concurrent)
             sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
                                   reduction_factor=sw.reduction_factor,
@@ -476,7 +493,7 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
                                             reuse_actors=sc.workers == 1),
                 run_config=tune.RunConfig(
                     name=exp, storage_path=store.ray_storage_path(), storage_filesystem=fs,
-                    callbacks=[callback], verbose=verbose,
+                    callbacks=[callback, *views], verbose=verbose,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=0)))
         with _credentials_stay_on_nodes():

@@ -22,6 +22,7 @@ TorchTrainer), and :class:`TrackedContext` from a single training run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
@@ -43,7 +44,7 @@ __all__ = ["TRACKERS", "TrackingTarget", "parse_tracking", "tracking_problems",
            "optuna_storage_problems", "study_name", "optuna_storage_url", "open_study_storage",
            "prepare_study", "study_importances", "mlflow_tracking_uri", "Tracker",
            "MlflowBackend", "TensorBoardBackend", "WandbBackend", "make_trackers",
-           "TrackedContext", "safe_params", "param_value", "metric_key", "step_metrics"]
+           "TrackedContext", "track_run", "safe_params", "param_value", "metric_key", "step_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ _NOT_METRICS = frozenset({
     "pid", "done", "step", "global_step", "epoch", FINISHED_KEY, "trial_id", "date", "hostname",
     "node_ip", "experiment_id", "checkpoint_dir_name", "should_checkpoint"})
 # Config keys (or their last part) that name a secret: never logged, whatever the value.
-_SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key|access[_-]?key|"
-                         r"credential|private[_-]?key|auth)")
+_SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|credential|api[_-]?key|access[_-]?key|"
+                         r"private[_-]?key|(^|[._-])(auth|token)s?$)")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -651,3 +652,28 @@ class TrackedContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def track_run(cfg: Any, ctx: Any, *, experiment: str = "optical-ray") -> Iterator[Any]:
+    """``ctx`` with its reports also sent to ``cfg.train.tracking`` (a single training
+    run: one MLflow run named ``cfg.name`` in experiment ``experiment``, a TensorBoard
+    directory ``<storage>/tensorboard/<experiment>/<name>``, a W&B run); ``ctx`` as it
+    is without tracking."""
+    if not cfg.train.tracking:
+        yield ctx
+        return
+    from optical_ray.config import to_flat
+    from optical_ray.storage import resolve_storage
+
+    store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    trackers = make_trackers(cfg.train.tracking, store=store, experiment=experiment, group=None,
+                             tags={"optical_ray.pair": cfg.pair}, output_dir=cfg.output_dir)
+    tracked = TrackedContext(ctx, trackers, cfg.name, safe_params(to_flat(cfg)),
+                             {"optical_ray.role": "run"})
+    status = "failed"
+    try:
+        yield tracked
+        status = "finished"
+    finally:
+        tracked.close(status, {"optical_ray.model_dir": str(Path(ctx.run_dir, "model"))})

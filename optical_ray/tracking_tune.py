@@ -88,7 +88,7 @@ def tracking_callbacks(targets: Sequence[str], *, sweep: str, experiment: str, p
     one pair's experiment, for the Tuner's ``RunConfig(callbacks=...)``."""
     tags = {"optical_ray.sweep": sweep, "optical_ray.pair": pair,
             "optical_ray.experiment": experiment}
-    if space_file:
+    if space_file and not space_file.startswith("<"):  # a file, not "<space>" (a dict)
         tags["optical_ray.space"] = space_file
     trackers = make_trackers(targets, store=store, experiment=sweep, group=experiment,
                              tags=tags, output_dir=output_dir)
