@@ -185,6 +185,7 @@ def _runs(uri: str, sweep: str):
     return client, parents, children
 
 
+@pytest.mark.slow
 def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:  # noqa: F811
     from optical_ray.tracking import safe_params
 
@@ -213,6 +214,7 @@ def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:  # noqa
         assert history[-1].value == pytest.approx(rec["last_value"])
 
 
+@pytest.mark.slow
 def test_the_persisted_optuna_study_matches_the_catalog(tracked) -> None:
     import optuna
 
@@ -236,6 +238,7 @@ def test_the_persisted_optuna_study_matches_the_catalog(tracked) -> None:
             assert trial.value == pytest.approx(rec["last_value"])
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_per_trial(tracked) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -251,6 +254,7 @@ def test_tensorboard_event_files_per_trial(tracked) -> None:
             records.loc[trial_id, "best_value"])
 
 
+@pytest.mark.slow
 def test_resume_reattaches_to_the_study_and_the_parent_run(tracked, sweep_root,
                                                           mlflow_server) -> None:  # noqa: F811
     import optuna
@@ -259,18 +263,22 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(tracked, sweep_root,
     from optical_ray.sweep import run_sweep
 
     _, storage = tracked
+    # Resuming a finished sweep: nothing runs again, and nothing is tracked twice.
     result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=["en-xc"],
-                       samples=4, name="trk", verbose=0, resume=True,
+                       samples=3, name="trk", verbose=0, resume=True,
                        tracking=[f"mlflow={mlflow_server.uri}"])
-    assert result.pairs["en-xc"].trials == 4
+    assert result.pairs["en-xc"].trials == 3
     study = optuna.load_study(study_name="trk-en-xc",
                               storage=f"sqlite:///{Path(storage, 'optuna.db')}")
-    assert len(study.trials) == 4
+    assert len(study.trials) == 3
+    assert all(t.state.is_finished() for t in study.trials)
     _, parents, children = _runs(mlflow_server.uri, "trk")
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 3
+    assert parents[0].info.status == "FINISHED"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
 
 
+@pytest.mark.slow
 def test_a_dead_tracking_server_costs_warnings_not_results(cluster, sweep_root, mlflow_server,  # noqa: F811
                                                            caplog) -> None:
     """Runs last: it kills the module's server once the first trial's run exists."""
@@ -307,6 +315,7 @@ def test_a_dead_tracking_server_costs_warnings_not_results(cluster, sweep_root, 
     records = _records(storage)
     assert len(records) == 3 and set(records["status"]) <= {"finished", "stopped"}
     assert records["checkpoint_uri"].notna().all() and records["best_value"].notna().all()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "optical_ray.tracking" and r.levelno == logging.WARNING]
     assert warnings and all(mlflow_server.uri in w for w in warnings)
     assert any("the sweep goes on" in w for w in warnings)
