@@ -90,7 +90,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     """CLI flags are shorthands for config keys; explicit key=value wins."""
     flags = {"scaling.workers": args.workers, "scaling.cpus_per_worker": args.cpus_per_worker,
              "scaling.gpus_per_worker": args.gpus_per_worker, "storage.uri": args.storage,
-             "name": args.name}
+             "name": args.name,
+             "train.tracking": f"[{','.join(args.tracking)}]" if args.tracking else None}
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
 
@@ -104,8 +105,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             not cfg.storage.uri.startswith("s3://"):
         from optical_ray.train import LocalContext, run
 
+        from optical_ray.tracking import track_run
+
         run_dir = Path(cfg.output_dir) / cfg.name
-        history = run(cfg, LocalContext(run_dir))
+        with track_run(cfg, LocalContext(run_dir)) as ctx:
+            history = run(cfg, ctx)
         final = history.evals[-1] if history.evals else {}
         print(f"done: model in {run_dir / 'model'}")
         if final:
@@ -166,7 +170,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                        max_concurrent=args.max_concurrent, scheduler=args.scheduler,
                        search=args.search, metric=args.metric, name=args.name, resume=args.resume,
                        address=args.address, verbose=args.verbose, pair_order=args.pair_order,
-                       max_failures=args.max_failures, trust_storage=args.trust_storage)
+                       max_failures=args.max_failures, trust_storage=args.trust_storage,
+                       tracking=args.tracking, optuna_storage=args.optuna_storage)
     print(result.summary())
     if result.exit_code:
         return result.exit_code
@@ -310,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Ray cluster: auto or HOST:PORT (default: local)")
     tr.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
     tr.add_argument("--name", default=None, help="run name (same name resumes)")
+    tr.add_argument("--tracking", type=_csv, default=None, metavar="LIST",
+                    help="mlflow[=URI], tensorboard, wandb (comma-separated; train.tracking)")
     tr.add_argument("overrides", nargs="*", metavar="key=value")
     tr.set_defaults(func=_cmd_train)
 
@@ -352,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="0: summary only; 1: a progress line per pair (default); "
                          "2: also Ray Tune's trial tables and every trial's output")
     sw.add_argument("--config", default=None, help="base config YAML (e.g. train.teacher)")
+    sw.add_argument("--tracking", type=_csv, default=None, metavar="LIST",
+                    help="mlflow[=URI], tensorboard, wandb (comma-separated; sweep.tracking)")
+    sw.add_argument("--optuna-storage", default=None, metavar="URL",
+                    help="Optuna studies: RDB URL or journal:PATH (default "
+                         "sqlite:///<storage>/optuna.db for local storage; 'memory')")
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")
     sw.set_defaults(func=_cmd_sweep)

@@ -218,6 +218,8 @@ class TrainConfig:
                        "without improvement (needs train.eval_every > 0); 0 = never")
     select_metric: str = _f("map", help="dev metric of `pair` for keep_best and patience; "
                             "one of eval.metrics")
+    tracking: list[str] = _f(factory=list, help="views of the run: mlflow (or mlflow=URI), "
+                             "tensorboard, wandb (offline unless WANDB_MODE says otherwise)")
 
 
 @dataclass
@@ -275,6 +277,12 @@ class SweepConfig:
     grace_period: int = _f(1, ge=1, help="ASHA: evaluations before a trial may be stopped")
     reduction_factor: float = _f(2.0, gt=1)
     seed: int = _f(0)
+    tracking: list[str] = _f(factory=list, help="views of the sweep as it runs: mlflow (or "
+                             "mlflow=URI; default MLFLOW_TRACKING_URI, else <storage>/mlflow.db),"
+                             " tensorboard (<storage>/tensorboard), wandb (offline)")
+    optuna_storage: str | None = _f(None, help="Optuna studies (<name>-<pair>): an RDB URL or "
+                                    "journal:PATH; default sqlite:///<storage>/optuna.db for "
+                                    "local storage, in memory for s3://; 'memory' = not kept")
 
 
 @dataclass
@@ -523,6 +531,12 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     if cfg.scaling.gpus_per_worker > 0 and cfg.train.device == "cpu":
         problems.append("train.device: got 'cpu' with scaling.gpus_per_worker > 0; "
                         "use 'auto' or 'cuda'")
+    # Tracking targets and study storage: rules live beside the code that uses them.
+    from optical_ray.tracking import optuna_storage_problems, tracking_problems
+
+    problems += tracking_problems("train.tracking", cfg.train.tracking)
+    problems += tracking_problems("sweep.tracking", cfg.sweep.tracking)
+    problems += optuna_storage_problems(cfg.sweep.optuna_storage)
     uri = cfg.storage.uri
     if "://" in uri and not uri.startswith(("s3://", "file://")):
         problems.append(f"storage.uri: got {uri!r}, expected a local path, file://... "

@@ -36,7 +36,8 @@ from ray.tune.search.optuna import OptunaSearch
 from optical_ray.config import Config, from_flat, to_flat
 from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
-from optical_ray.sweep import (PairPlan, PairResult, error_reason, resolve_trial_config)
+from optical_ray.sweep import (CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PairPlan,
+                               PairResult, error_reason, resolve_trial_config)
 from optical_ray.train import TrainContext
 from optical_ray.train import run as run_training
 from optical_ray.trust import (StateManifest, StateSigner, UntrustedStateError,
@@ -46,12 +47,6 @@ __all__ = ["fit_pair", "TuneContext", "PruningAwareOptunaSearch", "SharedLimiter
            "CatalogCallback", "ProgressCallback", "fill_metric", "FINISHED_KEY", "CONFIG_KEY",
            "NAMESPACE"]
 
-FINISHED_KEY = "trial_finished"
-#: The trial's resolved flat config (JSON), in its first report and its last.
-CONFIG_KEY = "resolved_config"
-# Where a multi-worker trial's checkpoints are (its own Train run, not Tune's trial
-# checkpoints): a filesystem path in storage, as Ray's TuneReportCallback reports it.
-CHECKPOINT_PATH_KEY = "checkpoint_path"
 # Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
 REPORT_ATTEMPTS = 9
 DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
@@ -289,15 +284,26 @@ class SharedLimiter(Searcher):
 def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
     import optuna
 
+    from optical_ray.storage import resolve_storage
+    from optical_ray.tracking import optuna_storage_url, prepare_study
+
     sw = plan.base.sweep
     # Multivariate TPE models the parameters jointly (epsilon and learning rate
     # interact); Optuna recommends it over independent TPE.
     sampler = optuna.samplers.RandomSampler(seed=sw.seed) if sw.search == "random" \
         else optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
                                         n_startup_trials=max(2, min(5, sw.samples // 3)))
+    # The pair's study persists (sweep.optuna_storage, by default SQLite beside local
+    # storage) as <sweep>-<pair>, so optuna-dashboard shows every pair as it runs.
+    store = resolve_storage(plan.base.storage.uri, plan.base.storage.endpoint,
+                            plan.base.storage.region)
+    url = optuna_storage_url(sw.optuna_storage, store)
+    study = {"storage": prepare_study(url, plan.experiment, resume=plan.resume,
+                                      metric=sw.metric, mode=sw.mode),
+             "study_name": plan.experiment} if url else {}
     searcher: Searcher = PruningAwareOptunaSearch(
         space=plan.space.define_by_run(plan.pair, plan.depth), metric=sw.metric,
-        mode=sw.mode, sampler=sampler)
+        mode=sw.mode, sampler=sampler, **study)
     if sw.max_concurrent_per_pair:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
     return SharedLimiter(searcher, coordinator, plan.pair)
@@ -359,7 +365,7 @@ class CatalogCallback(Callback):
             experiment=self.plan.experiment, pair=self.plan.pair, trial_id=trial.trial_id,
             status=status, config=self.config_of(trial), best_metrics=best, last_metrics=last,
             metric=sw.metric, mode=sw.mode, error=error, baseline_metrics=self.baseline,
-            checkpoint_uri=_checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
+            checkpoint_uri=checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
             started_at=self.started.get(trial.trial_id), finished_at=time.time(),
             training_s=result.get("train_s"), iterations=result.get("training_iteration"),
             record_id=f"{self.plan.experiment}--{trial.trial_id}"))
@@ -427,7 +433,7 @@ def _is_metric(key: str) -> bool:
     return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key
 
 
-def _checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
+def checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
     """The URI of a trial's latest checkpoint: Tune's (single-worker trials) or its
     Train run's (multi-worker trials report it as ``checkpoint_path``)."""
     if ckpt is not None:
@@ -577,8 +583,11 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
             manifest = verify_state(store, rel, key)  # checked by the driver (or overridden)
     baseline = _baseline(plan)
     signer = StateSigner(store, rel, manifest, key)
+    from optical_ray.tracking_tune import tracking_callbacks
+
+    views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
     callbacks = [CatalogCallback(catalog, plan, baseline), ProgressCallback(plan, coordinator),
-                 signer]
+                 signer, *views]
     tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn)
     if not plan.resume:
         sign_tuner_file(store, rel, manifest)
@@ -621,7 +630,7 @@ def _pair_result(grid: Any, plan: PairPlan, baseline: dict[str, float] | None,
                                                            Path(best.path).name))
             except OpticalRayError:
                 best_config = dict(best.config)
-        best_ckpt = _checkpoint_uri(best.checkpoint, best.metrics or {}, store)
+        best_ckpt = checkpoint_uri(best.checkpoint, best.metrics or {}, store)
     return PairResult(plan.pair, plan.experiment, plan.path, best_config, best_metrics,
                       best_ckpt, baseline, len(grid), failed, searched=plan.searched,
                       stopped=stopped)

@@ -20,8 +20,10 @@ embedded), ``report.json`` (the numbers), ``overview.png`` (baseline / best / re
 per pair), ``params_<pair>.png`` (metric against epsilon, log x, and against the
 distillation weight) and ``importance_<pair>.png``: parameter importances by Optuna's
 PED-ANOVA evaluator (``optuna.importance.PedAnovaImportanceEvaluator``, no fANOVA forest)
-on a study rebuilt from the catalog with ``optuna.create_study`` + ``add_trial``, over
-the config keys that vary between the pair's trials.
+on the sweep's persisted Optuna study when the pair's trials come from one sweep that
+kept one (:func:`optical_ray.tracking.study_importances`), else on a study rebuilt from
+the catalog with ``optuna.create_study`` + ``add_trial``, over the config keys that
+vary between the pair's trials.
 """
 
 from __future__ import annotations
@@ -363,7 +365,15 @@ def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
         if _plot_params(group, r, metric, out / name):
             figs.append((name, f"{r.pair}: {metric} vs epsilon and weight"))
         try:
-            imp = parameter_importances(group, metric, mode)
+            # The sweep's own persisted Optuna study when the pair has one (its real
+            # search space, pruned trials included); else a study rebuilt from the catalog.
+            from optical_ray.tracking import study_importances
+
+            exps = group["experiment"].dropna().unique()
+            imp = study_importances(catalog.storage, str(exps[0]), metric) \
+                if len(exps) == 1 else None
+            if imp is None:
+                imp = parameter_importances(group, metric, mode)
         except Exception as exc:  # importances are a nicety; never lose the report
             log.warning("report: no parameter importances for %s: %s", r.pair, exc)
             imp = {}

@@ -30,6 +30,12 @@ __all__ = ["PairPlan", "PairResult", "SweepResult", "plan_sweep", "resolve_trial
            "run_sweep", "experiment_name", "error_reason", "asha_max_t",
            "evaluations_per_trial"]
 
+#: Result keys of the trial protocol (the Tune side writes them, views read them): the
+#: end-of-trial report, the trial's resolved flat config (JSON, in its first report and
+#: its last), and a multi-worker trial's Train checkpoint path.
+FINISHED_KEY = "trial_finished"
+CONFIG_KEY = "resolved_config"
+CHECKPOINT_PATH_KEY = "checkpoint_path"
 #: Keys the sweep summary shows after the space's searched keys.
 SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 
@@ -146,11 +152,12 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
     """``base`` with the sweep arguments that were given (not None) applied.
 
     ``over`` keys: samples, workers_per_trial, max_concurrent, scheduler, search, metric,
-    name, pair_order, max_failures."""
+    name, pair_order, max_failures, tracking, optuna_storage."""
     keys = {"samples": "sweep.samples", "workers_per_trial": "scaling.workers",
             "max_concurrent": "sweep.max_concurrent", "scheduler": "sweep.scheduler",
             "search": "sweep.search", "metric": "sweep.metric", "name": "name",
-            "pair_order": "sweep.pair_order", "max_failures": "sweep.max_failures"}
+            "pair_order": "sweep.pair_order", "max_failures": "sweep.max_failures",
+            "tracking": "sweep.tracking", "optuna_storage": "sweep.optuna_storage"}
     unknown = set(over) - set(keys)
     if unknown:
         raise TypeError(f"unknown sweep arguments: {sorted(unknown)}")
@@ -272,7 +279,8 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
               search: str | None = None, metric: str | None = None, name: str | None = None,
               resume: bool = False, address: str | None = None, verbose: int = 1,
               pair_order: str | None = None, max_failures: int | None = None,
-              trust_storage: bool = False) -> SweepResult:
+              trust_storage: bool = False, tracking: Sequence[str] | None = None,
+              optuna_storage: str | None = None) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
 
@@ -282,14 +290,17 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
     unfinished ones continue from their checkpoints, and the searcher keeps its history;
     Tune's saved state is checked against this installation's signed manifest first
     (``trust_storage=True`` skips that check). Without it, an existing experiment is an
-    error, raised before any trial starts.
+    error, raised before any trial starts. ``tracking`` (``mlflow[=URI]``, ``tensorboard``,
+    ``wandb``) and ``optuna_storage`` are views onto the catalog (:mod:`optical_ray.tracking`).
     """
     from optical_ray import launch
 
     cfg = sweep_config(base, pairs=pairs, samples=samples,
                        workers_per_trial=workers_per_trial, max_concurrent=max_concurrent,
                        scheduler=scheduler, search=search, metric=metric, name=name,
-                       pair_order=pair_order, max_failures=max_failures)
+                       pair_order=pair_order, max_failures=max_failures,
+                       tracking=None if tracking is None else list(tracking),
+                       optuna_storage=optuna_storage)
     if not isinstance(space, SearchSpace):
         space = load_space(space)
     return launch.run(cfg, space, resume=resume, address=address, verbose=verbose,

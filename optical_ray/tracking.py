@@ -1,0 +1,664 @@
+"""Views onto the catalog: persistent Optuna studies, MLflow runs, TensorBoard events and
+W&B runs, written as a sweep goes.
+
+The catalog stays the source of truth. Everything here is a *view* that can fail on its
+own: a tracking server that is down costs warnings naming it, never a trial or a record.
+Tracking calls run on one background thread per backend, so a slow or dead server never
+holds up Ray Tune's event loop either.
+
+* Optuna: each pair's study is ``<sweep name>-<pair>`` in ``sweep.optuna_storage`` (by
+  default ``sqlite:///<storage>/optuna.db`` for local storage), handed to Ray's
+  ``OptunaSearch(storage=..., study_name=...)``; ``optuna-dashboard <url>`` shows every
+  pair of a sweep side by side, and :func:`study_importances` reads importances back.
+* MLflow: a parent run per pair, a nested child run per trial (flat config as params,
+  every dev evaluation as step metrics, catalog record id and checkpoint URI as tags).
+* TensorBoard: one event file directory per trial under ``<storage>/tensorboard``.
+* W&B: one run per trial, grouped by pair (offline unless the user has a key).
+
+This module needs no Ray: :mod:`optical_ray.tracking_tune` drives these trackers from
+Ray Tune callbacks (on Train V2 they go on the Tuner's ``RunConfig``, not the
+TorchTrainer), and :class:`TrackedContext` from a single training run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from optical_ray.errors import ConfigError
+from optical_ray.storage import redact
+from optical_ray.sweep import FINISHED_KEY
+
+__all__ = ["TRACKERS", "TrackingTarget", "parse_tracking", "tracking_problems",
+           "optuna_storage_problems", "study_name", "optuna_storage_url", "open_study_storage",
+           "prepare_study", "study_importances", "mlflow_tracking_uri", "Tracker",
+           "MlflowBackend", "TensorBoardBackend", "WandbBackend", "make_trackers",
+           "TrackedContext", "track_run", "safe_params", "param_value", "metric_key", "step_metrics"]
+
+log = logging.getLogger(__name__)
+
+TRACKERS = ("mlflow", "tensorboard", "wandb")
+#: After a failed call, a backend drops calls for this long before it tries the server again.
+RETRY_AFTER_S = 20.0
+#: How long the end of an experiment waits for a backend's queued calls.
+CLOSE_TIMEOUT_S = 60.0
+# Result keys that are Ray Tune's bookkeeping or our step counters, not measurements.
+_NOT_METRICS = frozenset({
+    "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
+    "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore",
+    "pid", "done", "step", "global_step", "epoch", FINISHED_KEY, "trial_id", "date", "hostname",
+    "node_ip", "experiment_id", "checkpoint_dir_name", "should_checkpoint"})
+# Config keys (or their last part) that name a secret: never logged, whatever the value.
+_SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|credential|api[_-]?key|access[_-]?key|"
+                         r"private[_-]?key|(^|[._-])(auth|token)s?$)")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """One ``--tracking`` item: ``mlflow``, ``mlflow=URI``, ``tensorboard`` or ``wandb``."""
+
+    kind: str
+    uri: str | None = None
+
+
+def tracking_problems(key: str, items: Sequence[str]) -> list[str]:
+    """Every problem of a ``tracking`` list, one line each (for config validation)."""
+    problems = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        kind, sep, uri = str(item).partition("=")
+        where = f"{key}[{i}]"
+        if kind not in TRACKERS:
+            problems.append(f"{where}: got {item!r}, expected one of {', '.join(TRACKERS)} "
+                            "(mlflow=URI names the tracking server)")
+        elif sep and kind != "mlflow":
+            problems.append(f"{where}: got {item!r}, only mlflow takes a URI (mlflow=URI)")
+        elif sep and not uri.strip():
+            problems.append(f"{where}: got {item!r}, expected mlflow=URI such as "
+                            "mlflow=http://127.0.0.1:5000")
+        elif sep and _has_password(uri):
+            problems.append(f"{where}: got {redact(item)!r}: a password in the tracking URI "
+                            "would be logged; give it in MLFLOW_TRACKING_PASSWORD instead")
+        elif kind in seen:
+            problems.append(f"{where}: got {item!r}, {kind} is already listed")
+        seen.add(kind)
+    return problems
+
+
+def parse_tracking(items: Sequence[str]) -> list[TrackingTarget]:
+    """``["mlflow=http://...", "tensorboard"]`` as targets; :class:`ConfigError` lists
+    every bad item."""
+    problems = tracking_problems("tracking", items)
+    if problems:
+        raise ConfigError(problems)
+    out = []
+    for item in items:
+        kind, sep, uri = str(item).partition("=")
+        out.append(TrackingTarget(kind, uri.strip() if sep else None))
+    return out
+
+
+def _has_password(uri: str) -> bool:
+    return redact(uri) != uri
+
+
+# --------------------------------------------------------------------------- Optuna
+
+
+def study_name(sweep_name: str, pair: str) -> str:
+    """The Optuna study of ``pair`` in sweep ``sweep_name`` (same as its Tune experiment)."""
+    return f"{sweep_name}-{pair}"
+
+
+def optuna_storage_problems(value: str | None) -> list[str]:
+    """Problems of ``sweep.optuna_storage`` (None/'' = default, 'memory', an RDB URL, or
+    ``journal:PATH``)."""
+    if value in (None, "", "memory"):
+        return []
+    allowed = ("expected 'memory', an RDB URL (sqlite:///path.db, postgresql://host/db, "
+               "mysql://host/db) or journal:PATH (Optuna's journal file on a shared file "
+               "system)")
+    if value.startswith("journal:"):
+        return [] if value[len("journal:"):].strip() else \
+            [f"sweep.optuna_storage: got {value!r}, {allowed}"]
+    scheme = value.partition("://")[0]
+    if "://" not in value or not re.match(r"^[a-z][a-z0-9]*(\+[a-z0-9_]+)?$", scheme):
+        return [f"sweep.optuna_storage: got {value!r}, {allowed}"]
+    if _has_password(value):
+        return [f"sweep.optuna_storage: got {redact(value)!r}: a password in the URL would "
+                "be saved with the sweep; give it in the environment (PGPASSWORD, MYSQL_PWD) "
+                "or the database's own config file"]
+    return []
+
+
+def optuna_storage_url(value: str | None, store: Any) -> str | None:
+    """The study storage of a sweep: ``value`` as given; by default a SQLite file in a
+    local ``store`` (``sqlite:///<storage>/optuna.db``), and in-memory (None) for object
+    storage, where SQLite cannot live, or for ``'memory'``."""
+    if value == "memory":
+        return None
+    if value:
+        if value.startswith("journal:"):
+            return "journal:" + str(Path(value[len("journal:"):].strip()).expanduser().absolute())
+        return value
+    if getattr(store, "scheme", "local") != "local":
+        log.info("sweep.optuna_storage is not set and storage %s is not local: the Optuna "
+                 "studies stay in memory (set sweep.optuna_storage to an RDB URL to keep "
+                 "them)", store.uri)
+        return None
+    return f"sqlite:///{Path(store.path, 'optuna.db')}"
+
+
+def open_study_storage(url: str) -> Any:
+    """An Optuna storage object for ``url`` (Ray's OptunaSearch takes objects, not URLs)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        Path(url.partition(":///")[2]).parent.mkdir(parents=True, exist_ok=True)
+        # Pairs of a sweep write one file at once: wait for the lock instead of failing.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def prepare_study(url: str, name: str, *, resume: bool, metric: str, mode: str) -> Any:
+    """The storage object for study ``name``, checked: a study of that name that exists
+    without ``resume`` is refused (its trials would steer a new search), and the study
+    records its metric (so the report knows what its values are)."""
+    import optuna
+
+    storage = open_study_storage(url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if name in names and not resume:
+        raise ConfigError(
+            f"Optuna study {name!r} already exists in {redact(url)}; pass --resume to "
+            f"continue it, another --name, or delete it: optuna delete-study --study-name "
+            f"{name} --storage {redact(url)}")
+    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                direction="maximize" if mode == "max" else "minimize")
+    study.set_user_attr("metric", metric)
+    return storage
+
+
+def study_importances(store: Any, experiment: str, metric: str, *,
+                      url: str | None = None) -> dict[str, float] | None:
+    """Parameter importances (Optuna's PED-ANOVA) of the persisted study ``experiment``,
+    or None when there is no such study, it optimised another metric, or it has fewer
+    than 3 complete trials (the caller then rebuilds a study from the catalog)."""
+    import warnings
+
+    import optuna
+
+    url = url or optuna_storage_url(None, store)
+    if not url or (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()):
+        return None
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = open_study_storage(url)
+        if experiment not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+            return None
+        study = optuna.load_study(study_name=experiment, storage=storage)
+        if study.user_attrs.get("metric", metric) != metric:
+            return None
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(complete) < 3:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ExperimentalWarning
+            result = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return {k: float(v) for k, v in result.items()}
+
+
+# --------------------------------------------------------------------------- values
+
+
+def param_value(value: Any) -> str:
+    """A config value as a tracking param: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def safe_params(flat: Mapping[str, Any]) -> dict[str, str]:
+    """The flat config as params, without secrets: keys that name one are dropped, and
+    values that carry one (``scheme://user:pw@``, AWS keys from the environment) masked."""
+    return {k: redact(param_value(v)) for k, v in flat.items() if not _SECRET_KEY.search(k)}
+
+
+_MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_key(key: str) -> str:
+    """A metric name MLflow accepts: ``en-sw/mrr@10`` -> ``en-sw/mrr_at_10``."""
+    return _MLFLOW_BAD.sub("_", key.replace("@", "_at_"))
+
+
+def step_metrics(result: Mapping[str, Any]) -> tuple[dict[str, float], int]:
+    """The measurements of one Tune result and its step (the training step when the
+    trial reports it, else Tune's iteration)."""
+    metrics = {k: float(v) for k, v in result.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k not in _NOT_METRICS and not k.startswith(("config/", "time_"))}
+    step = result.get("global_step", result.get("training_iteration", 0))
+    return metrics, int(step) if isinstance(step, (int, float)) else 0
+
+
+def git_commit() -> str | None:
+    """The commit of the optical-ray checkout this runs from, if it is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+# --------------------------------------------------------------------------- sending
+
+
+class _Sender:
+    """Runs one backend's calls in order on a background thread. A failed call becomes
+    one warning naming the server; calls in the next :data:`RETRY_AFTER_S` seconds are
+    dropped (counted), then the server is tried again."""
+
+    def __init__(self, backend: str, where: str) -> None:
+        self.backend, self.where = backend, where
+        self.dropped = self.failed = 0
+        self._queue: queue.Queue[tuple[Callable[[], Any], str] | None] = queue.Queue()
+        self._down_until = 0.0
+        self._thread = threading.Thread(target=self._loop, name=f"optical-ray-{backend}",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any], what: str) -> None:
+        self._queue.put((fn, what))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, what = item
+            if time.monotonic() < self._down_until:
+                self.dropped += 1
+                continue
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - a view must never fail the sweep
+                self.failed += 1
+                self._down_until = time.monotonic() + RETRY_AFTER_S
+                reason = redact(" ".join(str(exc).split()))[:300]
+                log.warning("%s tracking at %s failed (%s): %s; the sweep goes on and the "
+                            "catalog keeps every result; calls in the next %.0f s are "
+                            "skipped", self.backend, self.where, what,
+                            reason or type(exc).__name__, RETRY_AFTER_S)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s tracking at %s: gave up waiting %.0f s for queued calls",
+                        self.backend, self.where, timeout)
+        elif self.failed or self.dropped:
+            log.warning("%s tracking at %s: %d call(s) failed and %d were skipped while it "
+                        "was unreachable; the catalog has every result", self.backend,
+                        self.where, self.failed, self.dropped)
+
+
+def mlflow_tracking_uri(uri: str | None, store: Any, output_dir: str | None = None) -> str:
+    """Where MLflow runs go: ``uri`` (``--tracking mlflow=URI``), else
+    ``MLFLOW_TRACKING_URI``, else a SQLite store beside the results (local storage) or in
+    ``output_dir`` (object storage, where SQLite cannot live)."""
+    if uri:
+        return uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = store.path if getattr(store, "scheme", "local") == "local" else \
+        str(Path(output_dir or "optical_runs").absolute())
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(root, 'mlflow.db')}"
+
+
+def _quiet_mlflow_retries() -> None:
+    """MLflow retries a request 7 times with growing back-off (minutes per call against
+    a dead server); a view gives up sooner. The user's own settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class MlflowBackend:
+    """MLflow through ``MlflowClient`` (explicit run ids: no global active run). With a
+    ``parent`` name, runs are nested children of that run (a pair of a sweep), found
+    again on resume by their tags; without, each run stands alone (a training run)."""
+
+    name = "mlflow"
+
+    def __init__(self, tracking_uri: str, experiment: str, parent: str | None,
+                 tags: Mapping[str, str]) -> None:
+        self.tracking_uri, self.experiment, self.parent_name = tracking_uri, experiment, parent
+        self.tags = dict(tags)
+        self._client: Any = None
+        self._exp_id: str | None = None
+        self._parent: str | None = None
+
+    def where(self) -> str:
+        return redact(self.tracking_uri)
+
+    def _find(self, query: str) -> str | None:
+        found = self._client.search_runs([self._exp_id], filter_string=query, max_results=1)
+        return found[0].info.run_id if found else None
+
+    def begin(self) -> None:
+        if self._client is not None and (self._parent or not self.parent_name):
+            return
+        from mlflow import MlflowClient
+
+        _quiet_mlflow_retries()
+        self._client = client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        self._exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+        if not self.parent_name:
+            return
+        self._parent = self._find(f"tags.`optical_ray.run` = '{self.parent_name}' and "
+                                  "tags.`optical_ray.role` = 'pair'")
+        if self._parent:  # a resumed sweep: the pair's run goes on
+            client.update_run(self._parent, status="RUNNING")
+        else:
+            self._parent = client.create_run(self._exp_id, run_name=self.parent_name, tags={
+                **self.tags, "optical_ray.run": self.parent_name,
+                "optical_ray.role": "pair"}).info.run_id
+
+    def open(self, key: str, params: dict[str, str], tags: dict[str, str]) -> Any:
+        from mlflow.entities import Param
+
+        self.begin()
+        client = self._client
+        role = "trial" if self.parent_name else "run"
+        nest = {"mlflow.parentRunId": self._parent} if self._parent else {}
+        query = f"tags.`optical_ray.run` = '{key}' and tags.`optical_ray.role` = '{role}'"
+        run_id = self._find(query + (f" and tags.`mlflow.parentRunId` = '{self._parent}'"
+                                     if self._parent else ""))
+        if run_id:  # resumed: its run goes on (params are already there)
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        run_id = client.create_run(self._exp_id, run_name=key, tags={
+            **self.tags, **tags, **nest, "optical_ray.run": key,
+            "optical_ray.role": role}).info.run_id
+        items = [Param(k[:250], v[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            client.log_batch(run_id, params=items[i:i + 100])
+        return run_id
+
+    def log(self, run: Any, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(run, metrics=[Metric(metric_key(k), v, now, step)
+                                             for k, v in metrics.items()])
+
+    def close(self, run: Any, status: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(run, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._client.set_terminated(run, status="FAILED" if status == "failed" else "FINISHED")
+
+    def end(self) -> None:
+        if self._parent is not None:
+            self._client.set_terminated(self._parent, status="FINISHED")
+
+
+class TensorBoardBackend:
+    """TensorBoard (tensorboardX): one event directory per run, ``<storage>/<rel>/<run>``,
+    written locally and copied to object storage when the run ends, so that
+    ``tensorboard --logdir <storage>/tensorboard`` shows every run."""
+
+    name = "tensorboard"
+
+    def __init__(self, store: Any, rel: str, tags: Mapping[str, str]) -> None:
+        self.store, self.rel, self.tags = store, rel.strip("/"), dict(tags)
+
+    def where(self) -> str:
+        return self.store.uri_of(self.rel)
+
+    def begin(self) -> None:
+        pass
+
+    def open(self, key: str, params: dict[str, str], tags: dict[str, str]) -> Any:
+        from tensorboardX import SummaryWriter
+
+        rel = f"{self.rel}/{key}"
+        staging = None if self.store.scheme == "local" else \
+            Path(tempfile.mkdtemp(prefix="optical-ray-tb-"))
+        local = Path(self.store.path, rel) if staging is None else staging / key
+        writer = SummaryWriter(logdir=str(local))
+        writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(params.items())))
+        writer.add_text("tags", "\n".join(f"    {k} = {v}" for k, v in
+                                          sorted({**self.tags, **tags}.items())))
+        return writer, rel, local, staging
+
+    def log(self, run: Any, metrics: dict[str, float], step: int) -> None:
+        writer = run[0]
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+
+    def close(self, run: Any, status: str, tags: dict[str, str]) -> None:
+        writer, rel, local, staging = run
+        writer.add_text("end", "\n".join([f"    status = {status}",
+                                          *(f"    {k} = {v}" for k, v in tags.items())]))
+        writer.close()
+        if staging is not None:
+            for path in local.rglob("*"):
+                if path.is_file():
+                    self.store.write_bytes(f"{rel}/{path.relative_to(local)}", path.read_bytes())
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def end(self) -> None:
+        pass
+
+
+class WandbBackend:
+    """Weights & Biases: one run per trial in project ``project``, grouped by ``group``.
+    Offline (files under ``dir``; ``wandb sync`` uploads them later) unless
+    ``WANDB_MODE`` says otherwise; online mode needs the user's own key (``WANDB_API_KEY``
+    or ``wandb login``)."""
+
+    name = "wandb"
+
+    def __init__(self, project: str, group: str | None, dir: str,
+                 tags: Mapping[str, str]) -> None:
+        self.project, self.group, self.dir, self.tags = project, group, dir, dict(tags)
+
+    def where(self) -> str:
+        mode = os.environ.get("WANDB_MODE", "offline")
+        return self.dir if mode in ("offline", "disabled") else \
+            os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+    def begin(self) -> None:
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+
+    def open(self, key: str, params: dict[str, str], tags: dict[str, str]) -> Any:
+        import wandb
+
+        run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.group or self.project}-{key}")
+        run = wandb.init(project=self.project, group=self.group, name=key, id=run_id,
+                         dir=self.dir, config=params, resume="allow", reinit="create_new",
+                         mode=os.environ.get("WANDB_MODE", "offline"),
+                         tags=sorted({self.tags.get("optical_ray.pair", ""), self.project} - {""}),
+                         settings=wandb.Settings(silent=True, console="off",
+                                                 x_disable_stats=True))
+        run.summary.update({**self.tags, **tags})
+        return run
+
+    def log(self, run: Any, metrics: dict[str, float], step: int) -> None:
+        run.log({**metrics, "global_step": step})
+
+    def close(self, run: Any, status: str, tags: dict[str, str]) -> None:
+        run.summary.update({**tags, "optical_ray.status": status})
+        run.finish(exit_code=1 if status == "failed" else 0)
+
+    def end(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- trackers
+
+
+class Tracker:
+    """One backend driven off the caller's thread: ``start`` / ``log`` / ``finish`` a run
+    per key (a trial, or a training run), ``close`` at the end. Never raises."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self._sender: _Sender | None = None
+        self._runs: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def _submit(self, fn: Callable[[], Any], what: str) -> None:
+        if self._sender is None:
+            self._sender = _Sender(self.backend.name, self.backend.where())
+            self._sender.submit(self.backend.begin, "starting")
+        self._sender.submit(fn, what)
+
+    def begin(self) -> None:
+        """Connect now (a parent run, the experiment), not at the first run."""
+        self._submit(lambda: None, "starting")
+
+    def start(self, key: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        self._submit(lambda: self._runs.__setitem__(key, self.backend.open(key, params, tags)),
+                     f"opening run {key}")
+
+    def log(self, key: str, metrics: dict[str, float], step: int) -> None:
+        if metrics:
+            self._submit(lambda: self._with_run(key, lambda run: self.backend.log(
+                run, metrics, step)), f"logging metrics of run {key}")
+
+    def finish(self, key: str, status: str, tags: dict[str, str]) -> None:
+        def close(run: Any) -> None:
+            try:
+                self.backend.close(run, status, tags)
+            finally:
+                self._runs.pop(key, None)
+
+        self._submit(lambda: self._with_run(key, close), f"closing run {key}")
+
+    def _with_run(self, key: str, fn: Callable[[Any], Any]) -> None:
+        run = self._runs.get(key)
+        if run is None:
+            if self._sender is not None:
+                self._sender.dropped += 1  # its run never opened (the server was down)
+            return
+        fn(run)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """End the experiment and wait (at most ``timeout``) for queued calls."""
+        if self._sender is not None:
+            self._sender.submit(self.backend.end, "ending")
+            self._sender.close(timeout)
+            self._sender = None
+
+
+def make_trackers(targets: Sequence[str], *, store: Any, experiment: str, group: str | None,
+                  tags: Mapping[str, str], output_dir: str | None = None) -> list[Tracker]:
+    """Trackers for ``tracking`` items. ``experiment`` is the MLflow experiment and W&B
+    project (the sweep name); ``group`` the pair's parent run / W&B group / TensorBoard
+    folder (``<sweep>-<pair>``), None for a single training run."""
+    out = []
+    tags = {**dict(tags), **({"mlflow.source.git.commit": c} if (c := git_commit()) else {})}
+    for target in parse_tracking(targets):
+        if target.kind == "mlflow":
+            uri = mlflow_tracking_uri(target.uri, store, output_dir)
+            out.append(Tracker(MlflowBackend(uri, experiment, group, tags)))
+        elif target.kind == "tensorboard":
+            rel = f"tensorboard/{experiment}" + (f"/{group}" if group else "")
+            out.append(Tracker(TensorBoardBackend(store, rel, tags)))
+        else:
+            wdir = str(Path(output_dir or "optical_runs", "wandb").absolute())
+            out.append(Tracker(WandbBackend(experiment, group, wdir, tags)))
+    return out
+
+
+class TrackedContext:
+    """A :class:`~optical_ray.train.TrainContext` whose reports also go to trackers (a
+    single training run with ``train.tracking``): every report is a step, the run ends
+    with :meth:`close`. Everything else is the wrapped context's."""
+
+    def __init__(self, inner: Any, trackers: Sequence[Tracker], key: str,
+                 params: dict[str, str], tags: dict[str, str]) -> None:
+        self._inner, self._trackers, self._key = inner, list(trackers), key
+        for t in self._trackers:
+            t.start(key, params, tags)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if self._inner.rank == 0:
+            values, step = step_metrics(metrics)
+            for t in self._trackers:
+                t.log(self._key, values, step)
+        self._inner.report(metrics, checkpoint_dir)
+
+    def close(self, status: str, tags: dict[str, str] | None = None) -> None:
+        for t in self._trackers:
+            t.finish(self._key, status, dict(tags or {}))
+            t.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def track_run(cfg: Any, ctx: Any, *, experiment: str = "optical-ray") -> Iterator[Any]:
+    """``ctx`` with its reports also sent to ``cfg.train.tracking`` (a single training
+    run: one MLflow run named ``cfg.name`` in experiment ``experiment``, a TensorBoard
+    directory ``<storage>/tensorboard/<experiment>/<name>``, a W&B run); ``ctx`` as it
+    is without tracking."""
+    if not cfg.train.tracking:
+        yield ctx
+        return
+    from optical_ray.config import to_flat
+    from optical_ray.storage import resolve_storage
+
+    store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    trackers = make_trackers(cfg.train.tracking, store=store, experiment=experiment, group=None,
+                             tags={"optical_ray.pair": cfg.pair}, output_dir=cfg.output_dir)
+    tracked = TrackedContext(ctx, trackers, cfg.name, safe_params(to_flat(cfg)),
+                             {"optical_ray.role": "run"})
+    status = "failed"
+    try:
+        yield tracked
+        status = "finished"
+    finally:
+        tracked.close(status, {"optical_ray.model_dir": str(Path(ctx.run_dir, "model"))})
