@@ -183,7 +183,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config, parse_overrides, to_flat
     from optical_ray.space import load_space, pin_overrides
-    from optical_ray.sweep import run_sweep
 
     _check_address(args.address)
     over = [f"storage.uri={args.storage}"] if args.storage else []
@@ -197,6 +196,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     flat = to_flat(cfg)
     space = pin_overrides(load_space(args.space),
                           {k: flat[k] for k in parse_overrides(args.overrides) if k in flat})
+    from optical_ray.sweep import run_sweep  # imports Ray: only once the inputs passed
+
     result = run_sweep(cfg, space, pairs=args.pairs, samples=args.samples,
                        workers_per_trial=args.workers_per_trial,
                        max_concurrent=args.max_concurrent, scheduler=args.scheduler,
