@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["redact", "has_credentials", "credentials_problem", "CREDENTIALS_HINT", "MASK"]
+__all__ = ["redact", "redact_uri", "has_credentials", "credentials_problem", "CREDENTIALS_HINT", "MASK"]
 
 MASK = "***"
 
@@ -100,9 +100,20 @@ def has_credentials(uri: str, *, bare_host: bool = False) -> bool:
     return _userinfo_end(scheme + "://", rest) is not None
 
 
+def redact_uri(uri: str, *, bare_host: bool = False) -> str:
+    """:func:`redact` for one URI; with ``bare_host`` also ``user:pw@host:port`` written
+    without a scheme (which free-text redaction cannot tell from prose)."""
+    text = str(uri)
+    if bare_host and "://" not in text:
+        end = _userinfo_end("x://", text)
+        text = text if end is None else MASK + text[end:]
+    return redact(text)
+
+
 def credentials_problem(what: str, value: Any, *, bare_host: bool = False) -> str | None:
     """One line refusing ``value`` (named ``what``, e.g. ``storage.uri``) if it carries
     credentials, with the secret masked; None if it is clean."""
     if not isinstance(value, str) or not has_credentials(value, bare_host=bare_host):
         return None
-    return f"{what}: got {redact(value)!r}, a URI that carries credentials; {CREDENTIALS_HINT}"
+    return (f"{what}: got {redact_uri(value, bare_host=bare_host)!r}, a URI that carries "
+            f"credentials; {CREDENTIALS_HINT}")

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from optical_ray.errors import StorageError
-from optical_ray.redaction import CREDENTIALS_HINT, has_credentials, redact
+from optical_ray.redaction import CREDENTIALS_HINT, has_credentials, redact, redact_uri
 
 __all__ = ["Storage", "StorageUnavailable", "resolve_storage", "as_storage", "with_retries",
            "is_transient", "local_copy",
@@ -377,7 +377,8 @@ def check_no_credentials(uri: str | None, what: str, *, bare_host: bool = False)
     ``uri`` carries credentials: ``scheme://user:pw@...`` or a credential query
     parameter. ``bare_host``: ``uri`` may be ``host:port`` without a scheme."""
     if uri and has_credentials(uri, bare_host=bare_host):
-        raise StorageError(f"{what} {redact(uri)!r} carries credentials; {CREDENTIALS_HINT}")
+        raise StorageError(f"{what} {redact_uri(uri, bare_host=bare_host)!r} carries "
+                           f"credentials; {CREDENTIALS_HINT}")
 
 
 def _parse_endpoint(endpoint: str) -> tuple[str, str]:
