@@ -116,8 +116,8 @@ class DataConfig:
     rank: SourceConfig | None = _f(None, help="ranking training collection "
                                    "(default <root>/train/<teacher_lang>)")
     bitext: dict[str, SourceConfig] = _f(factory=dict, help="per pair, e.g. en-sw: "
-                                         "bitext file (default <root>/bitext/<pair>/train.tsv, or the "
-                                         "line-aligned train.<lang> files there)")
+                                         "bitext file (default <root>/bitext/<pair>/"
+                                         "train.tsv, or line-aligned train.<lang> files)")
     eval: dict[str, SourceConfig] = _f(factory=dict, help="per pair: evaluation collection "
                                        "(default <root>/eval/<pair>/<split>)")
     mono: dict[str, SourceConfig] = _f(factory=dict, help="per language: unlabelled text "
@@ -518,6 +518,10 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     if cfg.scaling.gpus_per_worker > 0 and cfg.train.device == "cpu":
         problems.append("train.device: got 'cpu' with scaling.gpus_per_worker > 0; "
                         "use 'auto' or 'cuda'")
+    uri = cfg.storage.uri
+    if "://" in uri and not uri.startswith(("s3://", "file://")):
+        problems.append(f"storage.uri: got {uri!r}, expected a local path, file://... "
+                        "or s3://bucket/prefix")
 
 
 def name_problem(name: Any, key: str = "name") -> str | None:
@@ -545,7 +549,7 @@ def _strings(value: Any, key: str) -> typing.Iterator[tuple[str, str]]:
 def _check_inputs(cfg: Config, problems: list[str]) -> None:
     """Names that become directories, and URIs: no credentials anywhere in a config
     (they would be printed, saved beside checkpoints and sent to every worker)."""
-    from optical_ray.redaction import credentials_problem, redact
+    from optical_ray.redaction import credentials_problem
 
     bad_name = name_problem(cfg.name)
     if bad_name:
@@ -554,11 +558,6 @@ def _check_inputs(cfg: Config, problems: list[str]) -> None:
         line = credentials_problem(key, value, bare_host=key == "storage.endpoint")
         if line:
             problems.append(line)
-    uri = cfg.storage.uri
-    if "://" in uri and not uri.startswith(("s3://", "file://")) \
-            and not credentials_problem("storage.uri", uri):
-        problems.append(f"storage.uri: got {redact(uri)!r}, expected a local path, "
-                        "file://... or s3://bucket/prefix")
 
 
 def from_dict(data: Mapping[str, Any] | None, *, source: str | None = None) -> Config:
