@@ -32,15 +32,39 @@ def _bitext_size(value: str) -> tuple[str, int]:
     return lang, int(n)
 
 
+def _check_dir(path: str | Path | None, what: str) -> None:
+    """A directory we will create or write into must not be (or sit under) a file."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                which = "which" if q == p else f"but {str(q)!r}"
+                raise ConfigError(f"{what}: got {str(path)!r}, {which} is a file; expected "
+                                  "a directory (created if missing)")
+            return
+
+
+def _check_address(address: str | None) -> None:
+    """``--address`` goes to ``ray.init``: no credentials in it (they would be logged)."""
+    from optical_ray.redaction import credentials_problem
+
+    problem = credentials_problem("--address", address, bare_host=True)
+    if problem:
+        raise ConfigError(problem)
+
+
 # --------------------------------------------------------------------------- data
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from optical_ray.data.synthetic import synthesize_world
 
+    _check_dir(args.out, "--out")
     manifest = synthesize_world(args.out, seed=args.seed, languages=args.languages,
                                 bitext_sizes=dict(args.bitext_size or []) or None,
-                                scale=args.scale)
+                                scale=args.scale, overwrite=args.overwrite)
     print(f"wrote synthetic world (seed {args.seed}) to {args.out}")
     for code, lang in sorted(manifest.languages.items()):
         print(f"  {code}: {lang.get('resource', '?')}-resource, "
@@ -61,14 +85,17 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_prepare_real(args: argparse.Namespace) -> int:
-    from optical_ray.data.real import prepare_real
+    from optical_ray.data.real import canonical_lang, prepare_real
 
+    _check_dir(args.out, "--out")
     manifest = prepare_real(args.out, shared=args.shared, languages=args.languages,
                             reference=args.reference)
     print(f"wrote the real-data root (from {manifest['source']}) to {args.out}")
     for name, counts in sorted(manifest["counts"].items()):
         print(f"  {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    print(f"next: optical-ray train --config search_spaces/real_base.yaml data.root={args.out}")
+    pair = f"{canonical_lang(args.languages[0])}-en"
+    print(f"next: optical-ray train data.root={args.out} pair={pair} model.name_or_path=minilm "
+          "model.scoring=pooled train.stages=[distill]")
     return 0
 
 
@@ -78,8 +105,10 @@ def _cmd_data_prepare_real(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config, to_dict
 
+    from optical_ray.redaction import redact
+
     cfg = load_config(args.config, args.overrides)
-    print(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+    print(redact(json.dumps(to_dict(cfg), indent=2, sort_keys=True)))
     return 0
 
 
@@ -98,7 +127,9 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config
 
+    _check_address(args.address)
     cfg = load_config(args.config, _train_overrides(args))
+    _check_dir(cfg.output_dir, "output_dir")
     # One worker on this machine trains in this process; more workers, a cluster, or
     # object storage (checkpoints persisted there, resumable) go through Ray Train.
     if cfg.scaling.workers == 1 and args.address is None and \
@@ -128,6 +159,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from optical_ray.storage import local_copy
 
+    _check_dir(args.out, "--out")
     ckpt = local_copy(args.checkpoint, endpoint=args.s3_endpoint)
     if not (ckpt / "optical_ray.json").is_file():
         raise ConfigError(f"--checkpoint {args.checkpoint!r} is not a saved model directory "
@@ -155,16 +187,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config, parse_overrides, to_flat
     from optical_ray.space import load_space, pin_overrides
-    from optical_ray.sweep import run_sweep
 
+    _check_address(args.address)
     over = [f"storage.uri={args.storage}"] if args.storage else []
     if args.s3_endpoint:
         over.append(f"storage.endpoint={args.s3_endpoint}")
+    if args.name is not None:
+        over.append(f"name={args.name}")
     cfg = load_config(args.config, over + list(args.overrides))
+    _check_dir(cfg.output_dir, "output_dir")
     # key=value on the command line wins over the space's fixed values.
     flat = to_flat(cfg)
     space = pin_overrides(load_space(args.space),
                           {k: flat[k] for k in parse_overrides(args.overrides) if k in flat})
+    from optical_ray.sweep import run_sweep  # Ray-free; Ray is imported when it runs
+
     result = run_sweep(cfg, space, pairs=args.pairs, samples=args.samples,
                        workers_per_trial=args.workers_per_trial,
                        max_concurrent=args.max_concurrent, scheduler=args.scheduler,
@@ -205,6 +242,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from optical_ray.report import build_report
 
+    _check_dir(args.out, "--out")
     path = build_report(_storage_arg(args), args.out, metric=args.metric, mode=args.mode)
     print(f"report written to {path}")
     return 0
@@ -216,6 +254,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from optical_ray.demo import run_demo
 
+    _check_dir(args.out, "--out")
     run_demo(out_dir=args.out, trials=args.trials, seed=args.seed)
     return 0
 
@@ -284,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--bitext-size", type=_bitext_size, action="append",
                        metavar="LANG=N", help="bitext pairs for a language (repeatable)")
     synth.add_argument("--scale", choices=["tiny", "default"], default="default")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a world already in --out (only the world's own entries)")
     synth.set_defaults(func=_cmd_data_synth)
     val = dsub.add_parser("validate", help="check a dataset directory and print counts")
     val.add_argument("root", help="dataset root in the standard layout")
@@ -421,7 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OpticalRayError as exc:
-        print(f"optical-ray: error: {exc}", file=sys.stderr)
+        from optical_ray.redaction import redact
+
+        # One line, and never a secret: a message may quote a URI the user typed.
+        print(f"optical-ray: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("optical-ray: interrupted", file=sys.stderr)

@@ -29,10 +29,13 @@ __all__ = [
     "AdaptConfig", "DistillConfig", "TrainConfig", "EvalConfig", "ScalingConfig",
     "StorageConfig", "SweepConfig", "Config", "load_config", "from_dict", "to_dict",
     "to_flat", "from_flat", "apply_overrides", "parse_overrides", "save_config",
-    "validate", "PAIR_RE", "METRIC_RE", "REAL_FORMATS", "MAIN_HYPERPARAMETERS",
+    "validate", "PAIR_RE", "METRIC_RE", "REAL_FORMATS", "MAIN_HYPERPARAMETERS", "NAME_RE",
+    "name_problem", "read_yaml", "field_info",
 ]
 
 PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
+#: Run and sweep names become one directory (``<output_dir>/<name>``, ``<storage>/<name>-<pair>``).
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Metric names as users write them: map, ndcg@10, mrr@10, recall@100, p@1, ...
 METRIC_RE = re.compile(r"^(map|ndcg|mrr|recall|p)(@[1-9][0-9]*)?$")
 #: Source formats of the real data samples (optical_ray.data.real): bitext, then evaluation.
@@ -117,7 +120,8 @@ class DataConfig:
     rank: SourceConfig | None = _f(None, help="ranking training collection "
                                    "(default <root>/train/<teacher_lang>)")
     bitext: dict[str, SourceConfig] = _f(factory=dict, help="per pair, e.g. en-sw: "
-                                         "bitext file (default <root>/bitext/<pair>/train.tsv)")
+                                         "bitext file (default <root>/bitext/<pair>/"
+                                         "train.tsv, or line-aligned train.<lang> files)")
     eval: dict[str, SourceConfig] = _f(factory=dict, help="per pair: evaluation collection "
                                        "(default <root>/eval/<pair>/<split>)")
     mono: dict[str, SourceConfig] = _f(factory=dict, help="per language: unlabelled text "
@@ -543,6 +547,42 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
                         "or s3://bucket/prefix")
 
 
+def name_problem(name: Any, key: str = "name") -> str | None:
+    """One line if ``name`` is not a single path segment (letters, digits, ``.``, ``_``,
+    ``-``; not ``.`` or ``..``), else None: a name is a directory under ``output_dir``
+    or the storage root, and ``../x`` would write outside it."""
+    if isinstance(name, str) and NAME_RE.match(name) and name not in (".", ".."):
+        return None
+    return (f"{key}: got {name!r}, expected one path segment: letters, digits, '.', '_', "
+            "'-' (not '.' or '..'), such as run-1")
+
+
+def _strings(value: Any, key: str) -> typing.Iterator[tuple[str, str]]:
+    """Every string in a nested dict/list, with its dotted key."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{key}[{i}]")
+
+
+def _check_inputs(cfg: Config, problems: list[str]) -> None:
+    """Names that become directories, and URIs: no credentials anywhere in a config
+    (they would be printed, saved beside checkpoints and sent to every worker)."""
+    from optical_ray.redaction import credentials_problem
+
+    bad_name = name_problem(cfg.name)
+    if bad_name:
+        problems.append(bad_name)
+    for key, value in _strings(to_dict(cfg), ""):
+        line = credentials_problem(key, value, bare_host=key == "storage.endpoint")
+        if line:
+            problems.append(line)
+
+
 def from_dict(data: Mapping[str, Any] | None, *, source: str | None = None) -> Config:
     """Build and validate a :class:`Config` from a nested mapping (e.g. parsed YAML).
 
@@ -558,6 +598,7 @@ def from_dict(data: Mapping[str, Any] | None, *, source: str | None = None) -> C
     if cfg is not None:
         _check_bounds(cfg, "", problems)
         _check_semantics(cfg, problems)
+        _check_inputs(cfg, problems)
     if problems:
         raise ConfigError(problems, source=source)
     return cfg
@@ -566,6 +607,25 @@ def from_dict(data: Mapping[str, Any] | None, *, source: str | None = None) -> C
 def validate(cfg: Config) -> Config:
     """Re-validate a config built or mutated in Python; returns it unchanged."""
     return from_dict(to_dict(cfg))
+
+
+def field_info() -> dict[str, tuple[Any, Mapping[str, Any]]]:
+    """Every config field by flat key (as :func:`to_flat` names them): its type
+    annotation and its metadata (``help``, bounds ``ge``/``gt``/``le``). Search spaces
+    check their distributions against these."""
+    out: dict[str, tuple[Any, Mapping[str, Any]]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            else:
+                out[prefix + f.name] = (tp, f.metadata)
+
+    walk(Config, "")
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -640,23 +700,61 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
+    the last value without a word, so the first one would be silently ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then explicit keys: overriding is the point
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first + 1}); give "
+                    "each key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parse the YAML file ``path`` (safe loader, UTF-8, no duplicate keys); every
+    problem (missing, a directory, not UTF-8, bad YAML) is a one-line :class:`ConfigError`
+    naming the file, and the line where YAML can tell."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a directory; expected a YAML file")
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}; "
+                          "save the file as UTF-8", source=str(path)) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+                          source=str(path)) from None
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = (),
                 ) -> Config:
-    """Load YAML (``yaml.safe_load``), apply ``key=value`` overrides, validate once."""
+    """Load YAML (:func:`read_yaml`), apply ``key=value`` overrides, validate once."""
     data: Any = {}
     source = None
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist", source=None)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                              source=source) from None
+        data = read_yaml(path) or {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"top level: got {type(data).__name__}, expected a mapping",
                               source=source)
@@ -666,8 +764,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as JSON (beside every output)."""
+    """Write the resolved config as JSON (beside every output), secrets masked
+    (:func:`~optical_ray.redaction.redact`; a validated config holds none)."""
+    from optical_ray.redaction import redact
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    p.write_text(redact(json.dumps(to_dict(cfg), indent=2, sort_keys=True)) + "\n",
+                 encoding="utf-8")
     return p

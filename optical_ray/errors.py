@@ -23,7 +23,10 @@ class ConfigError(OpticalRayError, ValueError):
     """
 
     def __init__(self, problems: list[str] | str, *, source: str | None = None) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        from optical_ray.redaction import redact  # a bad value may be a URI with a secret
+
+        self.problems = [redact(p) for p in ([problems] if isinstance(problems, str)
+                                             else problems)]
         self.source = source
         where = f" in {source}" if source else ""
         if len(self.problems) == 1:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import ray
 from ray import tune
@@ -23,6 +23,7 @@ from optical_ray.config import Config, from_flat
 from optical_ray.errors import ConfigError, DataError, OpticalRayError
 from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
+from optical_ray.space import validate_space
 from optical_ray.sweep import (PairResult, SweepResult, error_reason, plan_sweep,
                                unconverging_epsilon)
 from optical_ray.trust import state_key, verify_state
@@ -163,7 +164,7 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
         store.ensure_bucket()
     Catalog(store)  # a storage the catalog cannot use fails here, not in a trial
     depth = model_depth(cfg)
-    _validate_space(space, depth)
+    validate_space(space, depth)
     for line in unconverging_epsilon(cfg, space):
         log.warning("%s", line)
     if check_data:
@@ -213,27 +214,6 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
                            searched=plan.searched, error=_root_cause(r))
         pairs[plan.pair] = r
     return SweepResult(cfg.name, sw.metric, store.uri, pairs)
-
-
-def _validate_space(space: Any, depth: int) -> None:
-    """The space's layer choices fit the model (other limits were checked at load)."""
-    problems = []
-    for key, sets in _layer_sets(space):
-        for layers in sets:
-            bad = [x for x in layers if not (1 <= x <= depth or -depth <= x <= -1)]
-            if bad:
-                problems.append(f"{key}: layer set {layers} has {bad} outside the model's "
-                                f"{depth} layers (allowed 1..{depth} or -{depth}..-1)")
-    if problems:
-        raise ConfigError(problems, source=space.source)
-
-
-def _layer_sets(space: Any) -> Iterator[tuple[str, list[list[int]]]]:
-    groups = [("", space.params)] + [(f"pairs.{p}.", ps) for p, (_, ps) in space.pairs.items()]
-    for prefix, params in groups:
-        for p in params:
-            if p.type == "layers" and p.spec.get("sets"):
-                yield f"{prefix}params.{p.key}", [list(s) for s in p.spec["sets"]]
 
 
 def _root_cause(error: BaseException) -> str:

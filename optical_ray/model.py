@@ -20,17 +20,20 @@ import copy
 import difflib
 import importlib.util
 import json
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from optical_ray.config import Config, ModelConfig, from_dict, to_dict
-from optical_ray.errors import ConfigError
+from optical_ray.errors import ConfigError, DataError
 from optical_ray.text import LetterFolder
 
 __all__ = ["Encoded", "RetrievalModel", "PRESETS", "maxsim", "resolve_layers", "preset_dir",
@@ -149,7 +152,9 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
 def _load_encoder(path: str | Path, **kwargs) -> nn.Module:
     from transformers import AutoModel
 
-    with _quiet_transformers():
+    with _quiet_transformers(), warnings.catch_warnings():
+        # torch warns about the pickle protocol of a .bin it then refuses to unpickle
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
         try:
             encoder = AutoModel.from_pretrained(str(path), add_pooling_layer=False, **kwargs)
         except TypeError:  # encoders without a pooler do not take the argument
@@ -247,7 +252,13 @@ class RetrievalModel(nn.Module):
         try:
             encoder = _load_encoder(path)
             tokenizer = _load_tokenizer(mc.tokenizer or path)
-        except (OSError, ValueError) as exc:
+        except pickle.UnpicklingError:
+            # torch refused it (weights_only): never suggest loading it unsafely.
+            raise ConfigError(
+                f"model.name_or_path: {name!r} holds a pytorch_model.bin that is not plain "
+                "weights; it was not loaded, since unpickling it could run code: save the "
+                "weights as model.safetensors") from None
+        except (OSError, ValueError, SafetensorError) as exc:
             raise ConfigError(
                 f"model.name_or_path: could not load {name!r} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); allowed: 'tiny', a preset "
@@ -299,11 +310,18 @@ class RetrievalModel(nn.Module):
                               "for a plain Hugging Face encoder use RetrievalModel.from_config")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         mc = from_dict({"model": meta["model"]}, source=str(meta_path)).model
-        encoder = _load_encoder(src, use_safetensors=True)
-        model = cls(encoder, _load_tokenizer(src), mc)
-        if model.projection is not None:
-            weights = load_file(str(src / _PROJECTION))
-            model.projection.load_state_dict(weights)
+        try:
+            encoder = _load_encoder(src, use_safetensors=True)
+            model = cls(encoder, _load_tokenizer(src), mc)
+            if model.projection is not None:
+                weights = load_file(str(src / _PROJECTION))
+                model.projection.load_state_dict(weights)
+        except (OSError, ValueError, SafetensorError) as exc:
+            # A copy cut short or a file gone: name the directory, not a library frame.
+            raise DataError(f"{str(src)!r} is not a complete saved model: a weights file "
+                              f"is missing, truncated or corrupt ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); copy the model "
+                              "directory again or retrain") from None
         return model.to(device) if device is not None else model
 
     # ------------------------------------------------------------------ encoding

@@ -35,19 +35,22 @@ Ray Tune's ``OptunaSearch`` takes for conditional spaces.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from optical_ray.config import PAIR_RE, Config, apply_overrides, from_dict, to_dict, to_flat
+from optical_ray.config import (PAIR_RE, Config, apply_overrides, field_info, from_dict,
+                                read_yaml, to_dict, to_flat)
 from optical_ray.errors import ConfigError
 
-__all__ = ["Param", "SearchSpace", "load_space", "parse_space", "layers_from_choice",
-           "pin_overrides"]
+__all__ = ["Param", "SearchSpace", "load_space", "parse_space", "validate_space",
+           "layers_from_choice", "pin_overrides"]
 
 TYPES = ("loguniform", "uniform", "int", "categorical", "fixed", "layers")
+#: Config keys holding encoder layer numbers (1-based, negative from the top, 0 = embeddings).
+LAYER_KEYS = ("distill.layers",)
 LAYER_STRATEGIES = ("last", "one", "set")
 _KEYS = {
     "loguniform": {"low", "high"}, "uniform": {"low", "high"}, "int": {"low", "high", "log"},
@@ -287,18 +290,120 @@ def parse_space(raw: Any, *, source: str = "<space>") -> SearchSpace:
                             _parse_params(over.get("params"), f"pairs.{pair}.params",
                                           problems, known))
     space = SearchSpace(base, params, pairs, source)
-    if not problems:
-        # The fixed values must make a valid config on their own, for every pair.
-        for pair in [None, *pairs]:
-            fixed, _ = space.for_pair(pair or "")
-            try:
-                from_dict(apply_overrides({}, fixed))
-            except ConfigError as exc:
-                label = f"pairs.{pair}.base" if pair else "base"
-                problems.extend(f"{label}: {p}" for p in exc.problems)
+    problems.extend(_space_problems(space, None, known))
     if problems:
         raise ConfigError(problems, source=source)
     return space
+
+
+def validate_space(space: SearchSpace, depth: int | None = None) -> SearchSpace:
+    """Check every value ``space`` can give a trial against the config's limits, for
+    every pair: the fixed values make a valid config, and each distribution's whole
+    support stays within its field's bounds (``ge``/``gt``/``le``), enumerations and
+    type (``int`` for integer fields). With the model ``depth``, layer numbers (fixed,
+    categorical choices, ``layers`` sets) must exist in the model too. Raises one
+    :class:`ConfigError` listing every problem; returns ``space``.
+
+    :func:`parse_space` (so :func:`load_space`) runs the checks that need no depth; a
+    sweep calls this with the depth before its first trial.
+    """
+    problems = _space_problems(space, depth, set(to_flat(from_dict({}))))
+    if problems:
+        raise ConfigError(problems, source=space.source)
+    return space
+
+
+def _space_problems(space: SearchSpace, depth: int | None, known: set[str]) -> list[str]:
+    problems: list[str] = []
+    fields = field_info()
+    for pair in [None, *space.pairs]:
+        label = f"pairs.{pair}" if pair else ""
+        fixed, _ = space.for_pair(pair or "")
+        fixed = {k: v for k, v in fixed.items() if k in known or k.split(".")[0] == "data"}
+        own = space.pairs[pair][1] if pair else space.params
+        # The fixed values must make a valid config on their own, for every pair.
+        try:
+            from_dict(apply_overrides({}, fixed))
+        except ConfigError as exc:
+            problems.extend(f"{label + '.' if label else ''}base: {p}" for p in exc.problems)
+        if depth is not None:
+            for key in LAYER_KEYS:
+                if key in fixed and (pair is None or key in space.pairs[pair][0]):
+                    problems.extend(_depth_problems(
+                        f"{label + '.' if label else ''}base.{key}", fixed[key], depth))
+        for p in own:
+            if p.key not in fields:
+                continue  # reported by the parser
+            at = f"{label + '.' if label else ''}params.{p.key}"
+            problems.extend(_param_problems(p, at, fields[p.key][0], fixed, depth))
+    return problems
+
+
+def _numeric(tp: Any) -> type | None:
+    """``int`` or ``float`` for a numeric field (``int | None`` counts), else None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def _param_problems(p: Param, at: str, tp: Any, fixed: Mapping[str, Any],
+                    depth: int | None) -> list[str]:
+    s = p.spec
+    values: list[tuple[str, Any]] = []
+    out: list[str] = []
+    if p.type in ("loguniform", "uniform", "int"):
+        kind = _numeric(tp)
+        if kind is None:
+            return [f"{at}: type {p.type} samples numbers, but {p.key} is not a number "
+                    "field; use categorical or fixed"]
+        if kind is int and p.type != "int":
+            out.append(f"{at}: type {p.type} samples fractions, but {p.key} is an integer; "
+                       "use type int")
+        try:
+            values = [("low", float(s["low"])), ("high", float(s["high"]))]
+        except (TypeError, ValueError):
+            return out  # reported by the parser
+        if p.type == "loguniform":
+            values = [(k, v) for k, v in values if v > 0]  # low <= 0: the parser says so
+        if p.type == "int" or kind is int:
+            values = [(k, int(v)) if float(v).is_integer() else (k, v) for k, v in values]
+    elif p.type == "categorical" and isinstance(s.get("choices"), list):
+        values = [(f"choice {c!r}", c) for c in s["choices"]]
+    elif p.type == "fixed":
+        values = [("value", s.get("value"))]
+    elif p.type == "layers":
+        if p.key not in LAYER_KEYS:
+            return [f"{at}: type layers is for layer numbers ({', '.join(LAYER_KEYS)}), "
+                    f"not {p.key}; use categorical or fixed"]
+        sets = s.get("sets")
+        if "set" in s.get("strategies", []) and isinstance(sets, list):
+            values = [(f"sets[{i}]", v) for i, v in enumerate(sets)
+                      if isinstance(v, list) and v and all(isinstance(x, int) for x in v)]
+    rest = {k: v for k, v in fixed.items() if k != p.key}
+    for label, value in values:
+        try:
+            from_dict(apply_overrides({}, {**rest, p.key: value}))
+        except ConfigError as exc:
+            # Only what this value breaks: the fixed values are checked on their own.
+            for line in exc.problems:
+                if line.startswith(f"{p.key}: "):
+                    out.append(f"{at}: {label}: {line[len(p.key) + 2:]}")
+                elif line.startswith(f"{p.key}["):
+                    out.append(f"{at}: {label}: {line}")
+        if depth is not None and p.key in LAYER_KEYS:
+            out.extend(_depth_problems(f"{at}: {label}", value, depth))
+    return out
+
+
+def _depth_problems(at: str, value: Any, depth: int) -> list[str]:
+    """Layer numbers in ``value`` that a ``depth``-layer model does not have."""
+    layers = value if isinstance(value, list) else [value]
+    bad = [x for x in layers if isinstance(x, int) and not isinstance(x, bool)
+           and not -depth <= x <= depth]
+    if not bad:
+        return []
+    return [f"{at}: layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} "
+            f"{'are' if len(bad) > 1 else 'is'} beyond the model depth {depth} (allowed: "
+            f"1..{depth}, -{depth}..-1 from the top, 0 = embeddings)"]
 
 
 def pin_overrides(space: SearchSpace, values: Mapping[str, Any]) -> SearchSpace:
@@ -325,12 +430,8 @@ def pin_overrides(space: SearchSpace, values: Mapping[str, Any]) -> SearchSpace:
 def load_space(path: str | Path) -> SearchSpace:
     """Load and validate a YAML search space file."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         shipped = sorted(x.name for x in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
         hint = f" (shipped: {', '.join(shipped)})" if shipped else ""
         raise ConfigError(f"search space {str(path)!r} does not exist{hint}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=str(p)) from None
-    return parse_space(raw, source=str(p))
+    return parse_space(read_yaml(p, "search space"), source=str(p))

@@ -10,8 +10,10 @@ storage_filesystem=s.ray_storage_filesystem())``).
 Credentials come from the standard AWS chain only (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, the instance role):
 they are never passed in configs, so they are never pickled with the filesystem, saved
-beside a checkpoint or written to the catalog. :func:`redact` strips them from any text
-before it is logged or saved.
+beside a checkpoint or written to the catalog. A URI or endpoint that carries them
+(``s3://KEY:SECRET@bucket``, ``http://user:pw@host``) is refused with one line that
+masks the secret (:func:`check_no_credentials`), and :func:`redact` (from
+:mod:`optical_ray.redaction`) strips secrets from any text before it is logged or saved.
 
 Failures become one-line :class:`~optical_ray.errors.StorageError` naming the endpoint
 and the bucket; :class:`StorageUnavailable` (a subclass) marks the ones worth retrying
@@ -36,10 +38,11 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from optical_ray.errors import StorageError
+from optical_ray.redaction import CREDENTIALS_HINT, has_credentials, redact, redact_uri
 
 __all__ = ["Storage", "StorageUnavailable", "resolve_storage", "as_storage", "with_retries",
            "is_transient", "local_copy",
-           "redact", "CONNECT_TIMEOUT_S", "REQUEST_TIMEOUT_S"]
+           "redact", "check_no_credentials", "CONNECT_TIMEOUT_S", "REQUEST_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,35 +60,6 @@ _ALLOWED = "a local path, file:///abs/path or s3://bucket/prefix"
 
 class StorageUnavailable(StorageError):
     """The store could not be reached or answered with a transient error; retry later."""
-
-
-# --------------------------------------------------------------------------- redaction
-
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-_SECRET_PATTERNS = [
-    # key=value / key: value / "key": "value" for the usual secret-bearing names
-    re.compile(r"(?i)((?:aws_)?(?:secret_access_key|secret_key|session_token|security_token)"
-               r"[\"']?\s*[=:]\s*[\"']?)([^\s\"',;&}]+)"),
-    # presigned-URL query parameters
-    re.compile(r"(?i)((?:X-Amz-Signature|X-Amz-Security-Token|X-Amz-Credential)=)([^&\s\"']+)"),
-    # user:password@ in URLs
-    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(?=@)"),
-]
-_MASK = "***"
-
-
-def redact(text: Any) -> str:
-    """``text`` as a string without secrets: the values of ``AWS_SECRET_ACCESS_KEY`` /
-    ``AWS_SESSION_TOKEN`` from the environment, and anything shaped like
-    ``aws_secret_access_key=...``, ``X-Amz-Signature=...`` or ``scheme://user:pw@``."""
-    out = str(text)
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:  # a 1-3 character "secret" would mask half the text
-            out = out.replace(value, _MASK)
-    for pattern in _SECRET_PATTERNS:
-        out = pattern.sub(lambda m: m.group(1) + _MASK, out)
-    return out
 
 
 # --------------------------------------------------------------------------- retries
@@ -398,8 +372,18 @@ def _boto_client(endpoint: str | None, region: str | None) -> Any:
 # --------------------------------------------------------------------------- resolving
 
 
+def check_no_credentials(uri: str | None, what: str, *, bare_host: bool = False) -> None:
+    """Raise a one-line :class:`StorageError` (secret masked, pointing to the AWS chain) if
+    ``uri`` carries credentials: ``scheme://user:pw@...`` or a credential query
+    parameter. ``bare_host``: ``uri`` may be ``host:port`` without a scheme."""
+    if uri and has_credentials(uri, bare_host=bare_host):
+        raise StorageError(f"{what} {redact_uri(uri, bare_host=bare_host)!r} carries "
+                           f"credentials; {CREDENTIALS_HINT}")
+
+
 def _parse_endpoint(endpoint: str) -> tuple[str, str]:
     """``http(s)://host:port`` (or bare ``host:port`` = https) → (host:port, scheme)."""
+    check_no_credentials(endpoint, "S3 endpoint", bare_host=True)
     text = endpoint.strip()
     if "://" not in text:
         text = "https://" + text
@@ -407,14 +391,10 @@ def _parse_endpoint(endpoint: str) -> tuple[str, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StorageError(f"S3 endpoint {redact(endpoint)!r} is not valid; expected "
                            "http(s)://host[:port], e.g. http://127.0.0.1:8333")
-    if parts.username or parts.password:
-        raise StorageError(f"S3 endpoint {redact(endpoint)!r} carries credentials; give "
-                           "only http(s)://host[:port] and put the keys in the AWS chain "
-                           "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
     try:
         port = parts.port
     except ValueError:
-        raise StorageError(f"S3 endpoint {endpoint!r} has a bad port; expected "
+        raise StorageError(f"S3 endpoint {redact(endpoint)!r} has a bad port; expected "
                            "http(s)://host[:port]") from None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return (f"{host}:{port}" if port else host), parts.scheme
@@ -454,6 +434,9 @@ def resolve_storage(uri: str, endpoint: str | None = None, region: str | None = 
     """
     if not isinstance(uri, str) or not uri.strip():
         raise StorageError(f"storage URI {uri!r} is empty; expected {_ALLOWED}")
+    check_no_credentials(uri, "storage URI")
+    if endpoint:
+        check_no_credentials(endpoint, "S3 endpoint", bare_host=True)
     text = uri.strip()
     scheme, sep, rest = text.partition("://")
     if not sep:

@@ -127,3 +127,25 @@ eval: {{metrics: [map, mrr@10], pairs: [en-en, en-xc]}}
     assert metrics["split"] == "test"
     assert set(metrics["results"]) == {"en-en", "xc-en"}
     assert list(out_dir.glob("run.*.trec"))
+
+
+def test_synth_overwrite_replaces_a_world(tmp_path, capsys) -> None:
+    out = tmp_path / "world"
+    args = ["data", "synth", "--out", str(out), "--scale", "tiny", "--languages", "xc"]
+    assert main(args + ["--bitext-size", "xc=50"]) == 0
+    assert main(args + ["--bitext-size", "xc=60"]) == 2  # refused without the flag
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--bitext-size", "xc=60", "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["languages"]["xc"]["bitext_size"] == 60
+
+
+def test_search_spaces_the_code_names_exist() -> None:
+    import re
+
+    import optical_ray
+
+    package = Path(optical_ray.__file__).parent
+    named = {n for f in package.rglob("*.py")
+             for n in re.findall(r"search_spaces/[\w.-]+\.yaml", f.read_text(encoding="utf-8"))}
+    assert "search_spaces/default.yaml" in named
+    assert [n for n in sorted(named) if not (package.parent / n).is_file()] == []

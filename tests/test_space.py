@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from optical_ray.errors import ConfigError
-from optical_ray.space import load_space, parse_space, pin_overrides, trial_config
+from optical_ray.space import (load_space, parse_space, pin_overrides, trial_config,
+                               validate_space)
 
 SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
@@ -168,3 +169,64 @@ def test_command_line_overrides_win_over_fixed_values() -> None:
     assert trial_config(space, "en-xc", {"distill.epsilon": 0.05}).distill.steps == 30
     with pytest.raises(ConfigError, match="searches distill.epsilon"):
         pin_overrides(space, {"distill.epsilon": 0.2})
+
+
+# --------------------------------------------------------------------------- limits and depth
+
+
+def test_every_distribution_support_is_checked_against_the_config_limits() -> None:
+    raw = _raw(**{
+        "distill.epsilon": {"type": "uniform", "low": -1.0, "high": 1.0},
+        "distill.steps": {"type": "int", "low": -5, "high": 10},
+        "distill.method": {"type": "categorical", "choices": ["ot", "bogus"]},
+        "distill.weight": {"type": "uniform", "low": 0.0, "high": 2.0},
+        "distill.batch_size": {"type": "uniform", "low": 4, "high": 16},
+        "distill.cost": {"type": "int", "low": 1, "high": 3},
+        "distill.lr": {"type": "fixed", "value": 0},
+    })
+    raw["pairs"] = {"en-xc": {"params": {
+        "distill.sinkhorn_iters": {"type": "int", "low": 0, "high": 10}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_space(raw, source="x.yaml")
+    problems = info.value.problems
+    for needle in ["params.distill.epsilon: low: got -1.0, must be > 0",
+                   "params.distill.steps: low: got -5, must be >= 0",
+                   "params.distill.method: choice 'bogus': got 'bogus', expected one of",
+                   "params.distill.weight: high: got 2.0, must be <= 1",
+                   "params.distill.batch_size: type uniform samples fractions",
+                   "params.distill.cost: type int samples numbers, but distill.cost is not",
+                   "params.distill.lr: value: got 0.0, must be > 0",
+                   "pairs.en-xc.params.distill.sinkhorn_iters: low: got 0, must be >= 1"]:
+        assert sum(needle in p for p in problems) == 1, (needle, problems)
+    assert len(problems) == 8
+
+
+def test_layers_beyond_the_model_depth_are_refused_once_the_depth_is_known() -> None:
+    raw = _raw(**{"distill.layers": {"type": "layers", "strategies": ["last", "set"],
+                                     "max_k": 2, "sets": [[1, 2], [1, 7]]}})
+    raw["pairs"] = {"en-xc": {"base": {"distill.layers": [-3]}, "params": {
+        "distill.layers": {"type": "categorical", "choices": [[1], [9]]}}}}
+    space = parse_space(raw)  # the depth is unknown here: fine
+    assert validate_space(space, depth=12) is space
+    with pytest.raises(ConfigError) as info:
+        validate_space(space, depth=2)
+    assert info.value.problems == [
+        "params.distill.layers: sets[1]: layer 7 is beyond the model depth 2 (allowed: 1..2, "
+        "-2..-1 from the top, 0 = embeddings)",
+        "pairs.en-xc.base.distill.layers: layer -3 is beyond the model depth 2 (allowed: "
+        "1..2, -2..-1 from the top, 0 = embeddings)",
+        "pairs.en-xc.params.distill.layers: choice [9]: layer 9 is beyond the model depth 2 "
+        "(allowed: 1..2, -2..-1 from the top, 0 = embeddings)"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_spaces_fit_a_two_layer_model(path: Path) -> None:
+    validate_space(load_space(path), depth=2)
+
+
+def test_duplicate_keys_in_a_space_file_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text("params:\n  distill.lr: {type: fixed, value: 0.1}\n"
+                 "  distill.lr: {type: fixed, value: 0.2}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"duplicate key 'distill.lr' \(first at line 2\)"):
+        load_space(p)

@@ -12,7 +12,7 @@ import uuid
 import pyarrow.fs as pafs
 import pytest
 
-from optical_ray.errors import StorageError
+from optical_ray.errors import ConfigError, StorageError
 from optical_ray.storage import (Storage, StorageUnavailable, as_storage, redact,
                                  resolve_storage, with_retries)
 
@@ -279,3 +279,56 @@ def test_local_copy_of_a_local_path_and_of_an_s3_directory(s3_storage_uri, tmp_p
     assert (got / "sub" / "config.json").read_bytes() == b"{}"
     with pytest.raises(StorageError, match="no such directory"):
         local_copy(store.uri_of("missing"), tmp_path / "none")
+
+
+# --------------------------------------------------------------------------- credentials in URIs
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # the documented example; holds '/'
+
+
+@pytest.mark.parametrize("uri, masked", [
+    (f"s3://AKIAIOSFODNN7EXAMPLE:{AWS_SECRET}@bucket/x", "s3://***@bucket/x"),
+    ("s3://AKIAIOSFODNN7EXAMPLE@bucket/x", "s3://***@bucket/x"),
+    (f"file://user:{AWS_SECRET}@localhost/tmp/x", "file://***@localhost/tmp/x"),
+    (f"s3://bucket/x?access_key=AKIA&secret_key={AWS_SECRET}",
+     "s3://bucket/x?access_key=AKIA&secret_key=***"),
+])
+def test_storage_uri_with_credentials_is_refused_without_echo(uri, masked, no_aws_env) -> None:
+    with pytest.raises(StorageError) as info:
+        resolve_storage(uri)
+    text = str(info.value)
+    assert AWS_SECRET not in text and masked in text
+    assert "AWS_ACCESS_KEY_ID" in text and "instance role" in text
+
+
+def test_at_signs_in_keys_and_paths_are_not_credentials(tmp_path, no_aws_env) -> None:
+    assert resolve_storage("s3://bucket/runs@v2").path == "bucket/runs@v2"
+    assert resolve_storage(str(tmp_path / "runs@v2")).scheme == "local"
+    assert redact("http://127.0.0.1:8333/a@b") == "http://127.0.0.1:8333/a@b"
+
+
+def test_redact_masks_the_whole_userinfo_even_with_slashes() -> None:
+    text = f"got 's3://AKIAIOSFODNN7EXAMPLE:{AWS_SECRET}@bucket/x' and ray://u:p@head:10001"
+    out = redact(text)
+    assert out == "got 's3://***@bucket/x' and ray://***@head:10001"
+
+
+def test_config_holding_credentials_is_refused_and_never_saved(tmp_path) -> None:
+    from optical_ray.config import Config, from_flat, save_config
+
+    with pytest.raises(ConfigError) as info:
+        from_flat({"storage.endpoint": f"admin:{AWS_SECRET}@10.0.0.1:9000",
+                   "data.bitext": {"en-sw": f"http://u:{AWS_SECRET}@host/b.tsv"}})
+    assert len(info.value.problems) == 2 and AWS_SECRET not in str(info.value)
+    assert "storage.endpoint: got '***@10.0.0.1:9000'" in str(info.value)  # host:port alone
+    assert "data.bitext.en-sw.path: got 'http://***@host/b.tsv'" in str(info.value)
+    cfg = Config()
+    cfg.storage.endpoint = f"http://admin:{AWS_SECRET}@10.0.0.1:9000"  # mutated past validation
+    text = save_config(cfg, tmp_path / "config.json").read_text()
+    assert AWS_SECRET not in text and "http://***@10.0.0.1:9000" in text
+
+
+def test_endpoint_host_port_with_credentials_is_masked(no_aws_env) -> None:
+    with pytest.raises(StorageError) as info:
+        resolve_storage("s3://bucket/x", endpoint=f"admin:{AWS_SECRET}@10.0.0.1:9000")
+    assert AWS_SECRET not in str(info.value) and "'***@10.0.0.1:9000'" in str(info.value)

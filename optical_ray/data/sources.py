@@ -118,22 +118,42 @@ def bitext_pairs(cfg: Config, pair: str | None = None, split: str = "train",
         fmt = None if src.format == "auto" else src.format
         pairs = list(iter_bitext(source, fmt=fmt, src_lang=en, tgt_lang=xx))
     else:
-        root = ensure_data_root(cfg)
-        forward = root / "bitext" / f"{en}-{xx}" / f"{split}.tsv"
-        backward = root / "bitext" / f"{xx}-{en}" / f"{split}.tsv"
-        if forward.is_file():
-            pairs = list(iter_bitext(forward))
-        elif backward.is_file():
-            pairs = [(e, f) for f, e in iter_bitext(backward)]
-        else:
-            have = sorted(p.name for p in (root / "bitext").glob("*")) \
-                if (root / "bitext").is_dir() else []
-            raise DataError(f"no {split} bitext for {en}-{xx}: expected {forward} "
-                            f"(bitext present: {', '.join(have) or 'none'}); or set "
-                            f"data.bitext.{en}-{xx}")
+        pairs = _layout_bitext(ensure_data_root(cfg), en, xx, split)
     if not pairs:
         raise DataError(f"bitext for {en}-{xx} ({split}) is empty")
     return pairs
+
+
+def _first_file(folder: Path, names: list[str]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def _layout_bitext(root: Path, en: str, xx: str, split: str) -> list[tuple[str, str]]:
+    """``split`` bitext from the standard layout, ``en`` side first: in
+    ``bitext/<en>-<xx>/`` or ``bitext/<xx>-<en>/``, one ``<split>.tsv`` / ``.jsonl``
+    file, or the line-aligned pair ``<split>.<en>`` + ``<split>.<xx>`` (what ``data
+    validate`` accepts too)."""
+    for a, b in ((en, xx), (xx, en)):
+        folder = root / "bitext" / f"{a}-{b}"
+        one = _first_file(folder, [f"{split}.{ext}{gz}" for ext in ("tsv", "jsonl")
+                                   for gz in ("", ".gz")])
+        if one is not None:
+            pairs = iter_bitext(one, src_lang=a, tgt_lang=b)
+            return [(s, t) if a == en else (t, s) for s, t in pairs]
+        sides = [_first_file(folder, [f"{split}.{lang}", f"{split}.{lang}.gz"])
+                 for lang in (en, xx)]
+        if sides[0] is not None and sides[1] is not None:
+            return list(iter_bitext((sides[0], sides[1])))
+        if sides[0] is not None or sides[1] is not None:
+            have = next(p for p in sides if p is not None)
+            raise DataError(f"{have}: line-aligned bitext needs both {split}.{en} and "
+                            f"{split}.{xx} in {folder}")
+    have = sorted(p.name for p in (root / "bitext").glob("*")) \
+        if (root / "bitext").is_dir() else []
+    forward = root / "bitext" / f"{en}-{xx}"
+    raise DataError(f"no {split} bitext for {en}-{xx}: expected {forward}/{split}.tsv or "
+                    f"{split}.{en} + {split}.{xx} (bitext present: {', '.join(have) or 'none'}); "
+                    f"or set data.bitext.{en}-{xx}")
 
 
 def mono_texts(cfg: Config, lang: str) -> list[str]:

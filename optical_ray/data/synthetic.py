@@ -688,7 +688,7 @@ def _prepare_dir(out: Path, overwrite: bool) -> None:
         present = [e for e in _WORLD_ENTRIES if (out / e).exists()]
         if present and not overwrite:
             raise DataError(f"out_dir {out} already holds a world ({present}); pass overwrite=True "
-                            "or choose an empty directory")
+                            "(CLI: --overwrite) or choose an empty directory")
         for e in present:
             p = out / e
             shutil.rmtree(p) if p.is_dir() else p.unlink()

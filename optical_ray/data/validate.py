@@ -221,6 +221,9 @@ def validate_dataset(root: PathLike, *, strict: bool = False) -> ValidationRepor
     :class:`DataError` only when ``root`` holds nothing recognisable.
     """
     base = Path(root)
+    if base.is_file():
+        raise DataError(f"{base}: is a file; expected a dataset directory (the standard "
+                        "layout, or one collection directory with queries, corpus and qrels)")
     if not base.is_dir():
         raise DataError(f"{base}: dataset directory not found")
     report = ValidationReport(base)
