@@ -326,6 +326,9 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
                                   t_batch["attention_mask"], s_batch["attention_mask"], cfg)
         l_con = pair_contrastive_loss(student, s_enc, t_enc, cfg.model.temperature) \
             if dc.contrastive > 0 else None
+        # before the ranking forward: autograd sums gradients in the order the graph
+        # was built, and this order keeps results bit-identical to earlier versions
+        l2sp = l2sp_penalty(reference) if reference else None
         l_rank = None
         if rank_batches is not None:
             r_idx, _, _ = rank_batches(batch_no)
@@ -333,8 +336,7 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
             q = fwd(**to_device(student.tokenize(queries, "query"), device))
             d = fwd(**to_device(student.tokenize(docs, "doc"), device))
             l_rank = rank_loss(student, q, d, n_docs, cfg.model.temperature)
-        return mix_distill_losses(l_dist, dc, contrastive=l_con, rank=l_rank,
-                                  l2sp=l2sp_penalty(reference) if reference else None)
+        return mix_distill_losses(l_dist, dc, contrastive=l_con, l2sp=l2sp, rank=l_rank)
 
     stage = Stage("distill", stage_index, student, student, dc.lr, dc.steps, dc.epochs,
                   Batches(ctx, len(pairs), dc.batch_size, mix_seed(cfg.train.seed, stage_index), "distill"),
