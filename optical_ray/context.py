@@ -117,8 +117,12 @@ class LocalContext(TrainContext):
         # Every row names its (stage, step): a resumed run repeats the steps after its
         # last checkpoint, and :func:`read_progress` keeps the newest row of each.
         line = {**metrics, "checkpoint": checkpoint_dir, "time": time.time()}
-        with open(self.run_dir / PROGRESS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")
+        path = self.run_dir / PROGRESS_FILE
+        # A kill mid-write leaves a torn last line: start on a fresh one, or the next
+        # row would be glued to it and lost with it.
+        torn = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(("\n" if torn else "") + json.dumps(line, sort_keys=True) + "\n")
         if checkpoint_dir is not None and self.keep is not None:
             for old in complete_checkpoints(self.checkpoint_root())[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -132,6 +136,10 @@ class LocalContext(TrainContext):
         found = complete_checkpoints(root)
         return str(found[-1]) if found else None
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def read_progress(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -149,6 +157,8 @@ def read_progress(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             row = json.loads(text)
         except ValueError:
+            continue
+        if not isinstance(row, dict):
             continue
         # a row without its (stage, step) (reported by other code) is kept as it is
         key = (row["stage"], row["step"]) if "stage" in row and "step" in row else (None, i)

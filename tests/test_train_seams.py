@@ -179,8 +179,10 @@ def test_progress_rows_after_a_resume_are_one_per_step(tiny_config):
     rows = read_progress(run_dir)
     assert [(r["stage"], r["step"]) for r in rows] == [("rank", s) for s in (1, 2, 3, 4)]
     assert rows[2]["time"] == raw[3]["time"]  # the resumed run's row wins
+    # a kill mid-write: the torn line is skipped, the next row is not glued to it
     (run_dir / PROGRESS_FILE).write_text((run_dir / PROGRESS_FILE).read_text() + '{"torn')
-    assert len(read_progress(run_dir)) == 4
+    LocalContext(run_dir).report({"stage": "rank", "step": 5, "loss": 0.0}, None)
+    assert [r["step"] for r in read_progress(run_dir)] == [1, 2, 3, 4, 5]
 
 
 # --------------------------------------------------------------------------- storage
