@@ -136,6 +136,7 @@ class LocalContext(TrainContext):
         found = complete_checkpoints(root)
         return str(found[-1]) if found else None
 
+
 def _last_byte(path: Path) -> bytes:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
