@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from optical_ray.config import Config
+from optical_ray.context import TrainContext
 from optical_ray.errors import DataError
 from optical_ray.model import RetrievalModel
-
-if TYPE_CHECKING:
-    from optical_ray.train import TrainContext
 
 __all__ = ["RankExamples", "Batches", "english_rows", "filter_bitext", "to_device"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from optical_ray import __version__
@@ -104,10 +103,12 @@ def _cmd_data_prepare_real(args: argparse.Namespace) -> int:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config, to_dict
+    from optical_ray.model import check_distill_layers
 
     from optical_ray.redaction import redact
 
     cfg = load_config(args.config, args.overrides)
+    check_distill_layers(cfg)
     print(redact(json.dumps(to_dict(cfg), indent=2, sort_keys=True)))
     return 0
 
@@ -134,11 +135,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # object storage (checkpoints persisted there, resumable) go through Ray Train.
     if cfg.scaling.workers == 1 and args.address is None and \
             not cfg.storage.uri.startswith("s3://"):
-        from optical_ray.train import LocalContext, run
+        from optical_ray.train import LocalContext, local_run_dir, run
 
         from optical_ray.tracking import track_run
 
-        run_dir = Path(cfg.output_dir) / cfg.name
+        run_dir = local_run_dir(cfg)  # under --storage DIR when given
         with track_run(cfg, LocalContext(run_dir)) as ctx:
             history = run(cfg, ctx)
         final = history.evals[-1] if history.evals else {}

@@ -516,6 +516,10 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         elif tc.select_metric not in cfg.eval.metrics:
             problems.append(f"train.select_metric: got {tc.select_metric!r}, not among "
                             f"eval.metrics {cfg.eval.metrics}; add it there or pick one of them")
+    if (tc.keep_best or tc.patience) and "distill" not in tc.stages:
+        problems.append(f"train.keep_best/train.patience: set with train.stages={tc.stages}, but "
+                        "they select the distill stage's weights on dev; add distill to "
+                        "train.stages or turn them off")
     if tc.patience and not tc.eval_every:
         problems.append(f"train.patience: got {tc.patience} with train.eval_every=0; early "
                         "stopping needs dev evaluations during the stage (train.eval_every > 0)")

@@ -27,11 +27,13 @@ import torch.distributed as dist
 from torch import nn
 
 from optical_ray.config import Config, from_dict, to_dict
+from optical_ray.context import UNSCORED, TrainContext, fill_metric, worst_score
 from optical_ray.errors import ConfigError, TrainingError
-from optical_ray.train import TrainContext, run
+from optical_ray.model import check_distill_layers
+from optical_ray.train import run
 
-__all__ = ["RayTrainContext", "FitResult", "build_trainer", "checkpoint_score", "fit", "init_ray",
-           "prepare_config", "worker_loop"]
+__all__ = ["RayTrainContext", "FitResult", "UNSCORED", "build_trainer", "checkpoint_score", "fit",
+           "init_ray", "prepare_config", "worker_loop"]
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None,
@@ -68,20 +70,14 @@ def prepare_config(cfg: Config) -> Config:
     return from_dict(data)
 
 
-# The score of a checkpoint reported before any evaluation: the worst finite value.
-# Not -inf: Ray Train saves its checkpoint-manager snapshot as JSON (pydantic), where
-# -inf and NaN become null, and a run resumed from that snapshot then fails to rank its
-# checkpoints ("unsupported operand type(s) for *: 'float' and 'NoneType'").
-UNSCORED = 1e300
-
-
 def checkpoint_score(metrics: dict[str, Any], key: str, mode: str) -> float:
     """The value Ray Train ranks a reported checkpoint by: ``metrics[key]`` when it is
-    a finite number, else the worst finite score for ``mode`` (``max`` or ``min``)."""
+    a finite number, else the worst finite score for ``mode`` (``max`` or ``min``;
+    :data:`~optical_ray.context.UNSCORED`, see there why not -inf)."""
     value = metrics.get(key)
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
-    return -UNSCORED if mode == "max" else UNSCORED
+    return worst_score(mode)
 
 
 class RayTrainContext(TrainContext):
@@ -96,6 +92,7 @@ class RayTrainContext(TrainContext):
         super().__init__(rank=c.get_world_rank(), world_size=c.get_world_size(),
                          device=ray.train.torch.get_device(), run_dir=local)
         self.score_key, self.score_mode = cfg.sweep.metric, cfg.sweep.mode
+        self.last: dict[str, Any] = {}  # the last report that carried the metric
         self.run_path, self.storage = run_path, storage
         self._restored: Path | None = None
         self._num_nodes: int | None = None
@@ -130,8 +127,10 @@ class RayTrainContext(TrainContext):
         # the worker-group start-up that comes before it).
         out = {**metrics, "num_workers": self.world_size, "num_nodes": self.num_nodes,
                "run_s": time.perf_counter() - self._started}
-        # The checkpoint manager ranks by this key; every report must carry it.
-        out["score"] = checkpoint_score(out, self.score_key, self.score_mode)
+        if self.score_key in metrics:
+            self.last = dict(metrics)
+        # The checkpoint manager ranks by "score"; every report must carry it, finite.
+        out = fill_metric(out, self.last, self.score_key, self.score_mode)
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(out, checkpoint=checkpoint)  # collective: every rank calls it
         if checkpoint_dir:
@@ -285,6 +284,7 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
     from optical_ray.storage import resolve_storage
 
     cfg = prepare_config(cfg)
+    check_distill_layers(cfg)  # before Ray starts: one line, not a failed worker group
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
     if store.scheme == "s3":
         store.ensure_bucket()

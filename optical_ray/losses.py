@@ -1,5 +1,6 @@
 """Training losses: InfoNCE ranking, the distillation losses (OPTICAL's OT loss and the
-two MSE baselines) and the L2-SP penalty. Pure functions of tensors and a config.
+two MSE baselines), the L2-SP penalty, and how the distill stage mixes them
+(:func:`mix_distill_losses`). Pure functions of tensors and a config.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from optical_ray.config import Config
+from optical_ray.config import Config, DistillConfig
 from optical_ray.model import Encoded, RetrievalModel
-from optical_ray.ot import ot_distillation_loss
+from optical_ray.ot import normalize_layer_weights, ot_distillation_loss
 
 __all__ = ["rank_loss", "pair_contrastive_loss", "token_mse_loss", "sentence_mse_loss", "distill_loss",
-           "l2sp_penalty"]
+           "l2sp_penalty", "mix_distill_losses"]
 
 def rank_loss(model: RetrievalModel, q: Encoded, d: Encoded, n_docs_per_query: int,
               temperature: float) -> Tensor:
@@ -58,10 +59,8 @@ def pair_contrastive_loss(model: RetrievalModel, student: Encoded, teacher: Enco
 
 
 def _weights(layer_weights: Sequence[float] | None, n: int) -> list[float]:
-    if layer_weights is None:
-        return [1.0 / n] * n
-    total = float(sum(layer_weights))
-    return [float(w) / total for w in layer_weights]
+    """The OT loss's layer weights (same checks: one per layer, >= 0, positive sum)."""
+    return normalize_layer_weights(layer_weights, n).tolist()
 
 
 def token_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
@@ -136,3 +135,30 @@ def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()
+
+
+def mix_distill_losses(distill: Tensor, d: DistillConfig, *, contrastive: Tensor | None = None,
+                       l2sp: Tensor | None = None,
+                       rank: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""The loss of one distill step from its terms, and the parts it logs.
+
+    ``L = lambda (L_d + c L_con) + (1 - lambda) L_rank + s P`` on hybrid batches
+    (``rank`` given), else ``L = L_d + c L_con + s P``, with ``L_d`` = ``distill`` (the
+    ``d.method`` loss), ``c`` = ``d.contrastive`` (its term ``contrastive`` is left out
+    when None), ``lambda`` = ``d.weight``, ``s`` = ``d.l2sp`` and ``P`` = ``l2sp`` (the
+    unweighted :func:`l2sp_penalty`; None = 0). Parts: ``{d.method: L_d,
+    "contrastive": L_con, "l2sp": s P, "rank": L_rank}``, each only when present (for
+    ``method=contrastive`` the zero ``L_d`` gives way to ``L_con`` under that name).
+    """
+    parts = {d.method: distill}
+    if contrastive is not None:
+        parts["contrastive"] = contrastive
+        distill = distill + d.contrastive * contrastive
+    penalty = distill.new_zeros(())
+    if l2sp is not None:
+        penalty = d.l2sp * l2sp.to(distill.device)
+        parts["l2sp"] = penalty
+    if rank is None:
+        return distill + penalty, parts
+    parts["rank"] = rank
+    return d.weight * distill + (1.0 - d.weight) * rank + penalty, parts

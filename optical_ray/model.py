@@ -37,7 +37,7 @@ from optical_ray.errors import ConfigError, DataError
 from optical_ray.text import LetterFolder
 
 __all__ = ["Encoded", "RetrievalModel", "PRESETS", "maxsim", "resolve_layers", "preset_dir",
-           "model_summary"]
+           "model_summary", "model_depth", "check_distill_layers", "tiny_tokenizer_dir"]
 
 Kind = Literal["query", "doc", "bitext"]
 
@@ -97,6 +97,66 @@ def resolve_layers(layers: list[int], depth: int) -> list[int]:
                              f"allowed: 0 (embeddings) .. {depth}, or -1 (last) .. -{depth + 1}")
         out.append(layer if layer >= 0 else depth + 1 + layer)
     return out
+
+
+def _known_depth(cfg: Config) -> int | None:
+    """Encoder layers of the model ``cfg`` trains, where the config tells: the trained
+    teacher's (``train.teacher``), a preset's or a local directory's ``config.json``,
+    or the tiny builder's; None for a hub id (or a preset whose package is missing)."""
+    name = cfg.model.name_or_path
+    if not cfg.train.teacher and name == "tiny":
+        return cfg.model.tiny.num_layers
+    try:
+        where = cfg.train.teacher or (str(preset_dir(name)) if name in PRESETS else name)
+    except ConfigError:
+        return None
+    path = Path(where).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        n = json.loads(path.read_text(encoding="utf-8")).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def tiny_tokenizer_dir(cfg: Config) -> Path:
+    """The tokenizer of a tiny model: ``model.tokenizer``, else ``tokenizer/`` in the
+    data root (``data.root``, or the synthetic world's directory). Only a path: building
+    a model never generates data (:func:`optical_ray.data.sources.ensure_data_root` does)."""
+    if cfg.model.tokenizer:
+        return Path(cfg.model.tokenizer)
+    from optical_ray.data.sources import world_dir
+
+    root = Path(cfg.data.root).expanduser() if cfg.data.root is not None else world_dir(cfg)
+    return root / "tokenizer"
+
+
+def model_depth(cfg: Config) -> int:
+    """Encoder layers of the model the distill stage works on (for layer choices): the
+    trained teacher's (``train.teacher``), else the configured model's (a preset, a
+    local directory or the tiny builder's); ``model.tiny.num_layers`` when the config
+    cannot tell (a hub id). A preset whose package is missing raises its one-line
+    :class:`ConfigError`, as building the model would."""
+    if not cfg.train.teacher and cfg.model.name_or_path in PRESETS:
+        preset_dir(cfg.model.name_or_path)
+    depth = _known_depth(cfg)
+    return depth if depth is not None else cfg.model.tiny.num_layers
+
+
+def check_distill_layers(cfg: Config) -> None:
+    """Raise :class:`ConfigError` (one line) when ``distill.layers`` names a layer the
+    model does not have; a model whose depth the config cannot tell is not checked."""
+    depth = _known_depth(cfg)
+    if depth is None:
+        return
+    try:
+        resolve_layers(cfg.distill.layers, depth)
+    except ValueError:
+        bad = [x for x in cfg.distill.layers if not -(depth + 1) <= x <= depth]
+        raise ConfigError(f"distill.layers: got {cfg.distill.layers} ({', '.join(map(str, bad))} "
+                          f"not in a {depth}-layer model); allowed: 0 (embeddings) .. {depth}, "
+                          f"or -1 (last) .. -{depth + 1}") from None
 
 
 def maxsim(q: Tensor, q_mask: Tensor, d: Tensor, d_mask: Tensor, *, pairs: bool = False) -> Tensor:
@@ -211,13 +271,15 @@ class RetrievalModel(nn.Module):
         seed = cfg.train.seed if seed is None else seed
         name = mc.name_or_path
         if name == "tiny":
-            from optical_ray.data.sources import ensure_data_root
             from optical_ray.tiny import TinyModelSpec, build_tiny_encoder
 
-            tok_dir = Path(mc.tokenizer) if mc.tokenizer else ensure_data_root(cfg) / "tokenizer"
+            tok_dir = tiny_tokenizer_dir(cfg)
             if not tok_dir.is_dir():
                 raise ConfigError(f"model.tokenizer: {str(tok_dir)!r} is not a tokenizer "
-                                  "directory; give model.tokenizer or a data root with tokenizer/")
+                                  "directory; give model.tokenizer, a data.root with tokenizer/, "
+                                  "or generate the synthetic world first (`optical-ray data "
+                                  "synth`, optical_ray.data.sources.ensure_data_root; a run "
+                                  "does it itself)")
             tokenizer = _load_tokenizer(tok_dir)
             t = mc.tiny
             spec = TinyModelSpec(num_layers=t.num_layers, hidden_size=t.hidden_size,

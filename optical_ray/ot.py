@@ -47,6 +47,7 @@ __all__ = [
     "cost_matrix",
     "iterations_needed",
     "min_epsilon",
+    "normalize_layer_weights",
     "ot_distillation_loss",
     "sinkhorn",
 ]
@@ -790,7 +791,7 @@ def ot_distillation_loss(
     device = student[0].device
     t_mask = _as_mask(teacher_mask, "teacher_mask", (batch, n), device, required=True)
     s_mask = _as_mask(student_mask, "student_mask", (batch, m), device, required=True)
-    weights = _layer_weights(layer_weights, len(teacher))  # [n_layers], sums to 1
+    weights = normalize_layer_weights(layer_weights, len(teacher))  # [n_layers], sums to 1
 
     costs = [
         cost_matrix(t.detach(), s, cost) for t, s in zip(teacher, student, strict=True)
@@ -870,7 +871,10 @@ def _as_mask(
     return mask
 
 
-def _layer_weights(layer_weights: Sequence[float] | None, n_layers: int) -> Tensor:
+def normalize_layer_weights(layer_weights: Sequence[float] | None, n_layers: int) -> Tensor:
+    """Per-layer weights ``[n_layers]`` (float64) summing to 1: uniform for None, else
+    ``layer_weights`` (one finite, non-negative weight per layer, not all zero)
+    divided by their sum. Raises ValueError otherwise."""
     if layer_weights is None:
         return torch.full((n_layers,), 1.0 / n_layers, dtype=torch.float64)
     w = torch.as_tensor(

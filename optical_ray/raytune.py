@@ -38,14 +38,13 @@ from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
 from optical_ray.sweep import (CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PairPlan,
                                PairResult, error_reason, resolve_trial_config)
-from optical_ray.train import TrainContext
+from optical_ray.context import TrainContext, fill_metric
 from optical_ray.train import run as run_training
 from optical_ray.trust import (StateManifest, StateSigner, UntrustedStateError,
                                sign_tuner_file, state_key, verify_state)
 
 __all__ = ["fit_pair", "TuneContext", "PruningAwareOptunaSearch", "SharedLimiter",
-           "CatalogCallback", "ProgressCallback", "fill_metric", "FINISHED_KEY", "CONFIG_KEY",
-           "NAMESPACE"]
+           "CatalogCallback", "ProgressCallback", "checkpoint_uri", "NAMESPACE"]
 
 # Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
 REPORT_ATTEMPTS = 9
@@ -55,22 +54,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def fill_metric(metrics: Mapping[str, Any], last: Mapping[str, Any], metric: str,
-                mode: str) -> dict[str, Any]:
-    """The metrics a context reports: ``metric`` as evaluated now, else its last
-    evaluated value, else the worst *finite* value for ``mode`` (schedulers and
-    searchers read it from every result, and -inf would become null in Ray's JSON
-    snapshots); ``score`` mirrors it."""
-    from optical_ray.distributed import UNSCORED
-
-    out = dict(metrics)
-    value = out.get(metric, last.get(metric))
-    if not (isinstance(value, (int, float)) and math.isfinite(value)):
-        value = -UNSCORED if mode == "max" else UNSCORED
-    out[metric] = out["score"] = float(value)
-    return out
 
 
 class TuneContext(TrainContext):

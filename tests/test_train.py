@@ -12,6 +12,7 @@ import torch
 
 import optical_ray.losses as losses
 import optical_ray.train as train_mod
+import optical_ray.stages as stages_mod
 from optical_ray.config import Config
 from optical_ray.data.sources import bitext_pairs, rank_collection
 from optical_ray.errors import ConfigError, TrainingError
@@ -161,7 +162,7 @@ def test_nan_distill_loss_raises_training_error(tiny_config, tiny_world, monkeyp
 
 def test_inf_rank_loss_raises_training_error(tiny_config, tiny_world, monkeypatch):
     cfg = tiny_config()
-    monkeypatch.setattr(train_mod, "rank_loss", lambda model, q, d, k, t: q.vectors.sum() * float("inf"))
+    monkeypatch.setattr(stages_mod, "rank_loss", lambda model, q, d, k, t: q.vectors.sum() * float("inf"))
     with pytest.raises(TrainingError, match=r"rank loss became (inf|nan) at step 1 .*rank.lr"):
         train_rank(tiny_model(cfg, tiny_world.tokenizer_dir), rank_collection(cfg), cfg)
 
