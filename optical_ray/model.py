@@ -510,19 +510,3 @@ def model_summary(model: RetrievalModel) -> dict[str, int | str]:
     return {"params": sum(p.numel() for p in model.parameters()), "layers": model.depth,
             "hidden": int(c.hidden_size), "scoring": model.cfg.scoring,
             "projection_dim": model.cfg.projection_dim}
-
-
-
-def model_depth(cfg: Config) -> int:
-    """Encoder layers of the model a run distils (what layer choices index): the trained
-    teacher's, else the configured model's (a preset, a local directory or the tiny
-    builder's)."""
-    import json
-
-    name = cfg.model.name_or_path
-    where = cfg.train.teacher or (str(preset_dir(name)) if name in PRESETS else
-                                  (name if name != "tiny" else None))
-    if where and (Path(where) / "config.json").is_file():
-        data = json.loads((Path(where) / "config.json").read_text())
-        return int(data.get("num_hidden_layers", cfg.model.tiny.num_layers))
-    return cfg.model.tiny.num_layers
