@@ -68,6 +68,8 @@ class Stage:
     teacher: RetrievalModel | None = None
     extra: dict[str, nn.Module] = field(default_factory=dict)
     select: bool = False  # keep_best / patience on dev evaluations
+    # figures of the stage so far, added to every report (e.g. Sinkhorn convergence)
+    summary: Callable[[History], dict[str, float]] | None = None
 
 
 def _total_steps(stage: Stage, grad_accum: int) -> int:
@@ -318,7 +320,9 @@ def _train_step(stage: Stage, step: int, wrapped: nn.Module, o: _Optimisation,
 
 def _log_step(stage: Stage, record: dict[str, Any], parts: dict[str, float], total: int,
               ctx: TrainContext) -> None:
-    detail = " ".join(f"{k}={v:.4f}" for k, v in parts.items() if len(parts) > 1)
+    # loss terms only: the Sinkhorn convergence figures are summed up per stage
+    terms = {k: v for k, v in parts.items() if not k.startswith("sinkhorn_")}
+    detail = " ".join(f"{k}={v:.4f}" for k, v in terms.items() if len(terms) > 1)
     ctx.print0(f"[{stage.name}] step {record['step']}/{total} loss {record['loss']:.4f} {detail}"
                f"{' ' if detail else ''}lr {record['lr']:.2e} {record['examples_per_s']:.1f} ex/s")
 
@@ -371,7 +375,8 @@ def run_stage(stage: Stage, cfg: Config, ctx: TrainContext, history: History,
                     and not done else None
                 ckpt = _checkpoint(stage, cfg, ctx, state, o.opt, best)
             metrics = {k: v for k, v in record.items() if k != "epoch"}
-            ctx.report({**metrics, **last_eval}, ckpt)
+            summary = stage.summary(history) if stage.summary is not None else {}
+            ctx.report({**metrics, **last_eval, **summary}, ckpt)
         if done:
             break
     return history

@@ -412,8 +412,10 @@ class ProgressCallback(Callback):
 
 
 def _is_metric(key: str) -> bool:
+    """Result keys the catalog keeps: evaluation metrics and Sinkhorn convergence."""
     name = key.split("/")[-1].split("@")[0]
-    return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key
+    return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key \
+        or key.startswith("sinkhorn_")
 
 
 def checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:

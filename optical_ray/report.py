@@ -385,15 +385,39 @@ def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
             figs.append((name, f"{r.pair}: parameter importance"))
     where = catalog.storage.where()
     head, body = _table_rows(rows)
+    flagged = unconverged_trials(df)
     _write_markdown(out / "report.md", rows, head, body, figures, importances, metric,
-                    baseline, where)
+                    baseline, where, flagged)
     _write_html(out / "report.html", head, body, figures, importances, metric, baseline,
-                where, out)
+                where, out, flagged)
     (out / "report.json").write_text(json.dumps(
         {"storage": where, "metric": metric, "baseline": baseline, "mode": mode,
-         "pairs": [r.to_dict() for r in rows], "importances": importances},
+         "pairs": [r.to_dict() for r in rows], "importances": importances,
+         "unconverged": flagged},
         indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return out / "report.md"
+
+
+def unconverged_trials(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """Per pair, the trials some of whose distill steps trained on a Sinkhorn plan that
+    had not reached ``distill.sinkhorn_tol`` (their metrics rest on inexact plans):
+    ``{"trial_id", "fraction", "max_error"}`` from each record's last metrics."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in df.itertuples():
+        last = _json(row.last_metrics)
+        frac = last.get("sinkhorn_unconverged")
+        if isinstance(frac, (int, float)) and frac > 0:
+            out.setdefault(row.pair, []).append({
+                "trial_id": row.trial_id, "fraction": float(frac),
+                "max_error": float(last.get("sinkhorn_max_error", float("nan")))})
+    return out
+
+
+def _convergence_line(flagged: list[dict[str, Any]]) -> str:
+    shown = ", ".join(f"{t['trial_id']} ({t['fraction']:.0%} of steps, worst marginal error "
+                      f"{t['max_error']:.2g})" for t in flagged)
+    return (f"Sinkhorn did not converge in {len(flagged)} trial(s): {shown}; their metrics "
+            "rest on inexact plans (raise distill.sinkhorn_iters or the lowest epsilon)")
 
 
 def _intro(metric: str, baseline: str, where: str) -> list[str]:
@@ -407,7 +431,7 @@ def _intro(metric: str, baseline: str, where: str) -> list[str]:
 def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
                     body: list[list[str]], figures: dict[str, list[tuple[str, str]]],
                     importances: dict[str, dict[str, float]], metric: str, baseline: str,
-                    where: str) -> None:
+                    where: str, flagged: dict[str, list[dict[str, Any]]]) -> None:
     lines = ["# optical-ray gap report", "", *_intro(metric, baseline, where), "",
              markdown_table(head, body), "",
              "![baseline vs best per pair](overview.png)", ""]
@@ -419,6 +443,8 @@ def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
         if imp:
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:5])
             lines.append(f"- most important parameters (PED-ANOVA): {top}")
+        if flagged.get(r.pair):
+            lines.append(f"- **{_convergence_line(flagged[r.pair])}**")
         lines.append("")
         lines += [f"![{alt}]({name})" for name, alt in figures.get(r.pair, [])]
         lines.append("")
@@ -428,7 +454,7 @@ def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
 def _write_html(path: Path, head: list[str], body: list[list[str]],
                 figures: dict[str, list[tuple[str, str]]],
                 importances: dict[str, dict[str, float]], metric: str, baseline: str,
-                where: str, out: Path) -> None:
+                where: str, out: Path, flagged: dict[str, list[dict[str, Any]]]) -> None:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode((out / name).read_bytes()).decode()
         return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
@@ -443,6 +469,8 @@ def _write_html(path: Path, head: list[str], body: list[list[str]],
              img("overview.png", "baseline vs best per pair")]
     for pair, figs in figures.items():
         parts.append(f"<h2>{e(pair)}</h2>")
+        if flagged.get(pair):
+            parts.append(f"<p><b>{e(_convergence_line(flagged[pair]))}</b></p>")
         imp = importances.get(pair) or {}
         if imp:
             parts.append("<p>most important parameters (PED-ANOVA): " + e(", ".join(

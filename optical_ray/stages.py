@@ -21,6 +21,7 @@ and hands it to :func:`~optical_ray.loop.run_stage`.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -227,6 +228,7 @@ class _SinkhornNotes:
     def __init__(self, ctx: TrainContext, cfg: Config) -> None:
         self.ctx, self.cfg = ctx, cfg
         self.steps = self.unconverged = 0
+        self.last_error = 0.0  # worst marginal error of the last call (0: converged)
 
     @contextlib.contextmanager
     def watch(self):
@@ -237,6 +239,8 @@ class _SinkhornNotes:
             yield
         self.steps += 1
         hits = [w for w in caught if issubclass(w.category, SinkhornConvergenceWarning)]
+        self.last_error = max((float(getattr(w.message, "marginal_error", math.nan))
+                               for w in hits), default=0.0)
         for w in caught:
             if not issubclass(w.category, SinkhornConvergenceWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -253,6 +257,26 @@ class _SinkhornNotes:
                             f"{d.sinkhorn_iters} before distill.sinkhorn_tol={d.sinkhorn_tol} "
                             f"in {self.unconverged} of {self.steps} steps (epsilon {d.epsilon}); "
                             "raise distill.sinkhorn_iters or distill.epsilon for exact plans")
+
+    def parts(self, like: Tensor) -> dict[str, Tensor]:
+        """This step's convergence as loss parts, so they travel in the step history
+        (and through a resume) like the loss: 1 when the plan did not converge, and its
+        worst marginal error."""
+        return {"sinkhorn_unconverged": like.new_tensor(float(self.last_error > 0)),
+                "sinkhorn_error": like.new_tensor(self.last_error)}
+
+
+def sinkhorn_convergence(history: History) -> dict[str, float]:
+    """The distill stage's Sinkhorn convergence so far: the fraction of its steps whose
+    plan stopped before ``distill.sinkhorn_tol`` (``sinkhorn_unconverged``) and the worst
+    marginal error among them (``sinkhorn_max_error``, 0 when all converged). Recorded
+    with every report, hence in the catalog."""
+    steps = [s for s in history.steps if s.get("stage") == "distill"
+             and "sinkhorn_unconverged" in s]
+    if not steps:
+        return {}
+    return {"sinkhorn_unconverged": sum(s["sinkhorn_unconverged"] > 0 for s in steps) / len(steps),
+            "sinkhorn_max_error": max(s.get("sinkhorn_error", 0.0) for s in steps)}
 
 
 def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
@@ -336,11 +360,15 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
             q = fwd(**to_device(student.tokenize(queries, "query"), device))
             d = fwd(**to_device(student.tokenize(docs, "doc"), device))
             l_rank = rank_loss(student, q, d, n_docs, cfg.model.temperature)
-        return mix_distill_losses(l_dist, dc, contrastive=l_con, l2sp=l2sp, rank=l_rank)
+        loss, parts = mix_distill_losses(l_dist, dc, contrastive=l_con, l2sp=l2sp, rank=l_rank)
+        if dc.method == "ot":
+            parts.update(sinkhorn_notes.parts(l_dist.detach()))
+        return loss, parts
 
     stage = Stage("distill", stage_index, student, student, dc.lr, dc.steps, dc.epochs,
                   Batches(ctx, len(pairs), dc.batch_size, mix_seed(cfg.train.seed, stage_index), "distill"),
-                  dc.batch_size, loss_fn, teacher=teacher, select=select)
+                  dc.batch_size, loss_fn, teacher=teacher, select=select,
+                  summary=sinkhorn_convergence if dc.method == "ot" else None)
     if dc.method == "none":
         return student, finish_without_training(stage, cfg, ctx, history, eval_fn)
     if resume is not None:

@@ -164,3 +164,24 @@ def test_an_unreadable_part_hides_no_pair(catalog, caplog) -> None:
     rows = {r.pair: r for r in summarize(Catalog(catalog.storage).records())}
     assert sorted(rows) == sorted(PAIRS) and rows["en-sw"].best == pytest.approx(0.43)
     assert any(torn in r.getMessage() for r in caplog.records)
+
+
+def test_report_flags_trials_whose_sinkhorn_plans_did_not_converge(catalog, tmp_path) -> None:
+    synthetic_catalog(catalog, trials=3)
+    catalog.append(TrialRecord(
+        "sweep", "en-sw", "en-sw-starved", config=_flat("en-sw", **{"distill.epsilon": 1e-3}),
+        best_metrics=_metrics("en-sw", 0.3),
+        last_metrics={**_metrics("en-sw", 0.3), "sinkhorn_unconverged": 0.4,
+                      "sinkhorn_max_error": 0.25}))
+    catalog.append(TrialRecord(
+        "sweep", "en-yo", "en-yo-fine", config=_flat("en-yo"), best_metrics=_metrics("en-yo", 0.3),
+        last_metrics={"sinkhorn_unconverged": 0.0, "sinkhorn_max_error": 0.0}))
+    path = build_report(catalog.storage, tmp_path / "report")
+    text = path.read_text()
+    assert ("Sinkhorn did not converge in 1 trial(s): en-sw-starved (40% of steps, worst "
+            "marginal error 0.25)") in text
+    assert text.count("Sinkhorn did not converge") == 1
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["unconverged"] == {"en-sw": [{"trial_id": "en-sw-starved", "fraction": 0.4,
+                                              "max_error": 0.25}]}
+    assert "Sinkhorn did not converge" in (tmp_path / "report" / "report.html").read_text()

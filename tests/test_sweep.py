@@ -78,6 +78,9 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
         assert json.loads(row["config"]) == json.loads(json.dumps(ran, default=str))
         assert ran["name"] == f"t-{row['pair']}-{row['trial_id']}"
         assert ran["train.checkpoint_every"] == ran["train.eval_every"] == 2
+        # Sinkhorn convergence of the trial's distill steps is in the catalog too.
+        last = json.loads(row["last_metrics"])
+        assert 0.0 <= last["sinkhorn_unconverged"] <= 1.0 and "sinkhorn_max_error" in last
     # The two pairs ran at the same time (one experiment each, one shared budget of 2).
     spans = {p: [(r.started_at, r.finished_at) for r in records[records["pair"] == p].itertuples()]
              for p in ("en-xc", "xc-en")}

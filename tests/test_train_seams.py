@@ -252,3 +252,24 @@ def test_building_a_tiny_model_generates_no_data(tmp_path):
     with pytest.raises(ConfigError, match="model.tokenizer"):
         RetrievalModel.from_config(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_distill_reports_sinkhorn_convergence(tiny_config):
+    """Every report of an OT distill stage carries the fraction of its steps whose plan
+    stopped before distill.sinkhorn_tol and the worst marginal error (the catalog keeps
+    both); a budget that suffices reports 0."""
+    from optical_ray.train import local_run_dir, run
+
+    def last_row(**over):
+        cfg = tiny_config(**{"train.stages": ["distill"], "distill.steps": 3,
+                             "distill.method": "ot", **over})
+        history = run(cfg)
+        assert all("sinkhorn_unconverged" in s for s in history.steps)
+        return read_progress(local_run_dir(cfg))[-1]
+
+    starved = last_row(**{"distill.epsilon": 1e-3, "distill.sinkhorn_iters": 3,
+                          "name": "starved"})
+    assert starved["sinkhorn_unconverged"] == 1.0
+    assert starved["sinkhorn_max_error"] > 1e-3
+    ample = last_row(**{"distill.epsilon": 0.5, "distill.sinkhorn_iters": 2000, "name": "ample"})
+    assert ample["sinkhorn_unconverged"] == 0.0 and ample["sinkhorn_max_error"] == 0.0
