@@ -102,7 +102,9 @@ def _schedule(total: int, warmup_ratio: float) -> Callable[[int], float]:
 
 
 def _raise_nonfinite(stage: str, step: int, loss: float, parts: dict[str, float]) -> None:
-    detail = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
+    # Sinkhorn's diagnostics only when they say something (a plan that did not converge).
+    detail = ", ".join(f"{k}={v:.4g}" for k, v in parts.items()
+                       if not (k.startswith("sinkhorn_") and v == 0))
     raise TrainingError(f"{stage} loss became {loss} at step {step}"
                         f"{f' ({detail})' if detail else ''}; {STAGE_HINTS[stage]}")
 

@@ -580,7 +580,9 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
     with _credentials_stay_on_nodes():
         grid = tuner.fit()
     _flush_catalog(catalog)
-    return _pair_result(grid, plan, baseline, store)
+    result = _pair_result(grid, plan, baseline, store)
+    result.warnings = [w for view in views for w in view.tracker.problems]
+    return result
 
 
 def _pair_result(grid: Any, plan: PairPlan, baseline: dict[str, float] | None,

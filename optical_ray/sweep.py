@@ -207,6 +207,7 @@ class PairResult:
     searched: list[str] = field(default_factory=list)
     stopped: int = 0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. an unreachable tracking server
 
     @property
     def finished(self) -> bool:
@@ -250,6 +251,8 @@ class SweepResult:
                 lines.append(f"    checkpoint: {r.best_checkpoint}")
             for trial_id, reason in r.failed:
                 lines.append(f"    failed {trial_id}: {reason}")
+            for warning in r.warnings:
+                lines.append(f"    warning: {warning}")
         bad = [p for p, r in self.pairs.items() if not r.finished]
         if bad:
             lines.append(f"error: no finished trial for {', '.join(bad)}; the causes are "

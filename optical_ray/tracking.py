@@ -289,6 +289,7 @@ class _Sender:
     def __init__(self, backend: str, where: str) -> None:
         self.backend, self.where = backend, where
         self.dropped = self.failed = 0
+        self.problems: list[str] = []  # every warning it logged, for the sweep's summary
         self._queue: queue.Queue[tuple[Callable[[], Any], str] | None] = queue.Queue()
         self._down_until = 0.0
         self._thread = threading.Thread(target=self._loop, name=f"optical-ray-{backend}",
@@ -313,21 +314,25 @@ class _Sender:
                 self.failed += 1
                 self._down_until = time.monotonic() + RETRY_AFTER_S
                 reason = redact(" ".join(str(exc).split()))[:300]
-                log.warning("%s tracking at %s failed (%s): %s; the sweep goes on and the "
-                            "catalog keeps every result; calls in the next %.0f s are "
-                            "skipped", self.backend, self.where, what,
-                            reason or type(exc).__name__, RETRY_AFTER_S)
+                self._warn(f"{self.backend} tracking at {self.where} failed ({what}): "
+                           f"{reason or type(exc).__name__}; the sweep goes on and the "
+                           f"catalog keeps every result; calls in the next "
+                           f"{RETRY_AFTER_S:.0f} s are skipped")
+
+    def _warn(self, message: str) -> None:
+        self.problems.append(message)
+        log.warning("%s", message)
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("%s tracking at %s: gave up waiting %.0f s for queued calls",
-                        self.backend, self.where, timeout)
+            self._warn(f"{self.backend} tracking at {self.where}: gave up waiting "
+                       f"{timeout:.0f} s for queued calls")
         elif self.failed or self.dropped:
-            log.warning("%s tracking at %s: %d call(s) failed and %d were skipped while it "
-                        "was unreachable; the catalog has every result", self.backend,
-                        self.where, self.failed, self.dropped)
+            self._warn(f"{self.backend} tracking at {self.where}: {self.failed} call(s) "
+                       f"failed and {self.dropped} were skipped while it was unreachable; "
+                       "the catalog has every result")
 
 
 def mlflow_tracking_uri(uri: str | None, store: Any, output_dir: str | None = None) -> str:
@@ -543,6 +548,8 @@ class Tracker:
         self.backend = backend
         self._sender: _Sender | None = None
         self._runs: dict[str, Any] = {}
+        self.problems: list[str] = []  # the warnings of every closed sender
+
 
     @property
     def name(self) -> str:
@@ -589,6 +596,7 @@ class Tracker:
         if self._sender is not None:
             self._sender.submit(self.backend.end, "ending")
             self._sender.close(timeout)
+            self.problems.extend(self._sender.problems)
             self._sender = None
 
 

@@ -123,7 +123,7 @@ def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_roo
         **SPACE["params"],
         "distill.layers": {"type": "layers", "strategies": ["set"], "sets": [[1], [7]]}}}
     storage = sweep_root / "store-e"
-    with pytest.raises(ConfigError, match=r"\[7\].*2 layers"):
+    with pytest.raises(ConfigError, match=r"layer 7 is beyond the model depth 2"):
         run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
                   samples=2, name="deep", verbose=0)
     assert not (storage / "deep-en-xc").exists()
