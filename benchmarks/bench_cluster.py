@@ -14,6 +14,9 @@ slots are logical CPUs (the stand-ins sleep), so 8 slots fit a 2-core machine.
   is the whole :func:`launch.run` call (checks, pair tasks, catalog writes included).
   The catalog's started/finished spans (a trial's life as the driver sees it, actor
   start and reports included) give a second, looser figure.
+  ``trial_phase_utilisation`` leaves out the sweep's start-up (``startup_s``: checks,
+  pair tasks and their Tune set-up until the first trial starts), which is fixed per
+  sweep, not per trial.
 * **overhead** — per-trial scheduler overhead = (wall - ideal wall) / trials, where
   ideal wall = trials x work per trial / slots: what the driver adds per trial on top
   of perfect packing (suggest, the shared budget, actor reuse, result handling,
@@ -39,7 +42,7 @@ from typing import Any
 SPACE = {
     "base": {"train.stages": ["distill"], "train.log_every": 10_000},
     "params": {
-        "distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0},
+        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-5, "high": 3e-2},
     },
 }
@@ -103,12 +106,15 @@ def _sweep(root: Path, name: str, *, pairs: int, samples: int, slots: int, secon
                      "sweep.grace_period": 1, "sweep.reduction_factor": 2.0,
                      "scaling.cpus_per_worker": 1.0})
     lines: list[str] = []
-    start = time.perf_counter()
+    began, start = time.time(), time.perf_counter()
     result = run(cfg, space, verbose=1, out=lines.append, check_data=False,
                  trial_fn=functools.partial(stand_in, seconds=seconds))
     wall = time.perf_counter() - start
     records = Catalog(str(storage)).records()
-    return {"wall": wall, "records": records, "result": result, "lines": lines}
+    first = records["started_at"].min().timestamp()
+    last = records["finished_at"].max().timestamp()
+    return {"wall": wall, "records": records, "result": result, "lines": lines,
+            "startup": first - began, "trial_phase": last - first}
 
 
 def _busy(records: Any) -> tuple[float, float]:
@@ -134,6 +140,8 @@ def _utilisation(root: Path, slots: int, pairs: int, samples: int, seconds: floa
               target=target, within_target=(util >= target) if target else None,
               statistic="sum of trials' work (their sleeps) / (slots x sweep wall)",
               span_utilisation=round(spans / (slots * run["wall"]), 3),
+              trial_phase_utilisation=round(work / (slots * run["trial_phase"]), 3),
+              startup_s=round(run["startup"], 1),
               wall_s=round(run["wall"], 1), busy_slot_s=round(work, 1), slots=slots,
               pairs=pairs, trials=len(records),
               finished=int((records["status"] == "finished").sum()),
