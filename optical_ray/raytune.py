@@ -478,6 +478,16 @@ def _baseline(plan: PairPlan) -> dict[str, float] | None:
     return ray.get(evaluate.remote())
 
 
+def snapshotted(store: Any, path: str) -> bool:
+    """Whether Tune saved the experiment's state at ``path`` (``experiment_state-*``).
+    A ``tuner.pkl`` alone means its driver died before Tune's first snapshot: Tune's
+    restore would then restart the experiment with ``num_samples=1`` (it logs the
+    failed restore and carries on), so such a pair starts again instead, keeping its
+    Optuna study."""
+    return any(Path(i.path).name.startswith("experiment_state-")
+               for i in store.ls(store.rel(path)))
+
+
 def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: str,
            verbose: int, trial_fn: TrialFn | None = None) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -495,7 +505,7 @@ def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: s
         resources = {"CPU": 0, "memory": DRIVER_MEMORY}
     trainable = tune.with_resources(trainable, resources)
     fs = store.ray_storage_filesystem()
-    if plan.resume:
+    if plan.resume and snapshotted(store, plan.path):
         tuner = tune.Tuner.restore(plan.path, trainable, resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=fs)
         _set_callbacks(tuner, [*callbacks, *_result_loggers()])
@@ -549,7 +559,7 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
     callbacks = [CatalogCallback(catalog, plan, baseline), ProgressCallback(plan, coordinator),
                  signer, *views]
     tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn)
-    if not plan.resume:
+    if not (plan.resume and snapshotted(store, plan.path)):
         sign_tuner_file(store, rel, manifest)
         signer.write()
     with _credentials_stay_on_nodes(), _no_default_loggers(), _no_callback_telemetry():

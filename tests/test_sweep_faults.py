@@ -157,7 +157,8 @@ def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) 
     result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=pairs,
                        samples=samples, name="dk", resume=True, verbose=0)
     assert result.exit_code == 0, result.summary()
-    assert all(r.trials == samples and not r.failed for r in result.pairs.values())
+    assert all(r.trials == samples and not r.failed for r in result.pairs.values()), \
+        [(p, r.trials, r.failed) for p, r in result.pairs.items()]
     _check_resumed_sweep(before, _records(storage), pairs, samples)
 
 
