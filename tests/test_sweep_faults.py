@@ -240,8 +240,9 @@ def _session(pid: int) -> int | None:
 
 
 def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
-    """The directory name of a trial running on ``node`` that has reported a checkpoint
-    (a trial actor's working directory is its trial directory: Tune's default)."""
+    """The directory name of a trial running on ``node`` half-way: its first or second
+    of 4 checkpoints reported (a trial actor's working directory is its trial
+    directory, Tune's default; an idle reused actor keeps a finished trial's)."""
     for pid in cluster.pids():
         if _session(pid) != node.pid:
             continue
@@ -249,7 +250,9 @@ def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
             cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except OSError:
             continue
-        if cwd.name.startswith("trial_") and any((experiment_dir / cwd.name).glob("checkpoint_*")):
+        done = sorted(p.name for p in (experiment_dir / cwd.name).glob("checkpoint_*"))
+        if cwd.name.startswith("trial_") and done and done[-1] in {"checkpoint_000000",
+                                                                  "checkpoint_000001"}:
             return cwd.name
     return None
 
