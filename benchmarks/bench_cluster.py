@@ -104,7 +104,11 @@ def _sweep(root: Path, name: str, *, pairs: int, samples: int, slots: int, secon
                      "sweep.samples": samples, "sweep.max_concurrent": slots,
                      "sweep.scheduler": scheduler, "sweep.pair_order": pair_order,
                      "sweep.grace_period": 1, "sweep.reduction_factor": 2.0,
-                     "scaling.cpus_per_worker": 1.0})
+                     "scaling.cpus_per_worker": 1.0,
+                     # The default study storage, one SQLite file for every pair, failed
+                     # a pair (SQLAlchemy OperationalError) with 10 pairs at once: the
+                     # studies stay in memory here, as they do on object storage.
+                     "sweep.optuna_storage": "memory"})
     lines: list[str] = []
     began, start = time.time(), time.perf_counter()
     result = run(cfg, space, verbose=1, out=lines.append, check_data=False,
