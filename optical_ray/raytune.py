@@ -1,5 +1,6 @@
-"""Everything Ray Tune, in one adapter: the trial function and its context, the
-pruning-aware Optuna searcher, the cross-pair trial budget, the catalog and progress
+"""Everything Ray Tune, in one adapter (the trial function and its context are in
+:mod:`optical_ray.tune_trial`, imported only in trial processes): the pruning-aware
+Optuna searcher, the cross-pair trial budget, the catalog and progress
 callbacks, the signed-state guard, and Tuner build / restore / run per pair.
 
 Ray's API moves fast; the private pieces this project cannot avoid live here only, each
