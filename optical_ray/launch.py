@@ -189,11 +189,14 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-    coord = _Coordinator.options(name=name, namespace=NAMESPACE).remote(sw.max_concurrent)
+    # The coordinator and the pairs' tasks live on the driver's node: a worker node
+    # that dies then takes only trials with it (they restart from their checkpoints).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    coord = _Coordinator.options(name=name, namespace=NAMESPACE,
+                                 scheduling_strategy=here).remote(sw.max_concurrent)
     task = ray.remote(fit_pair).options(
         num_cpus=0, max_retries=0, runtime_env={"env_vars": _pair_task_env()},
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=False))
+        scheduling_strategy=here)
     results: dict[str, PairResult | BaseException] = {}
     try:
         if sw.pair_order == "sequential":

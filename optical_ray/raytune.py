@@ -1,5 +1,6 @@
-"""Everything Ray Tune, in one adapter: the trial function and its context, the
-pruning-aware Optuna searcher, the cross-pair trial budget, the catalog and progress
+"""Everything Ray Tune, in one adapter (the trial function and its context are in
+:mod:`optical_ray.tune_trial`, imported only in trial processes): the pruning-aware
+Optuna searcher, the cross-pair trial budget, the catalog and progress
 callbacks, the signed-state guard, and Tuner build / restore / run per pair.
 
 Ray's API moves fast; the private pieces this project cannot avoid live here only, each
@@ -21,8 +22,7 @@ import contextlib
 import json
 import logging
 import math
-import shutil
-import tempfile
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -33,17 +33,15 @@ from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from optical_ray.config import Config, from_flat, to_flat
+from optical_ray.config import from_flat, to_flat
 from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
 from optical_ray.sweep import (CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PairPlan,
                                PairResult, error_reason, resolve_trial_config)
-from optical_ray.context import TrainContext, fill_metric
-from optical_ray.train import run as run_training
 from optical_ray.trust import (StateManifest, StateSigner, UntrustedStateError,
                                sign_tuner_file, state_key, verify_state)
 
-__all__ = ["fit_pair", "TuneContext", "PruningAwareOptunaSearch", "SharedLimiter",
+__all__ = ["fit_pair", "PruningAwareOptunaSearch", "SharedLimiter",
            "CatalogCallback", "ProgressCallback", "checkpoint_uri", "NAMESPACE"]
 
 # Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
@@ -54,45 +52,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-class TuneContext(TrainContext):
-    """:class:`~optical_ray.train.TrainContext` for a single-worker trial: reports go to
-    Ray Tune (checkpoints persisted to the experiment's storage), resume comes from
-    ``tune.get_checkpoint()``."""
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(rank=0, world_size=1, device=None,
-                         run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")))
-        self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
-        self.config_json = json.dumps(to_flat(cfg), sort_keys=True)
-        self.last: dict[str, Any] = {}
-        self._restored: str | None = None
-        self._config_sent = False
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        out = fill_metric(metrics, self.last, self.metric, self.mode)
-        if self.metric in metrics:
-            self.last = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if not self._config_sent:
-            out[CONFIG_KEY] = self.config_json
-            self._config_sent = True
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        # Reporting uploads the checkpoint: a storage outage is waited out (a failed
-        # upload raises before the result is queued, so the report can be repeated).
-        with_retries(lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
-                     attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
-                     what="reporting a checkpoint to storage")
-        if checkpoint_dir:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    def latest_checkpoint(self) -> str | None:
-        if self._restored is None:
-            ckpt = tune.get_checkpoint()
-            if ckpt is None:
-                return None
-            self._restored = ckpt.to_directory(str(self.run_dir / "restored"))
-        return self._restored
 
 
 def _storage_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -107,38 +66,12 @@ def _storage_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
-    """The Tune trial function: resolve the trial's config once, train, report."""
-    trial_id = tune.get_context().get_trial_id()
-    cfg = resolve_trial_config(plan, sampled, trial_id)
-    start = time.perf_counter()
-    if cfg.scaling.workers == 1:
-        ctx = TuneContext(cfg)
-        try:
-            history = run_training(cfg, ctx)
-        finally:
-            shutil.rmtree(ctx.run_dir, ignore_errors=True)
-        # A trial restored at its final checkpoint trains nothing and reports nothing
-        # in this process: its metrics are the last evaluation in its history.
-        last = ctx.last or {k: v for k, v in (history.evals[-1] if history.evals else {}).items()
-                            if isinstance(v, (int, float))}
-    else:
-        from ray.tune.integration.ray_train import TuneReportCallback
+    """The Tune trial function (:func:`optical_ray.tune_trial.run_trial`), imported in
+    the trial's process: the training code brings torch, which the pair's Tune driver
+    and the coordinator never use (about 2 CPU-seconds of start-up per process)."""
+    from optical_ray.tune_trial import run_trial
 
-        from optical_ray.distributed import build_trainer
-
-        trainer = build_trainer(cfg, callbacks=[TuneReportCallback()],
-                                name=f"trainruns/{plan.experiment}/{trial_id}")
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        if result.checkpoint is not None:
-            last[CHECKPOINT_PATH_KEY] = result.checkpoint.path
-    # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
-    # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
-    train_s = last.get("run_s", time.perf_counter() - start)
-    tune.report({**last, FINISHED_KEY: 1, "train_s": train_s,
-                 CONFIG_KEY: json.dumps(to_flat(cfg), sort_keys=True)})
+    run_trial(sampled, plan=plan)
 
 
 TrialFn = Callable[..., None]
@@ -466,6 +399,48 @@ def _credentials_stay_on_nodes() -> Iterator[None]:
         class_cache.ENV_VARS_TO_PROPAGATE = before
 
 
+def _result_loggers() -> list[Callback]:
+    """The result files Tune's ResultGrid reads back (``progress.csv``,
+    ``result.json``), passed explicitly because :func:`_no_default_loggers` turns Tune's
+    defaults off."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
+@contextlib.contextmanager
+def _no_default_loggers() -> Iterator[None]:
+    """Keep Tune from adding its TensorBoard logger to every pair: it imports
+    tensorboardX and torch into the pair's Tune driver (about 2 CPU-seconds per pair;
+    17 s each for 8 pairs starting at once on 2 cores) and writes event files nobody
+    asked for (``sweep.tracking: [tensorboard]`` is the opt-in view)."""
+    before = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = before
+
+
+@contextlib.contextmanager
+def _no_callback_telemetry() -> Iterator[None]:
+    """Skip Ray's usage tag of the user's Tune callbacks: to name them it imports Ray's
+    MLflow, W&B, Comet and Aim integrations (and mlflow and wandb themselves, when
+    installed: about 3 CPU-seconds per pair's Tune driver), whether or not usage stats
+    are on. Private: ``ray.air._internal.usage.tag_callbacks``, which ``tune.run`` calls."""
+    from ray.air._internal import usage  # private
+
+    before = usage.tag_callbacks
+    usage.tag_callbacks = lambda callbacks: False
+    try:
+        yield
+    finally:
+        usage.tag_callbacks = before
+
+
 def _set_callbacks(tuner: Any, callbacks: list[Callback]) -> None:
     """Give a restored Tuner this driver's callbacks (its pickled ones hold the old
     driver's catalog connection and baseline). Private: Ray has no public way."""
@@ -504,6 +479,16 @@ def _baseline(plan: PairPlan) -> dict[str, float] | None:
     return ray.get(evaluate.remote())
 
 
+def snapshotted(store: Any, path: str) -> bool:
+    """Whether Tune saved the experiment's state at ``path`` (``experiment_state-*``).
+    A ``tuner.pkl`` alone means its driver died before Tune's first snapshot: Tune's
+    restore would then restart the experiment with ``num_samples=1`` (it logs the
+    failed restore and carries on), so such a pair starts again instead, keeping its
+    Optuna study."""
+    return any(Path(i.path).name.startswith("experiment_state-")
+               for i in store.ls(store.rel(path)))
+
+
 def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: str,
            verbose: int, trial_fn: TrialFn | None = None) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -521,10 +506,10 @@ def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: s
         resources = {"CPU": 0, "memory": DRIVER_MEMORY}
     trainable = tune.with_resources(trainable, resources)
     fs = store.ray_storage_filesystem()
-    if plan.resume:
+    if plan.resume and snapshotted(store, plan.path):
         tuner = tune.Tuner.restore(plan.path, trainable, resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=fs)
-        _set_callbacks(tuner, callbacks)
+        _set_callbacks(tuner, [*callbacks, *_result_loggers()])
         return tuner
     sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
                           reduction_factor=sw.reduction_factor, max_t=plan.max_t) \
@@ -538,7 +523,8 @@ def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: s
                                     reuse_actors=sc.workers == 1),
         run_config=tune.RunConfig(
             name=plan.experiment, storage_path=store.ray_storage_path(),
-            storage_filesystem=fs, callbacks=callbacks, verbose=2 if verbose >= 2 else 0,
+            storage_filesystem=fs, callbacks=[*callbacks, *_result_loggers()],
+            verbose=2 if verbose >= 2 else 0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # A trial whose process or node dies restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=sw.max_failures)))
@@ -574,10 +560,10 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
     callbacks = [CatalogCallback(catalog, plan, baseline), ProgressCallback(plan, coordinator),
                  signer, *views]
     tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn)
-    if not plan.resume:
+    if not (plan.resume and snapshotted(store, plan.path)):
         sign_tuner_file(store, rel, manifest)
         signer.write()
-    with _credentials_stay_on_nodes():
+    with _credentials_stay_on_nodes(), _no_default_loggers(), _no_callback_telemetry():
         grid = tuner.fit()
     _flush_catalog(catalog)
     result = _pair_result(grid, plan, baseline, store)
