@@ -1,7 +1,9 @@
 """OPTICAL on real languages: zero-shot MiniLM vs OT and MSE distillation on MAFAND bitext.
 
 For each low-resource language (Swahili, Hausa) the English teacher all-MiniLM-L6-v2
-(preset ``minilm``, pooled scoring: it is a mean-pooled dual encoder) is distilled on
+(preset ``minilm``, pooled scoring: it is a mean-pooled dual encoder; or, with
+``--teacher DIR``, a late-interaction teacher from ``recipes/teacher_minilm_colbert.yaml``
+with its MaxSim scoring everywhere) is distilled on
 that language's MAFAND-MT train bitext with OT (OPTICAL) and the two MSE baselines
 (``mse_token``, ``mse_sentence``), every method with the same budget (steps, batch,
 learning rate) and the same regularisation (``search_spaces/real_mafand.yaml``'s
@@ -56,8 +58,12 @@ METRICS = ["map", "ndcg@10", "recall@10"]
 DEPTH = 100
 
 
+def emit_line(row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+
+
 def emit(figure: str, **fields: Any) -> None:
-    print(json.dumps({"bench": "real", "figure": figure, **fields}), flush=True)
+    emit_line({"bench": "real", "figure": figure, **fields})
 
 
 class Encoder:
