@@ -1,7 +1,9 @@
 """OPTICAL on real languages: zero-shot MiniLM vs OT and MSE distillation on MAFAND bitext.
 
 For each low-resource language (Swahili, Hausa) the English teacher all-MiniLM-L6-v2
-(preset ``minilm``, pooled scoring: it is a mean-pooled dual encoder) is distilled on
+(preset ``minilm``, pooled scoring: it is a mean-pooled dual encoder; or, with
+``--teacher DIR``, a late-interaction teacher from ``recipes/teacher_minilm_colbert.yaml``
+with its MaxSim scoring everywhere) is distilled on
 that language's MAFAND-MT train bitext with OT (OPTICAL) and the two MSE baselines
 (``mse_token``, ``mse_sentence``), every method with the same budget (steps, batch,
 learning rate) and the same regularisation (``search_spaces/real_mafand.yaml``'s
@@ -56,31 +58,41 @@ METRICS = ["map", "ndcg@10", "recall@10"]
 DEPTH = 100
 
 
+def emit_line(row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+
+
 def emit(figure: str, **fields: Any) -> None:
-    print(json.dumps({"bench": "real", "figure": figure, **fields}), flush=True)
+    emit_line({"bench": "real", "figure": figure, **fields})
 
 
 class Encoder:
     """Encodes each distinct text once per model and length limit (query and document
-    kinds share vectors when their limits are equal); tasks rank from the cache."""
+    kinds share vectors when their limits are equal); tasks rank from the cache.
+    Pooled vectors are cached as ``[D]``, late-interaction ones as their real tokens
+    ``[L, D]`` (re-padded per task)."""
 
     def __init__(self, model: RetrievalModel, batch_size: int = 64) -> None:
         self.model, self.batch_size = model, batch_size
-        self.cache: dict[tuple[int, str], Any] = {}
+        self.cache: dict[tuple[int, str], torch.Tensor] = {}
 
-    def encode(self, texts: list[str], kind: str) -> Any:
+    def encode(self, texts: list[str], kind: str) -> Encoded:
         limit = {"query": self.model.cfg.max_query_length,
                  "doc": self.model.cfg.max_doc_length}[kind]
         todo = list(dict.fromkeys(t for t in texts if (limit, t) not in self.cache))
         if todo:
             enc = self.model.encode_texts(todo, kind, batch_size=self.batch_size)
             for i, t in enumerate(todo):
-                self.cache[(limit, t)] = enc[i:i + 1]
+                self.cache[(limit, t)] = enc.vectors[i][enc.mask[i]] if enc.late else enc.vectors[i]
         parts = [self.cache[(limit, t)] for t in texts]
-        if parts[0].late:
-            raise SystemExit("bench_real ranks pooled vectors; use model.scoring=pooled")
-        vectors = torch.cat([p.vectors for p in parts])  # [N, D]; pooled: no token mask
-        return Encoded(vectors, torch.ones(len(parts), 1, dtype=torch.bool))
+        if parts[0].dim() == 1:  # pooled: no token mask
+            return Encoded(torch.stack(parts), torch.ones(len(parts), 1, dtype=torch.bool))
+        width = max(len(p) for p in parts)
+        vectors = parts[0].new_zeros(len(parts), width, parts[0].shape[-1])
+        mask = torch.zeros(len(parts), width, dtype=torch.bool)
+        for i, p in enumerate(parts):
+            vectors[i, :len(p)], mask[i, :len(p)] = p, True
+        return Encoded(vectors, mask)
 
 
 def rank_collection(enc: Encoder, col: Any) -> tuple[dict, dict]:
@@ -96,14 +108,17 @@ def rank_collection(enc: Encoder, col: Any) -> tuple[dict, dict]:
     return evaluate_run(run_, col.qrels, METRICS, depth=min(DEPTH, len(docs)))
 
 
-def tasks(lang: str, split: str, reference: bool) -> dict[str, Any]:
-    """The retrieval tests of one language (collections from optical_ray.data.real)."""
-    out = {"ntrex_xx_en": real.ntrex_collection(lang, "en", split),
-           "ntrex_doc": real.ntrex_collection(lang, "en", split, level="document")}
+def tasks(lang: str, split: str, reference: bool, shared: str | None = None) -> dict[str, Any]:
+    """The retrieval tests of one language (collections from optical_ray.data.real),
+    read from ``shared`` (None: $OPTICAL_RAY_SHARED_DATA, else ../shared/data): the same
+    folder the training reads when ``--shared`` is given."""
+    out = {"ntrex_xx_en": real.ntrex_collection(lang, "en", split, shared=shared),
+           "ntrex_doc": real.ntrex_collection(lang, "en", split, level="document",
+                                              shared=shared)}
     if not reference:
-        out["ntrex_en_xx"] = real.ntrex_collection("en", lang, split)
+        out["ntrex_en_xx"] = real.ntrex_collection("en", lang, split, shared=shared)
         try:
-            out["afriqa"] = real.afriqa_collection(lang, split)
+            out["afriqa"] = real.afriqa_collection(lang, split, shared)
         except Exception as exc:  # noqa: BLE001 - a language without AfriQA gold passages
             print(f"# {lang}: no AfriQA {split} ({exc})", file=sys.stderr)
     return out
@@ -120,16 +135,35 @@ def base_config(args: argparse.Namespace, base: dict[str, Any], lang: str, metho
         "data.eval": {f"{lang}-en": {"path": args.shared or "", "format": "ntrex"}},
         "eval.pairs": [f"{lang}-en"], "eval.split": "dev",
     })
+    if args.teacher:
+        flat.update({"model.name_or_path": args.teacher, **teacher_model_keys(args.teacher)})
     for item in args.set or []:
         key, _, value = item.partition("=")
         flat[key] = yaml.safe_load(value)
     return from_flat(flat)
 
 
+def teacher_model_keys(path: str) -> dict[str, Any]:
+    """``model.scoring`` and ``model.projection_dim`` of a teacher saved by optical-ray
+    (``optical_ray.json``), so a late-interaction teacher is distilled and scored as
+    it was trained; SystemExit in one line when ``path`` is not such a directory."""
+    meta = Path(path).expanduser() / "optical_ray.json"
+    if not meta.is_file():
+        raise SystemExit(f"--teacher {path!r}: not a model saved by optical-ray (no "
+                         "optical_ray.json); give the model dir a run wrote, e.g. "
+                         "optical_runs/teacher_minilm_colbert/model")
+    model = json.loads(meta.read_text(encoding="utf-8"))["model"]
+    return {"model.scoring": model["scoring"], "model.projection_dim": model["projection_dim"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=None, help="shared data folder (default: "
                     "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
+    ap.add_argument("--teacher", default=None, metavar="DIR",
+                    help="teacher model dir saved by optical-ray (e.g. the output of "
+                    "recipes/teacher_minilm_colbert.yaml); its scoring (late interaction) "
+                    "and projection are used for every method. Default: the space's minilm")
     ap.add_argument("--langs", default="hau,swa")
     ap.add_argument("--reference", default="deu,fra,fin")
     ap.add_argument("--methods", default="ot,mse_token,mse_sentence,contrastive")
@@ -169,13 +203,13 @@ def main() -> None:
         emit("retrieval", **row, **(extra or {}))
 
     for lang in [x for x in args.reference.split(",") if x]:
-        for task, col in tasks(lang, args.split, reference=True).items():
+        for task, col in tasks(lang, args.split, reference=True, shared=args.shared).items():
             t0 = time.perf_counter()
             results[(lang, task, "zero_shot")] = rank_collection(zero, col)
             report(lang, task, "zero_shot", results[(lang, task, "zero_shot")],
                    time.perf_counter() - t0, {"resource": "high"})
     for lang in langs:
-        cols = tasks(lang, args.split, reference=False)
+        cols = tasks(lang, args.split, reference=False, shared=args.shared)
         for task, col in cols.items():
             t0 = time.perf_counter()
             results[(lang, task, "zero_shot")] = rank_collection(zero, col)
@@ -214,6 +248,12 @@ def main() -> None:
             if best_mse else (None, None)
         ablation = paired_test(ot[1], results[(lang, "ntrex_xx_en", "contrastive")][1], "map") \
             if "contrastive" in methods else None
+        # The issue-20 target: OT at least level with *each* MSE baseline on both NTREX
+        # sentence directions (delta and paired p per task and baseline).
+        ot_vs_mse = {task: {m: dict(zip(("delta_map", "p"), (round(x, 4) for x in paired_test(
+            results[(lang, task, "ot")][1], results[(lang, task, m)][1], "map"))))
+            for m in mse} for task in ("ntrex_xx_en", "ntrex_en_xx")
+            if (lang, task, "ot") in results}
         closed = None
         if ref is not None and ref[0]["map"] > zs[0]["map"]:
             closed = (ot[0]["map"] - zs[0]["map"]) / (ref[0]["map"] - zs[0]["map"])
@@ -226,6 +266,7 @@ def main() -> None:
              ot_minus_best_mse_map=None if vs_mse[0] is None else round(vs_mse[0], 4),
              p_vs_best_mse=None if vs_mse[1] is None else round(vs_mse[1], 4),
              not_worse_than_mse=vs_mse[0] is None or vs_mse[0] >= 0 or vs_mse[1] >= 0.05,
+             ot_vs_mse=ot_vs_mse,
              **({} if ablation is None else {"ot_minus_contrastive_only_map": round(ablation[0], 4),
                                              "p_vs_contrastive_only": round(ablation[1], 4)}))
 

@@ -38,10 +38,12 @@ PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 # Metric names as users write them: map, ndcg@10, mrr@10, recall@100, p@1, ...
 METRIC_RE = re.compile(r"^(map|ndcg|mrr|recall|p)(@[1-9][0-9]*)?$")
-#: Source formats of the real data samples (optical_ray.data.real): bitext, then evaluation.
+#: Source formats of the real data samples (optical_ray.data.real): bitext, evaluation,
+#: ranking (the English teacher's training pairs).
 REAL_BITEXT_FORMATS = ("mafand",)
 REAL_EVAL_FORMATS = ("ntrex", "ntrex_doc", "afriqa", "xquad_r")
-REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS
+REAL_RANK_FORMATS = ("english_train",)
+REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS + REAL_RANK_FORMATS
 #: The main searched knobs (flat keys), in the order tables show them: the catalog keeps
 #: each as a plain column (named after its last part) and the report lists them.
 MAIN_HYPERPARAMETERS = ("distill.epsilon", "distill.weight", "distill.layers", "distill.lr",
@@ -100,7 +102,8 @@ class SourceConfig:
                    "for the real-data formats the shared data folder ('' = "
                    "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
     format: str = _f("auto", help="auto | tsv | jsonl | text | hf; real data samples: "
-                     "mafand (bitext), ntrex | ntrex_doc | afriqa | xquad_r (evaluation)")
+                     "mafand (bitext), ntrex | ntrex_doc | afriqa | xquad_r (evaluation), "
+                     "english_train (ranking)")
     preset: str | None = _f(None, help="HF field mapping preset (mmarco, miracl, mrtydi, "
                             "xor_tydi, opus)")
     split: str | None = _f(None, help="HF split")
@@ -528,6 +531,11 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
             if src.format in REAL_FORMATS and src.format not in allowed:
                 problems.append(f"data.{section}.{key}.format: got {src.format!r}, not a "
                                 f"format for data.{section}; allowed here: {', '.join(allowed)}")
+    rank_src = cfg.data.rank
+    if rank_src is not None and rank_src.format in REAL_FORMATS \
+            and rank_src.format not in REAL_RANK_FORMATS:
+        problems.append(f"data.rank.format: got {rank_src.format!r}, not a format for "
+                        f"data.rank; allowed here: {', '.join(REAL_RANK_FORMATS)}")
     if len(set(cfg.train.stages)) != len(cfg.train.stages):
         problems.append(f"train.stages: got {cfg.train.stages}, each stage at most once")
     if not cfg.train.stages:

@@ -208,3 +208,76 @@ def test_config_sources_read_the_samples_directly(shared):
         real.ntrex_collection("swa", "en", "dev", shared=shared).num_queries
     assert eval_collection(cfg, "swa-en_doc", "test").num_docs < 123
     assert eval_collection(cfg, "hau-en_afriqa", "test").num_queries == 300
+
+
+# --------------------------------------------------------------------------- English teacher
+
+
+def test_ict_pair_is_a_fixed_span_and_the_rest():
+    sentence = " ".join(f"w{i}" for i in range(15))
+    q, d = real.ict_pair(sentence)
+    assert (q, d) == real.ict_pair(sentence)  # fixed by the sentence, not a seed
+    words = q.split()
+    assert len(words) == 5 and q in sentence
+    if d != sentence:  # the span is cut out of the document (9 sentences in 10)
+        assert sorted(d.split() + words) == sorted(sentence.split())
+    assert real.ict_pair("too short to be a pair") is None
+    kept = [real.ict_pair(f"{sentence} x{i}") for i in range(300)]
+    n_full = sum(d == f"{sentence} x{i}" for i, (_, d) in enumerate(kept))
+    assert 10 <= n_full <= 60  # about one in ten keeps its span
+
+
+def _fake_shared(root: Path) -> Path:
+    """A shared data folder with one AfriQA train file, one test file and MAFAND English."""
+    gold = root / "afriqa" / "data" / "gold_passages" / "hau"
+    gold.mkdir(parents=True)
+    row = lambda i, q, c: json.dumps({"id": str(i), "question_lang": "x",
+                                      "question_translated": q, "context": c, "title": "T"})
+    (gold / "gold_span_passages.afriqa.hau.en.train.json").write_text(
+        "\n".join([row(0, "Who won?", "Ann won the race."), row(1, "Where is X?", None),
+                   row(2, "When?", "In 1990 it began.")]), encoding="utf-8")
+    (gold / "gold_span_passages.afriqa.hau.en.test.json").write_text(
+        row(9, "A test question?", "A test passage."), encoding="utf-8")
+    mafand = root / "mafand_mt" / "data" / "text_files" / "en-hau"
+    mafand.mkdir(parents=True)
+    long = [" ".join(f"s{j}w{i}" for i in range(14)) for j in range(5)]
+    (mafand / "train.en").write_text("\n".join(long + ["short line"]) + "\n", encoding="utf-8")
+    (mafand / "test.en").write_text(" ".join(f"test{i}" for i in range(20)) + "\n",
+                                    encoding="utf-8")
+    return root
+
+
+def test_english_rank_collection_reads_train_splits_only(tmp_path):
+    shared = _fake_shared(tmp_path / "shared")
+    col = real.english_rank_collection(shared)
+    afriqa = {q: t for q, t in col.queries.items() if q.startswith("afriqa-")}
+    assert afriqa == {"afriqa-hau-0": "Who won?", "afriqa-hau-2": "When?"}  # null context dropped
+    ((doc, _),) = col.qrels["afriqa-hau-0"].items()
+    assert col.corpus.get(doc).text == "Ann won the race." and col.corpus.get(doc).title == "T"
+    ict = [q for q in col.queries if q.startswith("ict-")]
+    assert len(ict) == 5  # the short line makes no pair
+    texts = " ".join(list(col.queries.values()) + [d.text for d in col.corpus])
+    assert "test" not in texts.lower()  # nothing from a test split
+    assert len(real.english_rank_collection(shared, ict_sentences=2).queries) == 4
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no English training pairs"):
+        real.english_rank_collection(tmp_path / "empty")
+
+
+def test_english_train_is_a_rank_source(tmp_path):
+    from optical_ray.data.sources import rank_collection
+
+    shared = _fake_shared(tmp_path / "shared")
+    cfg = from_flat({"data.rank": {"path": str(shared), "format": "english_train"}})
+    assert rank_collection(cfg).num_queries == 7
+    with pytest.raises(ConfigError, match="data.rank.format: got 'ntrex'"):
+        from_flat({"data.rank": {"path": "", "format": "ntrex"}})
+    with pytest.raises(ConfigError, match="data.bitext.en-hau.format: got 'english_train'"):
+        from_flat({"data.bitext": {"en-hau": {"path": "", "format": "english_train"}}})
+
+
+def test_english_rank_collection_on_the_samples(shared):
+    col = real.english_rank_collection(shared, ict_sentences=100)
+    n_afriqa = sum(q.startswith("afriqa-") for q in col.queries)
+    assert n_afriqa == 223 and col.num_queries == 323  # hau train rows with a context
+    assert col.queries_without_relevant == 0

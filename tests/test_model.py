@@ -260,3 +260,24 @@ def test_minilm_preset_loads_offline(tiny_config):
     assert enc.vectors.shape[-1] == 128
     sims = m.score(enc[[0]], enc)
     assert float(sims[0, 1]) > float(sims[0, 2])  # real pre-trained weights, not random
+
+
+def test_maxsim_without_gradient_matches_the_padded_scores():
+    """Evaluation scores length-sorted blocks cut to their longest text; the scores must
+    be those of the padded computation (which the gradient path still runs)."""
+    from optical_ray.model import maxsim
+
+    gen = torch.Generator().manual_seed(0)
+
+    def texts(b: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lens = torch.randint(1, width + 1, (b,), generator=gen)
+        mask = torch.arange(width)[None] < lens[:, None]
+        vecs = torch.nn.functional.normalize(torch.randn(b, width, 8, generator=gen), dim=-1)
+        return vecs * mask[..., None], mask
+
+    q, qm = texts(300, 30)
+    d, dm = texts(70, 50)
+    with torch.no_grad():
+        fast = maxsim(q, qm, d, dm)
+    padded = maxsim(q.clone().requires_grad_(True), qm, d, dm)
+    assert torch.allclose(fast, padded.detach(), atol=1e-5)

@@ -40,6 +40,7 @@ from optical_ray.data.collection import Collection, Corpus, build_collection, pa
 from optical_ray.data.formats import (
     Doc,
     iter_bitext,
+    read_lines,
     write_bitext,
     write_corpus,
     write_qrels,
@@ -51,13 +52,14 @@ __all__ = [
     "ENV_VAR", "REAL_FORMATS", "LOW_RESOURCE", "HIGH_RESOURCE", "shared_data_dir",
     "canonical_lang", "mafand_bitext", "ntrex_sentences", "ntrex_document_ids",
     "ntrex_split_documents", "ntrex_collection", "afriqa_collection", "xquad_r_collection",
-    "real_eval_collection", "real_bitext", "prepare_real",
+    "real_eval_collection", "real_bitext", "prepare_real", "english_rank_collection",
+    "ict_pair", "real_rank_collection",
 ]
 
 #: Environment variable naming the shared data folder.
 ENV_VAR = "OPTICAL_RAY_SHARED_DATA"
 #: ``format`` values of config data sources read by this module.
-REAL_FORMATS = ("mafand", "ntrex", "ntrex_doc", "afriqa", "xquad_r")
+REAL_FORMATS = ("mafand", "ntrex", "ntrex_doc", "afriqa", "xquad_r", "english_train")
 LOW_RESOURCE = ("swa", "hau")
 HIGH_RESOURCE = ("deu", "fra", "fin")
 
@@ -315,6 +317,92 @@ def xquad_r_collection(qlang: str, dlang: str, split: str, *,
                     qrels.append((None, qa["id"], f"a{ai}p{pi}s{hit}", 1))
     return build_collection(queries, Corpus.from_docs(d for d in docs if d.text), qrels,
                             strict=False)
+
+
+# --------------------------------------------------------------------------- English teacher
+
+
+def ict_pair(sentence: str, fraction: float = 1 / 3, keep_every: int = 10,
+             min_words: int = 12) -> tuple[str, str] | None:
+    """An inverse-cloze pair (Lee, Chang & Toutanova 2019) from one sentence: a
+    contiguous span of ``fraction`` of its words is the query, the sentence without it
+    the document. Every ``keep_every``-th sentence (by hash) keeps the span in its
+    document, as Lee et al. keep the query sentence in 10 % of contexts, so word
+    matching is still rewarded. The span's place is fixed by the sentence's SHA-1:
+    the pairs are the same in every run. None for sentences under ``min_words`` words."""
+    words = sentence.split()
+    if len(words) < min_words:
+        return None
+    h = int(hashlib.sha1(sentence.encode("utf-8")).hexdigest(), 16)
+    n = max(3, round(fraction * len(words)))
+    start = h % (len(words) - n + 1)
+    query = " ".join(words[start:start + n])
+    keep = keep_every > 0 and (h // 7919) % keep_every == 0
+    doc = sentence.strip() if keep else " ".join(words[:start] + words[start + n:])
+    return query, doc
+
+
+def english_rank_collection(shared: str | os.PathLike | None = None, *,
+                            ict_sentences: int = 12000) -> Collection:
+    """English question -> passage training data for a late-interaction English
+    teacher, from the *train* splits of the shared data only (NTREX, XQuAD-R and every
+    dev/test split are left for evaluation):
+
+    - AfriQA: the English translation of each train question (``question_translated``)
+      -> its English Wikipedia gold passage (with its title), among the train passages;
+    - MAFAND-MT: up to ``ict_sentences`` distinct English train sentences (of every
+      ``en-xx`` pair present, in :func:`_stable_order`) as inverse-cloze pairs
+      (:func:`ict_pair`): a span of the sentence -> the rest of it.
+
+    Query ids are ``afriqa-<lang>-<id>`` and ``ict-<n>``; every query has one relevant
+    document. DataError when neither source has a train split.
+    """
+    src = shared_data_dir(shared)
+    queries: dict[str, str] = {}
+    docs: dict[str, Doc] = {}
+    qrels: list[tuple[int | None, str, str, int]] = []
+
+    def add(qid: str, query: str, text: str, title: str = "") -> None:
+        key = f"{title}\t{text}"
+        doc = docs.get(key)
+        if doc is None:
+            doc = docs[key] = Doc(f"T{len(docs):06d}", text, title)
+        queries[qid] = query
+        qrels.append((None, qid, doc.docid, 1))
+
+    base = src / "afriqa" / "data" / "gold_passages"
+    for path in sorted(base.glob("*/gold_span_passages.afriqa.*.en.train.json")):
+        lang = canonical_lang(path.parent.name)
+        for r in _json_lines(path):
+            query = " ".join(str(r.get("question_translated") or "").split())
+            if r.get("context") and query:
+                add(f"afriqa-{lang}-{r['id']}", query, " ".join(r["context"].split()),
+                    (r.get("title") or "").strip())
+    sentences: list[str] = []
+    text_files = src / "mafand_mt" / "data" / "text_files"
+    for pair_dir in sorted(text_files.glob("en-*")) if text_files.is_dir() else []:
+        if (pair_dir / "train.en").is_file():
+            sentences += [s.strip() for s in read_lines(pair_dir / "train.en", fmt="txt") if s.strip()]
+    n = 0
+    for sentence in _stable_order(sentences):
+        if n >= ict_sentences:
+            break
+        pair = ict_pair(sentence)
+        if pair is not None:
+            add(f"ict-{n}", *pair)
+            n += 1
+    if not queries:
+        raise DataError(f"no English training pairs in {src}: expected AfriQA train gold "
+                        "passages (afriqa/data/gold_passages/<lang>/...en.train.json) or "
+                        "MAFAND-MT train.en files")
+    return build_collection(queries, Corpus.from_docs(docs.values()), qrels)
+
+
+def real_rank_collection(fmt: str, shared: str | os.PathLike | None = None) -> Collection:
+    """The ranking training collection a config source ``{format: english_train}`` names."""
+    if fmt != "english_train":
+        raise DataError(f"format {fmt!r} is not a ranking format; allowed: english_train")
+    return english_rank_collection(shared)
 
 
 # --------------------------------------------------------------------------- sources

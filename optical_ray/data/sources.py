@@ -6,7 +6,8 @@ once under ``<output_dir>/world/`` and reused. Explicit sources in ``cfg.data.bi
 ``cfg.data.eval``, ``cfg.data.mono`` and ``cfg.data.rank`` override the layout per pair
 or language; a source whose ``format`` is ``hf`` is read through
 :mod:`optical_ray.data.hf`, and the formats of the real data samples (``mafand`` for
-bitext; ``ntrex``, ``ntrex_doc``, ``afriqa``, ``xquad_r`` for evaluation) through
+bitext; ``ntrex``, ``ntrex_doc``, ``afriqa``, ``xquad_r`` for evaluation;
+``english_train`` for ranking) through
 :mod:`optical_ray.data.real`, with ``path`` the shared data folder (empty: the
 ``OPTICAL_RAY_SHARED_DATA`` variable, else ``../shared/data``).
 """
@@ -76,6 +77,10 @@ def _lookup(sources: dict[str, SourceConfig], *keys: str) -> SourceConfig | None
 def rank_collection(cfg: Config) -> Collection:
     """The ranking training collection (the teacher's language by default)."""
     src = cfg.data.rank
+    if src is not None and src.format in REAL_FORMATS:
+        from optical_ray.data.real import real_rank_collection
+
+        return real_rank_collection(src.format, src.path)
     if src is not None and src.format == "hf":
         from optical_ray.data.hf import load_hf_collection
 
