@@ -67,7 +67,7 @@ def main() -> None:
         runs = {w: _run(root, w, steps, args.batch) for w in (1, 2)}
     finally:
         ray.shutdown()
-    for w, r in runs.items():
+    for r in runs.values():
         print(json.dumps({"bench": "scaling", "figure": "run", **{k: round(v, 4) if
                           isinstance(v, float) else v for k, v in r.items()},
                           "overhead_frac": round(r["overhead_s"] / r["wall_s"], 4)}))

@@ -142,7 +142,9 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
             # data exist (the model builder never generates them)
             sources.ensure_data_root(cfg)
         model = RetrievalModel.from_config(cfg)
-    eval_fn = (lambda m: evaluate_dev(m, cfg))
+    def eval_fn(m: RetrievalModel) -> dict[str, float]:
+        return evaluate_dev(m, cfg)
+
     for i, name in enumerate(stages):
         resume = None
         if state is not None:

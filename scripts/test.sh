@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+"${VENV:-.venv}/bin/ruff" check --quiet .  # pyflakes, pycodestyle, bugbear: pyproject [tool.ruff]
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

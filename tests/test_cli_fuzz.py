@@ -51,7 +51,7 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
         "afile": ("afile", b"not a directory\n"),
     }
     out = {k: str(d / name) for k, (name, _) in files.items()}
-    for key, (name, data) in files.items():
+    for name, data in files.values():
         (d / name).write_bytes(data)
     (d / "adir").mkdir()
     out["adir"] = str(d / "adir")

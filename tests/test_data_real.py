@@ -231,8 +231,9 @@ def _fake_shared(root: Path) -> Path:
     """A shared data folder with one AfriQA train file, one test file and MAFAND English."""
     gold = root / "afriqa" / "data" / "gold_passages" / "hau"
     gold.mkdir(parents=True)
-    row = lambda i, q, c: json.dumps({"id": str(i), "question_lang": "x",
-                                      "question_translated": q, "context": c, "title": "T"})
+    def row(i: int, q: str, c: str) -> str:
+        return json.dumps({"id": str(i), "question_lang": "x",
+                           "question_translated": q, "context": c, "title": "T"})
     (gold / "gold_span_passages.afriqa.hau.en.train.json").write_text(
         "\n".join([row(0, "Who won?", "Ann won the race."), row(1, "Where is X?", None),
                    row(2, "When?", "In 1990 it began.")]), encoding="utf-8")

@@ -240,12 +240,13 @@ class Catalog:
             try:
                 table = self._read(self.parts(pair, experiment), columns, expr, with_part)
                 break
-            except PartGone:
+            except PartGone as exc:
                 # A compaction replaced parts between our listing and our reads: the
                 # merged part holds the records now; list again.
                 if attempt == 2:
                     raise StorageError(f"the catalog in {self.storage.where()} kept changing "
-                                       "under the read (concurrent compactions?); retry")
+                                       "under the read (concurrent compactions?); retry"
+                                       ) from exc
         df = unique_records(table).to_pandas()
         keys = [c for c in ("experiment", "pair", "finished_at", "trial_id") if c in df]
         if len(df) and keys:
