@@ -62,13 +62,25 @@ def make_records(n: int, seed: int = 0) -> list[TrialRecord]:
         pair = pair_name(p)
         eps, weight = 10 ** rng.uniform(-3, 0), rng.uniform(0, 1)
         value = rng.uniform(0.1, 0.5)
-        out.append(TrialRecord(
-            experiment="bench", pair=pair, trial_id=f"{pair}-{i}",
-            config={**bases[p], "distill.epsilon": eps, "distill.weight": weight},
-            best_metrics={"map": value, f"{pair}/map": value, "en-en/map": 0.6,
-                          "ndcg@10": value + 0.05},
-            last_metrics={"map": value * 0.9}, checkpoint_uri=f"s3://ckpt/{pair}/{i}",
-            started_at=1.7e9 + i, finished_at=1.7e9 + i + 60, training_s=55.0))
+        out.append(
+            TrialRecord(
+                experiment="bench",
+                pair=pair,
+                trial_id=f"{pair}-{i}",
+                config={**bases[p], "distill.epsilon": eps, "distill.weight": weight},
+                best_metrics={
+                    "map": value,
+                    f"{pair}/map": value,
+                    "en-en/map": 0.6,
+                    "ndcg@10": value + 0.05,
+                },
+                last_metrics={"map": value * 0.9},
+                checkpoint_uri=f"s3://ckpt/{pair}/{i}",
+                started_at=1.7e9 + i,
+                finished_at=1.7e9 + i + 60,
+                training_s=55.0,
+            )
+        )
     return out
 
 
@@ -84,7 +96,7 @@ def write_batches(uri: str, records: list[TrialRecord], batch: int) -> None:
     by_pair: dict[str, list[TrialRecord]] = {}
     for r in records:
         by_pair.setdefault(r.pair, []).append(r)
-    chunks = [rs[i:i + batch] for rs in by_pair.values() for i in range(0, len(rs), batch)]
+    chunks = [rs[i : i + batch] for rs in by_pair.values() for i in range(0, len(rs), batch)]
     with ThreadPoolExecutor(4) as ex:
         list(ex.map(catalog.extend, chunks))
 
@@ -126,10 +138,15 @@ def main() -> None:
         def emit(records: int, uri: str, layout: str, **extra: float) -> None:
             best_s = time_best(uri, args.repeats)
             ref = lines[0]["best_s"] if lines else best_s
-            line = {"bench": "catalog", "records": records, "parts": count_parts(uri),
-                    "layout": layout, "best_s": round(best_s, 4),
-                    "ratio_vs_1k": round(best_s / ref, 3),
-                    **{k: round(v, 3) for k, v in extra.items()}}
+            line = {
+                "bench": "catalog",
+                "records": records,
+                "parts": count_parts(uri),
+                "layout": layout,
+                "best_s": round(best_s, 4),
+                "ratio_vs_1k": round(best_s / ref, 3),
+                **{k: round(v, 3) for k, v in extra.items()},
+            }
             lines.append(line)
             print(json.dumps(line), flush=True)
 

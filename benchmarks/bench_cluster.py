@@ -66,11 +66,13 @@ def stand_in(sampled: dict[str, Any], *, plan: Any, seconds: float) -> None:
     from optical_ray.sweep import resolve_trial_config
 
     trial_id = tune.get_context().get_trial_id()
-    config = json.dumps(to_flat(resolve_trial_config(plan, sampled, trial_id)),
-                        sort_keys=True)
+    config = json.dumps(to_flat(resolve_trial_config(plan, sampled, trial_id)), sort_keys=True)
     # Best at lr 1e-3 and epsilon 0.05; a learning curve that saturates.
-    quality = 0.5 - 0.04 * (math.log10(sampled["distill.lr"]) + 3) ** 2 \
+    quality = (
+        0.5
+        - 0.04 * (math.log10(sampled["distill.lr"]) + 3) ** 2
         - 0.02 * (math.log10(sampled["distill.epsilon"]) + 1.3) ** 2
+    )
     evaluations = plan.max_t - 1
     work = 0.0
     value = 0.0
@@ -86,8 +88,18 @@ def stand_in(sampled: dict[str, Any], *, plan: Any, seconds: float) -> None:
     tune.report({"map": value, FINISHED_KEY: 1, "train_s": work, CONFIG_KEY: config})
 
 
-def _sweep(root: Path, name: str, *, pairs: int, samples: int, slots: int, seconds: float,
-           evaluations: int, scheduler: str, pair_order: str) -> dict[str, Any]:
+def _sweep(
+    root: Path,
+    name: str,
+    *,
+    pairs: int,
+    samples: int,
+    slots: int,
+    seconds: float,
+    evaluations: int,
+    scheduler: str,
+    pair_order: str,
+) -> dict[str, Any]:
     """Run one sweep through the real driver; its wall time and catalog records."""
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
@@ -96,29 +108,50 @@ def _sweep(root: Path, name: str, *, pairs: int, samples: int, slots: int, secon
 
     storage = root / f"store-{name}"
     # distill.steps / eval_every fix the trial's length in evaluations: ASHA's max_t.
-    space = parse_space({**SPACE, "base": {**SPACE["base"], "distill.steps": evaluations,
-                                           "train.eval_every": 1}})
-    cfg = from_flat({"name": name, "output_dir": str(root / "runs"),
-                     "storage.uri": str(storage), "sweep.pairs": [f"en-{x}" for x in
-                                                                 LANGS[:pairs]],
-                     "sweep.samples": samples, "sweep.max_concurrent": slots,
-                     "sweep.scheduler": scheduler, "sweep.pair_order": pair_order,
-                     "sweep.grace_period": 1, "sweep.reduction_factor": 2.0,
-                     "scaling.cpus_per_worker": 1.0,
-                     # The default study storage, one SQLite file for every pair, failed
-                     # a pair (SQLAlchemy OperationalError) with 10 pairs at once: the
-                     # studies stay in memory here, as they do on object storage.
-                     "sweep.optuna_storage": "memory"})
+    space = parse_space(
+        {**SPACE, "base": {**SPACE["base"], "distill.steps": evaluations, "train.eval_every": 1}}
+    )
+    cfg = from_flat(
+        {
+            "name": name,
+            "output_dir": str(root / "runs"),
+            "storage.uri": str(storage),
+            "sweep.pairs": [f"en-{x}" for x in LANGS[:pairs]],
+            "sweep.samples": samples,
+            "sweep.max_concurrent": slots,
+            "sweep.scheduler": scheduler,
+            "sweep.pair_order": pair_order,
+            "sweep.grace_period": 1,
+            "sweep.reduction_factor": 2.0,
+            "scaling.cpus_per_worker": 1.0,
+            # The default study storage, one SQLite file for every pair, failed
+            # a pair (SQLAlchemy OperationalError) with 10 pairs at once: the
+            # studies stay in memory here, as they do on object storage.
+            "sweep.optuna_storage": "memory",
+        }
+    )
     lines: list[str] = []
     began, start = time.time(), time.perf_counter()
-    result = run(cfg, space, verbose=1, out=lines.append, check_data=False,
-                 trial_fn=functools.partial(stand_in, seconds=seconds))
+    result = run(
+        cfg,
+        space,
+        verbose=1,
+        out=lines.append,
+        check_data=False,
+        trial_fn=functools.partial(stand_in, seconds=seconds),
+    )
     wall = time.perf_counter() - start
     records = Catalog(str(storage)).records()
     first = records["started_at"].min().timestamp()
     last = records["finished_at"].max().timestamp()
-    return {"wall": wall, "records": records, "result": result, "lines": lines,
-            "startup": first - began, "trial_phase": last - first}
+    return {
+        "wall": wall,
+        "records": records,
+        "result": result,
+        "lines": lines,
+        "startup": first - began,
+        "trial_phase": last - first,
+    }
 
 
 def _busy(records: Any) -> tuple[float, float]:
@@ -128,61 +161,102 @@ def _busy(records: Any) -> tuple[float, float]:
     return work, spans
 
 
-def _utilisation(root: Path, slots: int, pairs: int, samples: int, seconds: float,
-                 evaluations: int) -> None:
+def _utilisation(
+    root: Path, slots: int, pairs: int, samples: int, seconds: float, evaluations: int
+) -> None:
     runs = {}
     for order in ("sequential", "concurrent"):
-        run = _sweep(root, f"util-{order}", pairs=pairs, samples=samples, slots=slots,
-                     seconds=seconds, evaluations=evaluations, scheduler="asha",
-                     pair_order=order)
+        run = _sweep(
+            root,
+            f"util-{order}",
+            pairs=pairs,
+            samples=samples,
+            slots=slots,
+            seconds=seconds,
+            evaluations=evaluations,
+            scheduler="asha",
+            pair_order=order,
+        )
         records = run["records"]
         work, spans = _busy(records)
         util = work / (slots * run["wall"])
         runs[order] = run
         target = 0.85 if order == "concurrent" else None
-        _emit(figure=f"slot_utilisation_{order}", value=round(util, 3),
-              target=target, within_target=(util >= target) if target else None,
-              statistic="sum of trials' work (their sleeps) / (slots x sweep wall)",
-              span_utilisation=round(spans / (slots * run["wall"]), 3),
-              trial_phase_utilisation=round(work / (slots * run["trial_phase"]), 3),
-              startup_s=round(run["startup"], 1),
-              wall_s=round(run["wall"], 1), busy_slot_s=round(work, 1), slots=slots,
-              pairs=pairs, trials=len(records),
-              finished=int((records["status"] == "finished").sum()),
-              stopped=int((records["status"] == "stopped").sum()),
-              failed=int((records["status"] == "failed").sum()),
-              progress_lines=len(run["lines"]), exit_code=run["result"].exit_code)
+        _emit(
+            figure=f"slot_utilisation_{order}",
+            value=round(util, 3),
+            target=target,
+            within_target=(util >= target) if target else None,
+            statistic="sum of trials' work (their sleeps) / (slots x sweep wall)",
+            span_utilisation=round(spans / (slots * run["wall"]), 3),
+            trial_phase_utilisation=round(work / (slots * run["trial_phase"]), 3),
+            startup_s=round(run["startup"], 1),
+            wall_s=round(run["wall"], 1),
+            busy_slot_s=round(work, 1),
+            slots=slots,
+            pairs=pairs,
+            trials=len(records),
+            finished=int((records["status"] == "finished").sum()),
+            stopped=int((records["status"] == "stopped").sum()),
+            failed=int((records["status"] == "failed").sum()),
+            progress_lines=len(run["lines"]),
+            exit_code=run["result"].exit_code,
+        )
     ratio = runs["concurrent"]["wall"] / runs["sequential"]["wall"]
-    _emit(figure="concurrent_over_sequential_wall", value=round(ratio, 3), target=0.6,
-          within_target=ratio <= 0.6,
-          concurrent_wall_s=round(runs["concurrent"]["wall"], 1),
-          sequential_wall_s=round(runs["sequential"]["wall"], 1))
+    _emit(
+        figure="concurrent_over_sequential_wall",
+        value=round(ratio, 3),
+        target=0.6,
+        within_target=ratio <= 0.6,
+        concurrent_wall_s=round(runs["concurrent"]["wall"], 1),
+        sequential_wall_s=round(runs["sequential"]["wall"], 1),
+    )
 
 
 def _overhead(root: Path, slots: int, pairs: int, sizes: list[int], seconds: float) -> None:
     per_trial = {}
     for trials in sizes:
         samples = trials // pairs
-        run = _sweep(root, f"oh-{trials}", pairs=pairs, samples=samples, slots=slots,
-                     seconds=seconds, evaluations=1, scheduler="none",
-                     pair_order="concurrent")
+        run = _sweep(
+            root,
+            f"oh-{trials}",
+            pairs=pairs,
+            samples=samples,
+            slots=slots,
+            seconds=seconds,
+            evaluations=1,
+            scheduler="none",
+            pair_order="concurrent",
+        )
         records = run["records"]
         n = len(records)
         work, _ = _busy(records)
         ideal = work / slots
         ms = (run["wall"] - ideal) / n * 1000
         per_trial[trials] = ms
-        _emit(figure=f"scheduler_overhead_ms_per_trial_{trials}", value=round(ms, 1),
-              unit="ms", statistic="(sweep wall - trials' work / slots) / trials",
-              slot_ms_per_trial=round(ms * slots, 1), wall_s=round(run["wall"], 1),
-              ideal_wall_s=round(ideal, 1), trials=n, pairs=pairs, slots=slots,
-              work_per_trial_s=seconds, failed=int((records["status"] == "failed").sum()),
-              exit_code=run["result"].exit_code)
+        _emit(
+            figure=f"scheduler_overhead_ms_per_trial_{trials}",
+            value=round(ms, 1),
+            unit="ms",
+            statistic="(sweep wall - trials' work / slots) / trials",
+            slot_ms_per_trial=round(ms * slots, 1),
+            wall_s=round(run["wall"], 1),
+            ideal_wall_s=round(ideal, 1),
+            trials=n,
+            pairs=pairs,
+            slots=slots,
+            work_per_trial_s=seconds,
+            failed=int((records["status"] == "failed").sum()),
+            exit_code=run["result"].exit_code,
+        )
     small, large = min(sizes), max(sizes)
-    _emit(figure="scheduler_overhead_growth", value=round(per_trial[large] / per_trial[small], 2),
-          statistic=f"overhead per trial at {large} trials / at {small} trials "
-                    "(1.0: constant per trial)",
-          **{f"ms_per_trial_{k}": round(v, 1) for k, v in per_trial.items()})
+    _emit(
+        figure="scheduler_overhead_growth",
+        value=round(per_trial[large] / per_trial[small], 2),
+        statistic=f"overhead per trial at {large} trials / at {small} trials "
+        "(1.0: constant per trial)",
+        **{f"ms_per_trial_{k}": round(v, 1) for k, v in per_trial.items()},
+    )
 
 
 def main() -> None:
@@ -191,16 +265,23 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8, help="logical CPU slots (trials in flight)")
     ap.add_argument("--pairs", type=int, default=8, help="pairs (utilisation)")
     ap.add_argument("--samples", type=int, default=8, help="trials per pair (utilisation)")
-    ap.add_argument("--seconds", type=float, default=2.0,
-                    help="stand-in work per evaluation (utilisation)")
-    ap.add_argument("--evaluations", type=int, default=8,
-                    help="evaluations of a full trial (utilisation; ASHA's horizon)")
+    ap.add_argument(
+        "--seconds", type=float, default=2.0, help="stand-in work per evaluation (utilisation)"
+    )
+    ap.add_argument(
+        "--evaluations",
+        type=int,
+        default=8,
+        help="evaluations of a full trial (utilisation; ASHA's horizon)",
+    )
     ap.add_argument("--overhead-pairs", type=int, default=10)
     ap.add_argument("--overhead-trials", default="100,1000")
-    ap.add_argument("--overhead-seconds", type=float, default=0.5,
-                    help="stand-in work per trial (overhead)")
-    ap.add_argument("--smoke-test", "--quick", action="store_true",
-                    help="tiny sizes, checks it runs")
+    ap.add_argument(
+        "--overhead-seconds", type=float, default=0.5, help="stand-in work per trial (overhead)"
+    )
+    ap.add_argument(
+        "--smoke-test", "--quick", action="store_true", help="tiny sizes, checks it runs"
+    )
     args = ap.parse_args()
     if args.smoke_test:
         args.pairs, args.samples, args.seconds, args.evaluations = 2, 2, 0.2, 2
@@ -208,18 +289,28 @@ def main() -> None:
     import ray
 
     # Ray's log lines stay in the session's files: the JSON lines are the output.
-    ray.init(address="local", num_cpus=args.slots, include_dashboard=False,
-             log_to_driver=False, object_store_memory=200 * 2**20)
+    ray.init(
+        address="local",
+        num_cpus=args.slots,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 2**20,
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
             root = Path(tmp)
             if args.part in ("all", "utilisation"):
-                _utilisation(root, args.slots, args.pairs, args.samples, args.seconds,
-                             args.evaluations)
+                _utilisation(
+                    root, args.slots, args.pairs, args.samples, args.seconds, args.evaluations
+                )
             if args.part in ("all", "overhead"):
-                _overhead(root, args.slots, args.overhead_pairs,
-                          [int(x) for x in args.overhead_trials.split(",")],
-                          args.overhead_seconds)
+                _overhead(
+                    root,
+                    args.slots,
+                    args.overhead_pairs,
+                    [int(x) for x in args.overhead_trials.split(",")],
+                    args.overhead_seconds,
+                )
     finally:
         ray.shutdown()
 

@@ -218,9 +218,7 @@ def solver_pot_loop(case: dict, eps: float, method: str, tol: float):
 
 def solver_floor(case: dict):
     weight = (case["t_mask"][:, :, None] & case["s_mask"][:, None, :]).float()
-    weight = (
-        weight / weight.sum((1, 2), keepdim=True) / weight.shape[0]
-    )  # plan-like, [batch, n, m]
+    weight = weight / weight.sum((1, 2), keepdim=True) / weight.shape[0]  # plan-like, [batch, n, m]
 
     def run(return_plan: bool = False):
         c = cost_matrix(case["teacher"], case["student"])
@@ -467,9 +465,11 @@ def main(argv=None) -> None:
     for batch, n, m, d, eps in cases:
         for line in bench_case(batch, n, m, d, eps, repeats, pot_repeats):
             print(json.dumps(line), flush=True)
-    small = [(8, 16, 32, 64, 3e-3)] if args.quick else [
-        (64, 32, m, 384, eps) for m in (64, 180) for eps in (1e-3, 3e-3)
-    ]
+    small = (
+        [(8, 16, 32, 64, 3e-3)]
+        if args.quick
+        else [(64, 32, m, 384, eps) for m in (64, 180) for eps in (1e-3, 3e-3)]
+    )
     for batch, n, m, d, eps in small:
         line = bench_small_eps(batch, n, m, d, eps, max(3, min(repeats, 5)))
         print(json.dumps(line), flush=True)

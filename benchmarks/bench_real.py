@@ -77,8 +77,9 @@ class Encoder:
         self.cache: dict[tuple[int, str], torch.Tensor] = {}
 
     def encode(self, texts: list[str], kind: str) -> Encoded:
-        limit = {"query": self.model.cfg.max_query_length,
-                 "doc": self.model.cfg.max_doc_length}[kind]
+        limit = {"query": self.model.cfg.max_query_length, "doc": self.model.cfg.max_doc_length}[
+            kind
+        ]
         todo = list(dict.fromkeys(t for t in texts if (limit, t) not in self.cache))
         if todo:
             enc = self.model.encode_texts(todo, kind, batch_size=self.batch_size)
@@ -91,7 +92,7 @@ class Encoder:
         vectors = parts[0].new_zeros(len(parts), width, parts[0].shape[-1])
         mask = torch.zeros(len(parts), width, dtype=torch.bool)
         for i, p in enumerate(parts):
-            vectors[i, :len(p)], mask[i, :len(p)] = p, True
+            vectors[i, : len(p)], mask[i, : len(p)] = p, True
         return Encoded(vectors, mask)
 
 
@@ -103,8 +104,12 @@ def rank_collection(enc: Encoder, col: Any) -> tuple[dict, dict]:
     d = enc.encode([f"{x.title} {x.text}" if x.title else x.text for x in docs], "doc")
     scores = enc.model.score(q, d)  # [Q, D]
     top = scores.topk(min(DEPTH, len(docs)), dim=1)
-    run_ = {qid: {docs[j].docid: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())}
-            for i, qid in enumerate(qids)}
+    run_ = {
+        qid: {
+            docs[j].docid: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())
+        }
+        for i, qid in enumerate(qids)
+    }
     return evaluate_run(run_, col.qrels, METRICS, depth=min(DEPTH, len(docs)))
 
 
@@ -112,9 +117,10 @@ def tasks(lang: str, split: str, reference: bool, shared: str | None = None) -> 
     """The retrieval tests of one language (collections from optical_ray.data.real),
     read from ``shared`` (None: $OPTICAL_RAY_SHARED_DATA, else ../shared/data): the same
     folder the training reads when ``--shared`` is given."""
-    out = {"ntrex_xx_en": real.ntrex_collection(lang, "en", split, shared=shared),
-           "ntrex_doc": real.ntrex_collection(lang, "en", split, level="document",
-                                              shared=shared)}
+    out = {
+        "ntrex_xx_en": real.ntrex_collection(lang, "en", split, shared=shared),
+        "ntrex_doc": real.ntrex_collection(lang, "en", split, level="document", shared=shared),
+    }
     if not reference:
         out["ntrex_en_xx"] = real.ntrex_collection("en", lang, split, shared=shared)
         try:
@@ -127,14 +133,21 @@ def tasks(lang: str, split: str, reference: bool, shared: str | None = None) -> 
 def base_config(args: argparse.Namespace, base: dict[str, Any], lang: str, method: str) -> Config:
     """The training config: the search space's ``base``, the bench's budget, the pair."""
     flat = dict(base)
-    flat.update({
-        "pair": f"{lang}-en", "name": f"{lang}-{method}", "output_dir": str(args.out),
-        "distill.method": method, "distill.steps": args.steps,
-        "distill.batch_size": args.batch_size, "distill.lr": args.lr,
-        "data.bitext": {f"en-{lang}": {"path": args.shared or "", "format": "mafand"}},
-        "data.eval": {f"{lang}-en": {"path": args.shared or "", "format": "ntrex"}},
-        "eval.pairs": [f"{lang}-en"], "eval.split": "dev",
-    })
+    flat.update(
+        {
+            "pair": f"{lang}-en",
+            "name": f"{lang}-{method}",
+            "output_dir": str(args.out),
+            "distill.method": method,
+            "distill.steps": args.steps,
+            "distill.batch_size": args.batch_size,
+            "distill.lr": args.lr,
+            "data.bitext": {f"en-{lang}": {"path": args.shared or "", "format": "mafand"}},
+            "data.eval": {f"{lang}-en": {"path": args.shared or "", "format": "ntrex"}},
+            "eval.pairs": [f"{lang}-en"],
+            "eval.split": "dev",
+        }
+    )
     if args.teacher:
         flat.update({"model.name_or_path": args.teacher, **teacher_model_keys(args.teacher)})
     for item in args.set or []:
@@ -149,21 +162,30 @@ def teacher_model_keys(path: str) -> dict[str, Any]:
     it was trained; SystemExit in one line when ``path`` is not such a directory."""
     meta = Path(path).expanduser() / "optical_ray.json"
     if not meta.is_file():
-        raise SystemExit(f"--teacher {path!r}: not a model saved by optical-ray (no "
-                         "optical_ray.json); give the model dir a run wrote, e.g. "
-                         "optical_runs/teacher_minilm_colbert/model")
+        raise SystemExit(
+            f"--teacher {path!r}: not a model saved by optical-ray (no "
+            "optical_ray.json); give the model dir a run wrote, e.g. "
+            "optical_runs/teacher_minilm_colbert/model"
+        )
     model = json.loads(meta.read_text(encoding="utf-8"))["model"]
     return {"model.scoring": model["scoring"], "model.projection_dim": model["projection_dim"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=None, help="shared data folder (default: "
-                    "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
-    ap.add_argument("--teacher", default=None, metavar="DIR",
-                    help="teacher model dir saved by optical-ray (e.g. the output of "
-                    "recipes/teacher_minilm_colbert.yaml); its scoring (late interaction) "
-                    "and projection are used for every method. Default: the space's minilm")
+    ap.add_argument(
+        "--shared",
+        default=None,
+        help="shared data folder (default: $OPTICAL_RAY_SHARED_DATA, else ../shared/data)",
+    )
+    ap.add_argument(
+        "--teacher",
+        default=None,
+        metavar="DIR",
+        help="teacher model dir saved by optical-ray (e.g. the output of "
+        "recipes/teacher_minilm_colbert.yaml); its scoring (late interaction) "
+        "and projection are used for every method. Default: the space's minilm",
+    )
     ap.add_argument("--langs", default="hau,swa")
     ap.add_argument("--reference", default="deu,fra,fin")
     ap.add_argument("--methods", default="ot,mse_token,mse_sentence,contrastive")
@@ -173,8 +195,12 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["dev", "test"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="optical_runs/bench_real")
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a training config key for every method")
+    ap.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a training config key for every method",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps, one language")
     args = ap.parse_args()
     if args.quick:
@@ -189,11 +215,23 @@ def main() -> None:
     zero = Encoder(teacher)
     results: dict[tuple[str, str, str], tuple[dict, dict]] = {}
 
-    def report(lang: str, task: str, system: str, res: tuple[dict, dict], seconds: float,
-               extra: dict | None = None) -> None:
+    def report(
+        lang: str,
+        task: str,
+        system: str,
+        res: tuple[dict, dict],
+        seconds: float,
+        extra: dict | None = None,
+    ) -> None:
         means, per_q = res
-        row = {"lang": lang, "task": task, "system": system, "split": args.split,
-               "queries": len(per_q), **{m: round(means[m], 4) for m in METRICS}}
+        row = {
+            "lang": lang,
+            "task": task,
+            "system": system,
+            "split": args.split,
+            "queries": len(per_q),
+            **{m: round(means[m], 4) for m in METRICS},
+        }
         base = results.get((lang, task, "zero_shot"))
         if system != "zero_shot" and base is not None:
             for m in ("map", "ndcg@10"):
@@ -206,15 +244,27 @@ def main() -> None:
         for task, col in tasks(lang, args.split, reference=True, shared=args.shared).items():
             t0 = time.perf_counter()
             results[(lang, task, "zero_shot")] = rank_collection(zero, col)
-            report(lang, task, "zero_shot", results[(lang, task, "zero_shot")],
-                   time.perf_counter() - t0, {"resource": "high"})
+            report(
+                lang,
+                task,
+                "zero_shot",
+                results[(lang, task, "zero_shot")],
+                time.perf_counter() - t0,
+                {"resource": "high"},
+            )
     for lang in langs:
         cols = tasks(lang, args.split, reference=False, shared=args.shared)
         for task, col in cols.items():
             t0 = time.perf_counter()
             results[(lang, task, "zero_shot")] = rank_collection(zero, col)
-            report(lang, task, "zero_shot", results[(lang, task, "zero_shot")],
-                   time.perf_counter() - t0, {"resource": "low"})
+            report(
+                lang,
+                task,
+                "zero_shot",
+                results[(lang, task, "zero_shot")],
+                time.perf_counter() - t0,
+                {"resource": "low"},
+            )
         for method in methods:
             cfg = base_config(args, base, lang, method)
             t0 = time.perf_counter()
@@ -224,51 +274,98 @@ def main() -> None:
             model = RetrievalModel.load(hist.model_dir)
             sel = hist.selections[-1] if hist.selections else {}
             dev = [e.get("map") for e in hist.evals if "map" in e]
-            extra = {"resource": "low", "train_seconds": round(train_s, 1),
-                     "steps": cfg.distill.steps, "kept_step": sel.get("kept_step"),
-                     "dev_map_curve": [round(x, 4) for x in dev]}
+            extra = {
+                "resource": "low",
+                "train_seconds": round(train_s, 1),
+                "steps": cfg.distill.steps,
+                "kept_step": sel.get("kept_step"),
+                "dev_map_curve": [round(x, 4) for x in dev],
+            }
             enc = Encoder(model)
             for task, col in cols.items():
                 t0 = time.perf_counter()
                 results[(lang, task, method)] = rank_collection(enc, col)
-                report(lang, task, method, results[(lang, task, method)],
-                       time.perf_counter() - t0, extra)
+                report(
+                    lang,
+                    task,
+                    method,
+                    results[(lang, task, method)],
+                    time.perf_counter() - t0,
+                    extra,
+                )
     ref = results.get(("deu", "ntrex_xx_en", "zero_shot"))
     for lang in langs:
         if "ot" not in methods:
             continue
         zs, ot = results[(lang, "ntrex_xx_en", "zero_shot")], results[(lang, "ntrex_xx_en", "ot")]
-        beats = {task: paired_test(results[(lang, task, "ot")][1],
-                                   results[(lang, task, "zero_shot")][1], "map")
-                 for task in ("ntrex_xx_en", "ntrex_en_xx", "ntrex_doc", "afriqa")
-                 if (lang, task, "ot") in results}
+        beats = {
+            task: paired_test(
+                results[(lang, task, "ot")][1], results[(lang, task, "zero_shot")][1], "map"
+            )
+            for task in ("ntrex_xx_en", "ntrex_en_xx", "ntrex_doc", "afriqa")
+            if (lang, task, "ot") in results
+        }
         mse = [m for m in methods if m.startswith("mse")]
-        best_mse = max(mse, key=lambda m: results[(lang, "ntrex_xx_en", m)][0]["map"]) if mse else None
-        vs_mse = paired_test(ot[1], results[(lang, "ntrex_xx_en", best_mse)][1], "map") \
-            if best_mse else (None, None)
-        ablation = paired_test(ot[1], results[(lang, "ntrex_xx_en", "contrastive")][1], "map") \
-            if "contrastive" in methods else None
+        best_mse = (
+            max(mse, key=lambda m: results[(lang, "ntrex_xx_en", m)][0]["map"]) if mse else None
+        )
+        vs_mse = (
+            paired_test(ot[1], results[(lang, "ntrex_xx_en", best_mse)][1], "map")
+            if best_mse
+            else (None, None)
+        )
+        ablation = (
+            paired_test(ot[1], results[(lang, "ntrex_xx_en", "contrastive")][1], "map")
+            if "contrastive" in methods
+            else None
+        )
         # The issue-20 target: OT at least level with *each* MSE baseline on both NTREX
         # sentence directions (delta and paired p per task and baseline).
-        ot_vs_mse = {task: {m: dict(zip(("delta_map", "p"), (round(x, 4) for x in paired_test(
-            results[(lang, task, "ot")][1], results[(lang, task, m)][1], "map"))))
-            for m in mse} for task in ("ntrex_xx_en", "ntrex_en_xx")
-            if (lang, task, "ot") in results}
+        ot_vs_mse = {
+            task: {
+                m: dict(
+                    zip(
+                        ("delta_map", "p"),
+                        (
+                            round(x, 4)
+                            for x in paired_test(
+                                results[(lang, task, "ot")][1], results[(lang, task, m)][1], "map"
+                            )
+                        ),
+                    )
+                )
+                for m in mse
+            }
+            for task in ("ntrex_xx_en", "ntrex_en_xx")
+            if (lang, task, "ot") in results
+        }
         closed = None
         if ref is not None and ref[0]["map"] > zs[0]["map"]:
             closed = (ot[0]["map"] - zs[0]["map"]) / (ref[0]["map"] - zs[0]["map"])
-        emit("target", lang=lang, split=args.split,
-             ot_beats_zero_shot={t: {"delta_map": round(d, 4), "p": round(p, 4),
-                                     "holds": d > 0 and p < 0.05} for t, (d, p) in beats.items()},
-             gap_to_deu_closed=None if closed is None else round(closed, 3),
-             closes_half_gap=closed is not None and closed >= 0.5,
-             best_mse=best_mse,
-             ot_minus_best_mse_map=None if vs_mse[0] is None else round(vs_mse[0], 4),
-             p_vs_best_mse=None if vs_mse[1] is None else round(vs_mse[1], 4),
-             not_worse_than_mse=vs_mse[0] is None or vs_mse[0] >= 0 or vs_mse[1] >= 0.05,
-             ot_vs_mse=ot_vs_mse,
-             **({} if ablation is None else {"ot_minus_contrastive_only_map": round(ablation[0], 4),
-                                             "p_vs_contrastive_only": round(ablation[1], 4)}))
+        emit(
+            "target",
+            lang=lang,
+            split=args.split,
+            ot_beats_zero_shot={
+                t: {"delta_map": round(d, 4), "p": round(p, 4), "holds": d > 0 and p < 0.05}
+                for t, (d, p) in beats.items()
+            },
+            gap_to_deu_closed=None if closed is None else round(closed, 3),
+            closes_half_gap=closed is not None and closed >= 0.5,
+            best_mse=best_mse,
+            ot_minus_best_mse_map=None if vs_mse[0] is None else round(vs_mse[0], 4),
+            p_vs_best_mse=None if vs_mse[1] is None else round(vs_mse[1], 4),
+            not_worse_than_mse=vs_mse[0] is None or vs_mse[0] >= 0 or vs_mse[1] >= 0.05,
+            ot_vs_mse=ot_vs_mse,
+            **(
+                {}
+                if ablation is None
+                else {
+                    "ot_minus_contrastive_only_map": round(ablation[0], 4),
+                    "p_vs_contrastive_only": round(ablation[1], 4),
+                }
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -23,12 +23,23 @@ def _run(root: Path, workers: int, steps: int, batch: int) -> dict:
     from optical_ray.config import from_flat
     from optical_ray.distributed import fit
 
-    cfg = from_flat({
-        "data.root": str(root / "world"), "output_dir": str(root / "runs"),
-        "storage.uri": str(root / "storage"), "name": f"scale-{workers}",
-        "pair": "en-xc", "train.teacher": str(root / "teacher"), "train.stages": ["distill"],
-        "train.log_every": 10_000, "distill.steps": steps, "distill.batch_size": batch,
-        "scaling.workers": workers, "eval.pairs": ["en-xc"], "eval.metrics": ["map"]})
+    cfg = from_flat(
+        {
+            "data.root": str(root / "world"),
+            "output_dir": str(root / "runs"),
+            "storage.uri": str(root / "storage"),
+            "name": f"scale-{workers}",
+            "pair": "en-xc",
+            "train.teacher": str(root / "teacher"),
+            "train.stages": ["distill"],
+            "train.log_every": 10_000,
+            "distill.steps": steps,
+            "distill.batch_size": batch,
+            "scaling.workers": workers,
+            "eval.pairs": ["en-xc"],
+            "eval.metrics": ["map"],
+        }
+    )
     start = time.perf_counter()
     result = fit(cfg)
     wall = time.perf_counter() - start
@@ -37,10 +48,15 @@ def _run(root: Path, workers: int, steps: int, batch: int) -> dict:
     # examples_per_s = batch * workers / step seconds (global examples per step)
     step_s = [batch * workers / r["examples_per_s"] for r in steps_rec]
     steady = step_s[2:] or step_s  # the first steps include warm-up (allocations, DDP)
-    return {"workers": workers, "steps": len(step_s),
-            "median_step_s": statistics.median(steady),
-            "examples_per_s": batch * workers / statistics.median(steady),
-            "sum_step_s": sum(step_s), "wall_s": wall, "overhead_s": wall - sum(step_s)}
+    return {
+        "workers": workers,
+        "steps": len(step_s),
+        "median_step_s": statistics.median(steady),
+        "examples_per_s": batch * workers / statistics.median(steady),
+        "sum_step_s": sum(step_s),
+        "wall_s": wall,
+        "overhead_s": wall - sum(step_s),
+    }
 
 
 def main() -> None:
@@ -61,24 +77,50 @@ def main() -> None:
     synthesize_world(root / "world", seed=0, scale="tiny")
     cfg = from_flat({"data.root": str(root / "world")})
     RetrievalModel.from_config(cfg).save(root / "teacher", cfg)
-    ray.init(address="local", num_cpus=2, object_store_memory=256 * 2**20,
-             include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=256 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         runs = {w: _run(root, w, steps, args.batch) for w in (1, 2)}
     finally:
         ray.shutdown()
     for r in runs.values():
-        print(json.dumps({"bench": "scaling", "figure": "run", **{k: round(v, 4) if
-                          isinstance(v, float) else v for k, v in r.items()},
-                          "overhead_frac": round(r["overhead_s"] / r["wall_s"], 4)}))
+        print(
+            json.dumps(
+                {
+                    "bench": "scaling",
+                    "figure": "run",
+                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
+                    "overhead_frac": round(r["overhead_s"] / r["wall_s"], 4),
+                }
+            )
+        )
     one, two = runs[1], runs[2]
-    print(json.dumps({"bench": "scaling", "figure": "throughput_2_vs_1_workers",
-                      "value": round(two["examples_per_s"] / one["examples_per_s"], 4),
-                      "ideal": 2.0, "note": "same per-worker batch; 2 CPU cores shared "
-                      "with Ray's own processes"}))
-    print(json.dumps({"bench": "scaling", "figure": "step_time_2_vs_1_workers",
-                      "value": round(two["median_step_s"] / one["median_step_s"], 4),
-                      "ideal": 1.0}))
+    print(
+        json.dumps(
+            {
+                "bench": "scaling",
+                "figure": "throughput_2_vs_1_workers",
+                "value": round(two["examples_per_s"] / one["examples_per_s"], 4),
+                "ideal": 2.0,
+                "note": "same per-worker batch; 2 CPU cores shared with Ray's own processes",
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "scaling",
+                "figure": "step_time_2_vs_1_workers",
+                "value": round(two["median_step_s"] / one["median_step_s"], 4),
+                "ideal": 1.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,13 @@ BATCH = 16
 # Learning rate over three orders of magnitude and epsilon over four: a space where
 # the choice matters, as it does for a real pair.
 SPACE = {
-    "base": {"train.stages": ["distill"], "distill.method": "ot", "train.log_every": 10_000,
-             "train.warmup_ratio": 0.0, "distill.batch_size": BATCH},
+    "base": {
+        "train.stages": ["distill"],
+        "distill.method": "ot",
+        "train.log_every": 10_000,
+        "train.warmup_ratio": 0.0,
+        "distill.batch_size": BATCH,
+    },
     "params": {
         "distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-5, "high": 3e-2},
@@ -58,24 +63,56 @@ def _setup(root: Path, teacher_steps: int) -> dict[str, Any]:
     from optical_ray.train import LocalContext, run
 
     world = synthesize_world(root / "world", seed=0, scale="tiny")
-    base = {"data.root": str(world.root), "output_dir": str(root / "runs"),
-            "model.tiny.dropout": 0.0, "eval.metrics": ["map"], "eval.pairs": [PAIR],
-            "train.log_every": 10_000, "train.device": "cpu"}
-    cfg = from_flat({**base, "name": "teacher", "pair": PAIR, "train.stages": ["rank"],
-                     "rank.steps": teacher_steps, "rank.batch_size": 16, "rank.lr": 2e-3,
-                     "train.warmup_ratio": 0.1, "eval.pairs": ["en-en", PAIR]})
+    base = {
+        "data.root": str(world.root),
+        "output_dir": str(root / "runs"),
+        "model.tiny.dropout": 0.0,
+        "eval.metrics": ["map"],
+        "eval.pairs": [PAIR],
+        "train.log_every": 10_000,
+        "train.device": "cpu",
+    }
+    cfg = from_flat(
+        {
+            **base,
+            "name": "teacher",
+            "pair": PAIR,
+            "train.stages": ["rank"],
+            "rank.steps": teacher_steps,
+            "rank.batch_size": 16,
+            "rank.lr": 2e-3,
+            "train.warmup_ratio": 0.1,
+            "eval.pairs": ["en-en", PAIR],
+        }
+    )
     history = run(cfg, LocalContext(root / "teacher"))
-    _emit(figure="teacher_dev_map", value=round(history.evals[-1]["en-en/map"], 4),
-          zero_shot_en_xc=round(history.evals[-1][f"{PAIR}/map"], 4))
+    _emit(
+        figure="teacher_dev_map",
+        value=round(history.evals[-1]["en-en/map"], 4),
+        zero_shot_en_xc=round(history.evals[-1][f"{PAIR}/map"], 4),
+    )
     with open(world.root / "bitext" / PAIR / "train.tsv", encoding="utf-8") as f:
         bitext = sum(1 for _ in f)
-    return {**base, "train.teacher": str(root / "teacher" / "model"),
-            "steps_per_epoch": max(1, bitext // BATCH)}
+    return {
+        **base,
+        "train.teacher": str(root / "teacher" / "model"),
+        "steps_per_epoch": max(1, bitext // BATCH),
+    }
 
 
-def _sweep(base: dict[str, Any], storage: Path, name: str, *, samples: int, epochs: int,
-           workers: int = 1, search: str = "tpe", scheduler: str = "asha", seed: int = 0,
-           fixed_lr: bool = False) -> tuple[Any, float]:
+def _sweep(
+    base: dict[str, Any],
+    storage: Path,
+    name: str,
+    *,
+    samples: int,
+    epochs: int,
+    workers: int = 1,
+    search: str = "tpe",
+    scheduler: str = "asha",
+    seed: int = 0,
+    fixed_lr: bool = False,
+) -> tuple[Any, float]:
     """Run one sweep (trials one at a time); its catalog records and fit wall time."""
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
@@ -84,18 +121,39 @@ def _sweep(base: dict[str, Any], storage: Path, name: str, *, samples: int, epoc
 
     spe = base["steps_per_epoch"]
     flat = {k: v for k, v in base.items() if k != "steps_per_epoch"}
-    cfg = from_flat({**flat, "storage.uri": str(storage), "sweep.seed": seed,
-                     "scaling.cpus_per_worker": 1.0, "sweep.grace_period": 1,
-                     "sweep.reduction_factor": 2.0})
-    space = {**SPACE, "base": {**SPACE["base"], "distill.steps": spe * epochs,
-                               "train.eval_every": spe}}
+    cfg = from_flat(
+        {
+            **flat,
+            "storage.uri": str(storage),
+            "sweep.seed": seed,
+            "scaling.cpus_per_worker": 1.0,
+            "sweep.grace_period": 1,
+            "sweep.reduction_factor": 2.0,
+        }
+    )
+    space = {
+        **SPACE,
+        "base": {**SPACE["base"], "distill.steps": spe * epochs, "train.eval_every": spe},
+    }
     if fixed_lr:  # overhead runs: every trial trains the same amount, sensibly
-        space = {**space, "base": {**space["base"], "distill.lr": 1e-3},
-                 "params": {k: v for k, v in space["params"].items() if k != "distill.lr"}}
+        space = {
+            **space,
+            "base": {**space["base"], "distill.lr": 1e-3},
+            "params": {k: v for k, v in space["params"].items() if k != "distill.lr"},
+        }
     start = time.perf_counter()
-    run_sweep(cfg, parse_space(space), pairs=[PAIR], samples=samples, name=name,
-              workers_per_trial=workers, max_concurrent=1, scheduler=scheduler,
-              search=search, verbose=0)
+    run_sweep(
+        cfg,
+        parse_space(space),
+        pairs=[PAIR],
+        samples=samples,
+        name=name,
+        workers_per_trial=workers,
+        max_concurrent=1,
+        scheduler=scheduler,
+        search=search,
+        verbose=0,
+    )
     wall = time.perf_counter() - start
     return Catalog(str(storage)).records(), wall
 
@@ -106,22 +164,35 @@ def _seconds(t: Any) -> float:
 
 
 def _overhead(base: dict[str, Any], root: Path, workers: int, trials: int) -> None:
-    records, wall = _sweep(base, root / f"store-overhead-{workers}", f"oh{workers}",
-                           samples=trials, epochs=1, workers=workers, scheduler="none",
-                           fixed_lr=True)
+    records, wall = _sweep(
+        base,
+        root / f"store-overhead-{workers}",
+        f"oh{workers}",
+        samples=trials,
+        epochs=1,
+        workers=workers,
+        scheduler="none",
+        fixed_lr=True,
+    )
     done = records[records["status"] == "finished"].sort_values("finished_at")
     ends = [_seconds(t) for t in done["finished_at"]]
     work = list(done["training_s"])
     per_trial = [(ends[i] - ends[i - 1]) - work[i] for i in range(1, len(ends))]
     median = statistics.median(per_trial)
     target = 5.0 if workers == 1 else None
-    _emit(figure=f"trial_overhead_s_{workers}_worker", value=round(median, 2), unit="s",
-          target=target, within_target=(median <= target) if target else None,
-          statistic="median over trials 2..N of (completion gap - train_s)",
-          per_trial=[round(x, 2) for x in per_trial],
-          median_train_s=round(statistics.median(work), 2),
-          overhead_fraction=round(median / (median + statistics.median(work)), 3),
-          sweep_wall_s=round(wall, 1), trials=len(done))
+    _emit(
+        figure=f"trial_overhead_s_{workers}_worker",
+        value=round(median, 2),
+        unit="s",
+        target=target,
+        within_target=(median <= target) if target else None,
+        statistic="median over trials 2..N of (completion gap - train_s)",
+        per_trial=[round(x, 2) for x in per_trial],
+        median_train_s=round(statistics.median(work), 2),
+        overhead_fraction=round(median / (median + statistics.median(work)), 3),
+        sweep_wall_s=round(wall, 1),
+        trials=len(done),
+    )
 
 
 def _epochs(row: Any) -> int:
@@ -130,16 +201,33 @@ def _epochs(row: Any) -> int:
     return int(row["iterations"]) - (1 if row["status"] == "finished" else 0)
 
 
-def _efficiency(base: dict[str, Any], root: Path, trials: int, epochs: int,
-                seeds: list[int]) -> None:
+def _efficiency(
+    base: dict[str, Any], root: Path, trials: int, epochs: int, seeds: list[int]
+) -> None:
     ratios = []
     for seed in seeds:
         # Another seed for random search: with the same seed, TPE's random start-up
         # trials would repeat random search's first trials and share its luck.
-        rand, _ = _sweep(base, root / f"store-rand-{seed}", f"rand{seed}", samples=trials,
-                         epochs=epochs, search="random", scheduler="none", seed=seed + 1000)
-        tpe, _ = _sweep(base, root / f"store-tpe-{seed}", f"tpe{seed}", samples=trials,
-                        epochs=epochs, search="tpe", scheduler="asha", seed=seed)
+        rand, _ = _sweep(
+            base,
+            root / f"store-rand-{seed}",
+            f"rand{seed}",
+            samples=trials,
+            epochs=epochs,
+            search="random",
+            scheduler="none",
+            seed=seed + 1000,
+        )
+        tpe, _ = _sweep(
+            base,
+            root / f"store-tpe-{seed}",
+            f"tpe{seed}",
+            samples=trials,
+            epochs=epochs,
+            search="tpe",
+            scheduler="asha",
+            seed=seed,
+        )
         rand_ok = rand[rand["status"] != "failed"]
         target = float(rand_ok["best_value"].max())
         rand_epochs = sum(_epochs(r) for _, r in rand_ok.iterrows())
@@ -152,21 +240,32 @@ def _efficiency(base: dict[str, Any], root: Path, trials: int, epochs: int,
         tpe_epochs = spent
         ratio = reached / rand_epochs if reached is not None else None
         ratios.append(ratio)
-        _emit(figure="tpe_asha_epochs_to_random_best", seed=seed,
-              value=round(ratio, 3) if ratio is not None else None, target=0.6,
-              within_target=ratio is not None and ratio <= 0.6,
-              random_best_map=round(target, 4), tpe_asha_best_map=round(best, 4),
-              random_trial_epochs=rand_epochs, tpe_asha_trial_epochs=tpe_epochs,
-              tpe_asha_epochs_to_reach=reached, trials=trials,
-              stopped_early=int((tpe["status"] == "stopped").sum()))
+        _emit(
+            figure="tpe_asha_epochs_to_random_best",
+            seed=seed,
+            value=round(ratio, 3) if ratio is not None else None,
+            target=0.6,
+            within_target=ratio is not None and ratio <= 0.6,
+            random_best_map=round(target, 4),
+            tpe_asha_best_map=round(best, 4),
+            random_trial_epochs=rand_epochs,
+            tpe_asha_trial_epochs=tpe_epochs,
+            tpe_asha_epochs_to_reach=reached,
+            trials=trials,
+            stopped_early=int((tpe["status"] == "stopped").sum()),
+        )
     reached = [r for r in ratios if r is not None]
     summary = statistics.median([r if r is not None else float("inf") for r in ratios])
-    _emit(figure="tpe_asha_epochs_to_random_best_median", value=round(summary, 3)
-          if summary != float("inf") else None, target=0.6,
-          within_target=summary <= 0.6, seeds=seeds,
-          reached_in=f"{len(reached)}/{len(ratios)} seeds",
-          statistic="median over seeds of (TPE+ASHA trial-epochs until its best >= random "
-                    "search's best) / (random search's trial-epochs)")
+    _emit(
+        figure="tpe_asha_epochs_to_random_best_median",
+        value=round(summary, 3) if summary != float("inf") else None,
+        target=0.6,
+        within_target=summary <= 0.6,
+        seeds=seeds,
+        reached_in=f"{len(reached)}/{len(ratios)} seeds",
+        statistic="median over seeds of (TPE+ASHA trial-epochs until its best >= random "
+        "search's best) / (random search's trial-epochs)",
+    )
 
 
 def main() -> None:
@@ -188,8 +287,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 2**20)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 2**20,
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
             root = Path(tmp)
@@ -198,8 +302,9 @@ def main() -> None:
                 _overhead(base, root, 1, args.overhead_trials)
                 _overhead(base, root, 2, max(3, args.overhead_trials // 2))
             if args.part in ("all", "efficiency"):
-                _efficiency(base, root, args.trials, args.epochs,
-                            [int(s) for s in args.seeds.split(",")])
+                _efficiency(
+                    base, root, args.trials, args.epochs, [int(s) for s in args.seeds.split(",")]
+                )
     finally:
         ray.shutdown()
 

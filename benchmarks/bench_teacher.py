@@ -45,10 +45,12 @@ def main() -> None:
     real.shared_data_dir(args.shared)  # fail early, one line
     keys = {"model.max_query_length": 32, "model.max_doc_length": 128}
     systems = {
-        "minilm_pooled": RetrievalModel.from_config(from_flat(
-            {"model.name_or_path": "minilm", "model.scoring": "pooled", **keys})),
-        "minilm_maxsim_zero_shot": RetrievalModel.from_config(from_flat(
-            {"model.name_or_path": "minilm", "model.scoring": "late_interaction", **keys})),
+        "minilm_pooled": RetrievalModel.from_config(
+            from_flat({"model.name_or_path": "minilm", "model.scoring": "pooled", **keys})
+        ),
+        "minilm_maxsim_zero_shot": RetrievalModel.from_config(
+            from_flat({"model.name_or_path": "minilm", "model.scoring": "late_interaction", **keys})
+        ),
         "teacher_maxsim": RetrievalModel.load(args.teacher),
     }
     systems["teacher_maxsim"].cfg.max_query_length = 32
@@ -59,8 +61,14 @@ def main() -> None:
         for name, model in systems.items():
             t0 = time.perf_counter()
             means, per_q = rank_collection(Encoder(model), col)
-            row = {"bench": "teacher", "task": "xquad_r_en_en", "split": split, "system": name,
-                   "queries": len(per_q), **{m: round(v, 4) for m, v in means.items()}}
+            row = {
+                "bench": "teacher",
+                "task": "xquad_r_en_en",
+                "split": split,
+                "system": name,
+                "queries": len(per_q),
+                **{m: round(v, 4) for m, v in means.items()},
+            }
             for ref in ("minilm_pooled", "minilm_maxsim_zero_shot"):
                 if ref in per_system:  # what the training adds, beside what MaxSim adds
                     delta, p = paired_test(per_q, per_system[ref], "map")

@@ -18,6 +18,7 @@ from optical_ray.model import RetrievalModel
 
 __all__ = ["RankExamples", "Batches", "english_rows", "filter_bitext", "to_device"]
 
+
 def english_rows(batch_no: int, batch_size: int, fraction: float) -> int:
     """How many rows of batch ``batch_no`` carry English retention: ``floor((b + 1) f B)
     - floor(b f B)``, so the share over batches is exactly ``fraction`` even when
@@ -25,19 +26,24 @@ def english_rows(batch_no: int, batch_size: int, fraction: float) -> int:
     if fraction <= 0:
         return 0
     total = fraction * batch_size
-    return min(batch_size, math.floor((batch_no + 1) * total + 1e-9) - math.floor(batch_no * total + 1e-9))
+    return min(
+        batch_size, math.floor((batch_no + 1) * total + 1e-9) - math.floor(batch_no * total + 1e-9)
+    )
 
 
 def _token_counts(tokenizer: Any, texts: list[str]) -> list[int]:
     counts: list[int] = []
     for s in range(0, len(texts), 4096):
-        ids = tokenizer(texts[s:s + 4096], add_special_tokens=False, truncation=False)["input_ids"]
+        ids = tokenizer(texts[s : s + 4096], add_special_tokens=False, truncation=False)[
+            "input_ids"
+        ]
         counts += [len(x) for x in ids]
     return counts
 
 
-def filter_bitext(pairs: Sequence[tuple[str, str]], teacher: RetrievalModel,
-                  student: RetrievalModel, cfg: Config) -> tuple[list[tuple[str, str]], dict[str, int]]:
+def filter_bitext(
+    pairs: Sequence[tuple[str, str]], teacher: RetrievalModel, student: RetrievalModel, cfg: Config
+) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """Length handling of bitext (``distill.long_pairs``, ``distill.max_length_ratio``).
 
     Truncating a long pair at ``model.max_bitext_length`` tokens cuts the two sides at
@@ -54,8 +60,10 @@ def filter_bitext(pairs: Sequence[tuple[str, str]], teacher: RetrievalModel,
         return pairs, {"kept": len(pairs), "too_long": 0, "bad_ratio": 0}
 
     def limit(model: RetrievalModel) -> int:
-        return min(cfg.model.max_bitext_length,
-                   int(getattr(model.encoder.config, "max_position_embeddings", 512)))
+        return min(
+            cfg.model.max_bitext_length,
+            int(getattr(model.encoder.config, "max_position_embeddings", 512)),
+        )
 
     max_en, max_xx = limit(teacher), limit(student)
     n_en = _token_counts(teacher.tokenizer, teacher.normalize([e for e, _ in pairs]))
@@ -86,11 +94,16 @@ class RankExamples:
         if not items:
             for qid, docs in collection.qrels.items():
                 if qid in collection.queries:
-                    items += [(qid, (d,), (), False) for d, rel in docs.items()
-                              if rel > 0 and d in collection.corpus]
+                    items += [
+                        (qid, (d,), (), False)
+                        for d, rel in docs.items()
+                        if rel > 0 and d in collection.corpus
+                    ]
         if not items:
-            raise DataError("the ranking collection has no training example (no triples and "
-                            "no positive judgement of a known query and document)")
+            raise DataError(
+                "the ranking collection has no training example (no triples and "
+                "no positive judgement of a known query and document)"
+            )
         self.items = items
 
     def __len__(self) -> int:
@@ -125,12 +138,16 @@ class RankExamples:
 class Batches:
     """Batch number -> item indices: epochs of ``ctx.shard`` cut into fixed batches."""
 
-    def __init__(self, ctx: TrainContext, n_items: int, batch_size: int, seed: int, what: str) -> None:
+    def __init__(
+        self, ctx: TrainContext, n_items: int, batch_size: int, seed: int, what: str
+    ) -> None:
         self.ctx, self.n_items, self.batch_size, self.seed = ctx, n_items, batch_size, seed
         self.per_epoch = (n_items // ctx.world_size) // batch_size
         if self.per_epoch == 0:
-            raise DataError(f"{what}: {n_items} examples give no full batch of {batch_size} per "
-                            f"worker x {ctx.world_size} worker(s); lower the batch size")
+            raise DataError(
+                f"{what}: {n_items} examples give no full batch of {batch_size} per "
+                f"worker x {ctx.world_size} worker(s); lower the batch size"
+            )
         self._epoch, self._order = -1, []
 
     def __call__(self, batch_no: int) -> tuple[list[int], int, int]:
@@ -138,7 +155,7 @@ class Batches:
         epoch, pos = divmod(batch_no, self.per_epoch)
         if epoch != self._epoch:
             self._epoch, self._order = epoch, self.ctx.shard(self.n_items, epoch, self.seed)
-        return self._order[pos * self.batch_size:(pos + 1) * self.batch_size], epoch, pos
+        return self._order[pos * self.batch_size : (pos + 1) * self.batch_size], epoch, pos
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

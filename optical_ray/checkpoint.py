@@ -24,8 +24,16 @@ from optical_ray.config import Config, to_dict
 from optical_ray.errors import TrainingError
 from optical_ray.model import RetrievalModel
 
-__all__ = ["STATE_FILE", "CHECKPOINT_PREFIX", "complete_checkpoints", "rng_state",
-           "set_rng_state", "save_checkpoint", "read_checkpoint_state", "load_module"]
+__all__ = [
+    "STATE_FILE",
+    "CHECKPOINT_PREFIX",
+    "complete_checkpoints",
+    "rng_state",
+    "set_rng_state",
+    "save_checkpoint",
+    "read_checkpoint_state",
+    "load_module",
+]
 
 STATE_FILE = "state.json"
 CHECKPOINT_PREFIX = "ckpt-"
@@ -48,14 +56,18 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
     np_state = np.random.get_state()
-    tensors = {"torch": torch.get_rng_state(),
-               "numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+    }
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = s
     py = random.getstate()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     return tensors, meta
 
 
@@ -70,11 +82,18 @@ def set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(root: Path, name: str, *, state: dict[str, Any], model: RetrievalModel,
-                    cfg: Config, teacher: RetrievalModel | None = None,
-                    extra: dict[str, nn.Module] | None = None,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    tensors: dict[str, dict[str, Tensor]] | None = None) -> Path:
+def save_checkpoint(
+    root: Path,
+    name: str,
+    *,
+    state: dict[str, Any],
+    model: RetrievalModel,
+    cfg: Config,
+    teacher: RetrievalModel | None = None,
+    extra: dict[str, nn.Module] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    tensors: dict[str, dict[str, Tensor]] | None = None,
+) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename).
 
     Holds ``model/`` and ``teacher/`` (safetensors), ``<extra>.safetensors`` (e.g. the
@@ -93,19 +112,26 @@ def save_checkpoint(root: Path, name: str, *, state: dict[str, Any], model: Retr
     if teacher is not None:
         teacher.save(tmp / "teacher", cfg)
     for key, module in (extra or {}).items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-                  str(tmp / f"{key}.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+            str(tmp / f"{key}.safetensors"),
+        )
     for key, values in (tensors or {}).items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in values.items()},
-                  str(tmp / f"{key}.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in values.items()},
+            str(tmp / f"{key}.safetensors"),
+        )
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     rng_tensors, rng_meta = rng_state()
     save_file(rng_tensors, str(tmp / "rng.safetensors"))
     # A manifest of every file: a copy in object storage (uploaded in no particular
     # order) is complete when all of them are there with these sizes.
-    files = {p.relative_to(tmp).as_posix(): p.stat().st_size
-             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    files = {
+        p.relative_to(tmp).as_posix(): p.stat().st_size
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
     doc = {**state, "rng": rng_meta, "config": to_dict(cfg), "version": 1, "files": files}
     (tmp / STATE_FILE).write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
     if final.exists():  # the same step written again (a resumed run): replace it whole

@@ -27,8 +27,7 @@ def _csv(value: str) -> list[str]:
 def _bitext_size(value: str) -> tuple[str, int]:
     lang, sep, n = value.partition("=")
     if not sep or not lang or not n.isdigit():
-        raise argparse.ArgumentTypeError(
-            f"got {value!r}, expected LANG=N such as xc=1000")
+        raise argparse.ArgumentTypeError(f"got {value!r}, expected LANG=N such as xc=1000")
     return lang, int(n)
 
 
@@ -41,8 +40,10 @@ def _check_dir(path: str | Path | None, what: str) -> None:
         if q.exists():
             if not q.is_dir():
                 which = "which" if q == p else f"but {str(q)!r}"
-                raise ConfigError(f"{what}: got {str(path)!r}, {which} is a file; expected "
-                                  "a directory (created if missing)")
+                raise ConfigError(
+                    f"{what}: got {str(path)!r}, {which} is a file; expected "
+                    "a directory (created if missing)"
+                )
             return
 
 
@@ -62,13 +63,20 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from optical_ray.data.synthetic import synthesize_world
 
     _check_dir(args.out, "--out")
-    manifest = synthesize_world(args.out, seed=args.seed, languages=args.languages,
-                                bitext_sizes=dict(args.bitext_size or []) or None,
-                                scale=args.scale, overwrite=args.overwrite)
+    manifest = synthesize_world(
+        args.out,
+        seed=args.seed,
+        languages=args.languages,
+        bitext_sizes=dict(args.bitext_size or []) or None,
+        scale=args.scale,
+        overwrite=args.overwrite,
+    )
     print(f"wrote synthetic world (seed {args.seed}) to {args.out}")
     for code, lang in sorted(manifest.languages.items()):
-        print(f"  {code}: {lang.get('resource', '?')}-resource, "
-              f"{lang.get('bitext_size', 0)} bitext pairs")
+        print(
+            f"  {code}: {lang.get('resource', '?')}-resource, "
+            f"{lang.get('bitext_size', 0)} bitext pairs"
+        )
     print(f"next: optical-ray data validate {args.out}")
     return 0
 
@@ -88,14 +96,17 @@ def _cmd_data_prepare_real(args: argparse.Namespace) -> int:
     from optical_ray.data.real import canonical_lang, prepare_real
 
     _check_dir(args.out, "--out")
-    manifest = prepare_real(args.out, shared=args.shared, languages=args.languages,
-                            reference=args.reference)
+    manifest = prepare_real(
+        args.out, shared=args.shared, languages=args.languages, reference=args.reference
+    )
     print(f"wrote the real-data root (from {manifest['source']}) to {args.out}")
     for name, counts in sorted(manifest["counts"].items()):
         print(f"  {name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     pair = f"{canonical_lang(args.languages[0])}-en"
-    print(f"next: optical-ray train data.root={args.out} pair={pair} model.name_or_path=minilm "
-          "model.scoring=pooled train.stages=[distill]")
+    print(
+        f"next: optical-ray train data.root={args.out} pair={pair} model.name_or_path=minilm "
+        "model.scoring=pooled train.stages=[distill]"
+    )
     return 0
 
 
@@ -119,10 +130,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     """CLI flags are shorthands for config keys; explicit key=value wins."""
-    flags = {"scaling.workers": args.workers, "scaling.cpus_per_worker": args.cpus_per_worker,
-             "scaling.gpus_per_worker": args.gpus_per_worker, "storage.uri": args.storage,
-             "name": args.name,
-             "train.tracking": f"[{','.join(args.tracking)}]" if args.tracking else None}
+    flags = {
+        "scaling.workers": args.workers,
+        "scaling.cpus_per_worker": args.cpus_per_worker,
+        "scaling.gpus_per_worker": args.gpus_per_worker,
+        "storage.uri": args.storage,
+        "name": args.name,
+        "train.tracking": f"[{','.join(args.tracking)}]" if args.tracking else None,
+    }
     return [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
 
 
@@ -134,8 +149,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_dir(cfg.output_dir, "output_dir")
     # One worker on this machine trains in this process; more workers, a cluster, or
     # object storage (checkpoints persisted there, resumable) go through Ray Train.
-    if cfg.scaling.workers == 1 and args.address is None and \
-            not cfg.storage.uri.startswith("s3://"):
+    if (
+        cfg.scaling.workers == 1
+        and args.address is None
+        and not cfg.storage.uri.startswith("s3://")
+    ):
         from optical_ray.train import LocalContext, local_run_dir, run
 
         from optical_ray.tracking import track_run
@@ -164,8 +182,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_dir(args.out, "--out")
     ckpt = local_copy(args.checkpoint, endpoint=args.s3_endpoint)
     if not (ckpt / "optical_ray.json").is_file():
-        raise ConfigError(f"--checkpoint {args.checkpoint!r} is not a saved model directory "
-                          "(no optical_ray.json); pass the model/ dir of a run")
+        raise ConfigError(
+            f"--checkpoint {args.checkpoint!r} is not a saved model directory "
+            "(no optical_ray.json); pass the model/ dir of a run"
+        )
     overrides = [f"data.root={args.data}"] if args.data else []
     if args.split:
         overrides.append(f"eval.split={args.split}")
@@ -174,6 +194,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     saved = json.loads((ckpt / "optical_ray.json").read_text())
     base = saved.get("config") or {}
     from optical_ray.config import apply_overrides, from_dict, parse_overrides
+
     cfg = from_dict(apply_overrides(base, parse_overrides(overrides + list(args.overrides))))
     model = RetrievalModel.load(ckpt)
     results = evaluate_pairs(model, cfg, pairs=args.pairs, out_dir=args.out)
@@ -200,17 +221,31 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _check_dir(cfg.output_dir, "output_dir")
     # key=value on the command line wins over the space's fixed values.
     flat = to_flat(cfg)
-    space = pin_overrides(load_space(args.space),
-                          {k: flat[k] for k in parse_overrides(args.overrides) if k in flat})
+    space = pin_overrides(
+        load_space(args.space), {k: flat[k] for k in parse_overrides(args.overrides) if k in flat}
+    )
     from optical_ray.sweep import run_sweep  # Ray-free; Ray is imported when it runs
 
-    result = run_sweep(cfg, space, pairs=args.pairs, samples=args.samples,
-                       workers_per_trial=args.workers_per_trial,
-                       max_concurrent=args.max_concurrent, scheduler=args.scheduler,
-                       search=args.search, metric=args.metric, name=args.name, resume=args.resume,
-                       address=args.address, verbose=args.verbose, pair_order=args.pair_order,
-                       max_failures=args.max_failures, trust_storage=args.trust_storage,
-                       tracking=args.tracking, optuna_storage=args.optuna_storage)
+    result = run_sweep(
+        cfg,
+        space,
+        pairs=args.pairs,
+        samples=args.samples,
+        workers_per_trial=args.workers_per_trial,
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler,
+        search=args.search,
+        metric=args.metric,
+        name=args.name,
+        resume=args.resume,
+        address=args.address,
+        verbose=args.verbose,
+        pair_order=args.pair_order,
+        max_failures=args.max_failures,
+        trust_storage=args.trust_storage,
+        tracking=args.tracking,
+        optuna_storage=args.optuna_storage,
+    )
     print(result.summary())
     if result.exit_code:
         return result.exit_code
@@ -267,10 +302,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_cluster_up(args: argparse.Namespace) -> int:
     from optical_ray.cluster import LocalCluster
 
-    cluster = LocalCluster(args.nodes, cpus_per_node=args.cpus_per_node, memory=args.memory,
-                           object_store_memory=args.object_store_memory,
-                           gpus_per_node=args.gpus_per_node, name=args.name,
-                           state_dir=args.state_dir)
+    cluster = LocalCluster(
+        args.nodes,
+        cpus_per_node=args.cpus_per_node,
+        memory=args.memory,
+        object_store_memory=args.object_store_memory,
+        gpus_per_node=args.gpus_per_node,
+        name=args.name,
+        state_dir=args.state_dir,
+    )
     print(f"starting a local Ray cluster: head + {args.nodes} worker node(s) ...", flush=True)
     cluster.up()
     print(cluster.summary())
@@ -283,8 +323,10 @@ def _cmd_cluster_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster.attach(args.name, args.state_dir)
     logs = cluster.temp_dir
     stopped = cluster.down(keep_logs=args.keep_logs)
-    print(f"local Ray cluster {args.name!r} stopped ({stopped} processes)"
-          + (f"; logs kept in {logs}" if args.keep_logs else ""))
+    print(
+        f"local Ray cluster {args.name!r} stopped ({stopped} processes)"
+        + (f"; logs kept in {logs}" if args.keep_logs else "")
+    )
     return 0
 
 
@@ -304,12 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="optical-ray",
         description="Find and train the best cross-lingual retrieval models for "
-                    "low-resource languages (OPTICAL optimal-transport distillation on Ray).")
+        "low-resource languages (OPTICAL optimal-transport distillation on Ray).",
+    )
     p.add_argument("--version", action="version", version=f"optical-ray {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="the embedded default: synthetic world, teacher, "
-                          "sweep, best config and gap report")
+    demo = sub.add_parser(
+        "demo",
+        help="the embedded default: synthetic world, teacher, sweep, best config and gap report",
+    )
     demo.add_argument("--out", default="optical_runs/demo", help="output directory")
     demo.add_argument("--trials", type=int, default=6, help="trials per pair")
     demo.add_argument("--seed", type=int, default=0)
@@ -320,28 +365,57 @@ def build_parser() -> argparse.ArgumentParser:
     synth = dsub.add_parser("synth", help="write a synthetic multilingual CLIR world")
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--languages", type=_csv, default=None,
-                       help="comma-separated synthetic languages (default: all presets)")
-    synth.add_argument("--bitext-size", type=_bitext_size, action="append",
-                       metavar="LANG=N", help="bitext pairs for a language (repeatable)")
+    synth.add_argument(
+        "--languages",
+        type=_csv,
+        default=None,
+        help="comma-separated synthetic languages (default: all presets)",
+    )
+    synth.add_argument(
+        "--bitext-size",
+        type=_bitext_size,
+        action="append",
+        metavar="LANG=N",
+        help="bitext pairs for a language (repeatable)",
+    )
     synth.add_argument("--scale", choices=["tiny", "default"], default="default")
-    synth.add_argument("--overwrite", action="store_true",
-                       help="replace a world already in --out (only the world's own entries)")
+    synth.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a world already in --out (only the world's own entries)",
+    )
     synth.set_defaults(func=_cmd_data_synth)
     val = dsub.add_parser("validate", help="check a dataset directory and print counts")
     val.add_argument("root", help="dataset root in the standard layout")
-    val.add_argument("--strict", action="store_true",
-                     help="qrels naming unknown queries/documents are errors, not warnings")
+    val.add_argument(
+        "--strict",
+        action="store_true",
+        help="qrels naming unknown queries/documents are errors, not warnings",
+    )
     val.set_defaults(func=_cmd_data_validate)
-    real = dsub.add_parser("prepare-real", help="write a dataset root from the real data "
-                           "samples (MAFAND-MT, NTREX-128, AfriQA, XQuAD-R)")
-    real.add_argument("--shared", default=None, help="shared data folder (default: "
-                      "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
+    real = dsub.add_parser(
+        "prepare-real",
+        help="write a dataset root from the real data "
+        "samples (MAFAND-MT, NTREX-128, AfriQA, XQuAD-R)",
+    )
+    real.add_argument(
+        "--shared",
+        default=None,
+        help="shared data folder (default: $OPTICAL_RAY_SHARED_DATA, else ../shared/data)",
+    )
     real.add_argument("--out", required=True, help="output dataset root")
-    real.add_argument("--languages", type=_csv, default=["swa", "hau"],
-                      help="low-resource languages with MAFAND bitext (default swa,hau)")
-    real.add_argument("--reference", type=_csv, default=["deu", "fra", "fin"],
-                      help="high-resource NTREX reference languages (default deu,fra,fin)")
+    real.add_argument(
+        "--languages",
+        type=_csv,
+        default=["swa", "hau"],
+        help="low-resource languages with MAFAND bitext (default swa,hau)",
+    )
+    real.add_argument(
+        "--reference",
+        type=_csv,
+        default=["deu", "fra", "fin"],
+        help="high-resource NTREX reference languages (default deu,fra,fin)",
+    )
     real.set_defaults(func=_cmd_data_prepare_real)
 
     cfg = sub.add_parser("config", help="print the resolved config (YAML + overrides)")
@@ -354,18 +428,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--workers", type=int, default=None, help="Ray Train workers")
     tr.add_argument("--cpus-per-worker", type=float, default=None)
     tr.add_argument("--gpus-per-worker", type=float, default=None)
-    tr.add_argument("--address", default=None,
-                    help="Ray cluster: auto or HOST:PORT (default: local)")
+    tr.add_argument(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: local)"
+    )
     tr.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
     tr.add_argument("--name", default=None, help="run name (same name resumes)")
-    tr.add_argument("--tracking", type=_csv, default=None, metavar="LIST",
-                    help="mlflow[=URI], tensorboard, wandb (comma-separated; train.tracking)")
+    tr.add_argument(
+        "--tracking",
+        type=_csv,
+        default=None,
+        metavar="LIST",
+        help="mlflow[=URI], tensorboard, wandb (comma-separated; train.tracking)",
+    )
     tr.add_argument("overrides", nargs="*", metavar="key=value")
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a saved model per language pair")
-    ev.add_argument("--checkpoint", required=True,
-                    help="saved model directory: a local path or s3://.../model")
+    ev.add_argument(
+        "--checkpoint", required=True, help="saved model directory: a local path or s3://.../model"
+    )
     ev.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
     ev.add_argument("--data", default=None, help="dataset root (default: the run's)")
     ev.add_argument("--pairs", type=_csv, default=None, help="e.g. en-en,en-xa,xa-en")
@@ -382,37 +463,70 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
     sw.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
     sw.add_argument("--workers-per-trial", type=int, default=None)
-    sw.add_argument("--max-concurrent", type=int, default=None,
-                    help="trials in flight across all pairs (sweep.max_concurrent)")
-    sw.add_argument("--pair-order", choices=["concurrent", "sequential"], default=None,
-                    help="run the pairs at the same time (default) or one after another")
-    sw.add_argument("--max-failures", type=int, default=None,
-                    help="restarts of a trial whose process or node dies (default 2)")
+    sw.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="trials in flight across all pairs (sweep.max_concurrent)",
+    )
+    sw.add_argument(
+        "--pair-order",
+        choices=["concurrent", "sequential"],
+        default=None,
+        help="run the pairs at the same time (default) or one after another",
+    )
+    sw.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        help="restarts of a trial whose process or node dies (default 2)",
+    )
     sw.add_argument("--scheduler", choices=["asha", "none"], default=None)
-    sw.add_argument("--search", choices=["tpe", "random"], default=None,
-                    help="Optuna sampler (default tpe)")
+    sw.add_argument(
+        "--search", choices=["tpe", "random"], default=None, help="Optuna sampler (default tpe)"
+    )
     sw.add_argument("--metric", default=None, help="e.g. map, ndcg@10")
     sw.add_argument("--name", default=None, help="sweep name (experiments <name>-<pair>)")
-    sw.add_argument("--resume", action="store_true",
-                    help="continue the sweep with this name in this storage")
-    sw.add_argument("--trust-storage", action="store_true",
-                    help="with --resume: skip the check that Tune's saved state was "
-                         "written by this installation (see README, trust model)")
-    sw.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
-                    help="0: summary only; 1: a progress line per pair (default); "
-                         "2: also Ray Tune's trial tables and every trial's output")
+    sw.add_argument(
+        "--resume", action="store_true", help="continue the sweep with this name in this storage"
+    )
+    sw.add_argument(
+        "--trust-storage",
+        action="store_true",
+        help="with --resume: skip the check that Tune's saved state was "
+        "written by this installation (see README, trust model)",
+    )
+    sw.add_argument(
+        "--verbose",
+        type=int,
+        choices=[0, 1, 2],
+        default=1,
+        help="0: summary only; 1: a progress line per pair (default); "
+        "2: also Ray Tune's trial tables and every trial's output",
+    )
     sw.add_argument("--config", default=None, help="base config YAML (e.g. train.teacher)")
-    sw.add_argument("--tracking", type=_csv, default=None, metavar="LIST",
-                    help="mlflow[=URI], tensorboard, wandb (comma-separated; sweep.tracking)")
-    sw.add_argument("--optuna-storage", default=None, metavar="URL",
-                    help="Optuna studies: RDB URL or journal:PATH (default "
-                         "sqlite:///<storage>/optuna.db for local storage; 'memory')")
+    sw.add_argument(
+        "--tracking",
+        type=_csv,
+        default=None,
+        metavar="LIST",
+        help="mlflow[=URI], tensorboard, wandb (comma-separated; sweep.tracking)",
+    )
+    sw.add_argument(
+        "--optuna-storage",
+        default=None,
+        metavar="URL",
+        help="Optuna studies: RDB URL or journal:PATH (default "
+        "sqlite:///<storage>/optuna.db for local storage; 'memory')",
+    )
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")
     sw.set_defaults(func=_cmd_sweep)
 
-    for cmd, helptext in (("best", "best configs per pair from the results catalog"),
-                          ("report", "gap report (tables, plots) from the results catalog")):
+    for cmd, helptext in (
+        ("best", "best configs per pair from the results catalog"),
+        ("report", "gap report (tables, plots) from the results catalog"),
+    ):
         q = sub.add_parser(cmd, help=helptext)
         q.add_argument("--storage", default="optical_runs", help="local dir or s3://bucket/prefix")
         q.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
@@ -431,29 +545,51 @@ def build_parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("cluster", help="a local multi-node Ray cluster on this machine")
     csub = cl.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
     for action, helptext, func in (
-            ("up", "start a head and --nodes worker nodes (resource-capped)", _cmd_cluster_up),
-            ("down", "stop exactly the processes `cluster up` started", _cmd_cluster_down),
-            ("status", "node launchers, processes and registered nodes (exit 1 unless up)",
-             _cmd_cluster_status)):
+        ("up", "start a head and --nodes worker nodes (resource-capped)", _cmd_cluster_up),
+        ("down", "stop exactly the processes `cluster up` started", _cmd_cluster_down),
+        (
+            "status",
+            "node launchers, processes and registered nodes (exit 1 unless up)",
+            _cmd_cluster_status,
+        ),
+    ):
         c = csub.add_parser(action, help=helptext)
         c.add_argument("--name", default="local", help="cluster name (default: local)")
-        c.add_argument("--state-dir", default=None,
-                       help="where the state file lives (default: ~/.optical-ray/clusters)")
+        c.add_argument(
+            "--state-dir",
+            default=None,
+            help="where the state file lives (default: ~/.optical-ray/clusters)",
+        )
         c.set_defaults(func=func)
         if action == "up":
-            c.add_argument("--nodes", type=int, default=1,
-                           help="worker nodes besides the head (default 1)")
-            c.add_argument("--cpus-per-node", type=int, default=2,
-                           help="logical CPUs per node (may exceed the cores; default 2)")
-            c.add_argument("--gpus-per-node", type=int, default=0,
-                           help="GPUs each node advertises (default 0)")
-            c.add_argument("--memory", default=None,
-                           help="Ray memory resource per node, e.g. 4G (default: RAM / nodes)")
-            c.add_argument("--object-store-memory", default="200M",
-                           help="object store per node, e.g. 200M (at least 75M)")
+            c.add_argument(
+                "--nodes", type=int, default=1, help="worker nodes besides the head (default 1)"
+            )
+            c.add_argument(
+                "--cpus-per-node",
+                type=int,
+                default=2,
+                help="logical CPUs per node (may exceed the cores; default 2)",
+            )
+            c.add_argument(
+                "--gpus-per-node", type=int, default=0, help="GPUs each node advertises (default 0)"
+            )
+            c.add_argument(
+                "--memory",
+                default=None,
+                help="Ray memory resource per node, e.g. 4G (default: RAM / nodes)",
+            )
+            c.add_argument(
+                "--object-store-memory",
+                default="200M",
+                help="object store per node, e.g. 200M (at least 75M)",
+            )
         elif action == "down":
-            c.add_argument("--keep-logs", action="store_true",
-                           help="keep the nodes' Ray temp dir (logs) instead of deleting it")
+            c.add_argument(
+                "--keep-logs",
+                action="store_true",
+                help="keep the nodes' Ray temp dir (logs) instead of deleting it",
+            )
     return p
 
 

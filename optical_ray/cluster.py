@@ -45,8 +45,15 @@ from typing import Any
 
 from optical_ray.errors import ClusterError, ConfigError
 
-__all__ = ["LocalCluster", "ClusterError", "NodeStatus", "ClusterStatus", "parse_bytes",
-           "default_state_dir", "MARKER_ENV"]
+__all__ = [
+    "LocalCluster",
+    "ClusterError",
+    "NodeStatus",
+    "ClusterStatus",
+    "parse_bytes",
+    "default_state_dir",
+    "MARKER_ENV",
+]
 
 MARKER_ENV = "OPTICAL_RAY_CLUSTER_ID"
 MAX_NODES = 16
@@ -60,8 +67,9 @@ _STARTED = "Ray runtime started"
 # A node start that failed for a passing reason is tried again: a port taken in the
 # moment between picking and binding it, or a raylet that missed Ray's fixed 30 s
 # registration window on an overloaded machine.
-_RETRYABLE = re.compile(r"already in use|address in use|failed to bind|timed out during startup",
-                        re.IGNORECASE)
+_RETRYABLE = re.compile(
+    r"already in use|address in use|failed to bind|timed out during startup", re.IGNORECASE
+)
 
 
 def parse_bytes(value: int | str, flag: str) -> int:
@@ -74,8 +82,9 @@ def parse_bytes(value: int | str, flag: str) -> int:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
         if m and float(m.group(1)) > 0:
             return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ConfigError(f"{flag}: got {value!r}, expected a size such as 2G, 512M or "
-                      "1073741824 (bytes)")
+    raise ConfigError(
+        f"{flag}: got {value!r}, expected a size such as 2G, 512M or 1073741824 (bytes)"
+    )
 
 
 def _fmt_bytes(n: int) -> str:
@@ -125,12 +134,17 @@ def _environ_has(pid: int, needle: bytes) -> bool:
 def _marked_pids(cluster_id: str) -> list[int]:
     """Every live process whose environment carries this cluster's marker."""
     if not os.path.isdir("/proc"):
-        raise ClusterError("local clusters find their processes in /proc; this platform "
-                           "has none (run the cluster on Linux)")
+        raise ClusterError(
+            "local clusters find their processes in /proc; this platform "
+            "has none (run the cluster on Linux)"
+        )
     needle = f"{MARKER_ENV}={cluster_id}".encode()
     me = os.getpid()
-    return sorted(int(e.name) for e in os.scandir("/proc")
-                  if e.name.isdigit() and int(e.name) != me and _environ_has(int(e.name), needle))
+    return sorted(
+        int(e.name)
+        for e in os.scandir("/proc")
+        if e.name.isdigit() and int(e.name) != me and _environ_has(int(e.name), needle)
+    )
 
 
 def _session_of(pid: int) -> int | None:
@@ -191,17 +205,21 @@ class ClusterStatus:
     def format(self) -> str:
         alive = sum(n.alive for n in self.nodes)
         state = "up" if self.up else ("down" if alive == 0 else "degraded")
-        lines = [f"local Ray cluster {self.name!r}: {state}, {alive}/{len(self.nodes)} node "
-                 f"launchers alive, {self.processes} processes"
-                 + ("" if self.registered is None else
-                    f", {self.registered} nodes registered with Ray")
-                 + f" (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started_at))})",
-                 f"  address:   {self.address}", f"  dashboard: {self.dashboard_url}",
-                 f"  logs:      {self.temp_dir}"]
+        lines = [
+            f"local Ray cluster {self.name!r}: {state}, {alive}/{len(self.nodes)} node "
+            f"launchers alive, {self.processes} processes"
+            + ("" if self.registered is None else f", {self.registered} nodes registered with Ray")
+            + f" (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started_at))})",
+            f"  address:   {self.address}",
+            f"  dashboard: {self.dashboard_url}",
+            f"  logs:      {self.temp_dir}",
+        ]
         for n in self.nodes:
-            lines.append(f"  {n.role:6s} {n.index}: pid {n.pid} "
-                         f"{'alive' if n.alive else 'gone'}, {self.cpus_per_node} CPUs, "
-                         f"node manager port {n.node_manager_port}")
+            lines.append(
+                f"  {n.role:6s} {n.index}: pid {n.pid} "
+                f"{'alive' if n.alive else 'gone'}, {self.cpus_per_node} CPUs, "
+                f"node manager port {n.node_manager_port}"
+            )
         return "\n".join(lines)
 
 
@@ -258,11 +276,18 @@ class LocalCluster:
     timeout : seconds to wait for the nodes to start.
     """
 
-    def __init__(self, nodes: int = 1, *, cpus_per_node: int = 2,
-                 memory: int | str | None = None,
-                 object_store_memory: int | str = DEFAULT_OBJECT_STORE,
-                 gpus_per_node: int = 0, name: str = "local",
-                 state_dir: str | Path | None = None, timeout: float = 180.0) -> None:
+    def __init__(
+        self,
+        nodes: int = 1,
+        *,
+        cpus_per_node: int = 2,
+        memory: int | str | None = None,
+        object_store_memory: int | str = DEFAULT_OBJECT_STORE,
+        gpus_per_node: int = 0,
+        name: str = "local",
+        state_dir: str | Path | None = None,
+        timeout: float = 180.0,
+    ) -> None:
         problems: list[str] = []
 
         def integer(flag: str, value: Any, low: int, high: int, what: str) -> int:
@@ -271,20 +296,36 @@ class LocalCluster:
                 return low
             return value
 
-        self.nodes = integer("--nodes", nodes, 1, MAX_NODES,
-                             f"an integer from 1 to {MAX_NODES} (worker nodes; the head "
-                             "is started in addition)")
-        self.cpus_per_node = integer("--cpus-per-node", cpus_per_node, 1, MAX_CPUS_PER_NODE,
-                                     f"an integer from 1 to {MAX_CPUS_PER_NODE}")
-        self.gpus_per_node = integer("--gpus-per-node", gpus_per_node, 0, 64,
-                                     "an integer from 0 to 64")
+        self.nodes = integer(
+            "--nodes",
+            nodes,
+            1,
+            MAX_NODES,
+            f"an integer from 1 to {MAX_NODES} (worker nodes; the head is started in addition)",
+        )
+        self.cpus_per_node = integer(
+            "--cpus-per-node",
+            cpus_per_node,
+            1,
+            MAX_CPUS_PER_NODE,
+            f"an integer from 1 to {MAX_CPUS_PER_NODE}",
+        )
+        self.gpus_per_node = integer(
+            "--gpus-per-node", gpus_per_node, 0, 64, "an integer from 0 to 64"
+        )
         self.memory = self._size(problems, "--memory", memory, MIN_MEMORY)
-        self.object_store_memory = self._size(problems, "--object-store-memory",
-                                              object_store_memory, MIN_OBJECT_STORE,
-                                              "Ray's minimum")
+        self.object_store_memory = self._size(
+            problems,
+            "--object-store-memory",
+            object_store_memory,
+            MIN_OBJECT_STORE,
+            "Ray's minimum",
+        )
         if not isinstance(name, str) or not _NAME.match(name):
-            problems.append(f"--name: got {name!r}, expected 1 to 40 letters, digits, '-', "
-                            "'_' or '.' (starting with a letter or digit)")
+            problems.append(
+                f"--name: got {name!r}, expected 1 to 40 letters, digits, '-', "
+                "'_' or '.' (starting with a letter or digit)"
+            )
         if problems:
             raise ConfigError(problems)
         self.name = name
@@ -294,8 +335,9 @@ class LocalCluster:
         self._procs: dict[int, subprocess.Popen] = {}
 
     @staticmethod
-    def _size(problems: list[str], flag: str, value: int | str | None, minimum: int,
-              why: str = "") -> int | None:
+    def _size(
+        problems: list[str], flag: str, value: int | str | None, minimum: int, why: str = ""
+    ) -> int | None:
         if value is None:
             return None
         try:
@@ -304,8 +346,10 @@ class LocalCluster:
             problems.extend(exc.problems)
             return None
         if n < minimum:
-            problems.append(f"{flag}: got {value!r} ({n} bytes), expected at least "
-                            f"{_fmt_bytes(minimum)}{f' ({why})' if why else ''}")
+            problems.append(
+                f"{flag}: got {value!r} ({n} bytes), expected at least "
+                f"{_fmt_bytes(minimum)}{f' ({why})' if why else ''}"
+            )
         return n
 
     # ------------------------------------------------------------------ attach / state
@@ -321,9 +365,11 @@ class LocalCluster:
         cluster = cls(name=name, state_dir=state_dir)
         state = cluster._read_state()
         if state is None:
-            raise ClusterError(f"no local cluster named {name!r} (no state file "
-                               f"{cluster.state_path}); start one with "
-                               f"`optical-ray cluster up --name {name}`")
+            raise ClusterError(
+                f"no local cluster named {name!r} (no state file "
+                f"{cluster.state_path}); start one with "
+                f"`optical-ray cluster up --name {name}`"
+            )
         cluster._state = state
         cluster.nodes, cluster.cpus_per_node = state.nodes, state.cpus_per_node
         cluster.gpus_per_node, cluster.memory = state.gpus_per_node, state.memory
@@ -336,8 +382,10 @@ class LocalCluster:
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError) as exc:
-            raise ClusterError(f"cluster state file {self.state_path} is unreadable ({exc}); "
-                               "stop any processes it started by hand, then delete it") from None
+            raise ClusterError(
+                f"cluster state file {self.state_path} is unreadable ({exc}); "
+                "stop any processes it started by hand, then delete it"
+            ) from None
 
     def _write_state(self) -> None:
         assert self._state is not None
@@ -388,8 +436,11 @@ class LocalCluster:
 
     def env(self) -> dict[str, str]:
         """Environment variables for a driver or ``ray job`` client of this cluster."""
-        return {"RAY_ADDRESS": self.address, "RAY_API_SERVER_ADDRESS": self.dashboard_url,
-                "RAY_AUTH_MODE": self._require_state().auth_mode}
+        return {
+            "RAY_ADDRESS": self.address,
+            "RAY_API_SERVER_ADDRESS": self.dashboard_url,
+            "RAY_AUTH_MODE": self._require_state().auth_mode,
+        }
 
     def use_auth(self) -> None:
         """Make this process speak the cluster's auth mode (``RAY_AUTH_MODE``).
@@ -428,7 +479,8 @@ class LocalCluster:
                     raise ClusterError(
                         f"local cluster {self.name!r} is already up (state file "
                         f"{self.state_path}); stop it with `optical-ray cluster down "
-                        f"--name {self.name}` or pick another --name")
+                        f"--name {self.name}` or pick another --name"
+                    )
                 shutil.rmtree(old.temp_dir, ignore_errors=True)  # stale: nothing runs
             self._ensure_token()
             base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
@@ -436,12 +488,17 @@ class LocalCluster:
             # (/tmp/oray-XXXXXXXX/n1/session_<date>_<pid>/sockets/plasma_store: ~90).
             temp_dir = tempfile.mkdtemp(prefix="oray-", dir=base)
             self._state = _State(
-                name=self.name, cluster_id=uuid.uuid4().hex, temp_dir=temp_dir,
-                auth_mode=os.environ.get("RAY_AUTH_MODE", "token"), nodes=self.nodes,
-                cpus_per_node=self.cpus_per_node, gpus_per_node=self.gpus_per_node,
+                name=self.name,
+                cluster_id=uuid.uuid4().hex,
+                temp_dir=temp_dir,
+                auth_mode=os.environ.get("RAY_AUTH_MODE", "token"),
+                nodes=self.nodes,
+                cpus_per_node=self.cpus_per_node,
+                gpus_per_node=self.gpus_per_node,
                 memory=self.memory or _physical_memory() // (self.nodes + 1),
                 object_store_memory=self.object_store_memory or DEFAULT_OBJECT_STORE,
-                started_at=time.time())
+                started_at=time.time(),
+            )
             self._write_state()
             deadline = time.monotonic() + self.timeout
             try:
@@ -459,11 +516,17 @@ class LocalCluster:
         """Token auth needs a token; make the user's default one if there is none."""
         if os.environ.get("RAY_AUTH_MODE", "token") != "token":
             return
-        if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
-                or (Path.home() / ".ray" / "auth_token").is_file():
+        if (
+            os.environ.get("RAY_AUTH_TOKEN")
+            or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()
+        ):
             return
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token",
-                        "--generate"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def _env(self) -> dict[str, str]:
         state = self._require_state()
@@ -485,21 +548,35 @@ class LocalCluster:
         # One temp dir per node, as if each were its own machine: nodes sharing one
         # would share runtime_resources/, and a node's runtime-env agent would delete
         # a job's working dir that another node's driver still runs in.
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
-               f"--temp-dir={os.path.join(state.temp_dir, f'n{node.index}')}",
-               f"--num-cpus={state.cpus_per_node}",
-               f"--num-gpus={state.gpus_per_node}", f"--memory={state.memory}",
-               f"--object-store-memory={state.object_store_memory}",
-               f"--node-manager-port={p['node_manager']}",
-               f"--object-manager-port={p['object_manager']}",
-               f"--dashboard-agent-listen-port={p['dashboard_agent']}",
-               # 0/0: each Ray worker binds a port the OS picks, so workers of two
-               # clusters can never claim the same range.
-               "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--block",
+            f"--temp-dir={os.path.join(state.temp_dir, f'n{node.index}')}",
+            f"--num-cpus={state.cpus_per_node}",
+            f"--num-gpus={state.gpus_per_node}",
+            f"--memory={state.memory}",
+            f"--object-store-memory={state.object_store_memory}",
+            f"--node-manager-port={p['node_manager']}",
+            f"--object-manager-port={p['object_manager']}",
+            f"--dashboard-agent-listen-port={p['dashboard_agent']}",
+            # 0/0: each Ray worker binds a port the OS picks, so workers of two
+            # clusters can never claim the same range.
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+        ]
         if node.role == "head":
-            cmd += ["--head", f"--port={p['gcs']}", f"--dashboard-port={p['dashboard']}",
-                    "--dashboard-host=127.0.0.1", f"--ray-client-server-port={p['client']}",
-                    "--include-dashboard=true"]
+            cmd += [
+                "--head",
+                f"--port={p['gcs']}",
+                f"--dashboard-port={p['dashboard']}",
+                "--dashboard-host=127.0.0.1",
+                f"--ray-client-server-port={p['client']}",
+                "--include-dashboard=true",
+            ]
         else:
             cmd += [f"--address={self.address}"]
         return cmd
@@ -511,13 +588,22 @@ class LocalCluster:
         names = ["node_manager", "object_manager", "dashboard_agent"]
         if role == "head":
             names += ["gcs", "dashboard", "client"]
-        node = _Node(role=role, index=index, pid=0,
-                     ports=dict(zip(names, _free_ports(len(names)))),
-                     log=os.path.join(state.temp_dir, f"{role}-{index}.log"))
+        node = _Node(
+            role=role,
+            index=index,
+            pid=0,
+            ports=dict(zip(names, _free_ports(len(names)))),
+            log=os.path.join(state.temp_dir, f"{role}-{index}.log"),
+        )
         with open(node.log, "wb") as log:
-            proc = subprocess.Popen(self._command(node), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self._env(),
-                                    start_new_session=True)  # no SIGHUP/SIGINT from our tty
+            proc = subprocess.Popen(
+                self._command(node),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(),
+                start_new_session=True,
+            )  # no SIGHUP/SIGINT from our tty
         node.pid = proc.pid
         self._procs[proc.pid] = proc
         state.launched = [n for n in state.launched if n.index != index] + [node]
@@ -557,10 +643,15 @@ class LocalCluster:
                 return node.pid
             code = proc.poll() if proc is not None else None
             if code is not None or time.monotonic() > deadline:
-                what = f"exited with code {code}" if code is not None else \
-                    f"did not start within {self.timeout:.0f}s"
-                raise ClusterError(f"local cluster {self.name!r}: {node.role} node {node.index} "
-                                   f"{what}; {_last_lines(text)} (log: {node.log})")
+                what = (
+                    f"exited with code {code}"
+                    if code is not None
+                    else f"did not start within {self.timeout:.0f}s"
+                )
+                raise ClusterError(
+                    f"local cluster {self.name!r}: {node.role} node {node.index} "
+                    f"{what}; {_last_lines(text)} (log: {node.log})"
+                )
             time.sleep(0.2)
 
     def registered_nodes(self, timeout: int = 10) -> int | None:
@@ -569,8 +660,9 @@ class LocalCluster:
 
         self.use_auth()
         try:
-            nodes = list_nodes(address=self.dashboard_url, timeout=timeout,
-                               raise_on_missing_output=False)
+            nodes = list_nodes(
+                address=self.dashboard_url, timeout=timeout, raise_on_missing_output=False
+            )
         except Exception:  # noqa: BLE001 - dashboard starting up, or gone
             return None
         return sum(1 for n in nodes if n.state == "ALIVE")
@@ -582,16 +674,20 @@ class LocalCluster:
             for node in self._require_state().launched:
                 proc = self._procs.get(node.pid)
                 if proc is not None and proc.poll() is not None:
-                    raise ClusterError(f"local cluster {self.name!r}: {node.role} node "
-                                       f"{node.index} exited with code {proc.returncode}; "
-                                       f"{_last_lines(Path(node.log).read_text(errors='replace'))}"
-                                       f" (log: {node.log})")
+                    raise ClusterError(
+                        f"local cluster {self.name!r}: {node.role} node "
+                        f"{node.index} exited with code {proc.returncode}; "
+                        f"{_last_lines(Path(node.log).read_text(errors='replace'))}"
+                        f" (log: {node.log})"
+                    )
             seen = self.registered_nodes(timeout=5)
             if seen == want:
                 return
             time.sleep(0.5)
-        raise ClusterError(f"local cluster {self.name!r}: {seen or 0} of {want} nodes registered "
-                           f"within {self.timeout:.0f}s; logs in {self.temp_dir}")
+        raise ClusterError(
+            f"local cluster {self.name!r}: {seen or 0} of {want} nodes registered "
+            f"within {self.timeout:.0f}s; logs in {self.temp_dir}"
+        )
 
     # ------------------------------------------------------------------ down / status
 
@@ -603,8 +699,9 @@ class LocalCluster:
             if self._state is None:
                 self._state = self._read_state()
                 if self._state is None:
-                    raise ClusterError(f"no local cluster named {self.name!r} (no state file "
-                                       f"{self.state_path})")
+                    raise ClusterError(
+                        f"no local cluster named {self.name!r} (no state file {self.state_path})"
+                    )
             return self._stop(keep_logs=keep_logs)
 
     def _stop(self, *, keep_logs: bool = False) -> int:
@@ -627,8 +724,10 @@ class LocalCluster:
             _signal(left, signal.SIGKILL)
             left = self._wait_gone(left, state.cluster_id, 10.0)
         if left:
-            raise ClusterError(f"local cluster {self.name!r}: processes {left} did not stop; "
-                               f"state kept in {self.state_path}")
+            raise ClusterError(
+                f"local cluster {self.name!r}: processes {left} did not stop; "
+                f"state kept in {self.state_path}"
+            )
         for proc in self._procs.values():
             proc.poll()
         self._procs.clear()
@@ -659,15 +758,27 @@ class LocalCluster:
         nodes Ray reports alive (from the recorded state; works from any process)."""
         state = self._state or self._read_state()
         if state is None:
-            raise ClusterError(f"no local cluster named {self.name!r} (no state file "
-                               f"{self.state_path})")
+            raise ClusterError(
+                f"no local cluster named {self.name!r} (no state file {self.state_path})"
+            )
         self._state = state
         pids = set(_marked_pids(state.cluster_id))
-        nodes = [NodeStatus(n.role, n.index, n.pid, n.pid in pids,
-                            n.ports.get("node_manager", 0), n.log) for n in state.launched]
+        nodes = [
+            NodeStatus(n.role, n.index, n.pid, n.pid in pids, n.ports.get("node_manager", 0), n.log)
+            for n in state.launched
+        ]
         registered = self.registered_nodes(timeout=5) if nodes and nodes[0].alive else None
-        return ClusterStatus(state.name, self.address, self.dashboard_url, state.temp_dir,
-                             state.cpus_per_node, state.started_at, nodes, len(pids), registered)
+        return ClusterStatus(
+            state.name,
+            self.address,
+            self.dashboard_url,
+            state.temp_dir,
+            state.cpus_per_node,
+            state.started_at,
+            nodes,
+            len(pids),
+            registered,
+        )
 
     def summary(self) -> str:
         """What ``optical-ray cluster up`` prints: where the cluster is, how to use it."""
@@ -677,19 +788,26 @@ class LocalCluster:
         flags = "" if self.name == "local" else f" --name {self.name}"
         if self.state_dir != default_state_dir():
             flags += f" --state-dir {self.state_dir}"
-        return "\n".join([
-            (f"local Ray cluster {self.name!r} is up: head + {state.nodes} worker node(s), "
-             f"{state.cpus_per_node} CPUs each ({total} CPUs), memory "
-             f"{_fmt_bytes(state.memory)} and object store "
-             f"{_fmt_bytes(state.object_store_memory)} per node"),
-            f"  address:   {self.address}",
-            f"  dashboard: {self.dashboard_url}",
-            f"  logs:      {state.temp_dir}",
-            "use it:",
-            f"  export {env}",
-            ("  ray job submit --working-dir . -- optical-ray sweep --space "
-             "search_spaces/default.yaml --pairs en-xc --samples 4 --storage DIR"),
-            f"stop it: optical-ray cluster down{flags}"])
+        return "\n".join(
+            [
+                (
+                    f"local Ray cluster {self.name!r} is up: head + {state.nodes} worker node(s), "
+                    f"{state.cpus_per_node} CPUs each ({total} CPUs), memory "
+                    f"{_fmt_bytes(state.memory)} and object store "
+                    f"{_fmt_bytes(state.object_store_memory)} per node"
+                ),
+                f"  address:   {self.address}",
+                f"  dashboard: {self.dashboard_url}",
+                f"  logs:      {state.temp_dir}",
+                "use it:",
+                f"  export {env}",
+                (
+                    "  ray job submit --working-dir . -- optical-ray sweep --space "
+                    "search_spaces/default.yaml --pairs en-xc --samples 4 --storage DIR"
+                ),
+                f"stop it: optical-ray cluster down{flags}",
+            ]
+        )
 
     def __enter__(self) -> LocalCluster:
         if self._state is None:

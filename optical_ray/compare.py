@@ -40,8 +40,9 @@ def gap(reference: float | None, value: float | None) -> float | None:
     return None if reference is None or value is None else reference - value
 
 
-def gap_closed(value: float | None, baseline: float | None,
-               reference: float | None) -> float | None:
+def gap_closed(
+    value: float | None, baseline: float | None, reference: float | None
+) -> float | None:
     """``(value - baseline) / (reference - baseline)``: the share of the baseline's gap to
     the reference that ``value`` closes (1 reaches the reference, negative is worse
     than the baseline). None if a number is unknown or the baseline has no gap (it is
@@ -55,10 +56,15 @@ def gap_closed(value: float | None, baseline: float | None,
 # --------------------------------------------------------------------------- significance
 
 
-def paired_test(a_per_query: Mapping[str, Mapping[str, float]],
-                b_per_query: Mapping[str, Mapping[str, float]], metric: str, *,
-                method: str = "randomization", n_resamples: int = 10_000, seed: int = 0,
-                ) -> tuple[float, float]:
+def paired_test(
+    a_per_query: Mapping[str, Mapping[str, float]],
+    b_per_query: Mapping[str, Mapping[str, float]],
+    metric: str,
+    *,
+    method: str = "randomization",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Two-sided paired test of ``metric`` between systems a and b over their common
     queries; returns ``(mean(a - b), p_value)``.
 
@@ -72,8 +78,11 @@ def paired_test(a_per_query: Mapping[str, Mapping[str, float]],
         raise ConfigError(f"method: got {method!r}, expected 'randomization' or 'ttest'")
     if not isinstance(n_resamples, int) or n_resamples < 1:
         raise ConfigError(f"n_resamples: got {n_resamples!r}, expected an integer >= 1")
-    common = [q for q in a_per_query if q in b_per_query
-              and metric in a_per_query[q] and metric in b_per_query[q]]
+    common = [
+        q
+        for q in a_per_query
+        if q in b_per_query and metric in a_per_query[q] and metric in b_per_query[q]
+    ]
     if not common:
         raise DataError(f"paired_test: no query has {metric!r} in both systems")
     a = np.array([a_per_query[q][metric] for q in common], dtype=np.float64)
@@ -92,8 +101,8 @@ def paired_test(a_per_query: Mapping[str, Mapping[str, float]],
         return mean, float(ttest_rel(a, b).pvalue)
     observed = abs(diff.sum())
     tol = 1e-9 * np.abs(diff).sum()  # equal sums that differ only by rounding count as equal
-    if n <= 62 and 2 ** n <= n_resamples:
-        bits = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1
+    if n <= 62 and 2**n <= n_resamples:
+        bits = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
         sums = np.abs((1 - 2 * bits) @ diff)
         return mean, float(np.mean(sums >= observed - tol))
     rng = np.random.default_rng(seed)
@@ -108,8 +117,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the order given (Holm 1979): the i-th
     smallest of m p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``. NaN stays
     NaN and is not counted in m."""
-    idx = sorted((i for i, p in enumerate(p_values) if not math.isnan(p)),
-                 key=lambda i: p_values[i])
+    idx = sorted(
+        (i for i, p in enumerate(p_values) if not math.isnan(p)), key=lambda i: p_values[i]
+    )
     out = [float("nan")] * len(p_values)
     running = 0.0
     for rank, i in enumerate(idx):
@@ -165,14 +175,31 @@ class GapReport:
         return [dataclasses.asdict(r) for r in self.rows]
 
     def _table(self, metric: str) -> tuple[list[str], list[list[str]]]:
-        head = ["system", "pair", metric, "gap to ref", "delta vs base", "gap closed",
-                f"p ({self.method})", "p (Holm)"]
+        head = [
+            "system",
+            "pair",
+            metric,
+            "gap to ref",
+            "delta vs base",
+            "gap closed",
+            f"p ({self.method})",
+            "p (Holm)",
+        ]
         body = []
         for r in (r for r in self.rows if r.metric == metric):
             sig = r.p_holm is not None and not math.isnan(r.p_holm) and r.p_holm < self.alpha
-            body.append([r.system, r.pair, f"{r.value:.4f}" + (" †" if sig else ""),
-                         f"{r.gap:+.4f}", number(r.delta, "{:+.4f}"),
-                         number(r.closed, "{:.1%}"), _p(r.p_value), _p(r.p_holm)])
+            body.append(
+                [
+                    r.system,
+                    r.pair,
+                    f"{r.value:.4f}" + (" †" if sig else ""),
+                    f"{r.gap:+.4f}",
+                    number(r.delta, "{:+.4f}"),
+                    number(r.closed, "{:.1%}"),
+                    _p(r.p_value),
+                    _p(r.p_holm),
+                ]
+            )
         return head, body
 
     def _caption(self, metric: str) -> str:
@@ -180,13 +207,17 @@ class GapReport:
         return f"{metric}: reference {self.reference_system} on {self.reference_pair} = {ref:.4f}"
 
     def _footer(self) -> list[str]:
-        return [f"baseline: {self.baseline}; p: paired {self.method} test over queries vs the "
-                f"baseline on the same pair; Holm: adjusted over all tests in this report; "
-                f"† p (Holm) < {self.alpha}", *self.notes]
+        return [
+            f"baseline: {self.baseline}; p: paired {self.method} test over queries vs the "
+            f"baseline on the same pair; Holm: adjusted over all tests in this report; "
+            f"† p (Holm) < {self.alpha}",
+            *self.notes,
+        ]
 
     def to_markdown(self) -> str:
-        parts = [f"### {self._caption(m)}\n\n" + markdown_table(*self._table(m))
-                 for m in self.metrics]
+        parts = [
+            f"### {self._caption(m)}\n\n" + markdown_table(*self._table(m)) for m in self.metrics
+        ]
         return "\n\n".join(parts + ["\n".join(self._footer())]) + "\n"
 
     def to_text(self) -> str:
@@ -200,23 +231,34 @@ class GapReport:
     __str__ = to_text
 
 
-def _pick_reference(results: Mapping[str, Mapping[str, EvalResult]], system: str,
-                    metric: str) -> str:
+def _pick_reference(
+    results: Mapping[str, Mapping[str, EvalResult]], system: str, metric: str
+) -> str:
     """``en-en`` if present, else the best monolingual pair of ``system`` on ``metric``."""
     pairs = list(results[system])
     if "en-en" in pairs:
         return "en-en"
     mono = [p for p in pairs if p.split("-", 1)[0] == p.split("-", 1)[1]]
     if not mono:
-        raise ConfigError(f"reference_pair: none given and {system!r} has no monolingual pair "
-                          f"such as en-en (pairs: {', '.join(pairs)}); pass reference_pair")
+        raise ConfigError(
+            f"reference_pair: none given and {system!r} has no monolingual pair "
+            f"such as en-en (pairs: {', '.join(pairs)}); pass reference_pair"
+        )
     return max(mono, key=lambda p: results[system][p].metrics.get(metric, float("-inf")))
 
 
-def gap_report(results: Mapping[str, Mapping[str, EvalResult]], *, baseline: str,
-               reference_pair: str | None = None, metrics: Sequence[str] | None = None,
-               reference_system: str | None = None, method: str = "randomization",
-               n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05) -> GapReport:
+def gap_report(
+    results: Mapping[str, Mapping[str, EvalResult]],
+    *,
+    baseline: str,
+    reference_pair: str | None = None,
+    metrics: Sequence[str] | None = None,
+    reference_system: str | None = None,
+    method: str = "randomization",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> GapReport:
     """Compare systems (outer key, e.g. ``"zero-shot"``, ``"ot eps=0.05"``) per pair.
 
     ``results`` maps each system to its :class:`~optical_ray.evaluate.EvalResult` per
@@ -229,12 +271,15 @@ def gap_report(results: Mapping[str, Mapping[str, EvalResult]], *, baseline: str
     from optical_ray.evaluate import parse_metric
 
     if baseline not in results:
-        raise ConfigError(f"baseline: got {baseline!r}, expected one of the systems: "
-                          f"{', '.join(results) or 'none'}")
+        raise ConfigError(
+            f"baseline: got {baseline!r}, expected one of the systems: "
+            f"{', '.join(results) or 'none'}"
+        )
     ref_sys = reference_system or baseline
     if ref_sys not in results:
-        raise ConfigError(f"reference_system: got {ref_sys!r}, expected one of the systems: "
-                          f"{', '.join(results)}")
+        raise ConfigError(
+            f"reference_system: got {ref_sys!r}, expected one of the systems: {', '.join(results)}"
+        )
     if metrics is None:
         found = [set(r.metrics) for pairs in results.values() for r in pairs.values()]
         first = next((r for pairs in results.values() for r in pairs.values()), None)
@@ -246,8 +291,10 @@ def gap_report(results: Mapping[str, Mapping[str, EvalResult]], *, baseline: str
         parse_metric(m)
     ref_pair = reference_pair or _pick_reference(results, ref_sys, metrics[0])
     if ref_pair not in results[ref_sys]:
-        raise ConfigError(f"reference_pair: got {ref_pair!r}, but {ref_sys!r} has only "
-                          f"{', '.join(results[ref_sys])}")
+        raise ConfigError(
+            f"reference_pair: got {ref_pair!r}, but {ref_sys!r} has only "
+            f"{', '.join(results[ref_sys])}"
+        )
     pairs = list(dict.fromkeys([ref_pair] + [p for s in results.values() for p in s]))
     systems = [baseline] + [s for s in results if s != baseline]
     rows: list[GapRow] = []
@@ -255,8 +302,10 @@ def gap_report(results: Mapping[str, Mapping[str, EvalResult]], *, baseline: str
     for metric in metrics:
         ref_metrics = results[ref_sys][ref_pair].metrics
         if metric not in ref_metrics:
-            raise ConfigError(f"metrics: {metric!r} is not in the results of {ref_sys!r} on "
-                              f"{ref_pair} (have: {', '.join(ref_metrics)})")
+            raise ConfigError(
+                f"metrics: {metric!r} is not in the results of {ref_sys!r} on "
+                f"{ref_pair} (have: {', '.join(ref_metrics)})"
+            )
         ref = ref_metrics[metric]
         for pair in pairs:
             base = results[baseline].get(pair)
@@ -271,13 +320,20 @@ def gap_report(results: Mapping[str, Mapping[str, EvalResult]], *, baseline: str
                     if pair != ref_pair:
                         row.closed = gap_closed(value, base.metrics[metric], ref)
                     try:
-                        _, row.p_value = paired_test(res.per_query, base.per_query, metric,
-                                                     method=method, n_resamples=n_resamples,
-                                                     seed=seed)
+                        _, row.p_value = paired_test(
+                            res.per_query,
+                            base.per_query,
+                            metric,
+                            method=method,
+                            n_resamples=n_resamples,
+                            seed=seed,
+                        )
                         row.n_queries = len(set(res.per_query) & set(base.per_query))
                     except DataError:
-                        notes.append(f"{system} vs {baseline} on {pair}: no per-query "
-                                     f"{metric} in common, no test")
+                        notes.append(
+                            f"{system} vs {baseline} on {pair}: no per-query "
+                            f"{metric} in common, no test"
+                        )
                 rows.append(row)
     tested = [r for r in rows if r.p_value is not None]
     for r, p in zip(tested, holm([r.p_value for r in tested])):

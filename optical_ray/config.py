@@ -25,12 +25,36 @@ import yaml
 from optical_ray.errors import ConfigError
 
 __all__ = [
-    "ModelConfig", "TinyModelConfig", "DataConfig", "SourceConfig", "RankConfig",
-    "AdaptConfig", "DistillConfig", "TrainConfig", "EvalConfig", "ScalingConfig",
-    "StorageConfig", "SweepConfig", "Config", "load_config", "from_dict", "to_dict",
-    "to_flat", "from_flat", "apply_overrides", "parse_overrides", "save_config",
-    "validate", "PAIR_RE", "METRIC_RE", "REAL_FORMATS", "MAIN_HYPERPARAMETERS", "NAME_RE",
-    "name_problem", "read_yaml", "field_info",
+    "ModelConfig",
+    "TinyModelConfig",
+    "DataConfig",
+    "SourceConfig",
+    "RankConfig",
+    "AdaptConfig",
+    "DistillConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ScalingConfig",
+    "StorageConfig",
+    "SweepConfig",
+    "Config",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "to_flat",
+    "from_flat",
+    "apply_overrides",
+    "parse_overrides",
+    "save_config",
+    "validate",
+    "PAIR_RE",
+    "METRIC_RE",
+    "REAL_FORMATS",
+    "MAIN_HYPERPARAMETERS",
+    "NAME_RE",
+    "name_problem",
+    "read_yaml",
+    "field_info",
 ]
 
 PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
@@ -46,12 +70,24 @@ REAL_RANK_FORMATS = ("english_train",)
 REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS + REAL_RANK_FORMATS
 #: The main searched knobs (flat keys), in the order tables show them: the catalog keeps
 #: each as a plain column (named after its last part) and the report lists them.
-MAIN_HYPERPARAMETERS = ("distill.epsilon", "distill.weight", "distill.layers", "distill.lr",
-                        "distill.method")
+MAIN_HYPERPARAMETERS = (
+    "distill.epsilon",
+    "distill.weight",
+    "distill.layers",
+    "distill.lr",
+    "distill.method",
+)
 
 
-def _f(default: Any = dataclasses.MISSING, *, help: str = "", ge: float | None = None,
-       gt: float | None = None, le: float | None = None, factory: Any = None) -> Any:
+def _f(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    factory: Any = None,
+) -> Any:
     """A dataclass field carrying its help text and numeric bounds for validation."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le}
     if factory is not None:
@@ -75,37 +111,56 @@ class TinyModelConfig:
 class ModelConfig:
     """The retrieval encoder: which weights, how it scores, how long inputs may be."""
 
-    name_or_path: str = _f("tiny", help="'tiny' (built from model.tiny), a preset name, "
-                           "a Hugging Face hub id, or a local directory")
-    tokenizer: str | None = _f(None, help="tokenizer directory; default: the model's own, "
-                               "or <data.root>/tokenizer for 'tiny'")
+    name_or_path: str = _f(
+        "tiny",
+        help="'tiny' (built from model.tiny), a preset name, "
+        "a Hugging Face hub id, or a local directory",
+    )
+    tokenizer: str | None = _f(
+        None,
+        help="tokenizer directory; default: the model's own, or <data.root>/tokenizer for 'tiny'",
+    )
     tiny: TinyModelConfig = _f(factory=TinyModelConfig)
     scoring: Literal["late_interaction", "pooled"] = _f(
-        "late_interaction", help="ColBERT MaxSim over token vectors, or a pooled dual encoder")
+        "late_interaction", help="ColBERT MaxSim over token vectors, or a pooled dual encoder"
+    )
     pooling: Literal["mean", "cls"] = _f("mean", help="pooling for scoring=pooled")
-    projection_dim: int = _f(0, ge=0, help="linear projection of token vectors for late "
-                             "interaction (ColBERT uses 128); 0 = hidden size, no projection")
+    projection_dim: int = _f(
+        0,
+        ge=0,
+        help="linear projection of token vectors for late "
+        "interaction (ColBERT uses 128); 0 = hidden size, no projection",
+    )
     temperature: float = _f(0.05, gt=0, help="softmax temperature of the ranking loss")
     max_query_length: int = _f(32, ge=4)
     max_doc_length: int = _f(128, ge=4)
     max_bitext_length: int = _f(64, ge=4, help="tokens per side of a bitext pair")
-    fold_letters: bool = _f(True, help="before tokenising, replace Latin letters the "
-                            "tokenizer can only read as [UNK] by their base letter (Hausa "
-                            "ɗ ƙ ɓ ƴ -> d k b y) instead of losing the whole word")
+    fold_letters: bool = _f(
+        True,
+        help="before tokenising, replace Latin letters the "
+        "tokenizer can only read as [UNK] by their base letter (Hausa "
+        "ɗ ƙ ɓ ƴ -> d k b y) instead of losing the whole word",
+    )
 
 
 @dataclass
 class SourceConfig:
     """Where one dataset comes from: a file/directory, or a Hugging Face dataset."""
 
-    path: str = _f(help="file or directory (standard layout), or a HF dataset name/dir; "
-                   "for the real-data formats the shared data folder ('' = "
-                   "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)")
-    format: str = _f("auto", help="auto | tsv | jsonl | text | hf; real data samples: "
-                     "mafand (bitext), ntrex | ntrex_doc | afriqa | xquad_r (evaluation), "
-                     "english_train (ranking)")
-    preset: str | None = _f(None, help="HF field mapping preset (mmarco, miracl, mrtydi, "
-                            "xor_tydi, opus)")
+    path: str = _f(
+        help="file or directory (standard layout), or a HF dataset name/dir; "
+        "for the real-data formats the shared data folder ('' = "
+        "$OPTICAL_RAY_SHARED_DATA, else ../shared/data)"
+    )
+    format: str = _f(
+        "auto",
+        help="auto | tsv | jsonl | text | hf; real data samples: "
+        "mafand (bitext), ntrex | ntrex_doc | afriqa | xquad_r (evaluation), "
+        "english_train (ranking)",
+    )
+    preset: str | None = _f(
+        None, help="HF field mapping preset (mmarco, miracl, mrtydi, xor_tydi, opus)"
+    )
     split: str | None = _f(None, help="HF split")
     field_map: dict[str, str] = _f(factory=dict, help="HF field renames")
 
@@ -115,20 +170,30 @@ class DataConfig:
     """Data sources. ``root`` is a directory in the standard layout; explicit sources
     override its parts per language pair."""
 
-    root: str | None = _f(None, help="dataset root in the standard layout; None = a "
-                          "synthetic world generated into the run directory")
+    root: str | None = _f(
+        None,
+        help="dataset root in the standard layout; None = a "
+        "synthetic world generated into the run directory",
+    )
     synthetic_seed: int = _f(0, help="seed of the synthetic world when root is None")
     synthetic_scale: Literal["tiny", "default"] = _f("default")
     teacher_lang: str = _f("en", help="language the teacher was trained on")
-    rank: SourceConfig | None = _f(None, help="ranking training collection "
-                                   "(default <root>/train/<teacher_lang>)")
-    bitext: dict[str, SourceConfig] = _f(factory=dict, help="per pair, e.g. en-sw: "
-                                         "bitext file (default <root>/bitext/<pair>/"
-                                         "train.tsv, or line-aligned train.<lang> files)")
-    eval: dict[str, SourceConfig] = _f(factory=dict, help="per pair: evaluation collection "
-                                       "(default <root>/eval/<pair>/<split>)")
-    mono: dict[str, SourceConfig] = _f(factory=dict, help="per language: unlabelled text "
-                                       "for adapt (default <root>/mono/<lang>.txt)")
+    rank: SourceConfig | None = _f(
+        None, help="ranking training collection (default <root>/train/<teacher_lang>)"
+    )
+    bitext: dict[str, SourceConfig] = _f(
+        factory=dict,
+        help="per pair, e.g. en-sw: "
+        "bitext file (default <root>/bitext/<pair>/"
+        "train.tsv, or line-aligned train.<lang> files)",
+    )
+    eval: dict[str, SourceConfig] = _f(
+        factory=dict, help="per pair: evaluation collection (default <root>/eval/<pair>/<split>)"
+    )
+    mono: dict[str, SourceConfig] = _f(
+        factory=dict,
+        help="per language: unlabelled text for adapt (default <root>/mono/<lang>.txt)",
+    )
 
 
 @dataclass
@@ -151,8 +216,9 @@ class AdaptConfig:
     steps: int = _f(0, ge=0, help="optimizer steps; 0 = use epochs")
     epochs: float = _f(1.0, gt=0)
     mlm_probability: float = _f(0.15, gt=0, le=1)
-    langs: list[str] = _f(factory=list, help="languages to adapt on; default: the pair's "
-                          "foreign language")
+    langs: list[str] = _f(
+        factory=list, help="languages to adapt on; default: the pair's foreign language"
+    )
 
 
 @dataclass
@@ -160,45 +226,75 @@ class DistillConfig:
     """Stage ``distill`` (OPTICAL): teacher on English, student on the foreign side."""
 
     method: Literal["ot", "mse_token", "mse_sentence", "contrastive", "none"] = _f(
-        "ot", help="ot = OPTICAL; mse_token = token MSE after greedy hard alignment; "
+        "ot",
+        help="ot = OPTICAL; mse_token = token MSE after greedy hard alignment; "
         "mse_sentence = Reimers & Gurevych 2020; contrastive = the distill.contrastive "
-        "term alone (no distillation loss; the ablation); none = zero-shot teacher")
+        "term alone (no distillation loss; the ablation); none = zero-shot teacher",
+    )
     epsilon: float = _f(0.05, gt=0, help="Sinkhorn entropic regularisation")
-    weight: float = _f(1.0, ge=0, le=1, help="lambda: loss = lambda*L_distill + "
-                       "(1-lambda)*L_rank on hybrid batches")
-    layers: list[int] = _f(factory=lambda: [-1], help="encoder layers to align "
-                           "(1-based, negative counts from the top; 0 = embeddings)")
+    weight: float = _f(
+        1.0,
+        ge=0,
+        le=1,
+        help="lambda: loss = lambda*L_distill + (1-lambda)*L_rank on hybrid batches",
+    )
+    layers: list[int] = _f(
+        factory=lambda: [-1],
+        help="encoder layers to align (1-based, negative counts from the top; 0 = embeddings)",
+    )
     layer_weights: list[float] | None = _f(None, help="one weight per layer; default uniform")
     cost: Literal["cosine", "sqeuclidean"] = _f("cosine")
     trainable: Literal["all", "embeddings"] = _f(
-        "all", help="student parameters the stage trains: all, or only the input "
+        "all",
+        help="student parameters the stage trains: all, or only the input "
         "embeddings with the transformer frozen (a foreign language the model barely "
-        "reads, little bitext: the transformer keeps what zero-shot transfer rode on)")
+        "reads, little bitext: the transformer keeps what zero-shot transfer rode on)",
+    )
     sinkhorn_iters: int = _f(100, ge=1, help="maximum Sinkhorn iterations")
     sinkhorn_tol: float = _f(1e-3, gt=0, help="marginal-error tolerance")
-    rank_batch_size: int = _f(0, ge=0, help="ranking examples per hybrid batch; 0 = "
-                              "bitext-only batches")
+    rank_batch_size: int = _f(
+        0, ge=0, help="ranking examples per hybrid batch; 0 = bitext-only batches"
+    )
     lr: float = _f(5e-5, gt=0)
     batch_size: int = _f(32, ge=1, help="bitext pairs per batch per worker")
     steps: int = _f(0, ge=0, help="optimizer steps; 0 = use epochs")
     epochs: float = _f(1.0, gt=0)
     init: str = _f("teacher", help="student initialisation: 'teacher' or a checkpoint dir")
     long_pairs: Literal["truncate", "drop"] = _f(
-        "truncate", help="bitext pairs with a side longer than model.max_bitext_length "
-        "tokens: truncate both sides (cuts different content on each side) or drop the pair")
-    max_length_ratio: float = _f(0.0, ge=0, help="drop bitext pairs whose token counts "
-                                 "differ by more than this factor (longer/shorter, e.g. 2.0); "
-                                 "0 = keep all")
-    english_fraction: float = _f(0.0, ge=0, le=1, help="English retention: the share of "
-                                 "each batch's pairs on which the student reads the English "
-                                 "side (distilled en->en to the teacher) instead of the foreign one")
-    l2sp: float = _f(0.0, ge=0, help="L2-SP (Li et al. 2018): adds l2sp * sum of squared "
-                     "differences between the student's and the teacher's weights to the loss")
-    contrastive: float = _f(0.0, ge=0, help="adds contrastive * InfoNCE between the "
-                            "student's ranking vectors of each pair's foreign side and the "
-                            "teacher's of its English side (in-batch negatives, both "
-                            "directions, model.temperature): keeps sentences apart where a "
-                            "student that barely reads the language would be pulled to one point")
+        "truncate",
+        help="bitext pairs with a side longer than model.max_bitext_length "
+        "tokens: truncate both sides (cuts different content on each side) or drop the pair",
+    )
+    max_length_ratio: float = _f(
+        0.0,
+        ge=0,
+        help="drop bitext pairs whose token counts "
+        "differ by more than this factor (longer/shorter, e.g. 2.0); "
+        "0 = keep all",
+    )
+    english_fraction: float = _f(
+        0.0,
+        ge=0,
+        le=1,
+        help="English retention: the share of "
+        "each batch's pairs on which the student reads the English "
+        "side (distilled en->en to the teacher) instead of the foreign one",
+    )
+    l2sp: float = _f(
+        0.0,
+        ge=0,
+        help="L2-SP (Li et al. 2018): adds l2sp * sum of squared "
+        "differences between the student's and the teacher's weights to the loss",
+    )
+    contrastive: float = _f(
+        0.0,
+        ge=0,
+        help="adds contrastive * InfoNCE between the "
+        "student's ranking vectors of each pair's foreign side and the "
+        "teacher's of its English side (in-batch negatives, both "
+        "directions, model.temperature): keeps sentences apart where a "
+        "student that barely reads the language would be pulled to one point",
+    )
 
 
 @dataclass
@@ -206,12 +302,14 @@ class TrainConfig:
     """What runs, in which order, and the optimisation knobs shared by all stages."""
 
     stages: list[Literal["rank", "adapt", "distill"]] = _f(
-        factory=lambda: ["rank", "distill"], help="stages in order")
+        factory=lambda: ["rank", "distill"], help="stages in order"
+    )
     teacher: str | None = _f(None, help="trained teacher checkpoint; skips 'rank'")
     seed: int = _f(0)
     device: Literal["auto", "cpu", "cuda"] = _f("auto")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", help="auto = bf16 on GPUs that support it, fp32 on CPU")
+        "auto", help="auto = bf16 on GPUs that support it, fp32 on CPU"
+    )
     grad_accum: int = _f(1, ge=1)
     grad_clip: float = _f(1.0, ge=0, help="max grad norm; 0 = off")
     warmup_ratio: float = _f(0.1, ge=0, le=1)
@@ -219,28 +317,45 @@ class TrainConfig:
     log_every: int = _f(20, ge=1, help="steps between progress lines")
     eval_every: int = _f(0, ge=0, help="steps between dev evaluations; 0 = end of stage")
     checkpoint_every: int = _f(0, ge=0, help="steps between checkpoints; 0 = end of stage")
-    keep_best: bool = _f(False, help="distill stage: evaluate the starting model too and end "
-                         "with the weights of the best dev evaluation (train.select_metric)")
-    patience: int = _f(0, ge=0, help="distill stage: stop after this many dev evaluations "
-                       "without improvement (needs train.eval_every > 0); 0 = never")
-    select_metric: str = _f("map", help="dev metric of `pair` for keep_best and patience; "
-                            "one of eval.metrics")
-    tracking: list[str] = _f(factory=list, help="views of the run: mlflow (or mlflow=URI), "
-                             "tensorboard, wandb (offline unless WANDB_MODE says otherwise)")
+    keep_best: bool = _f(
+        False,
+        help="distill stage: evaluate the starting model too and end "
+        "with the weights of the best dev evaluation (train.select_metric)",
+    )
+    patience: int = _f(
+        0,
+        ge=0,
+        help="distill stage: stop after this many dev evaluations "
+        "without improvement (needs train.eval_every > 0); 0 = never",
+    )
+    select_metric: str = _f(
+        "map", help="dev metric of `pair` for keep_best and patience; one of eval.metrics"
+    )
+    tracking: list[str] = _f(
+        factory=list,
+        help="views of the run: mlflow (or mlflow=URI), "
+        "tensorboard, wandb (offline unless WANDB_MODE says otherwise)",
+    )
 
 
 @dataclass
 class EvalConfig:
     """Evaluation: which pairs, which split, which metrics."""
 
-    pairs: list[str] = _f(factory=list, help="pairs to evaluate; default: teacher pair "
-                          "(e.g. en-en) and the distilled pair(s)")
+    pairs: list[str] = _f(
+        factory=list,
+        help="pairs to evaluate; default: teacher pair (e.g. en-en) and the distilled pair(s)",
+    )
     split: Literal["dev", "test"] = _f("dev", help="tune on dev; report test once")
     metrics: list[str] = _f(factory=lambda: ["map", "ndcg@10", "mrr@10", "recall@100"])
     depth: int = _f(1000, ge=1, help="documents ranked per query")
     batch_size: int = _f(64, ge=1, help="texts encoded per batch")
-    candidates: int = _f(0, ge=0, help="first-stage candidates per query for late "
-                         "interaction on large corpora; 0 = exact scoring of every doc")
+    candidates: int = _f(
+        0,
+        ge=0,
+        help="first-stage candidates per query for late "
+        "interaction on large corpora; 0 = exact scoring of every doc",
+    )
 
 
 @dataclass
@@ -272,24 +387,34 @@ class SweepConfig:
     samples: int = _f(8, ge=1, help="trials per pair")
     metric: str = _f("map")
     mode: Literal["max", "min"] = _f("max")
-    search: Literal["tpe", "random"] = _f("tpe", help="Optuna sampler: seeded TPE, or "
-                                          "random search (the baseline TPE is measured against)")
+    search: Literal["tpe", "random"] = _f(
+        "tpe",
+        help="Optuna sampler: seeded TPE, or random search (the baseline TPE is measured against)",
+    )
     scheduler: Literal["asha", "none"] = _f("asha")
     max_concurrent: int = _f(1, ge=1, help="trials in flight across all pairs of the sweep")
     max_concurrent_per_pair: int = _f(0, ge=0, help="cap per pair (0: only the total)")
     pair_order: Literal["concurrent", "sequential"] = _f(
-        "concurrent", help="run the pairs' experiments at the same time, or one after another")
-    max_failures: int = _f(2, ge=0, help="restarts of a trial whose process or node dies, "
-                           "from its last checkpoint")
+        "concurrent", help="run the pairs' experiments at the same time, or one after another"
+    )
+    max_failures: int = _f(
+        2, ge=0, help="restarts of a trial whose process or node dies, from its last checkpoint"
+    )
     grace_period: int = _f(1, ge=1, help="ASHA: evaluations before a trial may be stopped")
     reduction_factor: float = _f(2.0, gt=1)
     seed: int = _f(0)
-    tracking: list[str] = _f(factory=list, help="views of the sweep as it runs: mlflow (or "
-                             "mlflow=URI; default MLFLOW_TRACKING_URI, else <storage>/mlflow.db),"
-                             " tensorboard (<storage>/tensorboard), wandb (offline)")
-    optuna_storage: str | None = _f(None, help="Optuna studies (<name>-<pair>): an RDB URL or "
-                                    "journal:PATH; default sqlite:///<storage>/optuna.db for "
-                                    "local storage, in memory for s3://; 'memory' = not kept")
+    tracking: list[str] = _f(
+        factory=list,
+        help="views of the sweep as it runs: mlflow (or "
+        "mlflow=URI; default MLFLOW_TRACKING_URI, else <storage>/mlflow.db),"
+        " tensorboard (<storage>/tensorboard), wandb (offline)",
+    )
+    optuna_storage: str | None = _f(
+        None,
+        help="Optuna studies (<name>-<pair>): an RDB URL or "
+        "journal:PATH; default sqlite:///<storage>/optuna.db for "
+        "local storage, in memory for s3://; 'memory' = not kept",
+    )
 
 
 @dataclass
@@ -337,7 +462,8 @@ def _describe(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
@@ -444,9 +570,13 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str])
         if len(problems) == before or dataclasses.is_dataclass(coerced):
             kwargs[key] = coerced  # a section keeps its good fields despite a bad one
         # else: keep the default so the remaining checks still run on a whole object
-    missing = [n for n, f in fields.items() if n not in kwargs
-               and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]  # type: ignore[misc]
     for name in missing:
         problems.append(f"{prefix + '.' if prefix else ''}{name}: required, not given")
     if missing:
@@ -486,67 +616,96 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         pairs += [(f"data.{section}.{p}", p) for p in getattr(cfg.data, section)]
     for key, pair in pairs:
         if not PAIR_RE.match(pair):
-            problems.append(f"{key}: got {pair!r}, expected <query_lang>-<doc_lang> "
-                            "such as en-sw or sw-en")
+            problems.append(
+                f"{key}: got {pair!r}, expected <query_lang>-<doc_lang> such as en-sw or sw-en"
+            )
     for i, metric in enumerate(cfg.eval.metrics):
         if not METRIC_RE.match(metric):
-            problems.append(f"eval.metrics[{i}]: got {metric!r}, expected map, ndcg@K, "
-                            "mrr@K, recall@K or p@K")
+            problems.append(
+                f"eval.metrics[{i}]: got {metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
+            )
     if not METRIC_RE.match(cfg.sweep.metric):
-        problems.append(f"sweep.metric: got {cfg.sweep.metric!r}, expected map, ndcg@K, "
-                        "mrr@K, recall@K or p@K")
+        problems.append(
+            f"sweep.metric: got {cfg.sweep.metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
+        )
     d = cfg.distill
     if not d.layers:
         problems.append("distill.layers: got [], expected at least one layer")
     if d.layer_weights is not None:
         if len(d.layer_weights) != len(d.layers):
-            problems.append(f"distill.layer_weights: got {len(d.layer_weights)} weights for "
-                            f"{len(d.layers)} layers {d.layers}; give one per layer")
+            problems.append(
+                f"distill.layer_weights: got {len(d.layer_weights)} weights for "
+                f"{len(d.layers)} layers {d.layers}; give one per layer"
+            )
         elif any(w < 0 for w in d.layer_weights) or sum(d.layer_weights) <= 0:
-            problems.append(f"distill.layer_weights: got {d.layer_weights}, expected "
-                            "non-negative weights with a positive sum")
+            problems.append(
+                f"distill.layer_weights: got {d.layer_weights}, expected "
+                "non-negative weights with a positive sum"
+            )
     if d.method == "contrastive" and d.contrastive <= 0:
-        problems.append("distill.contrastive: got 0 with distill.method=contrastive, which "
-                        "trains on that term alone; set a weight > 0 such as 1.0")
+        problems.append(
+            "distill.contrastive: got 0 with distill.method=contrastive, which "
+            "trains on that term alone; set a weight > 0 such as 1.0"
+        )
     if d.max_length_ratio and d.max_length_ratio < 1:
-        problems.append(f"distill.max_length_ratio: got {d.max_length_ratio}, expected 0 "
-                        "(off) or a ratio >= 1 such as 2.0")
+        problems.append(
+            f"distill.max_length_ratio: got {d.max_length_ratio}, expected 0 "
+            "(off) or a ratio >= 1 such as 2.0"
+        )
     tc = cfg.train
     if tc.keep_best or tc.patience:
         if not METRIC_RE.match(tc.select_metric):
-            problems.append(f"train.select_metric: got {tc.select_metric!r}, expected map, "
-                            "ndcg@K, mrr@K, recall@K or p@K")
+            problems.append(
+                f"train.select_metric: got {tc.select_metric!r}, expected map, "
+                "ndcg@K, mrr@K, recall@K or p@K"
+            )
         elif tc.select_metric not in cfg.eval.metrics:
-            problems.append(f"train.select_metric: got {tc.select_metric!r}, not among "
-                            f"eval.metrics {cfg.eval.metrics}; add it there or pick one of them")
+            problems.append(
+                f"train.select_metric: got {tc.select_metric!r}, not among "
+                f"eval.metrics {cfg.eval.metrics}; add it there or pick one of them"
+            )
     if (tc.keep_best or tc.patience) and "distill" not in tc.stages:
-        problems.append(f"train.keep_best/train.patience: set with train.stages={tc.stages}, but "
-                        "they select the distill stage's weights on dev; add distill to "
-                        "train.stages or turn them off")
+        problems.append(
+            f"train.keep_best/train.patience: set with train.stages={tc.stages}, but "
+            "they select the distill stage's weights on dev; add distill to "
+            "train.stages or turn them off"
+        )
     if tc.patience and not tc.eval_every:
-        problems.append(f"train.patience: got {tc.patience} with train.eval_every=0; early "
-                        "stopping needs dev evaluations during the stage (train.eval_every > 0)")
+        problems.append(
+            f"train.patience: got {tc.patience} with train.eval_every=0; early "
+            "stopping needs dev evaluations during the stage (train.eval_every > 0)"
+        )
     for section, allowed in (("bitext", REAL_BITEXT_FORMATS), ("eval", REAL_EVAL_FORMATS)):
         for key, src in getattr(cfg.data, section).items():
             if src.format in REAL_FORMATS and src.format not in allowed:
-                problems.append(f"data.{section}.{key}.format: got {src.format!r}, not a "
-                                f"format for data.{section}; allowed here: {', '.join(allowed)}")
+                problems.append(
+                    f"data.{section}.{key}.format: got {src.format!r}, not a "
+                    f"format for data.{section}; allowed here: {', '.join(allowed)}"
+                )
     rank_src = cfg.data.rank
-    if rank_src is not None and rank_src.format in REAL_FORMATS \
-            and rank_src.format not in REAL_RANK_FORMATS:
-        problems.append(f"data.rank.format: got {rank_src.format!r}, not a format for "
-                        f"data.rank; allowed here: {', '.join(REAL_RANK_FORMATS)}")
+    if (
+        rank_src is not None
+        and rank_src.format in REAL_FORMATS
+        and rank_src.format not in REAL_RANK_FORMATS
+    ):
+        problems.append(
+            f"data.rank.format: got {rank_src.format!r}, not a format for "
+            f"data.rank; allowed here: {', '.join(REAL_RANK_FORMATS)}"
+        )
     if len(set(cfg.train.stages)) != len(cfg.train.stages):
         problems.append(f"train.stages: got {cfg.train.stages}, each stage at most once")
     if not cfg.train.stages:
         problems.append("train.stages: got [], expected some of rank, adapt, distill")
     t = cfg.model.tiny
     if t.num_heads and t.hidden_size % t.num_heads:
-        problems.append(f"model.tiny.num_heads: got {t.num_heads}, must divide "
-                        f"model.tiny.hidden_size ({t.hidden_size})")
+        problems.append(
+            f"model.tiny.num_heads: got {t.num_heads}, must divide "
+            f"model.tiny.hidden_size ({t.hidden_size})"
+        )
     if cfg.scaling.gpus_per_worker > 0 and cfg.train.device == "cpu":
-        problems.append("train.device: got 'cpu' with scaling.gpus_per_worker > 0; "
-                        "use 'auto' or 'cuda'")
+        problems.append(
+            "train.device: got 'cpu' with scaling.gpus_per_worker > 0; use 'auto' or 'cuda'"
+        )
     # Tracking targets and study storage: rules live beside the code that uses them.
     from optical_ray.tracking import optuna_storage_problems, tracking_problems
 
@@ -555,8 +714,9 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     problems += optuna_storage_problems(cfg.sweep.optuna_storage)
     uri = cfg.storage.uri
     if "://" in uri and not uri.startswith(("s3://", "file://")):
-        problems.append(f"storage.uri: got {uri!r}, expected a local path, file://... "
-                        "or s3://bucket/prefix")
+        problems.append(
+            f"storage.uri: got {uri!r}, expected a local path, file://... or s3://bucket/prefix"
+        )
 
 
 def name_problem(name: Any, key: str = "name") -> str | None:
@@ -565,8 +725,10 @@ def name_problem(name: Any, key: str = "name") -> str | None:
     or the storage root, and ``../x`` would write outside it."""
     if isinstance(name, str) and NAME_RE.match(name) and name not in (".", ".."):
         return None
-    return (f"{key}: got {name!r}, expected one path segment: letters, digits, '.', '_', "
-            "'-' (not '.' or '..'), such as run-1")
+    return (
+        f"{key}: got {name!r}, expected one path segment: letters, digits, '.', '_', "
+        "'-' (not '.' or '..'), such as run-1"
+    )
 
 
 def _strings(value: Any, key: str) -> typing.Iterator[tuple[str, str]]:
@@ -604,8 +766,9 @@ def from_dict(data: Mapping[str, Any] | None, *, source: str | None = None) -> C
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"top level: got {type(data).__name__}, expected a mapping",
-                          source=source)
+        raise ConfigError(
+            f"top level: got {type(data).__name__}, expected a mapping", source=source
+        )
     cfg = _build(Config, data, "", problems)
     if cfg is not None:
         _check_bounds(cfg, "", problems)
@@ -728,8 +891,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first + 1}); give "
-                    "each key once", key_node.start_mark)
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first + 1}); give each key once",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -747,20 +913,25 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}; "
-                          "save the file as UTF-8", source=str(path)) from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}; save the file as UTF-8",
+            source=str(path),
+        ) from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}",
-                          source=str(path)) from None
+        raise ConfigError(
+            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)
+        ) from None
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = (),
-                ) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> Config:
     """Load YAML (:func:`read_yaml`), apply ``key=value`` overrides, validate once."""
     data: Any = {}
     source = None
@@ -768,8 +939,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mappi
         source = str(path)
         data = read_yaml(path) or {}
         if not isinstance(data, Mapping):
-            raise ConfigError(f"top level: got {type(data).__name__}, expected a mapping",
-                              source=source)
+            raise ConfigError(
+                f"top level: got {type(data).__name__}, expected a mapping", source=source
+            )
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     return from_dict(apply_overrides(data, overrides), source=source)
@@ -782,6 +954,7 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(redact(json.dumps(to_dict(cfg), indent=2, sort_keys=True)) + "\n",
-                 encoding="utf-8")
+    p.write_text(
+        redact(json.dumps(to_dict(cfg), indent=2, sort_keys=True)) + "\n", encoding="utf-8"
+    )
     return p

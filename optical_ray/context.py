@@ -29,9 +29,20 @@ from optical_ray.checkpoint import complete_checkpoints
 from optical_ray.config import Config
 from optical_ray.errors import ConfigError
 
-__all__ = ["TrainContext", "LocalContext", "History", "PROGRESS_FILE", "read_progress",
-           "UNSCORED", "worst_score", "fill_metric", "resolve_device", "resolve_precision",
-           "mix_seed", "seed_all"]
+__all__ = [
+    "TrainContext",
+    "LocalContext",
+    "History",
+    "PROGRESS_FILE",
+    "read_progress",
+    "UNSCORED",
+    "worst_score",
+    "fill_metric",
+    "resolve_device",
+    "resolve_precision",
+    "mix_seed",
+    "seed_all",
+]
 
 #: The rows :class:`LocalContext` reports, one JSON object a line, in its run directory.
 PROGRESS_FILE = "progress.jsonl"
@@ -68,7 +79,7 @@ class TrainContext:
         g = torch.Generator().manual_seed(mix_seed(seed, epoch))
         order = torch.randperm(n_items, generator=g)
         usable = n_items - n_items % self.world_size
-        return order[:usable][self.rank::self.world_size].tolist()
+        return order[:usable][self.rank :: self.world_size].tolist()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Hand metrics (and a finished checkpoint directory) to whoever watches."""
@@ -104,11 +115,19 @@ class LocalContext(TrainContext):
     nothing :meth:`latest_checkpoint` would pick up.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, device: torch.device | str | None = None,
-                 keep: int | None = 3) -> None:
-        super().__init__(rank=0, world_size=1,
-                         device=torch.device(device) if device is not None else None,
-                         run_dir=Path(run_dir))
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        device: torch.device | str | None = None,
+        keep: int | None = 3,
+    ) -> None:
+        super().__init__(
+            rank=0,
+            world_size=1,
+            device=torch.device(device) if device is not None else None,
+            run_dir=Path(run_dir),
+        )
         self.keep = keep
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -124,7 +143,7 @@ class LocalContext(TrainContext):
         with open(path, "a", encoding="utf-8") as f:
             f.write(("\n" if torn else "") + json.dumps(line, sort_keys=True) + "\n")
         if checkpoint_dir is not None and self.keep is not None:
-            for old in complete_checkpoints(self.checkpoint_root())[:-self.keep]:
+            for old in complete_checkpoints(self.checkpoint_root())[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def latest_checkpoint(self) -> str | None:
@@ -202,10 +221,13 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
-        return cls(steps=list(data.get("steps", [])), evals=list(data.get("evals", [])),
-                   model_dir=data.get("model_dir"), resumes=list(data.get("resumes", [])),
-                   selections=list(data.get("selections", [])))
-
+        return cls(
+            steps=list(data.get("steps", [])),
+            evals=list(data.get("evals", [])),
+            model_dir=data.get("model_dir"),
+            resumes=list(data.get("resumes", [])),
+            selections=list(data.get("selections", [])),
+        )
 
 
 # --------------------------------------------------------------------------- reporting
@@ -228,8 +250,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def fill_metric(metrics: dict[str, Any], last: dict[str, Any], metric: str,
-                mode: str) -> dict[str, Any]:
+def fill_metric(
+    metrics: dict[str, Any], last: dict[str, Any], metric: str, mode: str
+) -> dict[str, Any]:
     """The metrics a Ray context reports: a copy of ``metrics`` in which ``metric`` is
     always present and ``"score"`` is always finite.
 
@@ -257,9 +280,12 @@ def resolve_device(cfg: Config, ctx: TrainContext | None = None) -> torch.device
         return torch.device(ctx.device)
     want = cfg.train.device
     if want == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: got 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available())
-                        else "cpu")
+        raise ConfigError(
+            "train.device: got 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
+    return torch.device(
+        "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+    )
 
 
 def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -271,10 +297,14 @@ def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:
     if p == "fp32":
         return None
     if p == "fp16" and not cuda:
-        raise ConfigError("train.precision: got 'fp16' on CPU (it needs a CUDA device and a "
-                          "loss scaler); use 'fp32' or 'bf16'")
+        raise ConfigError(
+            "train.precision: got 'fp16' on CPU (it needs a CUDA device and a "
+            "loss scaler); use 'fp32' or 'bf16'"
+        )
     if p == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision: got 'bf16' but this GPU does not support it; use 'fp16'")
+        raise ConfigError(
+            "train.precision: got 'bf16' but this GPU does not support it; use 'fp16'"
+        )
     return torch.bfloat16 if p == "bf16" else torch.float16
 
 
@@ -292,4 +322,3 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
-

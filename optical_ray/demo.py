@@ -31,8 +31,10 @@ def shipped_space(name: str = "default.yaml") -> Path:
     """A search space shipped in the repository's ``search_spaces/``."""
     path = Path(__file__).resolve().parent.parent / "search_spaces" / name
     if not path.is_file():
-        raise ConfigError(f"search space {name!r} not found at {path}; run the demo from a "
-                          "checkout of the optical-ray repository, or pass --space")
+        raise ConfigError(
+            f"search space {name!r} not found at {path}; run the demo from a "
+            "checkout of the optical-ray repository, or pass --space"
+        )
     return path
 
 
@@ -40,16 +42,31 @@ def demo_config(out_dir: str | Path, *, seed: int = 0) -> Config:
     """The demo's base config: tiny model, synthetic world, local storage under
     ``out_dir``; budgets sized for two CPU cores."""
     out = Path(out_dir).expanduser().resolve()
-    return from_flat({
-        "name": "demo", "output_dir": str(out), "storage.uri": str(out / "storage"),
-        "data.synthetic_seed": seed, "data.synthetic_scale": "default",
-        "train.seed": seed, "train.log_every": 100, "train.device": "cpu",
-        "rank.steps": 200, "rank.batch_size": 32, "rank.lr": 2e-3, "rank.hard_negatives": 1,
-        "distill.steps": 240, "distill.batch_size": 32, "train.eval_every": 60,
-        "eval.metrics": ["map", "ndcg@10", "mrr@10", "recall@100"],
-        "eval.batch_size": 128, "sweep.max_concurrent": 2, "sweep.seed": seed,
-        "sweep.grace_period": 1, "sweep.reduction_factor": 2.0,
-    })
+    return from_flat(
+        {
+            "name": "demo",
+            "output_dir": str(out),
+            "storage.uri": str(out / "storage"),
+            "data.synthetic_seed": seed,
+            "data.synthetic_scale": "default",
+            "train.seed": seed,
+            "train.log_every": 100,
+            "train.device": "cpu",
+            "rank.steps": 200,
+            "rank.batch_size": 32,
+            "rank.lr": 2e-3,
+            "rank.hard_negatives": 1,
+            "distill.steps": 240,
+            "distill.batch_size": 32,
+            "train.eval_every": 60,
+            "eval.metrics": ["map", "ndcg@10", "mrr@10", "recall@100"],
+            "eval.batch_size": 128,
+            "sweep.max_concurrent": 2,
+            "sweep.seed": seed,
+            "sweep.grace_period": 1,
+            "sweep.reduction_factor": 2.0,
+        }
+    )
 
 
 @dataclass
@@ -73,9 +90,17 @@ def _teacher(cfg: Config, out: Path) -> Path:
         print(f"[2/4] English teacher already trained: {model}", flush=True)
         return model
     print("[2/4] training the English teacher (stage rank) ...", flush=True)
-    tcfg = from_flat({"train.stages": ["rank"], "name": "teacher", "train.eval_every": 0,
-                      "train.log_every": 50,
-                      "eval.pairs": ["en-en", *PAIRS], "pair": "en-xa"}, cfg)
+    tcfg = from_flat(
+        {
+            "train.stages": ["rank"],
+            "name": "teacher",
+            "train.eval_every": 0,
+            "train.log_every": 50,
+            "eval.pairs": ["en-en", *PAIRS],
+            "pair": "en-xa",
+        },
+        cfg,
+    )
     history = run(tcfg, LocalContext(run_dir))
     last = history.evals[-1] if history.evals else {}
     shown = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.endswith("/map"))
@@ -99,12 +124,21 @@ def _gap(cfg: Config, teacher: Path, sweep: object, pairs: Sequence[str]) -> obj
             continue
         student = RetrievalModel.load(Path(r.best_checkpoint) / "model")
         best.update(evaluate_pairs(student, tcfg, pairs=[pair]))
-    return gap_report({"zero-shot teacher": zero, "OPTICAL (best trial)": best},
-                      baseline="zero-shot teacher", reference_pair=ref)
+    return gap_report(
+        {"zero-shot teacher": zero, "OPTICAL (best trial)": best},
+        baseline="zero-shot teacher",
+        reference_pair=ref,
+    )
 
 
-def run_demo(out_dir: str | Path = "optical_runs/demo", *, trials: int = 6, seed: int = 0,
-             pairs: Sequence[str] = PAIRS, space: str | Path | None = None) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "optical_runs/demo",
+    *,
+    trials: int = 6,
+    seed: int = 0,
+    pairs: Sequence[str] = PAIRS,
+    space: str | Path | None = None,
+) -> DemoResult:
     """Run the demo end to end (see the module docstring); returns where things are."""
     from optical_ray.data.sources import ensure_data_root
     from optical_ray.sweep import run_sweep
@@ -119,24 +153,35 @@ def run_demo(out_dir: str | Path = "optical_runs/demo", *, trials: int = 6, seed
     root = ensure_data_root(cfg)
     print(f"      {root}", flush=True)
     teacher = _teacher(cfg, out)
-    print(f"[3/4] sweep: {trials} trials per pair for {', '.join(pairs)} "
-          "(Optuna TPE + ASHA on dev MAP) ...", flush=True)
+    print(
+        f"[3/4] sweep: {trials} trials per pair for {', '.join(pairs)} "
+        "(Optuna TPE + ASHA on dev MAP) ...",
+        flush=True,
+    )
     scfg = from_flat({"train.teacher": str(teacher), "data.root": str(root)}, cfg)
-    result = run_sweep(scfg, space or shipped_space(), pairs=list(pairs), samples=trials,
-                       resume=True, name="demo")
+    result = run_sweep(
+        scfg, space or shipped_space(), pairs=list(pairs), samples=trials, resume=True, name="demo"
+    )
     print(result.summary(), flush=True)
-    print("[4/4] gap report on the test split (MAP etc.; p from a paired randomisation "
-          "test vs the zero-shot teacher):", flush=True)
+    print(
+        "[4/4] gap report on the test split (MAP etc.; p from a paired randomisation "
+        "test vs the zero-shot teacher):",
+        flush=True,
+    )
     gap = _gap(scfg, teacher, result, pairs)
     print(gap.to_text(), flush=True)
     minutes = (time.time() - start) / 60
     storage = cfg.storage.uri
-    print(f"\ndone in {minutes:.1f} min. Results, checkpoints and the catalog are in {storage}",
-          flush=True)
+    print(
+        f"\ndone in {minutes:.1f} min. Results, checkpoints and the catalog are in {storage}",
+        flush=True,
+    )
     print("next:")
     print(f"  optical-ray best --pair en-xc --storage {storage}")
     print(f"  optical-ray best --all --storage {storage} --format json")
-    print(f"  optical-ray best --pair en-xc --storage {storage} --format yaml > best.yaml "
-          "&& optical-ray train --config best.yaml")
+    print(
+        f"  optical-ray best --pair en-xc --storage {storage} --format yaml > best.yaml "
+        "&& optical-ray train --config best.yaml"
+    )
     print(f"  optical-ray report --storage {storage} --out {out / 'report'}")
     return DemoResult(out, teacher, storage, result, gap)

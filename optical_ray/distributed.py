@@ -32,12 +32,22 @@ from optical_ray.errors import ConfigError, TrainingError
 from optical_ray.model import check_distill_layers
 from optical_ray.train import run
 
-__all__ = ["RayTrainContext", "FitResult", "UNSCORED", "build_trainer", "checkpoint_score", "fit",
-           "init_ray", "prepare_config", "worker_loop"]
+__all__ = [
+    "RayTrainContext",
+    "FitResult",
+    "UNSCORED",
+    "build_trainer",
+    "checkpoint_score",
+    "fit",
+    "init_ray",
+    "prepare_config",
+    "worker_loop",
+]
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None,
-             log_to_driver: bool = True) -> None:
+def init_ray(
+    address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = True
+) -> None:
     """Connect to ``address`` (``auto``, ``HOST:PORT``, ``ray://...``) or start a local
     Ray with capped memory; a no-op if Ray is already up. ``log_to_driver=False`` keeps
     workers' output in their log files (a sweep prints its own progress lines)."""
@@ -53,8 +63,13 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None,
     # tensors by file, not through the object store, so a small one is enough.
     # address="local": always a fresh local instance, never a cluster that another
     # process happens to run on this machine.
-    ray.init(address="local", num_cpus=num_cpus, object_store_memory=512 * 1024 * 1024,
-             include_dashboard=False, log_to_driver=log_to_driver)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=512 * 1024 * 1024,
+        include_dashboard=False,
+        log_to_driver=log_to_driver,
+    )
 
 
 def prepare_config(cfg: Config) -> Config:
@@ -89,8 +104,12 @@ class RayTrainContext(TrainContext):
 
         c = ray.train.get_context()
         local = Path(tempfile.mkdtemp(prefix=f"optical-ray-{cfg.name}-r{c.get_world_rank()}-"))
-        super().__init__(rank=c.get_world_rank(), world_size=c.get_world_size(),
-                         device=ray.train.torch.get_device(), run_dir=local)
+        super().__init__(
+            rank=c.get_world_rank(),
+            world_size=c.get_world_size(),
+            device=ray.train.torch.get_device(),
+            run_dir=local,
+        )
         self.score_key, self.score_mode = cfg.sweep.metric, cfg.sweep.mode
         self.last: dict[str, Any] = {}  # the last report that carried the metric
         self.run_path, self.storage = run_path, storage
@@ -125,8 +144,12 @@ class RayTrainContext(TrainContext):
 
         # run_s: seconds since this worker began the run (the trial's own work, without
         # the worker-group start-up that comes before it).
-        out = {**metrics, "num_workers": self.world_size, "num_nodes": self.num_nodes,
-               "run_s": time.perf_counter() - self._started}
+        out = {
+            **metrics,
+            "num_workers": self.world_size,
+            "num_nodes": self.num_nodes,
+            "run_s": time.perf_counter() - self._started,
+        }
         if self.score_key in metrics:
             self.last = dict(metrics)
         # The checkpoint manager ranks by "score"; every report must carry it, finite.
@@ -161,8 +184,12 @@ class RayTrainContext(TrainContext):
         import pyarrow.fs as pafs
 
         target = Path(tempfile.mkdtemp(prefix="optical-ray-restore-", dir=self.run_dir))
-        pafs.copy_files(source[0], str(target), source_filesystem=source[1],
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            source[0],
+            str(target),
+            source_filesystem=source[1],
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
         self._restored = target
         return str(target)
 
@@ -199,8 +226,10 @@ def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
                 state = json.loads(f.read())
             files = state.get("files") or {}
             infos = filesystem.get_file_info([f"{entry.path}/{rel}" for rel in files])
-            if any(i.type != pafs.FileType.File or i.size != files[i.path[len(entry.path) + 1:]]
-                   for i in infos):
+            if any(
+                i.type != pafs.FileType.File or i.size != files[i.path[len(entry.path) + 1 :]]
+                for i in infos
+            ):
                 continue
             key = (int(state["stage_index"]), int(state["step"]), bool(state["stage_done"]))
         except (OSError, ValueError, KeyError):
@@ -216,16 +245,18 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = from_dict(loop_config["config"])
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
-    ctx = RayTrainContext(cfg, run_path=store.join(loop_config["run_name"]),
-                          storage=store.filesystem)
+    ctx = RayTrainContext(
+        cfg, run_path=store.join(loop_config["run_name"]), storage=store.filesystem
+    )
     try:
         run(cfg, ctx)
     finally:
         shutil.rmtree(ctx.run_dir, ignore_errors=True)
 
 
-def build_trainer(cfg: Config, *, storage: Any = None, callbacks: list[Any] | None = None,
-                  name: str | None = None) -> Any:
+def build_trainer(
+    cfg: Config, *, storage: Any = None, callbacks: list[Any] | None = None, name: str | None = None
+) -> Any:
     """A ``TorchTrainer`` for ``cfg`` writing checkpoints and results to its storage.
 
     The same ``name`` and storage resume a run that stopped (Train V2 restores from
@@ -246,15 +277,21 @@ def build_trainer(cfg: Config, *, storage: Any = None, callbacks: list[Any] | No
         worker_loop,
         train_loop_config={"config": to_dict(cfg), "run_name": name or cfg.name},
         torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
-        scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=sc.gpus_per_worker > 0,
-                                     resources_per_worker=resources,
-                                     placement_strategy=sc.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=sc.workers,
+            use_gpu=sc.gpus_per_worker > 0,
+            resources_per_worker=resources,
+            placement_strategy=sc.placement_strategy,
+        ),
         run_config=RunConfig(
             name=name or cfg.name,
             storage_path=store.ray_storage_path(),
             storage_filesystem=store.ray_storage_filesystem(),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="score",
-                                               checkpoint_score_order=cfg.sweep.mode),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute="score",
+                checkpoint_score_order=cfg.sweep.mode,
+            ),
             failure_config=FailureConfig(max_failures=sc.max_failures),
             callbacks=callbacks,
         ),
@@ -271,8 +308,9 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
-        shown = {k: round(v, 4) for k, v in self.metrics.items()
-                 if isinstance(v, float) and "/" in k}
+        shown = {
+            k: round(v, 4) for k, v in self.metrics.items() if isinstance(v, float) and "/" in k
+        }
         return f"run at {self.path}; final checkpoint {self.checkpoint}; {shown}"
 
 
@@ -296,10 +334,12 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
         raise TrainingError(f"training run {cfg.name!r} failed: {_root_cause(result.error)}")
     df = result.metrics_dataframe
     history = df.to_dict("records") if df is not None else []
-    return FitResult(metrics=dict(result.metrics or {}),
-                     checkpoint=(store.uri_of(store.rel(result.checkpoint.path))
-                                 if result.checkpoint else None),
-                     path=result.path, history=history)
+    return FitResult(
+        metrics=dict(result.metrics or {}),
+        checkpoint=(store.uri_of(store.rel(result.checkpoint.path)) if result.checkpoint else None),
+        path=result.path,
+        history=history,
+    )
 
 
 def _check_resources(cfg: Config) -> None:
@@ -315,7 +355,8 @@ def _check_resources(cfg: Config) -> None:
             f"scaling: {sc.workers} workers x ({sc.cpus_per_worker:g} CPU, "
             f"{sc.gpus_per_worker:g} GPU) needs {need_cpu:g} CPUs and {need_gpu:g} GPUs; "
             f"the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs "
-            "(lower scaling.workers / cpus_per_worker / gpus_per_worker)")
+            "(lower scaling.workers / cpus_per_worker / gpus_per_worker)"
+        )
 
 
 def _root_cause(error: BaseException) -> str:

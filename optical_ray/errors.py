@@ -7,8 +7,14 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["OpticalRayError", "ConfigError", "DataError", "StorageError", "TrainingError",
-           "ClusterError"]
+__all__ = [
+    "OpticalRayError",
+    "ConfigError",
+    "DataError",
+    "StorageError",
+    "TrainingError",
+    "ClusterError",
+]
 
 
 class OpticalRayError(Exception):
@@ -25,8 +31,7 @@ class ConfigError(OpticalRayError, ValueError):
     def __init__(self, problems: list[str] | str, *, source: str | None = None) -> None:
         from optical_ray.redaction import redact  # a bad value may be a URI with a secret
 
-        self.problems = [redact(p) for p in ([problems] if isinstance(problems, str)
-                                             else problems)]
+        self.problems = [redact(p) for p in ([problems] if isinstance(problems, str) else problems)]
         self.source = source
         where = f" in {source}" if source else ""
         if len(self.problems) == 1:

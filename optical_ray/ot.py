@@ -400,8 +400,12 @@ def sinkhorn(
     converged = tol is None or bool(err.max() <= tol)
     if not converged:
         worst = float(err.max())
-        spread = float((c.masked_fill(~pair_mask, -math.inf).amax((1, 2))
-                        - c.masked_fill(~pair_mask, math.inf).amin((1, 2))).max())
+        spread = float(
+            (
+                c.masked_fill(~pair_mask, -math.inf).amax((1, 2))
+                - c.masked_fill(~pair_mask, math.inf).amin((1, 2))
+            ).max()
+        )
         need = iterations_needed(eps, tol, max(spread, 1e-6))
         warnings.warn(
             SinkhornConvergenceWarning(

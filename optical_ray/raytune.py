@@ -36,13 +36,33 @@ from ray.tune.search.optuna import OptunaSearch
 from optical_ray.config import from_flat, to_flat
 from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
-from optical_ray.sweep import (CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PairPlan,
-                               PairResult, error_reason, resolve_trial_config)
-from optical_ray.trust import (StateManifest, StateSigner, UntrustedStateError,
-                               sign_tuner_file, state_key, verify_state)
+from optical_ray.sweep import (
+    CHECKPOINT_PATH_KEY,
+    CONFIG_KEY,
+    FINISHED_KEY,
+    PairPlan,
+    PairResult,
+    error_reason,
+    resolve_trial_config,
+)
+from optical_ray.trust import (
+    StateManifest,
+    StateSigner,
+    UntrustedStateError,
+    sign_tuner_file,
+    state_key,
+    verify_state,
+)
 
-__all__ = ["fit_pair", "PruningAwareOptunaSearch", "SharedLimiter",
-           "CatalogCallback", "ProgressCallback", "checkpoint_uri", "NAMESPACE"]
+__all__ = [
+    "fit_pair",
+    "PruningAwareOptunaSearch",
+    "SharedLimiter",
+    "CatalogCallback",
+    "ProgressCallback",
+    "checkpoint_uri",
+    "NAMESPACE",
+]
 
 # Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
 REPORT_ATTEMPTS = 9
@@ -107,8 +127,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
     pruned trials among themselves by how far they got, then by their last value.
     """
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         if error or not result or result.get(FINISHED_KEY) or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
@@ -153,8 +174,9 @@ class SharedLimiter(Searcher):
             self._handle = _coordinator(self.coordinator)
         return self._handle
 
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
-                              **spec: Any) -> bool:
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
@@ -175,8 +197,9 @@ class SharedLimiter(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searcher.on_trial_result(trial_id, result)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
         if trial_id in self.live:
             self.live.discard(trial_id)
@@ -206,20 +229,36 @@ def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
     sw = plan.base.sweep
     # Multivariate TPE models the parameters jointly (epsilon and learning rate
     # interact); Optuna recommends it over independent TPE.
-    sampler = optuna.samplers.RandomSampler(seed=sw.seed) if sw.search == "random" \
-        else optuna.samplers.TPESampler(seed=sw.seed, multivariate=True,
-                                        n_startup_trials=max(2, min(5, sw.samples // 3)))
+    sampler = (
+        optuna.samplers.RandomSampler(seed=sw.seed)
+        if sw.search == "random"
+        else optuna.samplers.TPESampler(
+            seed=sw.seed, multivariate=True, n_startup_trials=max(2, min(5, sw.samples // 3))
+        )
+    )
     # The pair's study persists (sweep.optuna_storage, by default SQLite beside local
     # storage) as <sweep>-<pair>, so optuna-dashboard shows every pair as it runs.
-    store = resolve_storage(plan.base.storage.uri, plan.base.storage.endpoint,
-                            plan.base.storage.region)
+    store = resolve_storage(
+        plan.base.storage.uri, plan.base.storage.endpoint, plan.base.storage.region
+    )
     url = optuna_storage_url(sw.optuna_storage, store)
-    study = {"storage": prepare_study(url, plan.experiment, resume=plan.resume,
-                                      metric=sw.metric, mode=sw.mode),
-             "study_name": plan.experiment} if url else {}
+    study = (
+        {
+            "storage": prepare_study(
+                url, plan.experiment, resume=plan.resume, metric=sw.metric, mode=sw.mode
+            ),
+            "study_name": plan.experiment,
+        }
+        if url
+        else {}
+    )
     searcher: Searcher = PruningAwareOptunaSearch(
-        space=plan.space.define_by_run(plan.pair, plan.depth), metric=sw.metric,
-        mode=sw.mode, sampler=sampler, **study)
+        space=plan.space.define_by_run(plan.pair, plan.depth),
+        metric=sw.metric,
+        mode=sw.mode,
+        sampler=sampler,
+        **study,
+    )
     if sw.max_concurrent_per_pair:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
     return SharedLimiter(searcher, coordinator, plan.pair)
@@ -271,20 +310,35 @@ class CatalogCallback(Callback):
         result = trial.last_result or {}
         analysis = trial.metric_analysis or {}
         best_key = "max" if sw.mode == "max" else "min"
-        best = {k: v[best_key] for k, v in analysis.items()
-                if isinstance(v, Mapping) and best_key in v and _is_metric(k)}
-        last = {k: v for k, v in result.items()
-                if isinstance(v, (int, float)) and _is_metric(k)}
+        best = {
+            k: v[best_key]
+            for k, v in analysis.items()
+            if isinstance(v, Mapping) and best_key in v and _is_metric(k)
+        }
+        last = {k: v for k, v in result.items() if isinstance(v, (int, float)) and _is_metric(k)}
         if status == "finished" and not result.get(FINISHED_KEY):
             status = "stopped"  # ASHA ended it early
-        self.catalog.append(TrialRecord(
-            experiment=self.plan.experiment, pair=self.plan.pair, trial_id=trial.trial_id,
-            status=status, config=self.config_of(trial), best_metrics=best, last_metrics=last,
-            metric=sw.metric, mode=sw.mode, error=error, baseline_metrics=self.baseline,
-            checkpoint_uri=checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
-            started_at=self.started.get(trial.trial_id), finished_at=time.time(),
-            training_s=result.get("train_s"), iterations=result.get("training_iteration"),
-            record_id=f"{self.plan.experiment}--{trial.trial_id}"))
+        self.catalog.append(
+            TrialRecord(
+                experiment=self.plan.experiment,
+                pair=self.plan.pair,
+                trial_id=trial.trial_id,
+                status=status,
+                config=self.config_of(trial),
+                best_metrics=best,
+                last_metrics=last,
+                metric=sw.metric,
+                mode=sw.mode,
+                error=error,
+                baseline_metrics=self.baseline,
+                checkpoint_uri=checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
+                started_at=self.started.get(trial.trial_id),
+                finished_at=time.time(),
+                training_s=result.get("train_s"),
+                iterations=result.get("training_iteration"),
+                record_id=f"{self.plan.experiment}--{trial.trial_id}",
+            )
+        )
 
 
 class ProgressCallback(Callback):
@@ -308,12 +362,20 @@ class ProgressCallback(Callback):
             self._handle = _coordinator(self.coordinator)
         if self._handle is None:
             return
-        counts = {s: sum(1 for v in self.status.values() if v == s)
-                  for s in ("running", "finished", "stopped", "failed")}
-        self._handle.update.remote(self.plan.pair, {
-            **counts, "samples": self.plan.base.sweep.samples, "start": self.start,
-            "best": self.best[0] if self.best else None,
-            "best_trial": self.best[1] if self.best else None})
+        counts = {
+            s: sum(1 for v in self.status.values() if v == s)
+            for s in ("running", "finished", "stopped", "failed")
+        }
+        self._handle.update.remote(
+            self.plan.pair,
+            {
+                **counts,
+                "samples": self.plan.base.sweep.samples,
+                "start": self.start,
+                "best": self.best[0] if self.best else None,
+                "best_trial": self.best[1] if self.best else None,
+            },
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
         self.status[trial.trial_id] = "running"
@@ -328,8 +390,9 @@ class ProgressCallback(Callback):
         value = result.get(sw.metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) >= 1e299:
             return
-        better = self.best is None or (value > self.best[0] if sw.mode == "max"
-                                       else value < self.best[0])
+        better = self.best is None or (
+            value > self.best[0] if sw.mode == "max" else value < self.best[0]
+        )
         if better:
             self.best = (float(value), trial.trial_id)
             self._push()
@@ -347,8 +410,11 @@ class ProgressCallback(Callback):
 def _is_metric(key: str) -> bool:
     """Result keys the catalog keeps: evaluation metrics and Sinkhorn convergence."""
     name = key.split("/")[-1].split("@")[0]
-    return name in ("map", "ndcg", "mrr", "recall", "p", "score") or "/" in key \
+    return (
+        name in ("map", "ndcg", "mrr", "recall", "p", "score")
+        or "/" in key
         or key.startswith("sinkhorn_")
+    )
 
 
 def checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
@@ -378,8 +444,9 @@ def _error_line(trial: Any) -> str:
 # --------------------------------------------------------------------------- ray internals
 
 
-_SECRET_VARS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                          "AWS_ACCESS_KEY_ID"})
+_SECRET_VARS = frozenset(
+    {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID"}
+)
 
 
 @contextlib.contextmanager
@@ -485,12 +552,17 @@ def snapshotted(store: Any, path: str) -> bool:
     restore would then restart the experiment with ``num_samples=1`` (it logs the
     failed restore and carries on), so such a pair starts again instead, keeping its
     Optuna study."""
-    return any(Path(i.path).name.startswith("experiment_state-")
-               for i in store.ls(store.rel(path)))
+    return any(Path(i.path).name.startswith("experiment_state-") for i in store.ls(store.rel(path)))
 
 
-def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: str,
-           verbose: int, trial_fn: TrialFn | None = None) -> Any:
+def _tuner(
+    plan: PairPlan,
+    store: Any,
+    callbacks: list[Callback],
+    coordinator: str,
+    verbose: int,
+    trial_fn: TrialFn | None = None,
+) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sw, sc = plan.base.sweep, plan.base.scaling
@@ -507,31 +579,53 @@ def _tuner(plan: PairPlan, store: Any, callbacks: list[Callback], coordinator: s
     trainable = tune.with_resources(trainable, resources)
     fs = store.ray_storage_filesystem()
     if plan.resume and snapshotted(store, plan.path):
-        tuner = tune.Tuner.restore(plan.path, trainable, resume_unfinished=True,
-                                   resume_errored=True, storage_filesystem=fs)
+        tuner = tune.Tuner.restore(
+            plan.path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
         _set_callbacks(tuner, [*callbacks, *_result_loggers()])
         return tuner
-    sched = ASHAScheduler(time_attr="training_iteration", grace_period=sw.grace_period,
-                          reduction_factor=sw.reduction_factor, max_t=plan.max_t) \
-        if sw.scheduler == "asha" else FIFOScheduler()
+    sched = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=sw.grace_period,
+            reduction_factor=sw.reduction_factor,
+            max_t=plan.max_t,
+        )
+        if sw.scheduler == "asha"
+        else FIFOScheduler()
+    )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=_searcher(plan, coordinator), scheduler=sched,
-                                    metric=sw.metric, mode=sw.mode, num_samples=sw.samples,
-                                    # a single-worker trial runs in its actor: the next
-                                    # trial reuses the warm process
-                                    reuse_actors=sc.workers == 1),
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(plan, coordinator),
+            scheduler=sched,
+            metric=sw.metric,
+            mode=sw.mode,
+            num_samples=sw.samples,
+            # a single-worker trial runs in its actor: the next
+            # trial reuses the warm process
+            reuse_actors=sc.workers == 1,
+        ),
         run_config=tune.RunConfig(
-            name=plan.experiment, storage_path=store.ray_storage_path(),
-            storage_filesystem=fs, callbacks=[*callbacks, *_result_loggers()],
+            name=plan.experiment,
+            storage_path=store.ray_storage_path(),
+            storage_filesystem=fs,
+            callbacks=[*callbacks, *_result_loggers()],
             verbose=2 if verbose >= 2 else 0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             # A trial whose process or node dies restarts from its last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=sw.max_failures)))
+            failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+        ),
+    )
 
 
-def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
-             key: bytes | None = None, trial_fn: TrialFn | None = None) -> PairResult:
+def fit_pair(
+    plan: PairPlan,
+    coordinator: str,
+    verbose: int = 1,
+    key: bytes | None = None,
+    trial_fn: TrialFn | None = None,
+) -> PairResult:
     """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
     own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
     the driver's, handed over as an argument (never through the task's environment,
@@ -557,8 +651,12 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
     from optical_ray.tracking_tune import tracking_callbacks
 
     views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
-    callbacks = [CatalogCallback(catalog, plan, baseline), ProgressCallback(plan, coordinator),
-                 signer, *views]
+    callbacks = [
+        CatalogCallback(catalog, plan, baseline),
+        ProgressCallback(plan, coordinator),
+        signer,
+        *views,
+    ]
     tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn)
     if not (plan.resume and snapshotted(store, plan.path)):
         sign_tuner_file(store, rel, manifest)
@@ -571,8 +669,9 @@ def fit_pair(plan: PairPlan, coordinator: str, verbose: int = 1,
     return result
 
 
-def _pair_result(grid: Any, plan: PairPlan, baseline: dict[str, float] | None,
-                 store: Any) -> PairResult:
+def _pair_result(
+    grid: Any, plan: PairPlan, baseline: dict[str, float] | None, store: Any
+) -> PairResult:
     sw = plan.base.sweep
     failed, stopped = [], 0
     for r in grid:
@@ -582,8 +681,9 @@ def _pair_result(grid: Any, plan: PairPlan, baseline: dict[str, float] | None,
             stopped += 1
     best_config, best_metrics, best_ckpt = None, {}, None
     try:
-        best = grid.get_best_result(metric=sw.metric, mode=sw.mode, scope="all",
-                                    filter_nan_and_inf=True)
+        best = grid.get_best_result(
+            metric=sw.metric, mode=sw.mode, scope="all", filter_nan_and_inf=True
+        )
     except RuntimeError:
         best = None
     if best is not None and best.metrics:
@@ -592,37 +692,59 @@ def _pair_result(grid: Any, plan: PairPlan, baseline: dict[str, float] | None,
             values = df[sw.metric].where(df[sw.metric].abs() < 1e299)
             if values.notna().any():
                 row = df.loc[values.idxmax() if sw.mode == "max" else values.idxmin()]
-                best_metrics = {k: float(v) for k, v in row.items()
-                                if isinstance(v, (int, float)) and _is_metric(str(k))}
+                best_metrics = {
+                    k: float(v)
+                    for k, v in row.items()
+                    if isinstance(v, (int, float)) and _is_metric(str(k))
+                }
         reported = (best.metrics or {}).get(CONFIG_KEY)
         if isinstance(reported, str):
             best_config = json.loads(reported)
         else:
             try:
-                best_config = to_flat(resolve_trial_config(plan, dict(best.config),
-                                                           Path(best.path).name))
+                best_config = to_flat(
+                    resolve_trial_config(plan, dict(best.config), Path(best.path).name)
+                )
             except OpticalRayError:
                 best_config = dict(best.config)
         best_ckpt = checkpoint_uri(best.checkpoint, best.metrics or {}, store)
-    return PairResult(plan.pair, plan.experiment, plan.path, best_config, best_metrics,
-                      best_ckpt, baseline, len(grid), failed, searched=plan.searched,
-                      stopped=stopped)
+    return PairResult(
+        plan.pair,
+        plan.experiment,
+        plan.path,
+        best_config,
+        best_metrics,
+        best_ckpt,
+        baseline,
+        len(grid),
+        failed,
+        searched=plan.searched,
+        stopped=stopped,
+    )
 
 
 def _flush_catalog(catalog: Any) -> None:
     """Write the records spooled while storage was down, waiting for it (about 75 s);
     if it stays down they stay spooled (and are written by the next catalog write)."""
+
     def flush_all() -> None:
         catalog.flush()
         if catalog.pending():
-            raise StorageUnavailable(f"{len(catalog.pending())} catalog record part(s) "
-                                     f"spooled in {catalog.spool_dir}")
+            raise StorageUnavailable(
+                f"{len(catalog.pending())} catalog record part(s) spooled in {catalog.spool_dir}"
+            )
 
     try:
-        with_retries(flush_all, attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
-                     what="writing spooled catalog records")
+        with_retries(
+            flush_all,
+            attempts=REPORT_ATTEMPTS,
+            base_delay=1.0,
+            max_delay=15.0,
+            what="writing spooled catalog records",
+        )
     except StorageUnavailable as exc:
-        log.warning("storage still unreachable: %s; they are written by the next catalog "
-                    "write (any later sweep, or Catalog(storage).flush())", exc)
-
-
+        log.warning(
+            "storage still unreachable: %s; they are written by the next catalog "
+            "write (any later sweep, or Catalog(storage).flush())",
+            exc,
+        )

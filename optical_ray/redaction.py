@@ -14,28 +14,41 @@ import os
 import re
 from typing import Any
 
-__all__ = ["redact", "redact_uri", "has_credentials", "credentials_problem", "CREDENTIALS_HINT", "MASK"]
+__all__ = [
+    "redact",
+    "redact_uri",
+    "has_credentials",
+    "credentials_problem",
+    "CREDENTIALS_HINT",
+    "MASK",
+]
 
 MASK = "***"
 
-CREDENTIALS_HINT = ("credentials never go in URIs or configs: use the AWS chain (the "
-                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, the "
-                    "shared config/credentials file with AWS_PROFILE, or the instance role)")
+CREDENTIALS_HINT = (
+    "credentials never go in URIs or configs: use the AWS chain (the "
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, the "
+    "shared config/credentials file with AWS_PROFILE, or the instance role)"
+)
 
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _SECRET_PATTERNS = [
     # key=value / key: value / "key": "value" for the usual secret-bearing names
-    re.compile(r"(?i)((?:aws_)?(?:secret_access_key|secret_key|session_token|security_token)"
-               r"[\"']?\s*[=:]\s*[\"']?)([^\s\"',;&}]+)"),
+    re.compile(
+        r"(?i)((?:aws_)?(?:secret_access_key|secret_key|session_token|security_token)"
+        r"[\"']?\s*[=:]\s*[\"']?)([^\s\"',;&}]+)"
+    ),
     # presigned-URL query parameters
     re.compile(r"(?i)((?:X-Amz-Signature|X-Amz-Security-Token|X-Amz-Credential)=)([^&\s\"']+)"),
 ]
 # A URI inside free text: the scheme, then everything up to whitespace or a quote.
 _URI = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s'\"<>`]*)")
 # Query parameters that pass credentials (pyarrow's S3 URIs accept the first three).
-_CRED_QUERY = re.compile(r"(?i)[?&](?:access_key|secret_key|session_token|aws_access_key_id|"
-                         r"aws_secret_access_key|aws_session_token|x-amz-credential|"
-                         r"x-amz-signature|x-amz-security-token)=")
+_CRED_QUERY = re.compile(
+    r"(?i)[?&](?:access_key|secret_key|session_token|aws_access_key_id|"
+    r"aws_secret_access_key|aws_session_token|x-amz-credential|"
+    r"x-amz-signature|x-amz-security-token)="
+)
 
 
 def _userinfo_end(scheme: str, rest: str) -> int | None:
@@ -115,5 +128,7 @@ def credentials_problem(what: str, value: Any, *, bare_host: bool = False) -> st
     credentials, with the secret masked; None if it is clean."""
     if not isinstance(value, str) or not has_credentials(value, bare_host=bare_host):
         return None
-    return (f"{what}: got {redact_uri(value, bare_host=bare_host)!r}, a URI that carries "
-            f"credentials; {CREDENTIALS_HINT}")
+    return (
+        f"{what}: got {redact_uri(value, bare_host=bare_host)!r}, a URI that carries "
+        f"credentials; {CREDENTIALS_HINT}"
+    )

@@ -41,8 +41,14 @@ from typing import Any
 
 import pandas as pd
 
-from optical_ray.catalog import (HYPERPARAMETERS, RANKED_STATUSES, Catalog, metric_value,
-                                 metric_values, recorded_metrics)
+from optical_ray.catalog import (
+    HYPERPARAMETERS,
+    RANKED_STATUSES,
+    Catalog,
+    metric_value,
+    metric_values,
+    recorded_metrics,
+)
 from optical_ray.compare import gap, gap_closed
 from optical_ray.errors import ConfigError, StorageError
 from optical_ray.tables import html_table, markdown_table, number
@@ -89,8 +95,12 @@ class PairSummary:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(delta=self.delta, gap_baseline=self.gap_baseline, gap_best=self.gap_best,
-                   gap_closed=self.gap_closed)
+        out.update(
+            delta=self.delta,
+            gap_baseline=self.gap_baseline,
+            gap_best=self.gap_best,
+            gap_closed=self.gap_closed,
+        )
         return out
 
 
@@ -110,12 +120,15 @@ def _pick(df: pd.DataFrame, values: pd.Series, mode: str) -> pd.Series | None:
     return df.loc[ok.idxmax() if mode == "max" else ok.idxmin()]
 
 
-def summarize(df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot",
-              mode: str = "max") -> list[PairSummary]:
+def summarize(
+    df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot", mode: str = "max"
+) -> list[PairSummary]:
     """The gap table from catalog records ``df`` (see the module docstring)."""
     if baseline != "zero-shot" and baseline not in METHODS:
-        raise ConfigError(f"baseline: got {baseline!r}, expected 'zero-shot' or a "
-                          f"distill.method ({', '.join(METHODS)})")
+        raise ConfigError(
+            f"baseline: got {baseline!r}, expected 'zero-shot' or a "
+            f"distill.method ({', '.join(METHODS)})"
+        )
     base_method = "none" if baseline == "zero-shot" else baseline
     out = []
     for pair, group in df.groupby("pair", sort=True):
@@ -139,25 +152,39 @@ def summarize(df: pd.DataFrame, metric: str = "map", baseline: str = "zero-shot"
                 base_value = metric_value(base_metrics, str(pair), metric)
                 source = f"baseline_metrics of trial {row['trial_id']}"
         best_metrics = _json(best_row["best_metrics"]) if best_row is not None else {}
-        flat = _json(best_row["config"]) if best_row is not None else (
-            _json(base_row["config"]) if base_row is not None else {})
+        flat = (
+            _json(best_row["config"])
+            if best_row is not None
+            else (_json(base_row["config"]) if base_row is not None else {})
+        )
         ref_pair = _teacher_pair(flat)
         reference = None
         if ref_pair != pair:
-            reference = best_metrics.get(f"{ref_pair}/{metric}", base_metrics.get(
-                f"{ref_pair}/{metric}"))
-        out.append(PairSummary(
-            pair=str(pair), trials=int(len(ranked)), baseline=base_value,
-            baseline_source=source,
-            best=None if best_row is None else float(values[best_row.name]),
-            best_trial=None if best_row is None else str(best_row["trial_id"]),
-            best_config={} if best_row is None else {
-                k: best_row[k] for k in HYPERPARAMETERS
-                if k in best_row and not _missing(best_row[k])},
-            reference=None if reference is None else float(reference),
-            reference_pair=ref_pair if reference is not None else None,
-            checkpoint_uri=None if best_row is None or _missing(best_row["checkpoint_uri"])
-            else str(best_row["checkpoint_uri"])))
+            reference = best_metrics.get(
+                f"{ref_pair}/{metric}", base_metrics.get(f"{ref_pair}/{metric}")
+            )
+        out.append(
+            PairSummary(
+                pair=str(pair),
+                trials=int(len(ranked)),
+                baseline=base_value,
+                baseline_source=source,
+                best=None if best_row is None else float(values[best_row.name]),
+                best_trial=None if best_row is None else str(best_row["trial_id"]),
+                best_config={}
+                if best_row is None
+                else {
+                    k: best_row[k]
+                    for k in HYPERPARAMETERS
+                    if k in best_row and not _missing(best_row[k])
+                },
+                reference=None if reference is None else float(reference),
+                reference_pair=ref_pair if reference is not None else None,
+                checkpoint_uri=None
+                if best_row is None or _missing(best_row["checkpoint_uri"])
+                else str(best_row["checkpoint_uri"]),
+            )
+        )
     return out
 
 
@@ -168,14 +195,14 @@ def _missing(value: Any) -> bool:
 # --------------------------------------------------------------------------- importances
 
 
-def parameter_importances(df: pd.DataFrame, metric: str = "map",
-                          mode: str = "max") -> dict[str, float]:
+def parameter_importances(
+    df: pd.DataFrame, metric: str = "map", mode: str = "max"
+) -> dict[str, float]:
     """Optuna PED-ANOVA importances of the config keys that vary across ``df`` (one
     pair's records), from a study rebuilt out of the catalog. {} if fewer than 3 ranked
     trials or nothing varies."""
     import optuna
-    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                      IntDistribution)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     ranked = df[df["status"].isin(RANKED_STATUSES)]
     values = metric_values(ranked, metric)
@@ -187,8 +214,10 @@ def parameter_importances(df: pd.DataFrame, metric: str = "map",
     encode: dict[str, Any] = {}
     for key in keys:
         seen = [flat.get(key) for flat, _ in rows]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and math.isfinite(v) for v in seen)
+        numeric = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in seen
+        )
         if numeric:
             low, high = min(seen), max(seen)
             if low == high:
@@ -197,9 +226,11 @@ def parameter_importances(df: pd.DataFrame, metric: str = "map",
                 distributions[key] = IntDistribution(int(low), int(high))
             else:  # epsilon and learning rates span decades: compare them in log space
                 distributions[key] = FloatDistribution(
-                    float(low), float(high), log=low > 0 and high / low >= 100)
-            encode[key] = (lambda v, ints=isinstance(distributions[key], IntDistribution):
-                           int(v) if ints else float(v))
+                    float(low), float(high), log=low > 0 and high / low >= 100
+                )
+            encode[key] = lambda v, ints=isinstance(distributions[key], IntDistribution): (
+                int(v) if ints else float(v)
+            )
         else:
             choices = sorted({json.dumps(v, sort_keys=True) for v in seen})
             if len(choices) < 2 or len(choices) == len(rows) > 3:
@@ -215,9 +246,13 @@ def parameter_importances(df: pd.DataFrame, metric: str = "map",
     finally:
         optuna.logging.set_verbosity(verbosity)
     for flat, value in rows:
-        study.add_trial(optuna.trial.create_trial(
-            params={k: encode[k](flat.get(k)) for k in distributions},
-            distributions=distributions, value=float(value)))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: encode[k](flat.get(k)) for k in distributions},
+                distributions=distributions,
+                value=float(value),
+            )
+        )
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExperimentalWarning
@@ -248,8 +283,14 @@ def _plot_overview(rows: list[PairSummary], metric: str, path: Path) -> None:
     ax.bar([x + width / 2 for x in xs], best, width, label="best config", color="#3b75af")
     for x, r in zip(xs, rows):
         if r.reference is not None:
-            ax.hlines(r.reference, x - 0.45, x + 0.45, colors="#c0392b", linestyles="--",
-                      label=f"reference ({r.reference_pair})" if x == 0 else None)
+            ax.hlines(
+                r.reference,
+                x - 0.45,
+                x + 0.45,
+                colors="#c0392b",
+                linestyles="--",
+                label=f"reference ({r.reference_pair})" if x == 0 else None,
+            )
     ax.set_xticks(list(xs), [r.pair for r in rows], rotation=30 if len(rows) > 6 else 0)
     tops = base + best + [r.reference for r in rows if r.reference is not None]
     ax.set_ylim(0, 1.3 * max(tops + [1e-9]))  # head room for the legend
@@ -269,15 +310,24 @@ def _plot_params(df: pd.DataFrame, row: PairSummary, metric: str, path: Path) ->
         return False
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4), sharey=True)
-    for ax, column, label, log_x in ((axes[0], "epsilon", "Sinkhorn epsilon", True),
-                                     (axes[1], "weight", "distillation weight", False)):
+    for ax, column, label, log_x in (
+        (axes[0], "epsilon", "Sinkhorn epsilon", True),
+        (axes[1], "weight", "distillation weight", False),
+    ):
         x = pd.to_numeric(ranked[column], errors="coerce")
         ok = x.notna() & values.notna() & (x > 0 if log_x else True)
         ax.scatter(x[ok], values[ok], s=18, alpha=0.75, color="#3b75af", label="trials")
         best = ranked["trial_id"] == row.best_trial
         if (ok & best).any():
-            ax.scatter(x[ok & best], values[ok & best], s=70, marker="*", color="#e67e22",
-                       label="best", zorder=3)
+            ax.scatter(
+                x[ok & best],
+                values[ok & best],
+                s=70,
+                marker="*",
+                color="#e67e22",
+                label="best",
+                zorder=3,
+            )
         if row.baseline is not None:
             ax.axhline(row.baseline, color="#7f7f7f", linestyle=":", label="baseline")
         if log_x and ok.any():
@@ -285,8 +335,10 @@ def _plot_params(df: pd.DataFrame, row: PairSummary, metric: str, path: Path) ->
         ax.set_xlabel(label)
     axes[0].set_ylabel(metric)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{row.pair}: {metric} against the OT knobs ({int(values.notna().sum())} "
-                 "trials)", fontsize=10)
+    fig.suptitle(
+        f"{row.pair}: {metric} against the OT knobs ({int(values.notna().sum())} trials)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -313,16 +365,38 @@ def _fmt(value: float | None, pct: bool = False) -> str:
 
 
 def _table_rows(rows: list[PairSummary]) -> tuple[list[str], list[list[str]]]:
-    head = ["pair", "trials", "baseline", "best", "Δ", "reference", "gap (baseline)",
-            "gap (best)", "gap closed", "best config"]
+    head = [
+        "pair",
+        "trials",
+        "baseline",
+        "best",
+        "Δ",
+        "reference",
+        "gap (baseline)",
+        "gap (best)",
+        "gap closed",
+        "best config",
+    ]
     body = []
     for r in rows:
-        knobs = ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}"
-                          for k, v in r.best_config.items())
+        knobs = ", ".join(
+            f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in r.best_config.items()
+        )
         ref = f"{_fmt(r.reference)} ({r.reference_pair})" if r.reference is not None else "n/a"
-        body.append([r.pair, str(r.trials), _fmt(r.baseline), _fmt(r.best), _fmt(r.delta),
-                     ref, _fmt(r.gap_baseline), _fmt(r.gap_best), _fmt(r.gap_closed, True),
-                     knobs or "n/a"])
+        body.append(
+            [
+                r.pair,
+                str(r.trials),
+                _fmt(r.baseline),
+                _fmt(r.best),
+                _fmt(r.delta),
+                ref,
+                _fmt(r.gap_baseline),
+                _fmt(r.gap_best),
+                _fmt(r.gap_closed, True),
+                knobs or "n/a",
+            ]
+        )
     return head, body
 
 
@@ -330,9 +404,15 @@ def _slug(pair: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", pair)
 
 
-def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
-                 baseline: str = "zero-shot", experiment: str | None = None,
-                 mode: str = "max") -> Path:
+def build_report(
+    storage: Any,
+    out_dir: str | Path,
+    *,
+    metric: str = "map",
+    baseline: str = "zero-shot",
+    experiment: str | None = None,
+    mode: str = "max",
+) -> Path:
     """Write the gap report for every pair in the catalog of ``storage`` (local or
     ``s3://``) into the local directory ``out_dir``; returns the path of ``report.md``.
 
@@ -344,14 +424,18 @@ def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
     catalog = Catalog(storage)
     df = catalog.records(experiment=experiment)
     if df.empty:
-        raise StorageError(f"no trial records in {catalog.storage.where()}; run a sweep "
-                           "first or check the storage URI")
+        raise StorageError(
+            f"no trial records in {catalog.storage.where()}; run a sweep "
+            "first or check the storage URI"
+        )
     rows = summarize(df, metric, baseline, mode)
     base_method = "none" if baseline == "zero-shot" else baseline
     if all(r.best is None and r.baseline is None for r in rows):
-        raise StorageError(f"metric {metric!r} was never recorded in "
-                           f"{catalog.storage.where()}; recorded metrics: "
-                           f"{', '.join(recorded_metrics(df))}")
+        raise StorageError(
+            f"metric {metric!r} was never recorded in "
+            f"{catalog.storage.where()}; recorded metrics: "
+            f"{', '.join(recorded_metrics(df))}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _plot_overview(rows, metric, out / "overview.png")
@@ -370,8 +454,9 @@ def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
             from optical_ray.tracking import study_importances
 
             exps = group["experiment"].dropna().unique()
-            imp = study_importances(catalog.storage, str(exps[0]), metric) \
-                if len(exps) == 1 else None
+            imp = (
+                study_importances(catalog.storage, str(exps[0]), metric) if len(exps) == 1 else None
+            )
             if imp is None:
                 imp = parameter_importances(group, metric, mode)
         except Exception as exc:  # importances are a nicety; never lose the report
@@ -386,15 +471,30 @@ def build_report(storage: Any, out_dir: str | Path, *, metric: str = "map",
     where = catalog.storage.where()
     head, body = _table_rows(rows)
     flagged = unconverged_trials(df)
-    _write_markdown(out / "report.md", rows, head, body, figures, importances, metric,
-                    baseline, where, flagged)
-    _write_html(out / "report.html", head, body, figures, importances, metric, baseline,
-                where, out, flagged)
-    (out / "report.json").write_text(json.dumps(
-        {"storage": where, "metric": metric, "baseline": baseline, "mode": mode,
-         "pairs": [r.to_dict() for r in rows], "importances": importances,
-         "unconverged": flagged},
-        indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    _write_markdown(
+        out / "report.md", rows, head, body, figures, importances, metric, baseline, where, flagged
+    )
+    _write_html(
+        out / "report.html", head, body, figures, importances, metric, baseline, where, out, flagged
+    )
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "storage": where,
+                "metric": metric,
+                "baseline": baseline,
+                "mode": mode,
+                "pairs": [r.to_dict() for r in rows],
+                "importances": importances,
+                "unconverged": flagged,
+            },
+            indent=2,
+            sort_keys=True,
+            default=str,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return out / "report.md"
 
 
@@ -407,38 +507,70 @@ def unconverged_trials(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
         last = _json(row.last_metrics)
         frac = last.get("sinkhorn_unconverged")
         if isinstance(frac, (int, float)) and frac > 0:
-            out.setdefault(row.pair, []).append({
-                "trial_id": row.trial_id, "fraction": float(frac),
-                "max_error": float(last.get("sinkhorn_max_error", float("nan")))})
+            out.setdefault(row.pair, []).append(
+                {
+                    "trial_id": row.trial_id,
+                    "fraction": float(frac),
+                    "max_error": float(last.get("sinkhorn_max_error", float("nan"))),
+                }
+            )
     return out
 
 
 def _convergence_line(flagged: list[dict[str, Any]]) -> str:
-    shown = ", ".join(f"{t['trial_id']} ({t['fraction']:.0%} of steps, worst marginal error "
-                      f"{t['max_error']:.2g})" for t in flagged)
-    return (f"Sinkhorn did not converge in {len(flagged)} trial(s): {shown}; their metrics "
-            "rest on inexact plans (raise distill.sinkhorn_iters or the lowest epsilon)")
+    shown = ", ".join(
+        f"{t['trial_id']} ({t['fraction']:.0%} of steps, worst marginal error {t['max_error']:.2g})"
+        for t in flagged
+    )
+    return (
+        f"Sinkhorn did not converge in {len(flagged)} trial(s): {shown}; their metrics "
+        "rest on inexact plans (raise distill.sinkhorn_iters or the lowest epsilon)"
+    )
 
 
 def _intro(metric: str, baseline: str, where: str) -> list[str]:
-    base = ("zero-shot teacher (trials with distill.method=none, else the recorded "
-            "baseline_metrics)" if baseline == "zero-shot" else f"best '{baseline}' trial")
-    return [f"Catalog: `{where}`. Metric: **{metric}**. Baseline: {base}. Reference: the "
-            "teacher's own pair. Gap = reference − value; gap closed = (best − baseline) "
-            "/ (reference − baseline)."]
+    base = (
+        "zero-shot teacher (trials with distill.method=none, else the recorded baseline_metrics)"
+        if baseline == "zero-shot"
+        else f"best '{baseline}' trial"
+    )
+    return [
+        f"Catalog: `{where}`. Metric: **{metric}**. Baseline: {base}. Reference: the "
+        "teacher's own pair. Gap = reference − value; gap closed = (best − baseline) "
+        "/ (reference − baseline)."
+    ]
 
 
-def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
-                    body: list[list[str]], figures: dict[str, list[tuple[str, str]]],
-                    importances: dict[str, dict[str, float]], metric: str, baseline: str,
-                    where: str, flagged: dict[str, list[dict[str, Any]]]) -> None:
-    lines = ["# optical-ray gap report", "", *_intro(metric, baseline, where), "",
-             markdown_table(head, body), "",
-             "![baseline vs best per pair](overview.png)", ""]
+def _write_markdown(
+    path: Path,
+    rows: list[PairSummary],
+    head: list[str],
+    body: list[list[str]],
+    figures: dict[str, list[tuple[str, str]]],
+    importances: dict[str, dict[str, float]],
+    metric: str,
+    baseline: str,
+    where: str,
+    flagged: dict[str, list[dict[str, Any]]],
+) -> None:
+    lines = [
+        "# optical-ray gap report",
+        "",
+        *_intro(metric, baseline, where),
+        "",
+        markdown_table(head, body),
+        "",
+        "![baseline vs best per pair](overview.png)",
+        "",
+    ]
     for r in rows:
-        lines += [f"## {r.pair}", "", f"- baseline: {_fmt(r.baseline)} ({r.baseline_source})",
-                  f"- best: {_fmt(r.best)} (trial {r.best_trial or 'n/a'}; checkpoint "
-                  f"{r.checkpoint_uri or 'n/a'})"]
+        lines += [
+            f"## {r.pair}",
+            "",
+            f"- baseline: {_fmt(r.baseline)} ({r.baseline_source})",
+            f"- best: {_fmt(r.best)} (trial {r.best_trial or 'n/a'}; checkpoint "
+            f"{r.checkpoint_uri or 'n/a'})",
+        ]
         imp = importances.get(r.pair) or {}
         if imp:
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:5])
@@ -451,30 +583,45 @@ def _write_markdown(path: Path, rows: list[PairSummary], head: list[str],
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def _write_html(path: Path, head: list[str], body: list[list[str]],
-                figures: dict[str, list[tuple[str, str]]],
-                importances: dict[str, dict[str, float]], metric: str, baseline: str,
-                where: str, out: Path, flagged: dict[str, list[dict[str, Any]]]) -> None:
+def _write_html(
+    path: Path,
+    head: list[str],
+    body: list[list[str]],
+    figures: dict[str, list[tuple[str, str]]],
+    importances: dict[str, dict[str, float]],
+    metric: str,
+    baseline: str,
+    where: str,
+    out: Path,
+    flagged: dict[str, list[dict[str, Any]]],
+) -> None:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode((out / name).read_bytes()).decode()
         return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
     e = html.escape
     table = html_table(head, body)
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>optical-ray gap "
-             "report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}</style></head><body>", "<h1>optical-ray gap report</h1>",
-             f"<p>{e(_intro(metric, baseline, where)[0])}</p>", table,
-             img("overview.png", "baseline vs best per pair")]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>optical-ray gap "
+        "report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}</style></head><body>",
+        "<h1>optical-ray gap report</h1>",
+        f"<p>{e(_intro(metric, baseline, where)[0])}</p>",
+        table,
+        img("overview.png", "baseline vs best per pair"),
+    ]
     for pair, figs in figures.items():
         parts.append(f"<h2>{e(pair)}</h2>")
         if flagged.get(pair):
             parts.append(f"<p><b>{e(_convergence_line(flagged[pair]))}</b></p>")
         imp = importances.get(pair) or {}
         if imp:
-            parts.append("<p>most important parameters (PED-ANOVA): " + e(", ".join(
-                f"{k} {v:.2f}" for k, v in list(imp.items())[:5])) + "</p>")
+            parts.append(
+                "<p>most important parameters (PED-ANOVA): "
+                + e(", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:5]))
+                + "</p>"
+            )
         parts += [img(name, alt) for name, alt in figs]
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

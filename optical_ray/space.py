@@ -41,20 +41,38 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from optical_ray.config import (PAIR_RE, Config, apply_overrides, field_info, from_dict,
-                                read_yaml, to_dict, to_flat)
+from optical_ray.config import (
+    PAIR_RE,
+    Config,
+    apply_overrides,
+    field_info,
+    from_dict,
+    read_yaml,
+    to_dict,
+    to_flat,
+)
 from optical_ray.errors import ConfigError
 
-__all__ = ["Param", "SearchSpace", "load_space", "parse_space", "validate_space",
-           "layers_from_choice", "pin_overrides"]
+__all__ = [
+    "Param",
+    "SearchSpace",
+    "load_space",
+    "parse_space",
+    "validate_space",
+    "layers_from_choice",
+    "pin_overrides",
+]
 
 TYPES = ("loguniform", "uniform", "int", "categorical", "fixed", "layers")
 #: Config keys holding encoder layer numbers (1-based, negative from the top, 0 = embeddings).
 LAYER_KEYS = ("distill.layers",)
 LAYER_STRATEGIES = ("last", "one", "set")
 _KEYS = {
-    "loguniform": {"low", "high"}, "uniform": {"low", "high"}, "int": {"low", "high", "log"},
-    "categorical": {"choices"}, "fixed": {"value"},
+    "loguniform": {"low", "high"},
+    "uniform": {"low", "high"},
+    "int": {"low", "high", "log"},
+    "categorical": {"choices"},
+    "fixed": {"value"},
     "layers": {"strategies", "max_k", "sets"},
 }
 
@@ -145,8 +163,11 @@ def _suggest(trial: Any, p: Param, depth: int) -> Any:
     return {"strategy": "set", "set": idx}
 
 
-def layers_from_choice(flat: Mapping[str, Any], key: str, spec: Mapping[str, Any],
-                       ) -> list[int] | None:
+def layers_from_choice(
+    flat: Mapping[str, Any],
+    key: str,
+    spec: Mapping[str, Any],
+) -> list[int] | None:
     """Turn the sampled ``<key>.strategy``/``.k``/``.layer``/``.set`` into a layer list."""
     strategy = flat.get(f"{key}.strategy")
     if strategy == "last":
@@ -159,8 +180,12 @@ def layers_from_choice(flat: Mapping[str, Any], key: str, spec: Mapping[str, Any
     return None
 
 
-def trial_config(space: SearchSpace, pair: str, sampled: Mapping[str, Any],
-                 base: Config | Mapping[str, Any] | None = None) -> Config:
+def trial_config(
+    space: SearchSpace,
+    pair: str,
+    sampled: Mapping[str, Any],
+    base: Config | Mapping[str, Any] | None = None,
+) -> Config:
     """The full validated :class:`Config` of one trial: defaults ← ``base`` ← the space's
     fixed values ← the sampled values."""
     fixed, params = space.for_pair(pair)
@@ -201,8 +226,10 @@ def _parse_params(raw: Any, where: str, problems: list[str], known: set[str]) ->
             continue
         extra = set(spec) - _KEYS[kind] - {"type", "when"}
         if extra:
-            problems.append(f"{at}: unknown field(s) {sorted(extra)} for type {kind} "
-                            f"(allowed: {sorted(_KEYS[kind] | {'when'})})")
+            problems.append(
+                f"{at}: unknown field(s) {sorted(extra)} for type {kind} "
+                f"(allowed: {sorted(_KEYS[kind] | {'when'})})"
+            )
         missing = {"low", "high"} & _KEYS[kind] - set(spec)
         missing |= {k for k in ("choices", "value") if k in _KEYS[kind] and k not in spec}
         if missing:
@@ -212,8 +239,9 @@ def _parse_params(raw: Any, where: str, problems: list[str], known: set[str]) ->
             try:
                 low, high = float(spec["low"]), float(spec["high"])
             except (TypeError, ValueError):
-                problems.append(f"{at}: low/high must be numbers, got {spec['low']!r}, "
-                                f"{spec['high']!r}")
+                problems.append(
+                    f"{at}: low/high must be numbers, got {spec['low']!r}, {spec['high']!r}"
+                )
                 continue
             if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
                 problems.append(f"{at}: need low < high, got low={low:g}, high={high:g}")
@@ -225,17 +253,28 @@ def _parse_params(raw: Any, where: str, problems: list[str], known: set[str]) ->
             problems.append(f"{at}.choices: expected a non-empty list")
         if kind == "layers":
             strategies = spec.get("strategies", list(LAYER_STRATEGIES))
-            bad = [s for s in strategies if s not in LAYER_STRATEGIES] \
-                if isinstance(strategies, list) else [strategies]
+            bad = (
+                [s for s in strategies if s not in LAYER_STRATEGIES]
+                if isinstance(strategies, list)
+                else [strategies]
+            )
             if bad or not strategies:
-                problems.append(f"{at}.strategies: got {strategies!r}, expected a list of "
-                                f"{', '.join(LAYER_STRATEGIES)}")
+                problems.append(
+                    f"{at}.strategies: got {strategies!r}, expected a list of "
+                    f"{', '.join(LAYER_STRATEGIES)}"
+                )
             sets = spec.get("sets", [])
-            if "set" in (strategies or []) and (not isinstance(sets, list) or not sets or not all(
-                    isinstance(s, list) and s and all(isinstance(i, int) for i in s)
-                    for s in sets)):
-                problems.append(f"{at}.sets: strategy 'set' needs a list of layer lists, "
-                                f"e.g. [[1, 2], [-1]]; got {sets!r}")
+            if "set" in (strategies or []) and (
+                not isinstance(sets, list)
+                or not sets
+                or not all(
+                    isinstance(s, list) and s and all(isinstance(i, int) for i in s) for s in sets
+                )
+            ):
+                problems.append(
+                    f"{at}.sets: strategy 'set' needs a list of layer lists, "
+                    f"e.g. [[1, 2], [-1]]; got {sets!r}"
+                )
             if "max_k" in spec and (not isinstance(spec["max_k"], int) or spec["max_k"] < 1):
                 problems.append(f"{at}.max_k: got {spec['max_k']!r}, expected an integer >= 1")
         when = spec.get("when", {})
@@ -270,8 +309,10 @@ def parse_space(raw: Any, *, source: str = "<space>") -> SearchSpace:
         raise ConfigError("top level: expected a mapping with base/params/pairs", source=source)
     extra = set(raw) - {"base", "params", "pairs", "description"}
     if extra:
-        problems.append(f"top level: unknown section(s) {sorted(extra)} (allowed: base, "
-                        "params, pairs, description)")
+        problems.append(
+            f"top level: unknown section(s) {sorted(extra)} (allowed: base, "
+            "params, pairs, description)"
+        )
     known = set(to_flat(from_dict({})))
     base = _check_base(raw.get("base"), "base", problems, known)
     params = _parse_params(raw.get("params"), "params", problems, known)
@@ -286,9 +327,10 @@ def parse_space(raw: Any, *, source: str = "<space>") -> SearchSpace:
         if not isinstance(over, Mapping) or set(over) - {"base", "params"}:
             problems.append(f"pairs.{pair}: expected a mapping with base and/or params")
             continue
-        pairs[str(pair)] = (_check_base(over.get("base"), f"pairs.{pair}.base", problems, known),
-                            _parse_params(over.get("params"), f"pairs.{pair}.params",
-                                          problems, known))
+        pairs[str(pair)] = (
+            _check_base(over.get("base"), f"pairs.{pair}.base", problems, known),
+            _parse_params(over.get("params"), f"pairs.{pair}.params", problems, known),
+        )
     space = SearchSpace(base, params, pairs, source)
     problems.extend(_space_problems(space, None, known))
     if problems:
@@ -329,8 +371,11 @@ def _space_problems(space: SearchSpace, depth: int | None, known: set[str]) -> l
         if depth is not None:
             for key in LAYER_KEYS:
                 if key in fixed and (pair is None or key in space.pairs[pair][0]):
-                    problems.extend(_depth_problems(
-                        f"{label + '.' if label else ''}base.{key}", fixed[key], depth))
+                    problems.extend(
+                        _depth_problems(
+                            f"{label + '.' if label else ''}base.{key}", fixed[key], depth
+                        )
+                    )
         for p in own:
             if p.key not in fields:
                 continue  # reported by the parser
@@ -345,19 +390,23 @@ def _numeric(tp: Any) -> type | None:
     return args[0] if len(args) == 1 and args[0] in (int, float) else None
 
 
-def _param_problems(p: Param, at: str, tp: Any, fixed: Mapping[str, Any],
-                    depth: int | None) -> list[str]:
+def _param_problems(
+    p: Param, at: str, tp: Any, fixed: Mapping[str, Any], depth: int | None
+) -> list[str]:
     s = p.spec
     values: list[tuple[str, Any]] = []
     out: list[str] = []
     if p.type in ("loguniform", "uniform", "int"):
         kind = _numeric(tp)
         if kind is None:
-            return [f"{at}: type {p.type} samples numbers, but {p.key} is not a number "
-                    "field; use categorical or fixed"]
+            return [
+                f"{at}: type {p.type} samples numbers, but {p.key} is not a number "
+                "field; use categorical or fixed"
+            ]
         if kind is int and p.type != "int":
-            out.append(f"{at}: type {p.type} samples fractions, but {p.key} is an integer; "
-                       "use type int")
+            out.append(
+                f"{at}: type {p.type} samples fractions, but {p.key} is an integer; use type int"
+            )
         try:
             values = [("low", float(s["low"])), ("high", float(s["high"]))]
         except (TypeError, ValueError):
@@ -372,12 +421,17 @@ def _param_problems(p: Param, at: str, tp: Any, fixed: Mapping[str, Any],
         values = [("value", s.get("value"))]
     elif p.type == "layers":
         if p.key not in LAYER_KEYS:
-            return [f"{at}: type layers is for layer numbers ({', '.join(LAYER_KEYS)}), "
-                    f"not {p.key}; use categorical or fixed"]
+            return [
+                f"{at}: type layers is for layer numbers ({', '.join(LAYER_KEYS)}), "
+                f"not {p.key}; use categorical or fixed"
+            ]
         sets = s.get("sets")
         if "set" in s.get("strategies", []) and isinstance(sets, list):
-            values = [(f"sets[{i}]", v) for i, v in enumerate(sets)
-                      if isinstance(v, list) and v and all(isinstance(x, int) for x in v)]
+            values = [
+                (f"sets[{i}]", v)
+                for i, v in enumerate(sets)
+                if isinstance(v, list) and v and all(isinstance(x, int) for x in v)
+            ]
     rest = {k: v for k, v in fixed.items() if k != p.key}
     for label, value in values:
         try:
@@ -386,7 +440,7 @@ def _param_problems(p: Param, at: str, tp: Any, fixed: Mapping[str, Any],
             # Only what this value breaks: the fixed values are checked on their own.
             for line in exc.problems:
                 if line.startswith(f"{p.key}: "):
-                    out.append(f"{at}: {label}: {line[len(p.key) + 2:]}")
+                    out.append(f"{at}: {label}: {line[len(p.key) + 2 :]}")
                 elif line.startswith(f"{p.key}["):
                     out.append(f"{at}: {label}: {line}")
         if depth is not None and p.key in LAYER_KEYS:
@@ -397,13 +451,18 @@ def _param_problems(p: Param, at: str, tp: Any, fixed: Mapping[str, Any],
 def _depth_problems(at: str, value: Any, depth: int) -> list[str]:
     """Layer numbers in ``value`` that a ``depth``-layer model does not have."""
     layers = value if isinstance(value, list) else [value]
-    bad = [x for x in layers if isinstance(x, int) and not isinstance(x, bool)
-           and not -depth <= x <= depth]
+    bad = [
+        x
+        for x in layers
+        if isinstance(x, int) and not isinstance(x, bool) and not -depth <= x <= depth
+    ]
     if not bad:
         return []
-    return [f"{at}: layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} "
-            f"{'are' if len(bad) > 1 else 'is'} beyond the model depth {depth} (allowed: "
-            f"1..{depth}, -{depth}..-1 from the top, 0 = embeddings)"]
+    return [
+        f"{at}: layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} "
+        f"{'are' if len(bad) > 1 else 'is'} beyond the model depth {depth} (allowed: "
+        f"1..{depth}, -{depth}..-1 from the top, 0 = embeddings)"
+    ]
 
 
 def pin_overrides(space: SearchSpace, values: Mapping[str, Any]) -> SearchSpace:
@@ -411,27 +470,36 @@ def pin_overrides(space: SearchSpace, values: Mapping[str, Any]) -> SearchSpace:
     ``values`` replaced: a user's ``key=value`` on the command line wins over the space's
     fixed values. A key the space searches raises :class:`ConfigError` (an override
     cannot both fix and search it)."""
-    searched = sorted({p.key for p in space.params}
-                      | {p.key for _, ps in space.pairs.values() for p in ps})
+    searched = sorted(
+        {p.key for p in space.params} | {p.key for _, ps in space.pairs.values() for p in ps}
+    )
     clash = sorted(set(values) & set(searched))
     if clash:
-        raise ConfigError([f"override {k}={values[k]!r}: the search space {space.source} "
-                           f"searches {k}; drop the override or make it fixed in the space"
-                           for k in clash])
+        raise ConfigError(
+            [
+                f"override {k}={values[k]!r}: the search space {space.source} "
+                f"searches {k}; drop the override or make it fixed in the space"
+                for k in clash
+            ]
+        )
 
     def pinned(fixed: dict[str, Any]) -> dict[str, Any]:
         return {**fixed, **{k: v for k, v in values.items() if k in fixed}}
 
-    return replace(space, base=pinned(space.base),
-                               pairs={pair: (pinned(b), ps)
-                                      for pair, (b, ps) in space.pairs.items()})
+    return replace(
+        space,
+        base=pinned(space.base),
+        pairs={pair: (pinned(b), ps) for pair, (b, ps) in space.pairs.items()},
+    )
 
 
 def load_space(path: str | Path) -> SearchSpace:
     """Load and validate a YAML search space file."""
     p = Path(path)
     if not p.exists():
-        shipped = sorted(x.name for x in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+        shipped = sorted(
+            x.name for x in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")
+        )
         hint = f" (shipped: {', '.join(shipped)})" if shipped else ""
         raise ConfigError(f"search space {str(path)!r} does not exist{hint}")
     return parse_space(read_yaml(p, "search space"), source=str(p))

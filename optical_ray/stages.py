@@ -37,8 +37,13 @@ from optical_ray.config import Config
 from optical_ray.context import History, TrainContext, mix_seed, resolve_device
 from optical_ray.errors import ConfigError, DataError
 from optical_ray.loop import EvalFn, Stage, finish_without_training, restore_model, run_stage
-from optical_ray.losses import (distill_loss, l2sp_penalty, mix_distill_losses,
-                                pair_contrastive_loss, rank_loss)
+from optical_ray.losses import (
+    distill_loss,
+    l2sp_penalty,
+    mix_distill_losses,
+    pair_contrastive_loss,
+    rank_loss,
+)
 from optical_ray.model import RetrievalModel, resolve_layers
 
 __all__ = ["train_rank", "train_adapt", "train_distill", "init_student", "MLMHead"]
@@ -79,8 +84,9 @@ class _MaskedLM(nn.Module):
         return F.cross_entropy(logits.float(), labels[rows])
 
 
-def _mask_tokens(input_ids: Tensor, attention_mask: Tensor, tokenizer: Any,
-                 probability: float) -> tuple[Tensor, Tensor]:
+def _mask_tokens(
+    input_ids: Tensor, attention_mask: Tensor, tokenizer: Any, probability: float
+) -> tuple[Tensor, Tensor]:
     """BERT masking: of the chosen tokens 80% -> [MASK], 10% -> random, 10% kept.
 
     Special tokens and padding are never chosen; at least one token per batch is, so
@@ -104,14 +110,20 @@ def _mask_tokens(input_ids: Tensor, attention_mask: Tensor, tokenizer: Any,
     return ids, labels
 
 
-
 # --------------------------------------------------------------------------- stages
 
 
-def train_rank(model: RetrievalModel, collection: Any, cfg: Config,
-               ctx: TrainContext | None = None, *, history: History | None = None,
-               resume: str | None = None, stage_index: int = 0,
-               eval_fn: EvalFn | None = None) -> History:
+def train_rank(
+    model: RetrievalModel,
+    collection: Any,
+    cfg: Config,
+    ctx: TrainContext | None = None,
+    *,
+    history: History | None = None,
+    resume: str | None = None,
+    stage_index: int = 0,
+    eval_fn: EvalFn | None = None,
+) -> History:
     """Stage ``rank``: InfoNCE with temperature ``model.temperature`` over in-batch
     negatives plus ``rank.hard_negatives`` hard negatives per query.
 
@@ -126,25 +138,44 @@ def train_rank(model: RetrievalModel, collection: Any, cfg: Config,
     data = collection if isinstance(collection, RankExamples) else RankExamples(collection)
     n_docs = 1 + rc.hard_negatives
 
-    def loss_fn(fwd: nn.Module, indices: list[int], batch_no: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_fn(
+        fwd: nn.Module, indices: list[int], batch_no: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         queries, docs = data.batch(indices, rc.hard_negatives)
         q = fwd(**to_device(model.tokenize(queries, "query"), device))
         d = fwd(**to_device(model.tokenize(docs, "doc"), device))
         loss = rank_loss(model, q, d, n_docs, cfg.model.temperature)
         return loss, {"rank": loss}
 
-    stage = Stage("rank", stage_index, model, model, rc.lr, rc.steps, rc.epochs,
-                  Batches(ctx, len(data), rc.batch_size, mix_seed(cfg.train.seed, stage_index), "rank"),
-                  rc.batch_size, loss_fn)
+    stage = Stage(
+        "rank",
+        stage_index,
+        model,
+        model,
+        rc.lr,
+        rc.steps,
+        rc.epochs,
+        Batches(ctx, len(data), rc.batch_size, mix_seed(cfg.train.seed, stage_index), "rank"),
+        rc.batch_size,
+        loss_fn,
+    )
     if resume is not None:
         restore_model(resume, model)
     return run_stage(stage, cfg, ctx, history, resume, eval_fn)
 
 
-def train_adapt(model: RetrievalModel, texts: Sequence[str], cfg: Config,
-                ctx: TrainContext | None = None, *, history: History | None = None,
-                resume: str | None = None, stage_index: int = 0,
-                eval_fn: EvalFn | None = None, teacher: RetrievalModel | None = None) -> History:
+def train_adapt(
+    model: RetrievalModel,
+    texts: Sequence[str],
+    cfg: Config,
+    ctx: TrainContext | None = None,
+    *,
+    history: History | None = None,
+    resume: str | None = None,
+    stage_index: int = 0,
+    eval_fn: EvalFn | None = None,
+    teacher: RetrievalModel | None = None,
+) -> History:
     """Stage ``adapt``: masked-LM continued pre-training of ``model``'s encoder on
     ``texts`` (``adapt.mlm_probability``). A fresh MLM head, tied to the input
     embeddings, is trained alongside and dropped at the end. ``teacher`` only rides
@@ -160,16 +191,30 @@ def train_adapt(model: RetrievalModel, texts: Sequence[str], cfg: Config,
         head = MLMHead(model.encoder).to(device)
     mlm = _MaskedLM(model.encoder, head)
 
-    def loss_fn(fwd: nn.Module, indices: list[int], batch_no: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_fn(
+        fwd: nn.Module, indices: list[int], batch_no: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         batch = model.tokenize([texts[i] for i in indices], "doc")
-        ids, labels = _mask_tokens(batch["input_ids"], batch["attention_mask"], model.tokenizer,
-                                   ac.mlm_probability)
+        ids, labels = _mask_tokens(
+            batch["input_ids"], batch["attention_mask"], model.tokenizer, ac.mlm_probability
+        )
         loss = fwd(ids.to(device), batch["attention_mask"].to(device), labels.to(device))
         return loss, {"mlm": loss}
 
-    stage = Stage("adapt", stage_index, mlm, model, ac.lr, ac.steps, ac.epochs,
-                  Batches(ctx, len(texts), ac.batch_size, mix_seed(cfg.train.seed, stage_index), "adapt"),
-                  ac.batch_size, loss_fn, teacher=teacher, extra={"mlm_head": head})
+    stage = Stage(
+        "adapt",
+        stage_index,
+        mlm,
+        model,
+        ac.lr,
+        ac.steps,
+        ac.epochs,
+        Batches(ctx, len(texts), ac.batch_size, mix_seed(cfg.train.seed, stage_index), "adapt"),
+        ac.batch_size,
+        loss_fn,
+        teacher=teacher,
+        extra={"mlm_head": head},
+    )
     if resume is not None:
         restore_model(resume, model)
         load_module(Path(resume), "mlm_head", head, device)
@@ -183,13 +228,16 @@ def init_student(teacher: RetrievalModel, cfg: Config) -> RetrievalModel:
     if init == "teacher":
         return teacher.copy()
     if not Path(init).is_dir():
-        raise ConfigError(f"distill.init: got {init!r}, expected 'teacher' or a saved model directory")
+        raise ConfigError(
+            f"distill.init: got {init!r}, expected 'teacher' or a saved model directory"
+        )
     return RetrievalModel.load(init)
 
 
 @contextlib.contextmanager
-def _frozen_unreachable(student: RetrievalModel, layers: list[int], reaches_top: bool,
-                        trainable: str = "all"):
+def _frozen_unreachable(
+    student: RetrievalModel, layers: list[int], reaches_top: bool, trainable: str = "all"
+):
     """Freeze parameters no distillation gradient reaches (layers above the deepest
     aligned one, the ColBERT projection) unless ranking data or the contrastive term
     (``reaches_top``) trains them too; with
@@ -200,14 +248,17 @@ def _frozen_unreachable(student: RetrievalModel, layers: list[int], reaches_top:
     """
     frozen: list[nn.Parameter] = []
     if trainable == "embeddings":
-        embeddings = getattr(student.encoder, "embeddings", None) or \
-            student.encoder.get_input_embeddings()
+        embeddings = (
+            getattr(student.encoder, "embeddings", None) or student.encoder.get_input_embeddings()
+        )
         keep = {id(p) for p in embeddings.parameters()}
         frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in keep]
     elif not reaches_top:
         deepest = max(resolve_layers(layers, student.depth))
         blocks = getattr(getattr(student.encoder, "encoder", None), "layer", None)
-        modules: list[nn.Module] = list(blocks[deepest:]) if isinstance(blocks, nn.ModuleList) else []
+        modules: list[nn.Module] = (
+            list(blocks[deepest:]) if isinstance(blocks, nn.ModuleList) else []
+        )
         if student.projection is not None:
             modules.append(student.projection)
         frozen = [p for mod in modules for p in mod.parameters() if p.requires_grad]
@@ -239,31 +290,38 @@ class _SinkhornNotes:
             yield
         self.steps += 1
         hits = [w for w in caught if issubclass(w.category, SinkhornConvergenceWarning)]
-        self.last_error = max((float(getattr(w.message, "marginal_error", math.nan))
-                               for w in hits), default=0.0)
+        self.last_error = max(
+            (float(getattr(w.message, "marginal_error", math.nan)) for w in hits), default=0.0
+        )
         for w in caught:
             if not issubclass(w.category, SinkhornConvergenceWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if hits:
             self.unconverged += 1
             if self.unconverged == 1:
-                self.ctx.print0(f"[distill] {hits[0].message} (further steps like this are "
-                                "counted and reported at the end of the stage)")
+                self.ctx.print0(
+                    f"[distill] {hits[0].message} (further steps like this are "
+                    "counted and reported at the end of the stage)"
+                )
 
     def summary(self) -> None:
         if self.unconverged:
             d = self.cfg.distill
-            self.ctx.print0(f"[distill] Sinkhorn stopped at distill.sinkhorn_iters="
-                            f"{d.sinkhorn_iters} before distill.sinkhorn_tol={d.sinkhorn_tol} "
-                            f"in {self.unconverged} of {self.steps} steps (epsilon {d.epsilon}); "
-                            "raise distill.sinkhorn_iters or distill.epsilon for exact plans")
+            self.ctx.print0(
+                f"[distill] Sinkhorn stopped at distill.sinkhorn_iters="
+                f"{d.sinkhorn_iters} before distill.sinkhorn_tol={d.sinkhorn_tol} "
+                f"in {self.unconverged} of {self.steps} steps (epsilon {d.epsilon}); "
+                "raise distill.sinkhorn_iters or distill.epsilon for exact plans"
+            )
 
     def parts(self, like: Tensor) -> dict[str, Tensor]:
         """This step's convergence as loss parts, so they travel in the step history
         (and through a resume) like the loss: 1 when the plan did not converge, and its
         worst marginal error."""
-        return {"sinkhorn_unconverged": like.new_tensor(float(self.last_error > 0)),
-                "sinkhorn_error": like.new_tensor(self.last_error)}
+        return {
+            "sinkhorn_unconverged": like.new_tensor(float(self.last_error > 0)),
+            "sinkhorn_error": like.new_tensor(self.last_error),
+        }
 
 
 def sinkhorn_convergence(history: History) -> dict[str, float]:
@@ -271,19 +329,30 @@ def sinkhorn_convergence(history: History) -> dict[str, float]:
     plan stopped before ``distill.sinkhorn_tol`` (``sinkhorn_unconverged``) and the worst
     marginal error among them (``sinkhorn_max_error``, 0 when all converged). Recorded
     with every report, hence in the catalog."""
-    steps = [s for s in history.steps if s.get("stage") == "distill"
-             and "sinkhorn_unconverged" in s]
+    steps = [
+        s for s in history.steps if s.get("stage") == "distill" and "sinkhorn_unconverged" in s
+    ]
     if not steps:
         return {}
-    return {"sinkhorn_unconverged": sum(s["sinkhorn_unconverged"] > 0 for s in steps) / len(steps),
-            "sinkhorn_max_error": max(s.get("sinkhorn_error", 0.0) for s in steps)}
+    return {
+        "sinkhorn_unconverged": sum(s["sinkhorn_unconverged"] > 0 for s in steps) / len(steps),
+        "sinkhorn_max_error": max(s.get("sinkhorn_error", 0.0) for s in steps),
+    }
 
 
-def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
-                  bitext: Sequence[tuple[str, str]], cfg: Config,
-                  ctx: TrainContext | None = None, rank_data: Any = None, *,
-                  history: History | None = None, resume: str | None = None,
-                  stage_index: int = 0, eval_fn: EvalFn | None = None) -> tuple[RetrievalModel, History]:
+def train_distill(
+    student: RetrievalModel | None,
+    teacher: RetrievalModel,
+    bitext: Sequence[tuple[str, str]],
+    cfg: Config,
+    ctx: TrainContext | None = None,
+    rank_data: Any = None,
+    *,
+    history: History | None = None,
+    resume: str | None = None,
+    stage_index: int = 0,
+    eval_fn: EvalFn | None = None,
+) -> tuple[RetrievalModel, History]:
     """Stage ``distill``: align the student's token states on the foreign side of
     ``bitext`` (``(english, foreign)`` pairs) to the frozen teacher's on the English side.
 
@@ -314,14 +383,18 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
     if dc.method != "none":
         pairs, counts = filter_bitext(pairs, teacher, student, cfg)
         if counts["too_long"] or counts["bad_ratio"]:
-            ctx.print0(f"[distill] bitext: kept {counts['kept']} pairs, dropped "
-                       f"{counts['too_long']} longer than model.max_bitext_length="
-                       f"{cfg.model.max_bitext_length} tokens and {counts['bad_ratio']} with a "
-                       f"length ratio over {dc.max_length_ratio}")
+            ctx.print0(
+                f"[distill] bitext: kept {counts['kept']} pairs, dropped "
+                f"{counts['too_long']} longer than model.max_bitext_length="
+                f"{cfg.model.max_bitext_length} tokens and {counts['bad_ratio']} with a "
+                f"length ratio over {dc.max_length_ratio}"
+            )
         if not pairs:
-            raise DataError("distill: every bitext pair was filtered out; raise "
-                            "model.max_bitext_length, set distill.long_pairs=truncate or "
-                            "raise distill.max_length_ratio")
+            raise DataError(
+                "distill: every bitext pair was filtered out; raise "
+                "model.max_bitext_length, set distill.long_pairs=truncate or "
+                "raise distill.max_length_ratio"
+            )
     select = cfg.train.keep_best or cfg.train.patience > 0
     hybrid = dc.rank_batch_size > 0 and dc.method != "none"
     _check_distill_inputs(select and dc.method != "none", eval_fn, hybrid, rank_data)
@@ -329,12 +402,23 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
     ranked = None
     if hybrid:
         ranked = rank_data if isinstance(rank_data, RankExamples) else RankExamples(rank_data)
-    rank_batches = Batches(ctx, len(ranked), dc.rank_batch_size, mix_seed(cfg.train.seed, stage_index, 1),
-                           "distill (ranking part)") if ranked is not None else None
+    rank_batches = (
+        Batches(
+            ctx,
+            len(ranked),
+            dc.rank_batch_size,
+            mix_seed(cfg.train.seed, stage_index, 1),
+            "distill (ranking part)",
+        )
+        if ranked is not None
+        else None
+    )
     n_docs = 1 + cfg.rank.hard_negatives
     sinkhorn_notes = _SinkhornNotes(ctx, cfg)
 
-    def loss_fn(fwd: nn.Module, indices: list[int], batch_no: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss_fn(
+        fwd: nn.Module, indices: list[int], batch_no: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         english = [pairs[i][0] for i in indices]
         # English retention: the first k rows (the batch is shuffled) show the student
         # the English side, so en->en stays matched to the teacher.
@@ -343,13 +427,24 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
         t_batch = to_device(teacher.tokenize(english, "bitext"), device)
         s_batch = to_device(student.tokenize(foreign, "bitext"), device)
         with torch.no_grad():
-            t_enc = teacher.encode(t_batch["input_ids"], t_batch["attention_mask"], layers=dc.layers)
+            t_enc = teacher.encode(
+                t_batch["input_ids"], t_batch["attention_mask"], layers=dc.layers
+            )
         s_enc = fwd(s_batch["input_ids"], s_batch["attention_mask"], layers=dc.layers)
         with sinkhorn_notes.watch():
-            l_dist = distill_loss(dc.method, t_enc.layer_states, s_enc.layer_states,
-                                  t_batch["attention_mask"], s_batch["attention_mask"], cfg)
-        l_con = pair_contrastive_loss(student, s_enc, t_enc, cfg.model.temperature) \
-            if dc.contrastive > 0 else None
+            l_dist = distill_loss(
+                dc.method,
+                t_enc.layer_states,
+                s_enc.layer_states,
+                t_batch["attention_mask"],
+                s_batch["attention_mask"],
+                cfg,
+            )
+        l_con = (
+            pair_contrastive_loss(student, s_enc, t_enc, cfg.model.temperature)
+            if dc.contrastive > 0
+            else None
+        )
         # before the ranking forward: autograd sums gradients in the order the graph
         # was built, and this order keeps results bit-identical to earlier versions
         l2sp = l2sp_penalty(reference) if reference else None
@@ -365,10 +460,21 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
             parts.update(sinkhorn_notes.parts(l_dist.detach()))
         return loss, parts
 
-    stage = Stage("distill", stage_index, student, student, dc.lr, dc.steps, dc.epochs,
-                  Batches(ctx, len(pairs), dc.batch_size, mix_seed(cfg.train.seed, stage_index), "distill"),
-                  dc.batch_size, loss_fn, teacher=teacher, select=select,
-                  summary=sinkhorn_convergence if dc.method == "ot" else None)
+    stage = Stage(
+        "distill",
+        stage_index,
+        student,
+        student,
+        dc.lr,
+        dc.steps,
+        dc.epochs,
+        Batches(ctx, len(pairs), dc.batch_size, mix_seed(cfg.train.seed, stage_index), "distill"),
+        dc.batch_size,
+        loss_fn,
+        teacher=teacher,
+        select=select,
+        summary=sinkhorn_convergence if dc.method == "ot" else None,
+    )
     if dc.method == "none":
         return student, finish_without_training(stage, cfg, ctx, history, eval_fn)
     if resume is not None:
@@ -379,28 +485,37 @@ def train_distill(student: RetrievalModel | None, teacher: RetrievalModel,
     return student, history
 
 
-def _check_distill_inputs(select: bool, eval_fn: EvalFn | None, hybrid: bool,
-                          rank_data: Any) -> None:
+def _check_distill_inputs(
+    select: bool, eval_fn: EvalFn | None, hybrid: bool, rank_data: Any
+) -> None:
     """What :func:`train_distill`'s arguments must provide for the config: these depend
     on the arguments, so they are checked here; the rules the config alone decides are
     in :mod:`optical_ray.config`'s validation."""
     if select and eval_fn is None:
-        raise ConfigError("train.keep_best/train.patience select weights on dev evaluations: "
-                          "pass eval_fn, or turn them off")
+        raise ConfigError(
+            "train.keep_best/train.patience select weights on dev evaluations: "
+            "pass eval_fn, or turn them off"
+        )
     if hybrid and rank_data is None:
-        raise ConfigError("distill.rank_batch_size > 0 needs ranking data: pass rank_data "
-                          "(the rank collection), or set distill.rank_batch_size=0")
+        raise ConfigError(
+            "distill.rank_batch_size > 0 needs ranking data: pass rank_data "
+            "(the rank collection), or set distill.rank_batch_size=0"
+        )
 
 
-def _l2sp_reference(student: RetrievalModel, teacher: RetrievalModel) -> list[tuple[Tensor, Tensor]]:
+def _l2sp_reference(
+    student: RetrievalModel, teacher: RetrievalModel
+) -> list[tuple[Tensor, Tensor]]:
     """``(student parameter, teacher's value)`` pairs for :func:`l2sp_penalty`."""
     t_params = dict(teacher.named_parameters())
     reference = []
     for name, p in student.named_parameters():
         ref = t_params.get(name)
         if ref is None or ref.shape != p.shape:
-            raise ConfigError(f"distill.l2sp: the student's {name} has no counterpart of the "
-                              "same shape in the teacher; L2-SP needs the teacher's "
-                              "architecture (distill.init) or distill.l2sp=0")
+            raise ConfigError(
+                f"distill.l2sp: the student's {name} has no counterpart of the "
+                "same shape in the teacher; L2-SP needs the teacher's "
+                "architecture (distill.init) or distill.l2sp=0"
+            )
         reference.append((p, ref.detach()))
     return reference

@@ -40,9 +40,19 @@ import pyarrow.fs as pafs
 from optical_ray.errors import StorageError
 from optical_ray.redaction import CREDENTIALS_HINT, has_credentials, redact, redact_uri
 
-__all__ = ["Storage", "StorageUnavailable", "resolve_storage", "as_storage", "with_retries",
-           "is_transient", "local_copy",
-           "redact", "check_no_credentials", "CONNECT_TIMEOUT_S", "REQUEST_TIMEOUT_S"]
+__all__ = [
+    "Storage",
+    "StorageUnavailable",
+    "resolve_storage",
+    "as_storage",
+    "with_retries",
+    "is_transient",
+    "local_copy",
+    "redact",
+    "check_no_credentials",
+    "CONNECT_TIMEOUT_S",
+    "REQUEST_TIMEOUT_S",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,10 +75,16 @@ class StorageUnavailable(StorageError):
 # --------------------------------------------------------------------------- retries
 
 
-def with_retries(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 0.5,
-                 max_delay: float = 8.0, what: str = "storage call",
-                 retry_on: tuple[type[BaseException], ...] = (StorageUnavailable,),
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 4,
+    base_delay: float = 0.5,
+    max_delay: float = 8.0,
+    what: str = "storage call",
+    retry_on: tuple[type[BaseException], ...] = (StorageUnavailable,),
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Call ``fn()`` until it succeeds, at most ``attempts`` times.
 
     Waits ``base_delay * 2**k`` (capped at ``max_delay``) after the k-th failure, so the
@@ -86,8 +102,14 @@ def with_retries(fn: Callable[[], T], *, attempts: int = 4, base_delay: float = 
             if attempt == attempts:
                 raise
             delay = min(max_delay, base_delay * 2 ** (attempt - 1))
-            log.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s", what, attempt,
-                        attempts, delay, redact(_one_line(exc)))
+            log.warning(
+                "%s failed (attempt %d/%d), retrying in %.1fs: %s",
+                what,
+                attempt,
+                attempts,
+                delay,
+                redact(_one_line(exc)),
+            )
             sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -98,13 +120,38 @@ def _one_line(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- errors
 
-_PERMANENT = ("access_denied", "accessdenied", "invalidaccesskeyid", "invalid_access_key",
-              "signature_does_not_match", "signaturedoesnotmatch", "forbidden",
-              "no_such_bucket", "nosuchbucket", "invalidbucketname")
-_TRANSIENT = ("network_connection", "curlcode", "could not connect", "connection refused",
-              "timed out", "timeout", "could not resolve", "service_unavailable",
-              "internal_failure", "slow_down", "slowdown", "throttl", "503", "500 ",
-              "internalerror", "connection reset", "broken pipe", "unavailable")
+_PERMANENT = (
+    "access_denied",
+    "accessdenied",
+    "invalidaccesskeyid",
+    "invalid_access_key",
+    "signature_does_not_match",
+    "signaturedoesnotmatch",
+    "forbidden",
+    "no_such_bucket",
+    "nosuchbucket",
+    "invalidbucketname",
+)
+_TRANSIENT = (
+    "network_connection",
+    "curlcode",
+    "could not connect",
+    "connection refused",
+    "timed out",
+    "timeout",
+    "could not resolve",
+    "service_unavailable",
+    "internal_failure",
+    "slow_down",
+    "slowdown",
+    "throttl",
+    "503",
+    "500 ",
+    "internalerror",
+    "connection reset",
+    "broken pipe",
+    "unavailable",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -184,20 +231,26 @@ class Storage:
         bucket = self.bucket
         endpoint = self.endpoint or "AWS default"
         if any(k in low for k in ("no_such_bucket", "nosuchbucket")):
-            return StorageError(f"S3 bucket {bucket!r} does not exist at endpoint {endpoint} "
-                                f"(while trying to {action}); create it or fix {self.uri!r}")
+            return StorageError(
+                f"S3 bucket {bucket!r} does not exist at endpoint {endpoint} "
+                f"(while trying to {action}); create it or fix {self.uri!r}"
+            )
         if any(k in low for k in _PERMANENT):
             return StorageError(
                 f"S3 endpoint {endpoint} refused access to bucket {bucket!r} (while trying "
                 f"to {action}): {_reason(message)}; check the credentials in the AWS chain "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role)")
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role)"
+            )
         if any(k in low for k in _TRANSIENT):
             return StorageUnavailable(
                 f"cannot reach S3 endpoint {endpoint} for bucket {bucket!r} (while trying to "
                 f"{action}): {_reason(message)}; check storage.endpoint / AWS_ENDPOINT_URL "
-                "and that the server is up")
-        return StorageError(f"S3 error at endpoint {endpoint}, bucket {bucket!r} (while "
-                            f"trying to {action}): {_reason(message)}")
+                "and that the server is up"
+            )
+        return StorageError(
+            f"S3 error at endpoint {endpoint}, bucket {bucket!r} (while "
+            f"trying to {action}): {_reason(message)}"
+        )
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -220,9 +273,11 @@ class Storage:
             self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
             info = self.filesystem.get_file_info(self.bucket)
         if info.type == pafs.FileType.NotFound:
-            raise StorageError(f"S3 bucket {self.bucket!r} does not exist at endpoint "
-                               f"{self.endpoint or 'AWS default'}; create it (ensure_bucket) "
-                               f"or fix {self.uri!r}")
+            raise StorageError(
+                f"S3 bucket {self.bucket!r} does not exist at endpoint "
+                f"{self.endpoint or 'AWS default'}; create it (ensure_bucket) "
+                f"or fix {self.uri!r}"
+            )
         return self
 
     def ensure_bucket(self) -> "Storage":
@@ -295,7 +350,8 @@ class Storage:
         """Entries under ``rel`` (files and directories; [] if it does not exist)."""
         with self._translate(f"list {self.uri_of(rel)}"):
             return self.filesystem.get_file_info(
-                pafs.FileSelector(self.join(rel), recursive=recursive, allow_not_found=True))
+                pafs.FileSelector(self.join(rel), recursive=recursive, allow_not_found=True)
+            )
 
     def download(self, rel: str, local_dir: str | os.PathLike[str]) -> Path:
         """Copy the directory ``rel`` (everything under it) into ``local_dir``; returns
@@ -305,15 +361,18 @@ class Storage:
             raise StorageError(f"no such directory: {self.uri_of(rel)}")
         with self._translate(f"download {self.uri_of(rel)}"):
             dest.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(self.join(rel), str(dest.absolute()),
-                            source_filesystem=self.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                self.join(rel),
+                str(dest.absolute()),
+                source_filesystem=self.filesystem,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
         return dest
 
     def rel(self, path: str) -> str:
         """The inverse of :meth:`join`: ``path`` relative to the root."""
         root = self.path.rstrip("/") + "/"
-        return path[len(root):] if path.startswith(root) else path
+        return path[len(root) :] if path.startswith(root) else path
 
     def delete(self, rel: str) -> None:
         """Delete a file, or a directory with everything under it; missing is fine."""
@@ -324,7 +383,6 @@ class Storage:
                 self.filesystem.delete_dir(target)
             elif info.type == pafs.FileType.File:
                 self.filesystem.delete_file(target)
-
 
     def delete_files(self, paths: list[str]) -> None:
         """Delete many files (filesystem paths, as :meth:`join` gives); missing ones are
@@ -342,18 +400,20 @@ class Storage:
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, keys in by_bucket.items():
             for i in range(0, len(keys), 1000):
-                chunk = [{"Key": k} for k in keys[i:i + 1000]]
+                chunk = [{"Key": k} for k in keys[i : i + 1000]]
                 with self._translate(f"delete {len(chunk)} objects in bucket {bucket!r}"):
                     try:
-                        out = client.delete_objects(Bucket=bucket,
-                                                    Delete={"Objects": chunk, "Quiet": True})
+                        out = client.delete_objects(
+                            Bucket=bucket, Delete={"Objects": chunk, "Quiet": True}
+                        )
                     except Exception as exc:  # botocore errors are not OSErrors
                         raise OSError(str(exc)) from None
                 errors = [e for e in out.get("Errors", []) if e.get("Code") != "NoSuchKey"]
                 if errors:
-                    raise self.error(OSError(f"{errors[0].get('Code')}: "
-                                             f"{errors[0].get('Message')}"),
-                                     f"delete {errors[0].get('Key')!r} in bucket {bucket!r}")
+                    raise self.error(
+                        OSError(f"{errors[0].get('Code')}: {errors[0].get('Message')}"),
+                        f"delete {errors[0].get('Key')!r} in bucket {bucket!r}",
+                    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -363,10 +423,12 @@ def _boto_client(endpoint: str | None, region: str | None) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=REQUEST_TIMEOUT_S,
-                    retries={"max_attempts": SDK_ATTEMPTS, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region,
-                        config=config)
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=REQUEST_TIMEOUT_S,
+        retries={"max_attempts": SDK_ATTEMPTS, "mode": "standard"},
+    )
+    return boto3.client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
 
 
 # --------------------------------------------------------------------------- resolving
@@ -377,8 +439,10 @@ def check_no_credentials(uri: str | None, what: str, *, bare_host: bool = False)
     ``uri`` carries credentials: ``scheme://user:pw@...`` or a credential query
     parameter. ``bare_host``: ``uri`` may be ``host:port`` without a scheme."""
     if uri and has_credentials(uri, bare_host=bare_host):
-        raise StorageError(f"{what} {redact_uri(uri, bare_host=bare_host)!r} carries "
-                           f"credentials; {CREDENTIALS_HINT}")
+        raise StorageError(
+            f"{what} {redact_uri(uri, bare_host=bare_host)!r} carries "
+            f"credentials; {CREDENTIALS_HINT}"
+        )
 
 
 def _parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -389,35 +453,50 @@ def _parse_endpoint(endpoint: str) -> tuple[str, str]:
         text = "https://" + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise StorageError(f"S3 endpoint {redact(endpoint)!r} is not valid; expected "
-                           "http(s)://host[:port], e.g. http://127.0.0.1:8333")
+        raise StorageError(
+            f"S3 endpoint {redact(endpoint)!r} is not valid; expected "
+            "http(s)://host[:port], e.g. http://127.0.0.1:8333"
+        )
     try:
         port = parts.port
     except ValueError:
-        raise StorageError(f"S3 endpoint {redact(endpoint)!r} has a bad port; expected "
-                           "http(s)://host[:port]") from None
+        raise StorageError(
+            f"S3 endpoint {redact(endpoint)!r} has a bad port; expected http(s)://host[:port]"
+        ) from None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return (f"{host}:{port}" if port else host), parts.scheme
 
 
-def _s3_filesystem(endpoint: str | None, region: str | None, *,
-                   allow_bucket_creation: bool = False,
-                   connect_timeout: float = CONNECT_TIMEOUT_S,
-                   request_timeout: float = REQUEST_TIMEOUT_S) -> pafs.S3FileSystem:
+def _s3_filesystem(
+    endpoint: str | None,
+    region: str | None,
+    *,
+    allow_bucket_creation: bool = False,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    request_timeout: float = REQUEST_TIMEOUT_S,
+) -> pafs.S3FileSystem:
     kwargs: dict[str, Any] = dict(
-        region=region, connect_timeout=connect_timeout, request_timeout=request_timeout,
+        region=region,
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=SDK_ATTEMPTS),
         allow_bucket_creation=allow_bucket_creation,
         # Small writes become one PutObject instead of a three-request multipart upload.
-        allow_delayed_open=True)
+        allow_delayed_open=True,
+    )
     if endpoint:
         kwargs["endpoint_override"], kwargs["scheme"] = _parse_endpoint(endpoint)
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve_storage(uri: str, endpoint: str | None = None, region: str | None = None, *,
-                    connect_timeout: float = CONNECT_TIMEOUT_S,
-                    request_timeout: float = REQUEST_TIMEOUT_S) -> Storage:
+def resolve_storage(
+    uri: str,
+    endpoint: str | None = None,
+    region: str | None = None,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    request_timeout: float = REQUEST_TIMEOUT_S,
+) -> Storage:
     """Parse a storage URI into a :class:`Storage` (no I/O; see :meth:`Storage.check`).
 
     Parameters
@@ -446,38 +525,56 @@ def resolve_storage(uri: str, endpoint: str | None = None, region: str | None = 
     if scheme == "file":
         host, slash, local = rest.partition("/")
         if host not in ("", "localhost") or not slash:
-            raise StorageError(f"storage URI {uri!r} is not valid; file URIs are "
-                               "file:///absolute/path")
+            raise StorageError(
+                f"storage URI {uri!r} is not valid; file URIs are file:///absolute/path"
+            )
         path = str(Path("/" + local).absolute())
         return Storage(uri=path, scheme="local", path=path, filesystem=pafs.LocalFileSystem())
     if scheme != "s3":
-        raise StorageError(f"storage URI {uri!r} has unsupported scheme '{scheme}://'; "
-                           f"expected {_ALLOWED}")
+        raise StorageError(
+            f"storage URI {uri!r} has unsupported scheme '{scheme}://'; expected {_ALLOWED}"
+        )
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise StorageError(f"storage URI {uri!r} names no bucket; expected "
-                           "s3://bucket/prefix")
+        raise StorageError(f"storage URI {uri!r} names no bucket; expected s3://bucket/prefix")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise StorageError(f"storage URI {uri!r}: bucket {bucket!r} is not a valid S3 "
-                           "bucket name (3-63 lowercase letters, digits, '.', '-')")
+        raise StorageError(
+            f"storage URI {uri!r}: bucket {bucket!r} is not a valid S3 "
+            "bucket name (3-63 lowercase letters, digits, '.', '-')"
+        )
     segments = [s for s in prefix.split("/") if s]
     if any(s in (".", "..") for s in segments):
-        raise StorageError(f"storage URI {uri!r}: '.' and '..' are not allowed in an S3 "
-                           "prefix")
+        raise StorageError(f"storage URI {uri!r}: '.' and '..' are not allowed in an S3 prefix")
     path = "/".join([bucket] + segments)
-    endpoint = (endpoint or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL") or None)
+    endpoint = (
+        endpoint
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if endpoint and not region:
         region = "us-east-1"
-    fs = _s3_filesystem(endpoint, region, connect_timeout=connect_timeout,
-                        request_timeout=request_timeout)
-    return Storage(uri=f"s3://{path}", scheme="s3", path=path, filesystem=fs,
-                   endpoint=endpoint.strip() if endpoint else None, region=region)
+    fs = _s3_filesystem(
+        endpoint, region, connect_timeout=connect_timeout, request_timeout=request_timeout
+    )
+    return Storage(
+        uri=f"s3://{path}",
+        scheme="s3",
+        path=path,
+        filesystem=fs,
+        endpoint=endpoint.strip() if endpoint else None,
+        region=region,
+    )
 
 
-def local_copy(uri: str, dest: str | os.PathLike[str] | None = None, *,
-               endpoint: str | None = None, region: str | None = None) -> Path:
+def local_copy(
+    uri: str,
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    endpoint: str | None = None,
+    region: str | None = None,
+) -> Path:
     """A local directory with the contents of ``uri``: a local path as it is, an
     ``s3://`` directory (a checkpoint or a saved model) downloaded into ``dest`` (default:
     a new temporary directory)."""
@@ -495,7 +592,7 @@ def as_storage(storage: "Storage | str | os.PathLike[str] | Any") -> Storage:
     if isinstance(storage, (str, os.PathLike)):
         return resolve_storage(os.fspath(storage))
     if hasattr(storage, "uri"):  # config.StorageConfig, without importing config here
-        return resolve_storage(storage.uri, getattr(storage, "endpoint", None),
-                               getattr(storage, "region", None))
-    raise StorageError(f"storage {storage!r}: expected {_ALLOWED}, a Storage or a "
-                       "StorageConfig")
+        return resolve_storage(
+            storage.uri, getattr(storage, "endpoint", None), getattr(storage, "region", None)
+        )
+    raise StorageError(f"storage {storage!r}: expected {_ALLOWED}, a Storage or a StorageConfig")

@@ -26,9 +26,18 @@ from optical_ray.config import MAIN_HYPERPARAMETERS, Config, from_flat, to_flat
 from optical_ray.errors import ConfigError
 from optical_ray.space import SearchSpace, load_space, trial_config
 
-__all__ = ["PairPlan", "PairResult", "SweepResult", "plan_sweep", "resolve_trial_config",
-           "run_sweep", "experiment_name", "error_reason", "asha_max_t",
-           "evaluations_per_trial"]
+__all__ = [
+    "PairPlan",
+    "PairResult",
+    "SweepResult",
+    "plan_sweep",
+    "resolve_trial_config",
+    "run_sweep",
+    "experiment_name",
+    "error_reason",
+    "asha_max_t",
+    "evaluations_per_trial",
+]
 
 #: Result keys of the trial protocol (the Tune side writes them, views read them): the
 #: end-of-trial report, the trial's resolved flat config (JSON, in its first report and
@@ -137,14 +146,19 @@ def unconverging_epsilon(cfg: Config, space: SearchSpace) -> list[str]:
         iters = int(_lowest(flat, params, "distill.sinkhorn_iters", min))
         tol = float(_lowest(flat, params, "distill.sinkhorn_tol", min))
         methods = {flat["distill.method"]} | {
-            c for p in params if p.key == "distill.method" and p.type == "categorical"
-            for c in p.spec["choices"]}
+            c
+            for p in params
+            if p.key == "distill.method" and p.type == "categorical"
+            for c in p.spec["choices"]
+        }
         if "ot" in methods and not converges_within(float(eps), iters, tol):
-            lines.append(f"{pair}: the space samples distill.epsilon down to {eps:g}, where "
-                         f"Sinkhorn needs up to {iterations_needed(float(eps), tol)} "
-                         f"iterations to reach distill.sinkhorn_tol={tol:g}; "
-                         f"distill.sinkhorn_iters={iters} stops those trials on unconverged "
-                         "plans (raise distill.sinkhorn_iters or the lowest epsilon)")
+            lines.append(
+                f"{pair}: the space samples distill.epsilon down to {eps:g}, where "
+                f"Sinkhorn needs up to {iterations_needed(float(eps), tol)} "
+                f"iterations to reach distill.sinkhorn_tol={tol:g}; "
+                f"distill.sinkhorn_iters={iters} stops those trials on unconverged "
+                "plans (raise distill.sinkhorn_iters or the lowest epsilon)"
+            )
     return lines
 
 
@@ -153,11 +167,19 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
 
     ``over`` keys: samples, workers_per_trial, max_concurrent, scheduler, search, metric,
     name, pair_order, max_failures, tracking, optuna_storage."""
-    keys = {"samples": "sweep.samples", "workers_per_trial": "scaling.workers",
-            "max_concurrent": "sweep.max_concurrent", "scheduler": "sweep.scheduler",
-            "search": "sweep.search", "metric": "sweep.metric", "name": "name",
-            "pair_order": "sweep.pair_order", "max_failures": "sweep.max_failures",
-            "tracking": "sweep.tracking", "optuna_storage": "sweep.optuna_storage"}
+    keys = {
+        "samples": "sweep.samples",
+        "workers_per_trial": "scaling.workers",
+        "max_concurrent": "sweep.max_concurrent",
+        "scheduler": "sweep.scheduler",
+        "search": "sweep.search",
+        "metric": "sweep.metric",
+        "name": "name",
+        "pair_order": "sweep.pair_order",
+        "max_failures": "sweep.max_failures",
+        "tracking": "sweep.tracking",
+        "optuna_storage": "sweep.optuna_storage",
+    }
     unknown = set(over) - set(keys)
     if unknown:
         raise TypeError(f"unknown sweep arguments: {sorted(unknown)}")
@@ -172,8 +194,14 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
     return cfg
 
 
-def plan_sweep(cfg: Config, space: SearchSpace, path_of: Any, depth: int,
-               exists: Mapping[str, bool], resume: bool) -> list[PairPlan]:
+def plan_sweep(
+    cfg: Config,
+    space: SearchSpace,
+    path_of: Any,
+    depth: int,
+    exists: Mapping[str, bool],
+    resume: bool,
+) -> list[PairPlan]:
     """One :class:`PairPlan` per pair of ``cfg.sweep.pairs``.
 
     ``path_of(experiment)`` is the experiment's storage path; ``exists[pair]`` whether
@@ -182,12 +210,24 @@ def plan_sweep(cfg: Config, space: SearchSpace, path_of: Any, depth: int,
     names = {pair: experiment_name(cfg.name, pair) for pair in cfg.sweep.pairs}
     found = [names[p] for p in cfg.sweep.pairs if exists.get(p)]
     if found and not resume:
-        raise ConfigError(f"sweep {cfg.name!r}: experiment(s) {', '.join(found)} already "
-                          "exist in storage; pass --resume to continue, or another --name")
-    return [PairPlan(pair=pair, experiment=names[pair], path=path_of(names[pair]), base=cfg,
-                     space=space, depth=depth, max_t=asha_max_t(cfg, space, pair),
-                     resume=bool(exists.get(pair)), space_file=space.source)
-            for pair in cfg.sweep.pairs]
+        raise ConfigError(
+            f"sweep {cfg.name!r}: experiment(s) {', '.join(found)} already "
+            "exist in storage; pass --resume to continue, or another --name"
+        )
+    return [
+        PairPlan(
+            pair=pair,
+            experiment=names[pair],
+            path=path_of(names[pair]),
+            base=cfg,
+            space=space,
+            depth=depth,
+            max_t=asha_max_t(cfg, space, pair),
+            resume=bool(exists.get(pair)),
+            space_file=space.source,
+        )
+        for pair in cfg.sweep.pairs
+    ]
 
 
 @dataclass
@@ -230,8 +270,9 @@ class SweepResult:
         return 0 if self.pairs and all(r.finished for r in self.pairs.values()) else 1
 
     def summary(self) -> str:
-        lines = [f"best config per pair ({self.metric}, sweep {self.name!r}, storage "
-                 f"{self.storage}):"]
+        lines = [
+            f"best config per pair ({self.metric}, sweep {self.name!r}, storage {self.storage}):"
+        ]
         for pair, r in self.pairs.items():
             if r.error is not None:
                 lines.append(f"  {pair}: experiment failed: {r.error}")
@@ -245,8 +286,9 @@ class SweepResult:
             if r.best_config:
                 keys = list(dict.fromkeys([*r.searched, *SUMMARY_KEYS]))
                 hp = {k: r.best_config[k] for k in keys if r.best_config.get(k) is not None}
-                lines.append("    " + ", ".join(f"{k.split('.')[-1]}={_fmt(v)}"
-                                                for k, v in hp.items()))
+                lines.append(
+                    "    " + ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in hp.items())
+                )
             if r.best_checkpoint:
                 lines.append(f"    checkpoint: {r.best_checkpoint}")
             for trial_id, reason in r.failed:
@@ -255,9 +297,11 @@ class SweepResult:
                 lines.append(f"    warning: {warning}")
         bad = [p for p, r in self.pairs.items() if not r.finished]
         if bad:
-            lines.append(f"error: no finished trial for {', '.join(bad)}; the causes are "
-                         "above, full tracebacks in each trial's error.txt under the "
-                         "experiment's storage")
+            lines.append(
+                f"error: no finished trial for {', '.join(bad)}; the causes are "
+                "above, full tracebacks in each trial's error.txt under the "
+                "experiment's storage"
+            )
         return "\n".join(lines)
 
 
@@ -276,14 +320,27 @@ def error_reason(text: str) -> str:
     return ((found or lines or ["unknown error"])[-1])[:500]
 
 
-def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[str],
-              samples: int | None = None, workers_per_trial: int | None = None,
-              max_concurrent: int | None = None, scheduler: str | None = None,
-              search: str | None = None, metric: str | None = None, name: str | None = None,
-              resume: bool = False, address: str | None = None, verbose: int = 1,
-              pair_order: str | None = None, max_failures: int | None = None,
-              trust_storage: bool = False, tracking: Sequence[str] | None = None,
-              optuna_storage: str | None = None) -> SweepResult:
+def run_sweep(
+    base: Config,
+    space: SearchSpace | str | Path,
+    *,
+    pairs: Sequence[str],
+    samples: int | None = None,
+    workers_per_trial: int | None = None,
+    max_concurrent: int | None = None,
+    scheduler: str | None = None,
+    search: str | None = None,
+    metric: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: int = 1,
+    pair_order: str | None = None,
+    max_failures: int | None = None,
+    trust_storage: bool = False,
+    tracking: Sequence[str] | None = None,
+    optuna_storage: str | None = None,
+) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
 
@@ -298,13 +355,23 @@ def run_sweep(base: Config, space: SearchSpace | str | Path, *, pairs: Sequence[
     """
     from optical_ray import launch
 
-    cfg = sweep_config(base, pairs=pairs, samples=samples,
-                       workers_per_trial=workers_per_trial, max_concurrent=max_concurrent,
-                       scheduler=scheduler, search=search, metric=metric, name=name,
-                       pair_order=pair_order, max_failures=max_failures,
-                       tracking=None if tracking is None else list(tracking),
-                       optuna_storage=optuna_storage)
+    cfg = sweep_config(
+        base,
+        pairs=pairs,
+        samples=samples,
+        workers_per_trial=workers_per_trial,
+        max_concurrent=max_concurrent,
+        scheduler=scheduler,
+        search=search,
+        metric=metric,
+        name=name,
+        pair_order=pair_order,
+        max_failures=max_failures,
+        tracking=None if tracking is None else list(tracking),
+        optuna_storage=optuna_storage,
+    )
     if not isinstance(space, SearchSpace):
         space = load_space(space)
-    return launch.run(cfg, space, resume=resume, address=address, verbose=verbose,
-                       trust_storage=trust_storage)
+    return launch.run(
+        cfg, space, resume=resume, address=address, verbose=verbose, trust_storage=trust_storage
+    )

@@ -39,8 +39,9 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def text_table(head: Sequence[str], body: Sequence[Sequence[str]],
-               right: Sequence[bool] | None = None) -> str:
+def text_table(
+    head: Sequence[str], body: Sequence[Sequence[str]], right: Sequence[bool] | None = None
+) -> str:
     """An aligned plain-text table: the header, a rule of dashes, one line per row.
 
     ``right[i]`` right-aligns column ``i`` (numbers read best that way); by default every
@@ -48,14 +49,18 @@ def text_table(head: Sequence[str], body: Sequence[Sequence[str]],
     """
     right = list(right) if right is not None else [False] * len(head)
     if len(right) != len(head) or any(len(row) != len(head) for row in body):
-        raise ValueError(f"text_table: {len(head)} columns, but rows of "
-                         f"{sorted({len(row) for row in body})} cells and {len(right)} "
-                         "alignments")
+        raise ValueError(
+            f"text_table: {len(head)} columns, but rows of "
+            f"{sorted({len(row) for row in body})} cells and {len(right)} "
+            "alignments"
+        )
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
 
     def line(row: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if r else c.ljust(w)
-                         for c, w, r in zip(row, widths, right)).rstrip()
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)
+        ).rstrip()
+
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
@@ -63,8 +68,9 @@ def records_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> 
     """``rows`` (dicts) as an aligned table of ``columns``; cells by :func:`cell`,
     columns holding only numbers (or nothing) right-aligned."""
     body = [[cell(r.get(c)) for c in columns] for r in rows]
-    numeric = [all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows)
-               for c in columns]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows) for c in columns
+    ]
     return text_table(list(columns), body, numeric)
 
 
@@ -77,6 +83,10 @@ def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     """An HTML ``<table>`` (cells escaped)."""
     e = html.escape
-    return ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-                      for row in body) + "</table>")
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in body)
+        + "</table>"
+    )

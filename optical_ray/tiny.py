@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    PreTrainedTokenizerBase,
+)
 
 from optical_ray.errors import ConfigError
 
@@ -32,9 +38,15 @@ __all__ = [
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def train_tokenizer(texts: Iterable[str], out_dir: str | Path | None = None, *,
-                    vocab_size: int = 1000, lowercase: bool = True, min_frequency: int = 2,
-                    model_max_length: int = 128) -> BertTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str],
+    out_dir: str | Path | None = None,
+    *,
+    vocab_size: int = 1000,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    model_max_length: int = 128,
+) -> BertTokenizerFast:
     """Train a BERT-style WordPiece tokenizer on ``texts`` and save it to ``out_dir``.
 
     Special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` get ids 0-4; a post-processor adds
@@ -45,16 +57,25 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path | None = None, *,
     :func:`_learn_wordpiece_vocab`).
     """
     problems = []
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, int)
+        or vocab_size <= len(SPECIAL_TOKENS)
+    ):
         problems.append(f"vocab_size={vocab_size!r}: must be an integer > {len(SPECIAL_TOKENS)}")
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
         problems.append(f"min_frequency={min_frequency!r}: must be a positive integer")
-    if isinstance(model_max_length, bool) or not isinstance(model_max_length, int) or model_max_length < 2:
+    if (
+        isinstance(model_max_length, bool)
+        or not isinstance(model_max_length, int)
+        or model_max_length < 2
+    ):
         problems.append(f"model_max_length={model_max_length!r}: must be an integer >= 2")
     if problems:
         raise ConfigError(problems)
-    normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True,
-                                            handle_chinese_chars=True, strip_accents=None)
+    normalizer = normalizers.BertNormalizer(
+        lowercase=lowercase, clean_text=True, handle_chinese_chars=True, strip_accents=None
+    )
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     chunks = Counter(chunk for text in texts for chunk in text.split())
     if not chunks:
@@ -70,18 +91,28 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path | None = None, *,
     tok.decoder = decoders.WordPiece(prefix="##")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=lowercase,
-                             model_max_length=model_max_length, unk_token="[UNK]",
-                             pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-                             mask_token="[MASK]")
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tok,
+        do_lower_case=lowercase,
+        model_max_length=model_max_length,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))
     return fast
 
 
-def _learn_wordpiece_vocab(words: Counter[str], vocab_size: int, min_frequency: int) -> dict[str, int]:
+def _learn_wordpiece_vocab(
+    words: Counter[str], vocab_size: int, min_frequency: int
+) -> dict[str, int]:
     """WordPiece vocabulary by BPE merges, as ``tokenizers.trainers.WordPieceTrainer`` does.
 
     A word starts as its first character plus ``##``-prefixed continuation characters;
@@ -170,16 +201,23 @@ class TinyModelSpec:
     dropout: float = 0.1
 
     def problems(self) -> list[str]:
-        out = [f"{k}={v!r}: must be a positive integer" for k, v in asdict(self).items()
-               if k != "dropout" and (isinstance(v, bool) or not isinstance(v, int) or v < 1)]
+        out = [
+            f"{k}={v!r}: must be a positive integer"
+            for k, v in asdict(self).items()
+            if k != "dropout" and (isinstance(v, bool) or not isinstance(v, int) or v < 1)
+        ]
         if not out and self.hidden_size % self.num_heads:
-            out.append(f"hidden_size={self.hidden_size}: must be divisible by num_heads={self.num_heads}")
+            out.append(
+                f"hidden_size={self.hidden_size}: must be divisible by num_heads={self.num_heads}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout={self.dropout!r}: must be in [0, 1)")
         return out
 
 
-def _load_tokenizer(tokenizer_or_dir: PreTrainedTokenizerBase | str | Path) -> PreTrainedTokenizerBase:
+def _load_tokenizer(
+    tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
+) -> PreTrainedTokenizerBase:
     if isinstance(tokenizer_or_dir, PreTrainedTokenizerBase):
         return tokenizer_or_dir
     path = Path(tokenizer_or_dir)
@@ -188,8 +226,12 @@ def _load_tokenizer(tokenizer_or_dir: PreTrainedTokenizerBase | str | Path) -> P
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def build_tiny_encoder(tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
-                       spec: TinyModelSpec | None = None, *, seed: int = 0) -> BertModel:
+def build_tiny_encoder(
+    tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
+    spec: TinyModelSpec | None = None,
+    *,
+    seed: int = 0,
+) -> BertModel:
     """A randomly initialised ``BertModel`` sized by ``spec`` for this tokenizer.
 
     ``vocab_size`` and ``pad_token_id`` come from the tokenizer. Initialisation is
@@ -202,16 +244,22 @@ def build_tiny_encoder(tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
     if tokenizer.pad_token_id is None:
         raise ConfigError("tokenizer has no pad token; allowed: a BERT-style tokenizer with [PAD]")
     if tokenizer.model_max_length > spec.max_position_embeddings:
-        warnings.warn(f"tokenizer model_max_length={tokenizer.model_max_length} exceeds "
-                      f"max_position_embeddings={spec.max_position_embeddings}: longer inputs will "
-                      "fail; train the tokenizer with model_max_length=max_position_embeddings",
-                      stacklevel=2)
+        warnings.warn(
+            f"tokenizer model_max_length={tokenizer.model_max_length} exceeds "
+            f"max_position_embeddings={spec.max_position_embeddings}: longer inputs will "
+            "fail; train the tokenizer with model_max_length=max_position_embeddings",
+            stacklevel=2,
+        )
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
         intermediate_size=spec.intermediate_size,
-        max_position_embeddings=spec.max_position_embeddings, type_vocab_size=2,
-        hidden_dropout_prob=spec.dropout, attention_probs_dropout_prob=spec.dropout,
+        max_position_embeddings=spec.max_position_embeddings,
+        type_vocab_size=2,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.dropout,
         pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
@@ -220,8 +268,13 @@ def build_tiny_encoder(tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
     return model
 
 
-def write_tiny_encoder(out_dir: str | Path, tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
-                       spec: TinyModelSpec | None = None, *, seed: int = 0) -> Path:
+def write_tiny_encoder(
+    out_dir: str | Path,
+    tokenizer_or_dir: PreTrainedTokenizerBase | str | Path,
+    spec: TinyModelSpec | None = None,
+    *,
+    seed: int = 0,
+) -> Path:
     """Save tokenizer + tiny encoder in ``out_dir`` (loadable with ``AutoModel`` and
     ``AutoTokenizer``) and return it."""
     tokenizer = _load_tokenizer(tokenizer_or_dir)

@@ -41,11 +41,30 @@ from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
 from optical_ray.sweep import FINISHED_KEY
 
-__all__ = ["TRACKERS", "TrackingTarget", "parse_tracking", "tracking_problems",
-           "optuna_storage_problems", "study_name", "optuna_storage_url", "open_study_storage",
-           "prepare_study", "study_importances", "mlflow_tracking_uri", "Tracker",
-           "MlflowBackend", "TensorBoardBackend", "WandbBackend", "make_trackers",
-           "TrackedContext", "track_run", "safe_params", "param_value", "metric_key", "step_metrics"]
+__all__ = [
+    "TRACKERS",
+    "TrackingTarget",
+    "parse_tracking",
+    "tracking_problems",
+    "optuna_storage_problems",
+    "study_name",
+    "optuna_storage_url",
+    "open_study_storage",
+    "prepare_study",
+    "study_importances",
+    "mlflow_tracking_uri",
+    "Tracker",
+    "MlflowBackend",
+    "TensorBoardBackend",
+    "WandbBackend",
+    "make_trackers",
+    "TrackedContext",
+    "track_run",
+    "safe_params",
+    "param_value",
+    "metric_key",
+    "step_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +74,37 @@ RETRY_AFTER_S = 20.0
 #: How long the end of an experiment waits for a backend's queued calls.
 CLOSE_TIMEOUT_S = 60.0
 # Result keys that are Ray Tune's bookkeeping or our step counters, not measurements.
-_NOT_METRICS = frozenset({
-    "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
-    "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore",
-    "pid", "done", "step", "global_step", "epoch", FINISHED_KEY, "trial_id", "date", "hostname",
-    "node_ip", "experiment_id", "checkpoint_dir_name", "should_checkpoint"})
+_NOT_METRICS = frozenset(
+    {
+        "training_iteration",
+        "time_this_iter_s",
+        "time_total_s",
+        "timestamp",
+        "time_since_restore",
+        "iterations_since_restore",
+        "timesteps_total",
+        "episodes_total",
+        "timesteps_since_restore",
+        "pid",
+        "done",
+        "step",
+        "global_step",
+        "epoch",
+        FINISHED_KEY,
+        "trial_id",
+        "date",
+        "hostname",
+        "node_ip",
+        "experiment_id",
+        "checkpoint_dir_name",
+        "should_checkpoint",
+    }
+)
 # Config keys (or their last part) that name a secret: never logged, whatever the value.
-_SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|credential|api[_-]?key|access[_-]?key|"
-                         r"private[_-]?key|(^|[._-])(auth|token)s?$)")
+_SECRET_KEY = re.compile(
+    r"(?i)(password|passwd|secret|credential|api[_-]?key|access[_-]?key|"
+    r"private[_-]?key|(^|[._-])(auth|token)s?$)"
+)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -84,16 +126,21 @@ def tracking_problems(key: str, items: Sequence[str]) -> list[str]:
         kind, sep, uri = str(item).partition("=")
         where = f"{key}[{i}]"
         if kind not in TRACKERS:
-            problems.append(f"{where}: got {item!r}, expected one of {', '.join(TRACKERS)} "
-                            "(mlflow=URI names the tracking server)")
+            problems.append(
+                f"{where}: got {item!r}, expected one of {', '.join(TRACKERS)} "
+                "(mlflow=URI names the tracking server)"
+            )
         elif sep and kind != "mlflow":
             problems.append(f"{where}: got {item!r}, only mlflow takes a URI (mlflow=URI)")
         elif sep and not uri.strip():
-            problems.append(f"{where}: got {item!r}, expected mlflow=URI such as "
-                            "mlflow=http://127.0.0.1:5000")
+            problems.append(
+                f"{where}: got {item!r}, expected mlflow=URI such as mlflow=http://127.0.0.1:5000"
+            )
         elif sep and _has_password(uri):
-            problems.append(f"{where}: got {redact(item)!r}: a password in the tracking URI "
-                            "would be logged; give it in MLFLOW_TRACKING_PASSWORD instead")
+            problems.append(
+                f"{where}: got {redact(item)!r}: a password in the tracking URI "
+                "would be logged; give it in MLFLOW_TRACKING_PASSWORD instead"
+            )
         elif kind in seen:
             problems.append(f"{where}: got {item!r}, {kind} is already listed")
         seen.add(kind)
@@ -130,19 +177,26 @@ def optuna_storage_problems(value: str | None) -> list[str]:
     ``journal:PATH``)."""
     if value in (None, "", "memory"):
         return []
-    allowed = ("expected 'memory', an RDB URL (sqlite:///path.db, postgresql://host/db, "
-               "mysql://host/db) or journal:PATH (Optuna's journal file on a shared file "
-               "system)")
+    allowed = (
+        "expected 'memory', an RDB URL (sqlite:///path.db, postgresql://host/db, "
+        "mysql://host/db) or journal:PATH (Optuna's journal file on a shared file "
+        "system)"
+    )
     if value.startswith("journal:"):
-        return [] if value[len("journal:"):].strip() else \
-            [f"sweep.optuna_storage: got {value!r}, {allowed}"]
+        return (
+            []
+            if value[len("journal:") :].strip()
+            else [f"sweep.optuna_storage: got {value!r}, {allowed}"]
+        )
     scheme = value.partition("://")[0]
     if "://" not in value or not re.match(r"^[a-z][a-z0-9]*(\+[a-z0-9_]+)?$", scheme):
         return [f"sweep.optuna_storage: got {value!r}, {allowed}"]
     if _has_password(value):
-        return [f"sweep.optuna_storage: got {redact(value)!r}: a password in the URL would "
-                "be saved with the sweep; give it in the environment (PGPASSWORD, MYSQL_PWD) "
-                "or the database's own config file"]
+        return [
+            f"sweep.optuna_storage: got {redact(value)!r}: a password in the URL would "
+            "be saved with the sweep; give it in the environment (PGPASSWORD, MYSQL_PWD) "
+            "or the database's own config file"
+        ]
     return []
 
 
@@ -154,12 +208,15 @@ def optuna_storage_url(value: str | None, store: Any) -> str | None:
         return None
     if value:
         if value.startswith("journal:"):
-            return "journal:" + str(Path(value[len("journal:"):].strip()).expanduser().absolute())
+            return "journal:" + str(Path(value[len("journal:") :].strip()).expanduser().absolute())
         return value
     if getattr(store, "scheme", "local") != "local":
-        log.info("sweep.optuna_storage is not set and storage %s is not local: the Optuna "
-                 "studies stay in memory (set sweep.optuna_storage to an RDB URL to keep "
-                 "them)", store.uri)
+        log.info(
+            "sweep.optuna_storage is not set and storage %s is not local: the Optuna "
+            "studies stay in memory (set sweep.optuna_storage to an RDB URL to keep "
+            "them)",
+            store.uri,
+        )
         return None
     return f"sqlite:///{Path(store.path, 'optuna.db')}"
 
@@ -169,7 +226,7 @@ def open_study_storage(url: str) -> Any:
     import optuna
 
     if url.startswith("journal:"):
-        path = Path(url[len("journal:"):])
+        path = Path(url[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
@@ -194,15 +251,21 @@ def prepare_study(url: str, name: str, *, resume: bool, metric: str, mode: str) 
         raise ConfigError(
             f"Optuna study {name!r} already exists in {redact(url)}; pass --resume to "
             f"continue it, another --name, or delete it: optuna delete-study --study-name "
-            f"{name} --storage {redact(url)}")
-    study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
-                                direction="maximize" if mode == "max" else "minimize")
+            f"{name} --storage {redact(url)}"
+        )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        load_if_exists=True,
+        direction="maximize" if mode == "max" else "minimize",
+    )
     study.set_user_attr("metric", metric)
     return storage
 
 
-def study_importances(store: Any, experiment: str, metric: str, *,
-                      url: str | None = None) -> dict[str, float] | None:
+def study_importances(
+    store: Any, experiment: str, metric: str, *, url: str | None = None
+) -> dict[str, float] | None:
     """Parameter importances (Optuna's PED-ANOVA) of the persisted study ``experiment``,
     or None when there is no such study, it optimised another metric, or it has fewer
     than 3 complete trials (the caller then rebuilds a study from the catalog)."""
@@ -211,7 +274,7 @@ def study_importances(store: Any, experiment: str, metric: str, *,
     import optuna
 
     url = url or optuna_storage_url(None, store)
-    if not url or (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file()):
+    if not url or (url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file()):
         return None
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -228,7 +291,8 @@ def study_importances(store: Any, experiment: str, metric: str, *,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ExperimentalWarning
             result = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            )
     finally:
         optuna.logging.set_verbosity(verbosity)
     return {k: float(v) for k, v in result.items()}
@@ -259,9 +323,14 @@ def metric_key(key: str) -> str:
 def step_metrics(result: Mapping[str, Any]) -> tuple[dict[str, float], int]:
     """The measurements of one Tune result and its step (the training step when the
     trial reports it, else Tune's iteration)."""
-    metrics = {k: float(v) for k, v in result.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and k not in _NOT_METRICS and not k.startswith(("config/", "time_"))}
+    metrics = {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and k not in _NOT_METRICS
+        and not k.startswith(("config/", "time_"))
+    }
     step = result.get("global_step", result.get("training_iteration", 0))
     return metrics, int(step) if isinstance(step, (int, float)) else 0
 
@@ -270,8 +339,13 @@ def git_commit() -> str | None:
     """The commit of the optical-ray checkout this runs from, if it is one."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
@@ -292,8 +366,9 @@ class _Sender:
         self.problems: list[str] = []  # every warning it logged, for the sweep's summary
         self._queue: queue.Queue[tuple[Callable[[], Any], str] | None] = queue.Queue()
         self._down_until = 0.0
-        self._thread = threading.Thread(target=self._loop, name=f"optical-ray-{backend}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"optical-ray-{backend}", daemon=True
+        )
         self._thread.start()
 
     def submit(self, fn: Callable[[], Any], what: str) -> None:
@@ -314,10 +389,12 @@ class _Sender:
                 self.failed += 1
                 self._down_until = time.monotonic() + RETRY_AFTER_S
                 reason = redact(" ".join(str(exc).split()))[:300]
-                self._warn(f"{self.backend} tracking at {self.where} failed ({what}): "
-                           f"{reason or type(exc).__name__}; the sweep goes on and the "
-                           f"catalog keeps every result; calls in the next "
-                           f"{RETRY_AFTER_S:.0f} s are skipped")
+                self._warn(
+                    f"{self.backend} tracking at {self.where} failed ({what}): "
+                    f"{reason or type(exc).__name__}; the sweep goes on and the "
+                    f"catalog keeps every result; calls in the next "
+                    f"{RETRY_AFTER_S:.0f} s are skipped"
+                )
 
     def _warn(self, message: str) -> None:
         self.problems.append(message)
@@ -327,12 +404,16 @@ class _Sender:
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            self._warn(f"{self.backend} tracking at {self.where}: gave up waiting "
-                       f"{timeout:.0f} s for queued calls")
+            self._warn(
+                f"{self.backend} tracking at {self.where}: gave up waiting "
+                f"{timeout:.0f} s for queued calls"
+            )
         elif self.failed or self.dropped:
-            self._warn(f"{self.backend} tracking at {self.where}: {self.failed} call(s) "
-                       f"failed and {self.dropped} were skipped while it was unreachable; "
-                       "the catalog has every result")
+            self._warn(
+                f"{self.backend} tracking at {self.where}: {self.failed} call(s) "
+                f"failed and {self.dropped} were skipped while it was unreachable; "
+                "the catalog has every result"
+            )
 
 
 def mlflow_tracking_uri(uri: str | None, store: Any, output_dir: str | None = None) -> str:
@@ -343,8 +424,11 @@ def mlflow_tracking_uri(uri: str | None, store: Any, output_dir: str | None = No
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = store.path if getattr(store, "scheme", "local") == "local" else \
-        str(Path(output_dir or "optical_runs").absolute())
+    root = (
+        store.path
+        if getattr(store, "scheme", "local") == "local"
+        else str(Path(output_dir or "optical_runs").absolute())
+    )
     Path(root).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(root, 'mlflow.db')}"
 
@@ -357,8 +441,6 @@ def _quiet_mlflow_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-
-
 # --------------------------------------------------------------------------- backends
 
 
@@ -369,8 +451,9 @@ class MlflowBackend:
 
     name = "mlflow"
 
-    def __init__(self, tracking_uri: str, experiment: str, parent: str | None,
-                 tags: Mapping[str, str]) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment: str, parent: str | None, tags: Mapping[str, str]
+    ) -> None:
         self.tracking_uri, self.experiment, self.parent_name = tracking_uri, experiment, parent
         self.tags = dict(tags)
         self._client: Any = None
@@ -395,14 +478,17 @@ class MlflowBackend:
         self._exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
         if not self.parent_name:
             return
-        self._parent = self._find(f"tags.`optical_ray.run` = '{self.parent_name}' and "
-                                  "tags.`optical_ray.role` = 'pair'")
+        self._parent = self._find(
+            f"tags.`optical_ray.run` = '{self.parent_name}' and tags.`optical_ray.role` = 'pair'"
+        )
         if self._parent:  # a resumed sweep: the pair's run goes on
             client.update_run(self._parent, status="RUNNING")
         else:
-            self._parent = client.create_run(self._exp_id, run_name=self.parent_name, tags={
-                **self.tags, "optical_ray.run": self.parent_name,
-                "optical_ray.role": "pair"}).info.run_id
+            self._parent = client.create_run(
+                self._exp_id,
+                run_name=self.parent_name,
+                tags={**self.tags, "optical_ray.run": self.parent_name, "optical_ray.role": "pair"},
+            ).info.run_id
 
     def open(self, key: str, params: dict[str, str], tags: dict[str, str]) -> Any:
         from mlflow.entities import Param
@@ -412,25 +498,29 @@ class MlflowBackend:
         role = "trial" if self.parent_name else "run"
         nest = {"mlflow.parentRunId": self._parent} if self._parent else {}
         query = f"tags.`optical_ray.run` = '{key}' and tags.`optical_ray.role` = '{role}'"
-        run_id = self._find(query + (f" and tags.`mlflow.parentRunId` = '{self._parent}'"
-                                     if self._parent else ""))
+        run_id = self._find(
+            query + (f" and tags.`mlflow.parentRunId` = '{self._parent}'" if self._parent else "")
+        )
         if run_id:  # resumed: its run goes on (params are already there)
             client.update_run(run_id, status="RUNNING")
             return run_id
-        run_id = client.create_run(self._exp_id, run_name=key, tags={
-            **self.tags, **tags, **nest, "optical_ray.run": key,
-            "optical_ray.role": role}).info.run_id
+        run_id = client.create_run(
+            self._exp_id,
+            run_name=key,
+            tags={**self.tags, **tags, **nest, "optical_ray.run": key, "optical_ray.role": role},
+        ).info.run_id
         items = [Param(k[:250], v[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow's batch limit
-            client.log_batch(run_id, params=items[i:i + 100])
+            client.log_batch(run_id, params=items[i : i + 100])
         return run_id
 
     def log(self, run: Any, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._client.log_batch(run, metrics=[Metric(metric_key(k), v, now, step)
-                                             for k, v in metrics.items()])
+        self._client.log_batch(
+            run, metrics=[Metric(metric_key(k), v, now, step) for k, v in metrics.items()]
+        )
 
     def close(self, run: Any, status: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -463,13 +553,17 @@ class TensorBoardBackend:
         from tensorboardX import SummaryWriter
 
         rel = f"{self.rel}/{key}"
-        staging = None if self.store.scheme == "local" else \
-            Path(tempfile.mkdtemp(prefix="optical-ray-tb-"))
+        staging = (
+            None
+            if self.store.scheme == "local"
+            else Path(tempfile.mkdtemp(prefix="optical-ray-tb-"))
+        )
         local = Path(self.store.path, rel) if staging is None else staging / key
         writer = SummaryWriter(logdir=str(local))
         writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(params.items())))
-        writer.add_text("tags", "\n".join(f"    {k} = {v}" for k, v in
-                                          sorted({**self.tags, **tags}.items())))
+        writer.add_text(
+            "tags", "\n".join(f"    {k} = {v}" for k, v in sorted({**self.tags, **tags}.items()))
+        )
         return writer, rel, local, staging
 
     def log(self, run: Any, metrics: dict[str, float], step: int) -> None:
@@ -480,8 +574,10 @@ class TensorBoardBackend:
 
     def close(self, run: Any, status: str, tags: dict[str, str]) -> None:
         writer, rel, local, staging = run
-        writer.add_text("end", "\n".join([f"    status = {status}",
-                                          *(f"    {k} = {v}" for k, v in tags.items())]))
+        writer.add_text(
+            "end",
+            "\n".join([f"    status = {status}", *(f"    {k} = {v}" for k, v in tags.items())]),
+        )
         writer.close()
         if staging is not None:
             for path in local.rglob("*"):
@@ -501,14 +597,16 @@ class WandbBackend:
 
     name = "wandb"
 
-    def __init__(self, project: str, group: str | None, dir: str,
-                 tags: Mapping[str, str]) -> None:
+    def __init__(self, project: str, group: str | None, dir: str, tags: Mapping[str, str]) -> None:
         self.project, self.group, self.dir, self.tags = project, group, dir, dict(tags)
 
     def where(self) -> str:
         mode = os.environ.get("WANDB_MODE", "offline")
-        return self.dir if mode in ("offline", "disabled") else \
-            os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        return (
+            self.dir
+            if mode in ("offline", "disabled")
+            else os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        )
 
     def begin(self) -> None:
         Path(self.dir).mkdir(parents=True, exist_ok=True)
@@ -517,12 +615,19 @@ class WandbBackend:
         import wandb
 
         run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.group or self.project}-{key}")
-        run = wandb.init(project=self.project, group=self.group, name=key, id=run_id,
-                         dir=self.dir, config=params, resume="allow", reinit="create_new",
-                         mode=os.environ.get("WANDB_MODE", "offline"),
-                         tags=sorted({self.tags.get("optical_ray.pair", ""), self.project} - {""}),
-                         settings=wandb.Settings(silent=True, console="off",
-                                                 x_disable_stats=True))
+        run = wandb.init(
+            project=self.project,
+            group=self.group,
+            name=key,
+            id=run_id,
+            dir=self.dir,
+            config=params,
+            resume="allow",
+            reinit="create_new",
+            mode=os.environ.get("WANDB_MODE", "offline"),
+            tags=sorted({self.tags.get("optical_ray.pair", ""), self.project} - {""}),
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
         run.summary.update({**self.tags, **tags})
         return run
 
@@ -550,7 +655,6 @@ class Tracker:
         self._runs: dict[str, Any] = {}
         self.problems: list[str] = []  # the warnings of every closed sender
 
-
     @property
     def name(self) -> str:
         return self.backend.name
@@ -566,13 +670,17 @@ class Tracker:
         self._submit(lambda: None, "starting")
 
     def start(self, key: str, params: dict[str, str], tags: dict[str, str]) -> None:
-        self._submit(lambda: self._runs.__setitem__(key, self.backend.open(key, params, tags)),
-                     f"opening run {key}")
+        self._submit(
+            lambda: self._runs.__setitem__(key, self.backend.open(key, params, tags)),
+            f"opening run {key}",
+        )
 
     def log(self, key: str, metrics: dict[str, float], step: int) -> None:
         if metrics:
-            self._submit(lambda: self._with_run(key, lambda run: self.backend.log(
-                run, metrics, step)), f"logging metrics of run {key}")
+            self._submit(
+                lambda: self._with_run(key, lambda run: self.backend.log(run, metrics, step)),
+                f"logging metrics of run {key}",
+            )
 
     def finish(self, key: str, status: str, tags: dict[str, str]) -> None:
         def close(run: Any) -> None:
@@ -600,8 +708,15 @@ class Tracker:
             self._sender = None
 
 
-def make_trackers(targets: Sequence[str], *, store: Any, experiment: str, group: str | None,
-                  tags: Mapping[str, str], output_dir: str | None = None) -> list[Tracker]:
+def make_trackers(
+    targets: Sequence[str],
+    *,
+    store: Any,
+    experiment: str,
+    group: str | None,
+    tags: Mapping[str, str],
+    output_dir: str | None = None,
+) -> list[Tracker]:
     """Trackers for ``tracking`` items. ``experiment`` is the MLflow experiment and W&B
     project (the sweep name); ``group`` the pair's parent run / W&B group / TensorBoard
     folder (``<sweep>-<pair>``), None for a single training run."""
@@ -625,8 +740,14 @@ class TrackedContext:
     single training run with ``train.tracking``): every report is a step, the run ends
     with :meth:`close`. Everything else is the wrapped context's."""
 
-    def __init__(self, inner: Any, trackers: Sequence[Tracker], key: str,
-                 params: dict[str, str], tags: dict[str, str]) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        trackers: Sequence[Tracker],
+        key: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+    ) -> None:
         self._inner, self._trackers, self._key = inner, list(trackers), key
         for t in self._trackers:
             t.start(key, params, tags)
@@ -660,10 +781,17 @@ def track_run(cfg: Any, ctx: Any, *, experiment: str = "optical-ray") -> Iterato
     from optical_ray.storage import resolve_storage
 
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
-    trackers = make_trackers(cfg.train.tracking, store=store, experiment=experiment, group=None,
-                             tags={"optical_ray.pair": cfg.pair}, output_dir=cfg.output_dir)
-    tracked = TrackedContext(ctx, trackers, cfg.name, safe_params(to_flat(cfg)),
-                             {"optical_ray.role": "run"})
+    trackers = make_trackers(
+        cfg.train.tracking,
+        store=store,
+        experiment=experiment,
+        group=None,
+        tags={"optical_ray.pair": cfg.pair},
+        output_dir=cfg.output_dir,
+    )
+    tracked = TrackedContext(
+        ctx, trackers, cfg.name, safe_params(to_flat(cfg)), {"optical_ray.role": "run"}
+    )
     status = "failed"
     try:
         yield tracked

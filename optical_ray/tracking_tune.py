@@ -42,10 +42,15 @@ class TrackingCallback(Callback):
             flat = to_flat(resolve_trial_config(self.plan, dict(trial.config), tid))
         except OpticalRayError:
             flat = dict(trial.config)  # a sampled combination that cannot work
-        self.tracker.start(tid, safe_params(flat), {
-            "optical_ray.trial_id": tid,
-            # The catalog's record of this trial (optical_ray.sweep.CatalogCallback).
-            "optical_ray.catalog_record_id": f"{self.experiment}--{tid}"})
+        self.tracker.start(
+            tid,
+            safe_params(flat),
+            {
+                "optical_ray.trial_id": tid,
+                # The catalog's record of this trial (optical_ray.sweep.CatalogCallback).
+                "optical_ray.catalog_record_id": f"{self.experiment}--{tid}",
+            },
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         if result.get(FINISHED_KEY):  # the end-of-trial summary repeats the last evaluation
@@ -77,10 +82,19 @@ class TrackingCallback(Callback):
 def tracking_callbacks(targets: Sequence[str], *, plan: PairPlan, store: Any) -> list[Callback]:
     """The Tune callbacks for ``sweep.tracking`` (``["mlflow", "tensorboard", ...]``) of
     one pair's experiment, for the Tuner's ``RunConfig(callbacks=...)``."""
-    tags = {"optical_ray.sweep": plan.base.name, "optical_ray.pair": plan.pair,
-            "optical_ray.experiment": plan.experiment}
+    tags = {
+        "optical_ray.sweep": plan.base.name,
+        "optical_ray.pair": plan.pair,
+        "optical_ray.experiment": plan.experiment,
+    }
     if plan.space_file and not plan.space_file.startswith("<"):  # a file, not a dict
         tags["optical_ray.space"] = plan.space_file
-    trackers = make_trackers(targets, store=store, experiment=plan.base.name,
-                             group=plan.experiment, tags=tags, output_dir=plan.base.output_dir)
+    trackers = make_trackers(
+        targets,
+        store=store,
+        experiment=plan.base.name,
+        group=plan.experiment,
+        tags=tags,
+        output_dir=plan.base.output_dir,
+    )
     return [TrackingCallback(t, plan=plan, store=store) for t in trackers]

@@ -24,16 +24,36 @@ from typing import Any
 
 from optical_ray.checkpoint import read_checkpoint_state
 from optical_ray.config import Config, StorageConfig, save_config, to_dict
-from optical_ray.context import (History, LocalContext, TrainContext, mix_seed, read_progress,
-                                 resolve_device, resolve_precision, seed_all)
+from optical_ray.context import (
+    History,
+    LocalContext,
+    TrainContext,
+    mix_seed,
+    read_progress,
+    resolve_device,
+    resolve_precision,
+    seed_all,
+)
 from optical_ray.loop import STAGE_HINTS
 from optical_ray.model import RetrievalModel, check_distill_layers
 from optical_ray.stages import MLMHead, init_student, train_adapt, train_distill, train_rank
 
 __all__ = [
-    "TrainContext", "LocalContext", "History", "run", "train_rank", "train_adapt",
-    "train_distill", "init_student", "MLMHead", "evaluate_dev", "resolve_device",
-    "resolve_precision", "STAGE_HINTS", "local_run_dir", "read_progress",
+    "TrainContext",
+    "LocalContext",
+    "History",
+    "run",
+    "train_rank",
+    "train_adapt",
+    "train_distill",
+    "init_student",
+    "MLMHead",
+    "evaluate_dev",
+    "resolve_device",
+    "resolve_precision",
+    "STAGE_HINTS",
+    "local_run_dir",
+    "read_progress",
 ]
 
 
@@ -57,8 +77,9 @@ def evaluate_dev(model: RetrievalModel, cfg: Config, split: str | None = None) -
     from optical_ray.evaluate import evaluate_pairs
 
     pairs = list(cfg.eval.pairs) + [cfg.pair] if cfg.eval.pairs else None
-    results = evaluate_pairs(model, cfg, pairs=pairs, split=split or cfg.eval.split,
-                             load_collection=_cached_collection)
+    results = evaluate_pairs(
+        model, cfg, pairs=pairs, split=split or cfg.eval.split, load_collection=_cached_collection
+    )
     flat = {f"{pair}/{k}": float(v) for pair, r in results.items() for k, v in r.metrics.items()}
     if cfg.pair in results:
         flat.update({k: float(v) for k, v in results[cfg.pair].metrics.items()})
@@ -123,16 +144,21 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
     if state is not None:
         drift = _config_drift(state.get("config", {}), cfg)
         if drift:
-            warnings.warn(f"resuming from {ckpt}, written with a different config "
-                          f"({', '.join(drift[:8])}); start in a new run directory "
-                          "(output_dir/name) to train this config from scratch", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"resuming from {ckpt}, written with a different config "
+                f"({', '.join(drift[:8])}); start in a new run directory "
+                "(output_dir/name) to train this config from scratch",
+                UserWarning,
+                stacklevel=2,
+            )
         model = RetrievalModel.load(Path(ckpt) / "model", device=device)
         model.cfg = cfg.model
         if (Path(ckpt) / "teacher").is_dir():
             teacher = RetrievalModel.load(Path(ckpt) / "teacher", device=device)
         history = History.from_dict(state["history"])
-        history.resumes.append({"stage": state["stage"], "step": int(state["step"]),
-                                "time": time.time()})
+        history.resumes.append(
+            {"stage": state["stage"], "step": int(state["step"]), "time": time.time()}
+        )
         ctx.print0(f"resuming from {ckpt} (stage {state['stage']}, step {state['step']})")
     elif cfg.train.teacher:
         model = RetrievalModel.from_config(_with_model(cfg, cfg.train.teacher))
@@ -142,6 +168,7 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
             # data exist (the model builder never generates them)
             sources.ensure_data_root(cfg)
         model = RetrievalModel.from_config(cfg)
+
     def eval_fn(m: RetrievalModel) -> dict[str, float]:
         return evaluate_dev(m, cfg)
 
@@ -165,17 +192,23 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
         elif name == "distill":
             # init "teacher": the model as it stands (the teacher, adapted if adapt ran)
             # goes on as the student; a resumed student is the checkpoint's model.
-            student = model if resume is not None or cfg.distill.init == "teacher" \
+            student = (
+                model
+                if resume is not None or cfg.distill.init == "teacher"
                 else init_student(teacher, cfg)
+            )
             rank_data = sources.rank_collection(cfg) if cfg.distill.rank_batch_size > 0 else None
-            model, _ = train_distill(student, teacher, sources.bitext_pairs(cfg, cfg.pair), cfg, ctx,
-                                     rank_data, **common)
+            model, _ = train_distill(
+                student, teacher, sources.bitext_pairs(cfg, cfg.pair), cfg, ctx, rank_data, **common
+            )
     if ctx.rank == 0:
         run_dir = Path(ctx.run_dir)
         out = _atomic_save(model, cfg, run_dir / "model")
         save_config(cfg, run_dir / "config.json")
         history.model_dir = str(out)
-        (run_dir / "history.json").write_text(json.dumps(history.to_dict()) + "\n", encoding="utf-8")
+        (run_dir / "history.json").write_text(
+            json.dumps(history.to_dict()) + "\n", encoding="utf-8"
+        )
     ctx.barrier()
     return history
 

@@ -32,8 +32,17 @@ from ray.tune import Callback
 from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, redact
 
-__all__ = ["KEY_ENV", "MANIFEST_NAME", "UntrustedStateError", "StateManifest", "StateSigner",
-           "state_key", "is_state_file", "verify_state", "sign_tuner_file"]
+__all__ = [
+    "KEY_ENV",
+    "MANIFEST_NAME",
+    "UntrustedStateError",
+    "StateManifest",
+    "StateSigner",
+    "state_key",
+    "is_state_file",
+    "verify_state",
+    "sign_tuner_file",
+]
 
 KEY_ENV = "OPTICAL_RAY_STATE_KEY"
 MANIFEST_NAME = "optical-ray-state.json"
@@ -52,8 +61,13 @@ def state_key(path: str | os.PathLike[str] | None = None) -> bytes:
     env = os.environ.get(KEY_ENV)
     if env:
         return env.encode()
-    key_file = Path(path) if path else Path(os.environ.get("XDG_CONFIG_HOME")
-                                            or Path.home() / ".config") / "optical-ray" / "state.key"
+    key_file = (
+        Path(path)
+        if path
+        else Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        / "optical-ray"
+        / "state.key"
+    )
     try:
         return bytes.fromhex(key_file.read_text().strip())
     except FileNotFoundError:
@@ -115,15 +129,16 @@ class StateManifest:
         body = json.dumps(files, sort_keys=True, separators=(",", ":"))
         expected = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(mac, expected):
-            raise UntrustedStateError("the state manifest's signature does not match this "
-                                      f"installation's key (${KEY_ENV} or the local key file)")
+            raise UntrustedStateError(
+                "the state manifest's signature does not match this "
+                f"installation's key (${KEY_ENV} or the local key file)"
+            )
         return cls(files)
 
     def untrusted(self, found: Iterable[tuple[str, bytes]]) -> list[str]:
         """Names among ``found`` (name, content) whose content this manifest does not
         vouch for."""
-        return [name for name, data in found
-                if _digest(data) not in self.files.get(name, ())]
+        return [name for name, data in found if _digest(data) not in self.files.get(name, ())]
 
 
 class StateSigner(Callback):
@@ -133,8 +148,9 @@ class StateSigner(Callback):
     to the experiment's storage. Resume verifies storage against it
     (:func:`verify_state`)."""
 
-    def __init__(self, store: Any, experiment_rel: str, manifest: StateManifest,
-                 key: bytes) -> None:
+    def __init__(
+        self, store: Any, experiment_rel: str, manifest: StateManifest, key: bytes
+    ) -> None:
         self.store, self.rel, self.manifest, self.key = store, experiment_rel, manifest, key
         self._seen: dict[str, tuple[float, int]] = {}
 
@@ -173,26 +189,33 @@ def verify_state(store: Any, experiment_rel: str, key: bytes | None = None) -> S
     """Check every state file Tune would read on restore against the signed manifest;
     returns the manifest, or raises :class:`UntrustedStateError` naming the files."""
     where = store.uri_of(experiment_rel)
-    hint = ("; resume only state you trust: pass --trust-storage (trust_storage=True) if "
-            f"everyone who can write to {redact(where)} is trusted")
+    hint = (
+        "; resume only state you trust: pass --trust-storage (trust_storage=True) if "
+        f"everyone who can write to {redact(where)} is trusted"
+    )
     try:
         data = store.read_bytes(f"{experiment_rel}/{MANIFEST_NAME}")
     except (FileNotFoundError, OpticalRayError):
-        raise UntrustedStateError(f"refusing to resume {redact(where)}: it has no "
-                                  f"{MANIFEST_NAME} signed by this installation{hint}") from None
+        raise UntrustedStateError(
+            f"refusing to resume {redact(where)}: it has no "
+            f"{MANIFEST_NAME} signed by this installation{hint}"
+        ) from None
     try:
         manifest = StateManifest.load(data, key or state_key())
     except UntrustedStateError as exc:
         raise UntrustedStateError(f"refusing to resume {redact(where)}: {exc}{hint}") from None
-    found = [(info.base_name, store.read_bytes(f"{experiment_rel}/{info.base_name}"))
-             for info in store.ls(experiment_rel)
-             if info.is_file and is_state_file(info.base_name)]
+    found = [
+        (info.base_name, store.read_bytes(f"{experiment_rel}/{info.base_name}"))
+        for info in store.ls(experiment_rel)
+        if info.is_file and is_state_file(info.base_name)
+    ]
     bad = manifest.untrusted(found)
     if bad:
         raise UntrustedStateError(
             f"refusing to resume {redact(where)}: {', '.join(sorted(bad))} "
             f"{'was' if len(bad) == 1 else 'were'} not written by this installation "
-            f"(not in its signed {MANIFEST_NAME}){hint}")
+            f"(not in its signed {MANIFEST_NAME}){hint}"
+        )
     return manifest
 
 

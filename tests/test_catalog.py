@@ -12,8 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from optical_ray.catalog import (Catalog, TrialRecord, best_config, best_configs_all,
-                                 best_yaml, format_records)
+from optical_ray.catalog import (
+    Catalog,
+    TrialRecord,
+    best_config,
+    best_configs_all,
+    best_yaml,
+    format_records,
+)
 from optical_ray.config import from_dict, to_dict, to_flat
 from optical_ray.errors import ConfigError, StorageError
 from optical_ray.storage import resolve_storage
@@ -27,21 +33,34 @@ def flat_config(pair: str = "en-sw", **overrides) -> dict:
     return flat
 
 
-def record(i: int, pair: str = "en-sw", experiment: str = "exp", value: float | None = None,
-           status: str = "finished", **extra) -> TrialRecord:
+def record(
+    i: int,
+    pair: str = "en-sw",
+    experiment: str = "exp",
+    value: float | None = None,
+    status: str = "finished",
+    **extra,
+) -> TrialRecord:
     value = i / 100 if value is None else value
     ref = 0.6
-    config = flat_config(pair, **{"distill.epsilon": 0.01 * (i + 1),
-                                  "distill.weight": round(0.1 * (i % 10), 1)})
+    config = flat_config(
+        pair, **{"distill.epsilon": 0.01 * (i + 1), "distill.weight": round(0.1 * (i % 10), 1)}
+    )
     return TrialRecord(
-        experiment=experiment, pair=pair, trial_id=f"{pair}-{i:04d}", status=status,
+        experiment=experiment,
+        pair=pair,
+        trial_id=f"{pair}-{i:04d}",
+        status=status,
         config=config,
-        best_metrics={"map": value, f"{pair}/map": value, "en-en/map": ref,
-                      "ndcg@10": 1 - value},
-        last_metrics={"map": value / 2}, metric="map",
+        best_metrics={"map": value, f"{pair}/map": value, "en-en/map": ref, "ndcg@10": 1 - value},
+        last_metrics={"map": value / 2},
+        metric="map",
         checkpoint_uri=f"s3://bucket/runs/{pair}/{i}/checkpoint",
-        started_at=1_700_000_000.0 + i, finished_at=1_700_000_100.0 + i, training_s=90.0,
-        **extra)
+        started_at=1_700_000_000.0 + i,
+        finished_at=1_700_000_100.0 + i,
+        training_s=90.0,
+        **extra,
+    )
 
 
 @pytest.fixture
@@ -58,8 +77,12 @@ def test_append_and_records_round_trip(catalog) -> None:
     df = catalog.records()
     assert len(df) == 1
     row = df.iloc[0]
-    assert (row.experiment, row.pair, row.trial_id, row.status) == ("exp", "en-sw",
-                                                                   "en-sw-0003", "finished")
+    assert (row.experiment, row.pair, row.trial_id, row.status) == (
+        "exp",
+        "en-sw",
+        "en-sw-0003",
+        "finished",
+    )
     assert row.metric == "map" and row.best_value == pytest.approx(0.03)
     assert row.last_value == pytest.approx(0.015)
     assert row.epsilon == pytest.approx(0.04) and row.weight == pytest.approx(0.3)
@@ -148,8 +171,13 @@ def test_compact_merges_parts_and_keeps_every_record(catalog) -> None:
     Path(part).with_name("part-copy.parquet").write_bytes(Path(part).read_bytes())
     assert len(catalog.records(pair="en-sw")) == 12
     stats = catalog.compact()
-    assert stats == {"dirs": 1, "parts_before": 14, "parts_after": 2, "records": 12,
-                     "quarantined": 0}
+    assert stats == {
+        "dirs": 1,
+        "parts_before": 14,
+        "parts_after": 2,
+        "records": 12,
+        "quarantined": 0,
+    }
     assert len(catalog.parts("en-sw")) == 1
     df = catalog.records()
     assert len(df) == 13 and df.record_id.is_unique
@@ -199,8 +227,10 @@ def test_best_configs_all_one_per_pair(catalog) -> None:
         catalog.append(record(i, "en-yo", value=0.9 - i / 10))
     catalog.append(record(0, "en-xx", status="failed", error="OOM"))
     rows = best_configs_all(storage=catalog.storage)
-    assert [(r.pair, r.trial_id) for r in rows] == [("en-sw", "en-sw-0003"),
-                                                   ("en-yo", "en-yo-0000")]
+    assert [(r.pair, r.trial_id) for r in rows] == [
+        ("en-sw", "en-sw-0003"),
+        ("en-yo", "en-yo-0000"),
+    ]
     text = format_records(rows)
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["pair", "rank", "map"] and len(lines) == 4
@@ -221,7 +251,11 @@ def test_table_shows_the_other_distill_keys_that_differ(catalog) -> None:
     header = format_records(rows).splitlines()[0].split()
     assert "contrastive" in header and "sinkhorn_iters" not in header  # the same in all
     column = header.index("contrastive")
-    assert [line.split()[column] for line in format_records(rows).splitlines()[2:]] == ["2", "2", "0.5"]
+    assert [line.split()[column] for line in format_records(rows).splitlines()[2:]] == [
+        "2",
+        "2",
+        "0.5",
+    ]
     assert "contrastive" not in format_records(rows[:2]).splitlines()[0].split()
 
 
@@ -254,13 +288,15 @@ def test_query_errors_are_one_clear_line(catalog, tmp_path) -> None:
     with pytest.raises(StorageError) as info:
         best_config("en-xx", storage=store)
     assert "'en-xx'" in str(info.value) and "pairs with records: en-sw, en-yo, en-zz" in str(
-        info.value)
+        info.value
+    )
     with pytest.raises(StorageError) as info:
         best_config("en-sw", metric="recall@100", storage=store)
     assert "'recall@100' was never recorded" in str(info.value)
     assert "recorded metrics: map, ndcg@10" in str(info.value)
-    with pytest.raises(StorageError, match=r"no finished trial .*\(1 failed; last error: CUDA") \
-            as info:
+    with pytest.raises(
+        StorageError, match=r"no finished trial .*\(1 failed; last error: CUDA"
+    ) as info:
         best_config("en-zz", storage=store)
     assert "CUDA OOM Traceback ..." in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="pair: got 'ensw'"):
@@ -299,24 +335,31 @@ def _bad_parts(directory: Path) -> dict[str, Path]:
     """A corrupt, an empty and two foreign Parquet files named like parts in ``directory``
     (issue 22: one of them used to hide every record of the store)."""
     directory.mkdir(parents=True, exist_ok=True)
-    bad = {name: directory / f"part-99999999T000000000000Z-{name}.parquet"
-           for name in ("corrupt", "empty", "foreign", "clash")}
+    bad = {
+        name: directory / f"part-99999999T000000000000Z-{name}.parquet"
+        for name in ("corrupt", "empty", "foreign", "clash")
+    }
     good = next(directory.glob("part-*.parquet"), None)
     head = good.read_bytes()[:200] if good else b"PAR1"
     bad["corrupt"].write_bytes(head + b"\x00garbage" * 20)  # a torn part
     bad["empty"].write_bytes(b"")
     pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), bad["foreign"])
     # the identity columns, but a value column that cannot be read as a number
-    ids = {"record_id": "clash", "experiment": "exp", "pair": directory.name, "trial_id": "t",
-           "status": "finished"}
-    pq.write_table(pa.table({k: [v] for k, v in ids.items()} | {"best_value": ["high"]}),
-                   bad["clash"])
+    ids = {
+        "record_id": "clash",
+        "experiment": "exp",
+        "pair": directory.name,
+        "trial_id": "t",
+        "status": "finished",
+    }
+    pq.write_table(
+        pa.table({k: [v] for k, v in ids.items()} | {"best_value": ["high"]}), bad["clash"]
+    )
     return bad
 
 
 def _warned(caplog, path: Path) -> int:
-    return sum(str(path) in r.getMessage() for r in caplog.records
-               if r.levelname == "WARNING")
+    return sum(str(path) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
 def test_unreadable_parts_are_skipped_with_a_warning_and_quarantined(catalog, caplog) -> None:
@@ -349,7 +392,8 @@ def test_unreadable_parts_are_skipped_with_a_warning_and_quarantined(catalog, ca
     caplog.clear()
     after = Catalog(catalog.storage, spool_dir=catalog.spool_dir)
     assert sorted(after.records().trial_id) == sorted(
-        [f"en-sw-{i:04d}" for i in range(4)] + ["en-yo-0000"])
+        [f"en-sw-{i:04d}" for i in range(4)] + ["en-yo-0000"]
+    )
     assert after.skipped == {} and not caplog.records
 
 
@@ -371,9 +415,21 @@ def test_best_cli_exits_0_and_names_the_unreadable_parts(catalog) -> None:
     for i in range(3):
         catalog.append(record(i))
     bad = _bad_parts(Path(catalog.storage.path) / "catalog" / "exp" / "en-sw")
-    proc = subprocess.run([sys.executable, "-m", "optical_ray.cli", "best", "--pair", "en-sw",
-                           "--storage", catalog.storage.path], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optical_ray.cli",
+            "best",
+            "--pair",
+            "en-sw",
+            "--storage",
+            catalog.storage.path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "en-sw-0002" in proc.stdout
     warnings = proc.stderr.strip().splitlines()
@@ -406,8 +462,13 @@ def test_public_names_and_report_uses_only_public_ones() -> None:
     for name in catalog_pkg.__all__:
         assert getattr(catalog_pkg, name) is not None
     tree = ast.parse(Path(optical_ray.report.__file__).read_text())
-    imported = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and (node.module or "").startswith("optical_ray.catalog") for a in node.names]
+    imported = [
+        a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("optical_ray.catalog")
+        for a in node.names
+    ]
     assert imported and not [n for n in imported if n.startswith("_")]
 
 
@@ -473,8 +534,10 @@ def _append_many(uri: str, spool: str, worker: int, n: int) -> None:
 
 def _run_writers(uri: str, spool: Path, workers: int = 4, n: int = 50) -> None:
     ctx = mp.get_context("spawn")  # no fork after the AWS SDK started its threads
-    procs = [ctx.Process(target=_append_many, args=(uri, str(spool / str(w)), w, n))
-             for w in range(workers)]
+    procs = [
+        ctx.Process(target=_append_many, args=(uri, str(spool / str(w)), w, n))
+        for w in range(workers)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -492,8 +555,10 @@ def test_concurrent_writers_lose_nothing_local(tmp_path) -> None:
     import threading
 
     uri = str(tmp_path / "store")
-    threads = [threading.Thread(target=_append_many, args=(uri, str(tmp_path / str(w)), w, 25))
-               for w in range(4)]
+    threads = [
+        threading.Thread(target=_append_many, args=(uri, str(tmp_path / str(w)), w, 25))
+        for w in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -524,14 +589,15 @@ def test_s3_concurrent_writers_lose_nothing(s3_storage_uri, tmp_path) -> None:
     catalog = Catalog(s3_storage_uri, spool_dir=tmp_path / "spool-r")
     df = catalog.records()
     assert sorted(df.trial_id) == _expected_ids() and df.record_id.is_unique
-    assert all(not Catalog(s3_storage_uri, spool_dir=tmp_path / "spool" / str(w)).pending()
-               for w in range(4))
+    assert all(
+        not Catalog(s3_storage_uri, spool_dir=tmp_path / "spool" / str(w)).pending()
+        for w in range(4)
+    )
 
 
 @pytest.mark.slow
 def test_s3_outage_spools_then_flushes(s3_storage_uri, s3_env, tmp_path) -> None:
-    catalog = Catalog(s3_storage_uri, spool_dir=tmp_path / "spool", attempts=2,
-                      base_delay=0.2)
+    catalog = Catalog(s3_storage_uri, spool_dir=tmp_path / "spool", attempts=2, base_delay=0.2)
     catalog.append(record(1))
     s3_env.stop()
     try:
@@ -548,8 +614,7 @@ def test_s3_outage_spools_then_flushes(s3_storage_uri, s3_env, tmp_path) -> None
 
 @pytest.mark.slow
 def test_s3_secret_never_written(s3_storage_uri, s3_env, tmp_path) -> None:
-    catalog = Catalog(s3_storage_uri, spool_dir=tmp_path / "spool", auto_compact=3,
-                      attempts=1)
+    catalog = Catalog(s3_storage_uri, spool_dir=tmp_path / "spool", auto_compact=3, attempts=1)
     for i in range(3):
         catalog.append(_leaky_record(i))
     s3_env.stop()
@@ -562,9 +627,10 @@ def test_s3_secret_never_written(s3_storage_uri, s3_env, tmp_path) -> None:
     _assert_no_secret(spooled, SECRET)
     catalog.flush()
     client = s3_env.client()
-    bucket, prefix = s3_storage_uri[len("s3://"):].split("/", 1)
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)
-            .get("Contents", [])]
+    bucket, prefix = s3_storage_uri[len("s3://") :].split("/", 1)
+    keys = [
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    ]
     blobs = {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
     assert sum(k.endswith(".parquet") for k in keys) >= 1
     _assert_no_secret(blobs, SECRET)
@@ -580,19 +646,20 @@ def test_s3_unreadable_parts_and_vanished_parts(s3_storage_uri, s3_env, tmp_path
         catalog.append(record(i))
     bad = _bad_parts(tmp_path / "bad" / "en-sw")
     client = s3_env.client()
-    bucket, prefix = s3_storage_uri[len("s3://"):].split("/", 1)
+    bucket, prefix = s3_storage_uri[len("s3://") :].split("/", 1)
     for path in bad.values():
-        client.put_object(Bucket=bucket, Key=f"{prefix}/catalog/exp/en-sw/{path.name}",
-                          Body=path.read_bytes())
+        client.put_object(
+            Bucket=bucket, Key=f"{prefix}/catalog/exp/en-sw/{path.name}", Body=path.read_bytes()
+        )
     assert best_config("en-sw", storage=s3_storage_uri)[0].trial_id == "en-sw-0002"
     assert catalog.compact()["quarantined"] == len(bad)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
-    assert sorted(k.rsplit("/", 1)[1] for k in keys if "/quarantine/catalog/exp/en-sw/" in k) \
-        == sorted(p.name for p in bad.values())
+    assert sorted(
+        k.rsplit("/", 1)[1] for k in keys if "/quarantine/catalog/exp/en-sw/" in k
+    ) == sorted(p.name for p in bad.values())
     assert sorted(catalog.records().trial_id) == [f"en-sw-{i:04d}" for i in range(3)]
     catalog.append(record(3))
     infos = catalog.parts()
     catalog.storage.delete_files([infos[0].path])  # gone between listing and reading
     with pytest.raises(PartGone):
         read_parts(catalog.storage, infos, ["record_id"], None)
-

@@ -38,26 +38,40 @@ def test_help_lists_the_commands(capsys) -> None:
 
 def test_synth_and_validate(tmp_path, capsys) -> None:
     out = tmp_path / "world"
-    assert main(["data", "synth", "--out", str(out), "--scale", "tiny",
-                 "--bitext-size", "xc=100"]) == 0
+    assert (
+        main(["data", "synth", "--out", str(out), "--scale", "tiny", "--bitext-size", "xc=100"])
+        == 0
+    )
     assert "xc: low-resource, 100 bitext pairs" in capsys.readouterr().out
     assert main(["data", "validate", str(out)]) == 0
     assert "OK" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["data", "synth", "--out", "x", "--languages", "zz"], "language 'zz' is unknown"),
-    (["data", "synth", "--out", "x", "--bitext-size", "xc=many"], "expected LANG=N"),
-    (["data", "synth", "--out", "x", "--scale", "huge"], "invalid choice: 'huge'"),
-    (["config", "distill.epsilon=-1"], "distill.epsilon: got -1.0, must be > 0"),
-    (["train", "model.scoring=bm25"], "model.scoring: got 'bm25'"),
-    (["evaluate", "--checkpoint", "/nonexistent"], "is not a saved model directory"),
-    (["best", "--storage", "/nonexistent-store", "--all"], "no trial records"),
-    (["best", "--storage", "/nonexistent-store"], "exactly one of --pair PAIR or --all"),
-    (["sweep", "--space", "/nope.yaml", "--pairs", "en-xa"], "does not exist"),
-    (["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa",
-      "distill.epsilon=0.1"], "searches distill.epsilon; drop the override"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["data", "synth", "--out", "x", "--languages", "zz"], "language 'zz' is unknown"),
+        (["data", "synth", "--out", "x", "--bitext-size", "xc=many"], "expected LANG=N"),
+        (["data", "synth", "--out", "x", "--scale", "huge"], "invalid choice: 'huge'"),
+        (["config", "distill.epsilon=-1"], "distill.epsilon: got -1.0, must be > 0"),
+        (["train", "model.scoring=bm25"], "model.scoring: got 'bm25'"),
+        (["evaluate", "--checkpoint", "/nonexistent"], "is not a saved model directory"),
+        (["best", "--storage", "/nonexistent-store", "--all"], "no trial records"),
+        (["best", "--storage", "/nonexistent-store"], "exactly one of --pair PAIR or --all"),
+        (["sweep", "--space", "/nope.yaml", "--pairs", "en-xa"], "does not exist"),
+        (
+            [
+                "sweep",
+                "--space",
+                "search_spaces/default.yaml",
+                "--pairs",
+                "en-xa",
+                "distill.epsilon=0.1",
+            ],
+            "searches distill.epsilon; drop the override",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys) -> None:
     try:
         code = main(argv)
@@ -70,16 +84,21 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys) -> None:
     assert needle in err
 
 
-@pytest.mark.parametrize("file, content, needle", [
-    ("eval/en-xc/dev/queries.tsv", "q1\tfine\nq2\ttoo\tmany\tcolumns\n", "line 2"),
-    ("eval/en-xc/dev/qrels.txt", "", "empty"),
-    ("eval/en-xc/dev/corpus.jsonl", '{"docid": "d1", "text": "a"}\n{"docid": "d1", "text": "b"}\n',
-     "duplicate"),
-    ("bitext/en-xc/dev.tsv", "only one column\n", "line 1"),
-    ("mono/xc.txt", b"ok\n\xff\xfe broken\n", "UTF-8"),
-])
-def test_validate_names_the_bad_file_and_line(broken_world, file, content, needle,
-                                              capsys) -> None:
+@pytest.mark.parametrize(
+    "file, content, needle",
+    [
+        ("eval/en-xc/dev/queries.tsv", "q1\tfine\nq2\ttoo\tmany\tcolumns\n", "line 2"),
+        ("eval/en-xc/dev/qrels.txt", "", "empty"),
+        (
+            "eval/en-xc/dev/corpus.jsonl",
+            '{"docid": "d1", "text": "a"}\n{"docid": "d1", "text": "b"}\n',
+            "duplicate",
+        ),
+        ("bitext/en-xc/dev.tsv", "only one column\n", "line 1"),
+        ("mono/xc.txt", b"ok\n\xff\xfe broken\n", "UTF-8"),
+    ],
+)
+def test_validate_names_the_bad_file_and_line(broken_world, file, content, needle, capsys) -> None:
     path = broken_world / file
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -105,7 +124,7 @@ def test_train_then_evaluate_from_the_cli(tiny_world, tmp_path, capsys) -> None:
     cfg.write_text(f"""
 name: cli
 pair: en-xc
-output_dir: {tmp_path / 'runs'}
+output_dir: {tmp_path / "runs"}
 data: {{root: {tiny_world.root}}}
 train: {{stages: [rank, distill], log_every: 1000, warmup_ratio: 0.0}}
 rank: {{steps: 3, batch_size: 8, lr: 1.0e-3}}
@@ -119,8 +138,22 @@ eval: {{metrics: [map, mrr@10], pairs: [en-en, en-xc]}}
     assert saved["distill"]["epsilon"] == 0.1  # the resolved config beside the output
     capsys.readouterr()
     out_dir = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(model), "--pairs", "en-en,xc-en",
-                 "--split", "test", "--out", str(out_dir)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(model),
+                "--pairs",
+                "en-en,xc-en",
+                "--split",
+                "test",
+                "--out",
+                str(out_dir),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "en-en" in table and "xc-en" in table
     metrics = json.loads((out_dir / "metrics.json").read_text())
@@ -145,7 +178,10 @@ def test_search_spaces_the_code_names_exist() -> None:
     import optical_ray
 
     package = Path(optical_ray.__file__).parent
-    named = {n for f in package.rglob("*.py")
-             for n in re.findall(r"search_spaces/[\w.-]+\.yaml", f.read_text(encoding="utf-8"))}
+    named = {
+        n
+        for f in package.rglob("*.py")
+        for n in re.findall(r"search_spaces/[\w.-]+\.yaml", f.read_text(encoding="utf-8"))
+    }
     assert "search_spaces/default.yaml" in named
     assert [n for n in sorted(named) if not (package.parent / n).is_file()] == []

@@ -33,20 +33,45 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
         "dup": ("dup.yaml", b"distill:\n  epsilon: 0.1\nname: a\ndistill:\n  lr: 0.1\n"),
         "slashname": ("slash.yaml", b"name: a/b\n"),
         "credyaml": ("cred.yaml", f"storage:\n  uri: {CRED_S3}\n".encode()),
-        "sp_eps": ("eps.yaml", (SPACE_BASE + "params:\n  distill.epsilon: {type: uniform, "
-                                "low: -1.0, high: 1.0}\n").encode()),
-        "sp_steps": ("steps.yaml", (SPACE_BASE + "params:\n  distill.steps: {type: int, "
-                                    "low: -5, high: 10}\n").encode()),
-        "sp_bogus": ("bogus.yaml", (SPACE_BASE + "params:\n  distill.method: {type: "
-                                    "categorical, choices: [ot, bogus]}\n").encode()),
-        "sp_two": ("two.yaml", (SPACE_BASE + "params:\n  distill.weight: {type: uniform, "
-                                "low: 0.0, high: 2.0}\n  rank.batch_size: {type: int, low: 0, "
-                                "high: 8}\n").encode()),
-        "sp_float_int": ("fint.yaml", (SPACE_BASE + "params:\n  distill.batch_size: {type: "
-                                       "uniform, low: 4, high: 16}\n").encode()),
-        "sp_dup": ("spdup.yaml", (SPACE_BASE + "params:\n  distill.lr: {type: loguniform, "
-                                  "low: 1.0e-4, high: 1.0e-3}\n  distill.lr: {type: "
-                                  "loguniform, low: 1.0e-3, high: 1.0e-2}\n").encode()),
+        "sp_eps": (
+            "eps.yaml",
+            (
+                SPACE_BASE + "params:\n  distill.epsilon: {type: uniform, low: -1.0, high: 1.0}\n"
+            ).encode(),
+        ),
+        "sp_steps": (
+            "steps.yaml",
+            (SPACE_BASE + "params:\n  distill.steps: {type: int, low: -5, high: 10}\n").encode(),
+        ),
+        "sp_bogus": (
+            "bogus.yaml",
+            (
+                SPACE_BASE + "params:\n  distill.method: {type: "
+                "categorical, choices: [ot, bogus]}\n"
+            ).encode(),
+        ),
+        "sp_two": (
+            "two.yaml",
+            (
+                SPACE_BASE + "params:\n  distill.weight: {type: uniform, "
+                "low: 0.0, high: 2.0}\n  rank.batch_size: {type: int, low: 0, "
+                "high: 8}\n"
+            ).encode(),
+        ),
+        "sp_float_int": (
+            "fint.yaml",
+            (
+                SPACE_BASE + "params:\n  distill.batch_size: {type: uniform, low: 4, high: 16}\n"
+            ).encode(),
+        ),
+        "sp_dup": (
+            "spdup.yaml",
+            (
+                SPACE_BASE + "params:\n  distill.lr: {type: loguniform, "
+                "low: 1.0e-4, high: 1.0e-3}\n  distill.lr: {type: "
+                "loguniform, low: 1.0e-3, high: 1.0e-2}\n"
+            ).encode(),
+        ),
         "sp_utf8": ("sputf8.yaml", SPACE_BASE.encode() + b"# caf\xe9\n"),
         "afile": ("afile", b"not a directory\n"),
     }
@@ -79,77 +104,209 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
     return out
 
 
-TRAIN = ["train", "data.root={world}", "pair=en-xc", "eval.pairs=[en-xc]",
-         "output_dir={tmp}/runs"]
+TRAIN = ["train", "data.root={world}", "pair=en-xc", "eval.pairs=[en-xc]", "output_dir={tmp}/runs"]
 
 # (id, argv template, substrings the one stderr line must hold)
 ROWS = [
     # --- config files
-    ("config-not-utf8", ["config", "--config", "{utf8}"], ["bad-utf8.yaml", "not UTF-8", "0xff", "line 2"]),
-    ("config-duplicate-key", ["config", "--config", "{dup}"], ["dup.yaml", "duplicate key 'distill'", "line 4"]),
+    (
+        "config-not-utf8",
+        ["config", "--config", "{utf8}"],
+        ["bad-utf8.yaml", "not UTF-8", "0xff", "line 2"],
+    ),
+    (
+        "config-duplicate-key",
+        ["config", "--config", "{dup}"],
+        ["dup.yaml", "duplicate key 'distill'", "line 4"],
+    ),
     ("config-is-a-directory", ["config", "--config", "{adir}"], ["adir", "is a directory"]),
-    ("config-missing", ["config", "--config", "{missing_yaml}"], ["missing.yaml", "does not exist"]),
+    (
+        "config-missing",
+        ["config", "--config", "{missing_yaml}"],
+        ["missing.yaml", "does not exist"],
+    ),
     # --- names that would escape output_dir
-    ("name-override", ["config", "name=../escaped"], ["name: got '../escaped'", "one path segment"]),
+    (
+        "name-override",
+        ["config", "name=../escaped"],
+        ["name: got '../escaped'", "one path segment"],
+    ),
     ("name-in-yaml", ["config", "--config", "{slashname}"], ["name: got 'a/b'"]),
     ("train-name-flag", ["train", "--name", "../escaped"], ["'../escaped'"]),
-    ("sweep-name-flag", ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa",
-                         "--name", ".."], ["name: got '..'"]),
+    (
+        "sweep-name-flag",
+        ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa", "--name", ".."],
+        ["name: got '..'"],
+    ),
     # --- credentials in URIs: refused, secret never echoed
-    ("config-storage-uri-creds", ["config", f"storage.uri={CRED_S3}"], ["storage.uri", "s3://***@bucket/x", "AWS"]),
-    ("config-endpoint-creds", ["config", f"storage.endpoint=http://user:{SECRET}@host:9000"],
-     ["storage.endpoint", "http://***@host:9000"]),
-    ("config-yaml-creds", ["config", "--config", "{credyaml}"], ["storage.uri", "s3://***@bucket/x"]),
+    (
+        "config-storage-uri-creds",
+        ["config", f"storage.uri={CRED_S3}"],
+        ["storage.uri", "s3://***@bucket/x", "AWS"],
+    ),
+    (
+        "config-endpoint-creds",
+        ["config", f"storage.endpoint=http://user:{SECRET}@host:9000"],
+        ["storage.endpoint", "http://***@host:9000"],
+    ),
+    (
+        "config-yaml-creds",
+        ["config", "--config", "{credyaml}"],
+        ["storage.uri", "s3://***@bucket/x"],
+    ),
     ("train-storage-creds", ["train", "--storage", CRED_S3], ["storage.uri", "s3://***@bucket/x"]),
-    ("train-teacher-creds", ["train", f"train.teacher=s3://{KEY}:{SECRET}@bucket/teacher"],
-     ["train.teacher", "s3://***@bucket/teacher"]),
-    ("best-storage-creds", ["best", "--all", "--storage", CRED_S3], ["s3://***@bucket/x", "AWS_PROFILE"]),
-    ("report-storage-creds", ["report", "--storage", CRED_S3, "--out", "{tmp}/rep"], ["s3://***@bucket/x"]),
-    ("best-endpoint-creds", ["best", "--all", "--storage", "s3://bucket/x", "--s3-endpoint",
-                             f"http://{KEY}:{SECRET}@127.0.0.1:9"], ["S3 endpoint", "http://***@127.0.0.1:9"]),
-    ("evaluate-checkpoint-creds", ["evaluate", "--checkpoint", f"s3://{KEY}:{SECRET}@bucket/run/model"],
-     ["s3://***@bucket/run/model"]),
-    ("sweep-storage-creds", ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa",
-                             "--storage", CRED_S3], ["s3://***@bucket/x"]),
-    ("sweep-address-creds", ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa",
-                             "--address", f"ray://admin:{SECRET}@head:10001"], ["--address", "ray://***@head:10001"]),
-    ("storage-query-creds", ["best", "--all", "--storage", f"s3://bucket/x?access_key={KEY}&secret_key={SECRET}"],
-     ["storage URI", "secret_key=***"]),
+    (
+        "train-teacher-creds",
+        ["train", f"train.teacher=s3://{KEY}:{SECRET}@bucket/teacher"],
+        ["train.teacher", "s3://***@bucket/teacher"],
+    ),
+    (
+        "best-storage-creds",
+        ["best", "--all", "--storage", CRED_S3],
+        ["s3://***@bucket/x", "AWS_PROFILE"],
+    ),
+    (
+        "report-storage-creds",
+        ["report", "--storage", CRED_S3, "--out", "{tmp}/rep"],
+        ["s3://***@bucket/x"],
+    ),
+    (
+        "best-endpoint-creds",
+        [
+            "best",
+            "--all",
+            "--storage",
+            "s3://bucket/x",
+            "--s3-endpoint",
+            f"http://{KEY}:{SECRET}@127.0.0.1:9",
+        ],
+        ["S3 endpoint", "http://***@127.0.0.1:9"],
+    ),
+    (
+        "evaluate-checkpoint-creds",
+        ["evaluate", "--checkpoint", f"s3://{KEY}:{SECRET}@bucket/run/model"],
+        ["s3://***@bucket/run/model"],
+    ),
+    (
+        "sweep-storage-creds",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--storage",
+            CRED_S3,
+        ],
+        ["s3://***@bucket/x"],
+    ),
+    (
+        "sweep-address-creds",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--address",
+            f"ray://admin:{SECRET}@head:10001",
+        ],
+        ["--address", "ray://***@head:10001"],
+    ),
+    (
+        "storage-query-creds",
+        ["best", "--all", "--storage", f"s3://bucket/x?access_key={KEY}&secret_key={SECRET}"],
+        ["storage URI", "secret_key=***"],
+    ),
     # --- search spaces checked against the config's limits before anything starts
-    ("space-epsilon-negative", ["sweep", "--space", "{sp_eps}", "--pairs", "en-xa"],
-     ["params.distill.epsilon", "low", "-1.0", "must be > 0"]),
-    ("space-int-negative", ["sweep", "--space", "{sp_steps}", "--pairs", "en-xa"],
-     ["params.distill.steps", "-5", "must be >= 0"]),
-    ("space-bogus-choice", ["sweep", "--space", "{sp_bogus}", "--pairs", "en-xa"],
-     ["params.distill.method", "'bogus'"]),
-    ("space-two-problems", ["sweep", "--space", "{sp_two}", "--pairs", "en-xa"],
-     ["2 errors", "params.distill.weight: high: got 2.0", "params.rank.batch_size: low: got 0"]),
-    ("space-fractions-for-int", ["sweep", "--space", "{sp_float_int}", "--pairs", "en-xa"],
-     ["params.distill.batch_size", "use type int"]),
-    ("space-duplicate-key", ["sweep", "--space", "{sp_dup}", "--pairs", "en-xa"],
-     ["spdup.yaml", "duplicate key 'distill.lr'", "line 4"]),
-    ("space-not-utf8", ["sweep", "--space", "{sp_utf8}", "--pairs", "en-xa"], ["sputf8.yaml", "not UTF-8"]),
-    ("space-is-a-directory", ["sweep", "--space", "{adir}", "--pairs", "en-xa"], ["adir", "is a directory"]),
+    (
+        "space-epsilon-negative",
+        ["sweep", "--space", "{sp_eps}", "--pairs", "en-xa"],
+        ["params.distill.epsilon", "low", "-1.0", "must be > 0"],
+    ),
+    (
+        "space-int-negative",
+        ["sweep", "--space", "{sp_steps}", "--pairs", "en-xa"],
+        ["params.distill.steps", "-5", "must be >= 0"],
+    ),
+    (
+        "space-bogus-choice",
+        ["sweep", "--space", "{sp_bogus}", "--pairs", "en-xa"],
+        ["params.distill.method", "'bogus'"],
+    ),
+    (
+        "space-two-problems",
+        ["sweep", "--space", "{sp_two}", "--pairs", "en-xa"],
+        ["2 errors", "params.distill.weight: high: got 2.0", "params.rank.batch_size: low: got 0"],
+    ),
+    (
+        "space-fractions-for-int",
+        ["sweep", "--space", "{sp_float_int}", "--pairs", "en-xa"],
+        ["params.distill.batch_size", "use type int"],
+    ),
+    (
+        "space-duplicate-key",
+        ["sweep", "--space", "{sp_dup}", "--pairs", "en-xa"],
+        ["spdup.yaml", "duplicate key 'distill.lr'", "line 4"],
+    ),
+    (
+        "space-not-utf8",
+        ["sweep", "--space", "{sp_utf8}", "--pairs", "en-xa"],
+        ["sputf8.yaml", "not UTF-8"],
+    ),
+    (
+        "space-is-a-directory",
+        ["sweep", "--space", "{adir}", "--pairs", "en-xa"],
+        ["adir", "is a directory"],
+    ),
     # --- files where directories belong
-    ("train-output-dir-file", ["train", "output_dir={afile}"], ["output_dir", "afile", "is a file"]),
-    ("train-output-dir-under-file", ["train", "output_dir={afile}/sub"], ["afile/sub", "is a file"]),
-    ("evaluate-out-file", ["evaluate", "--checkpoint", "{model}", "--out", "{afile}"], ["--out", "afile"]),
-    ("synth-out-under-file", ["data", "synth", "--out", "{afile}/w", "--scale", "tiny"], ["--out", "afile"]),
+    (
+        "train-output-dir-file",
+        ["train", "output_dir={afile}"],
+        ["output_dir", "afile", "is a file"],
+    ),
+    (
+        "train-output-dir-under-file",
+        ["train", "output_dir={afile}/sub"],
+        ["afile/sub", "is a file"],
+    ),
+    (
+        "evaluate-out-file",
+        ["evaluate", "--checkpoint", "{model}", "--out", "{afile}"],
+        ["--out", "afile"],
+    ),
+    (
+        "synth-out-under-file",
+        ["data", "synth", "--out", "{afile}/w", "--scale", "tiny"],
+        ["--out", "afile"],
+    ),
     ("validate-a-file", ["data", "validate", "{afile}"], ["afile", "is a file", "directory"]),
-    ("synth-existing-world", ["data", "synth", "--out", "{world}", "--scale", "tiny"],
-     ["already holds a world", "--overwrite"]),
+    (
+        "synth-existing-world",
+        ["data", "synth", "--out", "{world}", "--scale", "tiny"],
+        ["already holds a world", "--overwrite"],
+    ),
     # --- saved models missing, cut short, or not weights
     ("evaluate-truncated-model", ["evaluate", "--checkpoint", "{trunc}"], ["trunc", "truncated"]),
-    ("evaluate-missing-weights", ["evaluate", "--checkpoint", "{gone}"], ["gone", "model.safetensors"]),
-    ("train-truncated-teacher", [*TRAIN, "train.stages=[distill]", "train.teacher={trunc}",
-                                 "distill.steps=1"], ["trunc", "truncated"]),
-    ("train-pickle-not-weights", [*TRAIN, "model.name_or_path={ptbin}", "rank.steps=1"],
-     ["model.name_or_path", "ptbin", "pytorch_model.bin", "not plain weights"]),
+    (
+        "evaluate-missing-weights",
+        ["evaluate", "--checkpoint", "{gone}"],
+        ["gone", "model.safetensors"],
+    ),
+    (
+        "train-truncated-teacher",
+        [*TRAIN, "train.stages=[distill]", "train.teacher={trunc}", "distill.steps=1"],
+        ["trunc", "truncated"],
+    ),
+    (
+        "train-pickle-not-weights",
+        [*TRAIN, "model.name_or_path={ptbin}", "rank.steps=1"],
+        ["model.name_or_path", "ptbin", "pytorch_model.bin", "not plain weights"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, needles", [(a, n) for _, a, n in ROWS],
-                         ids=[r[0] for r in ROWS])
+@pytest.mark.parametrize("argv, needles", [(a, n) for _, a, n in ROWS], ids=[r[0] for r in ROWS])
 def test_bad_input_is_one_line_exit_2(argv, needles, env, tmp_path, capsys) -> None:
     args = [a.format(tmp=tmp_path, **env) for a in argv]
     code = main(args)

@@ -26,8 +26,14 @@ BIN = Path(sys.executable).parent
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "optical-ray"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, check=False)
+    return subprocess.run(
+        [str(BIN / "optical-ray"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 # --------------------------------------------------------------------------- AWS
@@ -46,9 +52,19 @@ def test_aws_yaml_validates_against_the_ray_schema() -> None:
     cfg = _aws()
     jsonschema.validate(cfg, schema)
     # The schema has teeth: a misspelt key or a fractional resource is refused.
-    for bad in ({**cfg, "max_worker": 3},
-                {**cfg, "available_node_types": {**cfg["available_node_types"], "gpu-worker": {
-                    **cfg["available_node_types"]["gpu-worker"], "resources": {"GPU": 0.5}}}}):
+    for bad in (
+        {**cfg, "max_worker": 3},
+        {
+            **cfg,
+            "available_node_types": {
+                **cfg["available_node_types"],
+                "gpu-worker": {
+                    **cfg["available_node_types"]["gpu-worker"],
+                    "resources": {"GPU": 0.5},
+                },
+            },
+        },
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
     # What `ray up` does before it calls AWS: merge the provider defaults, validate again.
@@ -71,8 +87,12 @@ def test_aws_yaml_has_head_cpu_and_gpu_workers_and_no_keys() -> None:
     for t in types.values():
         assert t["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
     text = (CLUSTERS / "aws.yaml").read_text()
-    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id|"
-                         r"AWS_SECRET_ACCESS_KEY\s*=", text, re.IGNORECASE)
+    assert not re.search(
+        r"AKIA[0-9A-Z]{16}|aws_secret_access_key|aws_access_key_id|"
+        r"AWS_SECRET_ACCESS_KEY\s*=",
+        text,
+        re.IGNORECASE,
+    )
     # torch (pinned) is installed before optical-ray, which installs this checkout.
     setup = cfg["setup_commands"]
     torch_at = next(i for i, c in enumerate(setup) if "torch==2.13.0" in c)
@@ -108,11 +128,19 @@ def _check_cluster_spec(spec: dict) -> None:
         assert g["groupName"] and isinstance(g["rayStartParams"], dict)
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
         assert g["template"]["spec"]["containers"][0]["image"]
-    gpu = [g for g in groups if any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
-                                    for c in g["template"]["spec"]["containers"])]
+    gpu = [
+        g
+        for g in groups
+        if any(
+            "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+            for c in g["template"]["spec"]["containers"]
+        )
+    ]
     assert gpu, "no worker group asks for nvidia.com/gpu"
-    assert int(gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
-               ["nvidia.com/gpu"]) >= 1
+    assert (
+        int(gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        >= 1
+    )
     # Object-storage credentials from a Kubernetes Secret, on every Ray container.
     for c in containers + [c for g in groups for c in g["template"]["spec"]["containers"]]:
         env = {e["name"]: e for e in c["env"]}
@@ -154,13 +182,16 @@ def test_rayjob_entrypoint_is_a_valid_sweep_command() -> None:
 # --------------------------------------------------------------------------- local: input
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--nodes", "0"], ["--nodes", "got 0", "1 to 16"]),
-    (["--nodes", "2", "--cpus-per-node", "0"], ["--cpus-per-node", "got 0", "1 to 64"]),
-    (["--memory", "lots"], ["--memory", "'lots'", "2G"]),
-    (["--object-store-memory", "10M"], ["--object-store-memory", "10M", "at least 75M"]),
-    (["--name", "no/slash"], ["--name", "'no/slash'", "letters"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--nodes", "0"], ["--nodes", "got 0", "1 to 16"]),
+        (["--nodes", "2", "--cpus-per-node", "0"], ["--cpus-per-node", "got 0", "1 to 64"]),
+        (["--memory", "lots"], ["--memory", "'lots'", "2G"]),
+        (["--object-store-memory", "10M"], ["--object-store-memory", "10M", "at least 75M"]),
+        (["--name", "no/slash"], ["--name", "'no/slash'", "letters"]),
+    ],
+)
 def test_bad_cluster_flags_are_one_line_and_exit_2(argv, names, tmp_path, capsys) -> None:
     from optical_ray.cli import main
 
@@ -237,19 +268,35 @@ class _UnrelatedRay:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                 "--port=0", "--include-dashboard=false",
-                 f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
-                 "--num-cpus=1", f"--object-store-memory={80 * 2**20}", f"--temp-dir={self.temp}",
-                 "--disable-usage-stats"], stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "ray.scripts.scripts",
+                    "start",
+                    "--head",
+                    "--block",
+                    "--port=0",
+                    "--include-dashboard=false",
+                    f"--dashboard-agent-listen-port={agent}",
+                    f"--ray-client-server-port={client}",
+                    "--num-cpus=1",
+                    f"--object-store-memory={80 * 2**20}",
+                    f"--temp-dir={self.temp}",
+                    "--disable-usage-stats",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     def pids(self) -> set[int]:
         """Its processes, once it runs."""
         deadline = time.time() + 180
         while "Ray runtime started" not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None and time.time() < deadline, \
-                self.log.read_text(errors="replace")[-2000:]
+            assert self.proc.poll() is None and time.time() < deadline, self.log.read_text(
+                errors="replace"
+            )[-2000:]
             time.sleep(0.3)
         return _session_pids(self.proc.pid)
 
@@ -286,8 +333,17 @@ def cli_cluster(unrelated_ray, tmp_path_factory):
     state = str(tmp_path_factory.mktemp("cluster-state"))
     name = f"t{uuid.uuid4().hex[:6]}"
     flags = ["--name", name, "--state-dir", state]
-    up = _cli("cluster", "up", "--nodes", "2", "--cpus-per-node", "1",
-              "--object-store-memory", "100M", *flags)
+    up = _cli(
+        "cluster",
+        "up",
+        "--nodes",
+        "2",
+        "--cpus-per-node",
+        "1",
+        "--object-store-memory",
+        "100M",
+        *flags,
+    )
     assert up.returncode == 0, up.stderr[-3000:]
     try:
         yield up.stdout, flags, LocalCluster.attach(name, state)
@@ -324,8 +380,14 @@ def test_cluster_up_starts_k_plus_1_capped_nodes(cli_cluster) -> None:
 
 
 SPACE = {
-    "base": {"train.stages": ["distill"], "distill.steps": 4, "distill.batch_size": 8,
-             "train.eval_every": 2, "train.log_every": 1000, "train.warmup_ratio": 0.0},
+    "base": {
+        "train.stages": ["distill"],
+        "distill.steps": 4,
+        "distill.batch_size": 8,
+        "train.eval_every": 2,
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+    },
     "params": {
         "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
@@ -334,8 +396,7 @@ SPACE = {
 
 
 @pytest.mark.slow
-def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster,
-                                                                 tmp_path) -> None:
+def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster, tmp_path) -> None:
     """The README path: `ray job submit --working-dir DIR -- optical-ray sweep ...`
     against the local cluster, then `optical-ray best` on the storage it wrote."""
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -351,27 +412,64 @@ def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster,
     store = tmp_path / "store"
     job_dir = tmp_path / "job"
     job_dir.mkdir()
-    base = from_flat({"data.root": str(world.root), "output_dir": str(tmp_path / "runs"),
-                      "train.teacher": str(tmp_path / "teacher"),
-                      "eval.metrics": ["map", "mrr@10"], "eval.pairs": ["en-en"],
-                      "sweep.max_concurrent": 2})
+    base = from_flat(
+        {
+            "data.root": str(world.root),
+            "output_dir": str(tmp_path / "runs"),
+            "train.teacher": str(tmp_path / "teacher"),
+            "eval.metrics": ["map", "mrr@10"],
+            "eval.pairs": ["en-en"],
+            "sweep.max_concurrent": 2,
+        }
+    )
     (job_dir / "base.yaml").write_text(yaml.safe_dump(to_dict(base)))
     (job_dir / "space.yaml").write_text(yaml.safe_dump(SPACE))
 
     env = {**os.environ, **cluster.env()}
     job_id = f"optical-ray-{uuid.uuid4().hex[:8]}"
     submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url,
-         "--working-dir", str(job_dir), "--submission-id", job_id, "--no-wait", "--",
-         "optical-ray", "sweep", "--config", "base.yaml", "--space", "space.yaml",
-         "--pairs", "en-xc", "--samples", "2", "--name", "job", "--storage", str(store)],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard_url,
+            "--working-dir",
+            str(job_dir),
+            "--submission-id",
+            job_id,
+            "--no-wait",
+            "--",
+            "optical-ray",
+            "sweep",
+            "--config",
+            "base.yaml",
+            "--space",
+            "space.yaml",
+            "--pairs",
+            "en-xc",
+            "--samples",
+            "2",
+            "--name",
+            "job",
+            "--storage",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert submit.returncode == 0, submit.stderr[-3000:]
     cluster.use_auth()
     client = JobSubmissionClient(cluster.dashboard_url)
     deadline = time.time() + 420
     while (status := client.get_job_status(job_id)) not in {
-            JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+    }:
         assert time.time() < deadline, client.get_job_logs(job_id)[-3000:]
         time.sleep(2)
     logs = client.get_job_logs(job_id)

@@ -96,8 +96,13 @@ def test_paired_test_exact_enumeration_and_common_queries():
 
 def _result(pair, values, metric="map"):
     pq = _per_query(values)
-    return EvalResult(pair=pair, metrics={metric: sum(values) / len(values)}, per_query=pq,
-                      num_queries=len(values), num_docs=100)
+    return EvalResult(
+        pair=pair,
+        metrics={metric: sum(values) / len(values)},
+        per_query=pq,
+        num_queries=len(values),
+        num_docs=100,
+    )
 
 
 def test_gap_report_numbers_and_formats():

@@ -7,8 +7,17 @@ import json
 import pytest
 
 from optical_ray.cli import main
-from optical_ray.config import (Config, DistillConfig, from_dict, from_flat, load_config,
-                                parse_overrides, save_config, to_dict, to_flat)
+from optical_ray.config import (
+    Config,
+    DistillConfig,
+    from_dict,
+    from_flat,
+    load_config,
+    parse_overrides,
+    save_config,
+    to_dict,
+    to_flat,
+)
 from optical_ray.errors import ConfigError
 
 
@@ -22,8 +31,10 @@ def test_defaults_are_valid_and_typed() -> None:
 
 def test_yaml_and_overrides(tmp_path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("pair: en-sw\ndistill:\n  epsilon: 0.1\n  layers: [-1, -2]\n"
-                    "data:\n  bitext:\n    en-sw: /data/en-sw.tsv\n")
+    path.write_text(
+        "pair: en-sw\ndistill:\n  epsilon: 0.1\n  layers: [-1, -2]\n"
+        "data:\n  bitext:\n    en-sw: /data/en-sw.tsv\n"
+    )
     cfg = load_config(path, ["distill.epsilon=1e-3", "rank.steps=10", "train.stages=[distill]"])
     assert cfg.pair == "en-sw" and cfg.foreign_lang == "sw"
     # YAML 1.1 reads 1e-3 as a string; a float field still accepts it.
@@ -40,9 +51,15 @@ def test_reverse_pair_foreign_lang() -> None:
 
 def test_every_problem_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        from_dict({"distill": {"epsilonn": 1, "cost": "l1", "epsilon": -1},
-                   "rank": {"lr": 0}, "pair": "ensw", "train": {"stages": ["rank", "fly"]},
-                   "bogus": 1})
+        from_dict(
+            {
+                "distill": {"epsilonn": 1, "cost": "l1", "epsilon": -1},
+                "rank": {"lr": 0},
+                "pair": "ensw",
+                "train": {"stages": ["rank", "fly"]},
+                "bogus": 1,
+            }
+        )
     problems = info.value.problems
     text = str(info.value)
     assert len(problems) == 7, problems
@@ -65,9 +82,14 @@ def test_cross_field_rules() -> None:
         from_dict({"eval": {"metrics": ["bleu"]}})
     with pytest.raises(ConfigError, match="storage.uri: got 'gs://b'"):
         from_dict({"storage": {"uri": "gs://b"}})
-    with pytest.raises(ConfigError, match="distill.contrastive: got 0 with distill.method=contrastive"):
+    with pytest.raises(
+        ConfigError, match="distill.contrastive: got 0 with distill.method=contrastive"
+    ):
         from_dict({"distill": {"method": "contrastive"}})
-    assert from_dict({"distill": {"method": "contrastive", "contrastive": 1.0}}).distill.contrastive == 1.0
+    assert (
+        from_dict({"distill": {"method": "contrastive", "contrastive": 1.0}}).distill.contrastive
+        == 1.0
+    )
 
 
 def test_flat_round_trip() -> None:

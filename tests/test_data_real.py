@@ -44,8 +44,13 @@ def test_shared_dir_comes_from_argument_then_env(tmp_path, monkeypatch):
 
 
 def test_language_aliases():
-    assert [real.canonical_lang(x) for x in ("sw", "HA", "eng", "de", "fin")] == \
-        ["swa", "hau", "en", "deu", "fin"]
+    assert [real.canonical_lang(x) for x in ("sw", "HA", "eng", "de", "fin")] == [
+        "swa",
+        "hau",
+        "en",
+        "deu",
+        "fin",
+    ]
 
 
 def test_split_is_by_document_and_stable():
@@ -59,8 +64,19 @@ def test_split_is_by_document_and_stable():
 
 
 def test_cli_bad_shared_folder_is_one_line_exit_2(tmp_path, capsys):
-    assert main(["data", "prepare-real", "--shared", str(tmp_path / "nope"),
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "prepare-real",
+                "--shared",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a directory" in err[0]
 
@@ -79,8 +95,10 @@ def test_mafand_counts_and_alignment(shared):
     base = shared / "mafand_mt" / "data" / "text_files"
     hau = real.mafand_bitext("hau", "train", shared)
     assert len(hau) == 3098
-    assert hau[0] == (_lines(base / "en-hau" / "train.en")[0].strip(),
-                      _lines(base / "en-hau" / "train.hau")[0].strip())
+    assert hau[0] == (
+        _lines(base / "en-hau" / "train.en")[0].strip(),
+        _lines(base / "en-hau" / "train.hau")[0].strip(),
+    )
     assert hau[-1][1] == _lines(base / "en-hau" / "train.hau")[-1].strip()
     assert len(real.mafand_bitext("sw", "dev", shared)) == 1791
     assert len(real.mafand_bitext("swa", "test", shared)) == 1835
@@ -98,8 +116,9 @@ def test_ntrex_is_line_aligned_with_document_ids(shared):
         assert len(real.ntrex_sentences(lang, shared)) == len(ids)
     eng, swa = real.ntrex_sentences("en", shared), real.ntrex_sentences("swa", shared)
     raw = _lines(shared / "ntrex128" / "NTREX-128" / "newstest2019-ref.swa.txt")
-    assert swa[1000] == raw[1000].strip() and eng[0].startswith(_lines(
-        shared / "ntrex128" / "NTREX-128" / "newstest2019-src.eng.txt")[0].strip()[:20])
+    assert swa[1000] == raw[1000].strip() and eng[0].startswith(
+        _lines(shared / "ntrex128" / "NTREX-128" / "newstest2019-src.eng.txt")[0].strip()[:20]
+    )
 
 
 def test_ntrex_dev_and_test_never_share_a_document(shared):
@@ -142,8 +161,14 @@ def test_ntrex_document_level(shared):
 
 
 def test_afriqa_drops_null_contexts_and_reads_files_without_final_newline(shared):
-    path = (shared / "afriqa" / "data" / "gold_passages" / "hau"
-            / "gold_span_passages.afriqa.hau.en.dev.json")
+    path = (
+        shared
+        / "afriqa"
+        / "data"
+        / "gold_passages"
+        / "hau"
+        / "gold_span_passages.afriqa.hau.en.dev.json"
+    )
     assert not path.read_bytes().endswith(b"\n")  # the case the loader must survive
     rows = [json.loads(x) for x in _lines(path) if x.strip()]
     nulls = sum(r["context"] is None for r in rows)
@@ -153,8 +178,11 @@ def test_afriqa_drops_null_contexts_and_reads_files_without_final_newline(shared
     assert col.dropped_qrels == 0 and col.queries_without_relevant == 0
     texts = [d.text for d in col.corpus]
     assert len(texts) == len(set(texts))  # the pool holds each passage once
-    by_q = {" ".join(r["question_lang"].split()): " ".join(r["context"].split())
-            for r in rows if r["context"]}
+    by_q = {
+        " ".join(r["question_lang"].split()): " ".join(r["context"].split())
+        for r in rows
+        if r["context"]
+    }
     for qid, rel in col.qrels.items():
         assert col.corpus.get(next(iter(rel))).text == by_q[col.queries[qid]]
     assert real.afriqa_collection("swa", "test", shared).num_queries == 295
@@ -164,8 +192,12 @@ def test_afriqa_drops_null_contexts_and_reads_files_without_final_newline(shared
 
 def test_xquad_r_qrels_hold_the_answer(shared):
     data = json.loads((shared / "xquad_r" / "xquad-r" / "en.json").read_text(encoding="utf-8"))
-    answers = {qa["id"]: qa["answers"][0]["text"] for a in data["data"]
-               for p in a["paragraphs"] for qa in p["qas"]}
+    answers = {
+        qa["id"]: qa["answers"][0]["text"]
+        for a in data["data"]
+        for p in a["paragraphs"]
+        for qa in p["qas"]
+    }
     dev = real.xquad_r_collection("de", "en", "dev", shared=shared)
     test = real.xquad_r_collection("de", "en", "test", shared=shared)
     assert dev.num_queries + test.num_queries == 1190 and not set(dev.queries) & set(test.queries)
@@ -180,32 +212,60 @@ def test_prepare_real_writes_a_valid_standard_root(shared, tmp_path, capsys):
     from optical_ray.data.validate import validate_dataset
 
     out = tmp_path / "real"
-    assert main(["data", "prepare-real", "--shared", str(shared), "--out", str(out),
-                 "--languages", "hau", "--reference", "deu"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare-real",
+                "--shared",
+                str(shared),
+                "--out",
+                str(out),
+                "--languages",
+                "hau",
+                "--reference",
+                "deu",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert {"hau-en", "en-hau", "hau-en_doc", "hau-en_afriqa", "deu-en", "en-en"} <= \
-        set(manifest["pairs"])
+    assert {"hau-en", "en-hau", "hau-en_doc", "hau-en_afriqa", "deu-en", "en-en"} <= set(
+        manifest["pairs"]
+    )
     report = validate_dataset(out, strict=True)
     assert report.ok, report.problems
     cfg = from_flat({"data.root": str(out), "pair": "hau-en"})
     assert len(bitext_pairs(cfg)) == 3098
     assert len(bitext_pairs(cfg, split="dev")) == 1300
-    assert eval_collection(cfg, "hau-en", "test").num_queries == \
-        real.ntrex_collection("hau", "en", "test", shared=shared).num_queries
-    assert eval_collection(cfg, "hau-en_afriqa", "dev").num_docs == \
-        real.afriqa_collection("hau", "dev", shared).num_docs
+    assert (
+        eval_collection(cfg, "hau-en", "test").num_queries
+        == real.ntrex_collection("hau", "en", "test", shared=shared).num_queries
+    )
+    assert (
+        eval_collection(cfg, "hau-en_afriqa", "dev").num_docs
+        == real.afriqa_collection("hau", "dev", shared).num_docs
+    )
 
 
 def test_config_sources_read_the_samples_directly(shared):
-    cfg = from_flat({"pair": "swa-en",
-                     "data.bitext": {"en-swa": {"path": str(shared), "format": "mafand"}},
-                     "data.eval": {"swa-en": {"path": str(shared), "format": "ntrex"},
-                                   "swa-en_doc": {"path": str(shared), "format": "ntrex_doc"},
-                                   "hau-en_afriqa": {"path": "", "format": "afriqa"}}})
+    cfg = from_flat(
+        {
+            "pair": "swa-en",
+            "data.bitext": {"en-swa": {"path": str(shared), "format": "mafand"}},
+            "data.eval": {
+                "swa-en": {"path": str(shared), "format": "ntrex"},
+                "swa-en_doc": {"path": str(shared), "format": "ntrex_doc"},
+                "hau-en_afriqa": {"path": "", "format": "afriqa"},
+            },
+        }
+    )
     assert len(bitext_pairs(cfg)) == 30782
     assert len(bitext_pairs(cfg, split="dev")) == 1791
-    assert eval_collection(cfg, "swa-en", "dev").num_queries == \
-        real.ntrex_collection("swa", "en", "dev", shared=shared).num_queries
+    assert (
+        eval_collection(cfg, "swa-en", "dev").num_queries
+        == real.ntrex_collection("swa", "en", "dev", shared=shared).num_queries
+    )
     assert eval_collection(cfg, "swa-en_doc", "test").num_docs < 123
     assert eval_collection(cfg, "hau-en_afriqa", "test").num_queries == 300
 
@@ -231,20 +291,38 @@ def _fake_shared(root: Path) -> Path:
     """A shared data folder with one AfriQA train file, one test file and MAFAND English."""
     gold = root / "afriqa" / "data" / "gold_passages" / "hau"
     gold.mkdir(parents=True)
+
     def row(i: int, q: str, c: str) -> str:
-        return json.dumps({"id": str(i), "question_lang": "x",
-                           "question_translated": q, "context": c, "title": "T"})
+        return json.dumps(
+            {
+                "id": str(i),
+                "question_lang": "x",
+                "question_translated": q,
+                "context": c,
+                "title": "T",
+            }
+        )
+
     (gold / "gold_span_passages.afriqa.hau.en.train.json").write_text(
-        "\n".join([row(0, "Who won?", "Ann won the race."), row(1, "Where is X?", None),
-                   row(2, "When?", "In 1990 it began.")]), encoding="utf-8")
+        "\n".join(
+            [
+                row(0, "Who won?", "Ann won the race."),
+                row(1, "Where is X?", None),
+                row(2, "When?", "In 1990 it began."),
+            ]
+        ),
+        encoding="utf-8",
+    )
     (gold / "gold_span_passages.afriqa.hau.en.test.json").write_text(
-        row(9, "A test question?", "A test passage."), encoding="utf-8")
+        row(9, "A test question?", "A test passage."), encoding="utf-8"
+    )
     mafand = root / "mafand_mt" / "data" / "text_files" / "en-hau"
     mafand.mkdir(parents=True)
     long = [" ".join(f"s{j}w{i}" for i in range(14)) for j in range(5)]
     (mafand / "train.en").write_text("\n".join(long + ["short line"]) + "\n", encoding="utf-8")
-    (mafand / "test.en").write_text(" ".join(f"test{i}" for i in range(20)) + "\n",
-                                    encoding="utf-8")
+    (mafand / "test.en").write_text(
+        " ".join(f"test{i}" for i in range(20)) + "\n", encoding="utf-8"
+    )
     return root
 
 

@@ -252,12 +252,17 @@ def test_validate_empty_root_is_an_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- bitext layout in train
 
 
-@pytest.mark.parametrize("files, pair", [
-    ({"bitext/en-xc/train.en": "a b\nc d\n", "bitext/en-xc/train.xc": "x y\nz w\n"}, "en-xc"),
-    ({"bitext/xc-en/train.xc": "x y\nz w\n", "bitext/xc-en/train.en": "a b\nc d\n"}, "en-xc"),
-    ({"bitext/xc-en/train.tsv": "x y\ta b\nz w\tc d\n"}, "xc-en"),
-])
-def test_train_reads_bitext_in_any_layout_that_validate_accepts(tmp_path: Path, files, pair) -> None:
+@pytest.mark.parametrize(
+    "files, pair",
+    [
+        ({"bitext/en-xc/train.en": "a b\nc d\n", "bitext/en-xc/train.xc": "x y\nz w\n"}, "en-xc"),
+        ({"bitext/xc-en/train.xc": "x y\nz w\n", "bitext/xc-en/train.en": "a b\nc d\n"}, "en-xc"),
+        ({"bitext/xc-en/train.tsv": "x y\ta b\nz w\tc d\n"}, "xc-en"),
+    ],
+)
+def test_train_reads_bitext_in_any_layout_that_validate_accepts(
+    tmp_path: Path, files, pair
+) -> None:
     from optical_ray.config import from_flat
     from optical_ray.data.sources import bitext_pairs
 
@@ -275,6 +280,9 @@ def test_train_bitext_one_aligned_side_missing_is_named(tmp_path: Path) -> None:
 
     (tmp_path / "bitext" / "en-xc").mkdir(parents=True)
     (tmp_path / "bitext" / "en-xc" / "train.en").write_text("a\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"train\.en: line-aligned bitext needs both train\.en "
-                                        r"and train\.xc"):
+    with pytest.raises(
+        DataError,
+        match=r"train\.en: line-aligned bitext needs both train\.en "
+        r"and train\.xc",
+    ):
         bitext_pairs(from_flat({"data.root": str(tmp_path), "pair": "en-xc"}))

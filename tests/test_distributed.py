@@ -24,8 +24,13 @@ def two_nodes(tmp_path_factory):
 
     if ray.is_initialized():
         ray.shutdown()
-    with LocalCluster(nodes=1, cpus_per_node=1, object_store_memory=150 * 2**20,
-                      name="two-nodes", state_dir=tmp_path_factory.mktemp("cluster")) as cluster:
+    with LocalCluster(
+        nodes=1,
+        cpus_per_node=1,
+        object_store_memory=150 * 2**20,
+        name="two-nodes",
+        state_dir=tmp_path_factory.mktemp("cluster"),
+    ) as cluster:
         cluster.connect()
         try:
             yield cluster
@@ -50,12 +55,24 @@ def teacher_dir(tmp_path_factory):
 def _cfg(root: Path, name: str, **over):
     from optical_ray.config import from_flat
 
-    base = {"data.root": str(root / "world"), "output_dir": str(root / "runs"),
-            "storage.uri": str(root / "storage"), "name": name, "pair": "en-xc",
-            "train.teacher": str(root / "teacher"), "train.stages": ["distill"],
-            "train.warmup_ratio": 0.0, "train.log_every": 1000, "model.tiny.dropout": 0.0,
-            "distill.batch_size": 8, "distill.steps": 6, "distill.lr": 1e-3,
-            "train.checkpoint_every": 3, "eval.metrics": ["map"], "eval.pairs": ["en-xc"]}
+    base = {
+        "data.root": str(root / "world"),
+        "output_dir": str(root / "runs"),
+        "storage.uri": str(root / "storage"),
+        "name": name,
+        "pair": "en-xc",
+        "train.teacher": str(root / "teacher"),
+        "train.stages": ["distill"],
+        "train.warmup_ratio": 0.0,
+        "train.log_every": 1000,
+        "model.tiny.dropout": 0.0,
+        "distill.batch_size": 8,
+        "distill.steps": 6,
+        "distill.lr": 1e-3,
+        "train.checkpoint_every": 3,
+        "eval.metrics": ["map"],
+        "eval.pairs": ["en-xc"],
+    }
     return from_flat({**base, **over})
 
 
@@ -83,8 +100,17 @@ def test_two_workers_on_two_nodes_equal_one_worker(two_nodes, teacher_dir) -> No
     from optical_ray.distributed import fit
 
     one = fit(_cfg(teacher_dir, "one", **{"scaling.workers": 1}))
-    two = fit(_cfg(teacher_dir, "two", **{"scaling.workers": 2, "distill.batch_size": 4,
-                                          "scaling.placement_strategy": "STRICT_SPREAD"}))
+    two = fit(
+        _cfg(
+            teacher_dir,
+            "two",
+            **{
+                "scaling.workers": 2,
+                "distill.batch_size": 4,
+                "scaling.placement_strategy": "STRICT_SPREAD",
+            },
+        )
+    )
     # Global batch 8 either way, round-robin shards: the same examples per step.
     s1 = _final_state(one.checkpoint)["history"]["steps"]
     s2 = _final_state(two.checkpoint)["history"]["steps"]
@@ -104,9 +130,18 @@ def test_killed_worker_resumes_from_checkpoint(two_nodes, teacher_dir) -> None:
     from optical_ray.distributed import fit
 
     steps = 24
-    calm = fit(_cfg(teacher_dir, "calm", **{"scaling.workers": 2, "distill.batch_size": 4,
-                                            "distill.steps": steps,
-                                            "train.checkpoint_every": 4}))
+    calm = fit(
+        _cfg(
+            teacher_dir,
+            "calm",
+            **{
+                "scaling.workers": 2,
+                "distill.batch_size": 4,
+                "distill.steps": steps,
+                "train.checkpoint_every": 4,
+            },
+        )
+    )
     storage = teacher_dir / "storage" / "storm"
     killed: list[int] = []
 
@@ -115,8 +150,10 @@ def test_killed_worker_resumes_from_checkpoint(two_nodes, teacher_dir) -> None:
         while time.time() < deadline and not killed:
             # A second checkpoint on disk means the first one is registered with the
             # controller (a checkpoint directory appears before its report lands).
-            if storage.is_dir() and sum(p.name.startswith("checkpoint_")
-                                        for p in storage.iterdir()) >= 2:
+            if (
+                storage.is_dir()
+                and sum(p.name.startswith("checkpoint_") for p in storage.iterdir()) >= 2
+            ):
                 workers = _train_worker_pids(two_nodes)
                 if workers:
                     os.kill(workers[-1], signal.SIGKILL)
@@ -126,10 +163,19 @@ def test_killed_worker_resumes_from_checkpoint(two_nodes, teacher_dir) -> None:
 
     killer = threading.Thread(target=kill_one_worker_after_a_checkpoint, daemon=True)
     killer.start()
-    storm = fit(_cfg(teacher_dir, "storm", **{"scaling.workers": 2, "distill.batch_size": 4,
-                                              "distill.steps": steps,
-                                              "train.checkpoint_every": 4,
-                                              "scaling.max_failures": 2}))
+    storm = fit(
+        _cfg(
+            teacher_dir,
+            "storm",
+            **{
+                "scaling.workers": 2,
+                "distill.batch_size": 4,
+                "distill.steps": steps,
+                "train.checkpoint_every": 4,
+                "scaling.max_failures": 2,
+            },
+        )
+    )
     killer.join(timeout=5)
     assert killed, "no worker was killed: the run finished before its first checkpoint"
     history = _final_state(storm.checkpoint)["history"]
@@ -155,14 +201,27 @@ def test_restart_with_same_name_continues_after_driver_dies(two_nodes, teacher_d
     path = teacher_dir / "again.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     driver = subprocess.Popen(
-        [sys.executable, "-m", "optical_ray.cli", "train", "--config", str(path),
-         "--address", two_nodes.address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "optical_ray.cli",
+            "train",
+            "--config",
+            str(path),
+            "--address",
+            two_nodes.address,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     storage = teacher_dir / "storage" / "again"
     deadline = time.time() + 240
     try:
         while time.time() < deadline and driver.poll() is None:
-            if storage.is_dir() and sum(p.name.startswith("checkpoint_")
-                                        for p in storage.iterdir()) >= 2:
+            if (
+                storage.is_dir()
+                and sum(p.name.startswith("checkpoint_") for p in storage.iterdir()) >= 2
+            ):
                 break
             time.sleep(0.2)
         assert driver.poll() is None, "the driver ended before its first checkpoint"

@@ -103,14 +103,42 @@ RUN = {
 def test_metrics_equal_hand_computation():
     lg = math.log2
     expect = {
-        "q1": {"map": (1 + 2 / 3) / 2, "ndcg@10": (1 + 1 / lg(4)) / (1 + 1 / lg(3)),
-               "mrr@2": 1.0, "mrr": 1.0, "recall@2": 0.5, "p@2": 0.5, "recall": 1.0},
-        "q2": {"map": 1.0, "ndcg@10": (1 + 2 / lg(3)) / (2 + 1 / lg(3)),  # graded gains
-               "mrr@2": 1.0, "mrr": 1.0, "recall@2": 1.0, "p@2": 1.0, "recall": 1.0},
-        "q3": {"map": 1 / 3, "ndcg@10": 1 / lg(4), "mrr@2": 0.0, "mrr": 1 / 3,
-               "recall@2": 0.0, "p@2": 0.0, "recall": 1.0},
-        "q4": {"map": 0.0, "ndcg@10": 0.0, "mrr@2": 0.0, "mrr": 0.0, "recall@2": 0.0,
-               "p@2": 0.0, "recall": 0.0},
+        "q1": {
+            "map": (1 + 2 / 3) / 2,
+            "ndcg@10": (1 + 1 / lg(4)) / (1 + 1 / lg(3)),
+            "mrr@2": 1.0,
+            "mrr": 1.0,
+            "recall@2": 0.5,
+            "p@2": 0.5,
+            "recall": 1.0,
+        },
+        "q2": {
+            "map": 1.0,
+            "ndcg@10": (1 + 2 / lg(3)) / (2 + 1 / lg(3)),  # graded gains
+            "mrr@2": 1.0,
+            "mrr": 1.0,
+            "recall@2": 1.0,
+            "p@2": 1.0,
+            "recall": 1.0,
+        },
+        "q3": {
+            "map": 1 / 3,
+            "ndcg@10": 1 / lg(4),
+            "mrr@2": 0.0,
+            "mrr": 1 / 3,
+            "recall@2": 0.0,
+            "p@2": 0.0,
+            "recall": 1.0,
+        },
+        "q4": {
+            "map": 0.0,
+            "ndcg@10": 0.0,
+            "mrr@2": 0.0,
+            "mrr": 0.0,
+            "recall@2": 0.0,
+            "p@2": 0.0,
+            "recall": 0.0,
+        },
     }
     metrics = ["map", "ndcg@10", "mrr@2", "mrr", "recall@2", "p@2", "recall"]
     means, per_query = evaluate_run(RUN, QRELS, metrics)
@@ -225,8 +253,15 @@ def test_evaluate_collection_excludes_and_counts_unjudged_queries(tmp_path):
     queries, docs, qrels = _world()
     queries["unjudged"] = "w1 w2"
     col = _collection(queries, docs, qrels)
-    res = evaluate_collection(BagOfWords(), col, metrics=["map", "ndcg@10", "mrr@10"],
-                              depth=10, batch_size=8, run_path=tmp_path / "r.trec", pair="en-xa")
+    res = evaluate_collection(
+        BagOfWords(),
+        col,
+        metrics=["map", "ndcg@10", "mrr@10"],
+        depth=10,
+        batch_size=8,
+        run_path=tmp_path / "r.trec",
+        pair="en-xa",
+    )
     assert (res.num_queries, res.num_skipped, res.num_docs) == (len(qrels), 1, len(docs))
     assert "unjudged" not in res.per_query and "unjudged" in res.run
     assert read_trec_run(tmp_path / "r.trec") == res.run
@@ -234,8 +269,9 @@ def test_evaluate_collection_excludes_and_counts_unjudged_queries(tmp_path):
     assert res.metrics == means
     assert 0 < res.metrics["map"] <= 1
     with pytest.raises(DataError, match="no query has relevance judgements"):
-        evaluate_collection(BagOfWords(), _collection(queries, docs, {}), metrics=["map"],
-                            depth=5, batch_size=8)
+        evaluate_collection(
+            BagOfWords(), _collection(queries, docs, {}), metrics=["map"], depth=5, batch_size=8
+        )
 
 
 def test_nan_scores_fail_loudly():
@@ -249,8 +285,13 @@ def test_nan_scores_fail_loudly():
 
 
 def test_evaluate_pairs_defaults_and_outputs(tmp_path):
-    cfg = from_dict({"name": "exp1", "pair": "en-xa",
-                     "eval": {"metrics": ["map", "ndcg@10"], "depth": 10, "batch_size": 8}})
+    cfg = from_dict(
+        {
+            "name": "exp1",
+            "pair": "en-xa",
+            "eval": {"metrics": ["map", "ndcg@10"], "depth": 10, "batch_size": 8},
+        }
+    )
     worlds = {"en-en": _world(seed=1), "en-xa": _world(seed=2)}
     loaded = []
 

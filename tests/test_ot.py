@@ -79,9 +79,7 @@ def test_plans_and_values_match_pot(padded, eps):
         a = np.full(n_i, 1.0 / n_i)
         b = np.full(m_i, 1.0 / m_i)
         value_ref = float(
-            ot.sinkhorn2(
-                a, b, cost_i, eps, method="sinkhorn_log", numItermax=200000, stopThr=1e-12
-            )
+            ot.sinkhorn2(a, b, cost_i, eps, method="sinkhorn_log", numItermax=200000, stopThr=1e-12)
         )
         assert abs((got * cost_i).sum() - value_ref) <= 1e-4 * value_ref, f"pair {i}"
 
@@ -301,9 +299,7 @@ def test_gradient_matches_finite_differences_of_entropic_value():
 
 def test_loss_is_mean_transport_cost_and_teacher_gets_no_gradient():
     teacher, student, row, col = _states(torch.float32)
-    loss, plans = ot_distillation_loss(
-        teacher, student, row, col, 0.1, tol=1e-6, return_plans=True
-    )
+    loss, plans = ot_distillation_loss(teacher, student, row, col, 0.1, tol=1e-6, return_plans=True)
     assert loss.dim() == 0
     c = cost_matrix(teacher.detach(), student.detach())
     expected = (plans[0] * c).sum((1, 2)).mean()

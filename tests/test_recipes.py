@@ -38,25 +38,52 @@ def _fake_shared(root: Path) -> Path:
 
     gold = root / "afriqa" / "data" / "gold_passages" / "hau"
     gold.mkdir(parents=True)
-    rows = [{"id": str(i), "question_lang": "x", "question_translated": f"Who is person {i}?",
-             "context": f"Person {i} is a famous singer from city {i}.", "title": f"P{i}"}
-            for i in range(6)]
+    rows = [
+        {
+            "id": str(i),
+            "question_lang": "x",
+            "question_translated": f"Who is person {i}?",
+            "context": f"Person {i} is a famous singer from city {i}.",
+            "title": f"P{i}",
+        }
+        for i in range(6)
+    ]
     (gold / "gold_span_passages.afriqa.hau.en.train.json").write_text(
-        "\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+        "\n".join(json.dumps(r) for r in rows), encoding="utf-8"
+    )
     mafand = root / "mafand_mt" / "data" / "text_files" / "en-hau"
     mafand.mkdir(parents=True)
-    (mafand / "train.en").write_text("".join(
-        f"The minister of region {i} opened a new school for the children of the town today .\n"
-        for i in range(6)), encoding="utf-8")
+    (mafand / "train.en").write_text(
+        "".join(
+            f"The minister of region {i} opened a new school for the children of the town today .\n"
+            for i in range(6)
+        ),
+        encoding="utf-8",
+    )
     articles = []
     for a in range(4):
         s1, s2 = f"Town {a} lies on a river.", f"It has {a + 2} bridges."
         context = f"{s1} {s2}"
-        articles.append({"title": f"T{a}", "paragraphs": [{
-            "context": context, "sentence_breaks": [[0, len(s1)], [len(s1) + 1, len(context)]],
-            "qas": [{"id": f"q{a}", "question": f"How many bridges has town {a}?",
-                     "answers": [{"answer_start": context.index(str(a + 2)),
-                                  "text": str(a + 2)}]}]}]})
+        articles.append(
+            {
+                "title": f"T{a}",
+                "paragraphs": [
+                    {
+                        "context": context,
+                        "sentence_breaks": [[0, len(s1)], [len(s1) + 1, len(context)]],
+                        "qas": [
+                            {
+                                "id": f"q{a}",
+                                "question": f"How many bridges has town {a}?",
+                                "answers": [
+                                    {"answer_start": context.index(str(a + 2)), "text": str(a + 2)}
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
     xq = root / "xquad_r" / "xquad-r"
     xq.mkdir(parents=True)
     (xq / "en.json").write_text(json.dumps({"data": articles}), encoding="utf-8")
@@ -70,9 +97,19 @@ def test_teacher_recipe_runs_from_the_cli(tmp_path, capsys):
 
     shared = _fake_shared(tmp_path / "shared")
     recipe = Path(__file__).parent.parent / "recipes" / "teacher_minilm_colbert.yaml"
-    code = main(["train", "--config", str(recipe), f"output_dir={tmp_path / 'runs'}",
-                 f"data.rank.path={shared}", f"data.eval.en-en.path={shared}",
-                 "rank.steps=2", "rank.batch_size=4", "train.eval_every=0"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(recipe),
+            f"output_dir={tmp_path / 'runs'}",
+            f"data.rank.path={shared}",
+            f"data.eval.en-en.path={shared}",
+            "rank.steps=2",
+            "rank.batch_size=4",
+            "train.eval_every=0",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert '"en-en/map"' in out or '"map"' in out  # the dev evaluation on XQuAD-R en-en

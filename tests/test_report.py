@@ -26,33 +26,55 @@ def _flat(pair: str, **overrides) -> dict:
 
 
 def _metrics(pair: str, value: float) -> dict:
-    return {"map": value, f"{pair}/map": value, f"{pair}/ndcg@10": value + 0.05,
-            "en-en/map": REFERENCE}
+    return {
+        "map": value,
+        f"{pair}/map": value,
+        f"{pair}/ndcg@10": value + 0.05,
+        "en-en/map": REFERENCE,
+    }
 
 
-def synthetic_catalog(catalog: Catalog, *, zero_shot_trials: bool = True,
-                      trials: int = 12) -> None:
+def synthetic_catalog(catalog: Catalog, *, zero_shot_trials: bool = True, trials: int = 12) -> None:
     """Per pair: one zero-shot trial (distill.method none) or, without it, the teacher's
     zero-shot metrics recorded as baseline_metrics; a sweep over epsilon/weight whose
     MAP peaks at epsilon = 0.03 and reaches exactly the best value of PAIRS."""
     rng = random.Random(0)
     for pair, (zero, best) in PAIRS.items():
         if zero_shot_trials:
-            catalog.append(TrialRecord("sweep", pair, f"{pair}-zs",
-                                       config=_flat(pair, **{"distill.method": "none"}),
-                                       best_metrics=_metrics(pair, zero)))
+            catalog.append(
+                TrialRecord(
+                    "sweep",
+                    pair,
+                    f"{pair}-zs",
+                    config=_flat(pair, **{"distill.method": "none"}),
+                    best_metrics=_metrics(pair, zero),
+                )
+            )
         for i in range(trials):
             eps = 0.03 if i == 0 else 10 ** rng.uniform(-3, 0)
             weight = 0.5 if i == 0 else rng.uniform(0.1, 1.0)
             value = best - 0.1 * abs(math.log10(eps / 0.03)) - (0 if i == 0 else 0.01)
-            catalog.append(TrialRecord(
-                "sweep", pair, f"{pair}-{i}",
-                config=_flat(pair, **{"distill.epsilon": eps, "distill.weight": weight}),
-                best_metrics=_metrics(pair, value),
-                baseline_metrics=None if zero_shot_trials else _metrics(pair, zero),
-                checkpoint_uri=f"s3://b/{pair}/{i}"))
-        catalog.append(TrialRecord("sweep", pair, f"{pair}-dead", status="failed",
-                                   config=_flat(pair), error="worker lost"))
+            catalog.append(
+                TrialRecord(
+                    "sweep",
+                    pair,
+                    f"{pair}-{i}",
+                    config=_flat(pair, **{"distill.epsilon": eps, "distill.weight": weight}),
+                    best_metrics=_metrics(pair, value),
+                    baseline_metrics=None if zero_shot_trials else _metrics(pair, zero),
+                    checkpoint_uri=f"s3://b/{pair}/{i}",
+                )
+            )
+        catalog.append(
+            TrialRecord(
+                "sweep",
+                pair,
+                f"{pair}-dead",
+                status="failed",
+                config=_flat(pair),
+                error="worker lost",
+            )
+        )
 
 
 @pytest.fixture
@@ -77,15 +99,19 @@ def test_report_from_synthetic_catalog(catalog, tmp_path) -> None:
     md_path = build_report(catalog.storage, out)
     assert md_path == out / "report.md"
     md = md_path.read_text()
-    pngs = ["overview.png"] + [f"{kind}_{p}.png" for p in PAIRS
-                               for kind in ("params", "importance")]
+    pngs = ["overview.png"] + [
+        f"{kind}_{p}.png" for p in PAIRS for kind in ("params", "importance")
+    ]
     _check_pngs(out, pngs)
     for name in pngs:
         assert f"]({name})" in md  # the markdown links every plot
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(pngs)
-    table = {line.split(" | ")[0].strip("| "): line for line in md.splitlines()
-             if line.startswith("| en-")}
+    table = {
+        line.split(" | ")[0].strip("| "): line
+        for line in md.splitlines()
+        if line.startswith("| en-")
+    }
     assert sorted(table) == sorted(PAIRS)
     for pair, (zero, best) in PAIRS.items():
         cells = [c.strip() for c in table[pair].strip("|").split("|")]
@@ -104,7 +130,8 @@ def test_report_from_synthetic_catalog(catalog, tmp_path) -> None:
     # epsilon drives MAP in this world; the importances must say so (PED-ANOVA needs a
     # dozen trials: it compares the top 10% against the rest)
     assert max(data["importances"]["en-sw"], key=data["importances"]["en-sw"].get) == (
-        "distill.epsilon")
+        "distill.epsilon"
+    )
 
 
 def test_baseline_from_recorded_baseline_metrics(catalog) -> None:
@@ -118,8 +145,15 @@ def test_baseline_from_recorded_baseline_metrics(catalog) -> None:
 
 def test_baseline_can_be_another_method(catalog) -> None:
     synthetic_catalog(catalog, trials=3)
-    catalog.append(TrialRecord("sweep", "en-sw", "mse", best_metrics=_metrics("en-sw", 0.3),
-                               config=_flat("en-sw", **{"distill.method": "mse_sentence"})))
+    catalog.append(
+        TrialRecord(
+            "sweep",
+            "en-sw",
+            "mse",
+            best_metrics=_metrics("en-sw", 0.3),
+            config=_flat("en-sw", **{"distill.method": "mse_sentence"}),
+        )
+    )
     row = {r.pair: r for r in summarize(catalog.records(), baseline="mse_sentence")}["en-sw"]
     assert row.baseline == pytest.approx(0.3) and row.best == pytest.approx(0.43)
     assert row.gap_closed == pytest.approx(0.13 / (REFERENCE - 0.3))
@@ -168,20 +202,39 @@ def test_an_unreadable_part_hides_no_pair(catalog, caplog) -> None:
 
 def test_report_flags_trials_whose_sinkhorn_plans_did_not_converge(catalog, tmp_path) -> None:
     synthetic_catalog(catalog, trials=3)
-    catalog.append(TrialRecord(
-        "sweep", "en-sw", "en-sw-starved", config=_flat("en-sw", **{"distill.epsilon": 1e-3}),
-        best_metrics=_metrics("en-sw", 0.3),
-        last_metrics={**_metrics("en-sw", 0.3), "sinkhorn_unconverged": 0.4,
-                      "sinkhorn_max_error": 0.25}))
-    catalog.append(TrialRecord(
-        "sweep", "en-yo", "en-yo-fine", config=_flat("en-yo"), best_metrics=_metrics("en-yo", 0.3),
-        last_metrics={"sinkhorn_unconverged": 0.0, "sinkhorn_max_error": 0.0}))
+    catalog.append(
+        TrialRecord(
+            "sweep",
+            "en-sw",
+            "en-sw-starved",
+            config=_flat("en-sw", **{"distill.epsilon": 1e-3}),
+            best_metrics=_metrics("en-sw", 0.3),
+            last_metrics={
+                **_metrics("en-sw", 0.3),
+                "sinkhorn_unconverged": 0.4,
+                "sinkhorn_max_error": 0.25,
+            },
+        )
+    )
+    catalog.append(
+        TrialRecord(
+            "sweep",
+            "en-yo",
+            "en-yo-fine",
+            config=_flat("en-yo"),
+            best_metrics=_metrics("en-yo", 0.3),
+            last_metrics={"sinkhorn_unconverged": 0.0, "sinkhorn_max_error": 0.0},
+        )
+    )
     path = build_report(catalog.storage, tmp_path / "report")
     text = path.read_text()
-    assert ("Sinkhorn did not converge in 1 trial(s): en-sw-starved (40% of steps, worst "
-            "marginal error 0.25)") in text
+    assert (
+        "Sinkhorn did not converge in 1 trial(s): en-sw-starved (40% of steps, worst "
+        "marginal error 0.25)"
+    ) in text
     assert text.count("Sinkhorn did not converge") == 1
     data = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert data["unconverged"] == {"en-sw": [{"trial_id": "en-sw-starved", "fraction": 0.4,
-                                              "max_error": 0.25}]}
+    assert data["unconverged"] == {
+        "en-sw": [{"trial_id": "en-sw-starved", "fraction": 0.4, "max_error": 0.25}]
+    }
     assert "Sinkhorn did not converge" in (tmp_path / "report" / "report.html").read_text()

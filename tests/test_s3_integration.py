@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 SPACE = {
-    "base": {"train.stages": ["distill"], "distill.steps": 4, "distill.batch_size": 8,
-             "train.eval_every": 2, "train.log_every": 1000, "train.warmup_ratio": 0.0},
+    "base": {
+        "train.stages": ["distill"],
+        "distill.steps": 4,
+        "distill.batch_size": 8,
+        "train.eval_every": 2,
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+    },
     "params": {
         "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
@@ -41,8 +47,9 @@ def s3_cluster(s3_server):
             mp.setenv(name, value)
         if ray.is_initialized():
             ray.shutdown()
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 2, "object_store_memory": 200 * 2**20})
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
+        )
         ray.init(address=cluster.address)
         try:
             yield cluster
@@ -54,31 +61,47 @@ def s3_cluster(s3_server):
 def _cfg(root: Path, out: Path, storage: str, **over):
     from optical_ray.config import from_flat
 
-    return from_flat({"data.root": str(root / "world"), "output_dir": str(out / "runs"),
-                      "storage.uri": storage, "train.teacher": str(root / "teacher"),
-                      "pair": "en-xc", "eval.metrics": ["map"], "eval.pairs": ["en-xc"],
-                      "train.log_every": 1000, "train.warmup_ratio": 0.0,
-                      "train.stages": ["distill"], "distill.batch_size": 8, **over})
+    return from_flat(
+        {
+            "data.root": str(root / "world"),
+            "output_dir": str(out / "runs"),
+            "storage.uri": storage,
+            "train.teacher": str(root / "teacher"),
+            "pair": "en-xc",
+            "eval.metrics": ["map"],
+            "eval.pairs": ["en-xc"],
+            "train.log_every": 1000,
+            "train.warmup_ratio": 0.0,
+            "train.stages": ["distill"],
+            "distill.batch_size": 8,
+            **over,
+        }
+    )
 
 
 def _objects(server, uri: str) -> dict[str, bytes]:
     """Every object under ``uri`` (key relative to the prefix → bytes), straight from the
     server with boto3, so nothing of ours stands between the test and the bucket."""
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
     client = server.client()
     out = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                 Prefix=prefix + "/"):
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "/"
+    ):
         for obj in page.get("Contents", []):
             body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            out[obj["Key"][len(prefix) + 1:]] = body
+            out[obj["Key"][len(prefix) + 1 :]] = body
     return out
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    return subprocess.run([sys.executable, "-m", "optical_ray.cli", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "optical_ray.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:
@@ -93,27 +116,42 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
     return hits
 
 
-def test_train_to_s3_then_evaluate_from_s3(s3_cluster, s3_env, s3_storage_uri, sweep_root,
-                                           tmp_path) -> None:
+def test_train_to_s3_then_evaluate_from_s3(
+    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path
+) -> None:
     from optical_ray.distributed import fit
 
-    cfg = _cfg(sweep_root, tmp_path, s3_storage_uri,
-               **{"name": "s3run", "distill.steps": 4, "train.checkpoint_every": 2})
+    cfg = _cfg(
+        sweep_root,
+        tmp_path,
+        s3_storage_uri,
+        **{"name": "s3run", "distill.steps": 4, "train.checkpoint_every": 2},
+    )
     result = fit(cfg)
     assert result.checkpoint.startswith(s3_storage_uri + "/s3run/checkpoint_")
     objects = _objects(s3_env, s3_storage_uri)
-    ckpt = result.checkpoint[len(s3_storage_uri) + 1:]
+    ckpt = result.checkpoint[len(s3_storage_uri) + 1 :]
     state = json.loads(objects[f"{ckpt}/state.json"])
     assert state["step"] == 4 and state["stage_done"]
     # Every file the checkpoint's manifest names is in the bucket.
     assert state["files"] and all(f"{ckpt}/{f}" in objects for f in state["files"])
     # The CLI evaluates the model straight from S3 and agrees with the run's last eval.
-    out = _cli("evaluate", "--checkpoint", f"{result.checkpoint}/model",
-               "--pairs", "en-xc", "--metrics", "map", "--out", str(tmp_path / "eval"))
+    out = _cli(
+        "evaluate",
+        "--checkpoint",
+        f"{result.checkpoint}/model",
+        "--pairs",
+        "en-xc",
+        "--metrics",
+        "map",
+        "--out",
+        str(tmp_path / "eval"),
+    )
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["results"]["en-xc"]["metrics"]["map"] == pytest.approx(result.metrics["map"],
-                                                                   abs=1e-6)
+    assert metrics["results"]["en-xc"]["metrics"]["map"] == pytest.approx(
+        result.metrics["map"], abs=1e-6
+    )
     # Secrets: nowhere in the bucket, the run directory or what the CLI printed.
     secret = s3_env.secret_key.encode()
     assert not [k for k, v in objects.items() if secret in v]
@@ -121,25 +159,26 @@ def test_train_to_s3_then_evaluate_from_s3(s3_cluster, s3_env, s3_storage_uri, s
     assert s3_env.secret_key not in out.stdout + out.stderr
 
 
-def test_sweep_best_and_report_on_s3(s3_cluster, s3_env, s3_storage_uri, sweep_root,
-                                     tmp_path) -> None:
+def test_sweep_best_and_report_on_s3(
+    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path
+) -> None:
     from optical_ray.catalog import Catalog, best_config
     from optical_ray.config import from_dict
     from optical_ray.space import parse_space
     from optical_ray.sweep import run_sweep
 
     cfg = _cfg(sweep_root, tmp_path, s3_storage_uri, **{"sweep.max_concurrent": 2})
-    result = run_sweep(cfg, parse_space(SPACE), pairs=["en-xc"], samples=2, name="s3",
-                       verbose=0)
+    result = run_sweep(cfg, parse_space(SPACE), pairs=["en-xc"], samples=2, name="s3", verbose=0)
     r = result.pairs["en-xc"]
     assert r.trials == 2 and not r.failed and r.best_checkpoint.startswith("s3://")
     records = Catalog(s3_storage_uri).records()
-    assert len(records) == 2 and all(u.startswith(s3_storage_uri + "/s3-en-xc/")
-                                     for u in records["checkpoint_uri"])
+    assert len(records) == 2 and all(
+        u.startswith(s3_storage_uri + "/s3-en-xc/") for u in records["checkpoint_uri"]
+    )
     objects = _objects(s3_env, s3_storage_uri)
     assert any(k.startswith("catalog/") for k in objects)
     for uri in records["checkpoint_uri"]:
-        assert f"{uri[len(s3_storage_uri) + 1:]}/model/model.safetensors" in objects
+        assert f"{uri[len(s3_storage_uri) + 1 :]}/model/model.safetensors" in objects
 
     best = best_config("en-xc", storage=s3_storage_uri)[0]
     assert best.value == pytest.approx(r.best_metrics["map"])
@@ -166,8 +205,9 @@ def test_sweep_best_and_report_on_s3(s3_cluster, s3_env, s3_storage_uri, sweep_r
     assert not _files_containing(session / "logs", secret)
 
 
-def test_sweep_survives_an_s3_outage(s3_cluster, s3_env, s3_storage_uri, sweep_root,
-                                     tmp_path) -> None:
+def test_sweep_survives_an_s3_outage(
+    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path
+) -> None:
     """Stop the S3 server for ~10 s while trials are running, start it again on the same
     directory: the sweep completes and no checkpoint or catalog record is lost."""
     from optical_ray.catalog import Catalog
@@ -175,8 +215,7 @@ def test_sweep_survives_an_s3_outage(s3_cluster, s3_env, s3_storage_uri, sweep_r
     from optical_ray.sweep import run_sweep
 
     samples, steps = 4, 12
-    space = {**SPACE, "base": {**SPACE["base"], "distill.steps": steps,
-                               "train.eval_every": 3}}
+    space = {**SPACE, "base": {**SPACE["base"], "distill.steps": steps, "train.eval_every": 3}}
     cfg = _cfg(sweep_root, tmp_path, s3_storage_uri, **{"sweep.max_concurrent": 2})
     outage: dict[str, float] = {}
 
@@ -195,8 +234,15 @@ def test_sweep_survives_an_s3_outage(s3_cluster, s3_env, s3_storage_uri, sweep_r
     thread = threading.Thread(target=outage_once_trials_checkpoint, daemon=True)
     thread.start()
     try:
-        result = run_sweep(cfg, parse_space(space), pairs=["en-xc"], samples=samples,
-                           name="outage", scheduler="none", verbose=0)
+        result = run_sweep(
+            cfg,
+            parse_space(space),
+            pairs=["en-xc"],
+            samples=samples,
+            name="outage",
+            scheduler="none",
+            verbose=0,
+        )
     finally:
         thread.join(timeout=60)
         if not s3_env.running:
@@ -212,7 +258,7 @@ def test_sweep_survives_an_s3_outage(s3_cluster, s3_env, s3_storage_uri, sweep_r
     # ... and every trial's final checkpoint is complete in the bucket.
     objects = _objects(s3_env, s3_storage_uri)
     for uri in records["checkpoint_uri"]:
-        key = uri[len(s3_storage_uri) + 1:]
+        key = uri[len(s3_storage_uri) + 1 :]
         state = json.loads(objects[f"{key}/state.json"])
         assert state["step"] == steps and state["stage_done"]
         assert all(f"{key}/{f}" in objects for f in state["files"])
@@ -220,7 +266,7 @@ def test_sweep_survives_an_s3_outage(s3_cluster, s3_env, s3_storage_uri, sweep_r
 
 
 def _keys(server, uri: str) -> list[str]:
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
     try:
         out = server.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
     except Exception:  # noqa: BLE001 - the server may be restarting

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from optical_ray.errors import ConfigError
-from optical_ray.space import (load_space, parse_space, pin_overrides, trial_config,
-                               validate_space)
+from optical_ray.space import load_space, parse_space, pin_overrides, trial_config, validate_space
 
 SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 
@@ -59,15 +58,17 @@ def test_all_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         parse_space(raw, source="x.yaml")
     text = str(info.value)
-    for needle in ["base.distill.epsilonn: not a config key",
-                   "params.distill.epsilon: loguniform needs low > 0",
-                   "params.distill.weight: need low < high",
-                   "params.rank.lr.type: got 'gaussian'",
-                   "params.distill.nope: not a config key",
-                   "params.distill.layers.strategies: got ['top']",
-                   "params.distill.method.choices: expected a non-empty list",
-                   "pairs.ensw: expected <query_lang>-<doc_lang>",
-                   "unknown section(s) ['extra']"]:
+    for needle in [
+        "base.distill.epsilonn: not a config key",
+        "params.distill.epsilon: loguniform needs low > 0",
+        "params.distill.weight: need low < high",
+        "params.rank.lr.type: got 'gaussian'",
+        "params.distill.nope: not a config key",
+        "params.distill.layers.strategies: got ['top']",
+        "params.distill.method.choices: expected a non-empty list",
+        "pairs.ensw: expected <query_lang>-<doc_lang>",
+        "unknown section(s) ['extra']",
+    ]:
         assert needle in text, needle
     assert len(info.value.problems) == 9
     assert "x.yaml" in text
@@ -79,17 +80,27 @@ def test_fixed_values_must_make_a_valid_config() -> None:
 
 
 def test_condition_and_pair_override() -> None:
-    space = parse_space({
-        "base": {"distill.steps": 10},
-        "params": {
-            "distill.rank_batch_size": {"type": "categorical", "choices": [0, 4]},
-            "distill.weight": {"type": "uniform", "low": 0.1, "high": 0.9,
-                               "when": {"distill.rank_batch_size": [4]}},
-            "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 0.1},
-        },
-        "pairs": {"en-xc": {"base": {"distill.steps": 30},
-                            "params": {"distill.epsilon": {"type": "fixed", "value": 0.5}}}},
-    })
+    space = parse_space(
+        {
+            "base": {"distill.steps": 10},
+            "params": {
+                "distill.rank_batch_size": {"type": "categorical", "choices": [0, 4]},
+                "distill.weight": {
+                    "type": "uniform",
+                    "low": 0.1,
+                    "high": 0.9,
+                    "when": {"distill.rank_batch_size": [4]},
+                },
+                "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 0.1},
+            },
+            "pairs": {
+                "en-xc": {
+                    "base": {"distill.steps": 30},
+                    "params": {"distill.epsilon": {"type": "fixed", "value": 0.5}},
+                }
+            },
+        }
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     fn = space.define_by_run("en-xa", depth=2)
     seen_weight = {True: 0, False: 0}
@@ -113,8 +124,12 @@ def test_condition_and_pair_override() -> None:
 def test_a_sampled_key_overrides_its_base_value() -> None:
     # A base may carry a default for a key that params also search (the benchmark reads
     # the base); the trial must get the sample, merged the way Ray's OptunaSearch does.
-    raw = _raw(**{"distill.epsilon": {"type": "loguniform", "low": 0.2, "high": 0.9},
-                  "distill.layers": {"type": "layers", "strategies": ["one"]}})
+    raw = _raw(
+        **{
+            "distill.epsilon": {"type": "loguniform", "low": 0.2, "high": 0.9},
+            "distill.layers": {"type": "layers", "strategies": ["one"]},
+        }
+    )
     raw["base"].update({"distill.epsilon": 0.01, "distill.layers": [-1, -2]})
     space = parse_space(raw)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -130,9 +145,18 @@ def test_a_sampled_key_overrides_its_base_value() -> None:
 
 
 def test_layer_strategies_map_to_layer_lists() -> None:
-    space = parse_space(_raw(**{"distill.layers": {
-        "type": "layers", "strategies": ["last", "one", "set"], "max_k": 2,
-        "sets": [[1, 2]]}}))
+    space = parse_space(
+        _raw(
+            **{
+                "distill.layers": {
+                    "type": "layers",
+                    "strategies": ["last", "one", "set"],
+                    "max_k": 2,
+                    "sets": [[1, 2]],
+                }
+            }
+        )
+    )
     sampled = {
         ("last", 2): [-2, -1],
         ("one", 1): [1],
@@ -140,8 +164,9 @@ def test_layer_strategies_map_to_layer_lists() -> None:
     }
     for (strategy, value), expected in sampled.items():
         extra = {"last": "k", "one": "layer", "set": "set"}[strategy]
-        cfg = trial_config(space, "en-xa", {"distill.layers.strategy": strategy,
-                                             f"distill.layers.{extra}": value})
+        cfg = trial_config(
+            space, "en-xa", {"distill.layers.strategy": strategy, f"distill.layers.{extra}": value}
+        )
         assert cfg.distill.layers == expected
 
 
@@ -157,11 +182,13 @@ def test_missing_file_lists_shipped(tmp_path) -> None:
 def test_command_line_overrides_win_over_fixed_values() -> None:
     """`optical-ray sweep ... distill.steps=40` replaces the space's fixed steps (in
     base and per pair); a key the space searches cannot be overridden."""
-    space = parse_space({
-        "base": {"distill.steps": 10, "distill.batch_size": 8},
-        "params": {"distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 0.1}},
-        "pairs": {"en-xc": {"base": {"distill.steps": 30}}},
-    })
+    space = parse_space(
+        {
+            "base": {"distill.steps": 10, "distill.batch_size": 8},
+            "params": {"distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 0.1}},
+            "pairs": {"en-xc": {"base": {"distill.steps": 30}}},
+        }
+    )
     pinned = pin_overrides(space, {"distill.steps": 40, "distill.lr": 1e-3})
     for pair in ("en-xa", "en-xc"):
         cfg = trial_config(pinned, pair, {"distill.epsilon": 0.05})
@@ -175,37 +202,54 @@ def test_command_line_overrides_win_over_fixed_values() -> None:
 
 
 def test_every_distribution_support_is_checked_against_the_config_limits() -> None:
-    raw = _raw(**{
-        "distill.epsilon": {"type": "uniform", "low": -1.0, "high": 1.0},
-        "distill.steps": {"type": "int", "low": -5, "high": 10},
-        "distill.method": {"type": "categorical", "choices": ["ot", "bogus"]},
-        "distill.weight": {"type": "uniform", "low": 0.0, "high": 2.0},
-        "distill.batch_size": {"type": "uniform", "low": 4, "high": 16},
-        "distill.cost": {"type": "int", "low": 1, "high": 3},
-        "distill.lr": {"type": "fixed", "value": 0},
-    })
-    raw["pairs"] = {"en-xc": {"params": {
-        "distill.sinkhorn_iters": {"type": "int", "low": 0, "high": 10}}}}
+    raw = _raw(
+        **{
+            "distill.epsilon": {"type": "uniform", "low": -1.0, "high": 1.0},
+            "distill.steps": {"type": "int", "low": -5, "high": 10},
+            "distill.method": {"type": "categorical", "choices": ["ot", "bogus"]},
+            "distill.weight": {"type": "uniform", "low": 0.0, "high": 2.0},
+            "distill.batch_size": {"type": "uniform", "low": 4, "high": 16},
+            "distill.cost": {"type": "int", "low": 1, "high": 3},
+            "distill.lr": {"type": "fixed", "value": 0},
+        }
+    )
+    raw["pairs"] = {
+        "en-xc": {"params": {"distill.sinkhorn_iters": {"type": "int", "low": 0, "high": 10}}}
+    }
     with pytest.raises(ConfigError) as info:
         parse_space(raw, source="x.yaml")
     problems = info.value.problems
-    for needle in ["params.distill.epsilon: low: got -1.0, must be > 0",
-                   "params.distill.steps: low: got -5, must be >= 0",
-                   "params.distill.method: choice 'bogus': got 'bogus', expected one of",
-                   "params.distill.weight: high: got 2.0, must be <= 1",
-                   "params.distill.batch_size: type uniform samples fractions",
-                   "params.distill.cost: type int samples numbers, but distill.cost is not",
-                   "params.distill.lr: value: got 0.0, must be > 0",
-                   "pairs.en-xc.params.distill.sinkhorn_iters: low: got 0, must be >= 1"]:
+    for needle in [
+        "params.distill.epsilon: low: got -1.0, must be > 0",
+        "params.distill.steps: low: got -5, must be >= 0",
+        "params.distill.method: choice 'bogus': got 'bogus', expected one of",
+        "params.distill.weight: high: got 2.0, must be <= 1",
+        "params.distill.batch_size: type uniform samples fractions",
+        "params.distill.cost: type int samples numbers, but distill.cost is not",
+        "params.distill.lr: value: got 0.0, must be > 0",
+        "pairs.en-xc.params.distill.sinkhorn_iters: low: got 0, must be >= 1",
+    ]:
         assert sum(needle in p for p in problems) == 1, (needle, problems)
     assert len(problems) == 8
 
 
 def test_layers_beyond_the_model_depth_are_refused_once_the_depth_is_known() -> None:
-    raw = _raw(**{"distill.layers": {"type": "layers", "strategies": ["last", "set"],
-                                     "max_k": 2, "sets": [[1, 2], [1, 7]]}})
-    raw["pairs"] = {"en-xc": {"base": {"distill.layers": [-3]}, "params": {
-        "distill.layers": {"type": "categorical", "choices": [[1], [9]]}}}}
+    raw = _raw(
+        **{
+            "distill.layers": {
+                "type": "layers",
+                "strategies": ["last", "set"],
+                "max_k": 2,
+                "sets": [[1, 2], [1, 7]],
+            }
+        }
+    )
+    raw["pairs"] = {
+        "en-xc": {
+            "base": {"distill.layers": [-3]},
+            "params": {"distill.layers": {"type": "categorical", "choices": [[1], [9]]}},
+        }
+    }
     space = parse_space(raw)  # the depth is unknown here: fine
     assert validate_space(space, depth=12) is space
     with pytest.raises(ConfigError) as info:
@@ -216,7 +260,8 @@ def test_layers_beyond_the_model_depth_are_refused_once_the_depth_is_known() -> 
         "pairs.en-xc.base.distill.layers: layer -3 is beyond the model depth 2 (allowed: "
         "1..2, -2..-1 from the top, 0 = embeddings)",
         "pairs.en-xc.params.distill.layers: choice [9]: layer 9 is beyond the model depth 2 "
-        "(allowed: 1..2, -2..-1 from the top, 0 = embeddings)"]
+        "(allowed: 1..2, -2..-1 from the top, 0 = embeddings)",
+    ]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -226,7 +271,10 @@ def test_shipped_spaces_fit_a_two_layer_model(path: Path) -> None:
 
 def test_duplicate_keys_in_a_space_file_are_refused(tmp_path: Path) -> None:
     p = tmp_path / "s.yaml"
-    p.write_text("params:\n  distill.lr: {type: fixed, value: 0.1}\n"
-                 "  distill.lr: {type: fixed, value: 0.2}\n", encoding="utf-8")
+    p.write_text(
+        "params:\n  distill.lr: {type: fixed, value: 0.1}\n"
+        "  distill.lr: {type: fixed, value: 0.2}\n",
+        encoding="utf-8",
+    )
     with pytest.raises(ConfigError, match=r"duplicate key 'distill.lr' \(first at line 2\)"):
         load_space(p)

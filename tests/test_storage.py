@@ -13,8 +13,14 @@ import pyarrow.fs as pafs
 import pytest
 
 from optical_ray.errors import ConfigError, StorageError
-from optical_ray.storage import (Storage, StorageUnavailable, as_storage, redact,
-                                 resolve_storage, with_retries)
+from optical_ray.storage import (
+    Storage,
+    StorageUnavailable,
+    as_storage,
+    redact,
+    resolve_storage,
+    with_retries,
+)
 
 TEST_SECRET_KEY = "testsecret-xyz123"  # the key tests/s3server.py gives SeaweedFS
 
@@ -28,8 +34,15 @@ def closed_port() -> int:
 
 @pytest.fixture
 def no_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
@@ -61,8 +74,7 @@ def test_local_round_trip(tmp_path) -> None:
         f.write(b"stream")
     with s.open_input("c/d.txt") as f:
         assert f.read() == b"stream"
-    names = sorted(s.rel(i.path) for i in s.ls(recursive=True)
-                   if i.type == pafs.FileType.File)
+    names = sorted(s.rel(i.path) for i in s.ls(recursive=True) if i.type == pafs.FileType.File)
     assert names == ["a/b.bin", "c/d.txt"]
     assert s.ls("missing") == []
     s.delete("a")
@@ -85,17 +97,20 @@ def test_as_storage_accepts_uri_storage_and_config(tmp_path) -> None:
 # --------------------------------------------------------------------------- URIs
 
 
-@pytest.mark.parametrize("uri, fragment", [
-    ("s3://", "names no bucket"),
-    ("s3:///prefix", "names no bucket"),
-    ("gs://bucket/x", "unsupported scheme 'gs://'"),
-    ("http://host/x", "unsupported scheme 'http://'"),
-    ("s3://Bad_Bucket/x", "not a valid S3 bucket name"),
-    ("s3://ab/x", "not a valid S3 bucket name"),
-    ("s3://bucket/a/../b", "'..' are not allowed"),
-    ("file://otherhost/x", "file:///absolute/path"),
-    ("", "is empty"),
-])
+@pytest.mark.parametrize(
+    "uri, fragment",
+    [
+        ("s3://", "names no bucket"),
+        ("s3:///prefix", "names no bucket"),
+        ("gs://bucket/x", "unsupported scheme 'gs://'"),
+        ("http://host/x", "unsupported scheme 'http://'"),
+        ("s3://Bad_Bucket/x", "not a valid S3 bucket name"),
+        ("s3://ab/x", "not a valid S3 bucket name"),
+        ("s3://bucket/a/../b", "'..' are not allowed"),
+        ("file://otherhost/x", "file:///absolute/path"),
+        ("", "is empty"),
+    ],
+)
 def test_malformed_uris(uri, fragment, no_aws_env) -> None:
     with pytest.raises(StorageError) as info:
         resolve_storage(uri)
@@ -122,11 +137,14 @@ def test_s3_uri_and_endpoint_resolution(no_aws_env, monkeypatch) -> None:
     assert resolve_storage("s3://b-1/x").region == "eu-west-3"
 
 
-@pytest.mark.parametrize("endpoint, fragment", [
-    ("ftp://host:21", "is not valid"),
-    ("http://user:pw-secret@host:9000", "carries credentials"),
-    ("http://host:notaport", "bad port"),
-])
+@pytest.mark.parametrize(
+    "endpoint, fragment",
+    [
+        ("ftp://host:21", "is not valid"),
+        ("http://user:pw-secret@host:9000", "carries credentials"),
+        ("http://host:notaport", "bad port"),
+    ],
+)
 def test_bad_endpoints(endpoint, fragment, no_aws_env) -> None:
     with pytest.raises(StorageError, match=fragment) as info:
         resolve_storage("s3://bucket/x", endpoint=endpoint)
@@ -208,13 +226,21 @@ def test_with_retries_gives_up_and_skips_permanent_errors() -> None:
 def test_redact_env_secrets_and_patterns(monkeypatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
     monkeypatch.setenv("AWS_SESSION_TOKEN", "tok-abcdef-123456")
-    text = (f"failed with {TEST_SECRET_KEY} and tok-abcdef-123456; "
-            "aws_secret_access_key=AbCdEf/123+xyz, \"aws_session_token\": \"zzz-1\" "
-            "url https://b.s3.amazonaws.com/k?X-Amz-Signature=deadbeef&x=1 "
-            "endpoint http://admin:hunter2@host:9000/")
+    text = (
+        f"failed with {TEST_SECRET_KEY} and tok-abcdef-123456; "
+        'aws_secret_access_key=AbCdEf/123+xyz, "aws_session_token": "zzz-1" '
+        "url https://b.s3.amazonaws.com/k?X-Amz-Signature=deadbeef&x=1 "
+        "endpoint http://admin:hunter2@host:9000/"
+    )
     out = redact(text)
-    for secret in (TEST_SECRET_KEY, "tok-abcdef-123456", "AbCdEf/123+xyz", "zzz-1",
-                   "deadbeef", "hunter2"):
+    for secret in (
+        TEST_SECRET_KEY,
+        "tok-abcdef-123456",
+        "AbCdEf/123+xyz",
+        "zzz-1",
+        "deadbeef",
+        "hunter2",
+    ):
         assert secret not in out, secret
     assert "failed with ***" in out and "&x=1" in out and "@host:9000" in out
     assert redact("nothing secret here") == "nothing secret here"
@@ -286,13 +312,18 @@ def test_local_copy_of_a_local_path_and_of_an_s3_directory(s3_storage_uri, tmp_p
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # the documented example; holds '/'
 
 
-@pytest.mark.parametrize("uri, masked", [
-    (f"s3://AKIAIOSFODNN7EXAMPLE:{AWS_SECRET}@bucket/x", "s3://***@bucket/x"),
-    ("s3://AKIAIOSFODNN7EXAMPLE@bucket/x", "s3://***@bucket/x"),
-    (f"file://user:{AWS_SECRET}@localhost/tmp/x", "file://***@localhost/tmp/x"),
-    (f"s3://bucket/x?access_key=AKIA&secret_key={AWS_SECRET}",
-     "s3://bucket/x?access_key=AKIA&secret_key=***"),
-])
+@pytest.mark.parametrize(
+    "uri, masked",
+    [
+        (f"s3://AKIAIOSFODNN7EXAMPLE:{AWS_SECRET}@bucket/x", "s3://***@bucket/x"),
+        ("s3://AKIAIOSFODNN7EXAMPLE@bucket/x", "s3://***@bucket/x"),
+        (f"file://user:{AWS_SECRET}@localhost/tmp/x", "file://***@localhost/tmp/x"),
+        (
+            f"s3://bucket/x?access_key=AKIA&secret_key={AWS_SECRET}",
+            "s3://bucket/x?access_key=AKIA&secret_key=***",
+        ),
+    ],
+)
 def test_storage_uri_with_credentials_is_refused_without_echo(uri, masked, no_aws_env) -> None:
     with pytest.raises(StorageError) as info:
         resolve_storage(uri)
@@ -317,8 +348,12 @@ def test_config_holding_credentials_is_refused_and_never_saved(tmp_path) -> None
     from optical_ray.config import Config, from_flat, save_config
 
     with pytest.raises(ConfigError) as info:
-        from_flat({"storage.endpoint": f"admin:{AWS_SECRET}@10.0.0.1:9000",
-                   "data.bitext": {"en-sw": f"http://u:{AWS_SECRET}@host/b.tsv"}})
+        from_flat(
+            {
+                "storage.endpoint": f"admin:{AWS_SECRET}@10.0.0.1:9000",
+                "data.bitext": {"en-sw": f"http://u:{AWS_SECRET}@host/b.tsv"},
+            }
+        )
     assert len(info.value.problems) == 2 and AWS_SECRET not in str(info.value)
     assert "storage.endpoint: got '***@10.0.0.1:9000'" in str(info.value)  # host:port alone
     assert "data.bitext.en-sw.path: got 'http://***@host/b.tsv'" in str(info.value)

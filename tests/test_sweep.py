@@ -16,8 +16,14 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 SPACE = {
-    "base": {"train.stages": ["distill"], "distill.steps": 4, "distill.batch_size": 8,
-             "train.eval_every": 2, "train.log_every": 1000, "train.warmup_ratio": 0.0},
+    "base": {
+        "train.stages": ["distill"],
+        "distill.steps": 4,
+        "distill.batch_size": 8,
+        "train.eval_every": 2,
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+    },
     "params": {
         "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
@@ -33,8 +39,9 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "object_store_memory": 200 * 2**20})
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
+    )
     ray.init(address=c.address)
     yield c
     ray.shutdown()
@@ -44,10 +51,18 @@ def cluster():
 def _base(root: Path, storage: str, **over):
     from optical_ray.config import from_flat
 
-    return from_flat({"data.root": str(root / "world"), "output_dir": str(root / "runs"),
-                      "storage.uri": storage, "train.teacher": str(root / "teacher"),
-                      "eval.metrics": ["map", "mrr@10"], "eval.pairs": ["en-en"],
-                      "sweep.max_concurrent": 2, **over})
+    return from_flat(
+        {
+            "data.root": str(root / "world"),
+            "output_dir": str(root / "runs"),
+            "storage.uri": storage,
+            "train.teacher": str(root / "teacher"),
+            "eval.metrics": ["map", "mrr@10"],
+            "eval.pairs": ["en-en"],
+            "sweep.max_concurrent": 2,
+            **over,
+        }
+    )
 
 
 def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None:
@@ -57,8 +72,14 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
     from optical_ray.sweep import run_sweep
 
     storage = str(sweep_root / "store-a")
-    result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=["en-xc", "xc-en"],
-                       samples=3, name="t", verbose=0)
+    result = run_sweep(
+        _base(sweep_root, storage),
+        parse_space(SPACE),
+        pairs=["en-xc", "xc-en"],
+        samples=3,
+        name="t",
+        verbose=0,
+    )
     assert result.exit_code == 0
     for pair in ("en-xc", "xc-en"):
         r = result.pairs[pair]
@@ -82,8 +103,10 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
         last = json.loads(row["last_metrics"])
         assert 0.0 <= last["sinkhorn_unconverged"] <= 1.0 and "sinkhorn_max_error" in last
     # The two pairs ran at the same time (one experiment each, one shared budget of 2).
-    spans = {p: [(r.started_at, r.finished_at) for r in records[records["pair"] == p].itertuples()]
-             for p in ("en-xc", "xc-en")}
+    spans = {
+        p: [(r.started_at, r.finished_at) for r in records[records["pair"] == p].itertuples()]
+        for p in ("en-xc", "xc-en")
+    }
     assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["en-xc"] for b0, b1 in spans["xc-en"])
     best = best_config("en-xc", storage=storage)[0]
     assert best.value == pytest.approx(result.pairs["en-xc"].best_metrics["map"])
@@ -98,11 +121,19 @@ def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_
     from optical_ray.sweep import run_sweep
 
     # Every bitext pair is longer than 4 tokens and dropped: each trial fails at run time.
-    space = {**SPACE, "base": {**SPACE["base"], "model.max_bitext_length": 4,
-                               "distill.long_pairs": "drop"}}
+    space = {
+        **SPACE,
+        "base": {**SPACE["base"], "model.max_bitext_length": 4, "distill.long_pairs": "drop"},
+    }
     storage = str(sweep_root / "store-b")
-    result = run_sweep(_base(sweep_root, storage), parse_space(space), pairs=["en-xc"],
-                       samples=2, name="bad", verbose=0)
+    result = run_sweep(
+        _base(sweep_root, storage),
+        parse_space(space),
+        pairs=["en-xc"],
+        samples=2,
+        name="bad",
+        verbose=0,
+    )
     r = result.pairs["en-xc"]
     assert r.trials == 2 and len(r.failed) == 2
     assert all("filtered out" in reason for _, reason in r.failed)
@@ -119,13 +150,23 @@ def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_roo
     from optical_ray.space import parse_space
     from optical_ray.sweep import run_sweep
 
-    space = {**SPACE, "params": {
-        **SPACE["params"],
-        "distill.layers": {"type": "layers", "strategies": ["set"], "sets": [[1], [7]]}}}
+    space = {
+        **SPACE,
+        "params": {
+            **SPACE["params"],
+            "distill.layers": {"type": "layers", "strategies": ["set"], "sets": [[1], [7]]},
+        },
+    }
     storage = sweep_root / "store-e"
     with pytest.raises(ConfigError, match=r"layer 7 is beyond the model depth 2"):
-        run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
-                  samples=2, name="deep", verbose=0)
+        run_sweep(
+            _base(sweep_root, str(storage)),
+            parse_space(space),
+            pairs=["en-xc"],
+            samples=2,
+            name="deep",
+            verbose=0,
+        )
     assert not (storage / "deep-en-xc").exists()
 
 
@@ -140,11 +181,27 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     space_path = sweep_root / "space.yaml"
     space_path.write_text(yaml.safe_dump(space))
     cfg_path = sweep_root / "base.yaml"
-    cfg_path.write_text(yaml.safe_dump(to_dict(_base(sweep_root, str(storage),
-                                                     **{"sweep.max_concurrent": 1}))))
-    cmd = [sys.executable, "-m", "optical_ray.cli", "sweep", "--space", str(space_path),
-           "--pairs", "en-xc", "--samples", "4", "--name", "kill", "--config", str(cfg_path),
-           "--address", cluster.address]
+    cfg_path.write_text(
+        yaml.safe_dump(to_dict(_base(sweep_root, str(storage), **{"sweep.max_concurrent": 1})))
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "optical_ray.cli",
+        "sweep",
+        "--space",
+        str(space_path),
+        "--pairs",
+        "en-xc",
+        "--samples",
+        "4",
+        "--name",
+        "kill",
+        "--config",
+        str(cfg_path),
+        "--address",
+        cluster.address,
+    ]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     catalog = Catalog(str(storage))
     deadline = time.time() + 300
@@ -161,9 +218,15 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     assert 1 <= len(before) < 4
     done = dict(zip(before["trial_id"], before["best_value"]))
     # The same command with --resume: finished trials are not run again.
-    result = run_sweep(_base(sweep_root, str(storage), **{"sweep.max_concurrent": 1}),
-                       parse_space(space), pairs=["en-xc"], samples=4, name="kill",
-                       resume=True, verbose=0)
+    result = run_sweep(
+        _base(sweep_root, str(storage), **{"sweep.max_concurrent": 1}),
+        parse_space(space),
+        pairs=["en-xc"],
+        samples=4,
+        name="kill",
+        resume=True,
+        verbose=0,
+    )
     after = Catalog(str(storage)).records()
     assert result.pairs["en-xc"].trials == 4
     assert after["trial_id"].nunique() == len(after) == 4
@@ -178,8 +241,14 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     from optical_ray.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already exist .* pass --resume"):
-        run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
-                  samples=4, name="kill", verbose=0)
+        run_sweep(
+            _base(sweep_root, str(storage)),
+            parse_space(space),
+            pairs=["en-xc"],
+            samples=4,
+            name="kill",
+            verbose=0,
+        )
     # A pickle planted in the experiment's storage is refused before Ray reads it.
     import pickle
 
@@ -189,8 +258,15 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     marker = sweep_root / "pwned"
     (storage / "kill-en-xc" / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
     with pytest.raises(UntrustedStateError, match="tuner.pkl was not written"):
-        run_sweep(_base(sweep_root, str(storage)), parse_space(space), pairs=["en-xc"],
-                  samples=4, name="kill", resume=True, verbose=0)
+        run_sweep(
+            _base(sweep_root, str(storage)),
+            parse_space(space),
+            pairs=["en-xc"],
+            samples=4,
+            name="kill",
+            resume=True,
+            verbose=0,
+        )
     assert not marker.exists()
 
 
@@ -203,9 +279,15 @@ def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None
     from optical_ray.sweep import run_sweep
 
     storage = str(sweep_root / "store-d")
-    result = run_sweep(_base(sweep_root, storage, **{"distill.batch_size": 4}),
-                       parse_space(SPACE), pairs=["en-xc"], samples=1, name="ddp",
-                       workers_per_trial=2, verbose=0)
+    result = run_sweep(
+        _base(sweep_root, storage, **{"distill.batch_size": 4}),
+        parse_space(SPACE),
+        pairs=["en-xc"],
+        samples=1,
+        name="ddp",
+        workers_per_trial=2,
+        verbose=0,
+    )
     r = result.pairs["en-xc"]
     assert r.trials == 1 and not r.failed and r.best_metrics["map"] > 0
     assert r.best_checkpoint and Path(r.best_checkpoint, "model").is_dir()
@@ -226,10 +308,23 @@ def test_impossible_sweeps_fail_in_one_line_before_any_trial(cluster, sweep_root
 
     storage = sweep_root / "store-f"
     with pytest.raises(DataError, match="en-zz") as info:
-        run_sweep(_base(sweep_root, str(storage)), parse_space(SPACE), pairs=["en-xc", "en-zz"],
-                  samples=1, name="zz", verbose=0)
+        run_sweep(
+            _base(sweep_root, str(storage)),
+            parse_space(SPACE),
+            pairs=["en-xc", "en-zz"],
+            samples=1,
+            name="zz",
+            verbose=0,
+        )
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
     with pytest.raises(ConfigError, match="99 workers .* the cluster has 2 CPUs"):
-        run_sweep(_base(sweep_root, str(storage)), parse_space(SPACE), pairs=["en-xc"],
-                  samples=1, name="big", workers_per_trial=99, verbose=0)
+        run_sweep(
+            _base(sweep_root, str(storage)),
+            parse_space(SPACE),
+            pairs=["en-xc"],
+            samples=1,
+            name="big",
+            workers_per_trial=99,
+            verbose=0,
+        )
     assert not storage.exists() or not any(storage.iterdir())

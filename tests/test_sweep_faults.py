@@ -30,8 +30,14 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8  # 4 evaluations and checkpoints per trial (train.eval_every 2)
 SPACE = {
-    "base": {"train.stages": ["distill"], "distill.steps": STEPS, "distill.batch_size": 8,
-             "train.eval_every": 2, "train.log_every": 1000, "train.warmup_ratio": 0.0},
+    "base": {
+        "train.stages": ["distill"],
+        "distill.steps": STEPS,
+        "distill.batch_size": 8,
+        "train.eval_every": 2,
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+    },
     "params": {
         "distill.epsilon": {"type": "loguniform", "low": 0.05, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
@@ -39,10 +45,12 @@ SPACE = {
 }
 # A dead node is noticed within ~3 s instead of Ray's default ~30 s (the GCS reads
 # these when the head starts).
-FAST_HEALTH_CHECKS = {"RAY_health_check_initial_delay_ms": "0",
-                      "RAY_health_check_period_ms": "1000",
-                      "RAY_health_check_timeout_ms": "1000",
-                      "RAY_health_check_failure_threshold": "3"}
+FAST_HEALTH_CHECKS = {
+    "RAY_health_check_initial_delay_ms": "0",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +62,13 @@ def cluster(tmp_path_factory):
         ray.shutdown()
     saved = {k: os.environ.get(k) for k in FAST_HEALTH_CHECKS}
     os.environ.update(FAST_HEALTH_CHECKS)
-    c = LocalCluster(nodes=2, cpus_per_node=1, object_store_memory="100M",
-                     name=f"f{uuid.uuid4().hex[:6]}",
-                     state_dir=tmp_path_factory.mktemp("cluster-state"))
+    c = LocalCluster(
+        nodes=2,
+        cpus_per_node=1,
+        object_store_memory="100M",
+        name=f"f{uuid.uuid4().hex[:6]}",
+        state_dir=tmp_path_factory.mktemp("cluster-state"),
+    )
     try:
         c.up()
         for k, v in saved.items():  # only the nodes need them
@@ -76,10 +88,18 @@ def cluster(tmp_path_factory):
 def _base(root: Path, storage: Path, **over):
     from optical_ray.config import from_flat
 
-    return from_flat({"data.root": str(root / "world"), "output_dir": str(root / "runs"),
-                      "storage.uri": str(storage), "train.teacher": str(root / "teacher"),
-                      "eval.metrics": ["map"], "eval.pairs": ["en-en"],
-                      "sweep.max_concurrent": 2, **over})
+    return from_flat(
+        {
+            "data.root": str(root / "world"),
+            "output_dir": str(root / "runs"),
+            "storage.uri": str(storage),
+            "train.teacher": str(root / "teacher"),
+            "eval.metrics": ["map"],
+            "eval.pairs": ["en-en"],
+            "sweep.max_concurrent": 2,
+            **over,
+        }
+    )
 
 
 def _write_inputs(root: Path, where: Path, storage: Path, **over) -> tuple[Path, Path]:
@@ -141,11 +161,28 @@ def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) 
     storage = sweep_root / "faults-driver"
     pairs, samples = ["en-xc", "xc-en"], 2
     cfg_path, space_path = _write_inputs(sweep_root, sweep_root / "faults-driver-in", storage)
-    cmd = [str(BIN / "optical-ray"), "sweep", "--config", str(cfg_path), "--space",
-           str(space_path), "--pairs", ",".join(pairs), "--samples", str(samples),
-           "--name", "dk", "--address", cluster.address]
-    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, **cluster.env()})
+    cmd = [
+        str(BIN / "optical-ray"),
+        "sweep",
+        "--config",
+        str(cfg_path),
+        "--space",
+        str(space_path),
+        "--pairs",
+        ",".join(pairs),
+        "--samples",
+        str(samples),
+        "--name",
+        "dk",
+        "--address",
+        cluster.address,
+    ]
+    driver = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **cluster.env()},
+    )
     try:
         _wait_for_records(storage, lambda: driver.poll() is None, 1)
     finally:
@@ -154,11 +191,19 @@ def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) 
     before = _records(storage)
     assert 1 <= len(before) < len(pairs) * samples
     # The same sweep with --resume (in this process, on the same cluster).
-    result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=pairs,
-                       samples=samples, name="dk", resume=True, verbose=0)
+    result = run_sweep(
+        _base(sweep_root, storage),
+        parse_space(SPACE),
+        pairs=pairs,
+        samples=samples,
+        name="dk",
+        resume=True,
+        verbose=0,
+    )
     assert result.exit_code == 0, result.summary()
-    assert all(r.trials == samples and not r.failed for r in result.pairs.values()), \
-        [(p, r.trials, r.failed) for p, r in result.pairs.items()]
+    assert all(r.trials == samples and not r.failed for r in result.pairs.values()), [
+        (p, r.trials, r.failed) for p, r in result.pairs.items()
+    ]
     _check_resumed_sweep(before, _records(storage), pairs, samples)
 
 
@@ -191,17 +236,47 @@ def test_job_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) -> No
     def submit(*extra: str) -> str:
         job_id = f"faults-{uuid.uuid4().hex[:8]}"
         out = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard_url,
-             "--working-dir", str(job_dir), "--submission-id", job_id, "--no-wait", "--",
-             "optical-ray", "sweep", "--config", "base.yaml", "--space", "space.yaml",
-             "--pairs", ",".join(pairs), "--samples", str(samples), "--name", "jk", *extra],
-            capture_output=True, text=True, env=env, timeout=300, check=False)
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                cluster.dashboard_url,
+                "--working-dir",
+                str(job_dir),
+                "--submission-id",
+                job_id,
+                "--no-wait",
+                "--",
+                "optical-ray",
+                "sweep",
+                "--config",
+                "base.yaml",
+                "--space",
+                "space.yaml",
+                "--pairs",
+                ",".join(pairs),
+                "--samples",
+                str(samples),
+                "--name",
+                "jk",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return job_id
 
     def ended(job_id: str) -> bool:
-        return client.get_job_status(job_id) in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                 JobStatus.STOPPED}
+        return client.get_job_status(job_id) in {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.STOPPED,
+        }
 
     first = submit()
     _wait_for_records(storage, lambda: not ended(first), 1)
@@ -251,8 +326,11 @@ def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
         except OSError:
             continue
         done = sorted(p.name for p in (experiment_dir / cwd.name).glob("checkpoint_*"))
-        if cwd.name.startswith("trial_") and done and done[-1] in {"checkpoint_000000",
-                                                                  "checkpoint_000001"}:
+        if (
+            cwd.name.startswith("trial_")
+            and done
+            and done[-1] in {"checkpoint_000000", "checkpoint_000001"}
+        ):
             return cwd.name
     return None
 
@@ -270,8 +348,14 @@ def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root) -> None:
     def sweep() -> None:
         try:
             outcome["result"] = run_sweep(
-                _base(sweep_root, storage, **{"sweep.max_concurrent": 3}), parse_space(SPACE),
-                pairs=["en-xc"], samples=samples, name="ln", scheduler="none", verbose=0)
+                _base(sweep_root, storage, **{"sweep.max_concurrent": 3}),
+                parse_space(SPACE),
+                pairs=["en-xc"],
+                samples=samples,
+                name="ln",
+                scheduler="none",
+                verbose=0,
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test below
             outcome["error"] = exc
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-SPACE = {"base": {"train.stages": ["distill"], "distill.steps": 4, "train.eval_every": 2},
-         "params": {"distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
-                    "distill.layers": {"type": "layers", "strategies": ["last"], "max_k": 2}},
-         "pairs": {"en-xc": {"base": {"distill.steps": 6}}}}
+SPACE = {
+    "base": {"train.stages": ["distill"], "distill.steps": 4, "train.eval_every": 2},
+    "params": {
+        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
+        "distill.layers": {"type": "layers", "strategies": ["last"], "max_k": 2},
+    },
+    "pairs": {"en-xc": {"base": {"distill.steps": 6}}},
+}
 
 
 def _plans(resume=False, exists=None):
@@ -16,8 +20,7 @@ def _plans(resume=False, exists=None):
     from optical_ray.sweep import plan_sweep, sweep_config
 
     cfg = sweep_config(from_flat({}), pairs=["en-xa", "en-xc"], name="s", samples=3)
-    return plan_sweep(cfg, parse_space(SPACE), lambda e: f"/store/{e}", 2, exists or {},
-                      resume)
+    return plan_sweep(cfg, parse_space(SPACE), lambda e: f"/store/{e}", 2, exists or {}, resume)
 
 
 def test_plans_per_pair_and_the_trial_config_resolved_once() -> None:
@@ -26,7 +29,9 @@ def test_plans_per_pair_and_the_trial_config_resolved_once() -> None:
 
     plans = _plans()
     assert [(p.pair, p.experiment, p.path, p.max_t) for p in plans] == [
-        ("en-xa", "s-en-xa", "/store/s-en-xa", 3), ("en-xc", "s-en-xc", "/store/s-en-xc", 4)]
+        ("en-xa", "s-en-xa", "/store/s-en-xa", 3),
+        ("en-xc", "s-en-xc", "/store/s-en-xc", 4),
+    ]
     assert plans[1].searched == ["distill.epsilon", "distill.layers"]
     sampled = {"distill.epsilon": 0.05, "distill.layers.strategy": "last", "distill.layers.k": 2}
     cfg = resolve_trial_config(plans[1], sampled, "abc123")
@@ -60,10 +65,18 @@ def test_bad_sweep_arguments_are_one_line() -> None:
 def test_a_sweep_without_finished_trials_exits_non_zero() -> None:
     from optical_ray.sweep import PairResult, SweepResult
 
-    ok = PairResult("en-xa", "s-en-xa", "/x", {"distill.epsilon": 0.1}, {"map": 0.4}, None,
-                    None, 2)
-    failed = PairResult("en-xc", "s-en-xc", "/x", None, {}, None, None, 2,
-                        failed=[("t1", "DataError: no bitext"), ("t2", "DataError: no bitext")])
+    ok = PairResult("en-xa", "s-en-xa", "/x", {"distill.epsilon": 0.1}, {"map": 0.4}, None, None, 2)
+    failed = PairResult(
+        "en-xc",
+        "s-en-xc",
+        "/x",
+        None,
+        {},
+        None,
+        None,
+        2,
+        failed=[("t1", "DataError: no bitext"), ("t2", "DataError: no bitext")],
+    )
     assert SweepResult("s", "map", "/x", {"en-xa": ok}).exit_code == 0
     result = SweepResult("s", "map", "/x", {"en-xa": ok, "en-xc": failed})
     assert result.exit_code == 1
@@ -72,8 +85,10 @@ def test_a_sweep_without_finished_trials_exits_non_zero() -> None:
     assert "failed t1: DataError: no bitext" in text
     assert text.splitlines()[-1].startswith("error: no finished trial for en-xc")
     crashed = PairResult("en-xc", "s-en-xc", "/x", None, {}, None, None, 0, error="boom")
-    assert "en-xc: experiment failed: boom" in SweepResult("s", "map", "/x",
-                                                           {"en-xc": crashed}).summary()
+    assert (
+        "en-xc: experiment failed: boom"
+        in SweepResult("s", "map", "/x", {"en-xc": crashed}).summary()
+    )
 
 
 def test_the_sweep_module_is_ray_free() -> None:
@@ -91,13 +106,19 @@ def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
     from optical_ray.sweep import sweep_config, unconverging_epsilon
 
     cfg = sweep_config(from_flat({"distill.sinkhorn_iters": 100}), pairs=["en-xa", "en-xc"])
-    space = parse_space({"params": {"distill.epsilon": {"type": "loguniform", "low": 1e-3,
-                                                        "high": 1.0}},
-                         "pairs": {"en-xa": {"base": {"distill.sinkhorn_iters": 20000}}}})
+    space = parse_space(
+        {
+            "params": {"distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0}},
+            "pairs": {"en-xa": {"base": {"distill.sinkhorn_iters": 20000}}},
+        }
+    )
     lines = unconverging_epsilon(cfg, space)
     assert len(lines) == 1 and lines[0].startswith("en-xc: ")
     assert "distill.epsilon down to 0.001" in lines[0] and "distill.sinkhorn_iters=100" in lines[0]
-    mse = parse_space({"base": {"distill.method": "mse_sentence"},
-                       "params": {"distill.epsilon": {"type": "loguniform", "low": 1e-3,
-                                                      "high": 1.0}}})
+    mse = parse_space(
+        {
+            "base": {"distill.method": "mse_sentence"},
+            "params": {"distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0}},
+        }
+    )
     assert unconverging_epsilon(cfg, mse) == []  # no OT, nothing to converge

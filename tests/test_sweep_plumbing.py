@@ -11,28 +11,45 @@ pytest.importorskip("ray")
 def _space(base: dict, params: dict | None = None, pairs: dict | None = None):
     from optical_ray.space import parse_space
 
-    return parse_space({"base": base, "params": params or {
-        "distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0}},
-        **({"pairs": pairs} if pairs else {})})
+    return parse_space(
+        {
+            "base": base,
+            "params": params
+            or {"distill.epsilon": {"type": "loguniform", "low": 1e-3, "high": 1.0}},
+            **({"pairs": pairs} if pairs else {}),
+        }
+    )
 
 
 def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
     from optical_ray.config import from_flat
-    from optical_ray.sweep import asha_max_t as _asha_max_t, evaluations_per_trial as _evaluations_per_trial
+    from optical_ray.sweep import (
+        asha_max_t as _asha_max_t,
+        evaluations_per_trial as _evaluations_per_trial,
+    )
 
     cfg = from_flat({})
-    space = _space({"train.stages": ["distill"], "distill.steps": 100, "train.eval_every": 25},
-                   pairs={"en-xc": {"base": {"distill.steps": 150}}})
+    space = _space(
+        {"train.stages": ["distill"], "distill.steps": 100, "train.eval_every": 25},
+        pairs={"en-xc": {"base": {"distill.steps": 150}}},
+    )
     assert _evaluations_per_trial(cfg, space, "en-xa") == 4
     assert _asha_max_t(cfg, space, "en-xa") == 5  # 4 evaluations + the end-of-trial report
     assert _evaluations_per_trial(cfg, space, "en-xc") == 6  # the pair's own budget
     # 110 steps, an evaluation every 25 and one at the end: 5 evaluations.
-    assert _evaluations_per_trial(cfg, _space({"train.stages": ["distill"],
-                                               "distill.steps": 110,
-                                               "train.eval_every": 25}), "en-xa") == 5
+    assert (
+        _evaluations_per_trial(
+            cfg,
+            _space({"train.stages": ["distill"], "distill.steps": 110, "train.eval_every": 25}),
+            "en-xa",
+        )
+        == 5
+    )
     # Unknown or varying length: no horizon.
-    varying = _space({"train.stages": ["distill"], "train.eval_every": 25},
-                     {"distill.steps": {"type": "int", "low": 50, "high": 100}})
+    varying = _space(
+        {"train.stages": ["distill"], "train.eval_every": 25},
+        {"distill.steps": {"type": "int", "low": 50, "high": 100}},
+    )
     assert _evaluations_per_trial(cfg, varying, "en-xa") is None
     assert _asha_max_t(cfg, varying, "en-xa") == 10_000
     by_epochs = _space({"train.stages": ["distill"], "distill.steps": 0})
@@ -48,17 +65,24 @@ def test_storage_call_marks_transient_failures_for_retry() -> None:
     def flaky_upload() -> str:
         calls.append(1)
         if len(calls) < 3:
-            raise OSError("When uploading part for key 'x': AWS Error NETWORK_CONNECTION "
-                          "during UploadPart operation: curlCode: 7, Couldn't connect to "
-                          "server")
+            raise OSError(
+                "When uploading part for key 'x': AWS Error NETWORK_CONNECTION "
+                "during UploadPart operation: curlCode: 7, Couldn't connect to "
+                "server"
+            )
         return "done"
 
-    assert with_retries(lambda: _storage_call(flaky_upload), attempts=5, base_delay=0,
-                        sleep=lambda s: None) == "done"
+    assert (
+        with_retries(
+            lambda: _storage_call(flaky_upload), attempts=5, base_delay=0, sleep=lambda s: None
+        )
+        == "done"
+    )
     assert len(calls) == 3
     with pytest.raises(StorageUnavailable):  # still down after the last attempt
-        with_retries(lambda: _storage_call(_always_down), attempts=2, base_delay=0,
-                     sleep=lambda s: None)
+        with_retries(
+            lambda: _storage_call(_always_down), attempts=2, base_delay=0, sleep=lambda s: None
+        )
 
     def denied() -> None:
         raise OSError("AWS Error ACCESS_DENIED during PutObject operation: Access Denied")
@@ -102,20 +126,20 @@ def test_unevaluated_checkpoint_score_survives_ray_snapshot(mode: str) -> None:
     import json
     import math
 
-    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
-        _TrainingResultState)
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _TrainingResultState
 
     from optical_ray.distributed import checkpoint_score
 
     assert checkpoint_score({"map": 0.25}, "map", mode) == 0.25
-    scores = [checkpoint_score(m, "map", mode)
-              for m in ({"loss": 1.0}, {"map": float("nan")}, {"map": -math.inf})]
+    scores = [
+        checkpoint_score(m, "map", mode)
+        for m in ({"loss": 1.0}, {"map": float("nan")}, {"map": -math.inf})
+    ]
     for score in scores:
         assert math.isfinite(score)
         worse = score < 0.25 if mode == "max" else score > 0.25
         assert worse, (mode, score)
-        state = _TrainingResultState(checkpoint_dir_name="checkpoint_0",
-                                     metrics={"score": score})
+        state = _TrainingResultState(checkpoint_dir_name="checkpoint_0", metrics={"score": score})
         restored = _TrainingResultState.parse_obj(json.loads(state.json()))
         assert restored.metrics["score"] == score
 
@@ -129,8 +153,11 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
     from optical_ray.raytune import FINISHED_KEY, PruningAwareOptunaSearch
 
     searcher = PruningAwareOptunaSearch(
-        space=_space({}).define_by_run("en-xc", 2), metric="map", mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0))
+        space=_space({}).define_by_run("en-xc", 2),
+        metric="map",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     for trial_id in ("stopped", "finished", "failed"):
         assert searcher.suggest(trial_id) is not None
     searcher.on_trial_result("stopped", {"map": 0.2, TRAINING_ITERATION: 1})
@@ -141,8 +168,11 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
     searcher.on_trial_complete("failed", None, error=True)
     trials = searcher._ot_study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
-    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
-                      optuna.trial.TrialState.FAIL]
+    assert states == [
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.FAIL,
+    ]
     assert trials[0].intermediate_values == {1: 0.2}
     assert trials[1].value == 0.3
 
@@ -150,10 +180,25 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
 def test_summary_lists_the_searched_keys_first() -> None:
     from optical_ray.sweep import PairResult, SweepResult
 
-    best = {"distill.contrastive": 1.557, "distill.epsilon": 0.02, "distill.weight": 1.0,
-            "distill.layers": [-2, -1], "distill.lr": 2e-4, "distill.rank_batch_size": 0}
-    pair = PairResult("hau-en", "real-hau-en", "/x", best, {"map": 0.4258}, None, None, 3,
-                      searched=["distill.epsilon", "distill.contrastive", "distill.layers"])
+    best = {
+        "distill.contrastive": 1.557,
+        "distill.epsilon": 0.02,
+        "distill.weight": 1.0,
+        "distill.layers": [-2, -1],
+        "distill.lr": 2e-4,
+        "distill.rank_batch_size": 0,
+    }
+    pair = PairResult(
+        "hau-en",
+        "real-hau-en",
+        "/x",
+        best,
+        {"map": 0.4258},
+        None,
+        None,
+        3,
+        searched=["distill.epsilon", "distill.contrastive", "distill.layers"],
+    )
     text = SweepResult("real", "map", "/x", {"hau-en": pair}).summary()
     assert "hau-en: map=0.4258; 3 trials, 0 failed" in text
     assert "epsilon=0.02, contrastive=1.56, layers=[-2, -1], weight=1" in text

@@ -26,7 +26,9 @@ TINY = SCALES["tiny"]
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _corpus(path: Path) -> dict[str, str]:
@@ -44,7 +46,9 @@ def test_layout_manifest_and_sizes(tiny_world):
     assert list(m.languages) == ["xa", "xb", "xc"]
     assert set(m.pairs) == {"en-en", "en-xa", "xa-en", "en-xb", "xb-en", "en-xc", "xc-en"}
     for code, info in m.languages.items():
-        assert info["code"] == code and info["bitext_size"] == TINY.bitext[LANGUAGE_PRESETS[code].tier]
+        assert (
+            info["code"] == code and info["bitext_size"] == TINY.bitext[LANGUAGE_PRESETS[code].tier]
+        )
     assert m.languages_by_resource("high") == ["xa", "xb"]
     assert m.languages_by_resource("low") == ["xc"]
     assert (root / "README.md").read_text().startswith("# Synthetic multilingual CLIR world")
@@ -57,10 +61,20 @@ def test_layout_manifest_and_sizes(tiny_world):
     for pair in m.pairs:
         for split in ("dev", "test"):
             d = m.eval_dir(pair, split)
-            assert len(read_queries(d / "queries.tsv")) == m.sizes["eval"][split]["queries"] == TINY.eval_queries
-            assert len(_corpus(d / "corpus.jsonl")) == m.sizes["eval"][split]["corpus"] == TINY.eval_corpus
+            assert (
+                len(read_queries(d / "queries.tsv"))
+                == m.sizes["eval"][split]["queries"]
+                == TINY.eval_queries
+            )
+            assert (
+                len(_corpus(d / "corpus.jsonl"))
+                == m.sizes["eval"][split]["corpus"]
+                == TINY.eval_corpus
+            )
     for code in m.languages:
-        assert len(list(iter_bitext(m.bitext_path(code, "train")))) == m.sizes["bitext"][code]["train"]
+        assert (
+            len(list(iter_bitext(m.bitext_path(code, "train")))) == m.sizes["bitext"][code]["train"]
+        )
         assert len(list(iter_bitext(m.bitext_path(code, "dev")))) == TINY.bitext_dev
     for code in ["en", *m.languages]:
         assert len(read_lines(m.mono_path(code))) == m.sizes["mono"][code] == TINY.mono
@@ -76,8 +90,10 @@ def test_eval_pairs_share_queries_docs_and_qrels(tiny_world):
         qrels = read_qrels(ref / "qrels.txt")
         queries, docs = read_queries(ref / "queries.tsv"), _corpus(ref / "corpus.jsonl")
         assert set(qrels) == set(queries)
-        assert all(set(rel) <= set(docs) and rel and all(r == 1 for r in rel.values())
-                   for rel in qrels.values())
+        assert all(
+            set(rel) <= set(docs) and rel and all(r == 1 for r in rel.values())
+            for rel in qrels.values()
+        )
         for code in m.languages:
             for pair, same in ((f"en-{code}", "queries"), (f"{code}-en", "docs")):
                 d = m.eval_dir(pair, split)
@@ -89,7 +105,9 @@ def test_eval_pairs_share_queries_docs_and_qrels(tiny_world):
                 assert (docs2 == docs) == (same == "docs")
     dev, test = (read_queries(m.eval_dir("en-en", s) / "queries.tsv") for s in ("dev", "test"))
     assert not set(dev) & set(test)
-    dev_docs, test_docs = (_corpus(m.eval_dir("en-en", s) / "corpus.jsonl") for s in ("dev", "test"))
+    dev_docs, test_docs = (
+        _corpus(m.eval_dir("en-en", s) / "corpus.jsonl") for s in ("dev", "test")
+    )
     assert not set(dev_docs.values()) & set(test_docs.values())
 
 
@@ -117,8 +135,11 @@ def test_training_data_and_bitext(tiny_world):
         assert len(tr.pos) == 1 and tr.pos[0] in qrels[tr.query]
         assert len(tr.neg) == TINY.negatives and not set(tr.neg) & set(qrels[tr.query])
         assert set(tr.neg) <= set(corpus)
-    eval_texts = {text for s in ("dev", "test")
-                  for text in _corpus(m.eval_dir("en-en", s) / "corpus.jsonl").values()}
+    eval_texts = {
+        text
+        for s in ("dev", "test")
+        for text in _corpus(m.eval_dir("en-en", s) / "corpus.jsonl").values()
+    }
     for code in m.languages:
         pairs = list(iter_bitext(m.bitext_path(code)))
         assert not {src for src, _ in pairs} & eval_texts
@@ -136,8 +157,9 @@ def test_same_seed_same_bytes_other_seed_other_world(tiny_world, tmp_path):
 
 
 def test_language_subset_and_bitext_sizes(tiny_world, tmp_path):
-    m = synthesize_world(tmp_path / "w", seed=0, scale="tiny", languages=["xc"],
-                         bitext_sizes={"xc": 123})
+    m = synthesize_world(
+        tmp_path / "w", seed=0, scale="tiny", languages=["xc"], bitext_sizes={"xc": 123}
+    )
     assert m.pairs == ("en-en", "en-xc", "xc-en")
     assert m.languages["xc"]["bitext_size"] == 123 and m.languages["xc"]["resource"] == "low"
     assert len(list(iter_bitext(m.bitext_path("xc", "train")))) == 123
@@ -147,13 +169,24 @@ def test_language_subset_and_bitext_sizes(tiny_world, tmp_path):
         for split in ("dev", "test"):
             assert _files(m.eval_dir(pair, split)) == _files(tiny_world.eval_dir(pair, split))
     # A custom language: all cognates, English order, no morphology or noise = English.
-    same = replace(LANGUAGE_PRESETS["xa"], code="xd", cognate_rate=1.0, adjective_after_noun=False,
-                   drop_rate=0.0, typo_rate=0.0)
+    same = replace(
+        LANGUAGE_PRESETS["xa"],
+        code="xd",
+        cognate_rate=1.0,
+        adjective_after_noun=False,
+        drop_rate=0.0,
+        typo_rate=0.0,
+    )
     m = synthesize_world(tmp_path / "custom", seed=0, scale="tiny", languages=[same])
     for pair in ("en-xd", "xd-en"):
         assert _files(m.eval_dir(pair, "dev")) == _files(tiny_world.eval_dir("en-en", "dev"))
-    big = synthesize_world(tmp_path / "big", seed=0, scale="tiny", languages=["xa"],
-                           bitext_sizes={"xa": TINY.high_resource_min})
+    big = synthesize_world(
+        tmp_path / "big",
+        seed=0,
+        scale="tiny",
+        languages=["xa"],
+        bitext_sizes={"xa": TINY.high_resource_min},
+    )
     assert big.languages["xa"]["resource"] == "high"
 
 
@@ -164,10 +197,17 @@ def test_language_subset_and_bitext_sizes(tiny_world, tmp_path):
         ({"languages": ["xa", "xa"]}, ConfigError, "'xa' is given twice"),
         ({"bitext_sizes": {"xq": 5}}, ConfigError, r"bitext_sizes\['xq'\]"),
         ({"bitext_sizes": {"xa": 0}}, ConfigError, r"bitext_sizes\['xa'\]=0: must be a positive"),
-        ({"scale": "huge"}, ConfigError, r"scale='huge' is unknown; allowed: \['default', 'tiny'\]"),
+        (
+            {"scale": "huge"},
+            ConfigError,
+            r"scale='huge' is unknown; allowed: \['default', 'tiny'\]",
+        ),
         ({"seed": "0"}, ConfigError, "seed='0'"),
-        ({"languages": [replace(LANGUAGE_PRESETS["xc"], code="en", typo_rate=2.0)]}, ConfigError,
-         r"2 errors: language code 'en': is English itself.*en.typo_rate=2.0: must be in \[0, 1\]"),
+        (
+            {"languages": [replace(LANGUAGE_PRESETS["xc"], code="en", typo_rate=2.0)]},
+            ConfigError,
+            r"2 errors: language code 'en': is English itself.*en.typo_rate=2.0: must be in \[0, 1\]",
+        ),
     ],
 )
 def test_bad_arguments_raise_one_clear_error(tmp_path, kwargs, exc, match):
@@ -205,7 +245,9 @@ def _bag(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def _mrr_at_10(queries: dict[str, Counter], docs: dict[str, list[str]], qrels, k1=1.2, b=0.75) -> float:
+def _mrr_at_10(
+    queries: dict[str, Counter], docs: dict[str, list[str]], qrels, k1=1.2, b=0.75
+) -> float:
     n = len(docs)
     df = Counter(w for toks in docs.values() for w in set(toks))
     idf = {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
@@ -215,8 +257,11 @@ def _mrr_at_10(queries: dict[str, Counter], docs: dict[str, list[str]], qrels, k
     for qid, terms in queries.items():
         scores = {}
         for d, (tf, length) in tfs.items():
-            s = sum(wt * idf[w] * tf[w] * (k1 + 1) / (tf[w] + k1 * (1 - b + b * length / avg))
-                    for w, wt in terms.items() if w in tf)
+            s = sum(
+                wt * idf[w] * tf[w] * (k1 + 1) / (tf[w] + k1 * (1 - b + b * length / avg))
+                for w, wt in terms.items()
+                if w in tf
+            )
             if s > 0:
                 scores[d] = s
         ranked = sorted(scores, key=lambda d: (-scores[d], d))[:10]
@@ -230,8 +275,10 @@ def _lexical_mrr(m, pair: str, *, table=None, keep=None) -> float:
     out = []
     for split in ("dev", "test"):
         d = m.eval_dir(pair, split)
-        docs = {i: [w for w in _bag(t) if keep is None or w in keep]
-                for i, t in _corpus(d / "corpus.jsonl").items()}
+        docs = {
+            i: [w for w in _bag(t) if keep is None or w in keep]
+            for i, t in _corpus(d / "corpus.jsonl").items()
+        }
         queries = {}
         for qid, text in read_queries(d / "queries.tsv").items():
             terms: Counter = Counter()
@@ -266,10 +313,18 @@ def _dice_table(pairs, top: int = 4) -> dict[str, dict[str, float]]:
 
 
 def _gap_figures(m) -> dict[str, float]:
-    en_words = {w for s in ("dev", "test") for t in _corpus(m.eval_dir("en-en", s) / "corpus.jsonl").values()
-                for w in _bag(t)}
-    xc_words = {w for s in ("dev", "test") for t in _corpus(m.eval_dir("en-xc", s) / "corpus.jsonl").values()
-                for w in _bag(t)}
+    en_words = {
+        w
+        for s in ("dev", "test")
+        for t in _corpus(m.eval_dir("en-en", s) / "corpus.jsonl").values()
+        for w in _bag(t)
+    }
+    xc_words = {
+        w
+        for s in ("dev", "test")
+        for t in _corpus(m.eval_dir("en-xc", s) / "corpus.jsonl").values()
+        for w in _bag(t)
+    }
     return {
         "en-en": _lexical_mrr(m, "en-en"),
         "en-xa": _lexical_mrr(m, "en-xa"),
@@ -298,6 +353,9 @@ def test_world_is_learnable_with_a_gap_that_bitext_closes(tiny_world):
 @pytest.mark.slow
 def test_default_world_is_learnable_with_a_gap(tmp_path):
     m = synthesize_world(tmp_path / "w", seed=0)
-    assert m.sizes["bitext"] == {"xa": {"train": 20000, "dev": 500}, "xb": {"train": 5000, "dev": 500},
-                                 "xc": {"train": 1000, "dev": 500}}
+    assert m.sizes["bitext"] == {
+        "xa": {"train": 20000, "dev": 500},
+        "xb": {"train": 5000, "dev": 500},
+        "xc": {"train": 1000, "dev": 500},
+    }
     _assert_learnable_with_gap(_gap_figures(m))

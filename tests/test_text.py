@@ -7,8 +7,11 @@ import pytest
 from optical_ray.text import LetterFolder, base_letter
 from optical_ray.tiny import train_tokenizer
 
-ASCII_HAUSA = ["akwai tsoron hadari a tsakanin wasu", "canza mukaminsu zuwa majalisar",
-               "hadari mukaminsu kasa barna yan"] * 4
+ASCII_HAUSA = [
+    "akwai tsoron hadari a tsakanin wasu",
+    "canza mukaminsu zuwa majalisar",
+    "hadari mukaminsu kasa barna yan",
+] * 4
 
 
 def test_base_letter_of_modified_latin_letters() -> None:
@@ -22,8 +25,10 @@ def test_unknown_hooked_letters_fold_and_the_word_survives(tmp_path) -> None:
     tok = train_tokenizer(ASCII_HAUSA, tmp_path / "ascii", vocab_size=200, min_frequency=1)
     assert tok.unk_token in tok.tokenize("haɗari")  # the whole word is lost
     fold = LetterFolder(tok)
-    assert fold("Akwai tsoron haɗari a muƙaminsu, ƙasa ɓarna ƴan") == \
-        "Akwai tsoron hadari a mukaminsu, kasa barna yan"
+    assert (
+        fold("Akwai tsoron haɗari a muƙaminsu, ƙasa ɓarna ƴan")
+        == "Akwai tsoron hadari a mukaminsu, kasa barna yan"
+    )
     assert tok.unk_token not in tok.tokenize(fold("haɗari muƙaminsu"))
     assert fold("ASCII only") == "ASCII only"
 

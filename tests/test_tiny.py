@@ -53,21 +53,34 @@ def test_tokenizer_keeps_case_when_asked(texts):
 def test_tokenizer_is_deterministic_and_matches_the_library_trainer(texts, tmp_path):
     a = train_tokenizer(texts, tmp_path / "a", vocab_size=400)
     train_tokenizer(texts, tmp_path / "b", vocab_size=400)
-    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
     # Same algorithm as tokenizers' WordPieceTrainer, up to how ties are broken.
     ref = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     ref.normalizer = normalizers.BertNormalizer(lowercase=True)
     ref.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    ref.train_from_iterator(texts, trainers.WordPieceTrainer(
-        vocab_size=400, min_frequency=2, special_tokens=list(SPECIAL_TOKENS), show_progress=False))
+    ref.train_from_iterator(
+        texts,
+        trainers.WordPieceTrainer(
+            vocab_size=400,
+            min_frequency=2,
+            special_tokens=list(SPECIAL_TOKENS),
+            show_progress=False,
+        ),
+    )
     ours, theirs = set(a.get_vocab()), set(ref.get_vocab())
     assert len(ours & theirs) > 0.9 * len(theirs)
 
 
 @pytest.mark.parametrize(
     ("texts_", "kwargs", "match"),
-    [(["a b"], {"vocab_size": 3}, "vocab_size=3"), (["a b"], {"min_frequency": 0}, "min_frequency=0"),
-     ([], {}, "texts: empty"), (["  "], {}, "texts: empty")],
+    [
+        (["a b"], {"vocab_size": 3}, "vocab_size=3"),
+        (["a b"], {"min_frequency": 0}, "min_frequency=0"),
+        ([], {}, "texts: empty"),
+        (["  "], {}, "texts: empty"),
+    ],
 )
 def test_tokenizer_bad_input(texts_, kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -76,15 +89,21 @@ def test_tokenizer_bad_input(texts_, kwargs, match):
 
 def test_build_tiny_encoder_from_spec(tiny_world):
     tok = AutoTokenizer.from_pretrained(str(tiny_world.tokenizer_dir))
-    spec = TinyModelSpec(num_layers=3, hidden_size=32, num_heads=4, intermediate_size=48,
-                         max_position_embeddings=64)
+    spec = TinyModelSpec(
+        num_layers=3, hidden_size=32, num_heads=4, intermediate_size=48, max_position_embeddings=64
+    )
     rng_before = torch.random.get_rng_state()
     with pytest.warns(UserWarning, match="model_max_length=128 exceeds max_position_embeddings=64"):
         model = build_tiny_encoder(tiny_world.tokenizer_dir, spec, seed=7)
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # global RNG untouched
     c = model.config
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
-            c.max_position_embeddings) == (3, 32, 4, 48, 64)
+    assert (
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.max_position_embeddings,
+    ) == (3, 32, 4, 48, 64)
     assert c.vocab_size == len(tok) and c.pad_token_id == tok.pad_token_id == 0
     tok.model_max_length = 64
     same = build_tiny_encoder(tok, spec, seed=7)
@@ -101,8 +120,11 @@ def test_build_tiny_encoder_from_spec(tiny_world):
 
 @pytest.mark.parametrize(
     ("spec", "match"),
-    [(TinyModelSpec(hidden_size=65), "hidden_size=65: must be divisible by num_heads=2"),
-     (TinyModelSpec(num_layers=0), "num_layers=0"), (TinyModelSpec(dropout=1.0), "dropout=1.0")],
+    [
+        (TinyModelSpec(hidden_size=65), "hidden_size=65: must be divisible by num_heads=2"),
+        (TinyModelSpec(num_layers=0), "num_layers=0"),
+        (TinyModelSpec(dropout=1.0), "dropout=1.0"),
+    ],
 )
 def test_bad_spec(tiny_world, spec, match):
     with pytest.raises(ConfigError, match=match):

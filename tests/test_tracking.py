@@ -22,8 +22,14 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
 SPACE = {
-    "base": {"train.stages": ["distill"], "distill.steps": 4, "distill.batch_size": 8,
-             "train.eval_every": 2, "train.log_every": 1000, "train.warmup_ratio": 0.0},
+    "base": {
+        "train.stages": ["distill"],
+        "distill.steps": 4,
+        "distill.batch_size": 8,
+        "train.eval_every": 2,
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+    },
     "params": {
         "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
         "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
@@ -39,27 +45,49 @@ def test_bad_tracking_values_are_one_clear_error_each() -> None:
     from optical_ray.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        from_flat({"sweep.tracking": ["mlfow", "tensorboard=x", "mlflow=http://u:pw@h:1"],
-                   "train.tracking": ["wandb", "wandb"],
-                   "sweep.optuna_storage": "postgresql://u:hunter2@db/optuna"})
+        from_flat(
+            {
+                "sweep.tracking": ["mlfow", "tensorboard=x", "mlflow=http://u:pw@h:1"],
+                "train.tracking": ["wandb", "wandb"],
+                "sweep.optuna_storage": "postgresql://u:hunter2@db/optuna",
+            }
+        )
     text = str(err.value)
-    for expected in ("sweep.tracking[0]: got 'mlfow', expected one of mlflow, tensorboard, "
-                     "wandb", "sweep.tracking[1]", "only mlflow takes a URI",
-                     "sweep.tracking[2]", "MLFLOW_TRACKING_PASSWORD",
-                     "train.tracking[1]: got 'wandb', wandb is already listed",
-                     "sweep.optuna_storage", "PGPASSWORD"):
+    for expected in (
+        "sweep.tracking[0]: got 'mlfow', expected one of mlflow, tensorboard, wandb",
+        "sweep.tracking[1]",
+        "only mlflow takes a URI",
+        "sweep.tracking[2]",
+        "MLFLOW_TRACKING_PASSWORD",
+        "train.tracking[1]: got 'wandb', wandb is already listed",
+        "sweep.optuna_storage",
+        "PGPASSWORD",
+    ):
         assert expected in text
     assert "hunter2" not in text and ":pw@" not in text
-    cfg = from_flat({"sweep.tracking": "mlflow=http://127.0.0.1:5000",
-                     "sweep.optuna_storage": "journal:/tmp/x.log"})
+    cfg = from_flat(
+        {
+            "sweep.tracking": "mlflow=http://127.0.0.1:5000",
+            "sweep.optuna_storage": "journal:/tmp/x.log",
+        }
+    )
     assert cfg.sweep.tracking == ["mlflow=http://127.0.0.1:5000"]
 
 
 def test_cli_rejects_a_bad_tracking_flag_with_exit_2(capsys) -> None:
     from optical_ray.cli import main
 
-    code = main(["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xc",
-                 "--tracking", "mlflow,neptune"])
+    code = main(
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xc",
+            "--tracking",
+            "mlflow,neptune",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "sweep.tracking[1]: got 'neptune'" in err and "Traceback" not in err
@@ -69,10 +97,18 @@ def test_params_never_carry_secrets(monkeypatch) -> None:
     from optical_ray.tracking import safe_params
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-123")
-    params = safe_params({"model.tokenizer": "tok", "storage.uri": "s3://b/p",
-                          "x.api_key": "abc", "y.session_token": "t", "z.password": "p",
-                          "data.root": "http://user:hunter2@host/data",
-                          "note": "key s3cr3t-value-123", "distill.layers": [-1, -2]})
+    params = safe_params(
+        {
+            "model.tokenizer": "tok",
+            "storage.uri": "s3://b/p",
+            "x.api_key": "abc",
+            "y.session_token": "t",
+            "z.password": "p",
+            "data.root": "http://user:hunter2@host/data",
+            "note": "key s3cr3t-value-123",
+            "distill.layers": [-1, -2],
+        }
+    )
     assert params["model.tokenizer"] == "tok" and params["distill.layers"] == "[-1, -2]"
     assert not {"x.api_key", "y.session_token", "z.password"} & set(params)
     assert "hunter2" not in params["data.root"] and "s3cr3t" not in params["note"]
@@ -92,10 +128,16 @@ def test_an_existing_study_needs_resume_and_gives_importances(tmp_path) -> None:
     study = optuna.load_study(study_name="s-en-xc", storage=storage)
     for i in range(8):  # the value follows x, not y
         x, y = i / 7, (i * 3 % 8) / 7
-        study.add_trial(optuna.trial.create_trial(
-            params={"x": x, "y": y}, value=x,
-            distributions={"x": optuna.distributions.FloatDistribution(0, 1),
-                           "y": optuna.distributions.FloatDistribution(0, 1)}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": x, "y": y},
+                value=x,
+                distributions={
+                    "x": optuna.distributions.FloatDistribution(0, 1),
+                    "y": optuna.distributions.FloatDistribution(0, 1),
+                },
+            )
+        )
     with pytest.raises(ConfigError, match="already exists .* --resume .* delete-study"):
         prepare_study(url, "s-en-xc", resume=False, metric="map", mode="max")
     prepare_study(url, "s-en-xc", resume=True, metric="map", mode="max")  # reattaches
@@ -114,9 +156,14 @@ def test_wandb_runs_offline_without_network(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    (tracker,) = make_trackers(["wandb"], store=resolve_storage(str(tmp_path / "store")),
-                               experiment="s", group="s-en-xc",
-                               tags={"optical_ray.pair": "en-xc"}, output_dir=str(tmp_path))
+    (tracker,) = make_trackers(
+        ["wandb"],
+        store=resolve_storage(str(tmp_path / "store")),
+        experiment="s",
+        group="s-en-xc",
+        tags={"optical_ray.pair": "en-xc"},
+        output_dir=str(tmp_path),
+    )
     tracker.start("t1", {"distill.epsilon": "0.05"}, {"optical_ray.trial_id": "t1"})
     for step in (2, 4):
         tracker.log("t1", {"en-xc/map": 0.1 * step}, step)
@@ -137,8 +184,9 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "object_store_memory": 200 * 2**20})
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
+    )
     ray.init(address=c.address)
     yield c
     ray.shutdown()
@@ -148,10 +196,18 @@ def cluster():
 def _base(root: Path, storage: str, **over):
     from optical_ray.config import from_flat
 
-    return from_flat({"data.root": str(root / "world"), "output_dir": str(root / "runs"),
-                      "storage.uri": storage, "train.teacher": str(root / "teacher"),
-                      "eval.metrics": ["map", "mrr@10"], "eval.pairs": ["en-en"],
-                      "sweep.max_concurrent": 2, **over})
+    return from_flat(
+        {
+            "data.root": str(root / "world"),
+            "output_dir": str(root / "runs"),
+            "storage.uri": storage,
+            "train.teacher": str(root / "teacher"),
+            "eval.metrics": ["map", "mrr@10"],
+            "eval.pairs": ["en-en"],
+            "sweep.max_concurrent": 2,
+            **over,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +217,15 @@ def tracked(cluster, sweep_root, mlflow_server):  # noqa: F811
     from optical_ray.sweep import run_sweep
 
     storage = str(sweep_root / "store-tracked")
-    result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=["en-xc"],
-                       samples=3, name="trk", verbose=0,
-                       tracking=[f"mlflow={mlflow_server.uri}", "tensorboard"])
+    result = run_sweep(
+        _base(sweep_root, storage),
+        parse_space(SPACE),
+        pairs=["en-xc"],
+        samples=3,
+        name="trk",
+        verbose=0,
+        tracking=[f"mlflow={mlflow_server.uri}", "tensorboard"],
+    )
     return result, storage
 
 
@@ -219,18 +281,24 @@ def test_the_persisted_optuna_study_matches_the_catalog(tracked) -> None:
 
     _, storage = tracked
     records = _records(storage)
-    study = optuna.load_study(study_name="trk-en-xc",
-                              storage=f"sqlite:///{Path(storage, 'optuna.db')}")
+    study = optuna.load_study(
+        study_name="trk-en-xc", storage=f"sqlite:///{Path(storage, 'optuna.db')}"
+    )
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == len(records) == 3
-    states = {"finished": optuna.trial.TrialState.COMPLETE,
-              "stopped": optuna.trial.TrialState.PRUNED,
-              "failed": optuna.trial.TrialState.FAIL}
+    states = {
+        "finished": optuna.trial.TrialState.COMPLETE,
+        "stopped": optuna.trial.TrialState.PRUNED,
+        "failed": optuna.trial.TrialState.FAIL,
+    }
     configs = [json.loads(c) for c in records["config"]]
     for trial in trials:
-        (i,) = [i for i, c in enumerate(configs)
-                if c["distill.epsilon"] == pytest.approx(trial.params["distill.epsilon"])
-                and c["distill.lr"] == pytest.approx(trial.params["distill.lr"])]
+        (i,) = [
+            i
+            for i, c in enumerate(configs)
+            if c["distill.epsilon"] == pytest.approx(trial.params["distill.epsilon"])
+            and c["distill.lr"] == pytest.approx(trial.params["distill.lr"])
+        ]
         rec = records.iloc[i]
         assert trial.state == states[rec["status"]]
         if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -250,12 +318,14 @@ def test_tensorboard_event_files_per_trial(tracked) -> None:
         acc.Reload()
         values = acc.Scalars("en-xc/map")
         assert values and max(v.value for v in values) == pytest.approx(
-            records.loc[trial_id, "best_value"])
+            records.loc[trial_id, "best_value"]
+        )
 
 
 @pytest.mark.slow
-def test_resume_reattaches_to_the_study_and_the_parent_run(tracked, sweep_root,
-                                                          mlflow_server) -> None:  # noqa: F811
+def test_resume_reattaches_to_the_study_and_the_parent_run(
+    tracked, sweep_root, mlflow_server
+) -> None:  # noqa: F811
     import optuna
 
     from optical_ray.space import parse_space
@@ -263,12 +333,20 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(tracked, sweep_root,
 
     _, storage = tracked
     # Resuming a finished sweep: nothing runs again, and nothing is tracked twice.
-    result = run_sweep(_base(sweep_root, storage), parse_space(SPACE), pairs=["en-xc"],
-                       samples=3, name="trk", verbose=0, resume=True,
-                       tracking=[f"mlflow={mlflow_server.uri}"])
+    result = run_sweep(
+        _base(sweep_root, storage),
+        parse_space(SPACE),
+        pairs=["en-xc"],
+        samples=3,
+        name="trk",
+        verbose=0,
+        resume=True,
+        tracking=[f"mlflow={mlflow_server.uri}"],
+    )
     assert result.pairs["en-xc"].trials == 3
-    study = optuna.load_study(study_name="trk-en-xc",
-                              storage=f"sqlite:///{Path(storage, 'optuna.db')}")
+    study = optuna.load_study(
+        study_name="trk-en-xc", storage=f"sqlite:///{Path(storage, 'optuna.db')}"
+    )
     assert len(study.trials) == 3
     assert all(t.state.is_finished() for t in study.trials)
     _, parents, children = _runs(mlflow_server.uri, "trk")
@@ -279,7 +357,8 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(tracked, sweep_root,
 
 @pytest.mark.slow
 def test_a_dead_tracking_server_costs_warnings_not_results(
-        cluster, sweep_root, mlflow_server) -> None:  # noqa: F811
+    cluster, sweep_root, mlflow_server
+) -> None:  # noqa: F811
     """Runs last: it kills the module's server once the first trial's run exists."""
     from mlflow import MlflowClient
 
@@ -294,8 +373,7 @@ def test_a_dead_tracking_server_costs_warnings_not_results(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             exp = client.get_experiment_by_name("dead")
-            if exp and client.search_runs([exp.experiment_id],
-                                          "tags.`optical_ray.role` = 'trial'"):
+            if exp and client.search_runs([exp.experiment_id], "tags.`optical_ray.role` = 'trial'"):
                 mlflow_server.stop(signal.SIGKILL)
                 killed.set()
                 return
@@ -303,9 +381,15 @@ def test_a_dead_tracking_server_costs_warnings_not_results(
 
     killer = threading.Thread(target=kill_when_a_trial_is_tracked, daemon=True)
     killer.start()
-    result = run_sweep(_base(sweep_root, storage, **{"sweep.max_concurrent": 1}),
-                       parse_space(SPACE), pairs=["en-xc"], samples=3, name="dead",
-                       verbose=0, tracking=[f"mlflow={mlflow_server.uri}"])
+    result = run_sweep(
+        _base(sweep_root, storage, **{"sweep.max_concurrent": 1}),
+        parse_space(SPACE),
+        pairs=["en-xc"],
+        samples=3,
+        name="dead",
+        verbose=0,
+        tracking=[f"mlflow={mlflow_server.uri}"],
+    )
     killer.join(timeout=5)
     assert killed.is_set(), "the sweep ended before the server could be killed"
     r = result.pairs["en-xc"]

@@ -31,15 +31,19 @@ from optical_ray.train import (
     train_rank,
 )
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              # 100 Sinkhorn iterations (the default) rarely reach tol=1e-3 on untrained
-              # tiny models; the loss is still well defined, the warning is noise here.
-              pytest.mark.filterwarnings("ignore::optical_ray.ot.SinkhornConvergenceWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    # 100 Sinkhorn iterations (the default) rarely reach tol=1e-3 on untrained
+    # tiny models; the loss is still well defined, the warning is noise here.
+    pytest.mark.filterwarnings("ignore::optical_ray.ot.SinkhornConvergenceWarning"),
+]
 
 METHODS = ["ot", "mse_token", "mse_sentence"]
 
 
-def tiny_model(cfg: Config, tokenizer_dir: Path, *, dropout: float = 0.1, seed: int = 0) -> RetrievalModel:
+def tiny_model(
+    cfg: Config, tokenizer_dir: Path, *, dropout: float = 0.1, seed: int = 0
+) -> RetrievalModel:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -93,9 +97,13 @@ def test_precision_resolution(tiny_config):
 
 
 def test_bf16_autocast_trains_on_cpu(tiny_config, tiny_world):
-    cfg = tiny_config(**{"train.precision": "bf16", "distill.rank_batch_size": 4, "distill.weight": 0.5})
+    cfg = tiny_config(
+        **{"train.precision": "bf16", "distill.rank_batch_size": 4, "distill.weight": 0.5}
+    )
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
-    student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg, rank_data=rank_collection(cfg))
+    student, hist = train_distill(
+        None, teacher, bitext_pairs(cfg), cfg, rank_data=rank_collection(cfg)
+    )
     assert all(math.isfinite(x) for x in hist.losses())
     assert all(p.dtype == torch.float32 for p in student.parameters())  # master weights stay fp32
 
@@ -112,7 +120,9 @@ def test_distill_loss_is_finite_and_reaches_only_the_student(tiny_config, tiny_w
     tb = teacher.tokenize([e for e, _ in pairs], "bitext")
     sb = student.tokenize([f for _, f in pairs], "bitext")
     t_states = teacher.layer_states(tb["input_ids"], tb["attention_mask"], cfg.distill.layers)
-    s_states = student.encode(sb["input_ids"], sb["attention_mask"], layers=cfg.distill.layers).layer_states
+    s_states = student.encode(
+        sb["input_ids"], sb["attention_mask"], layers=cfg.distill.layers
+    ).layer_states
     assert t_states[0].requires_grad  # the loss itself must cut the teacher off
     loss = distill_loss(method, t_states, s_states, tb["attention_mask"], sb["attention_mask"], cfg)
     assert loss.dim() == 0 and math.isfinite(loss.item()) and loss.item() > 0
@@ -131,7 +141,11 @@ def test_distill_stage_trains_student_and_freezes_teacher(tiny_config, tiny_worl
     changed = [k for k, v in weights(student).items() if not torch.equal(v, before[k])]
     assert changed and all(math.isfinite(x) for x in hist.losses("distill"))
     assert all(p.requires_grad for p in student.parameters())  # unfrozen after the stage
-    assert [r["step"] for r in hist.steps] == [1, 2] and set(hist.steps[0]) >= {"ot", "lr", "examples_per_s"}
+    assert [r["step"] for r in hist.steps] == [1, 2] and set(hist.steps[0]) >= {
+        "ot",
+        "lr",
+        "examples_per_s",
+    }
 
 
 @pytest.mark.parametrize("lam", [0.3, 1.0])
@@ -152,17 +166,23 @@ def test_hybrid_without_rank_data_is_a_config_error(tiny_config, tiny_world):
 
 def test_nan_distill_loss_raises_training_error(tiny_config, tiny_world, monkeypatch):
     cfg = tiny_config(**{"distill.rank_batch_size": 4, "distill.weight": 0.5})
-    monkeypatch.setattr(losses, "ot_distillation_loss",
-                        lambda t, s, *a, **k: s[0].sum() * float("nan"))
+    monkeypatch.setattr(
+        losses, "ot_distillation_loss", lambda t, s, *a, **k: s[0].sum() * float("nan")
+    )
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
-    with pytest.raises(TrainingError, match=r"distill loss became nan at step 1 \(ot=nan, rank=[0-9.]+\);"
-                                            r" .*distill.epsilon"):
+    with pytest.raises(
+        TrainingError,
+        match=r"distill loss became nan at step 1 \(ot=nan, rank=[0-9.]+\);"
+        r" .*distill.epsilon",
+    ):
         train_distill(None, teacher, bitext_pairs(cfg), cfg, rank_data=rank_collection(cfg))
 
 
 def test_inf_rank_loss_raises_training_error(tiny_config, tiny_world, monkeypatch):
     cfg = tiny_config()
-    monkeypatch.setattr(stages_mod, "rank_loss", lambda model, q, d, k, t: q.vectors.sum() * float("inf"))
+    monkeypatch.setattr(
+        stages_mod, "rank_loss", lambda model, q, d, k, t: q.vectors.sum() * float("inf")
+    )
     with pytest.raises(TrainingError, match=r"rank loss became (inf|nan) at step 1 .*rank.lr"):
         train_rank(tiny_model(cfg, tiny_world.tokenizer_dir), rank_collection(cfg), cfg)
 
@@ -171,8 +191,9 @@ def test_inf_rank_loss_raises_training_error(tiny_config, tiny_world, monkeypatc
 
 
 def test_rank_loss_falls_and_schedule_warms_up_then_decays(tiny_config, tiny_world):
-    cfg = tiny_config(**{"rank.steps": 12, "rank.batch_size": 16, "rank.lr": 2e-3,
-                         "train.warmup_ratio": 0.25})
+    cfg = tiny_config(
+        **{"rank.steps": 12, "rank.batch_size": 16, "rank.lr": 2e-3, "train.warmup_ratio": 0.25}
+    )
     hist = train_rank(tiny_model(cfg, tiny_world.tokenizer_dir), rank_collection(cfg), cfg)
     losses = hist.losses("rank")
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
@@ -192,17 +213,26 @@ def test_adapt_trains_the_encoder_with_mlm(tiny_config, tiny_world):
     losses = hist.losses("adapt")
     assert losses[0] == pytest.approx(math.log(len(model.tokenizer)), rel=0.15)  # uniform at init
     assert sum(losses[-3:]) < sum(losses[:3])
-    assert not torch.equal(weights(model)["encoder.encoder.layer.0.output.dense.weight"],
-                           before["encoder.encoder.layer.0.output.dense.weight"])
+    assert not torch.equal(
+        weights(model)["encoder.encoder.layer.0.output.dense.weight"],
+        before["encoder.encoder.layer.0.output.dense.weight"],
+    )
     assert set(weights(model)) == set(before)  # the MLM head is not part of the model
 
 
 @pytest.mark.parametrize("method", ["mse_sentence", "ot"])
 def test_grad_accum_half_batch_matches_full_batch(tiny_config, tiny_world, method):
     def train(batch: int, accum: int) -> tuple[dict, History]:
-        cfg = tiny_config(**{"distill.method": method, "distill.batch_size": batch,
-                             "distill.steps": 3, "train.grad_accum": accum,
-                             "distill.sinkhorn_iters": 3000, "distill.sinkhorn_tol": 1e-6})
+        cfg = tiny_config(
+            **{
+                "distill.method": method,
+                "distill.batch_size": batch,
+                "distill.steps": 3,
+                "train.grad_accum": accum,
+                "distill.sinkhorn_iters": 3000,
+                "distill.sinkhorn_tol": 1e-6,
+            }
+        )
         teacher = tiny_model(cfg, tiny_world.tokenizer_dir, dropout=0.0)
         student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
         return weights(student), hist
@@ -214,14 +244,16 @@ def test_grad_accum_half_batch_matches_full_batch(tiny_config, tiny_world, metho
 
 
 @pytest.mark.parametrize("hybrid", [False, True])
-def test_distill_trainable_embeddings_trains_only_the_input_embeddings(tiny_config, tiny_world,
-                                                                        hybrid):
+def test_distill_trainable_embeddings_trains_only_the_input_embeddings(
+    tiny_config, tiny_world, hybrid
+):
     over = {"distill.rank_batch_size": 4, "distill.weight": 0.5} if hybrid else {}
     cfg = tiny_config(**{"distill.steps": 2, "distill.trainable": "embeddings", **over})
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
     before = weights(teacher)
-    student, _ = train_distill(None, teacher, bitext_pairs(cfg), cfg,
-                               rank_data=rank_collection(cfg) if hybrid else None)
+    student, _ = train_distill(
+        None, teacher, bitext_pairs(cfg), cfg, rank_data=rank_collection(cfg) if hybrid else None
+    )
     changed = {k for k, v in weights(student).items() if not torch.equal(v, before[k])}
     assert "encoder.embeddings.word_embeddings.weight" in changed
     assert changed and all(k.startswith("encoder.embeddings.") for k in changed), changed
@@ -251,14 +283,22 @@ def test_distill_init_from_saved_model(tiny_config, tiny_world, tmp_path):
 
 
 def test_run_reports_evaluates_and_saves(tiny_config):
-    cfg = tiny_config(**{"train.stages": ["rank", "distill"], "train.eval_every": 1,
-                         "distill.rank_batch_size": 4, "distill.weight": 0.5})
+    cfg = tiny_config(
+        **{
+            "train.stages": ["rank", "distill"],
+            "train.eval_every": 1,
+            "distill.rank_batch_size": 4,
+            "distill.weight": 0.5,
+        }
+    )
     hist = run(cfg)
     run_dir = Path(cfg.output_dir) / cfg.name
     lines = [json.loads(x) for x in (run_dir / "progress.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and [x["stage"] for x in lines] == ["rank", "rank", "distill", "distill"]
     for line in lines:
-        assert {"stage", "step", "global_step", "loss", "map", "en-xc/map", "en-en/map"} <= set(line)
+        assert {"stage", "step", "global_step", "loss", "map", "en-xc/map", "en-en/map"} <= set(
+            line
+        )
         assert line["map"] == line["en-xc/map"]
     assert [x["global_step"] for x in lines] == [1, 2, 3, 4]
     assert lines[-1]["checkpoint"] and lines[0]["checkpoint"] is None  # stage ends only
@@ -267,7 +307,10 @@ def test_run_reports_evaluates_and_saves(tiny_config):
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["distill"]["weight"] == 0.5
     loaded = RetrievalModel.load(hist.model_dir)
-    assert json.loads((run_dir / "model" / "optical_ray.json").read_text())["config"]["pair"] == "en-xc"
+    assert (
+        json.loads((run_dir / "model" / "optical_ray.json").read_text())["config"]["pair"]
+        == "en-xc"
+    )
     assert loaded.depth == 2
     # Checkpoints: safetensors and JSON; the optimizer reads back with weights_only=True.
     ckpt = Path(lines[1]["checkpoint"])
@@ -278,8 +321,17 @@ def test_run_reports_evaluates_and_saves(tiny_config):
 
 def test_same_seed_same_history(tiny_config, tmp_path):
     def once(out: str, seed: int) -> History:
-        return run(tiny_config(**{"output_dir": str(tmp_path / out), "train.stages": ["rank"],
-                                  "train.seed": seed, "rank.steps": 3, "eval.pairs": ["en-en"]}))
+        return run(
+            tiny_config(
+                **{
+                    "output_dir": str(tmp_path / out),
+                    "train.stages": ["rank"],
+                    "train.seed": seed,
+                    "rank.steps": 3,
+                    "eval.pairs": ["en-en"],
+                }
+            )
+        )
 
     a, b, c = once("a", 0), once("b", 0), once("c", 1)
     assert a.losses() == b.losses() and a.evals[-1]["en-en/map"] == b.evals[-1]["en-en/map"]
@@ -288,9 +340,16 @@ def test_same_seed_same_history(tiny_config, tmp_path):
 
 
 def test_resume_equals_uninterrupted(tiny_config, tmp_path):
-    over = {"train.stages": ["rank", "adapt", "distill"], "train.checkpoint_every": 2,
-            "rank.steps": 4, "adapt.steps": 2, "distill.steps": 4, "distill.rank_batch_size": 4,
-            "distill.weight": 0.7, "eval.pairs": ["en-xc"]}
+    over = {
+        "train.stages": ["rank", "adapt", "distill"],
+        "train.checkpoint_every": 2,
+        "rank.steps": 4,
+        "adapt.steps": 2,
+        "distill.steps": 4,
+        "distill.rank_batch_size": 4,
+        "distill.weight": 0.7,
+        "eval.pairs": ["en-xc"],
+    }
     cfg_a = tiny_config(**over, output_dir=str(tmp_path / "a"))
     whole = run(cfg_a)
     full_weights = weights(RetrievalModel.load(whole.model_dir))
@@ -304,13 +363,23 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path):
     assert [r["global_step"] for r in resumed.steps] == list(range(1, 11))
     for key in ("loss", "lr"):
         assert resumed.losses(key=key) == pytest.approx(whole.losses(key=key), rel=1e-6)
-    assert [e["map"] for e in resumed.evals] == pytest.approx([e["map"] for e in whole.evals], abs=1e-6)
-    assert_same_weights(weights(RetrievalModel.load(resumed.model_dir)), full_weights, rtol=1e-5, atol=1e-6)
+    assert [e["map"] for e in resumed.evals] == pytest.approx(
+        [e["map"] for e in whole.evals], abs=1e-6
+    )
+    assert_same_weights(
+        weights(RetrievalModel.load(resumed.model_dir)), full_weights, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, monkeypatch):
-    cfg = tiny_config(**{"train.stages": ["rank"], "train.checkpoint_every": 1, "rank.steps": 3,
-                         "eval.pairs": ["en-en"]})
+    cfg = tiny_config(
+        **{
+            "train.stages": ["rank"],
+            "train.checkpoint_every": 1,
+            "rank.steps": 3,
+            "eval.pairs": ["en-en"],
+        }
+    )
     run_dir = Path(cfg.output_dir) / cfg.name
     real_save = RetrievalModel.save
     calls = []
@@ -335,8 +404,16 @@ def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, m
     (run_dir / "checkpoints" / "ckpt-0-rank-0000009").mkdir()  # no state.json: ignored
     assert Path(ctx.latest_checkpoint()) == latest
     resumed = run(cfg, ctx)
-    whole = run(tiny_config(**{"train.stages": ["rank"], "rank.steps": 3, "eval.pairs": ["en-en"],
-                               "output_dir": str(tmp_path / "whole")}))
+    whole = run(
+        tiny_config(
+            **{
+                "train.stages": ["rank"],
+                "rank.steps": 3,
+                "eval.pairs": ["en-en"],
+                "output_dir": str(tmp_path / "whole"),
+            }
+        )
+    )
     assert resumed.losses() == pytest.approx(whole.losses(), rel=1e-6)
 
 
@@ -347,34 +424,53 @@ def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, m
 def test_teacher_learns_and_ot_distillation_closes_the_gap(tiny_config, tiny_world, capsys):
     """English teacher >> random on en-en; zero-shot en-xc (hard, low-resource) clearly
     worse; distilling on en-xc bitext shrinks the gap, OT at least as well as MSE."""
-    over = {"pair": "en-xc", "eval.pairs": ["en-en", "en-xc"], "eval.metrics": ["map"],
-            "rank.steps": 40, "rank.batch_size": 32, "rank.lr": 2e-3, "train.warmup_ratio": 0.1,
-            "distill.steps": 100, "distill.batch_size": 32, "distill.lr": 2e-3,
-            "train.stages": ["rank", "distill"]}
+    over = {
+        "pair": "en-xc",
+        "eval.pairs": ["en-en", "en-xc"],
+        "eval.metrics": ["map"],
+        "rank.steps": 40,
+        "rank.batch_size": 32,
+        "rank.lr": 2e-3,
+        "train.warmup_ratio": 0.1,
+        "distill.steps": 100,
+        "distill.batch_size": 32,
+        "distill.lr": 2e-3,
+        "train.stages": ["rank", "distill"],
+    }
     start = time.perf_counter()
     cfg = tiny_config(**over)
     hist = run(cfg)
     rank_eval, ot_eval = hist.evals[0], hist.evals[-1]
-    teacher_dir = [p for p in (Path(cfg.output_dir) / cfg.name / "checkpoints").iterdir()
-                   if p.name.startswith("ckpt-0-rank")][0] / "model"
-    figures = {"en-en (teacher)": rank_eval["en-en/map"], "en-xc zero-shot": rank_eval["en-xc/map"],
-               "en-xc ot": ot_eval["en-xc/map"]}
+    teacher_dir = [
+        p
+        for p in (Path(cfg.output_dir) / cfg.name / "checkpoints").iterdir()
+        if p.name.startswith("ckpt-0-rank")
+    ][0] / "model"
+    figures = {
+        "en-en (teacher)": rank_eval["en-en/map"],
+        "en-xc zero-shot": rank_eval["en-xc/map"],
+        "en-xc ot": ot_eval["en-xc/map"],
+    }
     for method in ("mse_token", "mse_sentence"):
         mcfg = tiny_config(**{**over, "distill.method": method})
         teacher = RetrievalModel.load(teacher_dir)
         student, _ = train_distill(None, teacher, bitext_pairs(mcfg), mcfg)
         figures[f"en-xc {method}"] = train_mod.evaluate_dev(student, mcfg)["en-xc/map"]
     with capsys.disabled():
-        print("\nlearning claim (MAP, tiny world):",
-              json.dumps({k: round(v, 3) for k, v in figures.items()}),
-              f"{time.perf_counter() - start:.1f}s")
+        print(
+            "\nlearning claim (MAP, tiny world):",
+            json.dumps({k: round(v, 3) for k, v in figures.items()}),
+            f"{time.perf_counter() - start:.1f}s",
+        )
     losses = hist.losses("rank")
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     assert figures["en-en (teacher)"] > 0.7  # random ranking: MAP ~0.04 on 120 documents
     assert figures["en-xc zero-shot"] < figures["en-en (teacher)"] - 0.3
     gap_before = figures["en-en (teacher)"] - figures["en-xc zero-shot"]
     assert figures["en-en (teacher)"] - figures["en-xc ot"] < gap_before - 0.05
-    assert figures["en-xc ot"] >= max(figures["en-xc mse_token"], figures["en-xc mse_sentence"]) - 0.02
+    assert (
+        figures["en-xc ot"] >= max(figures["en-xc mse_token"], figures["en-xc mse_sentence"]) - 0.02
+    )
 
 
 # --------------------------------------------------------------------------- regularisation
@@ -397,7 +493,9 @@ def test_filter_bitext_drops_long_pairs_and_extreme_ratios(tiny_config, tiny_wor
     assert counts["too_long"] == len(long) and len(kept) == len(pairs) - len(long)
     assert all(n_tok(e) <= 12 and n_tok(f) <= 12 for e, f in kept)
 
-    skewed = pairs[:8] + [(pairs[0][0] + " " + pairs[1][0] + " " + pairs[2][0], pairs[0][1].split()[0])]
+    skewed = pairs[:8] + [
+        (pairs[0][0] + " " + pairs[1][0] + " " + pairs[2][0], pairs[0][1].split()[0])
+    ]
     ratio = tiny_config(**{"distill.max_length_ratio": 2.5})
     kept, counts = filter_bitext(skewed, model, model, ratio)
     assert skewed[-1] not in kept and counts["bad_ratio"] >= 1
@@ -426,8 +524,9 @@ def test_english_retention_shows_the_student_english(tiny_config, tiny_world, me
     # English input has the teacher's states: the sentence loss is 0 and the OT loss is
     # its entropic floor, well below the loss on the foreign side.
     def first_loss(fraction: float) -> float:
-        cfg = tiny_config(**{"distill.method": method, "distill.steps": 1,
-                             "distill.english_fraction": fraction})
+        cfg = tiny_config(
+            **{"distill.method": method, "distill.steps": 1, "distill.english_fraction": fraction}
+        )
         teacher = tiny_model(cfg, tiny_world.tokenizer_dir, dropout=0.0)
         _, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
         return hist.losses()[0]
@@ -445,7 +544,9 @@ def test_l2sp_penalises_distance_to_the_teacher(tiny_config, tiny_world):
         teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
         student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
         t = dict(teacher.named_parameters())
-        return sum(float((p - t[n]).detach().pow(2).sum()) for n, p in student.named_parameters()), hist
+        return sum(
+            float((p - t[n]).detach().pow(2).sum()) for n, p in student.named_parameters()
+        ), hist
 
     free, free_hist = drift(0.0)
     held, held_hist = drift(10.0)
@@ -471,7 +572,9 @@ def test_pair_contrastive_loss_rewards_each_row_finding_its_own_pair(tiny_config
     student = base.clone().requires_grad_(True)
     teacher = Encoded(base.clone(), mask)
     aligned = pair_contrastive_loss(model, Encoded(student, mask), teacher, 0.05)
-    shuffled = pair_contrastive_loss(model, Encoded(student[[1, 2, 3, 4, 5, 0]], mask), teacher, 0.05)
+    shuffled = pair_contrastive_loss(
+        model, Encoded(student[[1, 2, 3, 4, 5, 0]], mask), teacher, 0.05
+    )
     assert aligned.item() < 0.1 < shuffled.item()
     shuffled.backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
@@ -481,8 +584,14 @@ def test_contrastive_term_reaches_the_layers_above_the_aligned_ones(tiny_config,
     # Aligning layer 1 only, nothing above it gets a distillation gradient (frozen);
     # the contrastive term scores the ranking vectors, so it trains the top layers too.
     def top_drift(contrastive: float) -> tuple[float, History]:
-        cfg = tiny_config(**{"distill.steps": 3, "distill.layers": [1], "distill.lr": 3e-3,
-                             "distill.contrastive": contrastive})
+        cfg = tiny_config(
+            **{
+                "distill.steps": 3,
+                "distill.layers": [1],
+                "distill.lr": 3e-3,
+                "distill.contrastive": contrastive,
+            }
+        )
         teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
         student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
         t = dict(teacher.named_parameters())
@@ -500,8 +609,14 @@ def test_contrastive_term_reaches_the_layers_above_the_aligned_ones(tiny_config,
 
 
 def test_contrastive_method_trains_on_the_term_alone(tiny_config, tiny_world):
-    cfg = tiny_config(**{"distill.method": "contrastive", "distill.contrastive": 1.0,
-                         "distill.steps": 2, "distill.lr": 3e-3})
+    cfg = tiny_config(
+        **{
+            "distill.method": "contrastive",
+            "distill.contrastive": 1.0,
+            "distill.steps": 2,
+            "distill.lr": 3e-3,
+        }
+    )
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
     student, hist = train_distill(None, teacher, bitext_pairs(cfg), cfg)
     assert hist.losses() == pytest.approx(hist.losses(key="contrastive"))
@@ -527,8 +642,9 @@ def test_keep_best_ends_with_the_best_dev_weights(tiny_config, tiny_world):
     snaps: list[dict] = []
     # evaluations at steps 0..4: the best is step 2
     eval_fn = _scripted_eval([0.3, 0.4, 0.6, 0.5, 0.2], snaps)
-    student, hist = train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg),
-                                  cfg, eval_fn=eval_fn)
+    student, hist = train_distill(
+        None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg), cfg, eval_fn=eval_fn
+    )
     assert [e["step"] for e in hist.evals] == [0, 1, 2, 3, 4]
     assert hist.selections[-1]["kept_step"] == 2 and not hist.selections[-1]["stopped_early"]
     assert_same_weights(weights(student), snaps[2])
@@ -539,8 +655,13 @@ def test_keep_best_ends_with_the_best_dev_weights(tiny_config, tiny_world):
 def test_keep_best_falls_back_to_the_starting_model(tiny_config, tiny_world):
     cfg = tiny_config(**{"distill.steps": 3, "train.eval_every": 1, "train.keep_best": True})
     snaps: list[dict] = []
-    student, hist = train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg),
-                                  cfg, eval_fn=_scripted_eval([0.5, 0.4, 0.3, 0.2], snaps))
+    student, hist = train_distill(
+        None,
+        tiny_model(cfg, tiny_world.tokenizer_dir),
+        bitext_pairs(cfg),
+        cfg,
+        eval_fn=_scripted_eval([0.5, 0.4, 0.3, 0.2], snaps),
+    )
     assert hist.selections[-1]["kept_step"] == 0
     assert_same_weights(weights(student), snaps[0])  # distillation only hurt: the teacher
 
@@ -548,8 +669,13 @@ def test_keep_best_falls_back_to_the_starting_model(tiny_config, tiny_world):
 def test_patience_stops_the_stage_early(tiny_config, tiny_world):
     cfg = tiny_config(**{"distill.steps": 8, "train.eval_every": 1, "train.patience": 2})
     snaps: list[dict] = []
-    student, hist = train_distill(None, tiny_model(cfg, tiny_world.tokenizer_dir), bitext_pairs(cfg),
-                                  cfg, eval_fn=_scripted_eval([0.5, 0.6, 0.55, 0.5, 0.9, 0.9], snaps))
+    student, hist = train_distill(
+        None,
+        tiny_model(cfg, tiny_world.tokenizer_dir),
+        bitext_pairs(cfg),
+        cfg,
+        eval_fn=_scripted_eval([0.5, 0.6, 0.55, 0.5, 0.9, 0.9], snaps),
+    )
     assert len(hist.steps) == 3  # best at step 1, no better at 2 and 3: stop
     sel = hist.selections[-1]
     assert sel["stopped_early"] and sel["best_step"] == 1 and sel["kept_step"] == 3
@@ -569,8 +695,14 @@ def test_keep_best_and_patience_need_dev_evaluations(tiny_config, tiny_world):
 
 
 def test_keep_best_resume_equals_uninterrupted(tiny_config, tmp_path):
-    over = {"train.stages": ["distill"], "train.checkpoint_every": 2, "train.eval_every": 1,
-            "train.keep_best": True, "distill.steps": 5, "eval.pairs": ["en-xc"]}
+    over = {
+        "train.stages": ["distill"],
+        "train.checkpoint_every": 2,
+        "train.eval_every": 1,
+        "train.keep_best": True,
+        "distill.steps": 5,
+        "eval.pairs": ["en-xc"],
+    }
     whole = run(tiny_config(**over, output_dir=str(tmp_path / "a")))
     cfg_b = tiny_config(**over, output_dir=str(tmp_path / "b"))
     run_dir = Path(cfg_b.output_dir) / cfg_b.name
@@ -578,8 +710,12 @@ def test_keep_best_resume_equals_uninterrupted(tiny_config, tmp_path):
         run(cfg_b, StopAfter(run_dir, 2))
     resumed = run(cfg_b, LocalContext(run_dir))
     assert resumed.selections == whole.selections
-    assert_same_weights(weights(RetrievalModel.load(resumed.model_dir)),
-                        weights(RetrievalModel.load(whole.model_dir)), rtol=1e-5, atol=1e-6)
+    assert_same_weights(
+        weights(RetrievalModel.load(resumed.model_dir)),
+        weights(RetrievalModel.load(whole.model_dir)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_sinkhorn_non_convergence_is_reported_once_per_stage(tiny_config, tiny_world, capsys):
@@ -587,8 +723,15 @@ def test_sinkhorn_non_convergence_is_reported_once_per_stage(tiny_config, tiny_w
 
     from optical_ray.ot import SinkhornConvergenceWarning
 
-    cfg = tiny_config(**{"distill.method": "ot", "distill.steps": 3, "distill.epsilon": 0.001,
-                         "distill.sinkhorn_iters": 1, "distill.sinkhorn_tol": 1e-9})
+    cfg = tiny_config(
+        **{
+            "distill.method": "ot",
+            "distill.steps": 3,
+            "distill.epsilon": 0.001,
+            "distill.sinkhorn_iters": 1,
+            "distill.sinkhorn_tol": 1e-9,
+        }
+    )
     teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
     with _warnings.catch_warnings(record=True) as caught:
         _warnings.simplefilter("always")
@@ -596,5 +739,7 @@ def test_sinkhorn_non_convergence_is_reported_once_per_stage(tiny_config, tiny_w
     assert not [w for w in caught if issubclass(w.category, SinkhornConvergenceWarning)]
     out = capsys.readouterr().out
     assert out.count("did not converge") == 1
-    assert "Sinkhorn stopped at distill.sinkhorn_iters=1 before distill.sinkhorn_tol=1e-09 " \
-           "in 3 of 3 steps" in out
+    assert (
+        "Sinkhorn stopped at distill.sinkhorn_iters=1 before distill.sinkhorn_tol=1e-09 "
+        "in 3 of 3 steps" in out
+    )

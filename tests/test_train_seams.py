@@ -14,16 +14,24 @@ import torch
 from optical_ray.checkpoint import read_checkpoint_state, save_checkpoint
 from optical_ray.cli import main
 from optical_ray.config import from_flat
-from optical_ray.context import (PROGRESS_FILE, UNSCORED, History, LocalContext, fill_metric,
-                                 read_progress)
+from optical_ray.context import (
+    PROGRESS_FILE,
+    UNSCORED,
+    History,
+    LocalContext,
+    fill_metric,
+    read_progress,
+)
 from optical_ray.errors import ConfigError
 from optical_ray.loop import Stage, checkpoint_state, finish_without_training
 from optical_ray.losses import mix_distill_losses, token_mse_loss
 from optical_ray.model import RetrievalModel, check_distill_layers, model_depth
 from optical_ray.train import local_run_dir, run
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.filterwarnings("ignore::optical_ray.ot.SinkhornConvergenceWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore::optical_ray.ot.SinkhornConvergenceWarning"),
+]
 
 
 # --------------------------------------------------------------------------- fill_metric
@@ -57,8 +65,9 @@ def test_fill_metric_leaves_its_arguments_alone():
 
 
 def _distill_cfg(**over):
-    return from_flat({"distill.weight": 0.25, "distill.contrastive": 2.0, "distill.l2sp": 0.5,
-                      **over}).distill
+    return from_flat(
+        {"distill.weight": 0.25, "distill.contrastive": 2.0, "distill.l2sp": 0.5, **over}
+    ).distill
 
 
 def test_mix_distill_losses_bitext_only_and_hybrid():
@@ -78,7 +87,11 @@ def test_mix_distill_losses_bitext_only_and_hybrid():
 def test_mix_distill_losses_contrastive_method_names_its_term():
     d = _distill_cfg(**{"distill.method": "contrastive"})
     total, parts = mix_distill_losses(torch.tensor(0.0), d, contrastive=torch.tensor(3.0))
-    assert float(total) == 6.0 and list(parts) == ["contrastive"] and float(parts["contrastive"]) == 3.0
+    assert (
+        float(total) == 6.0
+        and list(parts) == ["contrastive"]
+        and float(parts["contrastive"]) == 3.0
+    )
 
 
 def test_mix_distill_losses_carries_gradients_to_every_term():
@@ -102,8 +115,18 @@ def test_mse_baselines_check_their_layer_weights_like_the_ot_loss():
 
 
 def _stage(model: RetrievalModel, name: str = "distill", index: int = 1) -> Stage:
-    return Stage(name, index, model, model, lr=1e-3, steps=1, epochs=1.0, batches=None,
-                 examples_per_batch=1, loss=lambda *a: None)
+    return Stage(
+        name,
+        index,
+        model,
+        model,
+        lr=1e-3,
+        steps=1,
+        epochs=1.0,
+        batches=None,
+        examples_per_batch=1,
+        loss=lambda *a: None,
+    )
 
 
 def test_checkpoint_state_round_trips_through_save(tiny_config, tmp_path):
@@ -112,16 +135,34 @@ def test_checkpoint_state_round_trips_through_save(tiny_config, tmp_path):
     history = History(steps=[{"stage": "rank", "step": 1, "global_step": 1, "loss": 1.0}])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    state = checkpoint_state(_stage(model), history, step=3, total_steps=5, done=False,
-                             epoch=1, position=2, scheduler=sched)
-    path = save_checkpoint(tmp_path / "ckpts", "ckpt-1-distill-0000003", state=state,
-                           model=model, cfg=cfg, optimizer=opt)
+    state = checkpoint_state(
+        _stage(model),
+        history,
+        step=3,
+        total_steps=5,
+        done=False,
+        epoch=1,
+        position=2,
+        scheduler=sched,
+    )
+    path = save_checkpoint(
+        tmp_path / "ckpts",
+        "ckpt-1-distill-0000003",
+        state=state,
+        model=model,
+        cfg=cfg,
+        optimizer=opt,
+    )
     back = read_checkpoint_state(path)
     for key, value in state.items():
         assert back[key] == json.loads(json.dumps(value)), key
     # what resume reads: where the run stands, the history, the scheduler, the RNG, config
-    assert (back["stage"], back["stage_index"], back["step"], back["stage_done"]) == \
-        ("distill", 1, 3, False)
+    assert (back["stage"], back["stage_index"], back["step"], back["stage_done"]) == (
+        "distill",
+        1,
+        3,
+        False,
+    )
     assert back["global_step"] == 1 and History.from_dict(back["history"]) == history
     assert back["selection"] is None and back["scaler"] is None and "rng" in back
     assert back["config"]["pair"] == cfg.pair
@@ -130,8 +171,9 @@ def test_checkpoint_state_round_trips_through_save(tiny_config, tmp_path):
 def test_a_run_resumes_past_a_stage_that_trained_nothing(tiny_config):
     """distill.method none checkpoints through the same builder; a rerun of the run
     directory finds that stage done and trains nothing again."""
-    cfg = tiny_config(**{"train.stages": ["rank", "distill"], "distill.method": "none",
-                         "eval.pairs": ["en-xc"]})
+    cfg = tiny_config(
+        **{"train.stages": ["rank", "distill"], "distill.method": "none", "eval.pairs": ["en-xc"]}
+    )
     first = run(cfg)
     again = run(cfg)
     assert len(again.steps) == len(first.steps) == cfg.rank.steps
@@ -168,8 +210,15 @@ class _KillAfter(LocalContext):
 
 
 def test_progress_rows_after_a_resume_are_one_per_step(tiny_config):
-    cfg = tiny_config(**{"train.stages": ["rank"], "rank.steps": 4, "train.eval_every": 1,
-                         "train.checkpoint_every": 2, "eval.pairs": ["en-xc"]})
+    cfg = tiny_config(
+        **{
+            "train.stages": ["rank"],
+            "rank.steps": 4,
+            "train.eval_every": 1,
+            "train.checkpoint_every": 2,
+            "eval.pairs": ["en-xc"],
+        }
+    )
     run_dir = local_run_dir(cfg)
     with pytest.raises(KeyboardInterrupt):  # after step 3's evaluation, before a checkpoint
         run(cfg, _KillAfter(run_dir, "rank", 3))
@@ -198,10 +247,23 @@ def test_local_run_dir_follows_a_local_storage(tiny_config, tmp_path):
 
 def test_train_storage_dir_holds_the_local_run(tiny_world, tmp_path, capsys):
     store = tmp_path / "store"
-    code = main(["train", "--storage", str(store), "--name", "stored",
-                 f"data.root={tiny_world.root}", f"output_dir={tmp_path / 'runs'}", "pair=en-xc",
-                 "train.stages=[rank]", "rank.steps=1", "rank.batch_size=8",
-                 "eval.pairs=[en-xc]", "eval.metrics=[map]"])
+    code = main(
+        [
+            "train",
+            "--storage",
+            str(store),
+            "--name",
+            "stored",
+            f"data.root={tiny_world.root}",
+            f"output_dir={tmp_path / 'runs'}",
+            "pair=en-xc",
+            "train.stages=[rank]",
+            "rank.steps=1",
+            "rank.batch_size=8",
+            "eval.pairs=[en-xc]",
+            "eval.metrics=[map]",
+        ]
+    )
     assert code == 0
     assert (store / "stored" / "model" / "optical_ray.json").is_file()
     assert read_progress(store / "stored")
@@ -229,8 +291,9 @@ def test_layers_beyond_the_model_fail_before_any_stage(tiny_config):
     assert "distill.layers" in msg and "7" in msg and "-3" in msg and "\n" not in msg
     assert not local_run_dir(cfg).exists()  # the rank stage never started
     check_distill_layers(tiny_config(**{"distill.layers": [0, 2, -3]}))  # the whole range is fine
-    check_distill_layers(tiny_config(**{"model.name_or_path": "org/hub-model",
-                                        "distill.layers": [30]}))  # depth unknown: not checked
+    check_distill_layers(
+        tiny_config(**{"model.name_or_path": "org/hub-model", "distill.layers": [30]})
+    )  # depth unknown: not checked
 
 
 def test_config_command_rejects_layers_beyond_the_model(capsys):
@@ -261,14 +324,14 @@ def test_distill_reports_sinkhorn_convergence(tiny_config):
     from optical_ray.train import local_run_dir, run
 
     def last_row(**over):
-        cfg = tiny_config(**{"train.stages": ["distill"], "distill.steps": 3,
-                             "distill.method": "ot", **over})
+        cfg = tiny_config(
+            **{"train.stages": ["distill"], "distill.steps": 3, "distill.method": "ot", **over}
+        )
         history = run(cfg)
         assert all("sinkhorn_unconverged" in s for s in history.steps)
         return read_progress(local_run_dir(cfg))[-1]
 
-    starved = last_row(**{"distill.epsilon": 1e-3, "distill.sinkhorn_iters": 3,
-                          "name": "starved"})
+    starved = last_row(**{"distill.epsilon": 1e-3, "distill.sinkhorn_iters": 3, "name": "starved"})
     assert starved["sinkhorn_unconverged"] == 1.0
     assert starved["sinkhorn_max_error"] > 1e-3
     ample = last_row(**{"distill.epsilon": 0.5, "distill.sinkhorn_iters": 2000, "name": "ample"})

@@ -38,7 +38,9 @@ def test_manifest_signature_and_versions(key_env) -> None:
     # Every version this installation wrote is trusted (storage may lag behind).
     assert back.untrusted([("tuner.pkl", b"v1"), ("tuner.pkl", b"v2")]) == []
     assert back.untrusted([("tuner.pkl", b"evil"), ("other.json", b"v1")]) == [
-        "tuner.pkl", "other.json"]
+        "tuner.pkl",
+        "other.json",
+    ]
     with pytest.raises(UntrustedStateError, match="signature does not match"):
         StateManifest.load(signed, b"another installation's key")
     forged = signed.replace(b"files", b"files", 1).replace(b'"hmac": "', b'"hmac": "0', 1)
@@ -75,8 +77,11 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
 
     marker = tmp_path / "pwned"
     store.write_bytes("sw-en-xc/tuner.pkl", pickle.dumps(_Payload(str(marker))))
-    with pytest.raises(UntrustedStateError, match=r"tuner\.pkl was not written by this "
-                                                  r"installation.*--trust-storage"):
+    with pytest.raises(
+        UntrustedStateError,
+        match=r"tuner\.pkl was not written by this "
+        r"installation.*--trust-storage",
+    ):
         verify_state(store, "sw-en-xc")
     assert not marker.exists()
     store.delete("sw-en-xc/optical-ray-state.json")

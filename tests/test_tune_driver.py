@@ -15,11 +15,14 @@ pytest.importorskip("ray")
 def test_the_driver_side_never_imports_torch() -> None:
     """The pair's task, the coordinator and the driver import launch/raytune/tracking
     glue only; the training code (and torch) loads in trial processes."""
-    code = ("import sys, optical_ray.launch, optical_ray.raytune, optical_ray.tracking_tune; "
-            "print(sorted(m for m in ('torch', 'tensorboardX', 'mlflow', 'wandb') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=300)
+    code = (
+        "import sys, optical_ray.launch, optical_ray.raytune, optical_ray.tracking_tune; "
+        "print(sorted(m for m in ('torch', 'tensorboardX', 'mlflow', 'wandb') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -35,8 +38,9 @@ def test_tune_adds_no_tensorboard_logger_but_keeps_the_result_files() -> None:
     assert CSVLoggerCallback in kinds and JsonLoggerCallback in kinds
     assert not any(issubclass(k, TBXLoggerCallback) for k in kinds)
     # Without the guard Tune would add it (the guard is what keeps it out).
-    assert any(isinstance(c, TBXLoggerCallback)
-               for c in _create_default_callbacks(_result_loggers()))
+    assert any(
+        isinstance(c, TBXLoggerCallback) for c in _create_default_callbacks(_result_loggers())
+    )
 
 
 def test_callback_telemetry_is_skipped_where_tune_calls_it() -> None:

@@ -31,17 +31,47 @@ json / yaml for the CLI).
 
 from __future__ import annotations
 
-from optical_ray.catalog.queries import (best_config, best_configs_all, best_yaml,
-                                         format_records, metric_values, rank_trials,
-                                         recorded_metrics, varying_distill_keys)
-from optical_ray.catalog.records import (CATALOG_DIR, HYPERPARAMETERS, RANKED_STATUSES,
-                                         SCHEMA, STATUSES, BestRecord, TrialRecord,
-                                         metric_value)
+from optical_ray.catalog.queries import (
+    best_config,
+    best_configs_all,
+    best_yaml,
+    format_records,
+    metric_values,
+    rank_trials,
+    recorded_metrics,
+    varying_distill_keys,
+)
+from optical_ray.catalog.records import (
+    CATALOG_DIR,
+    HYPERPARAMETERS,
+    RANKED_STATUSES,
+    SCHEMA,
+    STATUSES,
+    BestRecord,
+    TrialRecord,
+    metric_value,
+)
 from optical_ray.catalog.store import QUARANTINE_DIR, Catalog
 from optical_ray.tables import records_table as format_table
 
-__all__ = ["TrialRecord", "BestRecord", "Catalog", "best_config", "best_configs_all",
-           "best_yaml", "format_records", "format_table", "varying_distill_keys",
-           "metric_value", "metric_values", "recorded_metrics", "rank_trials", "SCHEMA",
-           "STATUSES", "RANKED_STATUSES", "HYPERPARAMETERS", "CATALOG_DIR",
-           "QUARANTINE_DIR"]
+__all__ = [
+    "TrialRecord",
+    "BestRecord",
+    "Catalog",
+    "best_config",
+    "best_configs_all",
+    "best_yaml",
+    "format_records",
+    "format_table",
+    "varying_distill_keys",
+    "metric_value",
+    "metric_values",
+    "recorded_metrics",
+    "rank_trials",
+    "SCHEMA",
+    "STATUSES",
+    "RANKED_STATUSES",
+    "HYPERPARAMETERS",
+    "CATALOG_DIR",
+    "QUARANTINE_DIR",
+]

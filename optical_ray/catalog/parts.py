@@ -32,23 +32,30 @@ class _Unreadable(Exception):
 
 def is_part(info: pafs.FileInfo) -> bool:
     """Whether a listed file is named as a catalog part."""
-    return (info.type == pafs.FileType.File and info.base_name.startswith("part-")
-            and info.base_name.endswith(".parquet"))
+    return (
+        info.type == pafs.FileType.File
+        and info.base_name.startswith("part-")
+        and info.base_name.endswith(".parquet")
+    )
 
 
 def parquet_bytes(table: pa.Table, compression: str) -> bytes:
     """A Parquet file in memory. Statistics only where filters use them: on the config
     JSON they would store the string twice more."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=compression, write_statistics=_STATS_COLUMNS,
-                   row_group_size=65536)
+    pq.write_table(
+        table, sink, compression=compression, write_statistics=_STATS_COLUMNS, row_group_size=65536
+    )
     return sink.getvalue().to_pybytes()
 
 
 def _foreign(schema: pa.Schema) -> str | None:
     """Why a Parquet file with ``schema`` is not a catalog part (None if it is one)."""
-    wrong = [c for c in IDENTITY_COLUMNS
-             if c not in schema.names or not pa.types.is_string(schema.field(c).type)]
+    wrong = [
+        c
+        for c in IDENTITY_COLUMNS
+        if c not in schema.names or not pa.types.is_string(schema.field(c).type)
+    ]
     return f"not a catalog part: no string column {', '.join(wrong)}" if wrong else None
 
 
@@ -56,9 +63,13 @@ def _why(exc: BaseException) -> str:
     return redact(" ".join(str(exc).split()) or type(exc).__name__)
 
 
-def read_parts(storage: Storage, infos: list[pafs.FileInfo], columns: list[str] | None,
-               expr: ds.Expression | None, with_part: bool = False,
-               ) -> tuple[pa.Table, dict[str, str]]:
+def read_parts(
+    storage: Storage,
+    infos: list[pafs.FileInfo],
+    columns: list[str] | None,
+    expr: ds.Expression | None,
+    with_part: bool = False,
+) -> tuple[pa.Table, dict[str, str]]:
     """Read the parts ``infos`` in :data:`SCHEMA`, projected to ``columns`` (all if None)
     and filtered by ``expr``, many at once (object stores answer many small reads in
     parallel). ``with_part`` adds a ``part`` column: the path each row came from.
@@ -76,8 +87,7 @@ def read_parts(storage: Storage, infos: list[pafs.FileInfo], columns: list[str] 
         except (PartGone, _Unreadable, StorageError) as exc:
             return exc
         if with_part:
-            table = table.append_column("part", pa.array([info.path] * table.num_rows,
-                                                         pa.string()))
+            table = table.append_column("part", pa.array([info.path] * table.num_rows, pa.string()))
         return table
 
     results: list[pa.Table | Exception] = []
@@ -97,8 +107,9 @@ def read_parts(storage: Storage, infos: list[pafs.FileInfo], columns: list[str] 
     return pa.concat_tables(tables), bad
 
 
-def _read_part(storage: Storage, info: pafs.FileInfo, names: list[str],
-               expr: ds.Expression | None) -> pa.Table:
+def _read_part(
+    storage: Storage, info: pafs.FileInfo, names: list[str], expr: ds.Expression | None
+) -> pa.Table:
     """One part through its dataset fragment: columns an older version did not write
     come back null.
 
@@ -107,8 +118,7 @@ def _read_part(storage: Storage, info: pafs.FileInfo, names: list[str],
     (compacted) part is read in place, where projection and row-group statistics save
     I/O.
     """
-    fragment = _FORMAT.make_fragment(info.path, filesystem=storage.filesystem,
-                                     file_size=info.size)
+    fragment = _FORMAT.make_fragment(info.path, filesystem=storage.filesystem, file_size=info.size)
     in_memory = (info.size or 0) <= _SMALL_PART
     if in_memory:
         try:
@@ -120,8 +130,7 @@ def _read_part(storage: Storage, info: pafs.FileInfo, names: list[str],
         problem = _foreign(fragment.physical_schema)
         if problem:
             raise _Unreadable(problem)
-        return fragment.to_table(schema=SCHEMA, columns=names, filter=expr,
-                                 use_threads=False)
+        return fragment.to_table(schema=SCHEMA, columns=names, filter=expr, use_threads=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise _Unreadable(_why(exc)) from None
     except OSError as exc:

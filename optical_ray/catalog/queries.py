@@ -9,21 +9,45 @@ from typing import Any, Sequence
 import pandas as pd
 import yaml
 
-from optical_ray.catalog.records import (CATALOG_DIR, HYPERPARAMETERS, RANKED_STATUSES,
-                                         BestRecord, best_record, metric_value)
+from optical_ray.catalog.records import (
+    CATALOG_DIR,
+    HYPERPARAMETERS,
+    RANKED_STATUSES,
+    BestRecord,
+    best_record,
+    metric_value,
+)
 from optical_ray.catalog.store import Catalog
 from optical_ray.config import PAIR_RE
 from optical_ray.errors import ConfigError, StorageError
 from optical_ray.tables import records_table
 
-__all__ = ["best_config", "best_configs_all", "metric_values", "recorded_metrics",
-           "rank_trials", "best_yaml", "format_records", "varying_distill_keys"]
+__all__ = [
+    "best_config",
+    "best_configs_all",
+    "metric_values",
+    "recorded_metrics",
+    "rank_trials",
+    "best_yaml",
+    "format_records",
+    "varying_distill_keys",
+]
 
 log = logging.getLogger("optical_ray.catalog")
 
 # Phase 1 of a query reads only what ranking needs; phase 2 reads the winners' rows.
-_RANK_COLUMNS = ["record_id", "experiment", "pair", "trial_id", "status", "error", "metric",
-                 "best_value", "best_metrics", "finished_at"]
+_RANK_COLUMNS = [
+    "record_id",
+    "experiment",
+    "pair",
+    "trial_id",
+    "status",
+    "error",
+    "metric",
+    "best_value",
+    "best_metrics",
+    "finished_at",
+]
 
 
 def _check_query(pair: str | None, metric: str, top: int, mode: str) -> None:
@@ -47,8 +71,10 @@ def metric_values(df: pd.DataFrame, metric: str) -> pd.Series:
     values = df["best_value"].where(df["metric"] == metric).astype("float64")
     other = values.isna()
     if other.any():
-        looked_up = [metric_value(json.loads(m) if isinstance(m, str) and m else {}, p, metric)
-                     for m, p in zip(df.loc[other, "best_metrics"], df.loc[other, "pair"])]
+        looked_up = [
+            metric_value(json.loads(m) if isinstance(m, str) and m else {}, p, metric)
+            for m, p in zip(df.loc[other, "best_metrics"], df.loc[other, "pair"])
+        ]
         values.loc[other] = pd.Series(looked_up, index=values.index[other], dtype="float64")
     return values
 
@@ -61,8 +87,14 @@ def recorded_metrics(df: pd.DataFrame) -> list[str]:
     return sorted(names)
 
 
-def rank_trials(df: pd.DataFrame, pair: str, metric: str, top: int = 1, mode: str = "max",
-                where: str = "the catalog") -> pd.DataFrame:
+def rank_trials(
+    df: pd.DataFrame,
+    pair: str,
+    metric: str,
+    top: int = 1,
+    mode: str = "max",
+    where: str = "the catalog",
+) -> pd.DataFrame:
     """The ``top`` ranked trials among one pair's records ``df``, best first, with their
     value in a ``value`` column. Finished and ASHA-stopped trials rank; ties go to the
     trial that finished first. Raises :class:`StorageError` (naming ``where``) when no
@@ -72,38 +104,55 @@ def rank_trials(df: pd.DataFrame, pair: str, metric: str, top: int = 1, mode: st
         failed = df[df["status"] == "failed"]
         errors = failed["error"].dropna()
         # one line, however long the recorded traceback
-        last = f"; last error: {' '.join(str(errors.iloc[-1]).split())[:300]}" if len(
-            errors) else ""
-        raise StorageError(f"no finished trial for pair {pair!r} in {where} "
-                           f"({len(failed)} failed{last})")
+        last = (
+            f"; last error: {' '.join(str(errors.iloc[-1]).split())[:300]}" if len(errors) else ""
+        )
+        raise StorageError(
+            f"no finished trial for pair {pair!r} in {where} ({len(failed)} failed{last})"
+        )
     values = metric_values(ranked, metric)
     if values.isna().all():
-        raise StorageError(f"metric {metric!r} was never recorded for pair {pair!r} in "
-                           f"{where}; recorded metrics: {', '.join(recorded_metrics(df))}")
+        raise StorageError(
+            f"metric {metric!r} was never recorded for pair {pair!r} in "
+            f"{where}; recorded metrics: {', '.join(recorded_metrics(df))}"
+        )
     ranked = ranked.assign(value=values).dropna(subset=["value"])
-    return ranked.sort_values(["value", "finished_at"], ascending=[mode == "min", True],
-                              kind="stable").head(top)
+    return ranked.sort_values(
+        ["value", "finished_at"], ascending=[mode == "min", True], kind="stable"
+    ).head(top)
 
 
-def _materialize(catalog: Catalog, winners: pd.DataFrame, metric: str,
-                 mode: str) -> list[BestRecord]:
+def _materialize(
+    catalog: Catalog, winners: pd.DataFrame, metric: str, mode: str
+) -> list[BestRecord]:
     """Full records of the ranked ``winners`` (read from their parts only)."""
     full = catalog.records_by_id(list(winners["record_id"]), set(winners["part"]))
     out = []
-    for rank_in_pair, row in zip(winners.groupby("pair").cumcount() + 1,
-                                 winners.to_dict("records")):
-        out.append(best_record(full[row["record_id"]], int(rank_in_pair), metric,
-                               row["value"], mode))
+    for rank_in_pair, row in zip(
+        winners.groupby("pair").cumcount() + 1, winners.to_dict("records")
+    ):
+        out.append(
+            best_record(full[row["record_id"]], int(rank_in_pair), metric, row["value"], mode)
+        )
     return out
 
 
 def _empty_error(catalog: Catalog) -> StorageError:
-    return StorageError(f"no trial records in {catalog.storage.where()} (looked under "
-                        f"{CATALOG_DIR}/); run a sweep first or check the storage URI")
+    return StorageError(
+        f"no trial records in {catalog.storage.where()} (looked under "
+        f"{CATALOG_DIR}/); run a sweep first or check the storage URI"
+    )
 
 
-def best_config(pair: str, metric: str = "map", storage: Any = "optical_runs", top: int = 1,
-                mode: str = "max", *, experiment: str | None = None) -> list[BestRecord]:
+def best_config(
+    pair: str,
+    metric: str = "map",
+    storage: Any = "optical_runs",
+    top: int = 1,
+    mode: str = "max",
+    *,
+    experiment: str | None = None,
+) -> list[BestRecord]:
     """The ``top`` best trials of ``pair`` by ``metric`` (best first).
 
     Ranks finished and ASHA-stopped trials by their best evaluation. Raises
@@ -120,14 +169,21 @@ def best_config(pair: str, metric: str = "map", storage: Any = "optical_runs", t
         if not known:
             raise _empty_error(catalog)
         scope = f" of experiment {experiment!r}" if experiment else ""
-        raise StorageError(f"no records for pair {pair!r}{scope} in {catalog.storage.where()}; "
-                           f"pairs with records: {', '.join(known)}")
+        raise StorageError(
+            f"no records for pair {pair!r}{scope} in {catalog.storage.where()}; "
+            f"pairs with records: {', '.join(known)}"
+        )
     winners = rank_trials(df, pair, metric, top, mode, catalog.storage.where())
     return _materialize(catalog, winners, metric, mode)
 
 
-def best_configs_all(metric: str = "map", storage: Any = "optical_runs", mode: str = "max",
-                     *, experiment: str | None = None) -> list[BestRecord]:
+def best_configs_all(
+    metric: str = "map",
+    storage: Any = "optical_runs",
+    mode: str = "max",
+    *,
+    experiment: str | None = None,
+) -> list[BestRecord]:
     """The best trial of every pair (one per pair, sorted by pair); pairs without a
     finished trial or without ``metric`` are left out (logged)."""
     _check_query(None, metric, 1, mode)
@@ -138,14 +194,15 @@ def best_configs_all(metric: str = "map", storage: Any = "optical_runs", mode: s
     winners = []
     for pair, group in df.groupby("pair", sort=True):
         try:
-            winners.append(rank_trials(group, str(pair), metric, 1, mode,
-                                       catalog.storage.where()))
+            winners.append(rank_trials(group, str(pair), metric, 1, mode, catalog.storage.where()))
         except StorageError as exc:
             log.warning("best_configs_all: skipping %s: %s", pair, exc)
     if not winners:
-        raise StorageError(f"metric {metric!r} was never recorded by a finished trial in "
-                           f"{catalog.storage.where()}; recorded metrics: "
-                           f"{', '.join(recorded_metrics(df))}")
+        raise StorageError(
+            f"metric {metric!r} was never recorded by a finished trial in "
+            f"{catalog.storage.where()}; recorded metrics: "
+            f"{', '.join(recorded_metrics(df))}"
+        )
     return _materialize(catalog, pd.concat(winners), metric, mode)
 
 
@@ -166,13 +223,16 @@ _YamlDumper.add_representer(list, _represent_list)
 
 def best_yaml(record: BestRecord) -> str:
     """The record's config as YAML that ``optical-ray train --config`` accepts as is."""
-    header = [f"# best config for {record.pair}: {record.metric}={record.value:.4f} "
-              f"(rank {record.rank}, experiment {record.experiment!r}, trial "
-              f"{record.trial_id!r})"]
+    header = [
+        f"# best config for {record.pair}: {record.metric}={record.value:.4f} "
+        f"(rank {record.rank}, experiment {record.experiment!r}, trial "
+        f"{record.trial_id!r})"
+    ]
     if record.checkpoint_uri:
         header.append(f"# checkpoint: {record.checkpoint_uri}")
-    body = yaml.dump(record.config, Dumper=_YamlDumper, sort_keys=False,
-                     default_flow_style=False, width=1000)
+    body = yaml.dump(
+        record.config, Dumper=_YamlDumper, sort_keys=False, default_flow_style=False, width=1000
+    )
     return "\n".join(header) + "\n" + body
 
 
@@ -180,8 +240,7 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
     """``table`` (aligned text), ``json`` (a list of records) or ``yaml`` (the configs,
     one YAML document per record: a single record is a valid ``--config`` file)."""
     if fmt == "json":
-        return json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True,
-                          default=str)
+        return json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True, default=str)
     if fmt == "yaml":
         return "---\n".join(best_yaml(r) for r in records)
     if fmt != "table":
@@ -190,12 +249,29 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
         return "(no records)"
     metric = records[0].metric
     extra = varying_distill_keys(records)
-    rows = [{"pair": r.pair, "rank": r.rank, metric: r.value, **r.hyperparameters,
-             **{k.split(".", 1)[1]: r.flat_config.get(k) for k in extra},
-             "trial": r.trial_id, "experiment": r.experiment,
-             "checkpoint": r.checkpoint_uri} for r in records]
-    columns = ["pair", "rank", metric, *HYPERPARAMETERS, *(k.split(".", 1)[1] for k in extra),
-               "trial", "experiment", "checkpoint"]
+    rows = [
+        {
+            "pair": r.pair,
+            "rank": r.rank,
+            metric: r.value,
+            **r.hyperparameters,
+            **{k.split(".", 1)[1]: r.flat_config.get(k) for k in extra},
+            "trial": r.trial_id,
+            "experiment": r.experiment,
+            "checkpoint": r.checkpoint_uri,
+        }
+        for r in records
+    ]
+    columns = [
+        "pair",
+        "rank",
+        metric,
+        *HYPERPARAMETERS,
+        *(k.split(".", 1)[1] for k in extra),
+        "trial",
+        "experiment",
+        "checkpoint",
+    ]
     return records_table(rows, columns)
 
 
@@ -203,13 +279,15 @@ def varying_distill_keys(records: Sequence[BestRecord]) -> list[str]:
     """``distill.*`` keys with scalar values, beyond the main columns, that differ
     between ``records`` (what else a sweep searched, e.g. ``distill.contrastive``)."""
     shown = set(HYPERPARAMETERS.values())
-    keys = sorted({k for r in records for k in r.flat_config
-                   if k.startswith("distill.") and k not in shown})
+    keys = sorted(
+        {k for r in records for k in r.flat_config if k.startswith("distill.") and k not in shown}
+    )
     out = []
     for k in keys:
         values = {json.dumps(r.flat_config.get(k), sort_keys=True, default=str) for r in records}
-        scalar = all(isinstance(r.flat_config.get(k), (int, float, str, bool, type(None)))
-                     for r in records)
+        scalar = all(
+            isinstance(r.flat_config.get(k), (int, float, str, bool, type(None))) for r in records
+        )
         if len(values) > 1 and scalar:
             out.append(k)
     return out

@@ -16,14 +16,24 @@ import pandas as pd
 import pyarrow as pa
 
 from optical_ray import __version__
-from optical_ray.config import (MAIN_HYPERPARAMETERS, PAIR_RE, Config, from_flat, to_dict,
-                                to_flat)
+from optical_ray.config import MAIN_HYPERPARAMETERS, PAIR_RE, Config, from_flat, to_dict, to_flat
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
 
-__all__ = ["TrialRecord", "BestRecord", "SCHEMA", "STATUSES", "RANKED_STATUSES",
-           "CATALOG_DIR", "HYPERPARAMETERS", "metric_value", "as_record", "encode_name",
-           "best_record", "unique_records"]
+__all__ = [
+    "TrialRecord",
+    "BestRecord",
+    "SCHEMA",
+    "STATUSES",
+    "RANKED_STATUSES",
+    "CATALOG_DIR",
+    "HYPERPARAMETERS",
+    "metric_value",
+    "as_record",
+    "encode_name",
+    "best_record",
+    "unique_records",
+]
 
 CATALOG_DIR = "catalog"
 STATUSES = ("finished", "failed", "stopped")
@@ -35,19 +45,37 @@ HYPERPARAMETERS = {key.rsplit(".", 1)[-1]: key for key in MAIN_HYPERPARAMETERS}
 # Stored as text (layers as JSON, method as is); the others as numbers.
 _JSON_HYPERPARAMETERS, _TEXT_HYPERPARAMETERS = {"layers"}, {"layers", "method"}
 
-SCHEMA = pa.schema([
-    ("record_id", pa.string()), ("experiment", pa.string()), ("pair", pa.string()),
-    ("trial_id", pa.string()), ("status", pa.string()), ("error", pa.string()),
-    ("metric", pa.string()), ("mode", pa.string()), ("best_value", pa.float64()),
-    ("last_value", pa.float64()),
-    *((c, pa.string() if c in _TEXT_HYPERPARAMETERS else pa.float64())
-      for c in HYPERPARAMETERS),
-    ("config", pa.string()), ("best_metrics", pa.string()), ("last_metrics", pa.string()),
-    ("baseline_metrics", pa.string()), ("checkpoint_uri", pa.string()),
-    ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
-    ("duration_s", pa.float64()), ("training_s", pa.float64()), ("iterations", pa.int64()),
-    ("version", pa.string()), ("host", pa.string()),
-], metadata={"optical_ray.catalog": "1"})
+SCHEMA = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("experiment", pa.string()),
+        ("pair", pa.string()),
+        ("trial_id", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("metric", pa.string()),
+        ("mode", pa.string()),
+        ("best_value", pa.float64()),
+        ("last_value", pa.float64()),
+        *(
+            (c, pa.string() if c in _TEXT_HYPERPARAMETERS else pa.float64())
+            for c in HYPERPARAMETERS
+        ),
+        ("config", pa.string()),
+        ("best_metrics", pa.string()),
+        ("last_metrics", pa.string()),
+        ("baseline_metrics", pa.string()),
+        ("checkpoint_uri", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("duration_s", pa.float64()),
+        ("training_s", pa.float64()),
+        ("iterations", pa.int64()),
+        ("version", pa.string()),
+        ("host", pa.string()),
+    ],
+    metadata={"optical_ray.catalog": "1"},
+)
 #: Columns a Parquet file must hold (as strings) to be read as a catalog part.
 IDENTITY_COLUMNS = ("record_id", "experiment", "pair", "trial_id", "status")
 
@@ -58,8 +86,11 @@ def _utc(value: Any, key: str) -> dt.datetime | None:
     if isinstance(value, pd.Timestamp):
         value = value.to_pydatetime()
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(
-            tzinfo=dt.timezone.utc)
+        return (
+            value.astimezone(dt.timezone.utc)
+            if value.tzinfo
+            else value.replace(tzinfo=dt.timezone.utc)
+        )
     if isinstance(value, (int, float)):
         return dt.datetime.fromtimestamp(float(value), tz=dt.timezone.utc)
     if isinstance(value, str):
@@ -67,16 +98,19 @@ def _utc(value: Any, key: str) -> dt.datetime | None:
             return _utc(dt.datetime.fromisoformat(value), key)
         except ValueError:
             pass
-    raise ConfigError(f"{key}: got {value!r}, expected a datetime, epoch seconds or an "
-                      "ISO 8601 string")
+    raise ConfigError(
+        f"{key}: got {value!r}, expected a datetime, epoch seconds or an ISO 8601 string"
+    )
 
 
 def _flat_config(config: Any) -> dict[str, Any]:
     if isinstance(config, Config):
         return to_flat(config)
     if not isinstance(config, Mapping):
-        raise ConfigError(f"config: got {type(config).__name__}, expected a Config or the "
-                          "flat {'distill.epsilon': ...} dict handed to Ray Tune")
+        raise ConfigError(
+            f"config: got {type(config).__name__}, expected a Config or the "
+            "flat {'distill.epsilon': ...} dict handed to Ray Tune"
+        )
     return dict(config)
 
 
@@ -84,8 +118,9 @@ def _metrics(value: Any, key: str) -> dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{key}: got {value!r}, expected a mapping such as "
-                          "{'en-sw/map': 0.31, 'map': 0.31}")
+        raise ConfigError(
+            f"{key}: got {value!r}, expected a mapping such as {{'en-sw/map': 0.31, 'map': 0.31}}"
+        )
     out = {}
     for k, v in value.items():
         try:
@@ -157,11 +192,11 @@ class TrialRecord:
         if not isinstance(self.experiment, str) or not self.experiment.strip():
             problems.append(f"experiment: got {self.experiment!r}, expected a non-empty name")
         if not isinstance(self.pair, str) or not PAIR_RE.match(self.pair):
-            problems.append(f"pair: got {self.pair!r}, expected <query_lang>-<doc_lang> "
-                            "such as en-sw")
+            problems.append(
+                f"pair: got {self.pair!r}, expected <query_lang>-<doc_lang> such as en-sw"
+            )
         if self.status not in STATUSES:
-            problems.append(f"status: got {self.status!r}, expected one of "
-                            + ", ".join(STATUSES))
+            problems.append(f"status: got {self.status!r}, expected one of " + ", ".join(STATUSES))
         if self.mode not in ("max", "min"):
             problems.append(f"mode: got {self.mode!r}, expected 'max' or 'min'")
         if not str(self.trial_id):
@@ -175,29 +210,41 @@ class TrialRecord:
         flat = _flat_config(self.config)
         best = _metrics(self.best_metrics, "best_metrics")
         last = _metrics(self.last_metrics, "last_metrics")
-        base = _metrics(self.baseline_metrics, "baseline_metrics") if (
-            self.baseline_metrics is not None) else None
+        base = (
+            _metrics(self.baseline_metrics, "baseline_metrics")
+            if (self.baseline_metrics is not None)
+            else None
+        )
         started = _utc(self.started_at, "started_at")
         finished = _utc(self.finished_at, "finished_at") or dt.datetime.now(dt.timezone.utc)
-        hp = {column: _hyperparameter(column, flat.get(key))
-              for column, key in HYPERPARAMETERS.items()}
+        hp = {
+            column: _hyperparameter(column, flat.get(key))
+            for column, key in HYPERPARAMETERS.items()
+        }
         return {
-            "record_id": self.record_id, "experiment": self.experiment, "pair": self.pair,
-            "trial_id": str(self.trial_id), "status": self.status,
+            "record_id": self.record_id,
+            "experiment": self.experiment,
+            "pair": self.pair,
+            "trial_id": str(self.trial_id),
+            "status": self.status,
             "error": redact(self.error) if self.error else None,
-            "metric": self.metric, "mode": self.mode,
+            "metric": self.metric,
+            "mode": self.mode,
             "best_value": metric_value(best, self.pair, self.metric),
-            "last_value": metric_value(last, self.pair, self.metric), **hp,
+            "last_value": metric_value(last, self.pair, self.metric),
+            **hp,
             "config": redact(json.dumps(flat, sort_keys=True, default=str)),
             "best_metrics": json.dumps(best, sort_keys=True),
             "last_metrics": json.dumps(last, sort_keys=True),
             "baseline_metrics": None if base is None else json.dumps(base, sort_keys=True),
             "checkpoint_uri": redact(self.checkpoint_uri) if self.checkpoint_uri else None,
-            "started_at": started, "finished_at": finished,
+            "started_at": started,
+            "finished_at": finished,
             "duration_s": (finished - started).total_seconds() if started else None,
             "training_s": _float_or_none(self.training_s),
             "iterations": None if self.iterations is None else int(self.iterations),
-            "version": self.version, "host": self.host,
+            "version": self.version,
+            "host": self.host,
         }
 
 
@@ -209,11 +256,13 @@ def as_record(record: TrialRecord | Mapping[str, Any]) -> TrialRecord:
         known = set(TrialRecord.__dataclass_fields__)
         unknown = sorted(set(record) - known)
         if unknown:
-            raise ConfigError(f"catalog record: unknown keys {unknown} (allowed: "
-                              f"{', '.join(sorted(known))})")
+            raise ConfigError(
+                f"catalog record: unknown keys {unknown} (allowed: {', '.join(sorted(known))})"
+            )
         return TrialRecord(**record)
-    raise ConfigError(f"catalog record: got {type(record).__name__}, expected a "
-                      "TrialRecord or a mapping")
+    raise ConfigError(
+        f"catalog record: got {type(record).__name__}, expected a TrialRecord or a mapping"
+    )
 
 
 def encode_name(name: str) -> str:
@@ -276,28 +325,45 @@ class BestRecord:
 def _opt(row: Mapping[str, Any], key: str) -> Any:
     """A row value with pandas' missing markers (None, NaN, NaT) as None."""
     value = row.get(key)
-    return None if value is None or (not isinstance(value, (str, dict, list))
-                                     and pd.isna(value)) else value
+    return (
+        None
+        if value is None or (not isinstance(value, (str, dict, list)) and pd.isna(value))
+        else value
+    )
 
 
-def best_record(row: Mapping[str, Any], rank: int, metric: str, value: float,
-                mode: str) -> BestRecord:
+def best_record(
+    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str
+) -> BestRecord:
     """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``."""
     flat = json.loads(_opt(row, "config") or "{}")
     try:
         nested = to_dict(from_flat(flat))
     except ConfigError as exc:
-        raise ConfigError([f"catalog record of trial {row['trial_id']!r} ({row['pair']}): "
-                           f"{p}" for p in exc.problems]) from None
+        raise ConfigError(
+            [
+                f"catalog record of trial {row['trial_id']!r} ({row['pair']}): {p}"
+                for p in exc.problems
+            ]
+        ) from None
     finished, duration = _opt(row, "finished_at"), _opt(row, "duration_s")
     baseline = _opt(row, "baseline_metrics")
     return BestRecord(
-        pair=row["pair"], experiment=row["experiment"], trial_id=row["trial_id"], rank=rank,
-        metric=metric, value=float(value), mode=mode, status=row["status"], config=nested,
-        flat_config=flat, best_metrics=json.loads(_opt(row, "best_metrics") or "{}"),
+        pair=row["pair"],
+        experiment=row["experiment"],
+        trial_id=row["trial_id"],
+        rank=rank,
+        metric=metric,
+        value=float(value),
+        mode=mode,
+        status=row["status"],
+        config=nested,
+        flat_config=flat,
+        best_metrics=json.loads(_opt(row, "best_metrics") or "{}"),
         last_metrics=json.loads(_opt(row, "last_metrics") or "{}"),
         baseline_metrics=None if baseline is None else json.loads(baseline),
         checkpoint_uri=_opt(row, "checkpoint_uri"),
         finished_at=None if finished is None else pd.Timestamp(finished).isoformat(),
         duration_s=None if duration is None else float(duration),
-        record_id=row["record_id"])
+        record_id=row["record_id"],
+    )

@@ -19,8 +19,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from optical_ray.catalog.parts import PartGone, is_part, parquet_bytes, read_parts
-from optical_ray.catalog.records import (CATALOG_DIR, IDENTITY_COLUMNS, SCHEMA, TrialRecord,
-                                         as_record, encode_name, unique_records)
+from optical_ray.catalog.records import (
+    CATALOG_DIR,
+    IDENTITY_COLUMNS,
+    SCHEMA,
+    TrialRecord,
+    as_record,
+    encode_name,
+    unique_records,
+)
 from optical_ray.config import PAIR_RE
 from optical_ray.errors import ConfigError, StorageError
 from optical_ray.storage import Storage, as_storage, redact, with_retries
@@ -41,7 +48,9 @@ _COMPACT_LEASE_S = 120.0  # a writer that died mid-compaction blocks others this
 def _default_spool(storage: Storage) -> Path:
     root = os.environ.get("OPTICAL_RAY_SPOOL_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-        "optical_ray", "catalog-spool")
+        "optical_ray",
+        "catalog-spool",
+    )
     key = hashlib.sha1(f"{storage.uri}|{storage.endpoint or ''}".encode()).hexdigest()[:16]
     return Path(root) / key
 
@@ -68,9 +77,15 @@ class Catalog:
         (None: never; call :meth:`compact`). Keeps queries fast at thousands of trials.
     """
 
-    def __init__(self, storage: Any, *, spool_dir: str | os.PathLike[str] | None = None,
-                 attempts: int = 4, base_delay: float = 0.5,
-                 auto_compact: int | None = 64) -> None:
+    def __init__(
+        self,
+        storage: Any,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        attempts: int = 4,
+        base_delay: float = 0.5,
+        auto_compact: int | None = 64,
+    ) -> None:
         self.storage = as_storage(storage)
         self.spool_dir = Path(spool_dir) if spool_dir else _default_spool(self.storage)
         self.attempts = attempts
@@ -113,14 +128,19 @@ class Catalog:
         ident = rows[0]["record_id"]
         if len(rows) > 1 or not _SAFE_ID.match(ident):
             ident = hashlib.sha1("\n".join(r["record_id"] for r in rows).encode()).hexdigest()[:32]
-        rel = (f"{CATALOG_DIR}/{encode_name(first['experiment'])}/{first['pair']}/"
-               f"part-{stamp}-{ident}.parquet")
+        rel = (
+            f"{CATALOG_DIR}/{encode_name(first['experiment'])}/{first['pair']}/"
+            f"part-{stamp}-{ident}.parquet"
+        )
         return rel, parquet_bytes(pa.Table.from_pylist(rows, schema=SCHEMA), "snappy")
 
     def _write(self, rel: str, data: bytes, attempts: int | None = None) -> str:
-        return with_retries(lambda: self.storage.write_bytes(rel, data),
-                            attempts=attempts or self.attempts, base_delay=self.base_delay,
-                            what=f"catalog write to {self.storage.uri_of(rel)}")
+        return with_retries(
+            lambda: self.storage.write_bytes(rel, data),
+            attempts=attempts or self.attempts,
+            base_delay=self.base_delay,
+            what=f"catalog write to {self.storage.uri_of(rel)}",
+        )
 
     def _write_or_spool(self, rel: str, data: bytes) -> tuple[str, bool]:
         """Write one part, or spool it; returns (its URI, whether it was written)."""
@@ -128,9 +148,13 @@ class Catalog:
             return self._write(rel, data), True
         except StorageError as exc:
             path = self._spool(rel, data)
-            log.warning("catalog: could not write %s (%s); the record is kept in %s and "
-                        "will be written by the next append or Catalog.flush()",
-                        self.storage.uri_of(rel), redact(exc), path)
+            log.warning(
+                "catalog: could not write %s (%s); the record is kept in %s and "
+                "will be written by the next append or Catalog.flush()",
+                self.storage.uri_of(rel),
+                redact(exc),
+                path,
+            )
             return self.storage.uri_of(rel), False
 
     def _spool(self, rel: str, data: bytes) -> Path:
@@ -160,8 +184,12 @@ class Catalog:
             try:
                 self._write(rel, data, attempts=1)
             except StorageError as exc:
-                log.warning("catalog: %d spooled part(s) still waiting for %s: %s",
-                            len(self.pending()), self.storage.where(), redact(exc))
+                log.warning(
+                    "catalog: %d spooled part(s) still waiting for %s: %s",
+                    len(self.pending()),
+                    self.storage.where(),
+                    redact(exc),
+                )
                 break
             path.unlink(missing_ok=True)
             written += 1
@@ -171,8 +199,9 @@ class Catalog:
 
     # ------------------------------------------------------------------ listing
     def _dirs(self, rel: str) -> list[str]:
-        return [Path(i.path).name for i in self.storage.ls(rel)
-                if i.type == pafs.FileType.Directory]
+        return [
+            Path(i.path).name for i in self.storage.ls(rel) if i.type == pafs.FileType.Directory
+        ]
 
     def experiments(self) -> list[str]:
         """Experiment names with records."""
@@ -183,12 +212,12 @@ class Catalog:
         exps = [experiment] if experiment else self.experiments()
         found: set[str] = set()
         for exp in exps:
-            found.update(d for d in self._dirs(f"{CATALOG_DIR}/{encode_name(exp)}")
-                         if PAIR_RE.match(d))
+            found.update(
+                d for d in self._dirs(f"{CATALOG_DIR}/{encode_name(exp)}") if PAIR_RE.match(d)
+            )
         return sorted(found)
 
-    def parts(self, pair: str | None = None,
-              experiment: str | None = None) -> list[pafs.FileInfo]:
+    def parts(self, pair: str | None = None, experiment: str | None = None) -> list[pafs.FileInfo]:
         """The part files a query needs: only the matching directories are listed."""
         if experiment is not None:
             exp_dirs = [encode_name(experiment)]
@@ -210,10 +239,15 @@ class Catalog:
         return dict(self._skipped)
 
     # ------------------------------------------------------------------ reading
-    def records(self, pair: str | None = None, experiment: str | None = None, *,
-                columns: Sequence[str] | None = None,
-                status: str | Sequence[str] | None = None,
-                with_part: bool = False) -> pd.DataFrame:
+    def records(
+        self,
+        pair: str | None = None,
+        experiment: str | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        with_part: bool = False,
+    ) -> pd.DataFrame:
         """Records (all, or one pair's / one experiment's) as a DataFrame, one row per
         trial, ordered by experiment, pair and finish time. ``columns`` projects
         (``record_id`` and ``finished_at`` are always read: duplicates left by a
@@ -226,16 +260,18 @@ class Catalog:
         if columns is not None:
             unknown = [c for c in columns if c not in SCHEMA.names]
             if unknown:
-                raise ConfigError(f"columns: unknown {unknown} (allowed: "
-                                  f"{', '.join(SCHEMA.names)})")
+                raise ConfigError(
+                    f"columns: unknown {unknown} (allowed: {', '.join(SCHEMA.names)})"
+                )
             columns = list(dict.fromkeys(["record_id", *columns, "finished_at"]))
         expr = None
         for name, value in (("pair", pair), ("experiment", experiment)):
             if value is not None:
                 expr = _and(expr, ds.field(name) == value)
         if status is not None:
-            expr = _and(expr, ds.field("status").isin(
-                [status] if isinstance(status, str) else list(status)))
+            expr = _and(
+                expr, ds.field("status").isin([status] if isinstance(status, str) else list(status))
+            )
         for attempt in range(3):
             try:
                 table = self._read(self.parts(pair, experiment), columns, expr, with_part)
@@ -244,17 +280,19 @@ class Catalog:
                 # A compaction replaced parts between our listing and our reads: the
                 # merged part holds the records now; list again.
                 if attempt == 2:
-                    raise StorageError(f"the catalog in {self.storage.where()} kept changing "
-                                       "under the read (concurrent compactions?); retry"
-                                       ) from exc
+                    raise StorageError(
+                        f"the catalog in {self.storage.where()} kept changing "
+                        "under the read (concurrent compactions?); retry"
+                    ) from exc
         df = unique_records(table).to_pandas()
         keys = [c for c in ("experiment", "pair", "finished_at", "trial_id") if c in df]
         if len(df) and keys:
             df = df.sort_values(keys, kind="stable").reset_index(drop=True)
         return df
 
-    def records_by_id(self, ids: Sequence[str],
-                      parts: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    def records_by_id(
+        self, ids: Sequence[str], parts: Iterable[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Full rows of the records ``ids`` (``{record_id: row}``), read from ``parts``
         (paths, as :meth:`records` ``with_part=True`` gives them) or from every part.
         Raises :class:`StorageError` if one of them is not found (re-listing first if a
@@ -276,32 +314,48 @@ class Catalog:
         found = {r["record_id"]: r for r in rows.to_dict("records") if r["record_id"] in ids}
         missing = [i for i in ids if i not in found]
         if missing:
-            raise StorageError(f"catalog records {missing} vanished from "
-                               f"{self.storage.where()} during the query; retry")
+            raise StorageError(
+                f"catalog records {missing} vanished from "
+                f"{self.storage.where()} during the query; retry"
+            )
         return found
 
     def _list_dirs(self, paths: Iterable[str]) -> list[pafs.FileInfo]:
-        infos = [i for d in sorted({str(Path(p).parent) for p in paths})
-                 for i in self.storage.ls(self.storage.rel(d)) if is_part(i)]
+        infos = [
+            i
+            for d in sorted({str(Path(p).parent) for p in paths})
+            for i in self.storage.ls(self.storage.rel(d))
+            if is_part(i)
+        ]
         self._listed.update((i.path, i) for i in infos)
         return infos
 
-    def _read(self, infos: list[pafs.FileInfo], columns: list[str] | None,
-              expr: ds.Expression | None, with_part: bool = False) -> pa.Table:
+    def _read(
+        self,
+        infos: list[pafs.FileInfo],
+        columns: list[str] | None,
+        expr: ds.Expression | None,
+        with_part: bool = False,
+    ) -> pa.Table:
         """:func:`read_parts`, warning once per catalog about each unreadable part."""
         table, bad = read_parts(self.storage, infos, columns, expr, with_part)
         for path, reason in bad.items():
             uri = self.storage.uri_of(self.storage.rel(path))
             if uri not in self._skipped:
-                log.warning("catalog: skipping unreadable part %s (%s); its records are "
-                            "left out, and the next compaction moves it to %s/", uri, reason,
-                            self.storage.uri_of(QUARANTINE_DIR))
+                log.warning(
+                    "catalog: skipping unreadable part %s (%s); its records are "
+                    "left out, and the next compaction moves it to %s/",
+                    uri,
+                    reason,
+                    self.storage.uri_of(QUARANTINE_DIR),
+                )
             self._skipped[uri] = reason
         return table
 
     # ------------------------------------------------------------------ compaction
-    def compact(self, pair: str | None = None, experiment: str | None = None, *,
-                min_parts: int = 2) -> dict[str, int]:
+    def compact(
+        self, pair: str | None = None, experiment: str | None = None, *, min_parts: int = 2
+    ) -> dict[str, int]:
         """Merge each (experiment, pair) directory's parts into one part, and move the
         parts that cannot be read as catalog parts to ``quarantine/`` (never deleted).
 
@@ -314,8 +368,7 @@ class Catalog:
         groups: dict[str, list[pafs.FileInfo]] = {}
         for info in self.parts(pair, experiment):
             groups.setdefault(str(Path(info.path).parent), []).append(info)
-        stats = {"dirs": 0, "parts_before": 0, "parts_after": 0, "records": 0,
-                 "quarantined": 0}
+        stats = {"dirs": 0, "parts_before": 0, "parts_after": 0, "records": 0, "quarantined": 0}
         for directory, infos in sorted(groups.items()):
             merged, parts_after, moved = self._merge(directory, infos, min_parts)
             stats["parts_before"] += len(infos)
@@ -326,8 +379,9 @@ class Catalog:
                 stats["records"] += merged
         return stats
 
-    def _merge(self, directory: str, infos: list[pafs.FileInfo],
-               min_parts: int = 2) -> tuple[int | None, int, int]:
+    def _merge(
+        self, directory: str, infos: list[pafs.FileInfo], min_parts: int = 2
+    ) -> tuple[int | None, int, int]:
         """Merge the readable parts of ``infos`` (one directory) into one new part if
         there are ``min_parts`` of them, then delete them; quarantine the unreadable
         ones (reading is how an unreadable one shows: below ``min_parts`` only the
@@ -344,21 +398,26 @@ class Catalog:
         if columns is None and len(good) >= min_parts:
             table = unique_records(table).sort_by([("finished_at", "ascending")])
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-            rel = (f"{self.storage.rel(directory)}/part-{stamp}-compact-"
-                   f"{uuid.uuid4().hex}.parquet")
+            rel = f"{self.storage.rel(directory)}/part-{stamp}-compact-{uuid.uuid4().hex}.parquet"
             self._write(rel, parquet_bytes(table, "zstd"))
-            with_retries(lambda: self.storage.delete_files([i.path for i in good]),
-                         attempts=self.attempts, base_delay=self.base_delay,
-                         what=f"catalog compaction deleting {len(good)} merged parts")
-            log.info("catalog: merged %d parts (%d records) into %s", len(good),
-                     table.num_rows, self.storage.uri_of(rel))
+            with_retries(
+                lambda: self.storage.delete_files([i.path for i in good]),
+                attempts=self.attempts,
+                base_delay=self.base_delay,
+                what=f"catalog compaction deleting {len(good)} merged parts",
+            )
+            log.info(
+                "catalog: merged %d parts (%d records) into %s",
+                len(good),
+                table.num_rows,
+                self.storage.uri_of(rel),
+            )
             merged = table.num_rows
         moved = sum(self._quarantine(i, bad[i.path], columns) for i in infos if i.path in bad)
         left = (1 if merged is not None else len(good)) + len(bad) - moved
         return merged, left, moved
 
-    def _quarantine(self, info: pafs.FileInfo, reason: str,
-                    columns: list[str] | None) -> bool:
+    def _quarantine(self, info: pafs.FileInfo, reason: str, columns: list[str] | None) -> bool:
         """Move an unreadable part to ``quarantine/`` (same path below it) once a second
         read of ``columns`` confirms it, so that a glitch never hides good records.
         Returns whether it moved; on failure it stays where it is (logged), skipped by
@@ -374,12 +433,17 @@ class Catalog:
         except PartGone:
             return False  # another compaction moved it first
         except StorageError as exc:
-            log.warning("catalog: could not move unreadable part %s to %s/: %s", uri,
-                        self.storage.uri_of(QUARANTINE_DIR), redact(exc))
+            log.warning(
+                "catalog: could not move unreadable part %s to %s/: %s",
+                uri,
+                self.storage.uri_of(QUARANTINE_DIR),
+                redact(exc),
+            )
             return False
         self._skipped.pop(uri, None)
-        log.warning("catalog: moved unreadable part %s to %s (%s)", uri,
-                    self.storage.uri_of(target), reason)
+        log.warning(
+            "catalog: moved unreadable part %s to %s (%s)", uri, self.storage.uri_of(target), reason
+        )
         return True
 
     def _maybe_compact(self, rel: str) -> None:
@@ -404,8 +468,12 @@ class Catalog:
             if newest.path != self.storage.join(rel):
                 return
             now = dt.datetime.now(dt.timezone.utc).timestamp()
-            if any(i.base_name.startswith(_LEASE_PREFIX) and i.mtime_ns
-                   and now - i.mtime_ns / 1e9 < _COMPACT_LEASE_S for i in listing):
+            if any(
+                i.base_name.startswith(_LEASE_PREFIX)
+                and i.mtime_ns
+                and now - i.mtime_ns / 1e9 < _COMPACT_LEASE_S
+                for i in listing
+            ):
                 return
             lease = f"{rel_dir}/{_LEASE_PREFIX}{uuid.uuid4().hex}"
             self.storage.write_bytes(lease, b"")

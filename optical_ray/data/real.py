@@ -49,11 +49,25 @@ from optical_ray.data.formats import (
 from optical_ray.errors import DataError
 
 __all__ = [
-    "ENV_VAR", "REAL_FORMATS", "LOW_RESOURCE", "HIGH_RESOURCE", "shared_data_dir",
-    "canonical_lang", "mafand_bitext", "ntrex_sentences", "ntrex_document_ids",
-    "ntrex_split_documents", "ntrex_collection", "afriqa_collection", "xquad_r_collection",
-    "real_eval_collection", "real_bitext", "prepare_real", "english_rank_collection",
-    "ict_pair", "real_rank_collection",
+    "ENV_VAR",
+    "REAL_FORMATS",
+    "LOW_RESOURCE",
+    "HIGH_RESOURCE",
+    "shared_data_dir",
+    "canonical_lang",
+    "mafand_bitext",
+    "ntrex_sentences",
+    "ntrex_document_ids",
+    "ntrex_split_documents",
+    "ntrex_collection",
+    "afriqa_collection",
+    "xquad_r_collection",
+    "real_eval_collection",
+    "real_bitext",
+    "prepare_real",
+    "english_rank_collection",
+    "ict_pair",
+    "real_rank_collection",
 ]
 
 #: Environment variable naming the shared data folder.
@@ -63,9 +77,19 @@ REAL_FORMATS = ("mafand", "ntrex", "ntrex_doc", "afriqa", "xquad_r", "english_tr
 LOW_RESOURCE = ("swa", "hau")
 HIGH_RESOURCE = ("deu", "fra", "fin")
 
-_ALIASES = {"eng": "en", "english": "en", "sw": "swa", "swh": "swa", "ha": "hau",
-            "de": "deu", "ger": "deu", "fr": "fra", "fre": "fra", "fi": "fin",
-            "es": "spa"}
+_ALIASES = {
+    "eng": "en",
+    "english": "en",
+    "sw": "swa",
+    "swh": "swa",
+    "ha": "hau",
+    "de": "deu",
+    "ger": "deu",
+    "fr": "fra",
+    "fre": "fra",
+    "fi": "fin",
+    "es": "spa",
+}
 _NTREX_FILES = {"en": "newstest2019-src.eng.txt"}  # others: newstest2019-ref.<lang>.txt
 _XQUAD_CODES = {"en": "en", "deu": "de", "spa": "es"}
 _SPLITS = ("dev", "test")
@@ -81,8 +105,10 @@ def shared_data_dir(path: str | os.PathLike | None = None) -> Path:
     else:
         where, how = Path(__file__).resolve().parents[2].parent / "shared" / "data", "default"
     if not where.is_dir():
-        raise DataError(f"shared data folder {str(where)!r} ({how}) is not a directory; "
-                        f"pass its path (--shared DIR, or a source's path) or set ${ENV_VAR}")
+        raise DataError(
+            f"shared data folder {str(where)!r} ({how}) is not a directory; "
+            f"pass its path (--shared DIR, or a source's path) or set ${ENV_VAR}"
+        )
     return where.resolve()
 
 
@@ -101,8 +127,11 @@ def _need(path: Path, what: str) -> Path:
 # --------------------------------------------------------------------------- MAFAND-MT
 
 
-def mafand_bitext(lang: str, split: str = "train", shared: str | os.PathLike | None = None,
-                  ) -> list[tuple[str, str]]:
+def mafand_bitext(
+    lang: str,
+    split: str = "train",
+    shared: str | os.PathLike | None = None,
+) -> list[tuple[str, str]]:
     """MAFAND-MT ``(english, foreign)`` pairs of ``lang`` for ``split`` (train/dev/test).
 
     The two line-aligned files must have the same number of lines (DataError
@@ -114,8 +143,9 @@ def mafand_bitext(lang: str, split: str = "train", shared: str | os.PathLike | N
     base = shared_data_dir(shared) / "mafand_mt" / "data" / "text_files" / f"en-{xx}"
     if not base.is_dir():
         have = sorted(p.name for p in base.parent.glob("en-*")) if base.parent.is_dir() else []
-        raise DataError(f"MAFAND-MT has no pair en-{xx} in {base.parent} "
-                        f"(present: {', '.join(have) or 'none'})")
+        raise DataError(
+            f"MAFAND-MT has no pair en-{xx} in {base.parent} (present: {', '.join(have) or 'none'})"
+        )
     en = _need(base / f"{split}.en", f"MAFAND en-{xx} {split}")
     fx = _need(base / f"{split}.{xx}", f"MAFAND en-{xx} {split}")
     pairs = list(iter_bitext((en, fx)))
@@ -142,8 +172,10 @@ def ntrex_sentences(lang: str, shared: str | os.PathLike | None = None) -> list[
         lines.pop()
     n_docs = len(ntrex_document_ids(shared))
     if len(lines) != n_docs:
-        raise DataError(f"{path}: {len(lines)} lines, but DOCUMENT_IDS.tsv has {n_docs}; "
-                        "NTREX files must be line-aligned")
+        raise DataError(
+            f"{path}: {len(lines)} lines, but DOCUMENT_IDS.tsv has {n_docs}; "
+            "NTREX files must be line-aligned"
+        )
     empty = [i + 1 for i, s in enumerate(lines) if not s.strip()]
     if empty:
         raise DataError(f"{path}: line {empty[0]} is empty ({len(empty)} empty lines)")
@@ -164,8 +196,10 @@ def _stable_order(keys: Iterable[str]) -> list[str]:
     return sorted(set(keys), key=lambda k: (hashlib.sha1(k.encode("utf-8")).hexdigest(), k))
 
 
-def ntrex_split_documents(doc_ids: Sequence[str], dev_fraction: float = 0.3,
-                          ) -> dict[str, set[str]]:
+def ntrex_split_documents(
+    doc_ids: Sequence[str],
+    dev_fraction: float = 0.3,
+) -> dict[str, set[str]]:
     """Split documents (not lines) into ``dev`` and ``test``: the first
     ``round(dev_fraction * n_docs)`` documents in :func:`_stable_order` are dev."""
     if not 0 < dev_fraction < 1:
@@ -180,9 +214,15 @@ def _check_split(split: str) -> None:
         raise DataError(f"split {split!r}: allowed {', '.join(_SPLITS)}")
 
 
-def ntrex_collection(qlang: str, dlang: str, split: str, *, level: str = "sentence",
-                     shared: str | os.PathLike | None = None, dev_fraction: float = 0.3,
-                     ) -> Collection:
+def ntrex_collection(
+    qlang: str,
+    dlang: str,
+    split: str,
+    *,
+    level: str = "sentence",
+    shared: str | os.PathLike | None = None,
+    dev_fraction: float = 0.3,
+) -> Collection:
     """An NTREX retrieval test: ``qlang`` sentences retrieve ``dlang`` sentences
     (``level="sentence"``: the same line is relevant) or ``dlang`` documents
     (``level="document"``: the document holding the line is relevant), restricted to the
@@ -247,8 +287,11 @@ def _afriqa_rows(shared: str | os.PathLike | None) -> dict[tuple[str, str], list
     return out
 
 
-def afriqa_collection(lang: str, split: str, shared: str | os.PathLike | None = None,
-                      ) -> Collection:
+def afriqa_collection(
+    lang: str,
+    split: str,
+    shared: str | os.PathLike | None = None,
+) -> Collection:
     """AfriQA: ``lang`` questions (``question_lang``) of ``split`` retrieve their English
     gold passage among the pool of every gold passage of the sample (all languages and
     splits, each distinct text once; rows with a null context dropped)."""
@@ -257,8 +300,9 @@ def afriqa_collection(lang: str, split: str, shared: str | os.PathLike | None = 
     rows = _afriqa_rows(shared)
     if (xx, split) not in rows:
         have = sorted(f"{k[0]}/{k[1]}" for k in rows)
-        raise DataError(f"AfriQA has no English gold passages for {xx} {split} "
-                        f"(present: {', '.join(have)})")
+        raise DataError(
+            f"AfriQA has no English gold passages for {xx} {split} (present: {', '.join(have)})"
+        )
     pool: dict[str, Doc] = {}
     for key in sorted(rows):
         for r in rows[key]:
@@ -284,9 +328,14 @@ def _xquad(lang: str, shared: str | os.PathLike | None) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))["data"]
 
 
-def xquad_r_collection(qlang: str, dlang: str, split: str, *,
-                       shared: str | os.PathLike | None = None, dev_fraction: float = 0.3,
-                       ) -> Collection:
+def xquad_r_collection(
+    qlang: str,
+    dlang: str,
+    split: str,
+    *,
+    shared: str | os.PathLike | None = None,
+    dev_fraction: float = 0.3,
+) -> Collection:
     """XQuAD-R: ``qlang`` questions retrieve the ``dlang`` sentence that holds the answer
     (its ``answer_start`` inside the sentence's ``sentence_breaks`` span), among all
     ``dlang`` sentences of the split's articles (split by article title)."""
@@ -296,8 +345,11 @@ def xquad_r_collection(qlang: str, dlang: str, split: str, *,
         raise DataError(f"XQuAD-R {qlang} and {dlang} have different article counts")
     titles = [a["title"] for a in ddata]
     n_dev = max(1, round(dev_fraction * len(titles)))
-    keep = set(_stable_order(str(i) for i in range(len(titles)))[:n_dev] if split == "dev" else
-               _stable_order(str(i) for i in range(len(titles)))[n_dev:])
+    keep = set(
+        _stable_order(str(i) for i in range(len(titles)))[:n_dev]
+        if split == "dev"
+        else _stable_order(str(i) for i in range(len(titles)))[n_dev:]
+    )
     queries, docs, qrels = {}, [], []
     for ai, (qa_art, d_art) in enumerate(zip(qdata, ddata)):
         if str(ai) not in keep:
@@ -315,15 +367,17 @@ def xquad_r_collection(qlang: str, dlang: str, split: str, *,
                 hit = next((si for si, (s, e) in enumerate(breaks) if s <= start < e + 1), None)
                 if hit is not None:
                     qrels.append((None, qa["id"], f"a{ai}p{pi}s{hit}", 1))
-    return build_collection(queries, Corpus.from_docs(d for d in docs if d.text), qrels,
-                            strict=False)
+    return build_collection(
+        queries, Corpus.from_docs(d for d in docs if d.text), qrels, strict=False
+    )
 
 
 # --------------------------------------------------------------------------- English teacher
 
 
-def ict_pair(sentence: str, fraction: float = 1 / 3, keep_every: int = 10,
-             min_words: int = 12) -> tuple[str, str] | None:
+def ict_pair(
+    sentence: str, fraction: float = 1 / 3, keep_every: int = 10, min_words: int = 12
+) -> tuple[str, str] | None:
     """An inverse-cloze pair (Lee, Chang & Toutanova 2019) from one sentence: a
     contiguous span of ``fraction`` of its words is the query, the sentence without it
     the document. Every ``keep_every``-th sentence (by hash) keeps the span in its
@@ -336,14 +390,15 @@ def ict_pair(sentence: str, fraction: float = 1 / 3, keep_every: int = 10,
     h = int(hashlib.sha1(sentence.encode("utf-8")).hexdigest(), 16)
     n = max(3, round(fraction * len(words)))
     start = h % (len(words) - n + 1)
-    query = " ".join(words[start:start + n])
+    query = " ".join(words[start : start + n])
     keep = keep_every > 0 and (h // 7919) % keep_every == 0
-    doc = sentence.strip() if keep else " ".join(words[:start] + words[start + n:])
+    doc = sentence.strip() if keep else " ".join(words[:start] + words[start + n :])
     return query, doc
 
 
-def english_rank_collection(shared: str | os.PathLike | None = None, *,
-                            ict_sentences: int = 12000) -> Collection:
+def english_rank_collection(
+    shared: str | os.PathLike | None = None, *, ict_sentences: int = 12000
+) -> Collection:
     """English question -> passage training data for a late-interaction English
     teacher, from the *train* splits of the shared data only (NTREX, XQuAD-R and every
     dev/test split are left for evaluation):
@@ -376,13 +431,19 @@ def english_rank_collection(shared: str | os.PathLike | None = None, *,
         for r in _json_lines(path):
             query = " ".join(str(r.get("question_translated") or "").split())
             if r.get("context") and query:
-                add(f"afriqa-{lang}-{r['id']}", query, " ".join(r["context"].split()),
-                    (r.get("title") or "").strip())
+                add(
+                    f"afriqa-{lang}-{r['id']}",
+                    query,
+                    " ".join(r["context"].split()),
+                    (r.get("title") or "").strip(),
+                )
     sentences: list[str] = []
     text_files = src / "mafand_mt" / "data" / "text_files"
     for pair_dir in sorted(text_files.glob("en-*")) if text_files.is_dir() else []:
         if (pair_dir / "train.en").is_file():
-            sentences += [s.strip() for s in read_lines(pair_dir / "train.en", fmt="txt") if s.strip()]
+            sentences += [
+                s.strip() for s in read_lines(pair_dir / "train.en", fmt="txt") if s.strip()
+            ]
     n = 0
     for sentence in _stable_order(sentences):
         if n >= ict_sentences:
@@ -392,9 +453,11 @@ def english_rank_collection(shared: str | os.PathLike | None = None, *,
             add(f"ict-{n}", *pair)
             n += 1
     if not queries:
-        raise DataError(f"no English training pairs in {src}: expected AfriQA train gold "
-                        "passages (afriqa/data/gold_passages/<lang>/...en.train.json) or "
-                        "MAFAND-MT train.en files")
+        raise DataError(
+            f"no English training pairs in {src}: expected AfriQA train gold "
+            "passages (afriqa/data/gold_passages/<lang>/...en.train.json) or "
+            "MAFAND-MT train.en files"
+        )
     return build_collection(queries, Corpus.from_docs(docs.values()), qrels)
 
 
@@ -414,8 +477,9 @@ def _task_langs(pair: str) -> tuple[str, str]:
     return canonical_lang(q.split("_")[0]), canonical_lang(d.split("_")[0])
 
 
-def real_eval_collection(fmt: str, pair: str, split: str,
-                         shared: str | os.PathLike | None = None) -> Collection:
+def real_eval_collection(
+    fmt: str, pair: str, split: str, shared: str | os.PathLike | None = None
+) -> Collection:
     """The collection a config source ``{format: <fmt>, path: <shared>}`` names for
     ``pair`` (languages before any ``_suffix``: ``swa-en_doc`` is Swahili -> English)."""
     q, d = _task_langs(pair)
@@ -429,12 +493,14 @@ def real_eval_collection(fmt: str, pair: str, split: str,
         return afriqa_collection(q, split, shared)
     if fmt == "xquad_r":
         return xquad_r_collection(q, d, split, shared=shared)
-    raise DataError(f"format {fmt!r} is not an evaluation format; allowed: ntrex, "
-                    "ntrex_doc, afriqa, xquad_r")
+    raise DataError(
+        f"format {fmt!r} is not an evaluation format; allowed: ntrex, ntrex_doc, afriqa, xquad_r"
+    )
 
 
-def real_bitext(fmt: str, pair: str, split: str = "train",
-                shared: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+def real_bitext(
+    fmt: str, pair: str, split: str = "train", shared: str | os.PathLike | None = None
+) -> list[tuple[str, str]]:
     """Bitext a config source ``{format: mafand}`` names: ``(english, foreign)`` pairs."""
     if fmt != "mafand":
         raise DataError(f"format {fmt!r} is not a bitext format; allowed: mafand")
@@ -452,10 +518,14 @@ def _write_collection(col: Collection, out: Path) -> dict[str, int]:
     return col.counts()
 
 
-def prepare_real(out: str | os.PathLike, *, shared: str | os.PathLike | None = None,
-                 languages: Sequence[str] = LOW_RESOURCE,
-                 reference: Sequence[str] = HIGH_RESOURCE, dev_fraction: float = 0.3,
-                 ) -> dict:
+def prepare_real(
+    out: str | os.PathLike,
+    *,
+    shared: str | os.PathLike | None = None,
+    languages: Sequence[str] = LOW_RESOURCE,
+    reference: Sequence[str] = HIGH_RESOURCE,
+    dev_fraction: float = 0.3,
+) -> dict:
     """Write a dataset root in the standard layout from the shared data folder.
 
     For every low-resource language ``xx`` in ``languages``: ``bitext/en-xx/{train,dev,
@@ -480,16 +550,27 @@ def prepare_real(out: str | os.PathLike, *, shared: str | os.PathLike | None = N
     tasks: dict[str, tuple] = {}
     for xx in langs:
         for split in ("train", "dev", "test"):
-            n = write_bitext(root / "bitext" / f"en-{xx}" / f"{split}.tsv",
-                             mafand_bitext(xx, split, src))
+            n = write_bitext(
+                root / "bitext" / f"en-{xx}" / f"{split}.tsv", mafand_bitext(xx, split, src)
+            )
             counts[f"bitext/en-{xx}/{split}"] = {"pairs": n}
-        tasks.update({f"{xx}-en": ("ntrex", xx, "en"), f"en-{xx}": ("ntrex", "en", xx),
-                      f"{xx}-en_doc": ("ntrex_doc", xx, "en"),
-                      f"en-{xx}_doc": ("ntrex_doc", "en", xx),
-                      f"{xx}-en_afriqa": ("afriqa", xx, "en")})
+        tasks.update(
+            {
+                f"{xx}-en": ("ntrex", xx, "en"),
+                f"en-{xx}": ("ntrex", "en", xx),
+                f"{xx}-en_doc": ("ntrex_doc", xx, "en"),
+                f"en-{xx}_doc": ("ntrex_doc", "en", xx),
+                f"{xx}-en_afriqa": ("afriqa", xx, "en"),
+            }
+        )
     for yy in refs:
-        tasks.update({f"{yy}-en": ("ntrex", yy, "en"), f"en-{yy}": ("ntrex", "en", yy),
-                      f"{yy}-en_doc": ("ntrex_doc", yy, "en")})
+        tasks.update(
+            {
+                f"{yy}-en": ("ntrex", yy, "en"),
+                f"en-{yy}": ("ntrex", "en", yy),
+                f"{yy}-en_doc": ("ntrex_doc", yy, "en"),
+            }
+        )
     tasks["en-en"] = ("ntrex", "en", "en")
     if (src / "xquad_r" / "xquad-r" / "en.json").is_file():
         for q in ("deu", "spa", "en"):
@@ -501,15 +582,28 @@ def prepare_real(out: str | os.PathLike, *, shared: str | os.PathLike | None = N
             if fmt == "afriqa" and (q, split) not in afriqa:
                 continue  # e.g. Swahili AfriQA has gold passages for test only
             if fmt == "ntrex" or fmt == "ntrex_doc":
-                col = ntrex_collection(q, d, split, shared=src, dev_fraction=dev_fraction,
-                                       level="document" if fmt == "ntrex_doc" else "sentence")
+                col = ntrex_collection(
+                    q,
+                    d,
+                    split,
+                    shared=src,
+                    dev_fraction=dev_fraction,
+                    level="document" if fmt == "ntrex_doc" else "sentence",
+                )
             elif fmt == "afriqa":
                 col = afriqa_collection(q, split, src)
             else:
                 col = xquad_r_collection(q, d, split, shared=src, dev_fraction=dev_fraction)
             counts[f"eval/{name}/{split}"] = _write_collection(col, root / "eval" / name / split)
-    manifest = {"kind": "real", "source": str(src), "languages": langs, "reference": refs,
-                "pairs": sorted(tasks), "dev_fraction": dev_fraction, "counts": counts}
+    manifest = {
+        "kind": "real",
+        "source": str(src),
+        "languages": langs,
+        "reference": refs,
+        "pairs": sorted(tasks),
+        "dev_fraction": dev_fraction,
+        "counts": counts,
+    }
     tmp = root / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, root / "manifest.json")

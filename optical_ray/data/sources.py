@@ -24,8 +24,14 @@ from optical_ray.data.collection import Collection, load_collection, parse_pair
 from optical_ray.data.formats import iter_bitext, read_lines
 from optical_ray.errors import DataError
 
-__all__ = ["ensure_data_root", "rank_collection", "bitext_pairs", "mono_texts",
-           "eval_collection", "world_dir"]
+__all__ = [
+    "ensure_data_root",
+    "rank_collection",
+    "bitext_pairs",
+    "mono_texts",
+    "eval_collection",
+    "world_dir",
+]
 
 
 def world_dir(cfg: Config) -> Path:
@@ -43,9 +49,11 @@ def ensure_data_root(cfg: Config) -> Path:
     if cfg.data.root is not None:
         root = Path(cfg.data.root).expanduser()
         if not root.is_dir():
-            raise DataError(f"data.root {str(root)!r} is not a directory; give a dataset "
-                            "root in the standard layout, or leave it unset for the "
-                            "synthetic world")
+            raise DataError(
+                f"data.root {str(root)!r} is not a directory; give a dataset "
+                "root in the standard layout, or leave it unset for the "
+                "synthetic world"
+            )
         return root.resolve()
     root = world_dir(cfg)
     if (root / "manifest.json").is_file():
@@ -84,15 +92,25 @@ def rank_collection(cfg: Config) -> Collection:
     if src is not None and src.format == "hf":
         from optical_ray.data.hf import load_hf_collection
 
-        return load_hf_collection(src.path, preset=src.preset or "miracl", split=src.split,
-                                  field_map=src.field_map or None)
-    path = Path(src.path) if src is not None else \
-        ensure_data_root(cfg) / "train" / cfg.data.teacher_lang
+        return load_hf_collection(
+            src.path,
+            preset=src.preset or "miracl",
+            split=src.split,
+            field_map=src.field_map or None,
+        )
+    path = (
+        Path(src.path)
+        if src is not None
+        else ensure_data_root(cfg) / "train" / cfg.data.teacher_lang
+    )
     return load_collection(path, strict=False)
 
 
-def bitext_pairs(cfg: Config, pair: str | None = None, split: str = "train",
-                 ) -> list[tuple[str, str]]:
+def bitext_pairs(
+    cfg: Config,
+    pair: str | None = None,
+    split: str = "train",
+) -> list[tuple[str, str]]:
     """Bitext for ``pair`` as ``(teacher_lang_text, foreign_text)`` pairs.
 
     Either direction of the pair finds the same bitext (``en-sw`` and ``sw-en``): the
@@ -102,8 +120,10 @@ def bitext_pairs(cfg: Config, pair: str | None = None, split: str = "train",
     q, d = parse_pair(pair)
     en = cfg.data.teacher_lang
     if en not in (q, d) or q == d:
-        raise DataError(f"pair {pair!r}: distillation needs bitext between "
-                        f"{en!r} (data.teacher_lang) and another language")
+        raise DataError(
+            f"pair {pair!r}: distillation needs bitext between "
+            f"{en!r} (data.teacher_lang) and another language"
+        )
     xx = d if q == en else q
     src = _lookup(cfg.data.bitext, f"{en}-{xx}", f"{xx}-{en}")
     if src is not None and split != "train" and src.format not in REAL_FORMATS:
@@ -115,8 +135,14 @@ def bitext_pairs(cfg: Config, pair: str | None = None, split: str = "train",
     elif src is not None and src.format == "hf":
         from optical_ray.data.hf import load_hf_bitext
 
-        pairs = load_hf_bitext(src.path, en, xx, preset=src.preset or "opus",
-                               split=src.split, field_map=src.field_map or None)
+        pairs = load_hf_bitext(
+            src.path,
+            en,
+            xx,
+            preset=src.preset or "opus",
+            split=src.split,
+            field_map=src.field_map or None,
+        )
     elif src is not None:
         paths = src.path.split(",")  # "a.en,a.sw": two line-aligned files
         source = (paths[0], paths[1]) if len(paths) == 2 else src.path
@@ -140,25 +166,29 @@ def _layout_bitext(root: Path, en: str, xx: str, split: str) -> list[tuple[str, 
     validate`` accepts too)."""
     for a, b in ((en, xx), (xx, en)):
         folder = root / "bitext" / f"{a}-{b}"
-        one = _first_file(folder, [f"{split}.{ext}{gz}" for ext in ("tsv", "jsonl")
-                                   for gz in ("", ".gz")])
+        one = _first_file(
+            folder, [f"{split}.{ext}{gz}" for ext in ("tsv", "jsonl") for gz in ("", ".gz")]
+        )
         if one is not None:
             pairs = iter_bitext(one, src_lang=a, tgt_lang=b)
             return [(s, t) if a == en else (t, s) for s, t in pairs]
-        sides = [_first_file(folder, [f"{split}.{lang}", f"{split}.{lang}.gz"])
-                 for lang in (en, xx)]
+        sides = [
+            _first_file(folder, [f"{split}.{lang}", f"{split}.{lang}.gz"]) for lang in (en, xx)
+        ]
         if sides[0] is not None and sides[1] is not None:
             return list(iter_bitext((sides[0], sides[1])))
         if sides[0] is not None or sides[1] is not None:
             have = next(p for p in sides if p is not None)
-            raise DataError(f"{have}: line-aligned bitext needs both {split}.{en} and "
-                            f"{split}.{xx} in {folder}")
-    have = sorted(p.name for p in (root / "bitext").glob("*")) \
-        if (root / "bitext").is_dir() else []
+            raise DataError(
+                f"{have}: line-aligned bitext needs both {split}.{en} and {split}.{xx} in {folder}"
+            )
+    have = sorted(p.name for p in (root / "bitext").glob("*")) if (root / "bitext").is_dir() else []
     forward = root / "bitext" / f"{en}-{xx}"
-    raise DataError(f"no {split} bitext for {en}-{xx}: expected {forward}/{split}.tsv or "
-                    f"{split}.{en} + {split}.{xx} (bitext present: {', '.join(have) or 'none'}); "
-                    f"or set data.bitext.{en}-{xx}")
+    raise DataError(
+        f"no {split} bitext for {en}-{xx}: expected {forward}/{split}.tsv or "
+        f"{split}.{en} + {split}.{xx} (bitext present: {', '.join(have) or 'none'}); "
+        f"or set data.bitext.{en}-{xx}"
+    )
 
 
 def mono_texts(cfg: Config, lang: str) -> list[str]:
@@ -166,8 +196,9 @@ def mono_texts(cfg: Config, lang: str) -> list[str]:
     src = cfg.data.mono.get(lang)
     path = Path(src.path) if src is not None else ensure_data_root(cfg) / "mono" / f"{lang}.txt"
     if not path.is_file():
-        raise DataError(f"no unlabelled text for {lang!r}: expected {path}; or set "
-                        f"data.mono.{lang}")
+        raise DataError(
+            f"no unlabelled text for {lang!r}: expected {path}; or set data.mono.{lang}"
+        )
     texts = read_lines(path)
     if not texts:
         raise DataError(f"unlabelled text for {lang!r} is empty: {path}")
@@ -187,8 +218,12 @@ def eval_collection(cfg: Config, pair: str, split: str | None = None) -> Collect
     if src is not None and src.format == "hf":
         from optical_ray.data.hf import load_hf_collection
 
-        return load_hf_collection(src.path, preset=src.preset or "miracl",
-                                  split=src.split or split, field_map=src.field_map or None)
+        return load_hf_collection(
+            src.path,
+            preset=src.preset or "miracl",
+            split=src.split or split,
+            field_map=src.field_map or None,
+        )
     if src is not None:
         path = Path(src.path)
         if (path / split).is_dir():
@@ -197,9 +232,14 @@ def eval_collection(cfg: Config, pair: str, split: str | None = None) -> Collect
         root = ensure_data_root(cfg)
         path = root / "eval" / pair / split
         if not path.is_dir():
-            have = sorted(p.name for p in (root / "eval").glob("*")) \
-                if (root / "eval").is_dir() else []
-            raise DataError(f"no evaluation collection for {pair!r} ({split}): expected "
-                            f"{path} (pairs present: {', '.join(have) or 'none'}); or set "
-                            f"data.eval.{pair}")
+            have = (
+                sorted(p.name for p in (root / "eval").glob("*"))
+                if (root / "eval").is_dir()
+                else []
+            )
+            raise DataError(
+                f"no evaluation collection for {pair!r} ({split}): expected "
+                f"{path} (pairs present: {', '.join(have) or 'none'}); or set "
+                f"data.eval.{pair}"
+            )
     return load_collection(path, strict=False)

@@ -106,8 +106,14 @@ class LanguageSpec:
             out.append(f"language code {self.code!r}: must be two lowercase letters")
         if self.code == "en":
             out.append("language code 'en': is English itself; pick another code")
-        for name in ("cognate_rate", "synonym_rate", "drop_rate", "insert_rate",
-                     "swap_rate", "typo_rate"):
+        for name in (
+            "cognate_rate",
+            "synonym_rate",
+            "drop_rate",
+            "insert_rate",
+            "swap_rate",
+            "typo_rate",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 out.append(f"{self.code}.{name}={v!r}: must be in [0, 1]")
@@ -130,24 +136,34 @@ LANGUAGE_PRESETS: dict[str, LanguageSpec] = {
             code="xa",
             description="easy: Romance-like, half the words are cognates, "
             "SVO with adjectives after nouns, no inflection, little noise",
-            onsets=("b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v",
-                    "pr", "tr"),
+            onsets=("b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "pr", "tr"),
             vowels=("a", "e", "i", "o", "u"),
             codas=("", "", "", "n", "r", "s", "l"),
-            syllables=(2, 3), cognate_rate=0.5, synonym_rate=0.0,
-            adjective_after_noun=True, drop_rate=0.03, typo_rate=0.01, tier="high",
+            syllables=(2, 3),
+            cognate_rate=0.5,
+            synonym_rate=0.0,
+            adjective_after_noun=True,
+            drop_rate=0.03,
+            typo_rate=0.01,
+            tier="high",
         ),
         LanguageSpec(
             code="xb",
             description="medium: Slavic-like, 15% cognates, case suffixes on objects and "
             "obliques, verb suffix, some synonyms and noise",
-            onsets=("b", "d", "g", "k", "l", "m", "n", "r", "s", "t", "v", "z", "sh",
-                    "kr", "dv"),
+            onsets=("b", "d", "g", "k", "l", "m", "n", "r", "s", "t", "v", "z", "sh", "kr", "dv"),
             vowels=("a", "e", "i", "o", "u", "y"),
             codas=("", "", "k", "t", "v", "sh", "n"),
-            syllables=(2, 3), cognate_rate=0.15, synonym_rate=0.1,
-            case_suffixes=("", "em", "u"), verb_suffix="at", articles=False,
-            drop_rate=0.08, swap_rate=0.04, typo_rate=0.02, tier="medium",
+            syllables=(2, 3),
+            cognate_rate=0.15,
+            synonym_rate=0.1,
+            case_suffixes=("", "em", "u"),
+            verb_suffix="at",
+            articles=False,
+            drop_rate=0.08,
+            swap_rate=0.04,
+            typo_rate=0.02,
+            tier="medium",
         ),
         LanguageSpec(
             code="xc",
@@ -157,11 +173,21 @@ LANGUAGE_PRESETS: dict[str, LanguageSpec] = {
             onsets=("k", "q", "x", "z", "j", "w", "h", "kh", "ts", "ng"),
             vowels=("u", "o", "y", "a", "i", "uu"),
             codas=("", "", "q", "x", "k", "ng"),
-            syllables=(2, 3), cognate_rate=0.0, synonym_rate=0.15,
-            case_suffixes=("wa", "zo", "qi"), verb_suffix="hux", adjective_suffix="ny",
-            verb_final=True, postpositions=True, articles=False,
+            syllables=(2, 3),
+            cognate_rate=0.0,
+            synonym_rate=0.15,
+            case_suffixes=("wa", "zo", "qi"),
+            verb_suffix="hux",
+            adjective_suffix="ny",
+            verb_final=True,
+            postpositions=True,
+            articles=False,
             particles=("jo", "ku", "xe"),
-            drop_rate=0.1, insert_rate=0.04, swap_rate=0.05, typo_rate=0.04, tier="low",
+            drop_rate=0.1,
+            insert_rate=0.04,
+            swap_rate=0.05,
+            typo_rate=0.04,
+            tier="low",
         ),
     )
 }
@@ -192,17 +218,40 @@ class WorldScale:
 
 SCALES: dict[str, WorldScale] = {
     "tiny": WorldScale(
-        name="tiny", n_topics=8, topic_words=(10, 4, 4), general_words=(12, 6, 6),
-        n_names=40, n_numbers=30, train_corpus=200, train_queries=100, negatives=2,
-        eval_corpus=120, eval_queries=40, bitext={"high": 1000, "medium": 600, "low": 400},
-        bitext_dev=50, high_resource_min=600, mono=60, tokenizer_vocab=600,
+        name="tiny",
+        n_topics=8,
+        topic_words=(10, 4, 4),
+        general_words=(12, 6, 6),
+        n_names=40,
+        n_numbers=30,
+        train_corpus=200,
+        train_queries=100,
+        negatives=2,
+        eval_corpus=120,
+        eval_queries=40,
+        bitext={"high": 1000, "medium": 600, "low": 400},
+        bitext_dev=50,
+        high_resource_min=600,
+        mono=60,
+        tokenizer_vocab=600,
     ),
     "default": WorldScale(
-        name="default", n_topics=40, topic_words=(24, 10, 10),
-        general_words=(60, 30, 30), n_names=300, n_numbers=200, train_corpus=10000,
-        train_queries=5000, negatives=4, eval_corpus=1000, eval_queries=200,
-        bitext={"high": 20000, "medium": 5000, "low": 1000}, bitext_dev=500,
-        high_resource_min=5000, mono=2000, tokenizer_vocab=6000,
+        name="default",
+        n_topics=40,
+        topic_words=(24, 10, 10),
+        general_words=(60, 30, 30),
+        n_names=300,
+        n_numbers=200,
+        train_corpus=10000,
+        train_queries=5000,
+        negatives=4,
+        eval_corpus=1000,
+        eval_queries=200,
+        bitext={"high": 20000, "medium": 5000, "low": 1000},
+        bitext_dev=500,
+        high_resource_min=5000,
+        mono=2000,
+        tokenizer_vocab=6000,
     ),
 }
 
@@ -223,8 +272,12 @@ class WorldManifest:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``root`` left out: a world can be moved)."""
         return {
-            "kind": self.kind, "version": self.version, "seed": self.seed,
-            "scale": self.scale, "languages": self.languages, "pairs": list(self.pairs),
+            "kind": self.kind,
+            "version": self.version,
+            "seed": self.seed,
+            "scale": self.scale,
+            "languages": self.languages,
+            "pairs": list(self.pairs),
             "sizes": self.sizes,
         }
 
@@ -246,14 +299,18 @@ class WorldManifest:
 
     def bitext_path(self, lang: str, split: str = "train") -> Path:
         if lang not in self.languages:
-            raise DataError(f"language {lang!r} has no bitext; this world has {list(self.languages)}")
+            raise DataError(
+                f"language {lang!r} has no bitext; this world has {list(self.languages)}"
+            )
         if split not in ("train", "dev"):
             raise DataError(f"bitext split {split!r} is unknown; allowed: ['train', 'dev']")
         return self.root / "bitext" / f"en-{lang}" / f"{split}.tsv"
 
     def mono_path(self, lang: str) -> Path:
         if lang != "en" and lang not in self.languages:
-            raise DataError(f"language {lang!r} is not in this world; it has {['en', *self.languages]}")
+            raise DataError(
+                f"language {lang!r} is not in this world; it has {['en', *self.languages]}"
+            )
         return self.root / "mono" / f"{lang}.txt"
 
     def languages_by_resource(self, resource: str) -> list[str]:
@@ -275,20 +332,60 @@ def load_manifest(root: str | Path) -> WorldManifest:
         kind = d.get("kind") if isinstance(d, dict) else type(d).__name__
         raise DataError(f"{path}: kind={kind!r}, expected 'synthetic'")
     if d.get("version") != MANIFEST_VERSION:
-        raise DataError(f"{path}: version={d.get('version')!r}, this code reads version {MANIFEST_VERSION}")
+        raise DataError(
+            f"{path}: version={d.get('version')!r}, this code reads version {MANIFEST_VERSION}"
+        )
     missing = [k for k in ("seed", "scale", "languages", "pairs", "sizes") if k not in d]
     if missing:
         raise DataError(f"{path}: missing keys {missing}")
-    return WorldManifest(root=root, seed=d["seed"], scale=d["scale"], languages=d["languages"],
-                         pairs=tuple(d["pairs"]), sizes=d["sizes"], kind=d["kind"],
-                         version=d["version"])
+    return WorldManifest(
+        root=root,
+        seed=d["seed"],
+        scale=d["scale"],
+        languages=d["languages"],
+        pairs=tuple(d["pairs"]),
+        sizes=d["sizes"],
+        kind=d["kind"],
+        version=d["version"],
+    )
 
 
 # --------------------------------------------------------------------------- English
 
-_EN_ONSETS = ("b", "bl", "br", "c", "ch", "cl", "cr", "d", "dr", "f", "fl", "fr", "g", "gl",
-              "gr", "h", "l", "m", "n", "p", "pl", "pr", "r", "s", "sh", "sl", "sp", "st",
-              "t", "th", "tr", "w")
+_EN_ONSETS = (
+    "b",
+    "bl",
+    "br",
+    "c",
+    "ch",
+    "cl",
+    "cr",
+    "d",
+    "dr",
+    "f",
+    "fl",
+    "fr",
+    "g",
+    "gl",
+    "gr",
+    "h",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pl",
+    "pr",
+    "r",
+    "s",
+    "sh",
+    "sl",
+    "sp",
+    "st",
+    "t",
+    "th",
+    "tr",
+    "w",
+)
 _EN_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ea", "oo", "ai", "ou")
 _EN_CODAS = ("", "", "", "", "n", "r", "l", "s", "t", "nd", "st", "ck", "m", "nt", "rd")
 _NAME_ENDINGS = ("a", "en", "ov", "is", "ard", "ia", "ez", "o")
@@ -345,8 +442,10 @@ def _make_english(seed: int, sc: WorldScale) -> _English:
                 taken.add(w)
                 return w
 
-    topics = [{c: [fresh() for _ in range(n)] for c, n in zip(_CONTENT, sc.topic_words)}
-              for _ in range(sc.n_topics)]
+    topics = [
+        {c: [fresh() for _ in range(n)] for c, n in zip(_CONTENT, sc.topic_words)}
+        for _ in range(sc.n_topics)
+    ]
     general = {c: [fresh() for _ in range(n)] for c, n in zip(_CONTENT, sc.general_words)}
     names = []
     while len(names) < sc.n_names:
@@ -374,8 +473,9 @@ _Phrase = tuple[str, str, list[_Tok]]
 _Sentence = list[_Phrase]
 
 
-def _noun_phrase(rng, eng: _English, topic: int, names: list[str], number: str | None,
-                 allow_number: bool) -> list[_Tok]:
+def _noun_phrase(
+    rng, eng: _English, topic: int, names: list[str], number: str | None, allow_number: bool
+) -> list[_Tok]:
     r = rng.random()
     if names and r < 0.25:
         return [(rng.choice(names), "name")]
@@ -391,9 +491,11 @@ def _noun_phrase(rng, eng: _English, topic: int, names: list[str], number: str |
 
 
 def _sentence(rng, eng: _English, topic: int, names: list[str], number: str | None) -> _Sentence:
-    sent: _Sentence = [("np", "subj", _noun_phrase(rng, eng, topic, names, number, False)),
-                       ("v", "", [(eng.pick(rng, "verb", topic, 0.65), "verb")]),
-                       ("np", "obj", _noun_phrase(rng, eng, topic, names, None, False))]
+    sent: _Sentence = [
+        ("np", "subj", _noun_phrase(rng, eng, topic, names, number, False)),
+        ("v", "", [(eng.pick(rng, "verb", topic, 0.65), "verb")]),
+        ("np", "obj", _noun_phrase(rng, eng, topic, names, None, False)),
+    ]
     r = rng.random()
     for _ in range(0 if r < 0.35 else 1 if r < 0.8 else 2):
         np_ = _noun_phrase(rng, eng, topic, names, number, True)
@@ -401,8 +503,14 @@ def _sentence(rng, eng: _English, topic: int, names: list[str], number: str | No
     return sent
 
 
-def _passage(rng, eng: _English, topic: int, n_sentences: tuple[int, int] = (2, 4),
-             max_words: int = 40, min_words: int = 15) -> list[_Sentence]:
+def _passage(
+    rng,
+    eng: _English,
+    topic: int,
+    n_sentences: tuple[int, int] = (2, 4),
+    max_words: int = 40,
+    min_words: int = 15,
+) -> list[_Sentence]:
     names = rng.sample(eng.names, rng.choices((0, 1, 2), (0.3, 0.5, 0.2))[0])
     number = rng.choice(eng.numbers) if rng.random() < 0.4 else None
     sents = [_sentence(rng, eng, topic, names, number) for _ in range(rng.randint(*n_sentences))]
@@ -481,7 +589,9 @@ def _make_language(seed: int, spec: LanguageSpec, eng: _English) -> _Language:
             if w not in taken and all(w + s not in english for s in suffixes):
                 taken.add(w)
                 return w
-        raise ConfigError(f"{spec.code}: syllable inventory too small for the vocabulary; add onsets/vowels")
+        raise ConfigError(
+            f"{spec.code}: syllable inventory too small for the vocabulary; add onsets/vowels"
+        )
 
     lexicon: dict[str, tuple[str, ...]] = {}
     for w in _FUNCTION_WORDS:
@@ -516,9 +626,9 @@ def _typo(rng, w: str, letters: str) -> str:
     i = rng.randrange(1, len(w))
     op = rng.randrange(3)
     if op == 0:
-        return w[:i] + rng.choice(letters) + w[i + 1:]
+        return w[:i] + rng.choice(letters) + w[i + 1 :]
     if op == 1:
-        return w[:i] + w[i + 1:]
+        return w[:i] + w[i + 1 :]
     return w[:i] + w[i] + w[i:]
 
 
@@ -642,28 +752,38 @@ def _hard_negatives(rng, coll: _Collection, k: int) -> Iterator[dict[str, Any]]:
 
 def _snippet(rng, eng: _English) -> list[_Sentence]:
     topic = rng.randrange(len(eng.topics))
-    return _passage(rng, eng, topic, n_sentences=(1, 2) if rng.random() < 0.3 else (1, 1),
-                    max_words=30, min_words=1)
+    return _passage(
+        rng,
+        eng,
+        topic,
+        n_sentences=(1, 2) if rng.random() < 0.3 else (1, 1),
+        max_words=30,
+        min_words=1,
+    )
 
 
 # ------------------------------------------------------------------------------ world
 
 
-def _resolve(languages, bitext_sizes, scale: str) -> tuple[WorldScale, list[LanguageSpec], dict[str, int]]:
+def _resolve(
+    languages, bitext_sizes, scale: str
+) -> tuple[WorldScale, list[LanguageSpec], dict[str, int]]:
     problems: list[str] = []
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is unknown; allowed: {sorted(SCALES)}")
     sc = SCALES[scale]
     specs: list[LanguageSpec] = []
-    for item in (list(LANGUAGE_PRESETS) if languages is None else languages):
+    for item in list(LANGUAGE_PRESETS) if languages is None else languages:
         if isinstance(item, LanguageSpec):
             problems += item.problems()
             spec = item
         elif item in LANGUAGE_PRESETS:
             spec = LANGUAGE_PRESETS[item]
         else:
-            problems.append(f"language {item!r} is unknown; presets: {sorted(LANGUAGE_PRESETS)} "
-                            "(or pass a LanguageSpec)")
+            problems.append(
+                f"language {item!r} is unknown; presets: {sorted(LANGUAGE_PRESETS)} "
+                "(or pass a LanguageSpec)"
+            )
             continue
         if spec.code in [s.code for s in specs]:
             problems.append(f"language {spec.code!r} is given twice")
@@ -687,18 +807,25 @@ def _prepare_dir(out: Path, overwrite: bool) -> None:
     if out.exists():
         present = [e for e in _WORLD_ENTRIES if (out / e).exists()]
         if present and not overwrite:
-            raise DataError(f"out_dir {out} already holds a world ({present}); pass overwrite=True "
-                            "(CLI: --overwrite) or choose an empty directory")
+            raise DataError(
+                f"out_dir {out} already holds a world ({present}); pass overwrite=True "
+                "(CLI: --overwrite) or choose an empty directory"
+            )
         for e in present:
             p = out / e
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
-def synthesize_world(out_dir: str | Path, *, seed: int = 0,
-                     languages: Sequence[str | LanguageSpec] | None = None,
-                     bitext_sizes: Mapping[str, int] | None = None, scale: str = "default",
-                     overwrite: bool = False) -> WorldManifest:
+def synthesize_world(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    languages: Sequence[str | LanguageSpec] | None = None,
+    bitext_sizes: Mapping[str, int] | None = None,
+    scale: str = "default",
+    overwrite: bool = False,
+) -> WorldManifest:
     """Write a synthetic multilingual CLIR world to ``out_dir`` (layout in the module doc).
 
     ``languages`` picks foreign presets (default: all of :data:`LANGUAGE_PRESETS`) or
@@ -723,22 +850,38 @@ def synthesize_world(out_dir: str | Path, *, seed: int = 0,
         return items
 
     # English ranking training data
-    train = _collection(random.Random(f"{seed}:train"), eng, "train", sc.train_corpus,
-                        sc.train_queries)
+    train = _collection(
+        random.Random(f"{seed}:train"), eng, "train", sc.train_corpus, sc.train_queries
+    )
     tdir = out / "train" / "en"
-    write_queries(tdir / "queries.tsv", dict(zip([q for q, _ in train.queries],
-                  lines([" ".join(t for t, _ in q) for _, q in train.queries]))))
-    write_corpus(tdir / "corpus.jsonl", ({"docid": d, "text": t} for (d, _, _), t in
-                 zip(train.docs, lines([_english_text(s) for _, _, s in train.docs]))))
+    write_queries(
+        tdir / "queries.tsv",
+        dict(
+            zip(
+                [q for q, _ in train.queries],
+                lines([" ".join(t for t, _ in q) for _, q in train.queries]),
+            )
+        ),
+    )
+    write_corpus(
+        tdir / "corpus.jsonl",
+        (
+            {"docid": d, "text": t}
+            for (d, _, _), t in zip(train.docs, lines([_english_text(s) for _, _, s in train.docs]))
+        ),
+    )
     write_qrels(tdir / "qrels.txt", train.qrels)
-    n_triples = write_triples(tdir / "triples.jsonl",
-                              _hard_negatives(random.Random(f"{seed}:negatives"), train, sc.negatives))
+    n_triples = write_triples(
+        tdir / "triples.jsonl",
+        _hard_negatives(random.Random(f"{seed}:negatives"), train, sc.negatives),
+    )
 
     # Evaluation collections: one English collection per split, translated per language
     pairs = ["en-en"] + [p for c in langs for p in (f"en-{c}", f"{c}-en")]
     for split in _SPLITS:
-        coll = _collection(random.Random(f"{seed}:eval:{split}"), eng, split, sc.eval_corpus,
-                           sc.eval_queries)
+        coll = _collection(
+            random.Random(f"{seed}:eval:{split}"), eng, split, sc.eval_corpus, sc.eval_queries
+        )
         en_docs = lines([_english_text(s) for _, _, s in coll.docs])
         en_queries = lines([" ".join(t for t, _ in q) for _, q in coll.queries])
         qids = [q for q, _ in coll.queries]
@@ -746,13 +889,18 @@ def synthesize_world(out_dir: str | Path, *, seed: int = 0,
         variants = {"en": (en_queries, en_docs)}
         for code, lang in langs.items():
             rng = random.Random(f"{seed}:eval:{split}:{code}")
-            variants[code] = (lines([_translate_query(lang, rng, q) for _, q in coll.queries]),
-                              lines([_translate(lang, rng, s) for _, _, s in coll.docs]))
+            variants[code] = (
+                lines([_translate_query(lang, rng, q) for _, q in coll.queries]),
+                lines([_translate(lang, rng, s) for _, _, s in coll.docs]),
+            )
         for pair in pairs:
             ql, dl = pair.split("-")
             d = out / "eval" / pair / split
             write_queries(d / "queries.tsv", dict(zip(qids, variants[ql][0])))
-            write_corpus(d / "corpus.jsonl", ({"docid": i, "text": t} for i, t in zip(docids, variants[dl][1])))
+            write_corpus(
+                d / "corpus.jsonl",
+                ({"docid": i, "text": t} for i, t in zip(docids, variants[dl][1])),
+            )
             write_qrels(d / "qrels.txt", coll.qrels)
 
     # Bitext (English side from the generator, never the eval passages) and mono text
@@ -766,33 +914,49 @@ def synthesize_world(out_dir: str | Path, *, seed: int = 0,
     for code in ["en", *langs]:
         rng = random.Random(f"{seed}:mono:{code}")
         passages = [_passage(rng, eng, rng.randrange(sc.n_topics)) for _ in range(sc.mono)]
-        rendered = [_english_text(p) if code == "en" else _translate(langs[code], rng, p) for p in passages]
+        rendered = [
+            _english_text(p) if code == "en" else _translate(langs[code], rng, p) for p in passages
+        ]
         write_lines(out / "mono" / f"{code}.txt", lines(rendered))
 
     tokenizer = train_tokenizer(texts, out / "tokenizer", vocab_size=sc.tokenizer_vocab)
 
     language_info = {
-        s.code: {**{f.name: _jsonable(getattr(s, f.name)) for f in fields(s)},
-                 "bitext_size": bitext_n[s.code],
-                 "resource": "high" if bitext_n[s.code] >= sc.high_resource_min else "low"}
+        s.code: {
+            **{f.name: _jsonable(getattr(s, f.name)) for f in fields(s)},
+            "bitext_size": bitext_n[s.code],
+            "resource": "high" if bitext_n[s.code] >= sc.high_resource_min else "low",
+        }
         for s in specs
     }
     sizes = {
-        "vocabulary": {"topics": sc.n_topics, "content_words": len(eng.content_words()),
-                       "function_words": len(_FUNCTION_WORDS), "names": len(eng.names),
-                       "numbers": len(eng.numbers)},
-        "train": {"queries": len(train.queries), "corpus": len(train.docs), "triples": n_triples,
-                  "negatives_per_query": sc.negatives},
-        "eval": {split: {"queries": sc.eval_queries, "corpus": sc.eval_corpus} for split in _SPLITS},
+        "vocabulary": {
+            "topics": sc.n_topics,
+            "content_words": len(eng.content_words()),
+            "function_words": len(_FUNCTION_WORDS),
+            "names": len(eng.names),
+            "numbers": len(eng.numbers),
+        },
+        "train": {
+            "queries": len(train.queries),
+            "corpus": len(train.docs),
+            "triples": n_triples,
+            "negatives_per_query": sc.negatives,
+        },
+        "eval": {
+            split: {"queries": sc.eval_queries, "corpus": sc.eval_corpus} for split in _SPLITS
+        },
         "bitext": {c: {"train": bitext_n[c], "dev": sc.bitext_dev} for c in langs},
         "mono": {c: sc.mono for c in ["en", *langs]},
         "tokenizer_vocab": len(tokenizer),
     }
-    manifest = WorldManifest(root=out, seed=seed, scale=sc.name, languages=language_info,
-                             pairs=tuple(pairs), sizes=sizes)
+    manifest = WorldManifest(
+        root=out, seed=seed, scale=sc.name, languages=language_info, pairs=tuple(pairs), sizes=sizes
+    )
     (out / "README.md").write_text(_readme(manifest, specs, sc), encoding="utf-8")
-    (out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n",
-                                       encoding="utf-8")
+    (out / "manifest.json").write_text(
+        json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     return manifest
 
 
@@ -804,7 +968,8 @@ def _readme(m: WorldManifest, specs: list[LanguageSpec], sc: WorldScale) -> str:
     rows = "\n".join(
         f"| `{s.code}` | {m.languages[s.code]['resource']} | {m.languages[s.code]['bitext_size']} "
         f"| {s.cognate_rate:.2f} | {'SOV' if s.verb_final else 'SVO'} | {s.description} |"
-        for s in specs)
+        for s in specs
+    )
     return f"""# Synthetic multilingual CLIR world
 
 Made by `optical_ray.data.synthetic.synthesize_world(seed={m.seed}, scale={sc.name!r})`;

@@ -222,8 +222,10 @@ def validate_dataset(root: PathLike, *, strict: bool = False) -> ValidationRepor
     """
     base = Path(root)
     if base.is_file():
-        raise DataError(f"{base}: is a file; expected a dataset directory (the standard "
-                        "layout, or one collection directory with queries, corpus and qrels)")
+        raise DataError(
+            f"{base}: is a file; expected a dataset directory (the standard "
+            "layout, or one collection directory with queries, corpus and qrels)"
+        )
     if not base.is_dir():
         raise DataError(f"{base}: dataset directory not found")
     report = ValidationReport(base)
