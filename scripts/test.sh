@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-"${VENV:-.venv}/bin/ruff" check --quiet .  # pyflakes, pycodestyle, bugbear: pyproject [tool.ruff]
+# Lint (pyflakes, pycodestyle, bugbear) and format: pyproject's [tool.ruff]
+"${VENV:-.venv}/bin/ruff" check --quiet .
+"${VENV:-.venv}/bin/ruff" format --check --quiet .
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflowserver import mlflow_server  # noqa: F401 - module fixture
+from tests.mlflowserver import mlflow_server  # noqa: F401 - the module's fixture
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
@@ -211,7 +211,7 @@ def _base(root: Path, storage: str, **over):
 
 
 @pytest.fixture(scope="module")
-def tracked(cluster, sweep_root, mlflow_server):  # noqa: F811
+def tracked(cluster, sweep_root, mlflow_server):
     """A 3-trial sweep of en-xc tracked to the MLflow server and TensorBoard."""
     from optical_ray.space import parse_space
     from optical_ray.sweep import run_sweep
@@ -247,7 +247,7 @@ def _runs(uri: str, sweep: str):
 
 
 @pytest.mark.slow
-def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:  # noqa: F811
+def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:
     from optical_ray.tracking import safe_params
 
     _, storage = tracked
@@ -325,7 +325,7 @@ def test_tensorboard_event_files_per_trial(tracked) -> None:
 @pytest.mark.slow
 def test_resume_reattaches_to_the_study_and_the_parent_run(
     tracked, sweep_root, mlflow_server
-) -> None:  # noqa: F811
+) -> None:
     import optuna
 
     from optical_ray.space import parse_space
@@ -358,7 +358,7 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(
 @pytest.mark.slow
 def test_a_dead_tracking_server_costs_warnings_not_results(
     cluster, sweep_root, mlflow_server
-) -> None:  # noqa: F811
+) -> None:
     """Runs last: it kills the module's server once the first trial's run exists."""
     from mlflow import MlflowClient
 
