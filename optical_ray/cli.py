@@ -245,6 +245,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         trust_storage=args.trust_storage,
         tracking=args.tracking,
         optuna_storage=args.optuna_storage,
+        warm_start=args.warm_start,
+        warm_start_from=args.warm_start_from,
+        warm_start_top=args.warm_start_top,
     )
     print(result.summary())
     if result.exit_code:
@@ -518,6 +521,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Optuna studies: RDB URL or journal:PATH (default "
         "sqlite:///<storage>/optuna.db for local storage; 'memory')",
+    )
+    sw.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="auto|PAIR[,PAIR...]|none",
+        help="start each pair's search from related pairs' catalog records: their best "
+        "configs run first and their trials inform TPE (sweep.warm_start, default none)",
+    )
+    sw.add_argument(
+        "--warm-start-from",
+        default=None,
+        metavar="URI",
+        help="catalog storage of the source pairs (default: --storage)",
+    )
+    sw.add_argument(
+        "--warm-start-top",
+        type=int,
+        default=None,
+        help="best configs per source pair to run first (sweep.warm_start_top, default 3)",
     )
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")

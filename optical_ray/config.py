@@ -348,6 +348,9 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     problems += tracking_problems("train.tracking", cfg.train.tracking)
     problems += tracking_problems("sweep.tracking", cfg.sweep.tracking)
     problems += optuna_storage_problems(cfg.sweep.optuna_storage)
+    from optical_ray.warmstart import warm_start_problems
+
+    problems += warm_start_problems(cfg.sweep.warm_start)
     uri = cfg.storage.uri
     if "://" in uri and not uri.startswith(("s3://", "file://")):
         problems.append(

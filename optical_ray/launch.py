@@ -11,6 +11,7 @@ baseline ``benchmarks/bench_cluster.py`` measures against).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -189,6 +190,10 @@ def run(
     validate_space(space, depth)
     for line in unconverging_epsilon(cfg, space):
         log.warning("%s", line)
+    # Source pairs are read and checked before data or Ray: a bad source is one line.
+    from optical_ray.warmstart import plan_warm_starts
+
+    warm = plan_warm_starts(cfg, space, depth, out)
     if check_data:
         ensure_data_root(cfg)
         _check_pairs_data(cfg)
@@ -200,6 +205,7 @@ def run(
         for pair in sw.pairs
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
+    plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
     key = state_key()
     for plan in plans:
         if plan.resume:

@@ -40,6 +40,7 @@ from optical_ray.sweep import (
     CHECKPOINT_PATH_KEY,
     CONFIG_KEY,
     FINISHED_KEY,
+    ORIGIN_KEY,
     PairPlan,
     PairResult,
     error_reason,
@@ -126,6 +127,20 @@ class PruningAwareOptunaSearch(OptunaSearch):
     already reported, Optuna's TPE ranks it below every trial that ran to the end, and
     pruned trials among themselves by how far they got, then by their last value.
     """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """The sampled config, with where it came from under ``ORIGIN_KEY``: the
+        enqueued warm-start point's origin, else the sampler's (``random`` or
+        ``sampler``), for the trial's catalog record."""
+        from optical_ray.warmsampler import sampler_origin
+
+        config = super().suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        ot_trial = self._ot_trials[trial_id]  # private, as in on_trial_complete
+        origin = ot_trial.user_attrs.get("origin")
+        config[ORIGIN_KEY] = origin or sampler_origin(self._sampler, self._ot_study)
+        return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -227,15 +242,24 @@ def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
     from optical_ray.tracking import optuna_storage_url, prepare_study
 
     sw = plan.base.sweep
+    warm = plan.warm
     # Multivariate TPE models the parameters jointly (epsilon and learning rate
     # interact); Optuna recommends it over independent TPE.
     sampler = (
         optuna.samplers.RandomSampler(seed=sw.seed)
         if sw.search == "random"
         else optuna.samplers.TPESampler(
-            seed=sw.seed, multivariate=True, n_startup_trials=max(2, min(5, sw.samples // 3))
+            seed=sw.seed,
+            multivariate=True,
+            n_startup_trials=max(2, min(5, sw.samples // 3)),
+            # a warm start's first samples are independent (conditional params): expected
+            warn_independent_sampling=not (warm and warm.prior),
         )
     )
+    if warm and warm.prior and sw.search == "tpe":
+        from optical_ray.warmsampler import TransferSampler
+
+        sampler = TransferSampler(sampler, warm.prior, sw.mode, fade=sw.samples)
     # The pair's study persists (sweep.optuna_storage, by default SQLite beside local
     # storage) as <sweep>-<pair>, so optuna-dashboard shows every pair as it runs.
     store = resolve_storage(
@@ -252,16 +276,23 @@ def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
         if url
         else {}
     )
-    searcher: Searcher = PruningAwareOptunaSearch(
+    searcher = PruningAwareOptunaSearch(
         space=plan.space.define_by_run(plan.pair, plan.depth),
         metric=sw.metric,
         mode=sw.mode,
         sampler=sampler,
         **study,
     )
+    if warm and warm.points:
+        from optical_ray.warmsampler import enqueue_points
+
+        # Private: the searcher's study (persistent or in memory). Skips points the
+        # study already holds, so a re-planned resumed pair does not run them twice.
+        enqueue_points(searcher._ot_study, warm.points)
+    limited: Searcher = searcher
     if sw.max_concurrent_per_pair:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
-    return SharedLimiter(searcher, coordinator, plan.pair)
+        limited = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
+    return SharedLimiter(limited, coordinator, plan.pair)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -337,6 +368,7 @@ class CatalogCallback(Callback):
                 training_s=result.get("train_s"),
                 iterations=result.get("training_iteration"),
                 record_id=f"{self.plan.experiment}--{trial.trial_id}",
+                origin=(trial.config or {}).get(ORIGIN_KEY),
             )
         )
 

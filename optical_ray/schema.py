@@ -370,6 +370,15 @@ class SweepConfig:
         "journal:PATH; default sqlite:///<storage>/optuna.db for "
         "local storage, in memory for s3://; 'memory' = not kept",
     )
+    warm_start: str = _f(
+        "none",
+        help="seed each pair's search from related pairs in the catalog: none, auto, "
+        "or source pairs (en-sw,en-ha)",
+    )
+    warm_start_from: str | None = _f(
+        None, help="catalog storage of the source pairs (default: this sweep's storage)"
+    )
+    warm_start_top: int = _f(3, ge=1, help="best configs per source pair run first")
 
 
 @dataclass

@@ -45,6 +45,10 @@ __all__ = [
 FINISHED_KEY = "trial_finished"
 CONFIG_KEY = "resolved_config"
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: The key a trial's sampled config carries its origin under (see :mod:`optical_ray.warmstart`):
+#: ``warm_start:<pair>/<trial>``, ``sampler`` or ``random``. Not a config key: the
+#: trial's config ignores it, the catalog records it.
+ORIGIN_KEY = "trial_origin"
 #: Keys the sweep summary shows after the space's searched keys.
 SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 
@@ -73,6 +77,7 @@ class PairPlan:
     max_t: int
     resume: bool = False
     space_file: str | None = None
+    warm: Any = None  # a warmstart.WarmStart: points to enqueue and TPE's prior
 
     @property
     def searched(self) -> list[str]:
@@ -166,7 +171,8 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
     """``base`` with the sweep arguments that were given (not None) applied.
 
     ``over`` keys: samples, workers_per_trial, max_concurrent, scheduler, search, metric,
-    name, pair_order, max_failures, tracking, optuna_storage."""
+    name, pair_order, max_failures, tracking, optuna_storage, warm_start, warm_start_from,
+    warm_start_top."""
     keys = {
         "samples": "sweep.samples",
         "workers_per_trial": "scaling.workers",
@@ -179,6 +185,9 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
         "max_failures": "sweep.max_failures",
         "tracking": "sweep.tracking",
         "optuna_storage": "sweep.optuna_storage",
+        "warm_start": "sweep.warm_start",
+        "warm_start_from": "sweep.warm_start_from",
+        "warm_start_top": "sweep.warm_start_top",
     }
     unknown = set(over) - set(keys)
     if unknown:
@@ -340,6 +349,9 @@ def run_sweep(
     trust_storage: bool = False,
     tracking: Sequence[str] | None = None,
     optuna_storage: str | None = None,
+    warm_start: str | Sequence[str] | None = None,
+    warm_start_from: str | None = None,
+    warm_start_top: int | None = None,
 ) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
@@ -352,6 +364,10 @@ def run_sweep(
     (``trust_storage=True`` skips that check). Without it, an existing experiment is an
     error, raised before any trial starts. ``tracking`` (``mlflow[=URI]``, ``tensorboard``,
     ``wandb``) and ``optuna_storage`` are views onto the catalog (:mod:`optical_ray.tracking`).
+    ``warm_start`` (``"auto"``, source pairs, or ``"none"``) seeds each pair's search from
+    the catalog records of related pairs (in ``warm_start_from``, default this storage):
+    their ``warm_start_top`` best configs run first and their trials form a prior for
+    TPE (:mod:`optical_ray.warmstart`).
     """
     from optical_ray import launch
 
@@ -369,6 +385,13 @@ def run_sweep(
         max_failures=max_failures,
         tracking=None if tracking is None else list(tracking),
         optuna_storage=optuna_storage,
+        warm_start=(
+            warm_start
+            if warm_start is None or isinstance(warm_start, str)
+            else ",".join(warm_start)
+        ),
+        warm_start_from=warm_start_from,
+        warm_start_top=warm_start_top,
     )
     if not isinstance(space, SearchSpace):
         space = load_space(space)

@@ -257,6 +257,7 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
             **r.hyperparameters,
             **{k.split(".", 1)[1]: r.flat_config.get(k) for k in extra},
             "trial": r.trial_id,
+            "origin": r.origin,
             "experiment": r.experiment,
             "checkpoint": r.checkpoint_uri,
         }
@@ -269,6 +270,7 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
         *HYPERPARAMETERS,
         *(k.split(".", 1)[1] for k in extra),
         "trial",
+        "origin",
         "experiment",
         "checkpoint",
     ]

@@ -19,6 +19,7 @@ from optical_ray import __version__
 from optical_ray.config import MAIN_HYPERPARAMETERS, PAIR_RE, Config, from_flat, to_dict, to_flat
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
+from optical_ray.warmstart import origin_problems
 
 __all__ = [
     "TrialRecord",
@@ -53,6 +54,7 @@ SCHEMA = pa.schema(
         ("trial_id", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("origin", pa.string()),
         ("metric", pa.string()),
         ("mode", pa.string()),
         ("best_value", pa.float64()),
@@ -185,6 +187,7 @@ class TrialRecord:
     version: str = __version__
     host: str = field(default_factory=socket.gethostname)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    origin: str | None = None  # warm_start:<pair>/<trial>, sampler or random
 
     def validate(self) -> None:
         """Raise one :class:`ConfigError` listing every malformed field."""
@@ -201,6 +204,7 @@ class TrialRecord:
             problems.append(f"mode: got {self.mode!r}, expected 'max' or 'min'")
         if not str(self.trial_id):
             problems.append("trial_id: empty")
+        problems += origin_problems(self.origin)
         if problems:
             raise ConfigError(problems, source="catalog record")
 
@@ -228,6 +232,7 @@ class TrialRecord:
             "trial_id": str(self.trial_id),
             "status": self.status,
             "error": redact(self.error) if self.error else None,
+            "origin": self.origin,
             "metric": self.metric,
             "mode": self.mode,
             "best_value": metric_value(best, self.pair, self.metric),
@@ -311,6 +316,7 @@ class BestRecord:
     finished_at: str | None
     duration_s: float | None
     record_id: str
+    origin: str | None = None
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -366,4 +372,5 @@ def best_record(
         finished_at=None if finished is None else pd.Timestamp(finished).isoformat(),
         duration_s=None if duration is None else float(duration),
         record_id=row["record_id"],
+        origin=_opt(row, "origin"),
     )
