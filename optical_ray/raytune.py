@@ -252,8 +252,9 @@ def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
             seed=sw.seed,
             multivariate=True,
             n_startup_trials=max(2, min(5, sw.samples // 3)),
-            # a warm start's first samples are independent (conditional params): expected
-            warn_independent_sampling=not (warm and warm.prior),
+            # The transfer sampler samples on a view of the study (see warmsampler),
+            # where the constant liar cannot mark the running trial.
+            constant_liar=not (warm and warm.prior),
         )
     )
     if warm and warm.prior and sw.search == "tpe":

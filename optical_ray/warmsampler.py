@@ -41,11 +41,19 @@ class TransferSampler(optuna.samplers.BaseSampler):
     pair's own complete trials span (``[0, 1]`` before any), so a source language with
     higher MAP does not outrank every trial of this one; TPE only uses the order.
     ``fade``: after that many of the pair's own trials the prior is gone.
+
+    ``inner`` must not use the constant liar (``constant_liar=False``): the liar writes
+    to the sampled trial through the study it is given, and the view is another study.
     """
 
     def __init__(
         self, inner: optuna.samplers.BaseSampler, prior: Sequence[PriorTrial], mode: str, fade: int
     ) -> None:
+        if getattr(inner, "_constant_liar", False):  # private: TPESampler's setting
+            raise ValueError(
+                "TransferSampler: give it a TPESampler(constant_liar=False); the constant "
+                "liar writes to the sampled trial through the view, another study"
+            )
         self.inner, self.prior, self.mode, self.fade = inner, list(prior), mode, max(1, fade)
         self._cache: tuple[tuple[int, ...], optuna.Study] | None = None
 

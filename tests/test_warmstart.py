@@ -397,7 +397,9 @@ def test_the_prior_steers_tpe_towards_the_sources_good_region() -> None:
     from optical_ray.warmsampler import TransferSampler, sampler_origin
 
     def tpe():
-        return optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True)
+        return optuna.samplers.TPESampler(
+            seed=0, n_startup_trials=5, multivariate=True, constant_liar=False
+        )
 
     warm = _draws(TransferSampler(tpe(), _prior(), "max", fade=20))
     cold = _draws(tpe())
@@ -417,7 +419,7 @@ def test_the_prior_fades_as_the_pairs_own_trials_arrive() -> None:
 
     from optical_ray.warmsampler import TransferSampler
 
-    s = TransferSampler(optuna.samplers.TPESampler(), _prior(30), "max", fade=10)
+    s = TransferSampler(optuna.samplers.TPESampler(constant_liar=False), _prior(30), "max", fade=10)
     assert len(s.faded(0)) == 30 and s.faded(10) == [] and len(s.faded(5)) == 15
     half = s.faded(5)
     assert half[0].quantile == 1.0 and half[-1].quantile == 0.0  # good and bad kept
@@ -432,6 +434,11 @@ def test_the_prior_fades_as_the_pairs_own_trials_arrive() -> None:
     assert len(prior) == 24 and len(view.trials) == 26
     assert max(t.value for t in prior) == pytest.approx(0.3)
     assert min(t.value for t in prior) == pytest.approx(0.2)
+    # with the pair's own trials, TPE samples jointly (relative) on the view
+    study.sampler = s
+    t = study.ask()
+    assert 0.01 <= t.suggest_float("distill.epsilon", 0.01, 1.0, log=True) <= 1.0
+    assert "distill.epsilon" in t.relative_params
     import pickle
 
     assert pickle.loads(pickle.dumps(s)).faded(0) == s.faded(0)
