@@ -400,6 +400,58 @@ def _table_rows(rows: list[PairSummary]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _best_origins(df: pd.DataFrame, rows: list[PairSummary]) -> dict[str, str | None]:
+    """Where each pair's best config came from (its record's ``origin``)."""
+    out: dict[str, str | None] = {}
+    for r in rows:
+        hit = df[(df["pair"] == r.pair) & (df["trial_id"] == r.best_trial)]
+        value = hit["origin"].dropna() if "origin" in hit else hit.iloc[0:0]
+        out[r.pair] = str(value.iloc[0]) if len(value) else None
+    return out
+
+
+def _warm_vs_cold(
+    df: pd.DataFrame,
+    metric: str,
+    mode: str,
+    out: Path,
+    figures: dict[str, list[tuple[str, str]]],
+) -> dict[str, dict[str, Any]]:
+    """For each pair with a warm-started and a cold sweep: their best-so-far curves
+    against trial-epochs, plotted as ``warm_<pair>.png``."""
+    from optical_ray.warmstart import best_so_far, warm_and_cold
+
+    curves: dict[str, dict[str, Any]] = {}
+    for pair, (warm, cold) in warm_and_cold(df).items():
+        data = {
+            name: best_so_far(df[(df["pair"] == pair) & (df["experiment"] == exp)], metric, mode)
+            for name, exp in (("warm", warm), ("cold", cold))
+        }
+        curves[pair] = {"warm_experiment": warm, "cold_experiment": cold, **data}
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for name, points in data.items():
+            if points:
+                xs, ys = zip(*points)
+                ax.step(
+                    xs,
+                    ys,
+                    where="post",
+                    marker="o",
+                    label=f"{name} ({curves[pair][name + '_experiment']})",
+                )
+        ax.set_xlabel("trial-epochs (evaluations, all trials)")
+        ax.set_ylabel(f"best {metric} so far")
+        ax.set_title(f"{pair}: warm-started vs cold sweep")
+        ax.legend()
+        fig.tight_layout()
+        name = f"warm_{_slug(pair)}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.setdefault(pair, []).append((name, f"{pair}: warm vs cold best-so-far"))
+    return curves
+
+
 def _slug(pair: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", pair)
 
@@ -468,11 +520,23 @@ def build_report(
             n = int(group["status"].isin(RANKED_STATUSES).sum())
             _plot_importance(imp, r.pair, n, out / name)
             figs.append((name, f"{r.pair}: parameter importance"))
+    curves = _warm_vs_cold(df, metric, mode, out, figures)
+    origins = _best_origins(df, rows)
     where = catalog.storage.where()
     head, body = _table_rows(rows)
     flagged = unconverged_trials(df)
     _write_markdown(
-        out / "report.md", rows, head, body, figures, importances, metric, baseline, where, flagged
+        out / "report.md",
+        rows,
+        head,
+        body,
+        figures,
+        importances,
+        metric,
+        baseline,
+        where,
+        flagged,
+        origins,
     )
     _write_html(
         out / "report.html", head, body, figures, importances, metric, baseline, where, out, flagged
@@ -487,6 +551,8 @@ def build_report(
                 "pairs": [r.to_dict() for r in rows],
                 "importances": importances,
                 "unconverged": flagged,
+                "best_origin": origins,
+                "warm_vs_cold": curves,
             },
             indent=2,
             sort_keys=True,
@@ -552,6 +618,7 @@ def _write_markdown(
     baseline: str,
     where: str,
     flagged: dict[str, list[dict[str, Any]]],
+    origins: dict[str, str | None] | None = None,
 ) -> None:
     lines = [
         "# optical-ray gap report",
@@ -571,6 +638,8 @@ def _write_markdown(
             f"- best: {_fmt(r.best)} (trial {r.best_trial or 'n/a'}; checkpoint "
             f"{r.checkpoint_uri or 'n/a'})",
         ]
+        if (origins or {}).get(r.pair):
+            lines.append(f"- best config's origin: {origins[r.pair]}")
         imp = importances.get(r.pair) or {}
         if imp:
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:5])

@@ -588,3 +588,46 @@ def plan_warm_starts(
         for line in plan.describe():
             (out or print)(line)
     return plans
+
+
+# --------------------------------------------------------------------------- warm vs cold
+
+
+def is_warm(origins: pd.Series) -> bool:
+    """Whether an experiment (its records' ``origin`` column) was warm-started."""
+    return bool(origins.dropna().astype(str).str.startswith(WARM_PREFIX).any())
+
+
+def best_so_far(df: pd.DataFrame, metric: str, mode: str = "max") -> list[tuple[float, float]]:
+    """One experiment's best-so-far curve: ``(trial-epochs spent, best value)`` after
+    each ranked trial, in the order the trials started. A trial's cost is its number
+    of evaluations (``iterations``; 1 when unknown), so an ASHA-stopped trial costs
+    what it ran."""
+    from optical_ray.catalog import RANKED_STATUSES, metric_values
+
+    ranked = df[df["status"].isin(RANKED_STATUSES)]
+    order = "started_at" if "started_at" in ranked and ranked["started_at"].notna().all() else None
+    ranked = ranked.sort_values(order or "finished_at", kind="stable")
+    values = metric_values(ranked, metric)
+    spent, best, out = 0.0, None, []
+    for cost, value in zip(ranked["iterations"], values):
+        spent += float(cost) if cost == cost and cost else 1.0
+        if value == value:
+            best = value if best is None else (max if mode == "max" else min)(best, value)
+        if best is not None:
+            out.append((spent, float(best)))
+    return out
+
+
+def warm_and_cold(df: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Pairs of the catalog records ``df`` with both a warm-started and a cold
+    experiment: ``{pair: (warm experiment, cold experiment)}``, the latest of each."""
+    out = {}
+    for pair, group in df.groupby("pair", sort=True):
+        latest = group.sort_values("finished_at").groupby("experiment", sort=False)
+        kinds: dict[bool, str] = {}
+        for experiment, records in latest:
+            kinds[is_warm(records["origin"])] = str(experiment)  # later ones win
+        if True in kinds and False in kinds:
+            out[str(pair)] = (kinds[True], kinds[False])
+    return out

@@ -442,3 +442,71 @@ def test_the_prior_fades_as_the_pairs_own_trials_arrive() -> None:
     import pickle
 
     assert pickle.loads(pickle.dumps(s)).faded(0) == s.faded(0)
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--warm-start", "en-zz"], "no records for pair en-zz in"),
+        (["--warm-start", "en-sw", "--warm-start-from", "ftp://host/x"], "ftp://host/x"),
+        (["--warm-start", "xx"], "sweep.warm_start: got pair 'xx'"),
+    ],
+)
+def test_the_cli_refuses_bad_warm_starts_in_one_line(
+    store: str, tmp_path: Path, capsys, flags, said
+) -> None:
+    import yaml
+
+    from optical_ray.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    argv = ["sweep", "--space", str(space), "--pairs", "en-yo", "--storage", store, *flags]
+    assert main([*argv, f"output_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err, err
+
+
+def test_the_report_plots_a_warm_sweep_against_a_cold_one(tmp_path: Path) -> None:
+    from optical_ray.catalog import Catalog, TrialRecord
+    from optical_ray.report import build_report
+    from optical_ray.warmstart import best_so_far
+
+    def rec(exp, trial, value, origin, start, iterations=2):
+        return TrialRecord(
+            experiment=exp,
+            pair="en-yo",
+            trial_id=trial,
+            config=_flat(pair="en-yo"),
+            best_metrics={"map": value},
+            origin=origin,
+            started_at=start,
+            finished_at=start + 1,
+            iterations=iterations,
+        )
+
+    store = str(tmp_path / "store")
+    Catalog(store).extend(
+        [
+            rec("cold-en-yo", "c1", 0.1, "random", 100),
+            rec("cold-en-yo", "c2", 0.3, "sampler", 101, iterations=1),
+            rec("cold-en-yo", "c3", 0.2, "sampler", 102),
+            rec("warm-en-yo", "w1", 0.35, "warm_start:en-sw/a", 200),
+            rec("warm-en-yo", "w2", 0.2, "sampler", 201),
+        ]
+    )
+    df = Catalog(store).records()
+    assert best_so_far(df[df["experiment"] == "cold-en-yo"], "map") == [
+        (2.0, 0.1),
+        (3.0, 0.3),
+        (5.0, 0.3),
+    ]
+    path = build_report(store, tmp_path / "report")
+    out = path.parent
+    assert (out / "warm_en-yo.png").stat().st_size > 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["best_origin"]["en-yo"] == "warm_start:en-sw/a"
+    curves = data["warm_vs_cold"]["en-yo"]
+    assert curves["warm_experiment"] == "warm-en-yo" and curves["warm"][0] == [2.0, 0.35]
+    text = path.read_text()
+    assert "best config's origin: warm_start:en-sw/a" in text and "warm_en-yo.png" in text
