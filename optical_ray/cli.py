@@ -63,15 +63,25 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from optical_ray.data.synthetic import synthesize_world
 
     _check_dir(args.out, "--out")
+    languages, sizes = args.languages, dict(args.bitext_size or [])
+    if args.family is not None:
+        from optical_ray.data.family import family_specs
+
+        # the family's languages (after any --languages presets), its bitext sizes
+        # unless --bitext-size says otherwise
+        specs, family_sizes = family_specs(args.family, args.family_seed, args.scale)
+        languages = [*(languages or []), *specs]
+        sizes = {**family_sizes, **sizes}
     manifest = synthesize_world(
         args.out,
         seed=args.seed,
-        languages=args.languages,
-        bitext_sizes=dict(args.bitext_size or []) or None,
+        languages=languages,
+        bitext_sizes=sizes or None,
         scale=args.scale,
         overwrite=args.overwrite,
     )
-    print(f"wrote synthetic world (seed {args.seed}) to {args.out}")
+    family = f", family of {args.family} (seed {args.family_seed})" if args.family else ""
+    print(f"wrote synthetic world (seed {args.seed}{family}) to {args.out}")
     for code, lang in sorted(manifest.languages.items()):
         print(
             f"  {code}: {lang.get('resource', '?')}-resource, "
@@ -381,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LANG=N",
         help="bitext pairs for a language (repeatable)",
     )
+    synth.add_argument(
+        "--family",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N languages qa, qb, ... drawn from one seeded distribution over the "
+        "language knobs (close and distant relatives; instead of the presets unless "
+        "--languages names some)",
+    )
+    synth.add_argument("--family-seed", type=int, default=0, help="which family (default 0)")
     synth.add_argument("--scale", choices=["tiny", "default"], default="default")
     synth.add_argument(
         "--overwrite",
