@@ -242,23 +242,33 @@ def space_params(
     return out, dists, None
 
 
-def foreign_keys(configs: Sequence[Mapping[str, Any]], searched: Sequence[str]) -> list[str]:
-    """Keys a source pair's trials varied (so its space searched them) that this space
-    does not search: its configs would then carry choices this sweep cannot make."""
+def foreign_keys(
+    configs: Sequence[Mapping[str, Any]],
+    searched: Sequence[str],
+    experiments: Sequence[str] | None = None,
+) -> list[str]:
+    """Keys a source pair's trials varied within one experiment (so its space searched
+    them) that this space does not search: its configs would then carry choices this
+    sweep cannot make. ``experiments[i]`` is config ``i``'s experiment (two sweeps of
+    one pair may fix a key differently: that is no search)."""
     searched_set = set(searched) | set(LAYER_KEYS)
-    keys = {k for c in configs for k in c if k.startswith(_SECTIONS) and not k.endswith("seed")}
-    out = []
-    for k in sorted(keys - searched_set):
-        values = [c.get(k) for c in configs]
-        if not all(
-            isinstance(v, (int, float, bool, type(None)))
-            or (isinstance(v, list) and all(isinstance(x, int) for x in v))
-            for v in values
-        ):
-            continue
-        if len({json.dumps(v) for v in values}) > 1:
-            out.append(k)
-    return out
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(experiments[i] if experiments else "", []).append(c)
+    out: set[str] = set()
+    for group in groups.values():
+        keys = {k for c in group for k in c if k.startswith(_SECTIONS) and not k.endswith("seed")}
+        for k in keys - searched_set:
+            values = [c.get(k) for c in group]
+            if not all(
+                isinstance(v, (int, float, bool, type(None)))
+                or (isinstance(v, list) and all(isinstance(x, int) for x in v))
+                for v in values
+            ):
+                continue
+            if len({json.dumps(v) for v in values}) > 1:
+                out.add(k)
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------- points and prior
@@ -311,6 +321,8 @@ class WarmStart:
         lines = [
             f"[warm-start] {self.pair}: from {src}; {len(self.points)} config(s) run first, "
             f"a prior of {len(self.prior)} trial(s) for TPE"
+            if self.sources
+            else f"[warm-start] {self.pair}: no source pair fits this space; it starts cold"
         ]
         lines += [f"[warm-start] {self.pair}: note: {n}" for n in self.notes]
         return lines
@@ -368,14 +380,14 @@ def build_prior(
             chosen, dists, _ = space_params(json.loads(row.config), base, params, depth)
             if chosen is None:
                 continue
-            step = row.iterations if isinstance(row.iterations, (int, float)) else 1
+            step = int(row.iterations) if pd.notna(row.iterations) and row.iterations >= 1 else 1
             out.append(
                 PriorTrial(
                     pair,
                     str(row.trial_id),
                     1.0 - i / (n - 1) if n > 1 else 1.0,
                     row.status == "stopped",
-                    int(step) if step == step and step >= 1 else 1,
+                    step,
                     chosen,
                     dists,
                 )
@@ -505,6 +517,7 @@ def plan_warm_starts(
     where = store.where()
     df = catalog.records(
         columns=[
+            "experiment",
             "pair",
             "trial_id",
             "status",
@@ -551,7 +564,9 @@ def plan_warm_starts(
                     notes.append(f"{pair} not used: {exc}")
                     continue
                 raise StorageError(f"warm start from {pair}: {exc}") from None
-            extra = foreign_keys([json.loads(c) for c in rows["config"]], searched)
+            extra = foreign_keys(
+                [json.loads(c) for c in rows["config"]], searched, list(rows["experiment"])
+            )
             if extra:
                 why = (
                     f"warm start from {pair}: its trials searched {', '.join(extra)}, which "
@@ -582,8 +597,6 @@ def plan_warm_starts(
             build_prior(ranked, base, params, depth),
             notes + skipped,
         )
-        if not plan.sources:
-            plan.notes.append("no source pair shares this space: the sweep starts cold")
         plans[target] = plan
         for line in plan.describe():
             (out or print)(line)

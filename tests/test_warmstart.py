@@ -163,6 +163,8 @@ def test_keys_a_source_searched_that_this_space_does_not_are_named() -> None:
     ]
     assert foreign_keys(configs, ["distill.epsilon"]) == ["distill.sinkhorn_iters"]
     assert foreign_keys(configs, ["distill.epsilon", "distill.sinkhorn_iters"]) == []
+    # two sweeps of the pair that fixed it differently did not search it
+    assert foreign_keys(configs, ["distill.epsilon"], ["s1-en-sw", "s2-en-sw"]) == []
 
 
 def test_similarity_prefers_close_language_specs_and_the_same_direction() -> None:
@@ -510,3 +512,14 @@ def test_the_report_plots_a_warm_sweep_against_a_cold_one(tmp_path: Path) -> Non
     assert curves["warm_experiment"] == "warm-en-yo" and curves["warm"][0] == [2.0, 0.35]
     text = path.read_text()
     assert "best config's origin: warm_start:en-sw/a" in text and "warm_en-yo.png" in text
+
+
+def test_auto_without_a_fitting_source_starts_cold_and_says_so(tmp_path: Path) -> None:
+    from optical_ray.catalog import Catalog
+
+    uri = str(tmp_path / "store")
+    Catalog(uri).append(_record("sw-en", "a", 0.5))  # the other direction only
+    lines: list[str] = []
+    plan = plan_warm_starts(_cfg(uri, **{"sweep.warm_start": "auto"}), _space(), 2, lines.append)
+    assert plan["en-yo"].sources == [] and plan["en-yo"].points == []
+    assert lines[0] == "[warm-start] en-yo: no source pair fits this space; it starts cold"
