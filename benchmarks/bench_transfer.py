@@ -2,11 +2,13 @@
 
 Setup: a synthetic family of ``--languages`` related low-resource languages
 (``optical_ray.data.family``, tiny scale) and one English teacher trained on it. Per
-seed, every language is swept cold (TPE + ASHA, one sweep of all pairs); then, leave
+seed, every language is swept cold (TPE + ASHA), each in its own sweep with its own
+sampler seed (one sweep of all pairs would give every pair the same seeded draws, and
+a warm start would only replay configs the held-out pair already tried); then, leave
 one out, each language is swept again with ``--warm-start auto`` from the other
-languages' cold records (read from the cold sweep's storage with
-``sweep.warm_start_from``; the warm sweep writes elsewhere, so no warm record ever
-feeds another warm sweep). Same budget (trials, epochs, seed) for cold and warm.
+languages' cold records (read from the cold storage with ``sweep.warm_start_from``;
+the warm sweep writes elsewhere, so no warm record ever feeds another warm sweep).
+Same budget and sampler seed for a language's cold and warm sweeps.
 
 One JSON line per (seed, language) and summary lines:
 
@@ -24,8 +26,10 @@ One JSON line per (seed, language) and summary lines:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,7 +89,8 @@ def _setup(root: Path, n: int, family_seed: int, teacher_steps: int) -> dict[str
             "eval.pairs": ["en-en"],
         }
     )
-    history = run(cfg, LocalContext(root / "teacher"))
+    with contextlib.redirect_stdout(sys.stderr):  # training logs; stdout is JSON lines
+        history = run(cfg, LocalContext(root / "teacher"))
     _emit(
         figure="teacher_dev_map",
         value=round(history.evals[-1]["en-en/map"], 4),
@@ -126,7 +131,9 @@ def _sweep(base: dict[str, Any], storage: Path, name: str, pairs: list[str], **o
         **SPACE,
         "base": {**SPACE["base"], "distill.steps": spe * epochs, "train.eval_every": spe},
     }
-    run_sweep(cfg, parse_space(space), pairs=pairs, name=name, verbose=0, max_concurrent=2)
+    # The driver's own lines (the warm start's choice) go to stderr: stdout is JSON lines.
+    with contextlib.redirect_stdout(sys.stderr):
+        run_sweep(cfg, parse_space(space), pairs=pairs, name=name, verbose=0, max_concurrent=2)
     return Catalog(str(storage)).records(experiment=None)
 
 
@@ -194,14 +201,15 @@ def main() -> None:
             seeds = [int(s) for s in args.seeds.split(",")]
             for seed in seeds:
                 cold_store = root / f"cold-{seed}"
-                cold = _sweep(
-                    base,
-                    cold_store,
-                    f"cold{seed}",
-                    base["pairs"],
-                    **{"sweep.samples": args.trials, "sweep.seed": seed},
-                )
-                for pair in base["pairs"]:
+                for i, pair in enumerate(base["pairs"]):
+                    cold = _sweep(
+                        base,
+                        cold_store,
+                        f"cold{seed}",
+                        [pair],
+                        **{"sweep.samples": args.trials, "sweep.seed": 1000 * seed + i},
+                    )
+                for i, pair in enumerate(base["pairs"]):
                     warm_store = root / f"warm-{seed}-{pair}"
                     warm = _sweep(
                         base,
@@ -210,7 +218,7 @@ def main() -> None:
                         [pair],
                         **{
                             "sweep.samples": args.trials,
-                            "sweep.seed": seed,
+                            "sweep.seed": 1000 * seed + i,
                             "sweep.warm_start": "auto",
                             "sweep.warm_start_from": str(cold_store),
                         },

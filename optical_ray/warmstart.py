@@ -342,26 +342,32 @@ def select_points(
     top: int,
 ) -> tuple[list[WarmPoint], list[str]]:
     """Up to ``top`` configs per source pair (its ranked records, best first), as this
-    space's parameters, without repeats (a config two pairs share runs once); and a
-    note per skipped config."""
-    points: list[WarmPoint] = []
+    space's parameters, taken in turns (every source's best, then every source's
+    second, ...: a budget smaller than the points still tries each source), without
+    repeats (a config two pairs share runs once); and a note per skipped config."""
     notes: list[str] = []
-    seen: set[str] = set()
+    queues: dict[str, list[WarmPoint]] = {}
     for pair, df in ranked.items():
-        taken = 0
+        queue = queues.setdefault(pair, [])
         for row in df.itertuples():
-            if taken >= top:
-                break
             chosen, _, why = space_params(json.loads(row.config), base, params, depth)
             if chosen is None:
                 notes.append(f"{pair} trial {row.trial_id} skipped: {why}")
                 continue
-            key = json.dumps(chosen, sort_keys=True, default=str)
-            if key in seen:
-                continue
-            seen.add(key)
-            taken += 1
-            points.append(WarmPoint(pair, str(row.trial_id), float(row.value), chosen))
+            queue.append(WarmPoint(pair, str(row.trial_id), float(row.value), chosen))
+    points: list[WarmPoint] = []
+    seen: set[str] = set()
+    taken = dict.fromkeys(queues, 0)
+    while any(taken[p] < top and queues[p] for p in queues):
+        for pair, queue in queues.items():
+            while taken[pair] < top and queue:
+                point = queue.pop(0)
+                key = json.dumps(point.params, sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    taken[pair] += 1
+                    points.append(point)
+                    break
     return points, notes
 
 
@@ -588,6 +594,11 @@ def plan_warm_starts(
             raise ConfigError(
                 f"warm start for {target}: no config of {', '.join(ranked)} fits "
                 f"{space.source}: {skipped[0] if skipped else 'no ranked trial'}"
+            )
+        if len(points) > sw.samples:
+            skipped.append(
+                f"{len(points)} configs enqueued, {sw.samples} trials (sweep.samples): "
+                f"only the first {sw.samples} run"
             )
         plan = WarmStart(
             target,

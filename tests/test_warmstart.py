@@ -142,10 +142,11 @@ def test_points_are_each_sources_top_k_deduplicated_and_skips_are_noted() -> Non
         "en-ha": _ranked("en-ha", [(0.3, "finished", a), (0.2, "finished", c)]),
     }
     points, notes = select_points(ranked, base, params, depth=2, top=2)
+    # in turns: each source's best, then each one's second best
     assert [(p.pair, p.trial_id) for p in points] == [
         ("en-sw", "t0"),
-        ("en-sw", "t2"),
         ("en-ha", "t1"),  # en-ha's best is en-sw's best: it runs once
+        ("en-sw", "t2"),
     ]
     assert points[0].origin == "warm_start:en-sw/t0"
     assert notes == ["en-sw trial t1 skipped: distill.epsilon=9 is outside this space's [0.01, 1]"]
