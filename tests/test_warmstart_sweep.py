@@ -93,7 +93,10 @@ def _run(root: Path, name: str, pairs: list[str], **over: Any) -> tuple[Any, lis
 def test_a_warm_sweep_runs_the_sources_best_configs_first(cluster, tmp_path: Path) -> None:
     from optical_ray.catalog import Catalog, best_config
 
-    cold, _ = _run(tmp_path, "cold", ["en-sw", "en-ha"])
+    # Two pairs creating their studies in one SQLite file at once can fail (SQLAlchemy
+    # OperationalError, also seen in bench_cluster): the cold sweep keeps them in memory;
+    # the warm sweep (one pair) enqueues on the persisted SQLite study.
+    cold, _ = _run(tmp_path, "cold", ["en-sw", "en-ha"], **{"sweep.optuna_storage": "memory"})
     assert cold.exit_code == 0
     records = Catalog(str(tmp_path / "store")).records()
     # TPE's random start-up, then the sampler
@@ -128,4 +131,10 @@ def test_a_warm_sweep_runs_the_sources_best_configs_first(cluster, tmp_path: Pat
             assert cfg[key] == pytest.approx(best[pair].flat_config[key])
     # the third is sampled, by TPE warmed by the prior (no random start-up)
     assert ran.iloc[2]["origin"] == "sampler"
+    import optuna
+
+    study = optuna.load_study(
+        study_name="warm-en-yo", storage=f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
+    )
+    assert [t.user_attrs.get("origin") for t in study.trials][:2] == list(first["origin"])
     assert best_config("en-yo", storage=store)[0].origin.startswith(("warm_start:", "sampler"))
