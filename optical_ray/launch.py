@@ -25,6 +25,7 @@ from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
 from optical_ray.space import validate_space
 from optical_ray.sweep import (
+    PairPlan,
     PairResult,
     SweepResult,
     error_reason,
@@ -153,6 +154,23 @@ def _wait(
     return results
 
 
+def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
+    """Create (or, on ``resume``, reattach to) every pair's persistent Optuna study here,
+    in the driver, before any pair starts: pair tasks that each created a fresh SQLite
+    file's schema at once collided, and a study that exists without ``--resume`` is
+    refused before anything runs."""
+    from optical_ray.tracking import optuna_storage_url, prepare_study
+
+    if not plans:
+        return
+    sw = plans[0].base.sweep
+    url = optuna_storage_url(sw.optuna_storage, store)
+    if url is None:
+        return
+    for plan in plans:
+        prepare_study(url, plan.experiment, resume=resume, metric=sw.metric, mode=sw.mode)
+
+
 def run(
     cfg: Config,
     space: Any,
@@ -211,6 +229,7 @@ def run(
                 )
             else:
                 verify_state(store, store.rel(plan.path), key)
+    prepare_studies(plans, store, resume)
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))

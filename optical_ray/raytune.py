@@ -224,7 +224,7 @@ def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
     import optuna
 
     from optical_ray.storage import resolve_storage
-    from optical_ray.tracking import optuna_storage_url, prepare_study
+    from optical_ray.tracking import open_study_storage, optuna_storage_url
 
     sw = plan.base.sweep
     # Multivariate TPE models the parameters jointly (epsilon and learning rate
@@ -242,16 +242,9 @@ def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
         plan.base.storage.uri, plan.base.storage.endpoint, plan.base.storage.region
     )
     url = optuna_storage_url(sw.optuna_storage, store)
-    study = (
-        {
-            "storage": prepare_study(
-                url, plan.experiment, resume=plan.resume, metric=sw.metric, mode=sw.mode
-            ),
-            "study_name": plan.experiment,
-        }
-        if url
-        else {}
-    )
+    # The driver created the study and checked it (launch.prepare_studies); here it is
+    # only opened (OptunaSearch loads it).
+    study = {"storage": open_study_storage(url), "study_name": plan.experiment} if url else {}
     searcher: Searcher = PruningAwareOptunaSearch(
         space=plan.space.define_by_run(plan.pair, plan.depth),
         metric=sw.metric,
