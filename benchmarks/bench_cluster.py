@@ -99,10 +99,8 @@ def _sweep(
     evaluations: int,
     scheduler: str,
     pair_order: str,
-    hold_s: float | None = None,
 ) -> dict[str, Any]:
-    """Run one sweep through the real driver; its wall time and catalog records.
-    ``hold_s``: sweep.slot_hold_s (None: the default)."""
+    """Run one sweep through the real driver; its wall time and catalog records."""
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
     from optical_ray.launch import run
@@ -126,7 +124,6 @@ def _sweep(
             "sweep.grace_period": 1,
             "sweep.reduction_factor": 2.0,
             "scaling.cpus_per_worker": 1.0,
-            **({} if hold_s is None else {"sweep.slot_hold_s": hold_s}),
         }
     )
     lines: list[str] = []
@@ -164,9 +161,7 @@ def _utilisation(
     root: Path, slots: int, pairs: int, samples: int, seconds: float, evaluations: int
 ) -> None:
     runs = {}
-    # concurrent_nohold: the same without keeping a freed slot for its pair
-    # (sweep.slot_hold_s: 0), so the slot goes to whichever pair asks first.
-    for order in ("sequential", "concurrent", "concurrent_nohold"):
+    for order in ("sequential", "concurrent"):
         run = _sweep(
             root,
             f"util-{order}",
@@ -176,8 +171,7 @@ def _utilisation(
             seconds=seconds,
             evaluations=evaluations,
             scheduler="asha",
-            pair_order=order.split("_")[0],
-            hold_s=0.0 if order.endswith("nohold") else None,
+            pair_order=order,
         )
         records = run["records"]
         work, spans = _busy(records)
@@ -204,14 +198,6 @@ def _utilisation(
             progress_lines=len(run["lines"]),
             exit_code=run["result"].exit_code,
         )
-    util = {k: _busy(r["records"])[0] / (slots * r["wall"]) for k, r in runs.items()}
-    _emit(
-        figure="slot_hold_over_nohold_utilisation",
-        value=round(util["concurrent"] / util["concurrent_nohold"], 3),
-        statistic="concurrent utilisation with sweep.slot_hold_s (default) / with 0",
-        hold=round(util["concurrent"], 3),
-        nohold=round(util["concurrent_nohold"], 3),
-    )
     ratio = runs["concurrent"]["wall"] / runs["sequential"]["wall"]
     _emit(
         figure="concurrent_over_sequential_wall",

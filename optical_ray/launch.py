@@ -26,7 +26,6 @@ from optical_ray.storage import redact
 from optical_ray.space import validate_space
 from optical_ray.sweep import (
     PairPlan,
-    SlotPool,
     PairResult,
     SweepResult,
     error_reason,
@@ -45,21 +44,27 @@ class _Coordinator:
     """The sweep's shared state: trials in flight across pairs (the global budget) and
     each pair's progress, read by the driver."""
 
-    def __init__(self, capacity: int, hold_s: float = 0.0) -> None:
-        self.slots = SlotPool(capacity, hold_s)
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held: set[tuple[str, str]] = set()
         self.progress: dict[str, dict[str, Any]] = {}
 
     def acquire(self, owner: str, trial_id: str) -> bool:
-        return self.slots.acquire(owner, trial_id)
+        if (owner, trial_id) in self.held:
+            return True
+        if len(self.held) >= self.capacity:
+            return False
+        self.held.add((owner, trial_id))
+        return True
 
-    def release(self, owner: str, trial_id: str, keep: bool = True) -> None:
-        self.slots.release(owner, trial_id, keep)
+    def release(self, owner: str, trial_id: str) -> None:
+        self.held.discard((owner, trial_id))
 
     def release_owner(self, owner: str) -> None:
-        self.slots.release_owner(owner)
+        self.held = {h for h in self.held if h[0] != owner}
 
     def in_flight(self) -> int:
-        return self.slots.in_flight()
+        return len(self.held)
 
     def update(self, pair: str, state: dict[str, Any]) -> None:
         self.progress[pair] = state
@@ -232,7 +237,7 @@ def run(
     # that dies then takes only trials with it (they restart from their checkpoints).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     coord = _Coordinator.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
-        sw.max_concurrent, sw.slot_hold_s
+        sw.max_concurrent
     )
     task = ray.remote(fit_pair).options(
         num_cpus=0,

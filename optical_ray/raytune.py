@@ -188,8 +188,8 @@ class SharedLimiter(Searcher):
             return None
         suggestion = self.searcher.suggest(trial_id)
         if suggestion is None or suggestion == Searcher.FINISHED:
-            if slots is not None:  # nothing ran: the slot goes straight back to everyone
-                slots.release.remote(self.owner, trial_id, keep=False)
+            if slots is not None:
+                slots.release.remote(self.owner, trial_id)
             return suggestion
         self.live.add(trial_id)
         return suggestion

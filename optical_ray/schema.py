@@ -349,12 +349,6 @@ class SweepConfig:
     scheduler: Literal["asha", "none"] = _f("asha")
     max_concurrent: int = _f(1, ge=1, help="trials in flight across all pairs of the sweep")
     max_concurrent_per_pair: int = _f(0, ge=0, help="cap per pair (0: only the total)")
-    slot_hold_s: float = _f(
-        2.0,
-        ge=0,
-        help="seconds a slot a trial frees stays with its pair, whose next trial then reuses "
-        "the warm Ray actor (0: the slot goes to whichever pair asks first)",
-    )
     pair_order: Literal["concurrent", "sequential"] = _f(
         "concurrent", help="run the pairs' experiments at the same time, or one after another"
     )

@@ -18,10 +18,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from optical_ray.config import MAIN_HYPERPARAMETERS, Config, from_flat, to_flat
 from optical_ray.errors import ConfigError
@@ -29,7 +28,6 @@ from optical_ray.space import SearchSpace, load_space, trial_config
 
 __all__ = [
     "PairPlan",
-    "SlotPool",
     "PairResult",
     "SweepResult",
     "plan_sweep",
@@ -230,55 +228,6 @@ def plan_sweep(
         )
         for pair in cfg.sweep.pairs
     ]
-
-
-class SlotPool:
-    """The sweep's trial budget across pairs: ``capacity`` trials in flight at once.
-
-    A slot a trial frees is kept for its pair for ``hold_s`` seconds: the pair's next
-    trial, usually asked for right away, then reuses the warm Ray actor of the one that
-    ended instead of another pair starting a new worker process (seconds on busy
-    nodes). A held slot that its pair does not claim goes back to everyone. ``clock``
-    is injectable for tests."""
-
-    def __init__(
-        self, capacity: int, hold_s: float = 0.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.capacity, self.hold_s, self.clock = capacity, hold_s, clock
-        self.held: set[tuple[str, str]] = set()
-        self.kept: dict[str, list[float]] = {}  # owner -> expiry times of its kept slots
-
-    def _expire(self) -> None:
-        now = self.clock()
-        self.kept = {o: k for o, ts in self.kept.items() if (k := [t for t in ts if t > now])}
-
-    def acquire(self, owner: str, trial_id: str) -> bool:
-        """Take a slot for ``trial_id`` of ``owner`` (a pair); False when none is free."""
-        if (owner, trial_id) in self.held:
-            return True
-        self._expire()
-        if self.kept.get(owner):
-            self.kept[owner].pop(0)
-        elif len(self.held) + sum(map(len, self.kept.values())) >= self.capacity:
-            return False
-        self.held.add((owner, trial_id))
-        return True
-
-    def release(self, owner: str, trial_id: str, keep: bool = True) -> None:
-        """Give back ``trial_id``'s slot, kept for ``owner`` a while when ``keep``."""
-        if (owner, trial_id) not in self.held:
-            return
-        self.held.discard((owner, trial_id))
-        if keep and self.hold_s > 0:
-            self.kept.setdefault(owner, []).append(self.clock() + self.hold_s)
-
-    def release_owner(self, owner: str) -> None:
-        """Every slot of a pair that ended."""
-        self.held = {h for h in self.held if h[0] != owner}
-        self.kept.pop(owner, None)
-
-    def in_flight(self) -> int:
-        return len(self.held)
 
 
 @dataclass

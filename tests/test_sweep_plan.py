@@ -122,36 +122,3 @@ def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
         }
     )
     assert unconverging_epsilon(cfg, mse) == []  # no OT, nothing to converge
-
-
-def test_slot_pool_caps_pairs_and_keeps_a_freed_slot_for_its_pair_a_while() -> None:
-    from optical_ray.sweep import SlotPool
-
-    now = [0.0]
-    pool = SlotPool(2, hold_s=2.0, clock=lambda: now[0])
-    assert pool.acquire("a", "a1") and pool.acquire("b", "b1")
-    assert not pool.acquire("a", "a2")  # the total is 2
-    assert pool.acquire("a", "a1")  # asking again for a trial in flight is no new slot
-    pool.release("a", "a1")
-    assert pool.in_flight() == 1
-    assert not pool.acquire("b", "b2")  # a's freed slot is kept for a ...
-    assert pool.acquire("a", "a2")  # ... whose next trial takes it
-    pool.release("a", "a2")
-    now[0] = 2.5  # ... for hold_s only, then anyone may have it
-    assert pool.acquire("b", "b2")
-    pool.release("b", "b2", keep=False)  # nothing ran: back to everyone at once
-    assert pool.acquire("a", "a3")
-    pool.release("a", "a3")
-    pool.release_owner("a")  # a pair that ended keeps nothing
-    assert pool.acquire("b", "b3") and pool.in_flight() == 2
-    pool.release("b", "b9")  # a slot it does not hold: nothing happens
-    assert pool.in_flight() == 2
-
-
-def test_slot_pool_without_hold_gives_a_freed_slot_to_whoever_asks() -> None:
-    from optical_ray.sweep import SlotPool
-
-    pool = SlotPool(1)
-    assert pool.acquire("a", "a1") and not pool.acquire("b", "b1")
-    pool.release("a", "a1")
-    assert pool.acquire("b", "b1")
