@@ -26,6 +26,7 @@ from optical_ray.storage import redact
 from optical_ray.space import validate_space
 from optical_ray.sweep import (
     PairPlan,
+    SlotPool,
     PairResult,
     SweepResult,
     error_reason,
@@ -45,26 +46,20 @@ class _Coordinator:
     each pair's progress, read by the driver."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.held: set[tuple[str, str]] = set()
+        self.slots = SlotPool(capacity)
         self.progress: dict[str, dict[str, Any]] = {}
 
     def acquire(self, owner: str, trial_id: str) -> bool:
-        if (owner, trial_id) in self.held:
-            return True
-        if len(self.held) >= self.capacity:
-            return False
-        self.held.add((owner, trial_id))
-        return True
+        return self.slots.acquire(owner, trial_id)
 
     def release(self, owner: str, trial_id: str) -> None:
-        self.held.discard((owner, trial_id))
+        self.slots.release(owner, trial_id)
 
     def release_owner(self, owner: str) -> None:
-        self.held = {h for h in self.held if h[0] != owner}
+        self.slots.release_owner(owner)
 
     def in_flight(self) -> int:
-        return len(self.held)
+        return self.slots.in_flight()
 
     def update(self, pair: str, state: dict[str, Any]) -> None:
         self.progress[pair] = state

@@ -28,6 +28,7 @@ from optical_ray.space import SearchSpace, load_space, trial_config
 
 __all__ = [
     "PairPlan",
+    "SlotPool",
     "PairResult",
     "SweepResult",
     "plan_sweep",
@@ -228,6 +229,37 @@ def plan_sweep(
         )
         for pair in cfg.sweep.pairs
     ]
+
+
+class SlotPool:
+    """The sweep's trial budget across pairs: ``capacity`` trials in flight at once, a
+    freed slot going to whichever pair asks first. (Keeping a freed slot a while for its
+    own pair, so that its next trial reuses the warm actor, was measured and lowered
+    utilisation: see the README's cluster-scale section.)"""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held: set[tuple[str, str]] = set()
+
+    def acquire(self, owner: str, trial_id: str) -> bool:
+        """Take a slot for ``trial_id`` of ``owner`` (a pair); False when none is free."""
+        if (owner, trial_id) in self.held:
+            return True
+        if len(self.held) >= self.capacity:
+            return False
+        self.held.add((owner, trial_id))
+        return True
+
+    def release(self, owner: str, trial_id: str) -> None:
+        """Give back ``trial_id``'s slot."""
+        self.held.discard((owner, trial_id))
+
+    def release_owner(self, owner: str) -> None:
+        """Every slot of a pair that ended."""
+        self.held = {h for h in self.held if h[0] != owner}
+
+    def in_flight(self) -> int:
+        return len(self.held)
 
 
 @dataclass
