@@ -154,6 +154,7 @@ def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
     in the driver, before any pair starts: pair tasks that each created a fresh SQLite
     file's schema at once collided, and a study that exists without ``--resume`` is
     refused before anything runs."""
+    from optical_ray.catalog.pareto import search_objective
     from optical_ray.tracking import optuna_storage_url, prepare_study
 
     if not plans:
@@ -163,7 +164,8 @@ def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
     if url is None:
         return
     for plan in plans:
-        prepare_study(url, plan.experiment, resume=resume, metric=sw.metric, mode=sw.mode)
+        metric, mode = search_objective(sw)  # lists for several objectives
+        prepare_study(url, plan.experiment, resume=resume, metric=metric, mode=mode)
 
 
 def run(

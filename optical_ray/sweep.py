@@ -167,7 +167,9 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
     """``base`` with the sweep arguments that were given (not None) applied.
 
     ``over`` keys: samples, workers_per_trial, max_concurrent, scheduler, search, metric,
-    name, pair_order, max_failures, tracking, optuna_storage."""
+    name, pair_order, max_failures, tracking, optuna_storage, objectives, constraints.
+    Several ``objectives`` without a ``scheduler`` run under FIFO (``none``): ASHA
+    cannot rank trials on several objectives."""
     keys = {
         "samples": "sweep.samples",
         "workers_per_trial": "scaling.workers",
@@ -180,12 +182,17 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
         "max_failures": "sweep.max_failures",
         "tracking": "sweep.tracking",
         "optuna_storage": "sweep.optuna_storage",
+        "objectives": "sweep.objectives",
+        "constraints": "sweep.constraints",
     }
     unknown = set(over) - set(keys)
     if unknown:
         raise TypeError(f"unknown sweep arguments: {sorted(unknown)}")
     values = {keys[k]: v for k, v in over.items() if v is not None}
     values["sweep.pairs"] = list(pairs)
+    objectives = over.get("objectives")
+    if objectives is not None and len(objectives) > 1 and over.get("scheduler") is None:
+        values["sweep.scheduler"] = "none"
     cfg = from_flat(values, base)
     if not cfg.sweep.pairs:
         raise ConfigError("sweep.pairs: got [], expected at least one pair such as en-sw")
@@ -372,6 +379,8 @@ def run_sweep(
     trust_storage: bool = False,
     tracking: Sequence[str] | None = None,
     optuna_storage: str | None = None,
+    objectives: Sequence[str] | None = None,
+    constraints: Sequence[str] | None = None,
 ) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
@@ -384,6 +393,9 @@ def run_sweep(
     (``trust_storage=True`` skips that check). Without it, an existing experiment is an
     error, raised before any trial starts. ``tracking`` (``mlflow[=URI]``, ``tensorboard``,
     ``wandb``) and ``optuna_storage`` are views onto the catalog (:mod:`optical_ray.tracking`).
+    ``objectives`` (``["map", "en-en/map"]``) searches several objectives with Optuna's
+    multi-objective TPE under FIFO; ``constraints`` (``["retention>=0.98"]``) are told
+    to Optuna with every trial and keep ASHA (:mod:`optical_ray.catalog.pareto`).
     """
     from optical_ray import launch
 
@@ -401,6 +413,8 @@ def run_sweep(
         max_failures=max_failures,
         tracking=None if tracking is None else list(tracking),
         optuna_storage=optuna_storage,
+        objectives=None if objectives is None else list(objectives),
+        constraints=None if constraints is None else list(constraints),
     )
     if not isinstance(space, SearchSpace):
         space = load_space(space)

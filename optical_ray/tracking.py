@@ -243,12 +243,16 @@ def open_study_storage(url: str) -> Any:
     return optuna.storages.RDBStorage(url, **kwargs)
 
 
-def prepare_study(url: str, name: str, *, resume: bool, metric: str, mode: str) -> Any:
+def prepare_study(
+    url: str, name: str, *, resume: bool, metric: str | list[str], mode: str | list[str]
+) -> Any:
     """The storage object for study ``name``, checked: a study of that name that exists
     without ``resume`` is refused (its trials would steer a new search), and the study
-    records its metric (so the report knows what its values are)."""
+    records its metric (so the report knows what its values are). Lists of metrics and
+    modes make a multi-objective study."""
     import optuna
 
+    modes = [mode] if isinstance(mode, str) else list(mode)
     storage = open_study_storage(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if name in names and not resume:
@@ -261,9 +265,9 @@ def prepare_study(url: str, name: str, *, resume: bool, metric: str, mode: str) 
         storage=storage,
         study_name=name,
         load_if_exists=True,
-        direction="maximize" if mode == "max" else "minimize",
+        directions=["maximize" if m == "max" else "minimize" for m in modes],
     )
-    study.set_user_attr("metric", metric)
+    study.set_user_attr("metric", metric if isinstance(metric, str) else ",".join(metric))
     return storage
 
 

@@ -71,6 +71,11 @@ SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("training_s", pa.float64()),
         ("iterations", pa.int64()),
+        # English retention and cost (catalog.pareto): the trial's reference-pair
+        # metric over the zero-shot teacher's; devices x workers x training_s; eval time
+        ("retention", pa.float64()),
+        ("device_s", pa.float64()),
+        ("eval_s", pa.float64()),
         ("version", pa.string()),
         ("host", pa.string()),
     ],
@@ -164,6 +169,10 @@ class TrialRecord:
     the same keys for the zero-shot teacher on the same evaluation set: the report's
     baseline when no ``distill.method: none`` trial was run. ``config`` is the flat
     dict given to Ray Tune (or a :class:`~optical_ray.config.Config`).
+
+    ``retention``: the trial's English (reference pair) metric over the teacher's;
+    ``device_s``: devices per worker x workers x ``training_s``; ``eval_s``: seconds
+    spent evaluating (all None when not measured).
     """
 
     experiment: str
@@ -182,6 +191,9 @@ class TrialRecord:
     finished_at: Any = None
     training_s: float | None = None
     iterations: int | None = None
+    retention: float | None = None
+    device_s: float | None = None
+    eval_s: float | None = None
     version: str = __version__
     host: str = field(default_factory=socket.gethostname)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -243,6 +255,9 @@ class TrialRecord:
             "duration_s": (finished - started).total_seconds() if started else None,
             "training_s": _float_or_none(self.training_s),
             "iterations": None if self.iterations is None else int(self.iterations),
+            "retention": _float_or_none(self.retention),
+            "device_s": _float_or_none(self.device_s),
+            "eval_s": _float_or_none(self.eval_s),
             "version": self.version,
             "host": self.host,
         }
@@ -311,6 +326,12 @@ class BestRecord:
     finished_at: str | None
     duration_s: float | None
     record_id: str
+    retention: float | None = None
+    training_s: float | None = None
+    device_s: float | None = None
+    eval_s: float | None = None
+    #: objective values, for a query given several (catalog.pareto)
+    objectives: dict[str, float] = field(default_factory=dict)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -366,4 +387,8 @@ def best_record(
         finished_at=None if finished is None else pd.Timestamp(finished).isoformat(),
         duration_s=None if duration is None else float(duration),
         record_id=row["record_id"],
+        **{
+            k: _float_or_none(_opt(row, k))
+            for k in ("retention", "training_s", "device_s", "eval_s")
+        },
     )
