@@ -237,3 +237,104 @@ def test_several_objectives_run_fifo_and_asha_with_them_is_refused() -> None:
     assert cfg.sweep.scheduler == "asha"
     with pytest.raises(ConfigError, match="distill.l2sp"):
         sweep_config(from_flat({}), pairs=["en-xa"], constraints=["distill.l2sp>=1"])
+
+
+# --------------------------------------------------------------------------- a real sweep
+
+ray = pytest.importorskip("ray")
+
+#: Knobs that trade the low-resource pair against English: reading English on some
+#: pairs (english_fraction) and staying near the teacher (l2sp) keep en-en; a large
+#: learning rate on foreign-only batches moves the student furthest.
+TRADE_SPACE = {
+    "base": {
+        "train.stages": ["distill"],
+        "distill.steps": 6,
+        "distill.batch_size": 8,
+        "train.eval_every": 6,
+        "train.log_every": 1000,
+        "train.warmup_ratio": 0.0,
+        "distill.epsilon": 0.1,
+    },
+    "params": {
+        "distill.lr": {"type": "categorical", "choices": [1.0e-3, 1.0e-2]},
+        "distill.english_fraction": {"type": "categorical", "choices": [0.0, 0.5, 1.0]},
+        "distill.l2sp": {"type": "categorical", "choices": [0.0, 10.0]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray node with 2 CPUs, owned by this module."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
+    cluster, sweep_root, tmp_path
+) -> None:
+    import pandas as pd
+
+    from optical_ray.catalog.pareto import values_of
+    from optical_ray.config import from_flat
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    storage = str(tmp_path / "store")
+    base = from_flat(
+        {
+            "data.root": str(sweep_root / "world"),
+            "output_dir": str(tmp_path / "runs"),
+            "storage.uri": storage,
+            "train.teacher": str(sweep_root / "teacher"),
+            "eval.metrics": ["map"],
+            "eval.pairs": ["en-xc"],  # en-en is added: eval.retention is on by default
+            "sweep.max_concurrent": 2,
+        }
+    )
+    result = run_sweep(
+        base,
+        parse_space(TRADE_SPACE),
+        pairs=["en-xc"],
+        samples=8,
+        name="mo",
+        verbose=0,
+        objectives=["map", "en-en/map"],
+        constraints=["retention>=0.5"],
+    )
+    assert result.exit_code == 0, result.summary()
+    df = Catalog(storage).records()
+    assert len(df) == 8 and set(df["status"]) == {"finished"}
+    teacher = result.pairs["en-xc"].baseline_metrics["en-en/map"]
+    for _, row in df.iterrows():
+        best = json.loads(row["best_metrics"])
+        assert row["retention"] == pytest.approx(best["en-en/map"] / teacher)
+        assert row["device_s"] == pytest.approx(row["training_s"]) and row["training_s"] > 0
+        assert 0 < row["eval_s"] < row["training_s"]
+    # brute force over the catalog rows
+    values = np.column_stack([values_of(df, "map"), values_of(df, "en-en/map")])
+    expected = set(df["trial_id"][_brute_front(values, [True, True])])
+    front = pareto_front("en-xc", "map,en-en/map", storage)
+    assert {r.trial_id for r in front} == expected and len(expected) >= 2
+    plain = best_config("en-xc", storage=storage)[0]
+    limit = float(df["retention"].max())  # the most English any trial kept
+    constrained = best_config("en-xc", storage=storage, where=f"retention>={limit}")[0]
+    ok = df[pd.to_numeric(df["retention"]) >= limit]
+    assert constrained.trial_id == ok.sort_values("best_value", ascending=False)["trial_id"].iloc[0]
+    assert plain.trial_id == df.sort_values("best_value", ascending=False)["trial_id"].iloc[0]
+    assert constrained.trial_id != plain.trial_id
+    # Optuna saw both objectives, and each trial's constraint (feasible when <= 0)
+    import optuna
+
+    study = optuna.load_study(study_name="mo-en-xc", storage=f"sqlite:///{storage}/optuna.db")
+    assert len(study.directions) == 2
+    by_values = {tuple(t.values): t for t in study.trials}
+    for _, row in df.iterrows():
+        best = json.loads(row["best_metrics"])
+        trial = by_values[(best["map"], best["en-en/map"])]
+        assert trial.constraints == {"retention>=0.5": pytest.approx(0.5 - row["retention"])}
