@@ -217,6 +217,35 @@ def test_cli_prints_the_front_and_refuses_bad_input(store: str, capsys) -> None:
     assert "closest: trial 'd'" in capsys.readouterr().err
 
 
+def test_report_plots_the_front_with_teacher_and_baseline_runs(store: str, tmp_path) -> None:
+    from optical_ray.report import build_report
+
+    teacher = {"map": 0.25, "en-xa/map": 0.25, "en-en/map": 0.5}
+    Catalog(store).append(
+        TrialRecord(
+            experiment="x-en-xa-none",
+            pair="en-xa",
+            trial_id="g",
+            config={"pair": "en-xa", "distill.method": "none"},
+            best_metrics=teacher,
+            baseline_metrics=teacher,
+        )
+    )
+    md = build_report(store, tmp_path / "report")
+    assert (tmp_path / "report" / "pareto_en-xa.png").stat().st_size > 1000
+    text = md.read_text()
+    assert "![en-xa: Pareto front of map against en-en](pareto_en-xa.png)" in text
+    table = text.split("Pareto front (non-dominated")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "trial" not in line]
+    # a..d on the front, best low-resource first; g (the teacher run) is dominated by d
+    assert [r.split("|")[1].strip() for r in rows[:4]] == ["a", "b", "c", "d"]
+    assert "0.980" in rows[2] and "30.0" in rows[2]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Pareto front (non-dominated" in html and html.count("data:image/png") >= 2
+    doc = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["trial"] for r in doc["fronts"]["en-xa"]] == ["a", "b", "c", "d"]
+
+
 # --------------------------------------------------------------------------- sweep config
 
 
