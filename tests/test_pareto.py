@@ -367,3 +367,12 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
         best = json.loads(row["best_metrics"])
         trial = by_values[(best["map"], best["en-en/map"])]
         assert trial.constraints == {"retention>=0.5": pytest.approx(0.5 - row["retention"])}
+
+
+def test_shipped_spaces_search_the_retention_knobs() -> None:
+    from optical_ray.space import load_space
+
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    for name in ("low_resource.yaml", "minilm.yaml"):
+        keys = {p.key for p in load_space(root / name).params}
+        assert {"distill.english_fraction", "distill.l2sp"} <= keys, name
