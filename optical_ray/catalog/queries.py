@@ -124,7 +124,7 @@ def rank_trials(
 
 
 def _materialize(
-    catalog: Catalog, winners: pd.DataFrame, metric: str, mode: str
+    catalog: Catalog, winners: pd.DataFrame, metric: str, mode: str, validate: bool = True
 ) -> list[BestRecord]:
     """Full records of the ranked ``winners`` (read from their parts only)."""
     full = catalog.records_by_id(list(winners["record_id"]), set(winners["part"]))
@@ -133,7 +133,9 @@ def _materialize(
         winners.groupby("pair").cumcount() + 1, winners.to_dict("records")
     ):
         out.append(
-            best_record(full[row["record_id"]], int(rank_in_pair), metric, row["value"], mode)
+            best_record(
+                full[row["record_id"]], int(rank_in_pair), metric, row["value"], mode, validate
+            )
         )
     return out
 

@@ -353,13 +353,35 @@ def _opt(row: Mapping[str, Any], key: str) -> Any:
     )
 
 
+_DEFAULTS: dict[str, Any] = {}
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A trial's whole flat config (every key a sweep records) as the nested dict, without
+    building and validating a :class:`Config` again (it was validated when the trial
+    ran); None when ``flat`` is not whole."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(to_flat(Config()))
+    if not _DEFAULTS.keys() <= flat.keys():
+        return None
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def best_record(
-    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str
+    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str, validate: bool = True
 ) -> BestRecord:
-    """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``."""
+    """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``.
+    ``validate=False`` skips rebuilding a whole config (a Pareto front's many records)."""
     flat = json.loads(_opt(row, "config") or "{}")
     try:
-        nested = to_dict(from_flat(flat))
+        nested = (None if validate else _nest(flat)) or to_dict(from_flat(flat))
     except ConfigError as exc:
         raise ConfigError(
             [
