@@ -101,9 +101,13 @@ def _dev_pairs(cfg: Config, split: str) -> list[str]:
 
 
 def _has_eval_set(cfg: Config, pair: str, split: str) -> bool:
-    """Whether ``pair`` has an evaluation collection: configured, or in the data root."""
+    """Whether ``pair`` has an evaluation collection: configured, or in the data root
+    (the synthetic world's only when the evaluation data are synthetic: real sources
+    without a root never make one appear)."""
     if pair in cfg.data.eval:
         return True
+    if cfg.data.root is None and cfg.data.eval:
+        return False
     from optical_ray.data.sources import ensure_data_root
 
     return (ensure_data_root(cfg) / "eval" / pair / split).is_dir()

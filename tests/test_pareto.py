@@ -246,6 +246,35 @@ def test_report_plots_the_front_with_teacher_and_baseline_runs(store: str, tmp_p
     assert [r["trial"] for r in doc["fronts"]["en-xa"]] == ["a", "b", "c", "d"]
 
 
+def test_trials_evaluate_the_reference_pair_unless_retention_is_off(tiny_world) -> None:
+    from optical_ray.config import from_flat
+    from optical_ray.train import _dev_pairs
+
+    root = {"data.root": str(tiny_world.root), "pair": "en-xc"}
+    assert _dev_pairs(from_flat({**root, "eval.pairs": ["en-xc"]}), "dev") == ["en-en", "en-xc"]
+    assert _dev_pairs(from_flat(root), "dev") == ["en-en", "en-xc"]
+    off = {**root, "eval.retention": False}
+    assert _dev_pairs(from_flat({**off, "eval.pairs": ["en-xc"]}), "dev") == ["en-xc"]
+    assert _dev_pairs(from_flat(off), "dev") == ["en-xc"]
+    other = from_flat({**root, "eval.pairs": ["en-xc"], "eval.reference": "en-xa"})
+    assert _dev_pairs(other, "dev") == ["en-xa", "en-xc"]
+    # a reference pair without an evaluation set is left out, not an error
+    assert _dev_pairs(
+        from_flat({**root, "eval.reference": "en-zz", "eval.pairs": ["en-xc"]}), "dev"
+    ) == ["en-xc"]
+    # real evaluation sources without a data root never make a synthetic world appear
+    real = from_flat(
+        {
+            "pair": "swa-en",
+            "data.eval": {"swa-en": {"path": "/nowhere", "format": "ntrex"}},
+            "eval.pairs": ["swa-en"],
+        }
+    )
+    assert _dev_pairs(real, "dev") == ["swa-en"]
+    with pytest.raises(ConfigError, match="eval.reference"):
+        from_flat({"eval.reference": "english"})
+
+
 # --------------------------------------------------------------------------- sweep config
 
 
