@@ -278,7 +278,7 @@ def test_trials_evaluate_the_reference_pair_unless_retention_is_off(tiny_world) 
 # --------------------------------------------------------------------------- sweep config
 
 
-def test_several_objectives_run_fifo_and_asha_with_them_is_refused() -> None:
+def test_several_objectives_run_fifo_and_asha_with_them_is_refused(capsys) -> None:
     from optical_ray.config import from_flat
     from optical_ray.sweep import sweep_config
 
@@ -291,6 +291,14 @@ def test_several_objectives_run_fifo_and_asha_with_them_is_refused() -> None:
     assert "ASHA stops trials on one metric" in str(exc.value) and "--scheduler none" in str(
         exc.value
     )
+    from optical_ray.cli import main
+
+    args = ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa"]
+    assert main([*args, "--objectives", "map,en-en/map", "--scheduler", "asha"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "ASHA stops trials on one metric" in err
+    assert main([*args, "--constraint", "retention=0.98"]) == 2
+    assert "retention=0.98" in capsys.readouterr().err
     cfg = sweep_config(from_flat({}), pairs=["en-xa"], constraints=["retention>=0.98"])
     assert cfg.sweep.scheduler == "asha"
     with pytest.raises(ConfigError, match="distill.l2sp"):
