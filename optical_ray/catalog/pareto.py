@@ -248,9 +248,15 @@ def _json_number(texts: pd.Series, key: str) -> pd.Series:
     """``key``'s number in each JSON object of ``texts`` (as the catalog writes them:
     ``json.dumps(..., sort_keys=True)``), by one vectorised match instead of a parse per
     record: a front over 10,000 records reads one metric of each."""
-    pattern = '"' + re.escape(key) + r'": (-?[0-9][0-9.eE+-]*|NaN|-?Infinity)'
-    found = texts.astype("string").str.extract(pattern, expand=False)
-    return pd.to_numeric(found.replace({"Infinity": "inf", "-Infinity": "-inf"}), errors="coerce")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # RE2 in Arrow, over the whole column at once (non-finite values stay NaN)
+    pattern = '"' + re.escape(key) + r'": (?P<v>-?[0-9][0-9.eE+-]*)'
+    arr = pa.array(texts.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+    found = pc.struct_field(pc.extract_regex(arr, pattern=pattern), "v")
+    values = pc.cast(found, pa.float64()).to_numpy(zero_copy_only=False)
+    return pd.Series(values, index=texts.index, dtype="float64")
 
 
 def objective_matrix(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
