@@ -23,7 +23,7 @@ from optical_ray.tables import number
 
 __all__ = ["pareto_section", "FRONT_HEAD"]
 
-FRONT_HEAD = ["trial", "method", "{metric}", "{ref}", "retention", "device-s", "eval s"]
+FRONT_HEAD = ["#", "trial", "method", "{metric}", "{ref}", "retention", "device-s", "eval s"]
 _MARKERS = {"none": "s", "mse_token": "^", "mse_sentence": "v", "contrastive": "D"}
 
 
@@ -89,6 +89,7 @@ def pareto_section(
     front = ranked.iloc[order[::-1]]  # best low-resource metric first
     body = [
         [
+            str(i),
             str(row["trial_id"]),
             str(row.get("method") or "ot"),
             number(xv),
@@ -97,7 +98,9 @@ def pareto_section(
             number(_float(row.get("device_s")), "{:.1f}"),
             number(_float(row.get("eval_s")), "{:.1f}"),
         ]
-        for (_, row), xv, yv in zip(front.iterrows(), x[order[::-1]], y[order[::-1]])
+        for i, ((_, row), xv, yv) in enumerate(
+            zip(front.iterrows(), x[order[::-1]], y[order[::-1]]), start=1
+        )
     ]
     head = [h.format(metric=f"{pair} {metric}", ref=f"{ref} {metric}") for h in FRONT_HEAD]
     return head, body

@@ -238,7 +238,7 @@ def test_report_plots_the_front_with_teacher_and_baseline_runs(store: str, tmp_p
     table = text.split("Pareto front (non-dominated")[1]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "trial" not in line]
     # a..d on the front, best low-resource first; g (the teacher run) is dominated by d
-    assert [r.split("|")[1].strip() for r in rows[:4]] == ["a", "b", "c", "d"]
+    assert [r.split("|")[2].strip() for r in rows[:4]] == ["a", "b", "c", "d"]
     assert "0.980" in rows[2] and "30.0" in rows[2]
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Pareto front (non-dominated" in html and html.count("data:image/png") >= 2
