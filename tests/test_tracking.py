@@ -164,8 +164,8 @@ def _open_study(args: tuple[str, str]) -> str:
 
 
 def test_the_driver_prepares_every_study_before_pairs_open_them(tmp_path) -> None:
-    """Ten pair tasks each creating a fresh SQLite file's schema collided (alembic's
-    version row); the driver now creates the schema and every study first."""
+    """Pair tasks each creating a fresh SQLite file's schema collided (alembic's version
+    row, with 10 pairs); the driver now creates the schema and every study first."""
     import multiprocessing
 
     import optuna
@@ -180,7 +180,7 @@ def test_the_driver_prepares_every_study_before_pairs_open_them(tmp_path) -> Non
     cfg = from_dict(
         {
             "name": "many",
-            "sweep": {"pairs": [f"en-x{i}" for i in range(10)]},
+            "sweep": {"pairs": [f"en-x{i}" for i in range(6)]},
             "storage": {"uri": str(tmp_path / "store")},
         }
     )
@@ -193,8 +193,8 @@ def test_the_driver_prepares_every_study_before_pairs_open_them(tmp_path) -> Non
     url = optuna_storage_url(None, store)
     names = {s.study_name for s in optuna.get_all_study_summaries(url)}
     assert names == {p.experiment for p in plans}
-    with multiprocessing.get_context("spawn").Pool(5) as pool:
-        assert pool.map(_open_study, [(url, p.experiment) for p in plans]) == ["ok"] * 10
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        assert pool.map(_open_study, [(url, p.experiment) for p in plans]) == ["ok"] * 6
     with pytest.raises(ConfigError, match="already exists"):
         prepare_studies(plans, store, resume=False)
     prepare_studies(plans, store, resume=True)  # reattaches
