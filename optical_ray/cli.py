@@ -255,6 +255,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         trust_storage=args.trust_storage,
         tracking=args.tracking,
         optuna_storage=args.optuna_storage,
+        objectives=args.objectives,
+        constraints=args.constraint,
         warm_start=args.warm_start,
         warm_start_from=args.warm_start_from,
         warm_start_top=args.warm_start_top,
@@ -277,11 +279,27 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
     if args.all == bool(args.pair):
         raise ConfigError("best: give exactly one of --pair PAIR or --all")
+    if args.pareto and not args.objectives:
+        raise ConfigError("best --pareto: give --objectives, e.g. --objectives map,en-en/map")
+    if args.all and (args.pareto or args.where or args.objectives):
+        raise ConfigError("best --all: --pareto, --where and --objectives need --pair PAIR")
     store = _storage_arg(args)
     if args.all:
         records = best_configs_all(args.metric, store, args.mode)
+    elif args.pareto:
+        from optical_ray.catalog import pareto_front
+
+        records = pareto_front(args.pair, args.objectives, store, where=args.where)
     else:
-        records = best_config(args.pair, args.metric, store, args.top, args.mode)
+        records = best_config(
+            args.pair,
+            args.metric,
+            store,
+            args.top,
+            args.mode,
+            where=args.where,
+            objectives=args.objectives,
+        )
     if args.format == "yaml" and len(records) == 1:
         print(best_yaml(records[0]), end="")
     else:
@@ -543,6 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
         "sqlite:///<storage>/optuna.db for local storage; 'memory')",
     )
     sw.add_argument(
+        "--objectives",
+        type=_csv,
+        default=None,
+        metavar="LIST",
+        help="several objectives, e.g. map,en-en/map or map,cost: Optuna's multi-objective "
+        "TPE under FIFO scheduling (see README, Pareto fronts)",
+    )
+    sw.add_argument(
+        "--constraint",
+        action="append",
+        default=None,
+        metavar="COND",
+        help="e.g. retention>=0.98 (repeatable): told to Optuna with each trial; keeps ASHA",
+    )
+    sw.add_argument(
         "--warm-start",
         default=None,
         metavar="auto|PAIR[,PAIR...]|none",
@@ -579,6 +612,26 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--all", action="store_true", help="one row per pair")
             q.add_argument("--top", type=int, default=1)
             q.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+            q.add_argument(
+                "--objectives",
+                default=None,
+                metavar="LIST",
+                help="e.g. map,en-en/map,cost: rank by them in order (metrics maximised, "
+                "cost and *_s minimised; name:min/name:max to override)",
+            )
+            q.add_argument(
+                "--pareto",
+                action="store_true",
+                help="print the non-dominated trials under --objectives",
+            )
+            q.add_argument(
+                "--where",
+                action="append",
+                default=None,
+                metavar="COND",
+                help="e.g. retention>=0.98 (repeatable): >=, <=, >, <, ==, != on a "
+                "metric, retention, cost, *_s or a config key",
+            )
             q.set_defaults(func=_cmd_best)
         else:
             q.add_argument("--out", default="optical_report", help="output directory")

@@ -264,6 +264,13 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append(
             f"sweep.metric: got {cfg.sweep.metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
         )
+    if cfg.eval.reference and not PAIR_RE.match(cfg.eval.reference):
+        problems.append(
+            f"eval.reference: got {cfg.eval.reference!r}, expected a pair such as en-en, or ''"
+        )
+    from optical_ray.catalog.pareto import search_problems  # several objectives, constraints
+
+    problems += search_problems(cfg.sweep)
     d = cfg.distill
     if not d.layers:
         problems.append("distill.layers: got [], expected at least one layer")

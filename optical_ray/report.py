@@ -18,7 +18,8 @@ For every language pair in the catalog (:mod:`optical_ray.catalog`):
 Outputs in ``out_dir``: ``report.md`` (links the PNGs), ``report.html`` (one file, PNGs
 embedded), ``report.json`` (the numbers), ``overview.png`` (baseline / best / reference
 per pair), ``params_<pair>.png`` (metric against epsilon, log x, and against the
-distillation weight) and ``importance_<pair>.png``: parameter importances by Optuna's
+distillation weight), ``pareto_<pair>.png`` with the front's table
+(:mod:`optical_ray.report_pareto`) and ``importance_<pair>.png``: parameter importances by Optuna's
 PED-ANOVA evaluator (``optuna.importance.PedAnovaImportanceEvaluator``, no fANOVA forest)
 on the sweep's persisted Optuna study when the pair's trials come from one sweep that
 kept one (:func:`optical_ray.tracking.study_importances`), else on a study rebuilt from
@@ -51,6 +52,7 @@ from optical_ray.catalog import (
 )
 from optical_ray.compare import gap, gap_closed
 from optical_ray.errors import ConfigError, StorageError
+from optical_ray.report_pareto import pareto_section
 from optical_ray.tables import html_table, markdown_table, number
 
 __all__ = ["build_report", "PairSummary", "summarize", "parameter_importances"]
@@ -493,6 +495,7 @@ def build_report(
     _plot_overview(rows, metric, out / "overview.png")
     figures: dict[str, list[tuple[str, str]]] = {}
     importances: dict[str, dict[str, float]] = {}
+    fronts: dict[str, tuple[list[str], list[list[str]]]] = {}
     for r in rows:
         # The sweep's own trials: the baseline runs are not part of its search.
         group = df[(df["pair"] == r.pair) & (df["method"] != base_method)]
@@ -520,6 +523,13 @@ def build_report(
             n = int(group["status"].isin(RANKED_STATUSES).sum())
             _plot_importance(imp, r.pair, n, out / name)
             figs.append((name, f"{r.pair}: parameter importance"))
+        # low-resource vs English: every trial (baseline runs too), front and teacher
+        name = f"pareto_{_slug(r.pair)}.png"
+        ref = r.reference_pair or "en-en"
+        front = pareto_section(df[df["pair"] == r.pair], r.pair, metric, ref, out / name)
+        if front is not None:
+            fronts[r.pair] = front
+            figs.append((name, f"{r.pair}: Pareto front of {metric} against {ref}"))
     curves = _warm_vs_cold(df, metric, mode, out, figures)
     origins = _best_origins(df, rows)
     where = catalog.storage.where()
@@ -536,10 +546,21 @@ def build_report(
         baseline,
         where,
         flagged,
+        fronts,
         origins,
     )
     _write_html(
-        out / "report.html", head, body, figures, importances, metric, baseline, where, out, flagged
+        out / "report.html",
+        head,
+        body,
+        figures,
+        importances,
+        metric,
+        baseline,
+        where,
+        out,
+        flagged,
+        fronts,
     )
     (out / "report.json").write_text(
         json.dumps(
@@ -551,6 +572,7 @@ def build_report(
                 "pairs": [r.to_dict() for r in rows],
                 "importances": importances,
                 "unconverged": flagged,
+                "fronts": {p: [dict(zip(h, row)) for row in b] for p, (h, b) in fronts.items()},
                 "best_origin": origins,
                 "warm_vs_cold": curves,
             },
@@ -618,6 +640,7 @@ def _write_markdown(
     baseline: str,
     where: str,
     flagged: dict[str, list[dict[str, Any]]],
+    fronts: dict[str, tuple[list[str], list[list[str]]]] | None = None,
     origins: dict[str, str | None] | None = None,
 ) -> None:
     lines = [
@@ -649,6 +672,9 @@ def _write_markdown(
         lines.append("")
         lines += [f"![{alt}]({name})" for name, alt in figures.get(r.pair, [])]
         lines.append("")
+        if fronts and r.pair in fronts:
+            lines += ["Pareto front (non-dominated trials, best low-resource first):", ""]
+            lines += [markdown_table(*fronts[r.pair]), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -663,6 +689,7 @@ def _write_html(
     where: str,
     out: Path,
     flagged: dict[str, list[dict[str, Any]]],
+    fronts: dict[str, tuple[list[str], list[list[str]]]] | None = None,
 ) -> None:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode((out / name).read_bytes()).decode()
@@ -692,5 +719,8 @@ def _write_html(
                 + "</p>"
             )
         parts += [img(name, alt) for name, alt in figs]
+        if fronts and pair in fronts:
+            parts.append("<p>Pareto front (non-dominated trials, best low-resource first):</p>")
+            parts.append(html_table(*fronts[pair]))
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

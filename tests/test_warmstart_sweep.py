@@ -93,10 +93,7 @@ def _run(root: Path, name: str, pairs: list[str], **over: Any) -> tuple[Any, lis
 def test_a_warm_sweep_runs_the_sources_best_configs_first(cluster, tmp_path: Path) -> None:
     from optical_ray.catalog import Catalog, best_config
 
-    # Two pairs creating their studies in one SQLite file at once can fail (SQLAlchemy
-    # OperationalError, also seen in bench_cluster): the cold sweep keeps them in memory;
-    # the warm sweep (one pair) enqueues on the persisted SQLite study.
-    cold, _ = _run(tmp_path, "cold", ["en-sw", "en-ha"], **{"sweep.optuna_storage": "memory"})
+    cold, _ = _run(tmp_path, "cold", ["en-sw", "en-ha"])
     assert cold.exit_code == 0
     records = Catalog(str(tmp_path / "store")).records()
     # TPE's random start-up, then the sampler

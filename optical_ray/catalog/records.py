@@ -73,6 +73,11 @@ SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("training_s", pa.float64()),
         ("iterations", pa.int64()),
+        # English retention and cost (catalog.pareto): the trial's reference-pair
+        # metric over the zero-shot teacher's; devices x workers x training_s; eval time
+        ("retention", pa.float64()),
+        ("device_s", pa.float64()),
+        ("eval_s", pa.float64()),
         ("version", pa.string()),
         ("host", pa.string()),
     ],
@@ -166,6 +171,10 @@ class TrialRecord:
     the same keys for the zero-shot teacher on the same evaluation set: the report's
     baseline when no ``distill.method: none`` trial was run. ``config`` is the flat
     dict given to Ray Tune (or a :class:`~optical_ray.config.Config`).
+
+    ``retention``: the trial's English (reference pair) metric over the teacher's;
+    ``device_s``: devices per worker x workers x ``training_s``; ``eval_s``: seconds
+    spent evaluating (all None when not measured).
     """
 
     experiment: str
@@ -184,6 +193,9 @@ class TrialRecord:
     finished_at: Any = None
     training_s: float | None = None
     iterations: int | None = None
+    retention: float | None = None
+    device_s: float | None = None
+    eval_s: float | None = None
     version: str = __version__
     host: str = field(default_factory=socket.gethostname)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -248,6 +260,9 @@ class TrialRecord:
             "duration_s": (finished - started).total_seconds() if started else None,
             "training_s": _float_or_none(self.training_s),
             "iterations": None if self.iterations is None else int(self.iterations),
+            "retention": _float_or_none(self.retention),
+            "device_s": _float_or_none(self.device_s),
+            "eval_s": _float_or_none(self.eval_s),
             "version": self.version,
             "host": self.host,
         }
@@ -316,6 +331,12 @@ class BestRecord:
     finished_at: str | None
     duration_s: float | None
     record_id: str
+    retention: float | None = None
+    training_s: float | None = None
+    device_s: float | None = None
+    eval_s: float | None = None
+    #: objective values, for a query given several (catalog.pareto)
+    objectives: dict[str, float] = field(default_factory=dict)
     origin: str | None = None
 
     @property
@@ -338,13 +359,35 @@ def _opt(row: Mapping[str, Any], key: str) -> Any:
     )
 
 
+_DEFAULTS: dict[str, Any] = {}
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A trial's whole flat config (every key a sweep records) as the nested dict, without
+    building and validating a :class:`Config` again (it was validated when the trial
+    ran); None when ``flat`` is not whole."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(to_flat(Config()))
+    if not _DEFAULTS.keys() <= flat.keys():
+        return None
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def best_record(
-    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str
+    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str, validate: bool = True
 ) -> BestRecord:
-    """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``."""
+    """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``.
+    ``validate=False`` skips rebuilding a whole config (a Pareto front's many records)."""
     flat = json.loads(_opt(row, "config") or "{}")
     try:
-        nested = to_dict(from_flat(flat))
+        nested = (None if validate else _nest(flat)) or to_dict(from_flat(flat))
     except ConfigError as exc:
         raise ConfigError(
             [
@@ -372,5 +415,9 @@ def best_record(
         finished_at=None if finished is None else pd.Timestamp(finished).isoformat(),
         duration_s=None if duration is None else float(duration),
         record_id=row["record_id"],
+        **{
+            k: _float_or_none(_opt(row, k))
+            for k in ("retention", "training_s", "device_s", "eval_s")
+        },
         origin=_opt(row, "origin"),
     )
