@@ -24,7 +24,8 @@ pairs, or ``none``) seeds a pair's search from those records in two ways:
   start-up is skipped while the prior is large enough: the sampler starts warm.
 
 ``auto`` picks source pairs from the catalog that share this space (their varying keys
-are all searched here) and translate into it, and ranks them by :func:`similarity`:
+are all searched here) and translate into it, and ranks them by
+:func:`optical_ray.langsim.similarity`:
 the distance between the languages' ``LanguageSpec`` knobs when the data root is a
 synthetic world that describes both; otherwise language metadata (same branch, same
 family); ties go to the pair with more trials. The :data:`AUTO_SOURCES` most similar
@@ -45,6 +46,7 @@ import pandas as pd
 
 from optical_ray.config import PAIR_RE, Config, from_dict, to_flat
 from optical_ray.errors import ConfigError, StorageError
+from optical_ray.langsim import AUTO_SOURCES, choose_sources, language_specs, similarity
 from optical_ray.space import LAYER_KEYS, Param, SearchSpace
 
 __all__ = [
@@ -70,8 +72,6 @@ __all__ = [
 
 WARM_PREFIX = "warm_start:"
 ORIGIN_SAMPLER, ORIGIN_RANDOM = "sampler", "random"
-#: Source pairs ``auto`` uses (the most similar ones).
-AUTO_SOURCES = 2
 # Value types whose differences between a source pair's trials mean "it searched this".
 _SECTIONS = ("distill.", "rank.", "adapt.", "train.", "model.")
 
@@ -401,103 +401,7 @@ def build_prior(
     return out
 
 
-# --------------------------------------------------------------------------- similarity
-
-#: Language metadata for real languages (ISO 639-1 and -3): family / branch.
-LANGUAGE_FAMILIES = {
-    **dict.fromkeys(("sw", "swa", "zu", "zul", "xh", "xho", "rw", "kin"), "Niger-Congo/Bantu"),
-    **dict.fromkeys(("yo", "yor", "ig", "ibo"), "Niger-Congo/Volta-Niger"),
-    **dict.fromkeys(("wo", "wol"), "Niger-Congo/Atlantic"),
-    **dict.fromkeys(("ha", "hau"), "Afroasiatic/Chadic"),
-    **dict.fromkeys(("so", "som", "om", "orm"), "Afroasiatic/Cushitic"),
-    **dict.fromkeys(("am", "amh", "ar", "ara", "he", "heb"), "Afroasiatic/Semitic"),
-    **dict.fromkeys(("de", "deu", "en", "eng", "nl", "nld"), "Indo-European/Germanic"),
-    **dict.fromkeys(("fr", "fra", "es", "spa", "pt", "por", "it", "ita"), "Indo-European/Romance"),
-    **dict.fromkeys(("fi", "fin", "et", "est", "hu", "hun"), "Uralic"),
-}
-# LanguageSpec knobs compared for synthetic languages: rates in [0, 1], booleans, tier.
-_RATE_KNOBS = ("cognate_rate", "synonym_rate", "drop_rate", "insert_rate", "swap_rate", "typo_rate")
-_BOOL_KNOBS = ("verb_final", "adjective_after_noun", "postpositions", "articles")
-_TIERS = {"high": 0.0, "medium": 0.5, "low": 1.0}
-
-
-def _foreign(pair: str) -> tuple[str, str]:
-    """(direction, language): ``en-sw`` -> ("doc", "sw"), ``sw-en`` -> ("query", "sw")."""
-    q, d = pair.split("-", 1)
-    return ("doc", d) if q == "en" or q == d else ("query", q)
-
-
-def _spec_vector(spec: Mapping[str, Any]) -> list[float]:
-    morphology = float(any(spec.get("case_suffixes") or ()) or bool(spec.get("verb_suffix")))
-    return [
-        *(float(spec.get(k, 0.0)) for k in _RATE_KNOBS),
-        *(float(bool(spec.get(k))) for k in _BOOL_KNOBS),
-        morphology,
-        _TIERS.get(str(spec.get("tier", "low")), 1.0),
-    ]
-
-
-def similarity(
-    source: str, target: str, specs: Mapping[str, Mapping[str, Any]] | None = None
-) -> tuple[float, str]:
-    """How alike ``source`` and ``target`` are as language pairs, in [0, 1], and why.
-
-    Pairs in opposite directions (``en-xx`` vs ``xx-en``) score 0. With both languages'
-    ``LanguageSpec`` in ``specs`` (a synthetic world's manifest): 1 minus the mean
-    absolute difference of their knobs (rates, word-order and article flags, whether
-    they inflect, resource tier), each in [0, 1]. Otherwise by metadata: 0.75 for the
-    same branch, 0.5 for the same family, 0.25 for unrelated or unknown languages.
-    """
-    (sd, sl), (td, tl) = _foreign(source), _foreign(target)
-    if sd != td:
-        return 0.0, f"the other direction ({sd}-side vs {td}-side foreign language)"
-    specs = specs or {}
-    if sl in specs and tl in specs:
-        a, b = _spec_vector(specs[sl]), _spec_vector(specs[tl])
-        score = 1.0 - sum(abs(x - y) for x, y in zip(a, b)) / len(a)
-        return round(score, 4), f"language-spec similarity {score:.2f}"
-    fa, fb = LANGUAGE_FAMILIES.get(sl), LANGUAGE_FAMILIES.get(tl)
-    if fa and fa == fb:
-        return 0.75, f"same branch {fa}"
-    if fa and fb and fa.split("/")[0] == fb.split("/")[0]:
-        return 0.5, f"same family {fa.split('/')[0]}"
-    return 0.25, "no shared language metadata"
-
-
-def choose_sources(
-    candidates: Mapping[str, int],
-    target: str,
-    specs: Mapping[str, Mapping[str, Any]] | None = None,
-    k: int = AUTO_SOURCES,
-) -> list[tuple[str, float, str]]:
-    """The ``k`` candidates (pair -> number of ranked trials) most similar to
-    ``target`` as ``(pair, similarity, why)``, most similar first; ties go to the pair
-    with more trials, then by name. Pairs of the other direction are never chosen."""
-    scored = []
-    for pair, n in candidates.items():
-        score, why = similarity(pair, target, specs)
-        if score > 0:
-            scored.append((pair, score, f"{why}, {n} trial(s)", n))
-    scored.sort(key=lambda s: (-s[1], -s[3], s[0]))
-    return [(p, s, why) for p, s, why, _ in scored[:k]]
-
-
 # --------------------------------------------------------------------------- the driver's step
-
-
-def _language_specs(cfg: Config) -> dict[str, dict[str, Any]]:
-    """The ``LanguageSpec`` of each language of the data root's world ({} if none)."""
-    from dataclasses import asdict
-
-    from optical_ray.data.synthetic import LANGUAGE_PRESETS, load_manifest
-    from optical_ray.errors import DataError
-
-    if cfg.data.root is None:  # the embedded default world: the named presets
-        return {code: asdict(spec) for code, spec in LANGUAGE_PRESETS.items()}
-    try:
-        return load_manifest(cfg.data.root).languages
-    except (DataError, OSError, TypeError):
-        return {}
 
 
 def plan_warm_starts(
@@ -553,7 +457,7 @@ def plan_warm_starts(
         ]
         if problems:
             raise ConfigError(problems)
-    specs = _language_specs(cfg)
+    specs = language_specs(cfg)
     plans = {}
     for target in targets:
         base, params = space.for_pair(target)
