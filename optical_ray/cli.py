@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--languages",
         type=_csv,
         default=["swa", "hau"],
-        help="low-resource languages with MAFAND bitext (default swa,hau)",
+        help="low-resource languages: any with MAFAND-MT bitext and NTREX-128 sentences in the shared folder (default swa,hau)",
     )
     real.add_argument(
         "--reference",
