@@ -477,9 +477,11 @@ def build_report(
     _write_html(
         out / "report.html", head, body, figures, importances, metric, baseline, where, out, flagged
     )
+    extra = _extra_sections(catalog.storage, out)
     (out / "report.json").write_text(
         json.dumps(
             {
+                **extra,
                 "storage": where,
                 "metric": metric,
                 "baseline": baseline,
@@ -496,6 +498,22 @@ def build_report(
         encoding="utf-8",
     )
     return out / "report.md"
+
+
+def _extra_sections(storage: Any, out: Path) -> dict[str, Any]:
+    """Sections from the stores beside the catalog (:mod:`optical_ray.evaluations`):
+    appended to report.md and report.html; returned for report.json."""
+    from optical_ray.evaluations import report_section
+
+    md, rows = report_section(storage)
+    if not md:
+        return {}
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write("\n" + md + "\n")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    block = f"<pre>{html.escape(md)}</pre>"
+    (out / "report.html").write_text(page.replace("</body></html>", block + "</body></html>"))
+    return {"evaluations": rows}
 
 
 def unconverged_trials(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
