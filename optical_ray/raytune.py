@@ -40,6 +40,7 @@ from optical_ray.sweep import (
     CHECKPOINT_PATH_KEY,
     CONFIG_KEY,
     FINISHED_KEY,
+    PER_QUERY_KEY,
     PairPlan,
     PairResult,
     error_reason,
@@ -277,6 +278,7 @@ class CatalogCallback(Callback):
         self.catalog, self.plan, self.baseline = catalog, plan, baseline
         self.started: dict[str, float] = {}
         self.configs: dict[str, dict[str, Any]] = {}
+        self.per_query: dict[str, str] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
         self.started[trial.trial_id] = time.time()
@@ -284,6 +286,8 @@ class CatalogCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         if isinstance(result.get(CONFIG_KEY), str):
             self.configs[trial.trial_id] = json.loads(result[CONFIG_KEY])
+        if isinstance(result.get(PER_QUERY_KEY), str):  # sent only when the metric improves
+            self.per_query[trial.trial_id] = result[PER_QUERY_KEY]
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._record(trial, "finished", None)
@@ -337,6 +341,7 @@ class CatalogCallback(Callback):
                 training_s=result.get("train_s"),
                 iterations=result.get("training_iteration"),
                 record_id=f"{self.plan.experiment}--{trial.trial_id}",
+                dev_per_query=self.per_query.get(trial.trial_id),
             )
         )
 

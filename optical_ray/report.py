@@ -477,7 +477,7 @@ def build_report(
     _write_html(
         out / "report.html", head, body, figures, importances, metric, baseline, where, out, flagged
     )
-    extra = _extra_sections(catalog.storage, out)
+    extra = _extra_sections(catalog.storage, out, df, metric, mode)
     (out / "report.json").write_text(
         json.dumps(
             {
@@ -500,12 +500,15 @@ def build_report(
     return out / "report.md"
 
 
-def _extra_sections(storage: Any, out: Path) -> dict[str, Any]:
-    """Sections from the stores beside the catalog (:mod:`optical_ray.evaluations`):
-    appended to report.md and report.html; returned for report.json."""
+def _extra_sections(
+    storage: Any, out: Path, df: pd.DataFrame, metric: str, mode: str
+) -> dict[str, Any]:
+    """Sections from the per-query values (:mod:`optical_ray.evaluations`): best vs
+    runner-up on dev, the test evaluations; appended to report.md and report.html,
+    returned for report.json."""
     from optical_ray.evaluations import report_section
 
-    md, rows = report_section(storage)
+    md, data = report_section(storage, df, metric, mode)
     if not md:
         return {}
     with open(out / "report.md", "a", encoding="utf-8") as f:
@@ -513,7 +516,7 @@ def _extra_sections(storage: Any, out: Path) -> dict[str, Any]:
     page = (out / "report.html").read_text(encoding="utf-8")
     block = f"<pre>{html.escape(md)}</pre>"
     (out / "report.html").write_text(page.replace("</body></html>", block + "</body></html>"))
-    return {"evaluations": rows}
+    return data
 
 
 def unconverged_trials(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:

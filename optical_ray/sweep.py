@@ -45,6 +45,9 @@ __all__ = [
 FINISHED_KEY = "trial_finished"
 CONFIG_KEY = "resolved_config"
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: The per-query values of a trial's best dev evaluation so far
+#: (:func:`optical_ray.perquery.encode_per_query`), sent when the metric improves.
+PER_QUERY_KEY = "dev_per_query"
 #: Keys the sweep summary shows after the space's searched keys.
 SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 

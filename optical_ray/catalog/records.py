@@ -73,6 +73,8 @@ SCHEMA = pa.schema(
         ("iterations", pa.int64()),
         ("version", pa.string()),
         ("host", pa.string()),
+        # the best dev evaluation's per-query values (optical_ray.perquery), or null
+        ("dev_per_query", pa.string()),
     ],
     metadata={"optical_ray.catalog": "1"},
 )
@@ -164,6 +166,8 @@ class TrialRecord:
     the same keys for the zero-shot teacher on the same evaluation set: the report's
     baseline when no ``distill.method: none`` trial was run. ``config`` is the flat
     dict given to Ray Tune (or a :class:`~optical_ray.config.Config`).
+    ``dev_per_query``: the per-query values of the best dev evaluation, encoded by
+    :func:`optical_ray.perquery.encode_per_query` (paired tests between trials).
     """
 
     experiment: str
@@ -185,6 +189,7 @@ class TrialRecord:
     version: str = __version__
     host: str = field(default_factory=socket.gethostname)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    dev_per_query: str | None = None
 
     def validate(self) -> None:
         """Raise one :class:`ConfigError` listing every malformed field."""
@@ -245,6 +250,7 @@ class TrialRecord:
             "iterations": None if self.iterations is None else int(self.iterations),
             "version": self.version,
             "host": self.host,
+            "dev_per_query": self.dev_per_query,
         }
 
 
