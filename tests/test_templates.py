@@ -92,29 +92,15 @@ def test_method_is_a_dimension_with_conditional_knobs():
     assert "distill.layers.strategy" in seen["mse_sentence"]
 
 
-def test_a_language_without_data_lists_what_exists(tmp_path):
+def test_a_language_without_data_lists_what_exists(tmp_path, monkeypatch):
     from optical_ray.config import from_flat
     from optical_ray.launch import _check_pairs_data
 
-    shared = make_fake_shared(tmp_path / "shared", langs=("swa", "hau"))
-    space = load_space(REAL_SPACE)
-    base = from_flat(
-        {
-            "sweep.pairs": ["swa-en", "yor-en"],
-            "data.bitext": {},
-            "output_dir": str(tmp_path / "runs"),
-        }
-    )
-    # the space's '' path is the default folder: point it at the fake one
-    import os
-
-    old = os.environ.get(real.ENV_VAR)
-    os.environ[real.ENV_VAR] = str(shared)
-    try:
-        with pytest.raises(DataError) as exc:
-            _check_pairs_data(base, space)
-    finally:
-        os.environ.pop(real.ENV_VAR) if old is None else os.environ.update({real.ENV_VAR: old})
+    # the space's '' paths are the default folder: point it at a fake one
+    monkeypatch.setenv(real.ENV_VAR, str(make_fake_shared(tmp_path / "s", langs=("swa", "hau"))))
+    base = from_flat({"sweep.pairs": ["swa-en", "yor-en"], "output_dir": str(tmp_path / "runs")})
+    with pytest.raises(DataError) as exc:
+        _check_pairs_data(base, load_space(REAL_SPACE))
     line = str(exc.value)
     assert "\n" not in line and "yor-en" in line and "swa-en:" not in line
     assert "'yor'" in line and "present: deu, en, hau, swa" in line
@@ -144,3 +130,23 @@ def test_prepare_real_takes_any_language_and_names_missing_ones(tmp_path, capsys
     assert (
         "yor" in err and "MAFAND-MT bitext for zul" in err and "NTREX-128 for deu, en, zul" in err
     )
+
+
+def test_cli_sweep_for_a_language_without_data_is_one_line(tmp_path, monkeypatch, capsys):
+    shared = make_fake_shared(tmp_path / "shared", langs=("swa",))
+    monkeypatch.setenv(real.ENV_VAR, str(shared))
+    code = main(
+        [
+            "sweep",
+            "--space",
+            str(REAL_SPACE),
+            "--pairs",
+            "yor-en",
+            "--storage",
+            str(tmp_path / "store"),
+            f"output_dir={tmp_path / 'runs'}",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "yor-en" in err and "present: deu, en, swa" in err
