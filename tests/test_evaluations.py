@@ -170,3 +170,20 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="reserved"):
         parse_baselines(["best=/x"])
+
+
+def test_demo_ends_with_the_same_code_path(setup):
+    from types import SimpleNamespace
+
+    from optical_ray.demo import _gap
+
+    root, storage = setup
+    sweep = SimpleNamespace(
+        pairs={
+            "en-xc": SimpleNamespace(best_checkpoint=str(root / "ckpt_a")),
+            "en-xa": SimpleNamespace(best_checkpoint=None),  # no finished trial: left out
+        }
+    )
+    (ev,) = _gap(str(storage), sweep, ["en-xc", "en-xa"])
+    assert ev.pair == "en-xc" and ev.uri and set(ev.results) == {ZERO_SHOT, BEST}
+    assert _gap(str(storage), SimpleNamespace(pairs={}), ["en-xc"]) == []
