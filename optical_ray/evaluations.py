@@ -113,6 +113,20 @@ def _describe(cfg: Config, pair: str, split: str, collection: Any, ident: str) -
     return f"{pair} {split} from {where} ({n_q} queries, id {ident})"
 
 
+def _collection(cfg: Config, pair: str, split: str, what: str) -> Any:
+    """``pair``'s collection as ``cfg`` names it. A config whose evaluation data are
+    explicit sources (real data) but that has none for ``pair`` is refused: the
+    fallback, a synthetic world, would be a different test altogether."""
+    from optical_ray.data.sources import eval_collection
+
+    if cfg.data.root is None and cfg.data.eval and pair not in cfg.data.eval:
+        raise DataError(
+            f"{what}: its config has no data.eval source for {pair} (it has "
+            f"{', '.join(sorted(cfg.data.eval))})"
+        )
+    return eval_collection(cfg, pair, split)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -301,7 +315,6 @@ def evaluate_best(
     with), a deleted checkpoint (:class:`DataError` naming its URI), a baseline whose
     test set is not the best's (:class:`ConfigError` naming both)."""
     from optical_ray.catalog import Catalog, best_config
-    from optical_ray.data.sources import eval_collection
     from optical_ray.evaluate import evaluate_pairs
     from optical_ray.model import RetrievalModel
     from optical_ray.storage import as_storage, resolve_storage
@@ -345,20 +358,20 @@ def evaluate_best(
         best_dir = _model_dir(rec.checkpoint_uri, f"checkpoint of trial {rec.trial_id}:", endpoint)
         cfg = from_flat({"eval.split": split}, from_flat(rec.flat_config))
         ref = reference_pair or f"{cfg.data.teacher_lang}-{cfg.data.teacher_lang}"
-        cols = {pair: eval_collection(cfg, pair, split)}
+        cols = {pair: _collection(cfg, pair, split, f"the best trial of {pair}")}
         try:
-            cols[ref] = eval_collection(cfg, ref, split)
+            cols[ref] = _collection(cfg, ref, split, f"reference pair {ref}")
         except DataError as exc:
             raise DataError(
-                f"reference pair {ref}: {exc}; give --reference a pair the best's config "
-                "can load (e.g. deu-en with the real spaces)"
+                f"{exc}; give --reference a pair the best's config can load "
+                "(e.g. deu-en with the real spaces)"
             ) from None
         ident = test_set_id(cols[pair])
         test_set = _describe(cfg, pair, split, cols[pair], ident)
         for name, bcfg in base_cfgs.items():
             if bcfg.pair != pair:
                 continue
-            bcol = eval_collection(from_flat({"eval.split": split}, bcfg), pair, split)
+            bcol = _collection(bcfg, pair, split, f"baseline {name!r}")
             bid = test_set_id(bcol)
             if bid != ident:
                 raise ConfigError(

@@ -187,3 +187,18 @@ def test_demo_ends_with_the_same_code_path(setup):
     (ev,) = _gap(str(storage), sweep, ["en-xc", "en-xa"])
     assert ev.pair == "en-xc" and ev.uri and set(ev.results) == {ZERO_SHOT, BEST}
     assert _gap(str(storage), SimpleNamespace(pairs={}), ["en-xc"]) == []
+
+
+def test_real_configs_never_fall_back_to_a_synthetic_world(tmp_path):
+    from optical_ray.evaluations import _collection
+
+    cfg = from_flat(
+        {
+            "pair": "swa-en",
+            "output_dir": str(tmp_path),
+            "data.eval": {"swa-en": {"path": "", "format": "ntrex"}},
+        }
+    )
+    with pytest.raises(DataError, match=r"reference pair en-en: .*no data.eval source .*swa-en"):
+        _collection(cfg, "en-en", "test", "reference pair en-en")
+    assert not (tmp_path / "world").exists()
