@@ -27,6 +27,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -184,9 +185,10 @@ class PairEvaluation:
     uri: str | None = None
     pointer: str | None = None
 
-    @property
+    @cached_property
     def reports(self) -> list[GapReport]:
-        """Gap tables: all systems vs zero-shot, then the best vs each baseline."""
+        """Gap tables: all systems vs zero-shot, then the best vs each baseline
+        (computed once: the randomisation tests are the slow part)."""
         out = [gap_report(self.results, baseline=ZERO_SHOT, reference_pair=self.reference_pair)]
         ref = {ZERO_SHOT: {self.reference_pair: self.results[ZERO_SHOT][self.reference_pair]}}
         for name in self.results:
