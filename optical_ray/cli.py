@@ -176,10 +176,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate_best(args: argparse.Namespace) -> int:
     from optical_ray.evaluations import evaluate_best, parse_baselines
 
-    if args.checkpoint or args.out or args.data or args.overrides:
+    if args.checkpoint or args.out or args.data or args.metrics or args.overrides:
         raise ConfigError(
-            "evaluate --best: the checkpoints come from the catalog; drop "
-            "--checkpoint/--out/--data/key=value (use --storage, --pairs, --baselines)"
+            "evaluate --best: the checkpoints and their configs come from the catalog; "
+            "drop --checkpoint/--out/--data/--metrics/key=value (use --storage, --pairs, "
+            "--baselines, --reference, --metric)"
         )
     evaluations = evaluate_best(
         _storage_arg(args),

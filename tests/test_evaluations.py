@@ -202,3 +202,15 @@ def test_real_configs_never_fall_back_to_a_synthetic_world(tmp_path):
     with pytest.raises(DataError, match=r"reference pair en-en: .*no data.eval source .*swa-en"):
         _collection(cfg, "en-en", "test", "reference pair en-en")
     assert not (tmp_path / "world").exists()
+
+
+def test_cli_flag_mistakes_are_one_line(tmp_path, capsys):
+    for argv in (
+        ["evaluate"],
+        ["evaluate", "--best", "--checkpoint", "x"],
+        ["evaluate", "--checkpoint", "x", "--baselines", "a=b"],
+        ["evaluate", "--best", "--storage", str(tmp_path / "empty")],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("optical-ray: error:") and "\n" not in err
