@@ -207,9 +207,12 @@ class PairEvaluation:
 
     def header(self) -> str:
         r = self.record
-        knobs = ", ".join(f"{k}={v}" for k, v in (r.get("hyperparameters") or {}).items() if v)
+        hp = dict(r.get("hyperparameters") or {})
+        if hp.get("method") not in (None, "ot"):
+            hp.pop("epsilon", None)  # Sinkhorn's knob: unused by the other methods
+        knobs = ", ".join(f"{k}={v}" for k, v in hp.items() if v is not None)
         return (
-            f"{self.pair} on {self.test_set}: best = trial {r.get('trial_id')} of "
+            f"test set {self.test_set}: best = trial {r.get('trial_id')} of "
             f"{r.get('experiment')} (dev {r.get('metric')} {r.get('value', float('nan')):.4f}"
             f"{'; ' + knobs if knobs else ''})"
         )
