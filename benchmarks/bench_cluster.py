@@ -124,10 +124,6 @@ def _sweep(
             "sweep.grace_period": 1,
             "sweep.reduction_factor": 2.0,
             "scaling.cpus_per_worker": 1.0,
-            # The default study storage, one SQLite file for every pair, failed
-            # a pair (SQLAlchemy OperationalError) with 10 pairs at once: the
-            # studies stay in memory here, as they do on object storage.
-            "sweep.optuna_storage": "memory",
         }
     )
     lines: list[str] = []

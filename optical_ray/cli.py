@@ -63,15 +63,25 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from optical_ray.data.synthetic import synthesize_world
 
     _check_dir(args.out, "--out")
+    languages, sizes = args.languages, dict(args.bitext_size or [])
+    if args.family is not None:
+        from optical_ray.data.family import family_specs
+
+        # the family's languages (after any --languages presets), its bitext sizes
+        # unless --bitext-size says otherwise
+        specs, family_sizes = family_specs(args.family, args.family_seed, args.scale)
+        languages = [*(languages or []), *specs]
+        sizes = {**family_sizes, **sizes}
     manifest = synthesize_world(
         args.out,
         seed=args.seed,
-        languages=args.languages,
-        bitext_sizes=dict(args.bitext_size or []) or None,
+        languages=languages,
+        bitext_sizes=sizes or None,
         scale=args.scale,
         overwrite=args.overwrite,
     )
-    print(f"wrote synthetic world (seed {args.seed}) to {args.out}")
+    family = f", family of {args.family} (seed {args.family_seed})" if args.family else ""
+    print(f"wrote synthetic world (seed {args.seed}{family}) to {args.out}")
     for code, lang in sorted(manifest.languages.items()):
         print(
             f"  {code}: {lang.get('resource', '?')}-resource, "
@@ -277,6 +287,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         trust_storage=args.trust_storage,
         tracking=args.tracking,
         optuna_storage=args.optuna_storage,
+        objectives=args.objectives,
+        constraints=args.constraint,
+        warm_start=args.warm_start,
+        warm_start_from=args.warm_start_from,
+        warm_start_top=args.warm_start_top,
     )
     print(result.summary())
     if result.exit_code:
@@ -296,11 +311,27 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
     if args.all == bool(args.pair):
         raise ConfigError("best: give exactly one of --pair PAIR or --all")
+    if args.pareto and not args.objectives:
+        raise ConfigError("best --pareto: give --objectives, e.g. --objectives map,en-en/map")
+    if args.all and (args.pareto or args.where or args.objectives):
+        raise ConfigError("best --all: --pareto, --where and --objectives need --pair PAIR")
     store = _storage_arg(args)
     if args.all:
         records = best_configs_all(args.metric, store, args.mode)
+    elif args.pareto:
+        from optical_ray.catalog import pareto_front
+
+        records = pareto_front(args.pair, args.objectives, store, where=args.where)
     else:
-        records = best_config(args.pair, args.metric, store, args.top, args.mode)
+        records = best_config(
+            args.pair,
+            args.metric,
+            store,
+            args.top,
+            args.mode,
+            where=args.where,
+            objectives=args.objectives,
+        )
     if args.format == "yaml" and len(records) == 1:
         print(best_yaml(records[0]), end="")
     else:
@@ -410,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LANG=N",
         help="bitext pairs for a language (repeatable)",
     )
+    synth.add_argument(
+        "--family",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N languages qa, qb, ... drawn from one seeded distribution over the "
+        "language knobs (close and distant relatives; instead of the presets unless "
+        "--languages names some)",
+    )
+    synth.add_argument("--family-seed", type=int, default=0, help="which family (default 0)")
     synth.add_argument("--scale", choices=["tiny", "default"], default="default")
     synth.add_argument(
         "--overwrite",
@@ -578,6 +619,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna studies: RDB URL or journal:PATH (default "
         "sqlite:///<storage>/optuna.db for local storage; 'memory')",
     )
+    sw.add_argument(
+        "--objectives",
+        type=_csv,
+        default=None,
+        metavar="LIST",
+        help="several objectives, e.g. map,en-en/map or map,cost: Optuna's multi-objective "
+        "TPE under FIFO scheduling (see README, Pareto fronts)",
+    )
+    sw.add_argument(
+        "--constraint",
+        action="append",
+        default=None,
+        metavar="COND",
+        help="e.g. retention>=0.98 (repeatable): told to Optuna with each trial; keeps ASHA",
+    )
+    sw.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="auto|PAIR[,PAIR...]|none",
+        help="start each pair's search from related pairs' catalog records: their best "
+        "configs run first and their trials inform TPE (sweep.warm_start, default none)",
+    )
+    sw.add_argument(
+        "--warm-start-from",
+        default=None,
+        metavar="URI",
+        help="catalog storage of the source pairs (default: --storage)",
+    )
+    sw.add_argument(
+        "--warm-start-top",
+        type=int,
+        default=None,
+        help="best configs per source pair to run first (sweep.warm_start_top, default 3)",
+    )
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")
     sw.set_defaults(func=_cmd_sweep)
@@ -596,6 +671,26 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--all", action="store_true", help="one row per pair")
             q.add_argument("--top", type=int, default=1)
             q.add_argument("--format", choices=["table", "json", "yaml"], default="table")
+            q.add_argument(
+                "--objectives",
+                default=None,
+                metavar="LIST",
+                help="e.g. map,en-en/map,cost: rank by them in order (metrics maximised, "
+                "cost and *_s minimised; name:min/name:max to override)",
+            )
+            q.add_argument(
+                "--pareto",
+                action="store_true",
+                help="print the non-dominated trials under --objectives",
+            )
+            q.add_argument(
+                "--where",
+                action="append",
+                default=None,
+                metavar="COND",
+                help="e.g. retention>=0.98 (repeatable): >=, <=, >, <, ==, != on a "
+                "metric, retention, cost, *_s or a config key",
+            )
             q.set_defaults(func=_cmd_best)
         else:
             q.add_argument("--out", default="optical_report", help="output directory")

@@ -27,23 +27,45 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optical_ray.errors import ClusterError, ConfigError
+from optical_ray.cluster_nodes import (
+    ClusterStatus,
+    DEFAULT_OBJECT_STORE,
+    MARKER_ENV,
+    MAX_CPUS_PER_NODE,
+    MAX_NODES,
+    MIN_MEMORY,
+    MIN_OBJECT_STORE,
+    NodeStatus,
+    CLUSTER_NAME_RE,
+    Node,
+    RETRYABLE,
+    STARTED_LINE,
+    State,
+    environ_has,
+    fmt_bytes,
+    free_ports,
+    marked_pids,
+    physical_memory,
+    reap,
+    session_of,
+    signal_all,
+    default_state_dir,
+    parse_bytes,
+)
 
 __all__ = [
     "LocalCluster",
@@ -54,207 +76,6 @@ __all__ = [
     "default_state_dir",
     "MARKER_ENV",
 ]
-
-MARKER_ENV = "OPTICAL_RAY_CLUSTER_ID"
-MAX_NODES = 16
-MAX_CPUS_PER_NODE = 64
-DEFAULT_OBJECT_STORE = 200 * 2**20
-MIN_OBJECT_STORE = 75 * 2**20  # Ray refuses a smaller object store
-MIN_MEMORY = 256 * 2**20
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-_STARTED = "Ray runtime started"
-# A node start that failed for a passing reason is tried again: a port taken in the
-# moment between picking and binding it, or a raylet that missed Ray's fixed 30 s
-# registration window on an overloaded machine.
-_RETRYABLE = re.compile(
-    r"already in use|address in use|failed to bind|timed out during startup", re.IGNORECASE
-)
-
-
-def parse_bytes(value: int | str, flag: str) -> int:
-    """``2G``, ``512M``, ``150MiB``, ``1.5g`` or a plain byte count, as bytes (binary
-    units). Raises :class:`ConfigError` naming ``flag`` for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value > 0:
-            return value
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
-        if m and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ConfigError(
-        f"{flag}: got {value!r}, expected a size such as 2G, 512M or 1073741824 (bytes)"
-    )
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, size in (("G", 2**30), ("M", 2**20)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n}B"
-
-
-def default_state_dir() -> Path:
-    """Where cluster state files live unless told otherwise: ``~/.optical-ray/clusters``."""
-    return Path.home() / ".optical-ray" / "clusters"
-
-
-def _physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on every interface right now, chosen by the OS.
-
-    All sockets stay open until every port is picked, so the ports are distinct; Ray
-    binds them a moment later (a node that loses that race is started again)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _environ_has(pid: int, needle: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return needle in f.read().split(b"\0")
-    except OSError:  # gone, a zombie, or another user's process: not ours
-        return False
-
-
-def _marked_pids(cluster_id: str) -> list[int]:
-    """Every live process whose environment carries this cluster's marker."""
-    if not os.path.isdir("/proc"):
-        raise ClusterError(
-            "local clusters find their processes in /proc; this platform "
-            "has none (run the cluster on Linux)"
-        )
-    needle = f"{MARKER_ENV}={cluster_id}".encode()
-    me = os.getpid()
-    return sorted(
-        int(e.name)
-        for e in os.scandir("/proc")
-        if e.name.isdigit() and int(e.name) != me and _environ_has(int(e.name), needle)
-    )
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[3])  # after "pid (comm)": state ppid pgrp session ...
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _reap(pid: int) -> None:
-    """Collect ``pid``'s exit status if it is our child (so it is no zombie)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-# --------------------------------------------------------------------------- state
-
-
-@dataclass
-class NodeStatus:
-    """One node of a local cluster, as :meth:`LocalCluster.status` sees it."""
-
-    role: str  # "head" or "worker"
-    index: int
-    pid: int
-    alive: bool
-    node_manager_port: int
-    log: str
-
-
-@dataclass
-class ClusterStatus:
-    """What :meth:`LocalCluster.status` reports; ``format()`` is what the CLI prints."""
-
-    name: str
-    address: str
-    dashboard_url: str
-    temp_dir: str
-    cpus_per_node: int
-    started_at: float
-    nodes: list[NodeStatus]
-    processes: int
-    registered: int | None  # alive nodes as Ray's state API sees them (None: no answer)
-
-    @property
-    def up(self) -> bool:
-        """Every node's launcher is alive."""
-        return all(n.alive for n in self.nodes)
-
-    def format(self) -> str:
-        alive = sum(n.alive for n in self.nodes)
-        state = "up" if self.up else ("down" if alive == 0 else "degraded")
-        lines = [
-            f"local Ray cluster {self.name!r}: {state}, {alive}/{len(self.nodes)} node "
-            f"launchers alive, {self.processes} processes"
-            + ("" if self.registered is None else f", {self.registered} nodes registered with Ray")
-            + f" (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started_at))})",
-            f"  address:   {self.address}",
-            f"  dashboard: {self.dashboard_url}",
-            f"  logs:      {self.temp_dir}",
-        ]
-        for n in self.nodes:
-            lines.append(
-                f"  {n.role:6s} {n.index}: pid {n.pid} "
-                f"{'alive' if n.alive else 'gone'}, {self.cpus_per_node} CPUs, "
-                f"node manager port {n.node_manager_port}"
-            )
-        return "\n".join(lines)
-
-
-@dataclass
-class _Node:
-    role: str
-    index: int
-    pid: int
-    ports: dict[str, int]
-    log: str
-
-
-@dataclass
-class _State:
-    name: str
-    cluster_id: str
-    temp_dir: str
-    auth_mode: str
-    nodes: int
-    cpus_per_node: int
-    gpus_per_node: int
-    memory: int
-    object_store_memory: int
-    started_at: float
-    launched: list[_Node] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> _State:
-        data = json.loads(text)
-        data["launched"] = [_Node(**n) for n in data.get("launched", [])]
-        return cls(**data)
-
 
 # --------------------------------------------------------------------------- the cluster
 
@@ -321,7 +142,7 @@ class LocalCluster:
             MIN_OBJECT_STORE,
             "Ray's minimum",
         )
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not CLUSTER_NAME_RE.match(name):
             problems.append(
                 f"--name: got {name!r}, expected 1 to 40 letters, digits, '-', "
                 "'_' or '.' (starting with a letter or digit)"
@@ -331,7 +152,7 @@ class LocalCluster:
         self.name = name
         self.state_dir = Path(state_dir).expanduser() if state_dir else default_state_dir()
         self.timeout = timeout
-        self._state: _State | None = None
+        self._state: State | None = None
         self._procs: dict[int, subprocess.Popen] = {}
 
     @staticmethod
@@ -348,7 +169,7 @@ class LocalCluster:
         if n < minimum:
             problems.append(
                 f"{flag}: got {value!r} ({n} bytes), expected at least "
-                f"{_fmt_bytes(minimum)}{f' ({why})' if why else ''}"
+                f"{fmt_bytes(minimum)}{f' ({why})' if why else ''}"
             )
         return n
 
@@ -376,9 +197,9 @@ class LocalCluster:
         cluster.object_store_memory = state.object_store_memory
         return cluster
 
-    def _read_state(self) -> _State | None:
+    def _read_state(self) -> State | None:
         try:
-            return _State.from_json(self.state_path.read_text())
+            return State.from_json(self.state_path.read_text())
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError) as exc:
@@ -404,14 +225,14 @@ class LocalCluster:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _require_state(self) -> _State:
+    def _require_state(self) -> State:
         if self._state is None:
             raise ClusterError(f"local cluster {self.name!r} is not up; call up() first")
         return self._state
 
     # ------------------------------------------------------------------ addresses
 
-    def _head(self) -> _Node:
+    def _head(self) -> Node:
         return self._require_state().launched[0]
 
     @property
@@ -465,7 +286,7 @@ class LocalCluster:
 
     def pids(self) -> list[int]:
         """Every live process of this cluster (nodes, Ray workers, job drivers)."""
-        return _marked_pids(self._require_state().cluster_id)
+        return marked_pids(self._require_state().cluster_id)
 
     # ------------------------------------------------------------------ up
 
@@ -475,7 +296,7 @@ class LocalCluster:
         with self._locked():
             old = self._read_state()
             if old is not None:
-                if _marked_pids(old.cluster_id):
+                if marked_pids(old.cluster_id):
                     raise ClusterError(
                         f"local cluster {self.name!r} is already up (state file "
                         f"{self.state_path}); stop it with `optical-ray cluster down "
@@ -487,7 +308,7 @@ class LocalCluster:
             # Ray's unix sockets live under the temp dir and must stay under ~107 chars
             # (/tmp/oray-XXXXXXXX/n1/session_<date>_<pid>/sockets/plasma_store: ~90).
             temp_dir = tempfile.mkdtemp(prefix="oray-", dir=base)
-            self._state = _State(
+            self._state = State(
                 name=self.name,
                 cluster_id=uuid.uuid4().hex,
                 temp_dir=temp_dir,
@@ -495,7 +316,7 @@ class LocalCluster:
                 nodes=self.nodes,
                 cpus_per_node=self.cpus_per_node,
                 gpus_per_node=self.gpus_per_node,
-                memory=self.memory or _physical_memory() // (self.nodes + 1),
+                memory=self.memory or physical_memory() // (self.nodes + 1),
                 object_store_memory=self.object_store_memory or DEFAULT_OBJECT_STORE,
                 started_at=time.time(),
             )
@@ -542,7 +363,7 @@ class LocalCluster:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
-    def _command(self, node: _Node) -> list[str]:
+    def _command(self, node: Node) -> list[str]:
         state = self._require_state()
         p = node.ports
         # One temp dir per node, as if each were its own machine: nodes sharing one
@@ -581,18 +402,18 @@ class LocalCluster:
             cmd += [f"--address={self.address}"]
         return cmd
 
-    def _launch(self, index: int) -> _Node:
+    def _launch(self, index: int) -> Node:
         """Start node ``index`` (0 is the head) on fresh free ports; record it."""
         state = self._require_state()
         role = "head" if index == 0 else "worker"
         names = ["node_manager", "object_manager", "dashboard_agent"]
         if role == "head":
             names += ["gcs", "dashboard", "client"]
-        node = _Node(
+        node = Node(
             role=role,
             index=index,
             pid=0,
-            ports=dict(zip(names, _free_ports(len(names)))),
+            ports=dict(zip(names, free_ports(len(names)))),
             log=os.path.join(state.temp_dir, f"{role}-{index}.log"),
         )
         with open(node.log, "wb") as log:
@@ -613,7 +434,7 @@ class LocalCluster:
 
     def _start_node(self, index: int, deadline: float, attempts: int = 3) -> None:
         """Launch node ``index`` and wait until it runs; a start that failed for a
-        passing reason (see ``_RETRYABLE``) is cleaned up and tried again on new ports."""
+        passing reason (see ``RETRYABLE``) is cleaned up and tried again on new ports."""
         for attempt in range(attempts):
             node = self._launch(index)
             try:
@@ -621,7 +442,7 @@ class LocalCluster:
                 return
             except ClusterError:
                 text = Path(node.log).read_text(errors="replace")
-                if attempt == attempts - 1 or not _RETRYABLE.search(text):
+                if attempt == attempts - 1 or not RETRYABLE.search(text):
                     raise
                 self._kill_session(node.pid)
 
@@ -629,17 +450,17 @@ class LocalCluster:
         """SIGKILL what a failed launcher left behind: our marked processes in its
         session (every launcher leads a session of its own)."""
         state = self._require_state()
-        pids = [p for p in _marked_pids(state.cluster_id) if _session_of(p) == launcher]
-        _signal(pids, signal.SIGKILL)
+        pids = [p for p in marked_pids(state.cluster_id) if session_of(p) == launcher]
+        signal_all(pids, signal.SIGKILL)
         self._wait_gone(pids + [launcher], state.cluster_id, 10.0)
 
-    def _await_started(self, node: _Node, deadline: float) -> int:
+    def _await_started(self, node: Node, deadline: float) -> int:
         """Wait for ``ray start`` to say the node runs; raise with its log's tail if
         it exits or the deadline passes."""
         proc = self._procs.get(node.pid)
         while True:
             text = Path(node.log).read_text(errors="replace") if os.path.exists(node.log) else ""
-            if _STARTED in text:
+            if STARTED_LINE in text:
                 return node.pid
             code = proc.poll() if proc is not None else None
             if code is not None or time.monotonic() > deadline:
@@ -706,22 +527,22 @@ class LocalCluster:
 
     def _stop(self, *, keep_logs: bool = False) -> int:
         state = self._require_state()
-        before = set(_marked_pids(state.cluster_id))
+        before = set(marked_pids(state.cluster_id))
         launchers = {n.role: [] for n in state.launched}
         for node in state.launched:
             if node.pid in before:
                 launchers[node.role].append(node.pid)
         # Workers first, the head last: a raylet whose GCS is gone waits for it.
         for role in ("worker", "head"):
-            _signal(launchers.get(role, []), signal.SIGTERM)
+            signal_all(launchers.get(role, []), signal.SIGTERM)
             self._wait_gone(launchers.get(role, []), state.cluster_id, 30.0)
         # What the launchers left (e.g. a job driver in a session of its own); a second
         # pass catches processes spawned while the first one ran.
         killed: set[int] = set()
         for _ in range(2):
-            left = _marked_pids(state.cluster_id)
+            left = marked_pids(state.cluster_id)
             killed.update(left)
-            _signal(left, signal.SIGKILL)
+            signal_all(left, signal.SIGKILL)
             left = self._wait_gone(left, state.cluster_id, 10.0)
         if left:
             raise ClusterError(
@@ -747,8 +568,8 @@ class LocalCluster:
                 if proc is not None:
                     proc.poll()
                 else:
-                    _reap(pid)
-            alive = [pid for pid in pids if _environ_has(pid, needle)]
+                    reap(pid)
+            alive = [pid for pid in pids if environ_has(pid, needle)]
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.1)
@@ -762,7 +583,7 @@ class LocalCluster:
                 f"no local cluster named {self.name!r} (no state file {self.state_path})"
             )
         self._state = state
-        pids = set(_marked_pids(state.cluster_id))
+        pids = set(marked_pids(state.cluster_id))
         nodes = [
             NodeStatus(n.role, n.index, n.pid, n.pid in pids, n.ports.get("node_manager", 0), n.log)
             for n in state.launched
@@ -793,8 +614,8 @@ class LocalCluster:
                 (
                     f"local Ray cluster {self.name!r} is up: head + {state.nodes} worker node(s), "
                     f"{state.cpus_per_node} CPUs each ({total} CPUs), memory "
-                    f"{_fmt_bytes(state.memory)} and object store "
-                    f"{_fmt_bytes(state.object_store_memory)} per node"
+                    f"{fmt_bytes(state.memory)} and object store "
+                    f"{fmt_bytes(state.object_store_memory)} per node"
                 ),
                 f"  address:   {self.address}",
                 f"  dashboard: {self.dashboard_url}",

@@ -264,6 +264,13 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append(
             f"sweep.metric: got {cfg.sweep.metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
         )
+    if cfg.eval.reference and not PAIR_RE.match(cfg.eval.reference):
+        problems.append(
+            f"eval.reference: got {cfg.eval.reference!r}, expected a pair such as en-en, or ''"
+        )
+    from optical_ray.catalog.pareto import search_problems  # several objectives, constraints
+
+    problems += search_problems(cfg.sweep)
     d = cfg.distill
     if not d.layers:
         problems.append("distill.layers: got [], expected at least one layer")
@@ -348,6 +355,9 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     problems += tracking_problems("train.tracking", cfg.train.tracking)
     problems += tracking_problems("sweep.tracking", cfg.sweep.tracking)
     problems += optuna_storage_problems(cfg.sweep.optuna_storage)
+    from optical_ray.warmstart import warm_start_problems
+
+    problems += warm_start_problems(cfg.sweep.warm_start)
     uri = cfg.storage.uri
     if "://" in uri and not uri.startswith(("s3://", "file://")):
         problems.append(

@@ -11,6 +11,7 @@ baseline ``benchmarks/bench_cluster.py`` measures against).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -25,6 +26,8 @@ from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
 from optical_ray.space import trial_config, validate_space
 from optical_ray.sweep import (
+    PairPlan,
+    SlotPool,
     PairResult,
     SweepResult,
     error_reason,
@@ -44,26 +47,20 @@ class _Coordinator:
     each pair's progress, read by the driver."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.held: set[tuple[str, str]] = set()
+        self.slots = SlotPool(capacity)
         self.progress: dict[str, dict[str, Any]] = {}
 
     def acquire(self, owner: str, trial_id: str) -> bool:
-        if (owner, trial_id) in self.held:
-            return True
-        if len(self.held) >= self.capacity:
-            return False
-        self.held.add((owner, trial_id))
-        return True
+        return self.slots.acquire(owner, trial_id)
 
     def release(self, owner: str, trial_id: str) -> None:
-        self.held.discard((owner, trial_id))
+        self.slots.release(owner, trial_id)
 
     def release_owner(self, owner: str) -> None:
-        self.held = {h for h in self.held if h[0] != owner}
+        self.slots.release_owner(owner)
 
     def in_flight(self) -> int:
-        return len(self.held)
+        return self.slots.in_flight()
 
     def update(self, pair: str, state: dict[str, Any]) -> None:
         self.progress[pair] = state
@@ -155,6 +152,25 @@ def _wait(
     return results
 
 
+def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
+    """Create (or, on ``resume``, reattach to) every pair's persistent Optuna study here,
+    in the driver, before any pair starts: pair tasks that each created a fresh SQLite
+    file's schema at once collided, and a study that exists without ``--resume`` is
+    refused before anything runs."""
+    from optical_ray.catalog.pareto import search_objective
+    from optical_ray.tracking import optuna_storage_url, prepare_study
+
+    if not plans:
+        return
+    sw = plans[0].base.sweep
+    url = optuna_storage_url(sw.optuna_storage, store)
+    if url is None:
+        return
+    for plan in plans:
+        metric, mode = search_objective(sw)  # lists for several objectives
+        prepare_study(url, plan.experiment, resume=resume, metric=metric, mode=mode)
+
+
 def run(
     cfg: Config,
     space: Any,
@@ -192,6 +208,10 @@ def run(
     validate_space(space, depth)
     for line in unconverging_epsilon(cfg, space):
         log.warning("%s", line)
+    # Source pairs are read and checked before data or Ray: a bad source is one line.
+    from optical_ray.warmstart import plan_warm_starts
+
+    warm = plan_warm_starts(cfg, space, depth, out)
     if check_data:
         if not space.templated:
             ensure_data_root(cfg)  # generated once here, not raced for by the trials
@@ -204,6 +224,7 @@ def run(
         for pair in sw.pairs
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
+    plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
     key = state_key()
     for plan in plans:
         if plan.resume:
@@ -215,6 +236,7 @@ def run(
                 )
             else:
                 verify_state(store, store.rel(plan.path), key)
+    prepare_studies(plans, store, resume)
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))

@@ -41,6 +41,7 @@ from optical_ray.sweep import (
     CONFIG_KEY,
     FINISHED_KEY,
     PER_QUERY_KEY,
+    ORIGIN_KEY,
     PairPlan,
     PairResult,
     error_reason,
@@ -58,6 +59,8 @@ from optical_ray.trust import (
 __all__ = [
     "fit_pair",
     "PruningAwareOptunaSearch",
+    "ObjectivesOptunaSearch",
+    "make_sampler",
     "SharedLimiter",
     "CatalogCallback",
     "ProgressCallback",
@@ -128,6 +131,20 @@ class PruningAwareOptunaSearch(OptunaSearch):
     pruned trials among themselves by how far they got, then by their last value.
     """
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """The sampled config, with where it came from under ``ORIGIN_KEY``: the
+        enqueued warm-start point's origin, else the sampler's (``random`` or
+        ``sampler``), for the trial's catalog record."""
+        from optical_ray.warmsampler import sampler_origin
+
+        config = super().suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        ot_trial = self._ot_trials[trial_id]  # private, as in on_trial_complete
+        origin = ot_trial.user_attrs.get("origin")
+        config[ORIGIN_KEY] = origin or sampler_origin(self._sampler, self._ot_study)
+        return config
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
@@ -139,6 +156,38 @@ class PruningAwareOptunaSearch(OptunaSearch):
         # Private: OptunaSearch keeps its study and ask-and-tell trials here.
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
+    """OptunaSearch for several objectives and for constraints (:mod:`optical_ray.catalog.pareto`).
+
+    Objectives and constraints may name what the driver derives from a trial's result
+    (``retention`` over the teacher's ``baseline``, ``cost`` = device-seconds), so they
+    are added to the result before Optuna is told. Each constraint goes to the trial
+    as ``Trial.set_constraint`` (feasible when <= 0): Optuna 5 reads constraints from
+    there (its ``constraints_func`` argument is deprecated), and TPE then draws its
+    "good" group from feasible trials first, ranking infeasible ones by total violation.
+    """
+
+    def __init__(
+        self, *args: Any, cfg: Any, baseline: dict[str, float] | None, conditions: list, **kw: Any
+    ) -> None:
+        self.cfg, self.baseline, self.conditions = cfg, baseline, conditions
+        super().__init__(*args, **kw)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        from optical_ray.catalog.pareto import constraint_values, trial_costs
+
+        if result and not error and trial_id not in self._completed_trials:
+            derived = trial_costs(result, self.cfg, self.baseline)
+            result = {**result, **{k: v for k, v in derived.items() if v is not None}}
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None:
+                for name, value in constraint_values(self.conditions, result).items():
+                    ot_trial.set_constraint(name, value)
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def _coordinator(name: str | None) -> Any:
@@ -221,48 +270,92 @@ class SharedLimiter(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
-def _searcher(plan: PairPlan, coordinator: str) -> Searcher:
+def make_sampler(sw: Any, constant_liar: bool = True) -> Any:
+    """The Optuna sampler of ``sw`` (a :class:`~optical_ray.config.SweepConfig`), for one
+    objective or several.
+
+    Multivariate TPE models the parameters jointly (epsilon and learning rate
+    interact); Optuna recommends it over independent TPE. With several objectives the
+    same TPESampler is multi-objective TPE (MOTPE, Ozaki et al. 2020): its "good" group
+    is the trials of the best non-dominated ranks, split by hypervolume contribution.
+    NSGA-II is the other choice Optuna offers; it evolves generations of
+    ``population_size`` (50 by default) and is random search until the first one is
+    complete, which a sweep of 8-50 trials per pair never gets past. MOTPE models
+    from the first few trials on, which is the budget sweeps here have.
+    """
     import optuna
 
+    if sw.search == "random":
+        return optuna.samplers.RandomSampler(seed=sw.seed)
+    return optuna.samplers.TPESampler(
+        seed=sw.seed,
+        multivariate=True,
+        n_startup_trials=max(2, min(5, sw.samples // 3)),
+        constant_liar=constant_liar,
+    )
+
+
+def _searcher(
+    plan: PairPlan, coordinator: str, baseline: dict[str, float] | None = None
+) -> Searcher:
+    from optical_ray.catalog.pareto import parse_where, search_objective
     from optical_ray.storage import resolve_storage
-    from optical_ray.tracking import optuna_storage_url, prepare_study
+    from optical_ray.tracking import open_study_storage, optuna_storage_url
 
     sw = plan.base.sweep
-    # Multivariate TPE models the parameters jointly (epsilon and learning rate
-    # interact); Optuna recommends it over independent TPE.
-    sampler = (
-        optuna.samplers.RandomSampler(seed=sw.seed)
-        if sw.search == "random"
-        else optuna.samplers.TPESampler(
-            seed=sw.seed, multivariate=True, n_startup_trials=max(2, min(5, sw.samples // 3))
-        )
-    )
+    warm = plan.warm
+    objectives = sw.objectives
+    conditions = parse_where(sw.constraints)
+    # The transfer prior models one objective (the source trials' quantiles of it);
+    # with several objectives a warm start only enqueues its points.
+    prior = warm.prior if warm and sw.search == "tpe" and not objectives else []
+    # The transfer sampler samples on a view of the study (see warmsampler), where
+    # the constant liar cannot mark the running trial.
+    sampler = make_sampler(sw, constant_liar=not prior)
+    if prior:
+        from optical_ray.warmsampler import TransferSampler
+
+        sampler = TransferSampler(sampler, prior, sw.mode, fade=sw.samples)
+    metric, mode = search_objective(sw)
     # The pair's study persists (sweep.optuna_storage, by default SQLite beside local
     # storage) as <sweep>-<pair>, so optuna-dashboard shows every pair as it runs.
     store = resolve_storage(
         plan.base.storage.uri, plan.base.storage.endpoint, plan.base.storage.region
     )
     url = optuna_storage_url(sw.optuna_storage, store)
-    study = (
-        {
-            "storage": prepare_study(
-                url, plan.experiment, resume=plan.resume, metric=sw.metric, mode=sw.mode
-            ),
-            "study_name": plan.experiment,
-        }
-        if url
-        else {}
+    # The driver created the study and checked it (launch.prepare_studies); here it is
+    # only opened (OptunaSearch loads it).
+    study = {"storage": open_study_storage(url), "study_name": plan.experiment} if url else {}
+    searcher: Searcher = (
+        ObjectivesOptunaSearch(
+            space=plan.space.define_by_run(plan.pair, plan.depth),
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            cfg=plan.base,
+            baseline=baseline,
+            conditions=conditions,
+            **study,
+        )
+        if objectives or conditions
+        else PruningAwareOptunaSearch(
+            space=plan.space.define_by_run(plan.pair, plan.depth),
+            metric=sw.metric,
+            mode=sw.mode,
+            sampler=sampler,
+            **study,
+        )
     )
-    searcher: Searcher = PruningAwareOptunaSearch(
-        space=plan.space.define_by_run(plan.pair, plan.depth),
-        metric=sw.metric,
-        mode=sw.mode,
-        sampler=sampler,
-        **study,
-    )
+    if warm and warm.points:
+        from optical_ray.warmsampler import enqueue_points
+
+        # Private: the searcher's study (persistent or in memory). Skips points the
+        # study already holds, so a re-planned resumed pair does not run them twice.
+        enqueue_points(searcher._ot_study, warm.points)
+    limited: Searcher = searcher
     if sw.max_concurrent_per_pair:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
-    return SharedLimiter(searcher, coordinator, plan.pair)
+        limited = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
+    return SharedLimiter(limited, coordinator, plan.pair)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -279,6 +372,7 @@ class CatalogCallback(Callback):
         self.started: dict[str, float] = {}
         self.configs: dict[str, dict[str, Any]] = {}
         self.per_query: dict[str, str] = {}
+        self.at_best: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
         self.started[trial.trial_id] = time.time()
@@ -288,6 +382,14 @@ class CatalogCallback(Callback):
             self.configs[trial.trial_id] = json.loads(result[CONFIG_KEY])
         if isinstance(result.get(PER_QUERY_KEY), str):  # sent only when the metric improves
             self.per_query[trial.trial_id] = result[PER_QUERY_KEY]
+        # the evaluation at the trial's best sweep.metric: retention is measured there
+        sw = self.plan.base.sweep
+        value = result.get(sw.metric)
+        if isinstance(value, (int, float)) and any("/" in k for k in result):
+            seen = self.at_best.get(trial.trial_id)
+            if seen is None or (value > seen[0] if sw.mode == "max" else value < seen[0]):
+                metrics = {k: v for k, v in result.items() if "/" in k}
+                self.at_best[trial.trial_id] = (float(value), metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._record(trial, "finished", None)
@@ -322,6 +424,11 @@ class CatalogCallback(Callback):
         last = {k: v for k, v in result.items() if isinstance(v, (int, float)) and _is_metric(k)}
         if status == "finished" and not result.get(FINISHED_KEY):
             status = "stopped"  # ASHA ended it early
+        from optical_ray.catalog.pareto import trial_costs
+
+        costs = trial_costs(
+            result, self.plan.base, self.baseline, self.at_best.get(trial.trial_id, (0, {}))[1]
+        )
         self.catalog.append(
             TrialRecord(
                 experiment=self.plan.experiment,
@@ -340,8 +447,12 @@ class CatalogCallback(Callback):
                 finished_at=time.time(),
                 training_s=result.get("train_s"),
                 iterations=result.get("training_iteration"),
+                retention=costs["retention"],
+                device_s=costs["device_s"],
+                eval_s=costs["eval_s"],
                 record_id=f"{self.plan.experiment}--{trial.trial_id}",
                 dev_per_query=self.per_query.get(trial.trial_id),
+                origin=(trial.config or {}).get(ORIGIN_KEY),
             )
         )
 
@@ -567,6 +678,7 @@ def _tuner(
     coordinator: str,
     verbose: int,
     trial_fn: TrialFn | None = None,
+    baseline: dict[str, float] | None = None,
 ) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -602,7 +714,7 @@ def _tuner(
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(plan, coordinator),
+            search_alg=_searcher(plan, coordinator, baseline),
             scheduler=sched,
             metric=sw.metric,
             mode=sw.mode,
@@ -662,7 +774,7 @@ def fit_pair(
         signer,
         *views,
     ]
-    tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn)
+    tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn, baseline)
     if not (plan.resume and snapshotted(store, plan.path)):
         sign_tuner_file(store, rel, manifest)
         signer.write()

@@ -18,7 +18,8 @@ For every language pair in the catalog (:mod:`optical_ray.catalog`):
 Outputs in ``out_dir``: ``report.md`` (links the PNGs), ``report.html`` (one file, PNGs
 embedded), ``report.json`` (the numbers), ``overview.png`` (baseline / best / reference
 per pair), ``params_<pair>.png`` (metric against epsilon, log x, and against the
-distillation weight) and ``importance_<pair>.png``: parameter importances by Optuna's
+distillation weight), ``pareto_<pair>.png`` with the front's table
+(:mod:`optical_ray.report_pareto`) and ``importance_<pair>.png``: parameter importances by Optuna's
 PED-ANOVA evaluator (``optuna.importance.PedAnovaImportanceEvaluator``, no fANOVA forest)
 on the sweep's persisted Optuna study when the pair's trials come from one sweep that
 kept one (:func:`optical_ray.tracking.study_importances`), else on a study rebuilt from
@@ -51,6 +52,7 @@ from optical_ray.catalog import (
 )
 from optical_ray.compare import gap, gap_closed
 from optical_ray.errors import ConfigError, StorageError
+from optical_ray.report_pareto import pareto_section
 from optical_ray.tables import html_table, markdown_table, number
 
 __all__ = ["build_report", "PairSummary", "summarize", "parameter_importances"]
@@ -400,6 +402,58 @@ def _table_rows(rows: list[PairSummary]) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
+def _best_origins(df: pd.DataFrame, rows: list[PairSummary]) -> dict[str, str | None]:
+    """Where each pair's best config came from (its record's ``origin``)."""
+    out: dict[str, str | None] = {}
+    for r in rows:
+        hit = df[(df["pair"] == r.pair) & (df["trial_id"] == r.best_trial)]
+        value = hit["origin"].dropna() if "origin" in hit else hit.iloc[0:0]
+        out[r.pair] = str(value.iloc[0]) if len(value) else None
+    return out
+
+
+def _warm_vs_cold(
+    df: pd.DataFrame,
+    metric: str,
+    mode: str,
+    out: Path,
+    figures: dict[str, list[tuple[str, str]]],
+) -> dict[str, dict[str, Any]]:
+    """For each pair with a warm-started and a cold sweep: their best-so-far curves
+    against trial-epochs, plotted as ``warm_<pair>.png``."""
+    from optical_ray.warmstart import best_so_far, warm_and_cold
+
+    curves: dict[str, dict[str, Any]] = {}
+    for pair, (warm, cold) in warm_and_cold(df).items():
+        data = {
+            name: best_so_far(df[(df["pair"] == pair) & (df["experiment"] == exp)], metric, mode)
+            for name, exp in (("warm", warm), ("cold", cold))
+        }
+        curves[pair] = {"warm_experiment": warm, "cold_experiment": cold, **data}
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for name, points in data.items():
+            if points:
+                xs, ys = zip(*points)
+                ax.step(
+                    xs,
+                    ys,
+                    where="post",
+                    marker="o",
+                    label=f"{name} ({curves[pair][name + '_experiment']})",
+                )
+        ax.set_xlabel("trial-epochs (evaluations, all trials)")
+        ax.set_ylabel(f"best {metric} so far")
+        ax.set_title(f"{pair}: warm-started vs cold sweep")
+        ax.legend()
+        fig.tight_layout()
+        name = f"warm_{_slug(pair)}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.setdefault(pair, []).append((name, f"{pair}: warm vs cold best-so-far"))
+    return curves
+
+
 def _slug(pair: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", pair)
 
@@ -441,6 +495,7 @@ def build_report(
     _plot_overview(rows, metric, out / "overview.png")
     figures: dict[str, list[tuple[str, str]]] = {}
     importances: dict[str, dict[str, float]] = {}
+    fronts: dict[str, tuple[list[str], list[list[str]]]] = {}
     for r in rows:
         # The sweep's own trials: the baseline runs are not part of its search.
         group = df[(df["pair"] == r.pair) & (df["method"] != base_method)]
@@ -468,14 +523,44 @@ def build_report(
             n = int(group["status"].isin(RANKED_STATUSES).sum())
             _plot_importance(imp, r.pair, n, out / name)
             figs.append((name, f"{r.pair}: parameter importance"))
+        # low-resource vs English: every trial (baseline runs too), front and teacher
+        name = f"pareto_{_slug(r.pair)}.png"
+        ref = r.reference_pair or "en-en"
+        front = pareto_section(df[df["pair"] == r.pair], r.pair, metric, ref, out / name)
+        if front is not None:
+            fronts[r.pair] = front
+            figs.append((name, f"{r.pair}: Pareto front of {metric} against {ref}"))
+    curves = _warm_vs_cold(df, metric, mode, out, figures)
+    origins = _best_origins(df, rows)
     where = catalog.storage.where()
     head, body = _table_rows(rows)
     flagged = unconverged_trials(df)
     _write_markdown(
-        out / "report.md", rows, head, body, figures, importances, metric, baseline, where, flagged
+        out / "report.md",
+        rows,
+        head,
+        body,
+        figures,
+        importances,
+        metric,
+        baseline,
+        where,
+        flagged,
+        fronts,
+        origins,
     )
     _write_html(
-        out / "report.html", head, body, figures, importances, metric, baseline, where, out, flagged
+        out / "report.html",
+        head,
+        body,
+        figures,
+        importances,
+        metric,
+        baseline,
+        where,
+        out,
+        flagged,
+        fronts,
     )
     extra = _extra_sections(catalog.storage, out, df, metric, mode)
     (out / "report.json").write_text(
@@ -489,6 +574,9 @@ def build_report(
                 "pairs": [r.to_dict() for r in rows],
                 "importances": importances,
                 "unconverged": flagged,
+                "fronts": {p: [dict(zip(h, row)) for row in b] for p, (h, b) in fronts.items()},
+                "best_origin": origins,
+                "warm_vs_cold": curves,
             },
             indent=2,
             sort_keys=True,
@@ -573,6 +661,8 @@ def _write_markdown(
     baseline: str,
     where: str,
     flagged: dict[str, list[dict[str, Any]]],
+    fronts: dict[str, tuple[list[str], list[list[str]]]] | None = None,
+    origins: dict[str, str | None] | None = None,
 ) -> None:
     lines = [
         "# optical-ray gap report",
@@ -592,6 +682,8 @@ def _write_markdown(
             f"- best: {_fmt(r.best)} (trial {r.best_trial or 'n/a'}; checkpoint "
             f"{r.checkpoint_uri or 'n/a'})",
         ]
+        if (origins or {}).get(r.pair):
+            lines.append(f"- best config's origin: {origins[r.pair]}")
         imp = importances.get(r.pair) or {}
         if imp:
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:5])
@@ -601,6 +693,9 @@ def _write_markdown(
         lines.append("")
         lines += [f"![{alt}]({name})" for name, alt in figures.get(r.pair, [])]
         lines.append("")
+        if fronts and r.pair in fronts:
+            lines += ["Pareto front (non-dominated trials, best low-resource first):", ""]
+            lines += [markdown_table(*fronts[r.pair]), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -615,6 +710,7 @@ def _write_html(
     where: str,
     out: Path,
     flagged: dict[str, list[dict[str, Any]]],
+    fronts: dict[str, tuple[list[str], list[list[str]]]] | None = None,
 ) -> None:
     def img(name: str, alt: str) -> str:
         data = base64.b64encode((out / name).read_bytes()).decode()
@@ -644,5 +740,8 @@ def _write_html(
                 + "</p>"
             )
         parts += [img(name, alt) for name, alt in figs]
+        if fronts and pair in fronts:
+            parts.append("<p>Pareto front (non-dominated trials, best low-resource first):</p>")
+            parts.append(html_table(*fronts[pair]))
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

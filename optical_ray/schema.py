@@ -311,6 +311,13 @@ class EvalConfig:
         help="first-stage candidates per query for late "
         "interaction on large corpora; 0 = exact scoring of every doc",
     )
+    retention: bool = _f(
+        True,
+        help="English retention: also evaluate the reference pair (eval.reference) "
+        "when it has an evaluation set, and record each trial's metric there over the "
+        "zero-shot teacher's (catalog column retention); false = the trial's pairs only",
+    )
+    reference: str = _f("", help="reference pair of retention; '' = the teacher's own (en-en)")
 
 
 @dataclass
@@ -364,12 +371,31 @@ class SweepConfig:
         "mlflow=URI; default MLFLOW_TRACKING_URI, else <storage>/mlflow.db),"
         " tensorboard (<storage>/tensorboard), wandb (offline)",
     )
+    objectives: list[str] = _f(
+        factory=list,
+        help="several objectives (e.g. [map, en-en/map] or [map, cost]): Optuna's "
+        "multi-objective TPE under FIFO scheduling (sweep.scheduler none); [] = sweep.metric",
+    )
+    constraints: list[str] = _f(
+        factory=list,
+        help="constraints such as 'retention>=0.98' told to Optuna with each trial "
+        "(set_constraint): TPE samples from the feasible trials; ASHA still applies",
+    )
     optuna_storage: str | None = _f(
         None,
         help="Optuna studies (<name>-<pair>): an RDB URL or "
         "journal:PATH; default sqlite:///<storage>/optuna.db for "
         "local storage, in memory for s3://; 'memory' = not kept",
     )
+    warm_start: str = _f(
+        "none",
+        help="seed each pair's search from related pairs in the catalog: none, auto, "
+        "or source pairs (en-sw,en-ha)",
+    )
+    warm_start_from: str | None = _f(
+        None, help="catalog storage of the source pairs (default: this sweep's storage)"
+    )
+    warm_start_top: int = _f(3, ge=1, help="best configs per source pair run first")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from optical_ray.space import SearchSpace, load_space, trial_config
 
 __all__ = [
     "PairPlan",
+    "SlotPool",
     "PairResult",
     "SweepResult",
     "plan_sweep",
@@ -48,6 +49,10 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 #: The per-query values of a trial's best dev evaluation so far
 #: (:func:`optical_ray.perquery.encode_per_query`), sent when the metric improves.
 PER_QUERY_KEY = "dev_per_query"
+#: The key a trial's sampled config carries its origin under (see :mod:`optical_ray.warmstart`):
+#: ``warm_start:<pair>/<trial>``, ``sampler`` or ``random``. Not a config key: the
+#: trial's config ignores it, the catalog records it.
+ORIGIN_KEY = "trial_origin"
 #: Keys the sweep summary shows after the space's searched keys.
 SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 
@@ -76,6 +81,7 @@ class PairPlan:
     max_t: int
     resume: bool = False
     space_file: str | None = None
+    warm: Any = None  # a warmstart.WarmStart: points to enqueue and TPE's prior
 
     @property
     def searched(self) -> list[str]:
@@ -169,7 +175,10 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
     """``base`` with the sweep arguments that were given (not None) applied.
 
     ``over`` keys: samples, workers_per_trial, max_concurrent, scheduler, search, metric,
-    name, pair_order, max_failures, tracking, optuna_storage."""
+    name, pair_order, max_failures, tracking, optuna_storage, objectives, constraints,
+    warm_start, warm_start_from, warm_start_top. Several ``objectives`` without a
+    ``scheduler`` run under FIFO (``none``): ASHA cannot rank trials on several
+    objectives."""
     keys = {
         "samples": "sweep.samples",
         "workers_per_trial": "scaling.workers",
@@ -182,12 +191,20 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
         "max_failures": "sweep.max_failures",
         "tracking": "sweep.tracking",
         "optuna_storage": "sweep.optuna_storage",
+        "objectives": "sweep.objectives",
+        "constraints": "sweep.constraints",
+        "warm_start": "sweep.warm_start",
+        "warm_start_from": "sweep.warm_start_from",
+        "warm_start_top": "sweep.warm_start_top",
     }
     unknown = set(over) - set(keys)
     if unknown:
         raise TypeError(f"unknown sweep arguments: {sorted(unknown)}")
     values = {keys[k]: v for k, v in over.items() if v is not None}
     values["sweep.pairs"] = list(pairs)
+    objectives = over.get("objectives")
+    if objectives is not None and len(objectives) > 1 and over.get("scheduler") is None:
+        values["sweep.scheduler"] = "none"
     cfg = from_flat(values, base)
     if not cfg.sweep.pairs:
         raise ConfigError("sweep.pairs: got [], expected at least one pair such as en-sw")
@@ -231,6 +248,37 @@ def plan_sweep(
         )
         for pair in cfg.sweep.pairs
     ]
+
+
+class SlotPool:
+    """The sweep's trial budget across pairs: ``capacity`` trials in flight at once, a
+    freed slot going to whichever pair asks first. (Keeping a freed slot a while for its
+    own pair, so that its next trial reuses the warm actor, was measured and lowered
+    utilisation: see the README's cluster-scale section.)"""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held: set[tuple[str, str]] = set()
+
+    def acquire(self, owner: str, trial_id: str) -> bool:
+        """Take a slot for ``trial_id`` of ``owner`` (a pair); False when none is free."""
+        if (owner, trial_id) in self.held:
+            return True
+        if len(self.held) >= self.capacity:
+            return False
+        self.held.add((owner, trial_id))
+        return True
+
+    def release(self, owner: str, trial_id: str) -> None:
+        """Give back ``trial_id``'s slot."""
+        self.held.discard((owner, trial_id))
+
+    def release_owner(self, owner: str) -> None:
+        """Every slot of a pair that ended."""
+        self.held = {h for h in self.held if h[0] != owner}
+
+    def in_flight(self) -> int:
+        return len(self.held)
 
 
 @dataclass
@@ -343,6 +391,11 @@ def run_sweep(
     trust_storage: bool = False,
     tracking: Sequence[str] | None = None,
     optuna_storage: str | None = None,
+    objectives: Sequence[str] | None = None,
+    constraints: Sequence[str] | None = None,
+    warm_start: str | Sequence[str] | None = None,
+    warm_start_from: str | None = None,
+    warm_start_top: int | None = None,
 ) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
@@ -355,6 +408,13 @@ def run_sweep(
     (``trust_storage=True`` skips that check). Without it, an existing experiment is an
     error, raised before any trial starts. ``tracking`` (``mlflow[=URI]``, ``tensorboard``,
     ``wandb``) and ``optuna_storage`` are views onto the catalog (:mod:`optical_ray.tracking`).
+    ``objectives`` (``["map", "en-en/map"]``) searches several objectives with Optuna's
+    multi-objective TPE under FIFO; ``constraints`` (``["retention>=0.98"]``) are told
+    to Optuna with every trial and keep ASHA (:mod:`optical_ray.catalog.pareto`).
+    ``warm_start`` (``"auto"``, source pairs, or ``"none"``) seeds each pair's search from
+    the catalog records of related pairs (in ``warm_start_from``, default this storage):
+    their ``warm_start_top`` best configs run first and their trials form a prior for
+    TPE (:mod:`optical_ray.warmstart`).
     """
     from optical_ray import launch
 
@@ -372,6 +432,15 @@ def run_sweep(
         max_failures=max_failures,
         tracking=None if tracking is None else list(tracking),
         optuna_storage=optuna_storage,
+        objectives=None if objectives is None else list(objectives),
+        constraints=None if constraints is None else list(constraints),
+        warm_start=(
+            warm_start
+            if warm_start is None or isinstance(warm_start, str)
+            else ",".join(warm_start)
+        ),
+        warm_start_from=warm_start_from,
+        warm_start_top=warm_start_top,
     )
     if not isinstance(space, SearchSpace):
         space = load_space(space)

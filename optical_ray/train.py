@@ -84,7 +84,7 @@ def evaluate_dev(
     context that records them (a sweep trial's catalog record)."""
     from optical_ray.evaluate import evaluate_pairs
 
-    pairs = list(cfg.eval.pairs) + [cfg.pair] if cfg.eval.pairs else None
+    pairs = _dev_pairs(cfg, split or cfg.eval.split)
     results = evaluate_pairs(
         model, cfg, pairs=pairs, split=split or cfg.eval.split, load_collection=_cached_collection
     )
@@ -94,6 +94,33 @@ def evaluate_dev(
         if keep is not None:
             keep.setdefault("evals", []).append((flat, results[cfg.pair].per_query))
     return flat
+
+
+def _dev_pairs(cfg: Config, split: str) -> list[str]:
+    """``eval.pairs`` (default: the teacher's pair) plus ``cfg.pair``; with
+    ``eval.retention`` also the reference pair when it has an evaluation set (what
+    retention is measured on), and without it the teacher's pair only if listed."""
+    from optical_ray.catalog.pareto import reference_pair
+
+    ref = reference_pair(cfg)
+    teacher = f"{cfg.data.teacher_lang}-{cfg.data.teacher_lang}"
+    pairs = list(cfg.eval.pairs) or ([teacher] if cfg.eval.retention else [])
+    if cfg.eval.retention and ref not in pairs and _has_eval_set(cfg, ref, split):
+        pairs.insert(0, ref)
+    return list(dict.fromkeys([*pairs, cfg.pair]))
+
+
+def _has_eval_set(cfg: Config, pair: str, split: str) -> bool:
+    """Whether ``pair`` has an evaluation collection: configured, or in the data root
+    (the synthetic world's only when the evaluation data are synthetic: real sources
+    without a root never make one appear)."""
+    if pair in cfg.data.eval:
+        return True
+    if cfg.data.root is None and cfg.data.eval:
+        return False
+    from optical_ray.data.sources import ensure_data_root
+
+    return (ensure_data_root(cfg) / "eval" / pair / split).is_dir()
 
 
 _COLLECTIONS: dict[tuple[str, str, str], Any] = {}
@@ -180,9 +207,15 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
         model = RetrievalModel.from_config(cfg)
 
     keep = getattr(ctx, "dev_per_query", None)  # a context that records them
+    # eval_s: seconds spent evaluating in this run so far (a trial's evaluation cost),
+    # carried on from the checkpoint's history on resume
+    eval_seconds = [max((e.get("eval_s", 0.0) for e in history.evals), default=0.0)]
 
     def eval_fn(m: RetrievalModel) -> dict[str, float]:
-        return evaluate_dev(m, cfg, keep=keep)
+        start = time.perf_counter()
+        metrics = evaluate_dev(m, cfg, keep=keep)
+        eval_seconds[0] += time.perf_counter() - start
+        return {**metrics, "eval_s": eval_seconds[0]}
 
     for i, name in enumerate(stages):
         resume = None

@@ -260,11 +260,11 @@ class _UnrelatedRay:
     of its own: what `cluster down` must leave alone."""
 
     def __init__(self) -> None:
-        from optical_ray.cluster import _free_ports
+        from optical_ray.cluster_nodes import free_ports
 
         self.temp = tempfile.mkdtemp(prefix="oray-x-", dir="/tmp")
         self.log = Path(self.temp) / "launcher.log"
-        agent, client = _free_ports(2)
+        agent, client = free_ports(2)
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -488,7 +488,7 @@ def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster, t
 
 @pytest.mark.slow
 def test_cluster_down_stops_exactly_its_processes(cli_cluster, unrelated_ray) -> None:
-    from optical_ray.cluster import _marked_pids
+    from optical_ray.cluster_nodes import marked_pids
 
     _, flags, cluster = cli_cluster
     other = unrelated_ray.pids()
@@ -499,7 +499,7 @@ def test_cluster_down_stops_exactly_its_processes(cli_cluster, unrelated_ray) ->
     assert down.returncode == 0, down.stderr[-3000:]
     assert f"local Ray cluster {cluster.name!r} stopped" in down.stdout
     assert not [p for p in ours if _alive(p)]
-    assert not _marked_pids(cluster.cluster_id)
+    assert not marked_pids(cluster.cluster_id)
     assert not cluster.state_path.exists()
     assert not Path(cluster.temp_dir).exists()
     # Every process of the unrelated Ray survived.

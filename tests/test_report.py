@@ -100,7 +100,7 @@ def test_report_from_synthetic_catalog(catalog, tmp_path) -> None:
     assert md_path == out / "report.md"
     md = md_path.read_text()
     pngs = ["overview.png"] + [
-        f"{kind}_{p}.png" for p in PAIRS for kind in ("params", "importance")
+        f"{kind}_{p}.png" for p in PAIRS for kind in ("params", "importance", "pareto")
     ]
     _check_pngs(out, pngs)
     for name in pngs:

@@ -122,3 +122,18 @@ def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
         }
     )
     assert unconverging_epsilon(cfg, mse) == []  # no OT, nothing to converge
+
+
+def test_slot_pool_caps_trials_in_flight_across_pairs() -> None:
+    from optical_ray.sweep import SlotPool
+
+    pool = SlotPool(2)
+    assert pool.acquire("a", "a1") and pool.acquire("b", "b1")
+    assert not pool.acquire("a", "a2")  # the total is 2
+    assert pool.acquire("a", "a1")  # asking again for a trial in flight is no new slot
+    pool.release("a", "a1")
+    assert pool.acquire("b", "b2")  # whichever pair asks first
+    pool.release("b", "b9")  # a slot it does not hold: nothing happens
+    assert pool.in_flight() == 2
+    pool.release_owner("b")  # a pair that ended holds nothing
+    assert pool.in_flight() == 0

@@ -148,6 +148,58 @@ def test_an_existing_study_needs_resume_and_gives_importances(tmp_path) -> None:
     assert study_importances(resolve_storage(str(tmp_path / "none")), "s-en-xc", "map") is None
 
 
+def _open_study(args: tuple[str, str]) -> str:
+    """What a pair's task does with its study (module level: spawned processes run it)."""
+    import optuna
+
+    from optical_ray.tracking import open_study_storage
+
+    url, name = args
+    try:
+        storage = open_study_storage(url)
+        optuna.create_study(storage=storage, study_name=name, load_if_exists=True)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - reported back to the test
+        return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def test_the_driver_prepares_every_study_before_pairs_open_them(tmp_path) -> None:
+    """Pair tasks each creating a fresh SQLite file's schema collided (alembic's version
+    row, with 10 pairs); the driver now creates the schema and every study first."""
+    import multiprocessing
+
+    import optuna
+
+    from optical_ray.config import from_dict
+    from optical_ray.errors import ConfigError
+    from optical_ray.launch import prepare_studies
+    from optical_ray.sweep import PairPlan
+    from optical_ray.storage import resolve_storage
+    from optical_ray.tracking import optuna_storage_url
+
+    cfg = from_dict(
+        {
+            "name": "many",
+            "sweep": {"pairs": [f"en-x{i}" for i in range(6)]},
+            "storage": {"uri": str(tmp_path / "store")},
+        }
+    )
+    plans = [
+        PairPlan(pair=p, experiment=f"many-{p}", path="", base=cfg, space=None, depth=2, max_t=1)
+        for p in cfg.sweep.pairs
+    ]
+    store = resolve_storage(cfg.storage.uri)
+    prepare_studies(plans, store, resume=False)
+    url = optuna_storage_url(None, store)
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert names == {p.experiment for p in plans}
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        assert pool.map(_open_study, [(url, p.experiment) for p in plans]) == ["ok"] * 6
+    with pytest.raises(ConfigError, match="already exists"):
+        prepare_studies(plans, store, resume=False)
+    prepare_studies(plans, store, resume=True)  # reattaches
+
+
 def test_wandb_runs_offline_without_network(tmp_path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     from optical_ray.storage import resolve_storage

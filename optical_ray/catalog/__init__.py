@@ -26,11 +26,21 @@ Modules: :mod:`~optical_ray.catalog.records` (what a record holds, the row schem
 compaction), :mod:`~optical_ray.catalog.queries` (:func:`best_config` — the top-k
 trials of one pair, :func:`best_configs_all` — the best per pair, :func:`best_yaml` — a
 config file ``optical-ray train --config`` accepts, :func:`format_records` — table /
-json / yaml for the CLI).
+json / yaml for the CLI), :mod:`~optical_ray.catalog.pareto` (:func:`pareto_front` — the
+non-dominated trials under several objectives, ``where`` constraints, hypervolume).
 """
 
 from __future__ import annotations
 
+from optical_ray.catalog.pareto import (
+    Condition,
+    Objective,
+    hypervolume,
+    non_dominated,
+    pareto_front,
+    parse_objectives,
+    parse_where,
+)
 from optical_ray.catalog.queries import (
     best_config,
     best_configs_all,
@@ -60,6 +70,13 @@ __all__ = [
     "Catalog",
     "best_config",
     "best_configs_all",
+    "pareto_front",
+    "parse_objectives",
+    "parse_where",
+    "non_dominated",
+    "hypervolume",
+    "Objective",
+    "Condition",
     "best_yaml",
     "format_records",
     "format_table",

@@ -25,6 +25,7 @@ from optical_ray.tables import records_table
 __all__ = [
     "best_config",
     "best_configs_all",
+    "candidate_records",
     "metric_values",
     "recorded_metrics",
     "rank_trials",
@@ -123,7 +124,7 @@ def rank_trials(
 
 
 def _materialize(
-    catalog: Catalog, winners: pd.DataFrame, metric: str, mode: str
+    catalog: Catalog, winners: pd.DataFrame, metric: str, mode: str, validate: bool = True
 ) -> list[BestRecord]:
     """Full records of the ranked ``winners`` (read from their parts only)."""
     full = catalog.records_by_id(list(winners["record_id"]), set(winners["part"]))
@@ -132,7 +133,9 @@ def _materialize(
         winners.groupby("pair").cumcount() + 1, winners.to_dict("records")
     ):
         out.append(
-            best_record(full[row["record_id"]], int(rank_in_pair), metric, row["value"], mode)
+            best_record(
+                full[row["record_id"]], int(rank_in_pair), metric, row["value"], mode, validate
+            )
         )
     return out
 
@@ -144,26 +147,11 @@ def _empty_error(catalog: Catalog) -> StorageError:
     )
 
 
-def best_config(
-    pair: str,
-    metric: str = "map",
-    storage: Any = "optical_runs",
-    top: int = 1,
-    mode: str = "max",
-    *,
-    experiment: str | None = None,
-) -> list[BestRecord]:
-    """The ``top`` best trials of ``pair`` by ``metric`` (best first).
-
-    Ranks finished and ASHA-stopped trials by their best evaluation. Raises
-    :class:`StorageError` for an empty or unreachable store, a pair without records
-    (listing those with records) or a metric never recorded (listing those recorded);
-    :class:`ConfigError` for a malformed pair, metric, top or mode. Unreadable parts
-    are skipped with a warning naming each.
-    """
-    _check_query(pair, metric, top, mode)
-    catalog = Catalog(storage)
-    df = catalog.records(pair, experiment, columns=_RANK_COLUMNS, with_part=True)
+def _pair_records(
+    catalog: Catalog, pair: str, experiment: str | None, columns: Sequence[str]
+) -> pd.DataFrame:
+    """One pair's records (``columns``, with their part); a StorageError if none."""
+    df = catalog.records(pair, experiment, columns=list(columns), with_part=True)
     if df.empty:
         known = catalog.pairs(experiment)
         if not known:
@@ -173,8 +161,93 @@ def best_config(
             f"no records for pair {pair!r}{scope} in {catalog.storage.where()}; "
             f"pairs with records: {', '.join(known)}"
         )
-    winners = rank_trials(df, pair, metric, top, mode, catalog.storage.where())
-    return _materialize(catalog, winners, metric, mode)
+    return df
+
+
+def candidate_records(
+    pair: str,
+    storage: Any,
+    experiment: str | None,
+    names: Sequence[str],
+    conditions: Sequence[Any],
+) -> tuple[Catalog, pd.DataFrame]:
+    """The catalog and ``pair``'s ranked (finished or stopped) records with the columns
+    that ``names`` need, narrowed to those meeting ``conditions``
+    (:mod:`~optical_ray.catalog.pareto`). Raises :class:`StorageError` when none
+    finished, or none meets the conditions (naming the closest)."""
+    from optical_ray.catalog.pareto import closest_miss, columns_for, filter_where
+
+    _check_query(pair, "map", 1, "max")
+    catalog = Catalog(storage)
+    df = _pair_records(catalog, pair, experiment, [*_RANK_COLUMNS, *columns_for(names)])
+    ranked = df[df["status"].isin(RANKED_STATUSES)]
+    if ranked.empty:
+        rank_trials(df, pair, "map", 1, "max", catalog.storage.where())  # raises: why
+    kept = filter_where(ranked, conditions)
+    if kept.empty:
+        raise closest_miss(ranked, conditions, pair)
+    return catalog, kept
+
+
+def best_config(
+    pair: str,
+    metric: str = "map",
+    storage: Any = "optical_runs",
+    top: int = 1,
+    mode: str = "max",
+    *,
+    experiment: str | None = None,
+    where: str | Sequence[str] | None = None,
+    objectives: str | Sequence[str] | None = None,
+) -> list[BestRecord]:
+    """The ``top`` best trials of ``pair`` by ``metric`` (best first).
+
+    Ranks finished and ASHA-stopped trials by their best evaluation. ``where``
+    (``"retention>=0.98"``, or a list: every one must hold) keeps only the trials that
+    meet it; when none does, the error names the closest trial and how far off it is.
+    ``objectives`` (``"map,cost"``) ranks by the first objective, ties broken by the
+    next ones, each in its own direction (cost minimised), and fills each record's
+    ``objectives``; it replaces ``metric`` and ``mode``. Raises :class:`StorageError`
+    for an empty or unreachable store, a pair without records (listing those with
+    records) or a metric never recorded (listing those recorded); :class:`ConfigError`
+    for a malformed pair, metric, top, mode, condition or objective. Unreadable parts
+    are skipped with a warning naming each.
+    """
+    _check_query(pair, metric, top, mode)
+    if where is None and objectives is None:
+        catalog = Catalog(storage)
+        df = _pair_records(catalog, pair, experiment, _RANK_COLUMNS)
+        winners = rank_trials(df, pair, metric, top, mode, catalog.storage.where())
+        return _materialize(catalog, winners, metric, mode)
+    from optical_ray.catalog.pareto import (
+        objective_matrix,
+        parse_objectives,
+        parse_where,
+    )
+
+    conds = parse_where(where)
+    objs = parse_objectives(objectives if objectives is not None else f"{metric}:{mode}")
+    catalog, df = candidate_records(
+        pair, storage, experiment, [o.name for o in objs] + [c.key for c in conds], conds
+    )
+    values = objective_matrix(df, objs)
+    if pd.isna(values[:, 0]).all():
+        raise StorageError(
+            f"{objs[0].name!r} was never recorded by the trials of {pair!r} that meet "
+            f"the conditions in {catalog.storage.where()}; recorded metrics: "
+            f"{', '.join(recorded_metrics(df))}"
+        )
+    keys = [f"__obj{j}" for j in range(len(objs))]
+    ranked = df.assign(**{k: values[:, j] for j, k in enumerate(keys)}).dropna(subset=keys[:1])
+    winners = ranked.sort_values(
+        [*keys, "finished_at"], ascending=[not o.maximize for o in objs] + [True], kind="stable"
+    ).head(top)
+    winners = winners.assign(value=winners[keys[0]])
+    records = _materialize(catalog, winners, objs[0].name, objs[0].mode)
+    if objectives is not None:
+        for rec, row in zip(records, winners.to_dict("records")):
+            rec.objectives = {o.name: float(row[k]) for o, k in zip(objs, keys)}
+    return records
 
 
 def best_configs_all(
@@ -248,15 +321,18 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
     if not records:
         return "(no records)"
     metric = records[0].metric
+    objectives = [k for k in records[0].objectives if k != metric]
     extra = varying_distill_keys(records)
     rows = [
         {
             "pair": r.pair,
             "rank": r.rank,
             metric: r.value,
+            **{k: r.objectives.get(k) for k in objectives},
             **r.hyperparameters,
             **{k.split(".", 1)[1]: r.flat_config.get(k) for k in extra},
             "trial": r.trial_id,
+            "origin": r.origin,
             "experiment": r.experiment,
             "checkpoint": r.checkpoint_uri,
         }
@@ -266,9 +342,11 @@ def format_records(records: Sequence[BestRecord], fmt: str = "table") -> str:
         "pair",
         "rank",
         metric,
+        *objectives,
         *HYPERPARAMETERS,
         *(k.split(".", 1)[1] for k in extra),
         "trial",
+        "origin",
         "experiment",
         "checkpoint",
     ]

@@ -19,6 +19,7 @@ from optical_ray import __version__
 from optical_ray.config import MAIN_HYPERPARAMETERS, PAIR_RE, Config, from_flat, to_dict, to_flat
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
+from optical_ray.warmstart import origin_problems
 
 __all__ = [
     "TrialRecord",
@@ -53,6 +54,7 @@ SCHEMA = pa.schema(
         ("trial_id", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("origin", pa.string()),
         ("metric", pa.string()),
         ("mode", pa.string()),
         ("best_value", pa.float64()),
@@ -71,6 +73,11 @@ SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("training_s", pa.float64()),
         ("iterations", pa.int64()),
+        # English retention and cost (catalog.pareto): the trial's reference-pair
+        # metric over the zero-shot teacher's; devices x workers x training_s; eval time
+        ("retention", pa.float64()),
+        ("device_s", pa.float64()),
+        ("eval_s", pa.float64()),
         ("version", pa.string()),
         ("host", pa.string()),
         # the best dev evaluation's per-query values (optical_ray.perquery), or null
@@ -168,6 +175,10 @@ class TrialRecord:
     dict given to Ray Tune (or a :class:`~optical_ray.config.Config`).
     ``dev_per_query``: the per-query values of the best dev evaluation, encoded by
     :func:`optical_ray.perquery.encode_per_query` (paired tests between trials).
+
+    ``retention``: the trial's English (reference pair) metric over the teacher's;
+    ``device_s``: devices per worker x workers x ``training_s``; ``eval_s``: seconds
+    spent evaluating (all None when not measured).
     """
 
     experiment: str
@@ -186,10 +197,14 @@ class TrialRecord:
     finished_at: Any = None
     training_s: float | None = None
     iterations: int | None = None
+    retention: float | None = None
+    device_s: float | None = None
+    eval_s: float | None = None
     version: str = __version__
     host: str = field(default_factory=socket.gethostname)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     dev_per_query: str | None = None
+    origin: str | None = None  # warm_start:<pair>/<trial>, sampler or random
 
     def validate(self) -> None:
         """Raise one :class:`ConfigError` listing every malformed field."""
@@ -206,6 +221,7 @@ class TrialRecord:
             problems.append(f"mode: got {self.mode!r}, expected 'max' or 'min'")
         if not str(self.trial_id):
             problems.append("trial_id: empty")
+        problems += origin_problems(self.origin)
         if problems:
             raise ConfigError(problems, source="catalog record")
 
@@ -233,6 +249,7 @@ class TrialRecord:
             "trial_id": str(self.trial_id),
             "status": self.status,
             "error": redact(self.error) if self.error else None,
+            "origin": self.origin,
             "metric": self.metric,
             "mode": self.mode,
             "best_value": metric_value(best, self.pair, self.metric),
@@ -248,6 +265,9 @@ class TrialRecord:
             "duration_s": (finished - started).total_seconds() if started else None,
             "training_s": _float_or_none(self.training_s),
             "iterations": None if self.iterations is None else int(self.iterations),
+            "retention": _float_or_none(self.retention),
+            "device_s": _float_or_none(self.device_s),
+            "eval_s": _float_or_none(self.eval_s),
             "version": self.version,
             "host": self.host,
             "dev_per_query": self.dev_per_query,
@@ -317,6 +337,13 @@ class BestRecord:
     finished_at: str | None
     duration_s: float | None
     record_id: str
+    retention: float | None = None
+    training_s: float | None = None
+    device_s: float | None = None
+    eval_s: float | None = None
+    #: objective values, for a query given several (catalog.pareto)
+    objectives: dict[str, float] = field(default_factory=dict)
+    origin: str | None = None
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -338,13 +365,35 @@ def _opt(row: Mapping[str, Any], key: str) -> Any:
     )
 
 
+_DEFAULTS: dict[str, Any] = {}
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A trial's whole flat config (every key a sweep records) as the nested dict, without
+    building and validating a :class:`Config` again (it was validated when the trial
+    ran); None when ``flat`` is not whole."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(to_flat(Config()))
+    if not _DEFAULTS.keys() <= flat.keys():
+        return None
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def best_record(
-    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str
+    row: Mapping[str, Any], rank: int, metric: str, value: float, mode: str, validate: bool = True
 ) -> BestRecord:
-    """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``."""
+    """The :class:`BestRecord` of a full catalog row ranked ``rank`` with ``value``.
+    ``validate=False`` skips rebuilding a whole config (a Pareto front's many records)."""
     flat = json.loads(_opt(row, "config") or "{}")
     try:
-        nested = to_dict(from_flat(flat))
+        nested = (None if validate else _nest(flat)) or to_dict(from_flat(flat))
     except ConfigError as exc:
         raise ConfigError(
             [
@@ -372,4 +421,9 @@ def best_record(
         finished_at=None if finished is None else pd.Timestamp(finished).isoformat(),
         duration_s=None if duration is None else float(duration),
         record_id=row["record_id"],
+        **{
+            k: _float_or_none(_opt(row, k))
+            for k in ("retention", "training_s", "device_s", "eval_s")
+        },
+        origin=_opt(row, "origin"),
     )

@@ -1,0 +1,285 @@
+"""Transfer HPO: does ``--warm-start auto`` make a new language's sweep cheaper?
+
+Setup: a synthetic family of ``--languages`` related low-resource languages
+(``optical_ray.data.family``, tiny scale) and one English teacher trained on it. Per
+seed, every language is swept cold (TPE + ASHA), each in its own sweep with its own
+sampler seed (one sweep of all pairs would give every pair the same seeded draws, and
+a warm start would only replay configs the held-out pair already tried); then, leave
+one out, each language is swept again with ``--warm-start auto`` from the other
+languages' cold records (read from the cold storage with ``sweep.warm_start_from``;
+the warm sweep writes elsewhere, so no warm record ever feeds another warm sweep).
+Same budget and sampler seed for a language's cold and warm sweeps.
+
+One JSON line per (seed, language) and summary lines:
+
+* ``warm_epochs_to_cold_best``: the warm sweep's trial-epochs (evaluations of all its
+  trials, in the order they finished) until its best dev metric reaches the cold
+  sweep's final best, divided by the cold sweep's trial-epochs (target: median <= 0.5);
+* ``warm_minus_cold_best``: final best dev MAP, warm minus cold (target: never
+  significantly worse);
+* ``test_map``: test-split MAP of both sweeps' best checkpoints.
+
+    python benchmarks/bench_transfer.py [--languages 5] [--trials 8] [--epochs 2]
+                                        [--seeds 0,1,2] [--family-seed 0] [--smoke-test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BATCH = 16
+SPACE = {
+    "base": {
+        "train.stages": ["distill"],
+        "distill.method": "ot",
+        "train.log_every": 10_000,
+        "train.warmup_ratio": 0.0,
+        "distill.batch_size": BATCH,
+        "distill.sinkhorn_iters": 800,
+    },
+    "params": {
+        "distill.epsilon": {"type": "loguniform", "low": 1e-2, "high": 1.0},
+        "distill.lr": {"type": "loguniform", "low": 1e-5, "high": 3e-2},
+        "distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2},
+    },
+}
+
+
+def _emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "transfer", **fields}), flush=True)
+
+
+def _setup(root: Path, n: int, family_seed: int, teacher_steps: int) -> dict[str, Any]:
+    """The family world and an English teacher; the sweeps' base config."""
+    from optical_ray.config import from_flat
+    from optical_ray.data.family import family_specs
+    from optical_ray.data.synthetic import synthesize_world
+    from optical_ray.train import LocalContext, run
+
+    specs, sizes = family_specs(n, family_seed, "tiny")
+    world = synthesize_world(
+        root / "world", seed=0, languages=specs, bitext_sizes=sizes, scale="tiny"
+    )
+    pairs = [f"en-{s.code}" for s in specs]
+    base = {
+        "data.root": str(world.root),
+        "output_dir": str(root / "runs"),
+        "model.tiny.dropout": 0.0,
+        "eval.metrics": ["map"],
+        "train.log_every": 10_000,
+        "train.device": "cpu",
+    }
+    cfg = from_flat(
+        {
+            **base,
+            "name": "teacher",
+            "pair": "en-en",
+            "train.stages": ["rank"],
+            "rank.steps": teacher_steps,
+            "rank.batch_size": 16,
+            "rank.lr": 2e-3,
+            "train.warmup_ratio": 0.1,
+            "eval.pairs": ["en-en"],
+        }
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # training logs; stdout is JSON lines
+        history = run(cfg, LocalContext(root / "teacher"))
+    _emit(
+        figure="teacher_dev_map",
+        value=round(history.evals[-1]["en-en/map"], 4),
+        languages={
+            s.code: {"cognate_rate": s.cognate_rate, "bitext": sizes[s.code]} for s in specs
+        },
+    )
+    # One epoch = the smallest bitext's pass: every pair's trial has the same length.
+    return {
+        **base,
+        "train.teacher": str(root / "teacher" / "model"),
+        "steps_per_epoch": max(1, min(sizes.values()) // BATCH),
+        "pairs": pairs,
+    }
+
+
+def _sweep(base: dict[str, Any], storage: Path, name: str, pairs: list[str], **over: Any) -> Any:
+    """One sweep (TPE + ASHA, two trials at a time); its catalog records."""
+    from optical_ray.catalog import Catalog
+    from optical_ray.config import from_flat
+    from optical_ray.space import parse_space
+    from optical_ray.sweep import run_sweep
+
+    spe, epochs = base["steps_per_epoch"], base["epochs"]
+    flat = {k: v for k, v in base.items() if k not in ("steps_per_epoch", "pairs", "epochs")}
+    cfg = from_flat(
+        {
+            **flat,
+            "storage.uri": str(storage),
+            "scaling.cpus_per_worker": 1.0,
+            "sweep.grace_period": 1,
+            "sweep.reduction_factor": 2.0,
+            "sweep.optuna_storage": "memory",
+            **over,
+        }
+    )
+    space = {
+        **SPACE,
+        "base": {**SPACE["base"], "distill.steps": spe * epochs, "train.eval_every": spe},
+    }
+    # The driver's own lines (the warm start's choice) go to stderr: stdout is JSON lines.
+    with contextlib.redirect_stdout(sys.stderr):
+        run_sweep(cfg, parse_space(space), pairs=pairs, name=name, verbose=0, max_concurrent=2)
+    return Catalog(str(storage)).records(experiment=None)
+
+
+def _epochs(row: Any) -> int:
+    """Trial-epochs a trial used: its evaluations (a finished trial's last report is
+    the end-of-trial summary, not an evaluation)."""
+    return int(row["iterations"]) - (1 if row["status"] == "finished" else 0)
+
+
+def _curve(records: Any) -> tuple[list[tuple[int, float]], int]:
+    """(trial-epochs spent, best so far) after each trial, in finishing order; total."""
+    spent, best, out = 0, float("-inf"), []
+    for _, r in records[records["status"] != "failed"].sort_values("finished_at").iterrows():
+        spent += _epochs(r)
+        best = max(best, float(r["best_value"]))
+        out.append((spent, best))
+    return out, spent
+
+
+def _test_map(storage: Path, pair: str, experiment: str) -> float | None:
+    """Test-split MAP of the experiment's best checkpoint."""
+    from optical_ray.catalog import best_config
+    from optical_ray.config import from_flat
+    from optical_ray.model import RetrievalModel
+    from optical_ray.train import evaluate_dev
+
+    best = best_config(pair, storage=str(storage), experiment=experiment)[0]
+    if not best.checkpoint_uri:
+        return None
+    model = RetrievalModel.load(str(Path(best.checkpoint_uri) / "model"))
+    return evaluate_dev(model, from_flat(best.flat_config), split="test").get("map")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--languages", type=int, default=5)
+    ap.add_argument("--trials", type=int, default=8, help="trials per pair and sweep")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per full trial")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--family-seed", type=int, default=0)
+    ap.add_argument("--teacher-steps", type=int, default=150)
+    ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, checks it runs")
+    args = ap.parse_args()
+    if args.smoke_test:
+        args.languages, args.trials, args.epochs, args.seeds = 3, 3, 1, "0"
+        args.teacher_steps = 10
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 2**20,
+    )
+    ratios: list[float] = []
+    deltas: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
+            root = Path(tmp)
+            base = _setup(root, args.languages, args.family_seed, args.teacher_steps)
+            base = {**base, "epochs": args.epochs}
+            seeds = [int(s) for s in args.seeds.split(",")]
+            for seed in seeds:
+                cold_store = root / f"cold-{seed}"
+                for i, pair in enumerate(base["pairs"]):
+                    cold = _sweep(
+                        base,
+                        cold_store,
+                        f"cold{seed}",
+                        [pair],
+                        **{"sweep.samples": args.trials, "sweep.seed": 1000 * seed + i},
+                    )
+                for i, pair in enumerate(base["pairs"]):
+                    warm_store = root / f"warm-{seed}-{pair}"
+                    warm = _sweep(
+                        base,
+                        warm_store,
+                        f"warm{seed}",
+                        [pair],
+                        **{
+                            "sweep.samples": args.trials,
+                            "sweep.seed": 1000 * seed + i,
+                            "sweep.warm_start": "auto",
+                            "sweep.warm_start_from": str(cold_store),
+                        },
+                    )
+                    cold_curve, cold_total = _curve(cold[cold["pair"] == pair])
+                    warm_curve, _ = _curve(warm)
+                    target = cold_curve[-1][1]
+                    reached = next((x for x, best in warm_curve if best >= target), None)
+                    ratio = reached / cold_total if reached is not None else None
+                    delta = warm_curve[-1][1] - target
+                    ratios.append(ratio if ratio is not None else float("inf"))
+                    deltas.append(delta)
+                    sources = sorted(
+                        {
+                            o.split(":")[1].split("/")[0]
+                            for o in warm["origin"].dropna()
+                            if o.startswith("warm_start:")
+                        }
+                    )
+                    _emit(
+                        figure="warm_epochs_to_cold_best",
+                        seed=seed,
+                        pair=pair,
+                        value=round(ratio, 3) if ratio is not None else None,
+                        warm_minus_cold_best=round(delta, 4),
+                        cold_best_map=round(target, 4),
+                        warm_best_map=round(warm_curve[-1][1], 4),
+                        cold_trial_epochs=cold_total,
+                        warm_epochs_to_reach=reached,
+                        sources=sources,
+                        test_map={
+                            "cold": _round(_test_map(cold_store, pair, f"cold{seed}-{pair}")),
+                            "warm": _round(_test_map(warm_store, pair, f"warm{seed}-{pair}")),
+                        },
+                    )
+            median = statistics.median(ratios)
+            _emit(
+                figure="warm_epochs_to_cold_best_median",
+                value=round(median, 3) if median != float("inf") else None,
+                target=0.5,
+                within_target=median <= 0.5,
+                runs=len(ratios),
+                reached=sum(r != float("inf") for r in ratios),
+                statistic="median over (seed, held-out language) of (warm trial-epochs "
+                "until its best >= the cold sweep's final best) / (cold trial-epochs)",
+            )
+            _emit(
+                figure="warm_minus_cold_best",
+                mean=round(statistics.mean(deltas), 4),
+                min=round(min(deltas), 4),
+                max=round(max(deltas), 4),
+                worse=sum(d < 0 for d in deltas),
+                runs=len(deltas),
+            )
+    finally:
+        ray.shutdown()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+if __name__ == "__main__":
+    main()
