@@ -183,12 +183,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_best(args: argparse.Namespace) -> int:
+    from optical_ray.evaluations import evaluate_best, parse_baselines
+
+    if args.checkpoint or args.out or args.data or args.metrics or args.overrides:
+        raise ConfigError(
+            "evaluate --best: the checkpoints and their configs come from the catalog; "
+            "drop --checkpoint/--out/--data/--metrics/key=value (use --storage, --pairs, "
+            "--baselines, --reference, --metric)"
+        )
+    evaluations = evaluate_best(
+        _storage_arg(args),
+        pairs=args.pairs,
+        split=args.split or "test",
+        baselines=parse_baselines(args.baselines),
+        metric=args.metric or "map",
+        reference_pair=args.reference,
+    )
+    for ev in evaluations:
+        print(ev.to_text() + "\n", flush=True)
+    print(f"next: optical-ray report --storage {args.storage}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from optical_ray.evaluate import evaluate_pairs, format_metrics_table
     from optical_ray.model import RetrievalModel
 
     from optical_ray.storage import local_copy
 
+    if args.best:
+        return _cmd_evaluate_best(args)
+    if not args.checkpoint:
+        raise ConfigError(
+            "evaluate: give --checkpoint DIR, or --best (the catalog's best per pair)"
+        )
+    for flag, value in (("--baselines", args.baselines), ("--reference", args.reference)):
+        if value:
+            raise ConfigError(f"evaluate: {flag} goes with --best")
     _check_dir(args.out, "--out")
     ckpt = local_copy(args.checkpoint, endpoint=args.s3_endpoint)
     if not (ckpt / "optical_ray.json").is_file():
@@ -449,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--languages",
         type=_csv,
         default=["swa", "hau"],
-        help="low-resource languages with MAFAND bitext (default swa,hau)",
+        help="low-resource languages: any with MAFAND-MT bitext and NTREX-128 sentences in the shared folder (default swa,hau)",
     )
     real.add_argument(
         "--reference",
@@ -484,10 +516,37 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", metavar="key=value")
     tr.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate a saved model per language pair")
-    ev.add_argument(
-        "--checkpoint", required=True, help="saved model directory: a local path or s3://.../model"
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved model per language pair, or (--best) each pair's best "
+        "trial on test against the zero-shot teacher and baselines",
     )
+    ev.add_argument(
+        "--checkpoint", default=None, help="saved model directory: a local path or s3://.../model"
+    )
+    ev.add_argument(
+        "--best",
+        action="store_true",
+        help="evaluate each pair's best checkpoint from the catalog in --storage",
+    )
+    ev.add_argument(
+        "--storage", default="optical_runs", help="with --best: local dir or s3://bucket/prefix"
+    )
+    ev.add_argument(
+        "--baselines",
+        type=_csv,
+        default=None,
+        metavar="RUN,...",
+        help="with --best: systems to compare with, NAME=URI or URI (a run dir, "
+        "checkpoint or model dir; local or s3://)",
+    )
+    ev.add_argument(
+        "--reference",
+        default=None,
+        metavar="PAIR",
+        help="with --best: the pair the gap is measured to (default en-en)",
+    )
+    ev.add_argument("--metric", default=None, help="with --best: the metric that ranks trials")
     ev.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
     ev.add_argument("--data", default=None, help="dataset root (default: the run's)")
     ev.add_argument("--pairs", type=_csv, default=None, help="e.g. en-en,en-xa,xa-en")

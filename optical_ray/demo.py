@@ -7,7 +7,8 @@
    language), results and checkpoints into local storage;
 4. print the best config per pair and the gap report on the *test* split: the
    teacher zero-shot vs the best distilled student, per language, with paired
-   significance tests.
+   significance tests (:func:`optical_ray.evaluations.evaluate_best`, the code of
+   ``optical-ray evaluate --best``; per-query values kept in storage).
 
 Running it again with the same ``--out`` resumes: nothing finished is redone.
 """
@@ -108,27 +109,13 @@ def _teacher(cfg: Config, out: Path) -> Path:
     return model
 
 
-def _gap(cfg: Config, teacher: Path, sweep: object, pairs: Sequence[str]) -> object:
-    """Teacher zero-shot vs the best student per pair, on the test split."""
-    from optical_ray.compare import gap_report
-    from optical_ray.evaluate import evaluate_pairs
-    from optical_ray.model import RetrievalModel
+def _gap(storage: str, sweep: object, pairs: Sequence[str]) -> list:
+    """Teacher zero-shot vs the best student per pair, on the test split: the same code
+    path as ``optical-ray evaluate --best`` (per-query values written to storage)."""
+    from optical_ray.evaluations import evaluate_best
 
-    tcfg = from_flat({"eval.split": "test"}, cfg)
-    ref = f"{cfg.data.teacher_lang}-{cfg.data.teacher_lang}"
-    zero = evaluate_pairs(RetrievalModel.load(teacher), tcfg, pairs=[ref, *pairs])
-    best = {}
-    for pair in pairs:
-        r = sweep.pairs.get(pair)
-        if r is None or not r.best_checkpoint or not Path(r.best_checkpoint, "model").is_dir():
-            continue
-        student = RetrievalModel.load(Path(r.best_checkpoint) / "model")
-        best.update(evaluate_pairs(student, tcfg, pairs=[pair]))
-    return gap_report(
-        {"zero-shot teacher": zero, "OPTICAL (best trial)": best},
-        baseline="zero-shot teacher",
-        reference_pair=ref,
-    )
+    done = [p for p in pairs if (r := sweep.pairs.get(p)) is not None and r.best_checkpoint]
+    return evaluate_best(storage, pairs=done, split="test") if done else []
 
 
 def run_demo(
@@ -168,8 +155,9 @@ def run_demo(
         "test vs the zero-shot teacher):",
         flush=True,
     )
-    gap = _gap(scfg, teacher, result, pairs)
-    print(gap.to_text(), flush=True)
+    gap = _gap(cfg.storage.uri, result, pairs)
+    for evaluation in gap:
+        print(evaluation.to_text() + "\n", flush=True)
     minutes = (time.time() - start) / 60
     storage = cfg.storage.uri
     print(
@@ -183,5 +171,6 @@ def run_demo(
         f"  optical-ray best --pair en-xc --storage {storage} --format yaml > best.yaml "
         "&& optical-ray train --config best.yaml"
     )
+    print(f"  optical-ray evaluate --best --storage {storage} --split test")
     print(f"  optical-ray report --storage {storage} --out {out / 'report'}")
     return DemoResult(out, teacher, storage, result, gap)

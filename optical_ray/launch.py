@@ -20,11 +20,11 @@ from typing import Any, Callable, Mapping
 import ray
 from ray import tune
 
-from optical_ray.config import Config, from_flat
+from optical_ray.config import Config
 from optical_ray.errors import ConfigError, DataError, OpticalRayError
 from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
-from optical_ray.space import validate_space
+from optical_ray.space import trial_config, validate_space
 from optical_ray.sweep import (
     PairPlan,
     SlotPool,
@@ -73,17 +73,19 @@ def _coordinator_name(cfg: Config) -> str:
     return f"sweep:{cfg.name}:{cfg.storage.uri}"
 
 
-def _check_pairs_data(cfg: Config) -> None:
-    """Every pair's evaluation data (and bitext, when it distils) exists: one error
-    listing every pair that lacks it, before any trial starts."""
+def _check_pairs_data(cfg: Config, space: Any) -> None:
+    """Every pair's evaluation data (and bitext, when it distils) exists, as the space
+    names them for that pair (its templates filled in): one error listing every pair
+    that lacks it, before any trial starts."""
     from optical_ray.data.sources import bitext_pairs, eval_collection
+    from optical_ray.space import trial_config
 
     problems = []
     for pair in cfg.sweep.pairs:
-        pcfg = from_flat({"pair": pair}, cfg)
         try:
-            eval_collection(pcfg, pair, cfg.eval.split)
-            if "distill" in cfg.train.stages and cfg.distill.method != "none":
+            pcfg = trial_config(space, pair, {}, cfg)
+            eval_collection(pcfg, pair, pcfg.eval.split)
+            if "distill" in pcfg.train.stages and pcfg.distill.method != "none":
                 bitext_pairs(pcfg, pair)
         except (DataError, ConfigError) as exc:
             problems.append(f"{pair}: {exc}")
@@ -201,7 +203,8 @@ def run(
     if store.scheme == "s3":
         store.ensure_bucket()
     Catalog(store)  # a storage the catalog cannot use fails here, not in a trial
-    depth = model_depth(cfg)
+    # The model (and its depth) as the space's fixed values name it for the first pair.
+    depth = model_depth(trial_config(space, sw.pairs[0], {}, cfg))
     validate_space(space, depth)
     for line in unconverging_epsilon(cfg, space):
         log.warning("%s", line)
@@ -210,8 +213,9 @@ def run(
 
     warm = plan_warm_starts(cfg, space, depth, out)
     if check_data:
-        ensure_data_root(cfg)
-        _check_pairs_data(cfg)
+        if not space.templated:
+            ensure_data_root(cfg)  # generated once here, not raced for by the trials
+        _check_pairs_data(cfg, space)
     init_ray(address, log_to_driver=verbose >= 2)
     _check_resources(cfg)
     fs = store.ray_storage_filesystem()

@@ -40,6 +40,7 @@ from optical_ray.sweep import (
     CHECKPOINT_PATH_KEY,
     CONFIG_KEY,
     FINISHED_KEY,
+    PER_QUERY_KEY,
     ORIGIN_KEY,
     PairPlan,
     PairResult,
@@ -370,6 +371,7 @@ class CatalogCallback(Callback):
         self.catalog, self.plan, self.baseline = catalog, plan, baseline
         self.started: dict[str, float] = {}
         self.configs: dict[str, dict[str, Any]] = {}
+        self.per_query: dict[str, str] = {}
         self.at_best: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
@@ -378,6 +380,8 @@ class CatalogCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         if isinstance(result.get(CONFIG_KEY), str):
             self.configs[trial.trial_id] = json.loads(result[CONFIG_KEY])
+        if isinstance(result.get(PER_QUERY_KEY), str):  # sent only when the metric improves
+            self.per_query[trial.trial_id] = result[PER_QUERY_KEY]
         # the evaluation at the trial's best sweep.metric: retention is measured there
         sw = self.plan.base.sweep
         value = result.get(sw.metric)
@@ -447,6 +451,7 @@ class CatalogCallback(Callback):
                 device_s=costs["device_s"],
                 eval_s=costs["eval_s"],
                 record_id=f"{self.plan.experiment}--{trial.trial_id}",
+                dev_per_query=self.per_query.get(trial.trial_id),
                 origin=(trial.config or {}).get(ORIGIN_KEY),
             )
         )

@@ -562,9 +562,11 @@ def build_report(
         flagged,
         fronts,
     )
+    extra = _extra_sections(catalog.storage, out, df, metric, mode)
     (out / "report.json").write_text(
         json.dumps(
             {
+                **extra,
                 "storage": where,
                 "metric": metric,
                 "baseline": baseline,
@@ -584,6 +586,25 @@ def build_report(
         encoding="utf-8",
     )
     return out / "report.md"
+
+
+def _extra_sections(
+    storage: Any, out: Path, df: pd.DataFrame, metric: str, mode: str
+) -> dict[str, Any]:
+    """Sections from the per-query values (:mod:`optical_ray.evaluations`): best vs
+    runner-up on dev, the test evaluations; appended to report.md and report.html,
+    returned for report.json."""
+    from optical_ray.evaluations import report_section
+
+    md, data = report_section(storage, df, metric, mode)
+    if not md:
+        return {}
+    with open(out / "report.md", "a", encoding="utf-8") as f:
+        f.write("\n" + md + "\n")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    block = f"<pre>{html.escape(md)}</pre>"
+    (out / "report.html").write_text(page.replace("</body></html>", block + "</body></html>"))
+    return data
 
 
 def unconverged_trials(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:

@@ -18,6 +18,11 @@ A search space file (``search_spaces/*.yaml``)::
         params:
           distill.epsilon: {type: loguniform, low: 1.0e-2, high: 1.0}
 
+Pair templates: ``{pair}``, ``{lang}`` (the non-English side), ``{src}`` and ``{tgt}``
+in any string or mapping key of ``base``/``params`` are filled in for each pair
+(:mod:`optical_ray.templates`), e.g. ``data.bitext: {"en-{lang}": {format: mafand}}``;
+a pair's own section still overrides what the template gives.
+
 Distribution types: ``loguniform`` / ``uniform`` (``low``, ``high``), ``int``
 (``low``, ``high``, optional ``log``), ``categorical`` (``choices``), ``fixed``
 (``value``), and ``layers``: which encoder layers to align, given the model depth —
@@ -52,6 +57,7 @@ from optical_ray.config import (
     to_flat,
 )
 from optical_ray.errors import ConfigError
+from optical_ray.templates import SAMPLE_PAIR, expand, has_template, template_problems
 
 __all__ = [
     "Param",
@@ -97,15 +103,26 @@ class SearchSpace:
     source: str = "<space>"
 
     def for_pair(self, pair: str) -> tuple[dict[str, Any], list[Param]]:
-        """Base values and params for ``pair``, with its overrides applied."""
-        base = dict(self.base)
-        params = {p.key: p for p in self.params}
-        if pair in self.pairs:
-            extra_base, extra_params = self.pairs[pair]
-            base.update(extra_base)
+        """Base values and params for ``pair``: the pair templates (``{pair}``,
+        ``{lang}``, ...; :mod:`optical_ray.templates`) filled in, then the pair's own
+        section applied over them."""
+        return self._resolve(pair, pair)
+
+    def _resolve(self, fill: str, section: str) -> tuple[dict[str, Any], list[Param]]:
+        """Templates filled for pair ``fill`` (none if empty), section ``section``."""
+        base = expand(self.base, fill) if fill else dict(self.base)
+        params = {p.key: _fill_param(p, fill) for p in self.params}
+        if section in self.pairs:
+            extra_base, extra_params = self.pairs[section]
+            base.update(expand(extra_base, fill) if fill else extra_base)
             for p in extra_params:
-                params[p.key] = p
+                params[p.key] = _fill_param(p, fill)
         return base, list(params.values())
+
+    @property
+    def templated(self) -> bool:
+        """Whether the space names its data through pair templates."""
+        return has_template(self.base) or any(has_template(p.spec) for p in self.params)
 
     def define_by_run(self, pair: str, depth: int) -> "DefineByRun":
         """An Optuna define-by-run function sampling this space for ``pair``.
@@ -116,6 +133,13 @@ class SearchSpace:
         """
         base, params = self.for_pair(pair)
         return DefineByRun(base, params, depth)
+
+
+def _fill_param(p: Param, pair: str) -> Param:
+    """``p`` with its distribution's and condition's templates filled for ``pair``."""
+    if not pair or not (has_template(p.spec) or has_template(p.when)):
+        return p
+    return Param(p.key, p.type, expand(p.spec, pair), expand(p.when, pair))
 
 
 class DefineByRun:
@@ -277,6 +301,7 @@ def _parse_params(raw: Any, where: str, problems: list[str], known: set[str]) ->
                 )
             if "max_k" in spec and (not isinstance(spec["max_k"], int) or spec["max_k"] < 1):
                 problems.append(f"{at}.max_k: got {spec['max_k']!r}, expected an integer >= 1")
+        problems.extend(template_problems(dict(spec), at))
         when = spec.get("when", {})
         if not isinstance(when, Mapping):
             problems.append(f"{at}.when: expected a mapping of key to allowed values")
@@ -298,6 +323,7 @@ def _check_base(raw: Any, where: str, problems: list[str], known: set[str]) -> d
     for key in raw:
         if key not in known and key.split(".")[0] not in ("data",):
             problems.append(f"{where}.{key}: not a config key")
+        problems.extend(template_problems({key: raw[key]}, f"{where}.{key}"))
     return dict(raw)
 
 
@@ -358,11 +384,21 @@ def validate_space(space: SearchSpace, depth: int | None = None) -> SearchSpace:
 def _space_problems(space: SearchSpace, depth: int | None, known: set[str]) -> list[str]:
     problems: list[str] = []
     fields = field_info()
+    # A template space is checked as it would run for a stand-in pair (xx-en).
+    sample = SAMPLE_PAIR if space.templated else ""
     for pair in [None, *space.pairs]:
+        if pair and not PAIR_RE.match(pair):
+            continue  # reported by the parser
         label = f"pairs.{pair}" if pair else ""
-        fixed, _ = space.for_pair(pair or "")
+        try:
+            fixed, _ = space._resolve(pair or sample, pair or "")
+        except ConfigError as exc:  # e.g. {lang} for a pair without English
+            problems.extend(f"{label or 'base'}: {p}" for p in exc.problems)
+            continue
         fixed = {k: v for k, v in fixed.items() if k in known or k.split(".")[0] == "data"}
-        own = space.pairs[pair][1] if pair else space.params
+        own = [
+            _fill_param(p, pair or sample) for p in (space.pairs[pair][1] if pair else space.params)
+        ]
         # The fixed values must make a valid config on their own, for every pair.
         try:
             from_dict(apply_overrides({}, fixed))

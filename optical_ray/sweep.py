@@ -46,6 +46,9 @@ __all__ = [
 FINISHED_KEY = "trial_finished"
 CONFIG_KEY = "resolved_config"
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: The per-query values of a trial's best dev evaluation so far
+#: (:func:`optical_ray.perquery.encode_per_query`), sent when the metric improves.
+PER_QUERY_KEY = "dev_per_query"
 #: The key a trial's sampled config carries its origin under (see :mod:`optical_ray.warmstart`):
 #: ``warm_start:<pair>/<trial>``, ``sampler`` or ``random``. Not a config key: the
 #: trial's config ignores it, the catalog records it.

@@ -70,10 +70,18 @@ def local_run_dir(cfg: Config) -> Path:
     return Path(resolve_storage(uri).path) / cfg.name
 
 
-def evaluate_dev(model: RetrievalModel, cfg: Config, split: str | None = None) -> dict[str, float]:
+def evaluate_dev(
+    model: RetrievalModel,
+    cfg: Config,
+    split: str | None = None,
+    *,
+    keep: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Evaluate on ``split`` (default ``cfg.eval.split``): ``{"<pair>/<metric>": ..}``
     plus bare ``"<metric>"`` keys for ``cfg.pair``, which is always evaluated (it is
-    what a sweep optimises), added to ``eval.pairs`` if they leave it out."""
+    what a sweep optimises), added to ``eval.pairs`` if they leave it out. ``keep``
+    collects ``(metrics, cfg.pair's per-query values)`` in ``keep["evals"]``, for a
+    context that records them (a sweep trial's catalog record)."""
     from optical_ray.evaluate import evaluate_pairs
 
     pairs = _dev_pairs(cfg, split or cfg.eval.split)
@@ -83,6 +91,8 @@ def evaluate_dev(model: RetrievalModel, cfg: Config, split: str | None = None) -
     flat = {f"{pair}/{k}": float(v) for pair, r in results.items() for k, v in r.metrics.items()}
     if cfg.pair in results:
         flat.update({k: float(v) for k, v in results[cfg.pair].metrics.items()})
+        if keep is not None:
+            keep.setdefault("evals", []).append((flat, results[cfg.pair].per_query))
     return flat
 
 
@@ -196,13 +206,14 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
             sources.ensure_data_root(cfg)
         model = RetrievalModel.from_config(cfg)
 
+    keep = getattr(ctx, "dev_per_query", None)  # a context that records them
     # eval_s: seconds spent evaluating in this run so far (a trial's evaluation cost),
     # carried on from the checkpoint's history on resume
     eval_seconds = [max((e.get("eval_s", 0.0) for e in history.evals), default=0.0)]
 
     def eval_fn(m: RetrievalModel) -> dict[str, float]:
         start = time.perf_counter()
-        metrics = evaluate_dev(m, cfg)
+        metrics = evaluate_dev(m, cfg, keep=keep)
         eval_seconds[0] += time.perf_counter() - start
         return {**metrics, "eval_s": eval_seconds[0]}
 

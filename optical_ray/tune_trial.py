@@ -18,12 +18,14 @@ from ray import tune
 
 from optical_ray.config import Config, to_flat
 from optical_ray.context import TrainContext, fill_metric
+from optical_ray.perquery import encode_per_query
 from optical_ray.raytune import REPORT_ATTEMPTS, _storage_call
 from optical_ray.storage import with_retries
 from optical_ray.sweep import (
     CHECKPOINT_PATH_KEY,
     CONFIG_KEY,
     FINISHED_KEY,
+    PER_QUERY_KEY,
     PairPlan,
     resolve_trial_config,
 )
@@ -49,11 +51,17 @@ class TuneContext(TrainContext):
         self.last: dict[str, Any] = {}
         self._restored: str | None = None
         self._config_sent = False
+        self.pair = cfg.pair
+        # Filled by each dev evaluation (optical_ray.train.evaluate_dev); sent with the
+        # report whenever the metric improves, so the catalog keeps the best one's.
+        self.dev_per_query: dict[str, Any] = {}
+        self._best_dev: float | None = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         out = fill_metric(metrics, self.last, self.metric, self.mode)
         if self.metric in metrics:
             self.last = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._attach_per_query(metrics, out)
         if not self._config_sent:
             out[CONFIG_KEY] = self.config_json
             self._config_sent = True
@@ -69,6 +77,29 @@ class TuneContext(TrainContext):
         )
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def _attach_per_query(self, metrics: dict[str, Any], out: dict[str, Any]) -> None:
+        """Add the per-query values of the evaluation behind ``metrics`` when its metric
+        beats every one sent before. Matched by value, not by recency: with
+        ``train.keep_best`` the stage's last report carries the best (maybe the
+        starting model's) evaluation, not the last one. Only the best is kept after."""
+        evals = self.dev_per_query.get("evals") or []
+        value = metrics.get(self.metric)
+        if isinstance(value, (int, float)) and evals and self._improves(float(value)):
+            match = next(
+                (pq for flat, pq in reversed(evals) if flat.get(self.metric) == value), None
+            )
+            if match is not None:
+                self._best_dev = float(value)
+                out[PER_QUERY_KEY] = encode_per_query(self.pair, match)
+        if evals:
+            sign = 1.0 if self.mode == "max" else -1.0
+            best = max(evals, key=lambda e: sign * float(e[0].get(self.metric, -sign * 1e300)))
+            self.dev_per_query["evals"] = [best]
+
+    def _improves(self, value: float) -> bool:
+        best = self._best_dev
+        return best is None or (value > best if self.mode == "max" else value < best)
 
     def latest_checkpoint(self) -> str | None:
         if self._restored is None:

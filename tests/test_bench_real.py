@@ -62,3 +62,66 @@ def test_teacher_dir_sets_its_scoring(bench, tmp_path):
     }
     with pytest.raises(SystemExit, match="not a model saved by optical-ray"):
         bench.teacher_model_keys(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    """One Ray instance for this module's sweep (2 CPUs, small object store)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
+    bench, ray_two_cpus, tiny_encoder_dir, tmp_path, capsys
+):
+    """``--methods ot,sweep`` on a fake shared folder with a tiny encoder: a 2-trial
+    TPE + ASHA sweep over the real space, its best evaluated on the same test tasks
+    as the hand-set OT run, and a ``sweep_target`` line with both target figures."""
+    from tests.fake_shared import make_fake_shared
+
+    shared = make_fake_shared(tmp_path / "shared", langs=("swa",), reference=("deu",))
+    bench.main(
+        [
+            "--shared",
+            str(shared),
+            "--langs",
+            "swa",
+            "--reference",
+            "deu",
+            "--methods",
+            "ot,sweep",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--sweep-trials",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            f"model.name_or_path={tiny_encoder_dir}",
+            "--set",
+            "train.eval_every=1",
+            "--set",
+            "distill.sinkhorn_iters=50",
+        ]
+    )
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    systems = {(r["system"], r["task"]) for r in lines if r["figure"] == "retrieval"}
+    assert ("sweep", "ntrex_xx_en") in systems and ("ot", "ntrex_xx_en") in systems
+    sweep_row = next(r for r in lines if r.get("system") == "sweep")
+    assert sweep_row["trials"] == 2 and sweep_row["best_config"]["method"] in (
+        "ot",
+        "mse_sentence",
+        "contrastive",
+    )
+    (target,) = [r for r in lines if r["figure"] == "sweep_target"]
+    beats = target["sweep_beats_hand_set"]["ntrex_xx_en"]
+    assert set(beats) == {"delta_map", "p", "holds"} and 0 <= beats["p"] <= 1
+    assert "gap_to_deu_closed" in target
+    assert target["sweep_vs_mse_sentence"] is None  # not run

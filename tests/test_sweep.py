@@ -68,6 +68,8 @@ def _base(root: Path, storage: str, **over):
 def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog, best_config, best_yaml
     from optical_ray.config import from_dict, to_flat
+    from optical_ray.evaluations import best_vs_runner_up
+    from optical_ray.perquery import decode_per_query
     from optical_ray.space import parse_space
     from optical_ray.sweep import run_sweep
 
@@ -102,6 +104,12 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
         # Sinkhorn convergence of the trial's distill steps is in the catalog too.
         last = json.loads(row["last_metrics"])
         assert 0.0 <= last["sinkhorn_unconverged"] <= 1.0 and "sinkhorn_max_error" in last
+        # The best dev evaluation's per-query values, kept compactly in the record.
+        pair, per_query = decode_per_query(row["dev_per_query"])
+        assert pair == row["pair"] and per_query
+        mean = sum(v["map"] for v in per_query.values()) / len(per_query)
+        assert mean == pytest.approx(json.loads(row["best_metrics"])["map"], abs=1e-5)
+    assert {r["pair"] for r in best_vs_runner_up(records)} == {"en-xc", "xc-en"}
     # The two pairs ran at the same time (one experiment each, one shared budget of 2).
     spans = {
         p: [(r.started_at, r.finished_at) for r in records[records["pair"] == p].itertuples()]

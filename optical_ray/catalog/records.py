@@ -80,6 +80,8 @@ SCHEMA = pa.schema(
         ("eval_s", pa.float64()),
         ("version", pa.string()),
         ("host", pa.string()),
+        # the best dev evaluation's per-query values (optical_ray.perquery), or null
+        ("dev_per_query", pa.string()),
     ],
     metadata={"optical_ray.catalog": "1"},
 )
@@ -171,6 +173,8 @@ class TrialRecord:
     the same keys for the zero-shot teacher on the same evaluation set: the report's
     baseline when no ``distill.method: none`` trial was run. ``config`` is the flat
     dict given to Ray Tune (or a :class:`~optical_ray.config.Config`).
+    ``dev_per_query``: the per-query values of the best dev evaluation, encoded by
+    :func:`optical_ray.perquery.encode_per_query` (paired tests between trials).
 
     ``retention``: the trial's English (reference pair) metric over the teacher's;
     ``device_s``: devices per worker x workers x ``training_s``; ``eval_s``: seconds
@@ -199,6 +203,7 @@ class TrialRecord:
     version: str = __version__
     host: str = field(default_factory=socket.gethostname)
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    dev_per_query: str | None = None
     origin: str | None = None  # warm_start:<pair>/<trial>, sampler or random
 
     def validate(self) -> None:
@@ -265,6 +270,7 @@ class TrialRecord:
             "eval_s": _float_or_none(self.eval_s),
             "version": self.version,
             "host": self.host,
+            "dev_per_query": self.dev_per_query,
         }
 
 

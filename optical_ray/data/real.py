@@ -57,6 +57,8 @@ __all__ = [
     "canonical_lang",
     "mafand_bitext",
     "ntrex_sentences",
+    "ntrex_languages",
+    "mafand_languages",
     "ntrex_document_ids",
     "ntrex_split_documents",
     "ntrex_collection",
@@ -166,7 +168,13 @@ def ntrex_sentences(lang: str, shared: str | os.PathLike | None = None) -> list[
     sentence (the English source for ``en``)."""
     code = canonical_lang(lang)
     name = _NTREX_FILES.get(code, f"newstest2019-ref.{code}.txt")
-    path = _need(_ntrex_dir(shared) / "NTREX-128" / name, f"NTREX-128 language {code!r}")
+    path = _ntrex_dir(shared) / "NTREX-128" / name
+    if not path.is_file():
+        have = ntrex_languages(shared)
+        raise DataError(
+            f"NTREX-128 has no language {code!r} in {path.parent} "
+            f"(present: {', '.join(have) or 'none'})"
+        )
     lines = path.read_text(encoding="utf-8").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -180,6 +188,25 @@ def ntrex_sentences(lang: str, shared: str | os.PathLike | None = None) -> list[
     if empty:
         raise DataError(f"{path}: line {empty[0]} is empty ({len(empty)} empty lines)")
     return [s.strip() for s in lines]
+
+
+def ntrex_languages(shared: str | os.PathLike | None = None) -> list[str]:
+    """Languages with NTREX-128 sentences in the shared folder (``en`` for the source)."""
+    folder = _ntrex_dir(shared) / "NTREX-128"
+    if not folder.is_dir():
+        return []
+    codes = {
+        "en" if p.name in _NTREX_FILES.values() else p.name.split(".")[1]
+        for p in folder.glob("newstest2019-*.txt")
+        if p.name in _NTREX_FILES.values() or p.name.startswith("newstest2019-ref.")
+    }
+    return sorted(c for c in codes if "-" not in c)  # eng-US is a variant, not a language
+
+
+def mafand_languages(shared: str | os.PathLike | None = None) -> list[str]:
+    """Languages with MAFAND-MT bitext (``en-<xx>`` folders) in the shared folder."""
+    base = shared_data_dir(shared) / "mafand_mt" / "data" / "text_files"
+    return sorted(p.name[3:] for p in base.glob("en-*") if p.is_dir()) if base.is_dir() else []
 
 
 def ntrex_document_ids(shared: str | os.PathLike | None = None) -> list[str]:
@@ -544,6 +571,14 @@ def prepare_real(
     bad = [x for x in langs + refs if x == "en"]
     if bad:
         raise DataError("languages/reference: English is the teacher's language; give others")
+    missing = [x for x in langs if x not in mafand_languages(src)]
+    missing += [x for x in langs + refs if x not in ntrex_languages(src)]
+    if missing:
+        raise DataError(
+            f"languages {', '.join(dict.fromkeys(missing))} have no data in {src}: "
+            f"MAFAND-MT bitext for {', '.join(mafand_languages(src)) or 'none'}; "
+            f"NTREX-128 for {', '.join(ntrex_languages(src)) or 'none'}"
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / "manifest.json").unlink(missing_ok=True)
     counts: dict[str, dict] = {}
@@ -576,7 +611,9 @@ def prepare_real(
         for q in ("deu", "spa", "en"):
             if (src / "xquad_r" / "xquad-r" / f"{_XQUAD_CODES[q]}.json").is_file():
                 tasks[f"{q}-en_xquadr"] = ("xquad_r", q, "en")
-    afriqa = _afriqa_rows(src) if any(t[0] == "afriqa" for t in tasks.values()) else {}
+    # AfriQA covers a few languages only: the others simply get no _afriqa task.
+    has_afriqa = (src / "afriqa" / "data" / "gold_passages").is_dir()
+    afriqa = _afriqa_rows(src) if has_afriqa else {}
     for name, (fmt, q, d) in tasks.items():
         for split in _SPLITS:
             if fmt == "afriqa" and (q, split) not in afriqa:
