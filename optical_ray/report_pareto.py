@@ -55,9 +55,9 @@ def pareto_section(
     on_front = non_dominated(np.column_stack([x, y]), [True, True])
     methods = ranked["method"].fillna("ot").to_numpy() if "method" in ranked else None
     main = pd.Series(methods).mode().iloc[0] if methods is not None else "ot"
-    from optical_ray.report import _plt
+    from optical_ray.report_plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     sweep = ok & (methods == main if methods is not None else True)
     ax.scatter(x[sweep], y[sweep], s=18, alpha=0.6, color="#9aa7b4", label=f"trials ({main})")

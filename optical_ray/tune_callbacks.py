@@ -1,0 +1,245 @@
+"""The Ray Tune callbacks of a pair's experiment: the catalog record of every trial as
+it ends (:class:`CatalogCallback`) and the pair's progress in the sweep's coordinator
+(:class:`ProgressCallback`), which the driver prints. Public Ray Tune API only."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import ray
+from ray.tune import Callback
+
+from optical_ray.config import to_flat
+from optical_ray.errors import OpticalRayError
+from optical_ray.sweep import (
+    CHECKPOINT_PATH_KEY,
+    CONFIG_KEY,
+    FINISHED_KEY,
+    ORIGIN_KEY,
+    PER_QUERY_KEY,
+    PairPlan,
+    error_reason,
+    resolve_trial_config,
+)
+
+__all__ = [
+    "CatalogCallback",
+    "ProgressCallback",
+    "checkpoint_uri",
+    "coordinator_handle",
+    "is_metric",
+    "NAMESPACE",
+]
+
+#: The Ray namespace of a sweep's named coordinator actor.
+NAMESPACE = "optical-ray"
+
+
+def coordinator_handle(name: str | None) -> Any:
+    """The coordinator actor by name (None when it is gone: no limit, no progress)."""
+    if not name:
+        return None
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+class CatalogCallback(Callback):
+    """Appends one catalog record per finished, stopped or failed trial, as it happens
+    (a driver that dies loses no finished trial's record). The record's config is the
+    one the trial reported it ran (``CONFIG_KEY``); records are keyed by experiment and
+    trial, so a trial recorded twice (e.g. around a resume) is one record."""
+
+    def __init__(self, catalog: Any, plan: PairPlan, baseline: dict[str, float] | None) -> None:
+        self.catalog, self.plan, self.baseline = catalog, plan, baseline
+        self.started: dict[str, float] = {}
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.per_query: dict[str, str] = {}
+        self.at_best: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        if isinstance(result.get(CONFIG_KEY), str):
+            self.configs[trial.trial_id] = json.loads(result[CONFIG_KEY])
+        if isinstance(result.get(PER_QUERY_KEY), str):  # sent only when the metric improves
+            self.per_query[trial.trial_id] = result[PER_QUERY_KEY]
+        # the evaluation at the trial's best sweep.metric: retention is measured there
+        sw = self.plan.base.sweep
+        value = result.get(sw.metric)
+        if isinstance(value, (int, float)) and any("/" in k for k in result):
+            seen = self.at_best.get(trial.trial_id)
+            if seen is None or (value > seen[0] if sw.mode == "max" else value < seen[0]):
+                metrics = {k: v for k, v in result.items() if "/" in k}
+                self.at_best[trial.trial_id] = (float(value), metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._record(trial, "finished", None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._record(trial, "failed", _error_line(trial))
+
+    def config_of(self, trial: Any) -> dict[str, Any]:
+        """What ``trial`` ran: its own report, else the same resolution it made."""
+        reported = self.configs.get(trial.trial_id)
+        if reported is None and isinstance((trial.last_result or {}).get(CONFIG_KEY), str):
+            reported = json.loads(trial.last_result[CONFIG_KEY])
+        if reported is not None:
+            return reported
+        try:
+            return to_flat(resolve_trial_config(self.plan, dict(trial.config), trial.trial_id))
+        except OpticalRayError:
+            return dict(trial.config)  # a sampled combination that cannot work
+
+    def _record(self, trial: Any, status: str, error: str | None) -> None:
+        from optical_ray.catalog import TrialRecord
+
+        sw = self.plan.base.sweep
+        result = trial.last_result or {}
+        analysis = trial.metric_analysis or {}
+        best_key = "max" if sw.mode == "max" else "min"
+        best = {
+            k: v[best_key]
+            for k, v in analysis.items()
+            if isinstance(v, Mapping) and best_key in v and is_metric(k)
+        }
+        last = {k: v for k, v in result.items() if isinstance(v, (int, float)) and is_metric(k)}
+        if status == "finished" and not result.get(FINISHED_KEY):
+            status = "stopped"  # ASHA ended it early
+        from optical_ray.catalog.pareto import trial_costs
+
+        costs = trial_costs(
+            result, self.plan.base, self.baseline, self.at_best.get(trial.trial_id, (0, {}))[1]
+        )
+        self.catalog.append(
+            TrialRecord(
+                experiment=self.plan.experiment,
+                pair=self.plan.pair,
+                trial_id=trial.trial_id,
+                status=status,
+                config=self.config_of(trial),
+                best_metrics=best,
+                last_metrics=last,
+                metric=sw.metric,
+                mode=sw.mode,
+                error=error,
+                baseline_metrics=self.baseline,
+                checkpoint_uri=checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
+                started_at=self.started.get(trial.trial_id),
+                finished_at=time.time(),
+                training_s=result.get("train_s"),
+                iterations=result.get("training_iteration"),
+                retention=costs["retention"],
+                device_s=costs["device_s"],
+                eval_s=costs["eval_s"],
+                record_id=f"{self.plan.experiment}--{trial.trial_id}",
+                dev_per_query=self.per_query.get(trial.trial_id),
+                origin=(trial.config or {}).get(ORIGIN_KEY),
+            )
+        )
+
+
+class ProgressCallback(Callback):
+    """Keeps one pair's counts (done, running, stopped, failed), best so far and start
+    time in the coordinator, where the driver reads them."""
+
+    def __init__(self, plan: PairPlan, coordinator: str) -> None:
+        self.plan, self.coordinator = plan, coordinator
+        self.status: dict[str, str] = {}
+        self.best: tuple[float, str] | None = None
+        self.start = time.time()
+        self._handle: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
+
+    def _push(self) -> None:
+        if self._handle is None:
+            self._handle = coordinator_handle(self.coordinator)
+        if self._handle is None:
+            return
+        counts = {
+            s: sum(1 for v in self.status.values() if v == s)
+            for s in ("running", "finished", "stopped", "failed")
+        }
+        self._handle.update.remote(
+            self.plan.pair,
+            {
+                **counts,
+                "samples": self.plan.base.sweep.samples,
+                "start": self.start,
+                "best": self.best[0] if self.best else None,
+                "best_trial": self.best[1] if self.best else None,
+            },
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.status[trial.trial_id] = "running"
+        self._push()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.status[trial.trial_id] = "running"
+        self._push()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        sw = self.plan.base.sweep
+        value = result.get(sw.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) >= 1e299:
+            return
+        better = self.best is None or (
+            value > self.best[0] if sw.mode == "max" else value < self.best[0]
+        )
+        if better:
+            self.best = (float(value), trial.trial_id)
+            self._push()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        done = (trial.last_result or {}).get(FINISHED_KEY)
+        self.status[trial.trial_id] = "finished" if done else "stopped"
+        self._push()
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self.status[trial.trial_id] = "failed"
+        self._push()
+
+
+def is_metric(key: str) -> bool:
+    """Result keys the catalog keeps: evaluation metrics and Sinkhorn convergence."""
+    name = key.split("/")[-1].split("@")[0]
+    return (
+        name in ("map", "ndcg", "mrr", "recall", "p", "score")
+        or "/" in key
+        or key.startswith("sinkhorn_")
+    )
+
+
+def checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
+    """The URI of a trial's latest checkpoint: Tune's (single-worker trials) or its
+    Train run's (multi-worker trials report it as ``checkpoint_path``)."""
+    if ckpt is not None:
+        kind = getattr(ckpt.filesystem, "type_name", "local")
+        return f"s3://{ckpt.path}" if kind == "s3" else ckpt.path
+    path = result.get(CHECKPOINT_PATH_KEY)
+    return store.uri_of(store.rel(path)) if isinstance(path, str) and path else None
+
+
+def _error_line(trial: Any) -> str:
+    """The reason a trial failed, from its error file or its error object."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).is_file():
+            text = Path(path).read_text(errors="replace")
+        if not text:
+            text = str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 - reporting must not break the sweep
+        pass
+    return error_reason(text or "unknown error")
