@@ -322,9 +322,13 @@ TRADE_SPACE = {
         "train.warmup_ratio": 0.0,
         "distill.epsilon": 0.1,
     },
+    # The trade is built in, so the front has two ends whatever the sampler draws: a
+    # learning rate too small to move the student keeps the teacher's English exactly
+    # (and its zero-shot low-resource MAP); distilling hard on bitext alone gains
+    # low-resource MAP and loses English. English data and L2-SP sit in between.
     "params": {
-        "distill.lr": {"type": "categorical", "choices": [1.0e-3, 1.0e-2]},
-        "distill.english_fraction": {"type": "categorical", "choices": [0.0, 0.5, 1.0]},
+        "distill.lr": {"type": "categorical", "choices": [1.0e-7, 1.0e-3, 3.0e-3]},
+        "distill.english_fraction": {"type": "categorical", "choices": [0.0, 0.5]},
         "distill.l2sp": {"type": "categorical", "choices": [0.0, 10.0]},
     },
 }
@@ -361,6 +365,11 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
             "eval.metrics": ["map"],
             "eval.pairs": ["en-xc"],  # en-en is added: eval.retention is on by default
             "sweep.max_concurrent": 2,
+            # Seeded random search draws the same 8 configs in every run (TPE's draws
+            # depend on which of 2 concurrent trials ends first), and training is
+            # deterministic: the front is the same each time. Multi-objective TPE itself
+            # is measured in benchmarks/bench_pareto.py.
+            "sweep.search": "random",
         }
     )
     result = run_sweep(
@@ -386,13 +395,19 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
     values = np.column_stack([values_of(df, "map"), values_of(df, "en-en/map")])
     expected = set(df["trial_id"][_brute_front(values, [True, True])])
     front = pareto_front("en-xc", "map,en-en/map", storage)
-    assert {r.trial_id for r in front} == expected and len(expected) >= 2
+    assert {r.trial_id for r in front} == expected
+    on_front = values[df["trial_id"].isin(expected).to_numpy()]
+    assert len({tuple(v) for v in on_front}) >= 2, df[["trial_id", "best_metrics"]].to_string()
     plain = best_config("en-xc", storage=storage)[0]
     limit = float(df["retention"].max())  # the most English any trial kept
     constrained = best_config("en-xc", storage=storage, where=f"retention>={limit}")[0]
     ok = df[pd.to_numeric(df["retention"]) >= limit]
-    assert constrained.trial_id == ok.sort_values("best_value", ascending=False)["trial_id"].iloc[0]
-    assert plain.trial_id == df.sort_values("best_value", ascending=False)["trial_id"].iloc[0]
+
+    def tops(rows: pd.DataFrame) -> set[str]:  # trials that undistilled ones may tie
+        return set(rows.loc[rows["best_value"] == rows["best_value"].max(), "trial_id"])
+
+    assert constrained.trial_id in tops(ok)
+    assert plain.trial_id in tops(df)
     assert constrained.trial_id != plain.trial_id
     # Optuna saw both objectives, and each trial's constraint (feasible when <= 0)
     import optuna
