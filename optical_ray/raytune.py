@@ -149,16 +149,33 @@ class PruningAwareOptunaSearch(OptunaSearch):
         config[ORIGIN_KEY] = origin or sampler_origin(self._sampler, self._ot_study)
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        # After a resume, a trial the persisted study saw end may report again.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if error or not result or result.get(FINISHED_KEY) or trial_id in self._completed_trials:
-            super().on_trial_complete(trial_id, result=result, error=error)
-            return
         import optuna
 
-        # Private: OptunaSearch keeps its study and ask-and-tell trials here.
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        try:
+            if (
+                error
+                or not result
+                or result.get(FINISHED_KEY)
+                or trial_id in self._completed_trials
+            ):
+                super().on_trial_complete(trial_id, result=result, error=error)
+                return
+            # Private: OptunaSearch keeps its study and ask-and-tell trials here.
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A resumed experiment: the persisted study saw this trial end before the
+            # driver died, Tune's older snapshot did not. The study has its result.
+            log.info("trial %s was already told to Optuna before the resume", trial_id)
         self._completed_trials.add(trial_id)
 
 
@@ -182,6 +199,8 @@ class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        import optuna
+
         from optical_ray.catalog.pareto import constraint_values, trial_costs
 
         if result and not error and trial_id not in self._completed_trials:
@@ -189,8 +208,9 @@ class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
             result = {**result, **{k: v for k, v in derived.items() if v is not None}}
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None:
-                for name, value in constraint_values(self.conditions, result).items():
-                    ot_trial.set_constraint(name, value)
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    for name, value in constraint_values(self.conditions, result).items():
+                        ot_trial.set_constraint(name, value)
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
