@@ -28,6 +28,7 @@ __all__ = [
     "STATE_FILE",
     "CHECKPOINT_PREFIX",
     "complete_checkpoints",
+    "newest_checkpoint",
     "rng_state",
     "set_rng_state",
     "save_checkpoint",
@@ -52,6 +53,38 @@ def complete_checkpoints(root: Path) -> list[Path]:
             except (OSError, ValueError, KeyError):
                 continue  # unreadable: not a checkpoint we wrote completely
     return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
+    """``(path, filesystem)`` of the newest complete checkpoint under ``run_path``
+    (by stage, then step), or None. Complete = every file of its manifest present
+    with its size; a checkpoint cut off mid-upload is skipped."""
+    import pyarrow.fs as pafs
+
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    except OSError:
+        return None
+    best: tuple[tuple[int, int, bool], str] | None = None
+    for entry in entries:
+        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with filesystem.open_input_stream(f"{entry.path}/state.json") as f:
+                state = json.loads(f.read())
+            files = state.get("files") or {}
+            infos = filesystem.get_file_info([f"{entry.path}/{rel}" for rel in files])
+            if any(
+                i.type != pafs.FileType.File or i.size != files[i.path[len(entry.path) + 1 :]]
+                for i in infos
+            ):
+                continue
+            key = (int(state["stage_index"]), int(state["step"]), bool(state["stage_done"]))
+        except (OSError, ValueError, KeyError):
+            continue
+        if best is None or key > best[0]:
+            best = (key, entry.path)
+    return (best[1], filesystem) if best else None
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:

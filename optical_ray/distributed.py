@@ -12,7 +12,6 @@ restart with the same name and storage.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from optical_ray.checkpoint import newest_checkpoint
 from optical_ray.config import Config, from_dict, to_dict
 from optical_ray.context import UNSCORED, TrainContext, fill_metric, worst_score
 from optical_ray.errors import ConfigError, TrainingError
@@ -205,38 +205,6 @@ class RayTrainContext(TrainContext):
     def barrier(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.barrier()
-
-
-def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
-    """``(path, filesystem)`` of the newest complete checkpoint under ``run_path``
-    (by stage, then step), or None. Complete = every file of its manifest present
-    with its size; a checkpoint cut off mid-upload is skipped."""
-    import pyarrow.fs as pafs
-
-    try:
-        entries = filesystem.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
-    except OSError:
-        return None
-    best: tuple[tuple[int, int, bool], str] | None = None
-    for entry in entries:
-        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with filesystem.open_input_stream(f"{entry.path}/state.json") as f:
-                state = json.loads(f.read())
-            files = state.get("files") or {}
-            infos = filesystem.get_file_info([f"{entry.path}/{rel}" for rel in files])
-            if any(
-                i.type != pafs.FileType.File or i.size != files[i.path[len(entry.path) + 1 :]]
-                for i in infos
-            ):
-                continue
-            key = (int(state["stage_index"]), int(state["step"]), bool(state["stage_done"]))
-        except (OSError, ValueError, KeyError):
-            continue
-        if best is None or key > best[0]:
-            best = (key, entry.path)
-    return (best[1], filesystem) if best else None
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:

@@ -192,6 +192,7 @@ def run(
 
     from optical_ray.catalog import Catalog
     from optical_ray.data.sources import ensure_data_root
+    from optical_ray.driverwatch import this_driver
     from optical_ray.distributed import _check_resources, init_ray, prepare_config
     from optical_ray.model import model_depth
     from optical_ray.storage import resolve_storage
@@ -252,14 +253,15 @@ def run(
         runtime_env={"env_vars": _pair_task_env()},
         scheduling_strategy=here,
     )
+    driver = this_driver()  # each pair task ends itself when this process dies
     results: dict[str, PairResult | BaseException] = {}
     try:
         if sw.pair_order == "sequential":
             for plan in plans:
-                ref = task.remote(plan, name, verbose, key, trial_fn)
+                ref = task.remote(plan, name, verbose, key, trial_fn, driver)
                 results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out))
         else:
-            refs = {p.pair: task.remote(p, name, verbose, key, trial_fn) for p in plans}
+            refs = {p.pair: task.remote(p, name, verbose, key, trial_fn, driver) for p in plans}
             results = _wait(refs, coord, sw.metric, verbose, out)
     finally:
         with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from optical_ray.config import from_flat, to_flat
+from optical_ray.driverwatch import DriverRef, process_alive, watch_driver
 from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
 from optical_ray.sweep import (
@@ -557,11 +558,13 @@ def fit_pair(
     verbose: int = 1,
     key: bytes | None = None,
     trial_fn: TrialFn | None = None,
+    driver: DriverRef | None = None,
 ) -> PairResult:
     """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
     own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
     the driver's, handed over as an argument (never through the task's environment,
-    which Ray logs)."""
+    which Ray logs). With ``driver``, the task ends itself when that process dies and
+    writes no catalog record after it (see :mod:`optical_ray.driverwatch`)."""
     from optical_ray.catalog import Catalog
     from optical_ray.storage import resolve_storage
 
@@ -584,7 +587,9 @@ def fit_pair(
 
     views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
     callbacks = [
-        CatalogCallback(catalog, plan, baseline),
+        CatalogCallback(
+            catalog, plan, baseline, fence=(lambda: process_alive(driver)) if driver else None
+        ),
         ProgressCallback(plan, coordinator),
         signer,
         *views,
@@ -593,7 +598,12 @@ def fit_pair(
     if not (plan.resume and snapshotted(store, plan.path)):
         sign_tuner_file(store, rel, manifest)
         signer.write()
-    with _credentials_stay_on_nodes(), _no_default_loggers(), _no_callback_telemetry():
+    with (
+        watch_driver(driver),
+        _credentials_stay_on_nodes(),
+        _no_default_loggers(),
+        _no_callback_telemetry(),
+    ):
         grid = tuner.fit()
     _flush_catalog(catalog)
     result = _pair_result(grid, plan, baseline, store)

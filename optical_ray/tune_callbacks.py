@@ -5,9 +5,11 @@ it ends (:class:`CatalogCallback`) and the pair's progress in the sweep's coordi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import ray
@@ -38,6 +40,8 @@ __all__ = [
 #: The Ray namespace of a sweep's named coordinator actor.
 NAMESPACE = "optical-ray"
 
+log = logging.getLogger(__name__)
+
 
 def coordinator_handle(name: str | None) -> Any:
     """The coordinator actor by name (None when it is gone: no limit, no progress)."""
@@ -53,10 +57,19 @@ class CatalogCallback(Callback):
     """Appends one catalog record per finished, stopped or failed trial, as it happens
     (a driver that dies loses no finished trial's record). The record's config is the
     one the trial reported it ran (``CONFIG_KEY``); records are keyed by experiment and
-    trial, so a trial recorded twice (e.g. around a resume) is one record."""
+    trial, so a trial recorded twice (e.g. around a resume) is one record. ``fence``
+    (when given) must hold for a record to be written: a pair task whose driver died
+    writes none; the resumed sweep records those trials."""
 
-    def __init__(self, catalog: Any, plan: PairPlan, baseline: dict[str, float] | None) -> None:
+    def __init__(
+        self,
+        catalog: Any,
+        plan: PairPlan,
+        baseline: dict[str, float] | None,
+        fence: Callable[[], bool] | None = None,
+    ) -> None:
         self.catalog, self.plan, self.baseline = catalog, plan, baseline
+        self.fence = fence
         self.started: dict[str, float] = {}
         self.configs: dict[str, dict[str, Any]] = {}
         self.per_query: dict[str, str] = {}
@@ -100,6 +113,9 @@ class CatalogCallback(Callback):
     def _record(self, trial: Any, status: str, error: str | None) -> None:
         from optical_ray.catalog import TrialRecord
 
+        if self.fence is not None and not self.fence():
+            log.warning("not recording trial %s: the sweep's driver is gone", trial.trial_id)
+            return
         sw = self.plan.base.sweep
         result = trial.last_result or {}
         analysis = trial.metric_analysis or {}

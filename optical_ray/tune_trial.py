@@ -16,8 +16,10 @@ from typing import Any
 
 from ray import tune
 
+from optical_ray.checkpoint import newest_checkpoint
 from optical_ray.config import Config, to_flat
 from optical_ray.context import TrainContext, fill_metric
+from optical_ray.errors import TrainingError
 from optical_ray.perquery import encode_per_query
 from optical_ray.raytune import REPORT_ATTEMPTS, _storage_call
 from optical_ray.storage import with_retries
@@ -102,11 +104,34 @@ class TuneContext(TrainContext):
         return best is None or (value > best if self.mode == "max" else value < best)
 
     def latest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint in the trial's storage directory, else None.
+
+        Tune hands a restored trial the checkpoint its last experiment snapshot named.
+        A driver killed between a trial's newer checkpoints and the next snapshot
+        leaves that name stale: older than the trial's progress, or already deleted by
+        ``num_to_keep``. Our checkpoints describe themselves (stage, step, file
+        manifest), so the trial directory is the ground truth, as for Ray Train runs.
+        """
         if self._restored is None:
             ckpt = tune.get_checkpoint()
             if ckpt is None:
                 return None
-            self._restored = ckpt.to_directory(str(self.run_dir / "restored"))
+            import pyarrow.fs as pafs
+
+            found = newest_checkpoint(ckpt.filesystem, ckpt.path.rstrip("/").rsplit("/", 1)[0])
+            if found is None:
+                raise TrainingError(
+                    f"the trial's checkpoint {ckpt.path} is missing or incomplete and its "
+                    "directory holds no other complete checkpoint"
+                )
+            target = self.run_dir / "restored"
+            pafs.copy_files(
+                found[0],
+                str(target),
+                source_filesystem=found[1],
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
+            self._restored = str(target)
         return self._restored
 
 

@@ -178,6 +178,18 @@ def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_roo
     assert not (storage / "deep-en-xc").exists()
 
 
+def _pair_task_processes() -> list[int]:
+    """Pids of processes running a pair's Tune driver task (Ray titles them so)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd and cmd[0].startswith("ray::fit_pair"):
+            found.append(proc.pid)
+    return found
+
+
 def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog
     from optical_ray.config import to_dict
@@ -222,6 +234,12 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     finally:
         driver.kill()  # SIGKILL mid-sweep
         driver.wait()
+    # Ray lets a killed driver's tasks run on; its pair task ends itself (driverwatch),
+    # so it neither starts trials nor writes records next to the resumed sweep.
+    deadline = time.time() + 20
+    while time.time() < deadline and _pair_task_processes():
+        time.sleep(0.2)
+    assert not _pair_task_processes(), "the killed driver's pair task still runs"
     before = catalog.records()
     assert 1 <= len(before) < 4
     done = dict(zip(before["trial_id"], before["best_value"]))
@@ -237,7 +255,8 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     )
     after = Catalog(str(storage)).records()
     assert result.pairs["en-xc"].trials == 4
-    assert after["trial_id"].nunique() == len(after) == 4
+    shown = after[["trial_id", "status", "started_at", "finished_at"]].to_string()
+    assert after["trial_id"].nunique() == len(after) == 4, shown
     for trial_id, best_value in done.items():
         row = after[after["trial_id"] == trial_id]
         # One record, the same result, and no training step ran twice: a trial whose

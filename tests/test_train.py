@@ -371,8 +371,9 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path):
     )
 
 
-def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, monkeypatch):
-    cfg = tiny_config(
+def _rank_checkpointing_every_step(tiny_config) -> Config:
+    """3 rank steps, a checkpoint after each."""
+    return tiny_config(
         **{
             "train.stages": ["rank"],
             "train.checkpoint_every": 1,
@@ -380,6 +381,10 @@ def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, m
             "eval.pairs": ["en-en"],
         }
     )
+
+
+def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, monkeypatch):
+    cfg = _rank_checkpointing_every_step(tiny_config)
     run_dir = Path(cfg.output_dir) / cfg.name
     real_save = RetrievalModel.save
     calls = []
@@ -415,6 +420,42 @@ def test_kill_mid_checkpoint_leaves_previous_checkpoint(tiny_config, tmp_path, m
         )
     )
     assert resumed.losses() == pytest.approx(whole.losses(), rel=1e-6)
+
+
+def test_tune_trial_resumes_from_its_newest_complete_checkpoint(tiny_config, tmp_path, monkeypatch):
+    """A Tune snapshot can name a checkpoint the trial has since rotated away (driver
+    killed between ``num_to_keep`` deleting it and the next snapshot): the trial then
+    resumes from the newest complete checkpoint of its own directory."""
+    import shutil
+
+    from ray import tune
+
+    import optical_ray.tune_trial as tune_trial
+
+    cfg = _rank_checkpointing_every_step(tiny_config)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    run(cfg, LocalContext(run_dir, keep=None))
+    written = sorted(
+        (p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("ckpt-")),
+        key=lambda p: read_checkpoint_state(p)["step"],
+    )
+    trial_dir = tmp_path / "trial"
+    for i, ckpt in enumerate(written):  # Tune's names: checkpoint_000000, ...
+        shutil.copytree(ckpt, trial_dir / f"checkpoint_{i:06d}")
+    steps = [read_checkpoint_state(trial_dir / f"checkpoint_{i:06d}")["step"] for i in range(3)]
+    assert steps == [1, 2, 3]
+    named = trial_dir / "checkpoint_000000"
+    shutil.rmtree(named)  # rotated away after the snapshot that names it
+    model_file = next((trial_dir / "checkpoint_000002" / "model").iterdir())
+    model_file.write_bytes(model_file.read_bytes()[:10])  # the newest cut off mid-upload
+    monkeypatch.setattr(tune_trial.tune, "get_checkpoint", lambda: tune.Checkpoint(path=str(named)))
+    ctx = tune_trial.TuneContext(cfg)
+    restored = Path(ctx.latest_checkpoint())
+    assert read_checkpoint_state(restored)["step"] == 2
+    assert ctx.latest_checkpoint() == str(restored)  # copied once
+    shutil.rmtree(trial_dir)
+    with pytest.raises(TrainingError, match="no other complete checkpoint"):
+        tune_trial.TuneContext(cfg).latest_checkpoint()
 
 
 # --------------------------------------------------------------------------- the learning claim

@@ -1,0 +1,56 @@
+"""A pair task's watch on its driver process (optical_ray.driverwatch)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from optical_ray.driverwatch import DriverRef, _process_start, process_alive, watch_driver
+
+
+def _ref(pid: int) -> DriverRef:
+    return DriverRef(pid, _process_start(pid), node_id="here")
+
+
+def test_a_running_process_is_alive_and_a_reused_pid_is_not() -> None:
+    me = _ref(os.getpid())
+    assert process_alive(me)
+    assert not process_alive(DriverRef(os.getpid(), "1", node_id="here"))  # other start
+
+
+def test_a_killed_process_is_gone_reaped_or_not() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ref = _ref(child.pid)
+    assert process_alive(ref)
+    child.kill()
+    deadline = time.time() + 10
+    while process_alive(ref) and time.time() < deadline:  # a zombie until reaped
+        time.sleep(0.05)
+    assert not process_alive(ref)
+    child.wait()
+    assert not process_alive(ref)
+
+
+def test_watch_calls_on_death_once_the_driver_dies_and_stops_with_its_block() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    died = threading.Event()
+    try:
+        with watch_driver(_ref(child.pid), on_death=died.set, poll_s=0.05):
+            assert not died.wait(0.3)  # alive: nothing happens
+            child.kill()
+            child.wait()
+            assert died.wait(5)
+    finally:
+        child.kill()
+    # After its block the watch is over: a later death calls nothing.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    calls = []
+    with watch_driver(_ref(other.pid), on_death=lambda: calls.append(1), poll_s=0.05):
+        pass
+    other.kill()
+    other.wait()
+    time.sleep(0.3)
+    assert calls == []
