@@ -29,6 +29,7 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "complete_checkpoints",
     "newest_checkpoint",
+    "fetch_checkpoint",
     "rng_state",
     "set_rng_state",
     "save_checkpoint",
@@ -85,6 +86,20 @@ def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
         if best is None or key > best[0]:
             best = (key, entry.path)
     return (best[1], filesystem) if best else None
+
+
+def fetch_checkpoint(found: tuple[str, Any], target: Path) -> Path:
+    """Copy the checkpoint ``(path, filesystem)`` (as :func:`newest_checkpoint` gives
+    it) into the local directory ``target``."""
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(
+        found[0],
+        str(target),
+        source_filesystem=found[1],
+        destination_filesystem=pafs.LocalFileSystem(),
+    )
+    return target
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from optical_ray.checkpoint import newest_checkpoint
+from optical_ray.checkpoint import fetch_checkpoint, newest_checkpoint
 from optical_ray.config import Config, from_dict, to_dict
 from optical_ray.context import UNSCORED, TrainContext, fill_metric, worst_score
 from optical_ray.errors import ConfigError, TrainingError
@@ -181,16 +181,8 @@ class RayTrainContext(TrainContext):
             source = (ckpt.path, ckpt.filesystem)
         if source is None:
             return None
-        import pyarrow.fs as pafs
-
         target = Path(tempfile.mkdtemp(prefix="optical-ray-restore-", dir=self.run_dir))
-        pafs.copy_files(
-            source[0],
-            str(target),
-            source_filesystem=source[1],
-            destination_filesystem=pafs.LocalFileSystem(),
-        )
-        self._restored = target
+        self._restored = fetch_checkpoint(source, target)
         return str(target)
 
     def all_reduce_mean(self, value: float) -> float:

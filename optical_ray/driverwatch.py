@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DriverRef", "this_driver", "process_alive", "watch_driver"]
+__all__ = ["DriverRef", "this_driver", "local_driver", "process_alive", "watch_driver"]
 
 POLL_S = 0.5
 
@@ -71,20 +71,28 @@ def this_driver() -> DriverRef:
     return DriverRef(pid, started, ray.get_runtime_context().get_node_id())
 
 
+def local_driver(ref: DriverRef | None) -> DriverRef | None:
+    """``ref`` when it runs on this process's Ray node (where its pid can be seen),
+    else None: a Ray Client driver elsewhere is left to Ray's own clean-up."""
+    import ray
+
+    if ref is None or (
+        ray.is_initialized() and ray.get_runtime_context().get_node_id() != ref.node_id
+    ):
+        return None
+    return ref
+
+
 @contextmanager
 def watch_driver(
     ref: DriverRef | None,
     on_death: Callable[[], None] | None = None,
     poll_s: float = POLL_S,
 ) -> Iterator[None]:
-    """While the block runs, poll ``ref`` and call ``on_death`` (default: end this
-    process) once it is gone. Does nothing for ``ref=None`` or a driver on another node
-    (a Ray Client driver), where Ray's own clean-up is all there is."""
-    import ray
-
-    if ref is None or (
-        ray.is_initialized() and ray.get_runtime_context().get_node_id() != ref.node_id
-    ):
+    """While the block runs, poll ``ref`` (a driver on this node, see
+    :func:`local_driver`) and call ``on_death`` (default: end this process) once it is
+    gone. Does nothing for ``ref=None``."""
+    if ref is None:
         yield
         return
     stop = threading.Event()

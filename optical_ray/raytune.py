@@ -33,7 +33,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from optical_ray.config import from_flat, to_flat
-from optical_ray.driverwatch import DriverRef, process_alive, watch_driver
+from optical_ray.driverwatch import DriverRef, local_driver, process_alive, watch_driver
 from optical_ray.errors import OpticalRayError
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
 from optical_ray.sweep import (
@@ -586,9 +586,10 @@ def fit_pair(
     from optical_ray.tracking_tune import tracking_callbacks
 
     views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
+    watched = local_driver(driver)
     callbacks = [
         CatalogCallback(
-            catalog, plan, baseline, fence=(lambda: process_alive(driver)) if driver else None
+            catalog, plan, baseline, fence=(lambda: process_alive(watched)) if watched else None
         ),
         ProgressCallback(plan, coordinator),
         signer,
@@ -599,7 +600,7 @@ def fit_pair(
         sign_tuner_file(store, rel, manifest)
         signer.write()
     with (
-        watch_driver(driver),
+        watch_driver(watched),
         _credentials_stay_on_nodes(),
         _no_default_loggers(),
         _no_callback_telemetry(),

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from optical_ray.checkpoint import newest_checkpoint
+from optical_ray.checkpoint import fetch_checkpoint, newest_checkpoint
 from optical_ray.config import Config, to_flat
 from optical_ray.context import TrainContext, fill_metric
 from optical_ray.errors import TrainingError
@@ -116,22 +116,13 @@ class TuneContext(TrainContext):
             ckpt = tune.get_checkpoint()
             if ckpt is None:
                 return None
-            import pyarrow.fs as pafs
-
             found = newest_checkpoint(ckpt.filesystem, ckpt.path.rstrip("/").rsplit("/", 1)[0])
             if found is None:
                 raise TrainingError(
                     f"the trial's checkpoint {ckpt.path} is missing or incomplete and its "
                     "directory holds no other complete checkpoint"
                 )
-            target = self.run_dir / "restored"
-            pafs.copy_files(
-                found[0],
-                str(target),
-                source_filesystem=found[1],
-                destination_filesystem=pafs.LocalFileSystem(),
-            )
-            self._restored = str(target)
+            self._restored = str(fetch_checkpoint(found, self.run_dir / "restored"))
         return self._restored
 
 

@@ -54,3 +54,27 @@ def test_watch_calls_on_death_once_the_driver_dies_and_stops_with_its_block() ->
     other.wait()
     time.sleep(0.3)
     assert calls == []
+
+
+def test_only_a_driver_on_this_node_is_watched_or_fences_records(monkeypatch) -> None:
+    """A Ray Client driver on another node has no pid here: it must be neither watched
+    nor taken for dead (which would stop every catalog record)."""
+    import ray
+
+    from optical_ray.driverwatch import local_driver
+
+    ref = DriverRef(os.getpid(), _process_start(os.getpid()), node_id="head")
+
+    class Context:
+        def __init__(self, node: str) -> None:
+            self.node = node
+
+        def get_node_id(self) -> str:
+            return self.node
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context("head"))
+    assert local_driver(ref) is ref
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context("worker-7"))
+    assert local_driver(ref) is None
+    assert local_driver(None) is None
