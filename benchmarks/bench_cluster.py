@@ -16,7 +16,8 @@ slots are logical CPUs (the stand-ins sleep), so 8 slots fit a 2-core machine.
   start and reports included) give a second, looser figure.
   ``trial_phase_utilisation`` leaves out the sweep's start-up (``startup_s``: checks,
   pair tasks and their Tune set-up until the first trial starts), which is fixed per
-  sweep, not per trial.
+  sweep, not per trial. ``pair_gap_median_s`` / ``pair_gap_max_s``: seconds from a
+  trial's end to the start of its pair's next trial (the hand-off a trial pays).
 * **overhead** — per-trial scheduler overhead = (wall - ideal wall) / trials, where
   ideal wall = trials x work per trial / slots: what the driver adds per trial on top
   of perfect packing (suggest, the shared budget, actor reuse, result handling,
@@ -33,6 +34,7 @@ import argparse
 import functools
 import json
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -157,6 +159,18 @@ def _busy(records: Any) -> tuple[float, float]:
     return work, spans
 
 
+def _pair_gaps(records: Any) -> list[float]:
+    """Seconds between one trial's end and the pair's next trial's start, for every
+    pair: the hand-off a pair pays per trial (a slot kept for its next trial reuses the
+    warm actor; one lost to another pair waits for a CPU)."""
+    gaps: list[float] = []
+    for _, rows in records.sort_values("started_at").groupby("pair"):
+        starts = list(rows["started_at"])[1:]
+        ends = sorted(rows["finished_at"])[: len(starts)]
+        gaps += [max(0.0, (s - e).total_seconds()) for s, e in zip(starts, ends)]
+    return gaps
+
+
 def _utilisation(
     root: Path, slots: int, pairs: int, samples: int, seconds: float, evaluations: int
 ) -> None:
@@ -176,6 +190,7 @@ def _utilisation(
         records = run["records"]
         work, spans = _busy(records)
         util = work / (slots * run["wall"])
+        gaps = _pair_gaps(records)
         runs[order] = run
         target = 0.85 if order == "concurrent" else None
         _emit(
@@ -187,6 +202,8 @@ def _utilisation(
             span_utilisation=round(spans / (slots * run["wall"]), 3),
             trial_phase_utilisation=round(work / (slots * run["trial_phase"]), 3),
             startup_s=round(run["startup"], 1),
+            pair_gap_median_s=round(statistics.median(gaps), 2) if gaps else None,
+            pair_gap_max_s=round(max(gaps), 1) if gaps else None,
             wall_s=round(run["wall"], 1),
             busy_slot_s=round(work, 1),
             slots=slots,

@@ -46,8 +46,8 @@ class _Coordinator:
     """The sweep's shared state: trials in flight across pairs (the global budget) and
     each pair's progress, read by the driver."""
 
-    def __init__(self, capacity: int) -> None:
-        self.slots = SlotPool(capacity)
+    def __init__(self, capacity: int, owners: list[str]) -> None:
+        self.slots = SlotPool(capacity, owners)
         self.progress: dict[str, dict[str, Any]] = {}
 
     def acquire(self, owner: str, trial_id: str) -> bool:
@@ -244,8 +244,11 @@ def run(
     # The coordinator and the pairs' tasks live on the driver's node: a worker node
     # that dies then takes only trials with it (they restart from their checkpoints).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # Concurrent pairs share the slots equally (a pair that ends leaves its share to
+    # the others); one after another, the pair running has them all.
+    owners = [p.pair for p in plans] if sw.pair_order == "concurrent" else []
     coord = _Coordinator.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
-        sw.max_concurrent
+        sw.max_concurrent, owners
     )
     task = ray.remote(fit_pair).options(
         num_cpus=0,

@@ -355,7 +355,11 @@ class SweepConfig:
     )
     scheduler: Literal["asha", "none"] = _f("asha")
     max_concurrent: int = _f(1, ge=1, help="trials in flight across all pairs of the sweep")
-    max_concurrent_per_pair: int = _f(0, ge=0, help="cap per pair (0: only the total)")
+    max_concurrent_per_pair: int = _f(
+        0,
+        ge=0,
+        help="cap per pair (0: only its share of max_concurrent, split between running pairs)",
+    )
     pair_order: Literal["concurrent", "sequential"] = _f(
         "concurrent", help="run the pairs' experiments at the same time, or one after another"
     )

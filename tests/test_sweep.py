@@ -263,7 +263,10 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
         # end Tune had not yet saved resumes at its final checkpoint and trains nothing.
         assert len(row) == 1 and row["best_value"].iloc[0] == pytest.approx(best_value)
         state = json.loads((Path(row["checkpoint_uri"].iloc[0]) / "state.json").read_text())
-        assert [r["step"] for r in state["history"]["steps"]] == list(range(1, 9))
+        steps = [r["step"] for r in state["history"]["steps"]]
+        assert steps == list(range(1, len(steps) + 1)), steps  # every step once
+        if row["status"].iloc[0] == "finished":  # not stopped early by ASHA
+            assert len(steps) == 8, steps
     # Without --resume, an existing sweep is refused with one clear line.
     from optical_ray.errors import ConfigError
 

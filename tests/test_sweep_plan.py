@@ -137,3 +137,87 @@ def test_slot_pool_caps_trials_in_flight_across_pairs() -> None:
     assert pool.in_flight() == 2
     pool.release_owner("b")  # a pair that ended holds nothing
     assert pool.in_flight() == 0
+
+
+def test_slot_pool_shares_slots_between_running_pairs() -> None:
+    from optical_ray.sweep import SlotPool
+
+    pool = SlotPool(5, owners=["a", "b"])  # ceil(5 / 2) = 3 each
+    assert [pool.acquire("a", f"a{i}") for i in range(4)] == [True, True, True, False]
+    assert pool.acquire("b", "b1") and pool.acquire("b", "b2")
+    assert not pool.acquire("b", "b3")  # the capacity, 5, is reached before b's share
+    pool.release_owner("a")  # a ended: b may take every slot
+    assert pool.share() == 5
+    assert all(pool.acquire("b", f"b{i}") for i in range(3, 6))
+    assert not pool.acquire("b", "b6")
+
+
+class _Sampler:
+    """A stand-in searcher for SharedLimiter: a config per call, or None when told."""
+
+    metric, mode = "map", "max"
+
+    def __init__(self) -> None:
+        self.ready = True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return {"x": trial_id} if self.ready else None
+
+    def on_trial_complete(self, trial_id: str, result=None, error=False) -> None:
+        pass
+
+
+def _limiter(pool, owner: str, samples: int):
+    from optical_ray.raytune import SharedLimiter
+
+    class Local(SharedLimiter):
+        def _acquire(self, key: str) -> bool:
+            return pool.acquire(self.owner, key)
+
+        def _release(self, key: str) -> None:
+            pool.release(self.owner, key)
+
+    return Local(_Sampler(), "unused", owner, samples=samples)
+
+
+def test_a_pair_keeps_its_slot_for_its_next_trial_until_it_has_sampled_all() -> None:
+    """Tune keeps an ended trial's actor (and its CPU) for the pair's next trial: the
+    slot must stay with the pair, or another pair's trial waits for that CPU."""
+    from optical_ray.sweep import SlotPool
+
+    pool = SlotPool(2, owners=["a", "b"])  # one slot each
+    a, b = _limiter(pool, "a", samples=3), _limiter(pool, "b", samples=1)
+    assert a.suggest("a1") and b.suggest("b1")
+    assert a.suggest("a2") is None  # a holds its share
+    a.on_trial_complete("a1", {"map": 0.5})
+    assert pool.holding("a") == 1 and a.spare  # kept, not back in the pool
+    assert not pool.acquire("c", "c1")  # nobody else can take it
+    assert a.suggest("a2") == {"x": "a2"} and not a.spare  # its next trial has it
+    a.searcher.ready = False
+    a.on_trial_complete("a2", {"map": 0.6})
+    assert a.suggest("a3") is None and pool.holding("a") == 0  # not sampled: given back
+    a.searcher.ready = True
+    b.on_trial_complete("b1", {"map": 0.4})  # b sampled all its trials: the slot goes back
+    assert pool.holding("b") == 0 and not b.spare
+    pool.release_owner("b")
+    assert a.suggest("a3") and a.suggested == 3
+    assert pool.holding("a") == 1
+    a.on_trial_complete("a3", {"map": 0.7})  # a's last trial: nothing kept
+    assert pool.in_flight() == 0
+
+
+def test_a_restored_limiter_holds_no_slot_of_the_old_coordinator() -> None:
+    from optical_ray.sweep import SlotPool
+
+    pool = SlotPool(1)
+    a = _limiter(pool, "a", samples=4)
+    assert a.suggest("a1")
+    a.on_trial_complete("a1", {"map": 0.5})
+    state = a.get_state()
+    fresh = SlotPool(1)
+    b = _limiter(fresh, "a", samples=4)
+    b.set_state({**state, "live": {"a2"}})
+    assert b.suggested == 1 and not b.spare  # the kept slot was the old pool's
+    b.on_trial_complete("a2", {"map": 0.6})  # restored and running without a slot
+    assert fresh.in_flight() == 0 and not b.spare
+    assert b.suggest("a3") and fresh.in_flight() == 1
