@@ -36,7 +36,13 @@ the same budget, selected on NTREX dev, and evaluates its best checkpoint on the
 test tasks; its ``"figure": "sweep_target"`` line holds ``sweep_beats_hand_set`` (the
 sweep's best against the hand-set OT base: delta and paired p per task, ``holds`` at
 p < 0.05) and ``gap_to_deu_closed``. It costs about ``--sweep-trials`` x one method's
-training per language.
+training per language. With ``--sweep-warm-start auto|PAIR[,PAIR...]`` the same sweep
+runs a second time, warm-started (``run_sweep(..., warm_start=...)``) from the source
+pairs' records in the same sweep storage (system ``sweep_warm``); its ``"figure":
+"warm_start"`` line holds the dev best-so-far curves of both, the warm sweep's
+trial-epochs until it reaches the cold sweep's final best over the cold sweep's
+(``epochs_to_cold_best_ratio``, as in ``bench_transfer.py``), where its trials came
+from, and both bests on test with paired p.
 
 CPU-sized: ``--steps 160 --batch-size 16`` is a few minutes per method per language on
 two shared cores (``--threads 1`` under contention). ``--quick`` is a smoke run.
@@ -219,15 +225,19 @@ def sweep_setup(args: argparse.Namespace, lang: str) -> tuple[Config, Any]:
     return cfg, space
 
 
-def run_sweep_system(args: argparse.Namespace, lang: str) -> tuple[RetrievalModel, dict[str, Any]]:
+def run_sweep_system(
+    args: argparse.Namespace, lang: str, warm_start: str | None = None
+) -> tuple[RetrievalModel, dict[str, Any]]:
     """Run the ``--sweep-trials`` sweep for ``lang`` (resumed when its storage has it)
-    and load its best checkpoint; returns the model and what to report about it."""
+    and load its best checkpoint; returns the model and what to report about it.
+    With ``warm_start`` (``auto`` or source pairs) it is the warm-started sweep,
+    experiment ``bench-<lang>-warm-<pair>``, seeded from the same storage's catalog."""
     from optical_ray.catalog import best_config
     from optical_ray.evaluations import _model_dir
     from optical_ray.sweep import run_sweep
 
     cfg, space = sweep_setup(args, lang)
-    pair, name = f"{lang}-en", f"bench-{lang}"
+    pair, name = f"{lang}-en", f"bench-{lang}" + ("-warm" if warm_start else "")
     t0 = time.perf_counter()
     resume = (Path(cfg.storage.uri) / f"{name}-{pair}").is_dir()  # an interrupted bench
     with contextlib.redirect_stdout(sys.stderr):  # progress lines: stdout is JSON only
@@ -239,6 +249,7 @@ def run_sweep_system(args: argparse.Namespace, lang: str) -> tuple[RetrievalMode
             name=name,
             resume=resume,
             verbose=1,
+            warm_start=warm_start,
         )
     if not result.pairs[pair].finished:
         raise SystemExit(f"sweep for {pair} finished no trial: {result.summary()}")
@@ -251,6 +262,51 @@ def run_sweep_system(args: argparse.Namespace, lang: str) -> tuple[RetrievalMode
         "best_dev_map": round(best.value, 4),
         "best_config": {k: v for k, v in best.hyperparameters.items() if v is not None},
         "checkpoint": best.checkpoint_uri,
+        "experiment": f"{name}-{pair}",
+    }
+
+
+def warm_start_figure(
+    args: argparse.Namespace, lang: str, results: dict, cold: str, warm: str
+) -> dict[str, Any]:
+    """The warm-started sweep against the cold one of the same pair and budget: dev
+    trial-epochs until the warm sweep's best reaches the cold sweep's final best, over
+    the cold sweep's trial-epochs (bench_transfer's figure), warm minus cold best dev
+    MAP, where the warm sweep's trials came from, and the two bests on test (paired)."""
+    from optical_ray.catalog import Catalog
+    from optical_ray.warmstart import best_so_far
+
+    df = Catalog(str(Path(args.out).resolve() / "sweep_storage")).records()
+    curves = {
+        k: best_so_far(df[df["experiment"] == e], "map")
+        for k, e in (("cold", cold), ("warm", warm))
+    }
+    (cold_total, cold_best), warm_best = curves["cold"][-1], curves["warm"][-1][1]
+    reached = next((x for x, best in curves["warm"] if best >= cold_best), None)
+    origins = df[df["experiment"] == warm].sort_values("started_at")["origin"].tolist()
+    test = {}
+    for task in ("ntrex_xx_en", "ntrex_en_xx", "ntrex_doc", "afriqa"):
+        a, b = results.get((lang, task, "sweep_warm")), results.get((lang, task, "sweep"))
+        if a is not None and b is not None:
+            d, p = paired_test(a[1], b[1], "map")
+            test[task] = {
+                "warm_map": round(a[0]["map"], 4),
+                "cold_map": round(b[0]["map"], 4),
+                "delta_map": round(d, 4),
+                "p": round(p, 4),
+            }
+    return {
+        "warm_start": args.sweep_warm_start,
+        "epochs_to_cold_best_ratio": None if reached is None else round(reached / cold_total, 3),
+        "warm_epochs_to_reach": reached,
+        "cold_trial_epochs": cold_total,
+        "cold_best_dev_map": round(cold_best, 4),
+        "warm_best_dev_map": round(warm_best, 4),
+        "warm_minus_cold_best_dev": round(warm_best - cold_best, 4),
+        "warm_origins": origins,
+        "warm_curve": [(x, round(b, 4)) for x, b in curves["warm"]],
+        "cold_curve": [(x, round(b, 4)) for x, b in curves["cold"]],
+        "test_warm_vs_cold": test,
     }
 
 
@@ -309,6 +365,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--sweep-concurrent", type=int, default=1, help="sweep trials at a time (2 shared cores)"
     )
+    ap.add_argument(
+        "--sweep-warm-start",
+        default=None,
+        metavar="auto|PAIR[,PAIR...]",
+        help="with the sweep system: also run it warm-started from these pairs' records "
+        "in the same sweep storage (system sweep_warm) and print a warm_start line",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps, one language")
     args = ap.parse_args(argv)
     if args.quick:
@@ -322,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = RetrievalModel.from_config(teacher_cfg)
     zero = Encoder(teacher)
     results: dict[tuple[str, str, str], tuple[dict, dict]] = {}
+    experiments: dict[tuple[str, str], str] = {}
 
     def report(
         lang: str,
@@ -403,19 +467,23 @@ def main(argv: list[str] | None = None) -> None:
                     time.perf_counter() - t0,
                     extra,
                 )
-        if "sweep" in methods:
+        sweeps = [("sweep", None)] if "sweep" in methods else []
+        if sweeps and args.sweep_warm_start:
+            sweeps.append(("sweep_warm", args.sweep_warm_start))
+        for system, warm_start in sweeps:
             t0 = time.perf_counter()
-            model, extra = run_sweep_system(args, lang)
+            model, extra = run_sweep_system(args, lang, warm_start)
             extra.update({"resource": "low", "train_seconds": round(time.perf_counter() - t0, 1)})
+            experiments[(lang, system)] = extra["experiment"]
             enc = Encoder(model)
             for task, col in cols.items():
                 t0 = time.perf_counter()
-                results[(lang, task, "sweep")] = rank_collection(enc, col)
+                results[(lang, task, system)] = rank_collection(enc, col)
                 report(
                     lang,
                     task,
-                    "sweep",
-                    results[(lang, task, "sweep")],
+                    system,
+                    results[(lang, task, system)],
                     time.perf_counter() - t0,
                     extra,
                 )
@@ -423,6 +491,19 @@ def main(argv: list[str] | None = None) -> None:
     for lang in langs:
         if "sweep" in methods:
             emit("sweep_target", lang=lang, split=args.split, **sweep_targets(results, lang, ref))
+        if (lang, "sweep_warm") in experiments:
+            emit(
+                "warm_start",
+                lang=lang,
+                split=args.split,
+                **warm_start_figure(
+                    args,
+                    lang,
+                    results,
+                    experiments[(lang, "sweep")],
+                    experiments[(lang, "sweep_warm")],
+                ),
+            )
     for lang in langs:
         if "ot" not in methods:
             continue

@@ -125,3 +125,54 @@ def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
     assert set(beats) == {"delta_map", "p", "holds"} and 0 <= beats["p"] <= 1
     assert "gap_to_deu_closed" in target
     assert target["sweep_vs_mse_sentence"] is None  # not run
+
+
+def test_warm_started_sweep_is_compared_with_the_cold_one(
+    bench, ray_two_cpus, tiny_encoder_dir, tmp_path, capsys
+):
+    """``--sweep-warm-start swa-en`` for hau: the cold and the warm sweep of hau-en run
+    with the same budget, the warm one's first trial is swa-en's best config, and the
+    ``warm_start`` line compares the two (dev curves, test MAP with paired p)."""
+    from tests.fake_shared import make_fake_shared
+
+    shared = make_fake_shared(tmp_path / "shared", langs=("swa", "hau"), reference=())
+    common = [
+        "--shared",
+        str(shared),
+        "--reference",
+        "",
+        "--methods",
+        "sweep",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--sweep-trials",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        f"model.name_or_path={tiny_encoder_dir}",
+        "--set",
+        "train.eval_every=1",
+        "--set",
+        "distill.sinkhorn_iters=50",
+    ]
+    bench.main(["--langs", "swa", *common])
+    capsys.readouterr()
+    bench.main(["--langs", "hau", "--sweep-warm-start", "swa-en", *common])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    systems = {r["system"] for r in lines if r["figure"] == "retrieval"}
+    assert {"sweep", "sweep_warm"} <= systems
+    (warm,) = [r for r in lines if r["figure"] == "warm_start"]
+    assert warm["lang"] == "hau" and warm["warm_start"] == "swa-en"
+    assert warm["warm_origins"][0].startswith("warm_start:swa-en/")
+    assert warm["cold_trial_epochs"] > 0 and len(warm["warm_curve"]) >= 1
+    ratio = warm["epochs_to_cold_best_ratio"]
+    assert ratio is None or ratio > 0
+    assert warm["warm_minus_cold_best_dev"] == pytest.approx(
+        warm["warm_best_dev_map"] - warm["cold_best_dev_map"], abs=1e-3
+    )
+    test = warm["test_warm_vs_cold"]["ntrex_xx_en"]
+    assert 0 <= test["p"] <= 1
+    assert test["delta_map"] == pytest.approx(test["warm_map"] - test["cold_map"], abs=1e-3)
