@@ -76,6 +76,28 @@ def ray_two_cpus():
     ray.shutdown()
 
 
+def _tiny_sweep_args(shared: Path, out: Path, encoder: str) -> list[str]:
+    """bench_real arguments for 2-step methods and 2-trial sweeps on a tiny encoder."""
+    return [
+        "--shared",
+        str(shared),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--sweep-trials",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        f"model.name_or_path={encoder}",
+        "--set",
+        "train.eval_every=1",
+        "--set",
+        "distill.sinkhorn_iters=50",
+    ]
+
+
 def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
     bench, ray_two_cpus, tiny_encoder_dir, tmp_path, capsys
 ):
@@ -86,30 +108,8 @@ def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
 
     shared = make_fake_shared(tmp_path / "shared", langs=("swa",), reference=("deu",))
     bench.main(
-        [
-            "--shared",
-            str(shared),
-            "--langs",
-            "swa",
-            "--reference",
-            "deu",
-            "--methods",
-            "ot,sweep",
-            "--steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--sweep-trials",
-            "2",
-            "--out",
-            str(tmp_path / "out"),
-            "--set",
-            f"model.name_or_path={tiny_encoder_dir}",
-            "--set",
-            "train.eval_every=1",
-            "--set",
-            "distill.sinkhorn_iters=50",
-        ]
+        ["--langs", "swa", "--reference", "deu", "--methods", "ot,sweep"]
+        + _tiny_sweep_args(shared, tmp_path / "out", tiny_encoder_dir)
     )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     systems = {(r["system"], r["task"]) for r in lines if r["figure"] == "retrieval"}
@@ -136,28 +136,9 @@ def test_warm_started_sweep_is_compared_with_the_cold_one(
     from tests.fake_shared import make_fake_shared
 
     shared = make_fake_shared(tmp_path / "shared", langs=("swa", "hau"), reference=())
-    common = [
-        "--shared",
-        str(shared),
-        "--reference",
-        "",
-        "--methods",
-        "sweep",
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--sweep-trials",
-        "2",
-        "--out",
-        str(tmp_path / "out"),
-        "--set",
-        f"model.name_or_path={tiny_encoder_dir}",
-        "--set",
-        "train.eval_every=1",
-        "--set",
-        "distill.sinkhorn_iters=50",
-    ]
+    common = ["--reference", "", "--methods", "sweep"] + _tiny_sweep_args(
+        shared, tmp_path / "out", tiny_encoder_dir
+    )
     bench.main(["--langs", "swa", *common])
     capsys.readouterr()
     bench.main(["--langs", "hau", "--sweep-warm-start", "swa-en", *common])
