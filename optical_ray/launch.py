@@ -3,7 +3,7 @@ pair's experiment in its own zero-CPU Ray task (pinned to the driver's node, who
 paths and key file it uses) and prints one line per pair as its trials move.
 
 The pairs share ``sweep.max_concurrent`` trials in flight through a named coordinator
-actor that each pair's :class:`~optical_ray.raytune.SharedLimiter` asks before it
+actor that each pair's :class:`~optical_ray.slots.SharedLimiter` asks before it
 samples; ``sweep.pair_order: sequential`` runs the same tasks one after another (the
 baseline ``benchmarks/bench_cluster.py`` measures against).
 """
@@ -24,10 +24,10 @@ from optical_ray.config import Config
 from optical_ray.errors import ConfigError, DataError, OpticalRayError
 from optical_ray.raytune import _SECRET_VARS, NAMESPACE, fit_pair
 from optical_ray.storage import redact
+from optical_ray.slots import SlotPool
 from optical_ray.space import trial_config, validate_space
 from optical_ray.sweep import (
     PairPlan,
-    SlotPool,
     PairResult,
     SweepResult,
     error_reason,

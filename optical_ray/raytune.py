@@ -1,8 +1,8 @@
 """Everything Ray Tune, in one adapter (the trial function and its context are in
 :mod:`optical_ray.tune_trial`, imported only in trial processes; the catalog and
-progress callbacks, public Ray API only, in :mod:`optical_ray.tune_callbacks`): the
-pruning-aware Optuna searcher, the cross-pair trial budget, the signed-state guard,
-and Tuner build / restore / run per pair.
+progress callbacks, public Ray API only, in :mod:`optical_ray.tune_callbacks`; the
+cross-pair trial budget in :mod:`optical_ray.slots`): the pruning-aware Optuna
+searcher, the signed-state guard, and Tuner build / restore / run per pair.
 
 Ray's API moves fast; the private pieces this project cannot avoid live here only, each
 with a test that fails when Ray changes it: Optuna's study inside ``OptunaSearch``
@@ -35,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from optical_ray.config import from_flat, to_flat
 from optical_ray.driverwatch import DriverRef, local_driver, process_alive, watch_driver
 from optical_ray.errors import OpticalRayError
+from optical_ray.slots import SharedLimiter  # also the name older saved experiment state uses
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
 from optical_ray.sweep import (
     CONFIG_KEY,
@@ -49,7 +50,6 @@ from optical_ray.tune_callbacks import (
     NAMESPACE,
     CatalogCallback,
     ProgressCallback,
-    coordinator_handle,
     is_metric,
     checkpoint_uri,
 )
@@ -213,121 +213,6 @@ class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
                     for name, value in constraint_values(self.conditions, result).items():
                         ot_trial.set_constraint(name, value)
         super().on_trial_complete(trial_id, result=result, error=error)
-
-
-class SharedLimiter(Searcher):
-    """Caps trials in flight across every pair of a sweep: Tune's ConcurrencyLimiter
-    counts one experiment's trials, and each pair is its own experiment. A pair asks the
-    coordinator for a slot before it samples a trial.
-
-    A pair keeps a slot from one of its trials to its next while it still has trials to
-    sample, and gives it back once it has sampled all ``samples``. Tune keeps an ended
-    trial's actor, and the CPU it holds, cached for the pair's next trial (one per
-    experiment, until its search is finished); a slot handed to another pair meanwhile
-    left that pair's trial waiting for a CPU the cached actor held (44-67 s stalls in
-    ``bench_cluster.py``, see the README's cluster-scale section). Kept, the slot goes
-    to the pair's next trial, which reuses the warm actor.
-
-    Holds the coordinator by name, so a searcher restored on resume finds the new
-    driver's coordinator; slots held under the old one are not carried over."""
-
-    def __init__(
-        self, searcher: Searcher, coordinator: str, owner: str, samples: int | None = None
-    ) -> None:
-        self.searcher, self.coordinator, self.owner = searcher, coordinator, owner
-        self.samples = samples
-        self.suggested = 0  # trials sampled so far (restored on resume)
-        self.live: set[str] = set()
-        self.slot_of: dict[str, str] = {}  # trial in flight -> the pool key of its slot
-        self.spare: list[str] = []  # slots the pair keeps for its next trials
-        self._handle: Any = None
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        return state
-
-    def _slots(self) -> Any:
-        if self._handle is None:
-            self._handle = coordinator_handle(self.coordinator)
-        return self._handle
-
-    def _acquire(self, key: str) -> bool:
-        slots = self._slots()
-        return slots is None or bool(ray.get(slots.acquire.remote(self.owner, key)))
-
-    def _release(self, key: str) -> None:
-        slots = self._slots()
-        if slots is not None:
-            slots.release.remote(self.owner, key)
-
-    def _release_spare(self) -> None:
-        while self.spare:
-            self._release(self.spare.pop())
-
-    def _exhausted(self) -> bool:
-        return self.samples is not None and self.suggested >= self.samples
-
-    def set_search_properties(
-        self, metric: str | None, mode: str | None, config: dict, **spec: Any
-    ) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        return self.searcher.set_max_concurrency(max_concurrent)
-
-    def suggest(self, trial_id: str) -> dict | None:
-        if self.spare:
-            key = self.spare.pop()
-        elif self._acquire(trial_id):
-            key = trial_id
-        else:
-            return None
-        suggestion = self.searcher.suggest(trial_id)
-        if suggestion is None or suggestion == Searcher.FINISHED:
-            self._release(key)
-            if suggestion == Searcher.FINISHED:
-                self._release_spare()
-            return suggestion
-        self.suggested += 1
-        self.live.add(trial_id)
-        self.slot_of[trial_id] = key
-        if self._exhausted():
-            self._release_spare()
-        return suggestion
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searcher.on_trial_result(trial_id, result)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        self.searcher.on_trial_complete(trial_id, result=result, error=error)
-        if trial_id not in self.live:
-            return
-        self.live.discard(trial_id)
-        key = self.slot_of.pop(trial_id, None)
-        if key is None:  # restored on resume: it holds no slot of this coordinator
-            self._release(trial_id)
-        elif self._exhausted():
-            self._release(key)
-        else:
-            self.spare.append(key)
-
-    def get_state(self) -> dict:
-        return {"live": set(self.live), "suggested": self.suggested}
-
-    def set_state(self, state: dict) -> None:
-        self.live = set(state.get("live", ()))
-        self.suggested = int(state.get("suggested", 0))
-        self.slot_of, self.spare = {}, []
-
-    def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path)
 
 
 def make_sampler(sw: Any, constant_liar: bool = True) -> Any:

@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from optical_ray.config import MAIN_HYPERPARAMETERS, Config, from_flat, to_flat
 from optical_ray.errors import ConfigError
@@ -28,7 +28,6 @@ from optical_ray.space import SearchSpace, load_space, trial_config
 
 __all__ = [
     "PairPlan",
-    "SlotPool",
     "PairResult",
     "SweepResult",
     "plan_sweep",
@@ -248,56 +247,6 @@ def plan_sweep(
         )
         for pair in cfg.sweep.pairs
     ]
-
-
-class SlotPool:
-    """The sweep's trial budget across pairs: ``capacity`` trials in flight at once.
-
-    Each pair still running (``owners``, until :meth:`release_owner`) may hold an equal
-    share, ``ceil(capacity / pairs running)``, so the first pair to ask cannot take
-    every slot; shares grow as pairs end. With no owners registered (pairs run one
-    after another) a pair may hold all of it. A pair keeps its slots from one of its
-    trials to the next (:class:`~optical_ray.raytune.SharedLimiter`), so slots move
-    between pairs only when one has sampled all its trials."""
-
-    def __init__(self, capacity: int, owners: Iterable[str] = ()) -> None:
-        self.capacity = capacity
-        self.active = set(owners)
-        self.held: set[tuple[str, str]] = set()
-
-    def share(self) -> int:
-        """Slots one running pair may hold."""
-        if not self.active:
-            return self.capacity
-        return max(1, -(-self.capacity // len(self.active)))
-
-    def acquire(self, owner: str, trial_id: str) -> bool:
-        """Take a slot for ``trial_id`` of ``owner`` (a pair); False when none is free
-        or the pair holds its share."""
-        if (owner, trial_id) in self.held:
-            return True
-        if len(self.held) >= self.capacity:
-            return False
-        if owner in self.active and self.holding(owner) >= self.share():
-            return False
-        self.held.add((owner, trial_id))
-        return True
-
-    def holding(self, owner: str) -> int:
-        """Slots ``owner`` holds."""
-        return sum(1 for o, _ in self.held if o == owner)
-
-    def release(self, owner: str, trial_id: str) -> None:
-        """Give back ``trial_id``'s slot."""
-        self.held.discard((owner, trial_id))
-
-    def release_owner(self, owner: str) -> None:
-        """Every slot of a pair that ended; the others' shares grow."""
-        self.held = {h for h in self.held if h[0] != owner}
-        self.active.discard(owner)
-
-    def in_flight(self) -> int:
-        return len(self.held)
 
 
 @dataclass

@@ -178,14 +178,16 @@ def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_roo
     assert not (storage / "deep-en-xc").exists()
 
 
-def _pair_task_processes() -> list[int]:
-    """Pids of processes running a pair's Tune driver task (Ray titles them so)."""
+def _pair_task_processes(other: frozenset[int] = frozenset()) -> list[int]:
+    """Pids of processes running a pair's Tune driver task (Ray titles them so), but
+    ``other``: those that ran before the test (another Ray on this machine may have
+    pair tasks of its own)."""
     import psutil
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if cmd and cmd[0].startswith("ray::fit_pair"):
+        if cmd and cmd[0].startswith("ray::fit_pair") and proc.pid not in other:
             found.append(proc.pid)
     return found
 
@@ -222,6 +224,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
         "--address",
         cluster.address,
     ]
+    other = frozenset(_pair_task_processes())
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     catalog = Catalog(str(storage))
     deadline = time.time() + 300
@@ -237,9 +240,9 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     # Ray lets a killed driver's tasks run on; its pair task ends itself (driverwatch),
     # so it neither starts trials nor writes records next to the resumed sweep.
     deadline = time.time() + 20
-    while time.time() < deadline and _pair_task_processes():
+    while time.time() < deadline and _pair_task_processes(other):
         time.sleep(0.2)
-    assert not _pair_task_processes(), "the killed driver's pair task still runs"
+    assert not _pair_task_processes(other), "the killed driver's pair task still runs"
     before = catalog.records()
     assert 1 <= len(before) < 4
     done = dict(zip(before["trial_id"], before["best_value"]))

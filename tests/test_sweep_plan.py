@@ -125,7 +125,7 @@ def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
 
 
 def test_slot_pool_caps_trials_in_flight_across_pairs() -> None:
-    from optical_ray.sweep import SlotPool
+    from optical_ray.slots import SlotPool
 
     pool = SlotPool(2)
     assert pool.acquire("a", "a1") and pool.acquire("b", "b1")
@@ -140,7 +140,7 @@ def test_slot_pool_caps_trials_in_flight_across_pairs() -> None:
 
 
 def test_slot_pool_shares_slots_between_running_pairs() -> None:
-    from optical_ray.sweep import SlotPool
+    from optical_ray.slots import SlotPool
 
     pool = SlotPool(5, owners=["a", "b"])  # ceil(5 / 2) = 3 each
     assert [pool.acquire("a", f"a{i}") for i in range(4)] == [True, True, True, False]
@@ -168,7 +168,7 @@ class _Sampler:
 
 
 def _limiter(pool, owner: str, samples: int):
-    from optical_ray.raytune import SharedLimiter
+    from optical_ray.slots import SharedLimiter
 
     class Local(SharedLimiter):
         def _acquire(self, key: str) -> bool:
@@ -183,7 +183,7 @@ def _limiter(pool, owner: str, samples: int):
 def test_a_pair_keeps_its_slot_for_its_next_trial_until_it_has_sampled_all() -> None:
     """Tune keeps an ended trial's actor (and its CPU) for the pair's next trial: the
     slot must stay with the pair, or another pair's trial waits for that CPU."""
-    from optical_ray.sweep import SlotPool
+    from optical_ray.slots import SlotPool
 
     pool = SlotPool(2, owners=["a", "b"])  # one slot each
     a, b = _limiter(pool, "a", samples=3), _limiter(pool, "b", samples=1)
@@ -207,7 +207,7 @@ def test_a_pair_keeps_its_slot_for_its_next_trial_until_it_has_sampled_all() -> 
 
 
 def test_a_restored_limiter_holds_no_slot_of_the_old_coordinator() -> None:
-    from optical_ray.sweep import SlotPool
+    from optical_ray.slots import SlotPool
 
     pool = SlotPool(1)
     a = _limiter(pool, "a", samples=4)
@@ -221,3 +221,21 @@ def test_a_restored_limiter_holds_no_slot_of_the_old_coordinator() -> None:
     b.on_trial_complete("a2", {"map": 0.6})  # restored and running without a slot
     assert fresh.in_flight() == 0 and not b.spare
     assert b.suggest("a3") and fresh.in_flight() == 1
+
+
+def test_a_limiter_saved_under_its_old_module_still_loads() -> None:
+    """Tune pickles the searcher into each experiment's saved state; sweeps saved before
+    the budget moved to ``optical_ray.slots`` name ``optical_ray.raytune.SharedLimiter``,
+    and ``--resume`` must still load them."""
+    import pickle
+
+    from optical_ray.slots import SharedLimiter
+
+    limiter = SharedLimiter(_Sampler(), "coord", "en-sw", samples=4)
+    limiter.suggested = 2
+    new = pickle.dumps(limiter, protocol=2)
+    old = new.replace(b"optical_ray.slots\nSharedLimiter", b"optical_ray.raytune\nSharedLimiter")
+    assert old != new  # the saved state names the old module
+    loaded = pickle.loads(old)
+    assert isinstance(loaded, SharedLimiter)
+    assert (loaded.owner, loaded.samples, loaded.suggested) == ("en-sw", 4, 2)
