@@ -18,6 +18,11 @@ slots are logical CPUs (the stand-ins sleep), so 8 slots fit a 2-core machine.
   pair tasks and their Tune set-up until the first trial starts), which is fixed per
   sweep, not per trial. ``pair_gap_median_s`` / ``pair_gap_max_s``: seconds from a
   trial's end to the start of its pair's next trial (the hand-off a trial pays).
+  ``first_start_spread_s`` / ``last_end_spread_s``: how far apart the pairs' first
+  trials started and their last trials ended; ``pair_chain_median_s``: a pair's first
+  start to last end. ``--seconds`` sets the stand-in's work per evaluation (2 s by
+  default; real OPTICAL evaluations are a minute or more apart), so the fixed start-up
+  weighs less as it grows.
 * **overhead** — per-trial scheduler overhead = (wall - ideal wall) / trials, where
   ideal wall = trials x work per trial / slots: what the driver adds per trial on top
   of perfect packing (suggest, the shared budget, actor reuse, result handling,
@@ -171,6 +176,20 @@ def _pair_gaps(records: Any) -> list[float]:
     return gaps
 
 
+def _spreads(records: Any) -> dict[str, float]:
+    """Where the trial phase loses slot-time: how far apart the pairs' first trials
+    started and their last trials ended (seconds), and the median pair's chain (first
+    start to last end)."""
+    by_pair = records.groupby("pair")
+    first, last = by_pair["started_at"].min(), by_pair["finished_at"].max()
+    chain = (last - first).dt.total_seconds()
+    return {
+        "first_start_spread_s": round((first.max() - first.min()).total_seconds(), 1),
+        "last_end_spread_s": round((last.max() - last.min()).total_seconds(), 1),
+        "pair_chain_median_s": round(float(chain.median()), 1),
+    }
+
+
 def _utilisation(
     root: Path, slots: int, pairs: int, samples: int, seconds: float, evaluations: int
 ) -> None:
@@ -204,6 +223,7 @@ def _utilisation(
             startup_s=round(run["startup"], 1),
             pair_gap_median_s=round(statistics.median(gaps), 2) if gaps else None,
             pair_gap_max_s=round(max(gaps), 1) if gaps else None,
+            **_spreads(records),
             wall_s=round(run["wall"], 1),
             busy_slot_s=round(work, 1),
             slots=slots,
