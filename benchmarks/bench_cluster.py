@@ -30,7 +30,7 @@ slots are logical CPUs (the stand-ins sleep), so 8 slots fit a 2-core machine.
   1,000 trials across 10 pairs (FIFO, every trial the same length), and their ratio.
 
     python benchmarks/bench_cluster.py [--part all|utilisation|overhead]
-                                       [--slots 8] [--smoke-test]
+                                       [--slots 8] [--seconds 2] [--orders ...] [--smoke-test]
 """
 
 from __future__ import annotations
@@ -191,10 +191,16 @@ def _spreads(records: Any) -> dict[str, float]:
 
 
 def _utilisation(
-    root: Path, slots: int, pairs: int, samples: int, seconds: float, evaluations: int
+    root: Path,
+    slots: int,
+    pairs: int,
+    samples: int,
+    seconds: float,
+    evaluations: int,
+    orders: tuple[str, ...] = ("sequential", "concurrent"),
 ) -> None:
     runs = {}
-    for order in ("sequential", "concurrent"):
+    for order in orders:
         run = _sweep(
             root,
             f"util-{order}",
@@ -235,6 +241,8 @@ def _utilisation(
             progress_lines=len(run["lines"]),
             exit_code=run["result"].exit_code,
         )
+    if len(runs) < 2:
+        return
     ratio = runs["concurrent"]["wall"] / runs["sequential"]["wall"]
     _emit(
         figure="concurrent_over_sequential_wall",
@@ -307,6 +315,12 @@ def main() -> None:
         default=8,
         help="evaluations of a full trial (utilisation; ASHA's horizon)",
     )
+    ap.add_argument(
+        "--orders",
+        default="sequential,concurrent",
+        choices=["sequential,concurrent", "concurrent", "sequential"],
+        help="pair orders to measure (utilisation); both for the wall-time ratio",
+    )
     ap.add_argument("--overhead-pairs", type=int, default=10)
     ap.add_argument("--overhead-trials", default="100,1000")
     ap.add_argument(
@@ -334,7 +348,13 @@ def main() -> None:
             root = Path(tmp)
             if args.part in ("all", "utilisation"):
                 _utilisation(
-                    root, args.slots, args.pairs, args.samples, args.seconds, args.evaluations
+                    root,
+                    args.slots,
+                    args.pairs,
+                    args.samples,
+                    args.seconds,
+                    args.evaluations,
+                    tuple(args.orders.split(",")),
                 )
             if args.part in ("all", "overhead"):
                 _overhead(
