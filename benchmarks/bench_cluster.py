@@ -36,10 +36,12 @@ slots are logical CPUs (the stand-ins sleep), so 8 slots fit a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,8 +58,11 @@ SPACE = {
 LANGS = ["sw", "yo", "ha", "ig", "am", "so", "zu", "xh", "rw", "wo", "tw", "ln"]
 
 
+JSON_OUT = sys.stdout  # the JSON lines; anything else printed goes to stderr (see main)
+
+
 def _emit(**fields: Any) -> None:
-    print(json.dumps({"bench": "cluster", **fields}), flush=True)
+    print(json.dumps({"bench": "cluster", **fields}), file=JSON_OUT, flush=True)
 
 
 def stand_in(sampled: dict[str, Any], *, plan: Any, seconds: float) -> None:
@@ -344,7 +349,12 @@ def main() -> None:
         object_store_memory=200 * 2**20,
     )
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        # Ray prints the raylet's warnings (e.g. on worker start-up) to stdout: send
+        # them to stderr, so stdout holds the JSON lines alone.
+        with (
+            contextlib.redirect_stdout(sys.stderr),
+            tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp,
+        ):
             root = Path(tmp)
             if args.part in ("all", "utilisation"):
                 _utilisation(
