@@ -158,7 +158,7 @@ def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
     file's schema at once collided, and a study that exists without ``--resume`` is
     refused before anything runs."""
     from optical_ray.catalog.pareto import search_objective
-    from optical_ray.tracking import optuna_storage_url, prepare_study
+    from optical_ray.tracking import open_study_storage, optuna_storage_url, prepare_study
 
     if not plans:
         return
@@ -166,9 +166,12 @@ def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
     url = optuna_storage_url(sw.optuna_storage, store)
     if url is None:
         return
+    storage = open_study_storage(url)  # once: each opening checks the schema
+    metric, mode = search_objective(sw)  # lists for several objectives
     for plan in plans:
-        metric, mode = search_objective(sw)  # lists for several objectives
-        prepare_study(url, plan.experiment, resume=resume, metric=metric, mode=mode)
+        prepare_study(
+            url, plan.experiment, resume=resume, metric=metric, mode=mode, storage=storage
+        )
 
 
 def run(

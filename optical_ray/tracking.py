@@ -244,16 +244,24 @@ def open_study_storage(url: str) -> Any:
 
 
 def prepare_study(
-    url: str, name: str, *, resume: bool, metric: str | list[str], mode: str | list[str]
+    url: str,
+    name: str,
+    *,
+    resume: bool,
+    metric: str | list[str],
+    mode: str | list[str],
+    storage: Any = None,
 ) -> Any:
     """The storage object for study ``name``, checked: a study of that name that exists
     without ``resume`` is refused (its trials would steer a new search), and the study
     records its metric (so the report knows what its values are). Lists of metrics and
-    modes make a multi-objective study."""
+    modes make a multi-objective study. ``storage``: one already open on ``url``
+    (opening an RDB storage costs a schema check; a sweep prepares every pair's study
+    through one)."""
     import optuna
 
     modes = [mode] if isinstance(mode, str) else list(mode)
-    storage = open_study_storage(url)
+    storage = storage if storage is not None else open_study_storage(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if name in names and not resume:
         raise ConfigError(

@@ -454,3 +454,37 @@ def test_a_dead_tracking_server_costs_warnings_not_results(
     assert warnings and all(f"warning: {w}" in result.summary() for w in warnings)
     assert warnings and all(mlflow_server.uri in w for w in warnings)
     assert any("the sweep goes on" in w for w in warnings)
+
+
+def test_a_sweep_prepares_every_pair_study_through_one_storage(tmp_path, monkeypatch) -> None:
+    """Opening an RDB storage costs a schema check (Alembic): the driver opens it once
+    for all pairs, and the checks still hold through the shared one."""
+    import types
+
+    import optuna
+
+    from optical_ray import launch, tracking
+    from optical_ray.config import Config
+    from optical_ray.errors import ConfigError
+    from optical_ray.storage import resolve_storage
+
+    opened = []
+    real_open = tracking.open_study_storage
+
+    def counting(url):
+        opened.append(url)
+        return real_open(url)
+
+    monkeypatch.setattr(tracking, "open_study_storage", counting)
+    store = resolve_storage(str(tmp_path / "store"))
+    sw = Config().sweep
+    plans = [types.SimpleNamespace(base=Config(), experiment=f"s-{p}") for p in ("a", "b", "c")]
+    launch.prepare_studies(plans, store, resume=False)
+    assert len(opened) == 1
+    url = tracking.optuna_storage_url(sw.optuna_storage, store)
+    names = {s.study_name for s in optuna.get_all_study_summaries(real_open(url))}
+    assert names == {"s-a", "s-b", "s-c"}
+    with pytest.raises(ConfigError, match="'s-a' already exists"):
+        launch.prepare_studies(plans, store, resume=False)
+    launch.prepare_studies(plans, store, resume=True)  # reattaches, one opening again
+    assert len(opened) == 3
