@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm-start-top",
         type=int,
         default=None,
-        help="best configs per source pair to run first (sweep.warm_start_top, default 3)",
+        help="source pairs' best configs to run first, in all (sweep.warm_start_top, default 3)",
     )
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")

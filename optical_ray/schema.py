@@ -399,7 +399,9 @@ class SweepConfig:
     warm_start_from: str | None = _f(
         None, help="catalog storage of the source pairs (default: this sweep's storage)"
     )
-    warm_start_top: int = _f(3, ge=1, help="best configs per source pair run first")
+    warm_start_top: int = _f(
+        3, ge=1, help="source pairs' best configs run first, in all (in turns across sources)"
+    )
 
 
 @dataclass

@@ -381,8 +381,8 @@ def run_sweep(
     to Optuna with every trial and keep ASHA (:mod:`optical_ray.catalog.pareto`).
     ``warm_start`` (``"auto"``, source pairs, or ``"none"``) seeds each pair's search from
     the catalog records of related pairs (in ``warm_start_from``, default this storage):
-    their ``warm_start_top`` best configs run first and their trials form a prior for
-    TPE (:mod:`optical_ray.warmstart`).
+    their ``warm_start_top`` best configs (in all, in turns across sources) run first
+    and their trials form a prior for TPE (:mod:`optical_ray.warmstart`).
     """
     from optical_ray import launch
 

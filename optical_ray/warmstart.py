@@ -3,7 +3,8 @@
 The catalog holds every pair's trials. ``sweep.warm_start`` (``auto``, a list of source
 pairs, or ``none``) seeds a pair's search from those records in two ways:
 
-* **Enqueued points.** The ``sweep.warm_start_top`` best configs of each source pair,
+* **Enqueued points.** The ``sweep.warm_start_top`` best configs of the source pairs
+  (in all, taken in turns: the most similar source's best, the next source's best, ...),
   translated into this space's Optuna parameters (only the keys this space searches;
   a value outside this space's range is skipped with a note), deduplicated, run first:
   ``study.enqueue_trial`` through the define-by-run space (Ray's
@@ -341,10 +342,14 @@ def select_points(
     depth: int,
     top: int,
 ) -> tuple[list[WarmPoint], list[str]]:
-    """Up to ``top`` configs per source pair (its ranked records, best first), as this
-    space's parameters, taken in turns (every source's best, then every source's
-    second, ...: a budget smaller than the points still tries each source), without
-    repeats (a config two pairs share runs once); and a note per skipped config."""
+    """Up to ``top`` configs in all from the source pairs (each one's ranked records,
+    best first), as this space's parameters, taken in turns in the sources' order
+    (every source's best, then every source's second, ...), without repeats (a config
+    two pairs share runs once); and a note per skipped config.
+
+    ``top`` counts configs, not configs per source: the rest of the budget goes to the
+    sampler, whose prior holds every source trial anyway, so adding sources does not
+    turn a sweep into a replay of their bests."""
     notes: list[str] = []
     queues: dict[str, list[WarmPoint]] = {}
     for pair, df in ranked.items():
@@ -357,15 +362,13 @@ def select_points(
             queue.append(WarmPoint(pair, str(row.trial_id), float(row.value), chosen))
     points: list[WarmPoint] = []
     seen: set[str] = set()
-    taken = dict.fromkeys(queues, 0)
-    while any(taken[p] < top and queues[p] for p in queues):
-        for pair, queue in queues.items():
-            while taken[pair] < top and queue:
+    while len(points) < top and any(queues.values()):
+        for queue in queues.values():
+            while len(points) < top and queue:
                 point = queue.pop(0)
                 key = json.dumps(point.params, sort_keys=True, default=str)
                 if key not in seen:
                     seen.add(key)
-                    taken[pair] += 1
                     points.append(point)
                     break
     return points, notes

@@ -124,7 +124,7 @@ def _ranked(pair, rows):
     )
 
 
-def test_points_are_each_sources_top_k_deduplicated_and_skips_are_noted() -> None:
+def test_points_are_the_sources_top_k_in_turns_deduplicated_and_skips_are_noted() -> None:
     base, params = _params()
     a = {"distill.epsilon": 0.05, "distill.lr": 1e-3}
     b = {"distill.epsilon": 0.2, "distill.lr": 1e-3}
@@ -141,13 +141,17 @@ def test_points_are_each_sources_top_k_deduplicated_and_skips_are_noted() -> Non
         ),
         "en-ha": _ranked("en-ha", [(0.3, "finished", a), (0.2, "finished", c)]),
     }
-    points, notes = select_points(ranked, base, params, depth=2, top=2)
+    points, notes = select_points(ranked, base, params, depth=2, top=4)
     # in turns: each source's best, then each one's second best
     assert [(p.pair, p.trial_id) for p in points] == [
         ("en-sw", "t0"),
         ("en-ha", "t1"),  # en-ha's best is en-sw's best: it runs once
-        ("en-sw", "t2"),
+        ("en-sw", "t2"),  # en-sw's last (t3) is en-ha's t1 again: all distinct ones ran
     ]
+    # top counts configs in all, not per source: the rest of the budget is the sampler's
+    two, _ = select_points(ranked, base, params, depth=2, top=2)
+    assert [(p.pair, p.trial_id) for p in two] == [("en-sw", "t0"), ("en-ha", "t1")]
+    assert [p.trial_id for p in select_points(ranked, base, params, depth=2, top=1)[0]] == ["t0"]
     assert points[0].origin == "warm_start:en-sw/t0"
     assert notes == ["en-sw trial t1 skipped: distill.epsilon=9 is outside this space's [0.01, 1]"]
     prior = build_prior(ranked, base, params, depth=2)
@@ -257,7 +261,7 @@ def test_records_carry_their_origin_and_best_shows_it(store: str) -> None:
 def test_explicit_sources_give_points_and_prior(store: str) -> None:
     lines: list[str] = []
     plans = plan_warm_starts(
-        _cfg(store, **{"sweep.warm_start": "en-sw,en-ha", "sweep.warm_start_top": 1}),
+        _cfg(store, **{"sweep.warm_start": "en-sw,en-ha", "sweep.warm_start_top": 2}),
         _space(),
         2,
         lines.append,

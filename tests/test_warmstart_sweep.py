@@ -110,7 +110,7 @@ def test_a_warm_sweep_runs_the_sources_best_configs_first(cluster, tmp_path: Pat
     )
 
     warm, lines = _run(
-        tmp_path, "warm", ["en-yo"], **{"sweep.warm_start": "auto", "sweep.warm_start_top": 1}
+        tmp_path, "warm", ["en-yo"], **{"sweep.warm_start": "auto", "sweep.warm_start_top": 2}
     )
     assert warm.exit_code == 0
     assert any(line.startswith("[warm-start] en-yo: from en-sw (similarity") for line in lines)
