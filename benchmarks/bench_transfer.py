@@ -17,7 +17,10 @@ One JSON line per (seed, language) and summary lines:
   sweep's final best, divided by the cold sweep's trial-epochs (target: median <= 0.5);
 * ``warm_minus_cold_best``: final best dev MAP, warm minus cold (target: never
   significantly worse);
-* ``test_map``: test-split MAP of both sweeps' best checkpoints.
+* ``test_map``: test-split MAP of both sweeps' best checkpoints, and
+  ``test_warm_minus_cold``: their difference over the same test queries with a paired
+  randomisation test's p; ``warm_minus_cold_test_map`` counts the runs where the warm
+  best is significantly worse (target: none) or better.
 
     python benchmarks/bench_transfer.py [--languages 5] [--trials 8] [--epochs 2]
                                         [--seeds 0,1,2] [--family-seed 0] [--smoke-test]
@@ -153,8 +156,8 @@ def _curve(records: Any) -> tuple[list[tuple[int, float]], int]:
     return out, spent
 
 
-def _test_map(storage: Path, pair: str, experiment: str) -> float | None:
-    """Test-split MAP of the experiment's best checkpoint."""
+def _test_map(storage: Path, pair: str, experiment: str) -> tuple[float | None, dict[str, Any]]:
+    """Test-split MAP of the experiment's best checkpoint, and its per-query values."""
     from optical_ray.catalog import best_config
     from optical_ray.config import from_flat
     from optical_ray.model import RetrievalModel
@@ -162,9 +165,22 @@ def _test_map(storage: Path, pair: str, experiment: str) -> float | None:
 
     best = best_config(pair, storage=str(storage), experiment=experiment)[0]
     if not best.checkpoint_uri:
-        return None
+        return None, {}
     model = RetrievalModel.load(str(Path(best.checkpoint_uri) / "model"))
-    return evaluate_dev(model, from_flat(best.flat_config), split="test").get("map")
+    keep: dict[str, Any] = {}
+    value = evaluate_dev(model, from_flat(best.flat_config), split="test", keep=keep).get("map")
+    return value, keep["evals"][-1][1] if keep.get("evals") else {}
+
+
+def _paired(warm: dict[str, Any], cold: dict[str, Any]) -> dict[str, float] | None:
+    """Warm minus cold test MAP over the same queries, with the two-sided p of a paired
+    randomisation test (:func:`optical_ray.compare.paired_test`)."""
+    from optical_ray.compare import paired_test
+
+    if not warm or not cold:
+        return None
+    delta, p = paired_test(warm, cold, "map")
+    return {"delta_map": round(delta, 4), "p": round(p, 4)}
 
 
 def main() -> None:
@@ -193,6 +209,7 @@ def main() -> None:
     )
     ratios: list[float] = []
     deltas: list[float] = []
+    tests: list[dict[str, float] | None] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
             root = Path(tmp)
@@ -238,6 +255,10 @@ def main() -> None:
                             if o.startswith("warm_start:")
                         }
                     )
+                    cold_test, cold_q = _test_map(cold_store, pair, f"cold{seed}-{pair}")
+                    warm_test, warm_q = _test_map(warm_store, pair, f"warm{seed}-{pair}")
+                    paired = _paired(warm_q, cold_q)
+                    tests.append(paired)
                     _emit(
                         figure="warm_epochs_to_cold_best",
                         seed=seed,
@@ -249,10 +270,8 @@ def main() -> None:
                         cold_trial_epochs=cold_total,
                         warm_epochs_to_reach=reached,
                         sources=sources,
-                        test_map={
-                            "cold": _round(_test_map(cold_store, pair, f"cold{seed}-{pair}")),
-                            "warm": _round(_test_map(warm_store, pair, f"warm{seed}-{pair}")),
-                        },
+                        test_map={"cold": _round(cold_test), "warm": _round(warm_test)},
+                        test_warm_minus_cold=paired,
                     )
             median = statistics.median(ratios)
             _emit(
@@ -272,6 +291,20 @@ def main() -> None:
                 max=round(max(deltas), 4),
                 worse=sum(d < 0 for d in deltas),
                 runs=len(deltas),
+            )
+            done = [t for t in tests if t is not None]
+            _emit(
+                figure="warm_minus_cold_test_map",
+                mean=round(statistics.mean(t["delta_map"] for t in done), 4) if done else None,
+                significantly_worse=sum(t["delta_map"] < 0 and t["p"] < 0.05 for t in done),
+                significantly_better=sum(t["delta_map"] > 0 and t["p"] < 0.05 for t in done),
+                target="never significantly worse",
+                within_target=bool(done)
+                and not any(t["delta_map"] < 0 and t["p"] < 0.05 for t in done),
+                runs=len(done),
+                statistic="per (seed, held-out language): test MAP of the warm sweep's best "
+                "minus the cold one's, paired randomisation test over test queries, "
+                "two-sided p < 0.05 without correction for the runs",
             )
     finally:
         ray.shutdown()
