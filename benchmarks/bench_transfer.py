@@ -20,10 +20,13 @@ One JSON line per (seed, language) and summary lines:
 * ``test_map``: test-split MAP of both sweeps' best checkpoints, and
   ``test_warm_minus_cold``: their difference over the same test queries with a paired
   randomisation test's p; ``warm_minus_cold_test_map`` counts the runs where the warm
-  best is significantly worse (target: none) or better.
+  best is significantly worse (target: none) or better. ``dev_warm_minus_cold`` is the
+  same test on the dev queries, which tells a miss of the first figure that is a tie
+  (two configs at the same plateau) from one that is not.
 
     python benchmarks/bench_transfer.py [--languages 5] [--trials 8] [--epochs 2]
-                                        [--seeds 0,1,2] [--family-seed 0] [--smoke-test]
+                                        [--seeds 0,1,2] [--family-seed 0] [--out DIR]
+                                        [--smoke-test]
 """
 
 from __future__ import annotations
@@ -156,8 +159,10 @@ def _curve(records: Any) -> tuple[list[tuple[int, float]], int]:
     return out, spent
 
 
-def _test_map(storage: Path, pair: str, experiment: str) -> tuple[float | None, dict[str, Any]]:
-    """Test-split MAP of the experiment's best checkpoint, and its per-query values."""
+def _best_map(
+    storage: Path, pair: str, experiment: str, split: str = "test"
+) -> tuple[float | None, dict[str, Any]]:
+    """MAP of the experiment's best checkpoint on ``split``, and its per-query values."""
     from optical_ray.catalog import best_config
     from optical_ray.config import from_flat
     from optical_ray.model import RetrievalModel
@@ -168,7 +173,7 @@ def _test_map(storage: Path, pair: str, experiment: str) -> tuple[float | None, 
         return None, {}
     model = RetrievalModel.load(str(Path(best.checkpoint_uri) / "model"))
     keep: dict[str, Any] = {}
-    value = evaluate_dev(model, from_flat(best.flat_config), split="test", keep=keep).get("map")
+    value = evaluate_dev(model, from_flat(best.flat_config), split=split, keep=keep).get("map")
     return value, keep["evals"][-1][1] if keep.get("evals") else {}
 
 
@@ -191,8 +196,16 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--family-seed", type=int, default=0)
     ap.add_argument("--teacher-steps", type=int, default=150)
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="keep the world, teacher and sweep storages here (default: a temporary folder); "
+        "its cold-<seed> and warm-<seed>-<pair> folders are catalogs `optical-ray best` reads",
+    )
     ap.add_argument("--smoke-test", action="store_true", help="tiny sizes, checks it runs")
     args = ap.parse_args()
+    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        ap.error(f"--out: {args.out} is not empty; give a new or empty folder")
     if args.smoke_test:
         args.languages, args.trials, args.epochs, args.seeds = 3, 3, 1, "0"
         args.teacher_steps = 10
@@ -211,8 +224,12 @@ def main() -> None:
     deltas: list[float] = []
     tests: list[dict[str, float] | None] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
-            root = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            if args.out:
+                root = Path(args.out)
+                root.mkdir(parents=True, exist_ok=True)
+            else:
+                root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
             base = _setup(root, args.languages, args.family_seed, args.teacher_steps)
             base = {**base, "epochs": args.epochs}
             seeds = [int(s) for s in args.seeds.split(",")]
@@ -255,10 +272,15 @@ def main() -> None:
                             if o.startswith("warm_start:")
                         }
                     )
-                    cold_test, cold_q = _test_map(cold_store, pair, f"cold{seed}-{pair}")
-                    warm_test, warm_q = _test_map(warm_store, pair, f"warm{seed}-{pair}")
+                    cold_test, cold_q = _best_map(cold_store, pair, f"cold{seed}-{pair}")
+                    warm_test, warm_q = _best_map(warm_store, pair, f"warm{seed}-{pair}")
                     paired = _paired(warm_q, cold_q)
                     tests.append(paired)
+                    # whether a miss is a tie: the two bests on the dev queries
+                    dev = _paired(
+                        _best_map(warm_store, pair, f"warm{seed}-{pair}", "dev")[1],
+                        _best_map(cold_store, pair, f"cold{seed}-{pair}", "dev")[1],
+                    )
                     _emit(
                         figure="warm_epochs_to_cold_best",
                         seed=seed,
@@ -271,6 +293,7 @@ def main() -> None:
                         warm_epochs_to_reach=reached,
                         sources=sources,
                         test_map={"cold": _round(cold_test), "warm": _round(warm_test)},
+                        dev_warm_minus_cold=dev,
                         test_warm_minus_cold=paired,
                     )
             median = statistics.median(ratios)
