@@ -475,7 +475,10 @@ def _tuner(
             storage_filesystem=fs,
             callbacks=[*callbacks, *_result_loggers()],
             verbose=2 if verbose >= 2 else 0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # The best-scoring checkpoint (the catalog names it) and the latest (resume).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order=sw.mode
+            ),
             # A trial whose process or node dies restarts from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=sw.max_failures),
         ),
@@ -580,7 +583,8 @@ def _pair_result(
                 )
             except OpticalRayError:
                 best_config = dict(best.config)
-        best_ckpt = checkpoint_uri(best.checkpoint, best.metrics or {}, store)
+        kept = best.get_best_checkpoint("score", sw.mode) if best.best_checkpoints else None
+        best_ckpt = checkpoint_uri(kept, best.metrics or {}, store)
     return PairResult(
         plan.pair,
         plan.experiment,

@@ -14,7 +14,7 @@ from ray.tune import Callback
 
 from optical_ray.config import to_flat
 from optical_ray.errors import OpticalRayError
-from optical_ray.raytune import checkpoint_uri
+from optical_ray.tune_callbacks import BestCheckpoints
 from optical_ray.sweep import FINISHED_KEY, PairPlan, resolve_trial_config
 from optical_ray.tracking import Tracker, make_trackers, safe_params, step_metrics
 
@@ -27,6 +27,7 @@ class TrackingCallback(Callback):
     def __init__(self, tracker: Tracker, *, plan: PairPlan, store: Any) -> None:
         self.tracker, self.plan, self.store = tracker, plan, store
         self.experiment, self.pair = plan.experiment, plan.pair
+        self.checkpoints = BestCheckpoints(plan.base.sweep.mode, store)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config with the experiment: a tracker's thread stays here
@@ -61,6 +62,9 @@ class TrackingCallback(Callback):
         metrics, step = step_metrics(result)
         self.tracker.log(trial.trial_id, metrics, step)
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):  # noqa: ANN001
+        self.checkpoints.update(trial, checkpoint)
+
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
         finished = (trial.last_result or {}).get(FINISHED_KEY)
         self._finish(trial, "finished" if finished else "stopped")
@@ -70,7 +74,7 @@ class TrackingCallback(Callback):
 
     def _finish(self, trial: Any, status: str) -> None:
         tags = {"optical_ray.status": status}
-        uri = checkpoint_uri(trial.checkpoint, trial.last_result or {}, self.store)
+        uri = self.checkpoints.uri(trial, trial.last_result or {})
         if uri:
             tags["optical_ray.checkpoint_uri"] = uri
         self.tracker.finish(trial.trial_id, status, tags)

@@ -29,6 +29,7 @@ from optical_ray.sweep import (
 )
 
 __all__ = [
+    "BestCheckpoints",
     "CatalogCallback",
     "ProgressCallback",
     "checkpoint_uri",
@@ -53,6 +54,40 @@ def coordinator_handle(name: str | None) -> Any:
         return None
 
 
+class BestCheckpoints:
+    """Per trial, the URI of the checkpoint that came with its best-scoring result.
+
+    Every result a trial reports carries a finite ``score`` (its ``sweep.metric``,
+    :func:`~optical_ray.context.fill_metric`), and a sweep's trials checkpoint only
+    where they evaluate (:func:`~optical_ray.sweep.resolve_trial_config`), so the
+    checkpoint of the best score holds the weights behind the trial's best dev value:
+    the one a catalog record must name. Tune keeps that checkpoint and the latest one
+    (``CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="score")``); on a tie
+    it keeps the later checkpoint, and so does this. Fed by a callback's
+    ``on_checkpoint``, when ``trial.last_result`` is the result the checkpoint came with.
+    """
+
+    def __init__(self, mode: str, store: Any) -> None:
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.store = store
+        self.best: dict[str, tuple[float, str]] = {}
+
+    def update(self, trial: Any, checkpoint: Any) -> None:
+        score = (trial.last_result or {}).get("score")
+        uri = checkpoint_uri(checkpoint, {}, self.store)
+        if not isinstance(score, (int, float)) or uri is None:
+            return
+        seen = self.best.get(trial.trial_id)
+        if seen is None or self.sign * score >= self.sign * seen[0]:
+            self.best[trial.trial_id] = (float(score), uri)
+
+    def uri(self, trial: Any, result: Mapping[str, Any]) -> str | None:
+        """The best checkpoint's URI; else (a multi-worker trial, whose checkpoints are
+        its Train run's, or one restored without this state) what the trial reports."""
+        seen = self.best.get(trial.trial_id)
+        return seen[1] if seen else checkpoint_uri(trial.checkpoint, result, self.store)
+
+
 class CatalogCallback(Callback):
     """Appends one catalog record per finished, stopped or failed trial, as it happens
     (a driver that dies loses no finished trial's record). The record's config is the
@@ -74,9 +109,29 @@ class CatalogCallback(Callback):
         self.configs: dict[str, dict[str, Any]] = {}
         self.per_query: dict[str, str] = {}
         self.at_best: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.checkpoints = BestCheckpoints(plan.base.sweep.mode, catalog.storage)
+
+    def get_state(self) -> dict[str, Any]:
+        """What a resumed experiment restores (Tune saves it with the experiment): a
+        trial that goes on after a driver restart keeps its best so far."""
+        return {
+            "configs": self.configs,
+            "per_query": self.per_query,
+            "at_best": self.at_best,
+            "checkpoints": self.checkpoints.best,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.configs.update(state.get("configs") or {})
+        self.per_query.update(state.get("per_query") or {})
+        self.at_best.update(state.get("at_best") or {})
+        self.checkpoints.best.update(state.get("checkpoints") or {})
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
         self.started[trial.trial_id] = time.time()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):  # noqa: ANN001
+        self.checkpoints.update(trial, checkpoint)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         if isinstance(result.get(CONFIG_KEY), str):
@@ -146,7 +201,7 @@ class CatalogCallback(Callback):
                 mode=sw.mode,
                 error=error,
                 baseline_metrics=self.baseline,
-                checkpoint_uri=checkpoint_uri(trial.checkpoint, result, self.catalog.storage),
+                checkpoint_uri=self.checkpoints.uri(trial, result),
                 started_at=self.started.get(trial.trial_id),
                 finished_at=time.time(),
                 training_s=result.get("train_s"),
@@ -238,8 +293,8 @@ def is_metric(key: str) -> bool:
 
 
 def checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | None:
-    """The URI of a trial's latest checkpoint: Tune's (single-worker trials) or its
-    Train run's (multi-worker trials report it as ``checkpoint_path``)."""
+    """The URI of ``ckpt`` (a Tune checkpoint) or, without one, of the checkpoint a
+    multi-worker trial reports as ``checkpoint_path`` (its Train run's best)."""
     if ckpt is not None:
         kind = getattr(ckpt.filesystem, "type_name", "local")
         return f"s3://{ckpt.path}" if kind == "s3" else ckpt.path

@@ -156,8 +156,14 @@ def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
         if result.error is not None:
             raise result.error
         last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        if result.checkpoint is not None:
-            last[CHECKPOINT_PATH_KEY] = result.checkpoint.path
+        # the Train run keeps its checkpoints ranked by score: name the best one's
+        best = (
+            result.get_best_checkpoint("score", cfg.sweep.mode)
+            if result.best_checkpoints
+            else result.checkpoint
+        )
+        if best is not None:
+            last[CHECKPOINT_PATH_KEY] = best.path
     # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
     # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
     train_s = last.get("run_s", time.perf_counter() - start)

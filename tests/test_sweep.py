@@ -303,6 +303,70 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     assert not marker.exists()
 
 
+def declining_trial(sampled: dict, *, plan) -> None:
+    """A stand-in trial that checkpoints at each of three evaluations, dev MAP 0.7,
+    0.5, 0.6, through a real trial's reporting context: its best is its first."""
+    import tempfile
+
+    from ray import tune
+
+    from optical_ray.sweep import FINISHED_KEY, resolve_trial_config
+    from optical_ray.tune_trial import TuneContext
+
+    ctx = TuneContext(resolve_trial_config(plan, sampled, tune.get_context().get_trial_id()))
+    for step, value in enumerate((0.7, 0.5, 0.6), 1):
+        ckpt = Path(tempfile.mkdtemp())
+        (ckpt / "value.txt").write_text(str(value))
+        ctx.report({"map": value, "step": step}, str(ckpt))
+    tune.report({"map": 0.6, FINISHED_KEY: 1})
+
+
+def test_a_trial_is_recorded_with_its_best_checkpoint_not_its_last(cluster, tmp_path) -> None:
+    """The catalog's best value and its checkpoint agree: the checkpoint named is the
+    one that scored the best dev value, kept with the latest (for resume); the others
+    are deleted."""
+    from ray import cloudpickle
+
+    from optical_ray.catalog import Catalog, best_config
+    from optical_ray.config import from_flat
+    from optical_ray.launch import run
+    from optical_ray.space import parse_space
+
+    cfg = from_flat(
+        {
+            "name": "decline",
+            "output_dir": str(tmp_path / "runs"),
+            "storage.uri": str(tmp_path / "store"),
+            "sweep.pairs": ["en-sw"],
+            "sweep.samples": 1,
+            "sweep.scheduler": "none",
+            "scaling.cpus_per_worker": 1.0,
+        }
+    )
+    space = parse_space(
+        {**SPACE, "base": {**SPACE["base"], "distill.steps": 3, "train.eval_every": 1}}
+    )
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        result = run(
+            cfg, space, verbose=0, out=lambda _: None, check_data=False, trial_fn=declining_trial
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert result.exit_code == 0
+    record = Catalog(str(tmp_path / "store")).records("en-sw").iloc[0]
+    assert record["best_value"] == pytest.approx(0.7)
+    best = Path(record["checkpoint_uri"])
+    assert best.name == "checkpoint_000000" and (best / "value.txt").read_text() == "0.7"
+    assert best_config("en-sw", storage=str(tmp_path / "store"))[0].checkpoint_uri == str(best)
+    assert result.pairs["en-sw"].best_checkpoint == str(best)
+    # kept: the best and the latest; the worse middle one is gone
+    assert sorted(p.name for p in best.parent.glob("checkpoint_*")) == [
+        "checkpoint_000000",
+        "checkpoint_000002",
+    ]
+
+
 def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None:
     """workers_per_trial=2: the trial driver holds no CPU (on 2 CPUs both go to the
     TorchTrainer's workers), each trial is a 2-worker DDP run, and its work time is
