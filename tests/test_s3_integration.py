@@ -255,14 +255,28 @@ def test_sweep_survives_an_s3_outage(
     records = Catalog(s3_storage_uri).records()
     assert len(records) == samples and set(records["status"]) == {"finished"}
     assert any(t >= outage["start"] for t in _epoch(records["finished_at"]))
-    # ... and every trial's final checkpoint is complete in the bucket.
+    # ... and every trial's checkpoints are complete in the bucket: the best one its
+    # record names, and its final one.
     objects = _objects(s3_env, s3_storage_uri)
     for uri in records["checkpoint_uri"]:
         key = uri[len(s3_storage_uri) + 1 :]
-        state = json.loads(objects[f"{key}/state.json"])
-        assert state["step"] == steps and state["stage_done"]
-        assert all(f"{key}/{f}" in objects for f in state["files"])
-        assert [s["step"] for s in state["history"]["steps"]] == list(range(1, steps + 1))
+        trial_dir = key.rsplit("/", 1)[0]
+        kept = {
+            k[len(trial_dir) + 1 :].split("/")[0]
+            for k in objects
+            if k.startswith(f"{trial_dir}/checkpoint_")
+        }
+        assert key.rsplit("/", 1)[1] in kept
+        states = {}
+        for name in kept:
+            state = json.loads(objects[f"{trial_dir}/{name}/state.json"])
+            assert all(f"{trial_dir}/{name}/{f}" in objects for f in state["files"])
+            assert [s["step"] for s in state["history"]["steps"]] == list(
+                range(1, state["step"] + 1)
+            )
+            states[name] = state
+        final = max(states.values(), key=lambda st: st["step"])
+        assert final["step"] == steps and final["stage_done"]
 
 
 def _keys(server, uri: str) -> list[str]:

@@ -239,3 +239,32 @@ def test_a_limiter_saved_under_its_old_module_still_loads() -> None:
     loaded = pickle.loads(old)
     assert isinstance(loaded, SharedLimiter)
     assert (loaded.owner, loaded.samples, loaded.suggested) == ("en-sw", 4, 2)
+
+
+def test_the_catalog_callback_keeps_each_trials_best_checkpoint_across_a_restart(tmp_path) -> None:
+    """Ties go to the later checkpoint (as Tune's retention keeps it), a worse one never
+    replaces the best, and the choice survives the callback's saved state (a driver
+    restart), so a resumed trial's record still names its best checkpoint."""
+    from types import SimpleNamespace
+
+    from optical_ray.config import from_flat
+    from optical_ray.sweep import PairPlan
+    from optical_ray.tune_callbacks import CatalogCallback
+
+    cfg = from_flat({"storage.uri": str(tmp_path), "sweep.mode": "min"})
+    plan = PairPlan("en-sw", "s-en-sw", "", cfg, None, 2, 3)
+    catalog = SimpleNamespace(storage=None)
+    trial = SimpleNamespace(trial_id="t1", last_result={}, checkpoint=None)
+    cb = CatalogCallback(catalog, plan, None)
+    for i, score in enumerate((0.4, 0.3, 0.5, 0.3)):
+        trial.last_result = {"score": score}
+        cb.on_checkpoint(0, [], trial, SimpleNamespace(path=f"/x/checkpoint_{i}", filesystem=None))
+    assert cb.checkpoints.uri(trial, {}) == "/x/checkpoint_3"  # mode min; the later tie
+    restored = CatalogCallback(catalog, plan, None)
+    restored.set_state(cb.get_state())
+    trial.last_result = {"score": 0.35}
+    restored.on_checkpoint(0, [], trial, SimpleNamespace(path="/x/checkpoint_4", filesystem=None))
+    assert restored.checkpoints.uri(trial, {}) == "/x/checkpoint_3"
+    # a trial it never saw a checkpoint of: the one Tune names (or the Train run's)
+    other = SimpleNamespace(trial_id="t2", last_result={}, checkpoint=None)
+    assert restored.checkpoints.uri(other, {}) is None
