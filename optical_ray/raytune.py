@@ -51,6 +51,7 @@ from optical_ray.tune_callbacks import (
     CatalogCallback,
     ProgressCallback,
     is_metric,
+    best_kept_checkpoint,
     checkpoint_uri,
 )
 from optical_ray.trust import (
@@ -583,8 +584,7 @@ def _pair_result(
                 )
             except OpticalRayError:
                 best_config = dict(best.config)
-        kept = best.get_best_checkpoint("score", sw.mode) if best.best_checkpoints else None
-        best_ckpt = checkpoint_uri(kept, best.metrics or {}, store)
+        best_ckpt = checkpoint_uri(best_kept_checkpoint(best, sw.mode), best.metrics or {}, store)
     return PairResult(
         plan.pair,
         plan.experiment,

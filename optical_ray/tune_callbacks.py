@@ -4,6 +4,7 @@ it ends (:class:`CatalogCallback`) and the pair's progress in the sweep's coordi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from optical_ray.sweep import (
 
 __all__ = [
     "BestCheckpoints",
+    "best_kept_checkpoint",
     "CatalogCallback",
     "ProgressCallback",
     "checkpoint_uri",
@@ -86,6 +88,15 @@ class BestCheckpoints:
         its Train run's, or one restored without this state) what the trial reports."""
         seen = self.best.get(trial.trial_id)
         return seen[1] if seen else checkpoint_uri(trial.checkpoint, result, self.store)
+
+
+def best_kept_checkpoint(result: Any, mode: str) -> Any:
+    """The best-scoring checkpoint a Tune or Train ``Result`` kept (both rank theirs by
+    ``score``), else its latest, else None."""
+    if result.best_checkpoints:
+        with contextlib.suppress(RuntimeError):  # no kept checkpoint carries a score
+            return result.get_best_checkpoint("score", mode)
+    return result.checkpoint
 
 
 class CatalogCallback(Callback):

@@ -32,6 +32,7 @@ from optical_ray.sweep import (
     resolve_trial_config,
 )
 from optical_ray.train import run as run_training
+from optical_ray.tune_callbacks import best_kept_checkpoint
 
 __all__ = ["TuneContext", "run_trial"]
 
@@ -156,12 +157,7 @@ def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
         if result.error is not None:
             raise result.error
         last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-        # the Train run keeps its checkpoints ranked by score: name the best one's
-        best = (
-            result.get_best_checkpoint("score", cfg.sweep.mode)
-            if result.best_checkpoints
-            else result.checkpoint
-        )
+        best = best_kept_checkpoint(result, cfg.sweep.mode)  # the record names the best
         if best is not None:
             last[CHECKPOINT_PATH_KEY] = best.path
     # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
