@@ -225,6 +225,10 @@ class CatalogCallback(Callback):
                 origin=(trial.config or {}).get(ORIGIN_KEY),
             )
         )
+        # recorded: its state need not travel with every experiment snapshot
+        for kept in (self.started, self.configs, self.per_query, self.at_best):
+            kept.pop(trial.trial_id, None)
+        self.checkpoints.best.pop(trial.trial_id, None)
 
 
 class ProgressCallback(Callback):
