@@ -159,10 +159,9 @@ def _curve(records: Any) -> tuple[list[tuple[int, float]], int]:
     return out, spent
 
 
-def _best_map(
-    storage: Path, pair: str, experiment: str, split: str = "test"
-) -> tuple[float | None, dict[str, Any]]:
-    """MAP of the experiment's best checkpoint on ``split``, and its per-query values."""
+def _best_maps(storage: Path, pair: str, experiment: str) -> dict[str, tuple[float | None, Any]]:
+    """Per split (test, dev): MAP of the experiment's best checkpoint and its per-query
+    values, from one load of the model."""
     from optical_ray.catalog import best_config
     from optical_ray.config import from_flat
     from optical_ray.model import RetrievalModel
@@ -170,11 +169,15 @@ def _best_map(
 
     best = best_config(pair, storage=str(storage), experiment=experiment)[0]
     if not best.checkpoint_uri:
-        return None, {}
+        return {split: (None, {}) for split in ("test", "dev")}
     model = RetrievalModel.load(str(Path(best.checkpoint_uri) / "model"))
-    keep: dict[str, Any] = {}
-    value = evaluate_dev(model, from_flat(best.flat_config), split=split, keep=keep).get("map")
-    return value, keep["evals"][-1][1] if keep.get("evals") else {}
+    cfg = from_flat(best.flat_config)
+    out = {}
+    for split in ("test", "dev"):
+        keep: dict[str, Any] = {}
+        value = evaluate_dev(model, cfg, split=split, keep=keep).get("map")
+        out[split] = (value, keep["evals"][-1][1] if keep.get("evals") else {})
+    return out
 
 
 def _paired(warm: dict[str, Any], cold: dict[str, Any]) -> dict[str, float] | None:
@@ -274,15 +277,13 @@ def main() -> None:
                             if o.startswith("warm_start:")
                         }
                     )
-                    cold_test, cold_q = _best_map(cold_store, pair, f"cold{seed}-{pair}")
-                    warm_test, warm_q = _best_map(warm_store, pair, f"warm{seed}-{pair}")
+                    cold_maps = _best_maps(cold_store, pair, f"cold{seed}-{pair}")
+                    warm_maps = _best_maps(warm_store, pair, f"warm{seed}-{pair}")
+                    (cold_test, cold_q), (warm_test, warm_q) = cold_maps["test"], warm_maps["test"]
                     paired = _paired(warm_q, cold_q)
                     tests.append(paired)
                     # whether a miss is a tie: the two bests on the dev queries
-                    dev = _paired(
-                        _best_map(warm_store, pair, f"warm{seed}-{pair}", "dev")[1],
-                        _best_map(cold_store, pair, f"cold{seed}-{pair}", "dev")[1],
-                    )
+                    dev = _paired(warm_maps["dev"][1], cold_maps["dev"][1])
                     _emit(
                         figure="warm_epochs_to_cold_best",
                         seed=seed,

@@ -262,7 +262,7 @@ def prepare_study(
 
     modes = [mode] if isinstance(mode, str) else list(mode)
     storage = storage if storage is not None else open_study_storage(url)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    names = set(optuna.get_all_study_names(storage))
     if name in names and not resume:
         raise ConfigError(
             f"Optuna study {name!r} already exists in {redact(url)}; pass --resume to "
