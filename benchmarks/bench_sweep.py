@@ -196,9 +196,10 @@ def _overhead(base: dict[str, Any], root: Path, workers: int, trials: int) -> No
 
 
 def _epochs(row: Any) -> int:
-    """Trial-epochs a trial used: its evaluations (a finished trial's last report is the
-    end-of-trial summary, not an evaluation)."""
-    return int(row["iterations"]) - (1 if row["status"] == "finished" else 0)
+    """Trial-epochs a trial used (:func:`optical_ray.catalog.trial_epochs`)."""
+    from optical_ray.catalog import trial_epochs
+
+    return trial_epochs(row["status"], row["iterations"])
 
 
 def _efficiency(

@@ -144,9 +144,10 @@ def _sweep(base: dict[str, Any], storage: Path, name: str, pairs: list[str], **o
 
 
 def _epochs(row: Any) -> int:
-    """Trial-epochs a trial used: its evaluations (a finished trial's last report is
-    the end-of-trial summary, not an evaluation)."""
-    return int(row["iterations"]) - (1 if row["status"] == "finished" else 0)
+    """Trial-epochs a trial used (:func:`optical_ray.catalog.trial_epochs`)."""
+    from optical_ray.catalog import trial_epochs
+
+    return trial_epochs(row["status"], row["iterations"])
 
 
 def _curve(records: Any) -> tuple[list[tuple[int, float]], int]:

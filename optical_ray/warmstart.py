@@ -531,18 +531,18 @@ def is_warm(origins: pd.Series) -> bool:
 
 def best_so_far(df: pd.DataFrame, metric: str, mode: str = "max") -> list[tuple[float, float]]:
     """One experiment's best-so-far curve: ``(trial-epochs spent, best value)`` after
-    each ranked trial, in the order the trials started. A trial's cost is its number
-    of evaluations (``iterations``; 1 when unknown), so an ASHA-stopped trial costs
-    what it ran."""
-    from optical_ray.catalog import RANKED_STATUSES, metric_values
+    each ranked trial, in the order the trials started. A trial's cost is the dev
+    evaluations it ran (:func:`optical_ray.catalog.trial_epochs`), so an ASHA-stopped
+    trial costs what it ran."""
+    from optical_ray.catalog import RANKED_STATUSES, metric_values, trial_epochs
 
     ranked = df[df["status"].isin(RANKED_STATUSES)]
     order = "started_at" if "started_at" in ranked and ranked["started_at"].notna().all() else None
     ranked = ranked.sort_values(order or "finished_at", kind="stable")
     values = metric_values(ranked, metric)
     spent, best, out = 0.0, None, []
-    for cost, value in zip(ranked["iterations"], values):
-        spent += float(cost) if cost == cost and cost else 1.0
+    for status, iterations, value in zip(ranked["status"], ranked["iterations"], values):
+        spent += trial_epochs(status, iterations)
         if value == value:
             best = value if best is None else (max if mode == "max" else min)(best, value)
         if best is not None:

@@ -19,6 +19,7 @@ from optical_ray.catalog import (
     best_configs_all,
     best_yaml,
     format_records,
+    trial_epochs,
 )
 from optical_ray.config import from_dict, to_dict, to_flat
 from optical_ray.errors import ConfigError, StorageError
@@ -94,6 +95,23 @@ def test_append_and_records_round_trip(catalog) -> None:
     assert row.duration_s == pytest.approx(100.0) and row.training_s == 90.0
     assert row.version and row.host
     assert row.checkpoint_uri == "s3://bucket/runs/en-sw/3/checkpoint"
+
+
+@pytest.mark.parametrize(
+    "status, iterations, epochs",
+    [
+        ("finished", 3, 2),  # two evaluations and the end-of-trial summary report
+        ("stopped", 3, 3),  # ASHA stopped it: every report was an evaluation
+        ("failed", 2, 2),
+        ("finished", 1, 1),  # a summary only still cost something
+        ("finished", None, 1),
+        ("stopped", float("nan"), 1),  # unknown, as pandas reads a missing count
+    ],
+)
+def test_trial_epochs_counts_evaluations_not_the_summary_report(
+    status: str, iterations: float | None, epochs: int
+) -> None:
+    assert trial_epochs(status, iterations) == epochs
 
 
 def test_records_filter_project_and_list(catalog) -> None:

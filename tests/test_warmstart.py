@@ -479,11 +479,12 @@ def test_the_report_plots_a_warm_sweep_against_a_cold_one(tmp_path: Path) -> Non
     from optical_ray.report import build_report
     from optical_ray.warmstart import best_so_far
 
-    def rec(exp, trial, value, origin, start, iterations=2):
+    def rec(exp, trial, value, origin, start, iterations=2, status="finished"):
         return TrialRecord(
             experiment=exp,
             pair="en-yo",
             trial_id=trial,
+            status=status,
             config=_flat(pair="en-yo"),
             best_metrics={"map": value},
             origin=origin,
@@ -495,17 +496,20 @@ def test_the_report_plots_a_warm_sweep_against_a_cold_one(tmp_path: Path) -> Non
     store = str(tmp_path / "store")
     Catalog(store).extend(
         [
-            rec("cold-en-yo", "c1", 0.1, "random", 100),
-            rec("cold-en-yo", "c2", 0.3, "sampler", 101, iterations=1),
+            rec("cold-en-yo", "c1", 0.1, "random", 100, iterations=3),
+            rec("cold-en-yo", "c2", 0.3, "sampler", 101, iterations=2, status="stopped"),
             rec("cold-en-yo", "c3", 0.2, "sampler", 102),
+            rec("cold-en-yo", "c4", 0.9, "sampler", 103, status="failed"),
             rec("warm-en-yo", "w1", 0.35, "warm_start:en-sw/a", 200),
             rec("warm-en-yo", "w2", 0.2, "sampler", 201),
         ]
     )
     df = Catalog(store).records()
+    # a finished trial's last report is its summary, not an evaluation: 3 reports are
+    # 2 trial-epochs; a stopped trial's reports are all evaluations; a failed one is out
     assert best_so_far(df[df["experiment"] == "cold-en-yo"], "map") == [
         (2.0, 0.1),
-        (3.0, 0.3),
+        (4.0, 0.3),
         (5.0, 0.3),
     ]
     path = build_report(store, tmp_path / "report")
@@ -514,7 +518,7 @@ def test_the_report_plots_a_warm_sweep_against_a_cold_one(tmp_path: Path) -> Non
     data = json.loads((out / "report.json").read_text())
     assert data["best_origin"]["en-yo"] == "warm_start:en-sw/a"
     curves = data["warm_vs_cold"]["en-yo"]
-    assert curves["warm_experiment"] == "warm-en-yo" and curves["warm"][0] == [2.0, 0.35]
+    assert curves["warm_experiment"] == "warm-en-yo" and curves["warm"][0] == [1.0, 0.35]
     text = path.read_text()
     assert "best config's origin: warm_start:en-sw/a" in text and "warm_en-yo.png" in text
 

@@ -60,6 +60,7 @@ from optical_ray.catalog.records import (
     BestRecord,
     TrialRecord,
     metric_value,
+    trial_epochs,
 )
 from optical_ray.catalog.store import QUARANTINE_DIR, Catalog
 from optical_ray.tables import records_table as format_table
@@ -83,6 +84,7 @@ __all__ = [
     "varying_distill_keys",
     "metric_value",
     "metric_values",
+    "trial_epochs",
     "recorded_metrics",
     "rank_trials",
     "SCHEMA",

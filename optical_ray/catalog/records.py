@@ -30,6 +30,7 @@ __all__ = [
     "CATALOG_DIR",
     "HYPERPARAMETERS",
     "metric_value",
+    "trial_epochs",
     "as_record",
     "encode_name",
     "best_record",
@@ -40,6 +41,19 @@ CATALOG_DIR = "catalog"
 STATUSES = ("finished", "failed", "stopped")
 # Trials whose metrics rank: ASHA-stopped trials were evaluated too, failed ones may not.
 RANKED_STATUSES = ("finished", "stopped")
+
+
+def trial_epochs(status: Any, iterations: Any) -> int:
+    """Trial-epochs (dev evaluations) a trial spent, from its record's ``status`` and
+    ``iterations`` (its reports to Tune). A finished trial's last report is its
+    end-of-trial summary, not an evaluation, so it does not count; an ASHA-stopped or
+    failed trial reported evaluations only. At least 1 (also when ``iterations`` is
+    unknown): a trial that ran cost something."""
+    if iterations is None or iterations != iterations:  # None or NaN
+        return 1
+    return max(1, int(iterations) - (1 if status == "finished" else 0))
+
+
 #: Plain columns of the main hyperparameters (column -> flat config key), for fast
 #: queries and the report's plots.
 HYPERPARAMETERS = {key.rsplit(".", 1)[-1]: key for key in MAIN_HYPERPARAMETERS}
