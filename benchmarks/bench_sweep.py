@@ -195,16 +195,11 @@ def _overhead(base: dict[str, Any], root: Path, workers: int, trials: int) -> No
     )
 
 
-def _epochs(row: Any) -> int:
-    """Trial-epochs a trial used (:func:`optical_ray.catalog.trial_epochs`)."""
-    from optical_ray.catalog import trial_epochs
-
-    return trial_epochs(row["status"], row["iterations"])
-
-
 def _efficiency(
     base: dict[str, Any], root: Path, trials: int, epochs: int, seeds: list[int]
 ) -> None:
+    from optical_ray.catalog import trial_epochs
+
     ratios = []
     for seed in seeds:
         # Another seed for random search: with the same seed, TPE's random start-up
@@ -231,10 +226,10 @@ def _efficiency(
         )
         rand_ok = rand[rand["status"] != "failed"]
         target = float(rand_ok["best_value"].max())
-        rand_epochs = sum(_epochs(r) for _, r in rand_ok.iterrows())
+        rand_epochs = sum(trial_epochs(r["status"], r["iterations"]) for _, r in rand_ok.iterrows())
         spent, reached, best = 0, None, float("-inf")
         for _, r in tpe[tpe["status"] != "failed"].sort_values("finished_at").iterrows():
-            spent += _epochs(r)
+            spent += trial_epochs(r["status"], r["iterations"])
             best = max(best, float(r["best_value"]))
             if reached is None and best >= target:
                 reached = spent

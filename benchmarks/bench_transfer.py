@@ -143,18 +143,13 @@ def _sweep(base: dict[str, Any], storage: Path, name: str, pairs: list[str], **o
     return Catalog(str(storage)).records(experiment=None)
 
 
-def _epochs(row: Any) -> int:
-    """Trial-epochs a trial used (:func:`optical_ray.catalog.trial_epochs`)."""
-    from optical_ray.catalog import trial_epochs
-
-    return trial_epochs(row["status"], row["iterations"])
-
-
 def _curve(records: Any) -> tuple[list[tuple[int, float]], int]:
     """(trial-epochs spent, best so far) after each trial, in finishing order; total."""
+    from optical_ray.catalog import trial_epochs
+
     spent, best, out = 0, float("-inf"), []
     for _, r in records[records["status"] != "failed"].sort_values("finished_at").iterrows():
-        spent += _epochs(r)
+        spent += trial_epochs(r["status"], r["iterations"])
         best = max(best, float(r["best_value"]))
         out.append((spent, best))
     return out, spent
