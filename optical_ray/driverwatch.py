@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DriverRef", "this_driver", "local_driver", "process_alive", "watch_driver"]
+__all__ = [
+    "DriverRef",
+    "end_task",
+    "this_driver",
+    "local_driver",
+    "process_alive",
+    "watch_driver",
+]
 
 POLL_S = 0.5
 
@@ -62,6 +69,17 @@ def process_alive(ref: DriverRef) -> bool:
     return True
 
 
+def end_task(ref: DriverRef) -> None:
+    """End this pair task's process now: ``ref``, its driver, is gone. Immediate
+    (``os._exit``), so Tune saves no experiment state after the driver's death."""
+    log.error(
+        "the sweep's driver (pid %d) is gone: this pair's task ends; "
+        "rerun the sweep with --resume to continue",
+        ref.pid,
+    )
+    os._exit(1)
+
+
 def this_driver() -> DriverRef:
     """The calling process, as its pair tasks will watch it (Ray must be initialised)."""
     import ray
@@ -97,18 +115,10 @@ def watch_driver(
         return
     stop = threading.Event()
 
-    def end() -> None:
-        log.error(
-            "the sweep's driver (pid %d) is gone: this pair's task ends; "
-            "rerun the sweep with --resume to continue",
-            ref.pid,
-        )
-        os._exit(1)
-
     def loop() -> None:
         while not stop.wait(poll_s):
             if not process_alive(ref):
-                (on_death or end)()
+                (on_death or (lambda: end_task(ref)))()
                 return
 
     thread = threading.Thread(target=loop, name="optical-ray-driver-watch", daemon=True)

@@ -33,7 +33,13 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from optical_ray.config import from_flat, to_flat
-from optical_ray.driverwatch import DriverRef, local_driver, process_alive, watch_driver
+from optical_ray.driverwatch import (
+    DriverRef,
+    end_task,
+    local_driver,
+    process_alive,
+    watch_driver,
+)
 from optical_ray.errors import OpticalRayError
 from optical_ray.slots import SharedLimiter  # also the name older saved experiment state uses
 from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
@@ -523,7 +529,11 @@ def fit_pair(
     watched = local_driver(driver)
     callbacks = [
         CatalogCallback(
-            catalog, plan, baseline, fence=(lambda: process_alive(watched)) if watched else None
+            catalog,
+            plan,
+            baseline,
+            fence=(lambda: process_alive(watched)) if watched else None,
+            on_fenced=(lambda: end_task(watched)) if watched else None,
         ),
         ProgressCallback(plan, coordinator),
         signer,

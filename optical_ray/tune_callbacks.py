@@ -103,9 +103,13 @@ class CatalogCallback(Callback):
     """Appends one catalog record per finished, stopped or failed trial, as it happens
     (a driver that dies loses no finished trial's record). The record's config is the
     one the trial reported it ran (``CONFIG_KEY``); records are keyed by experiment and
-    trial, so a trial recorded twice (e.g. around a resume) is one record. ``fence``
-    (when given) must hold for a record to be written: a pair task whose driver died
-    writes none; the resumed sweep records those trials."""
+    trial, so a trial recorded twice (e.g. around a resume) is one record.
+
+    ``fence`` (when given) must hold for a record to be written: a pair task whose
+    driver died writes none, and calls ``on_fenced`` (which ends the task) before Tune
+    can save an experiment state that has the trial ended; the resumed sweep runs and
+    records it. A resumed experiment also records, as it ends, every trial it restored
+    ended but finds no record of (:meth:`on_experiment_end`)."""
 
     def __init__(
         self,
@@ -113,9 +117,11 @@ class CatalogCallback(Callback):
         plan: PairPlan,
         baseline: dict[str, float] | None,
         fence: Callable[[], bool] | None = None,
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         self.catalog, self.plan, self.baseline = catalog, plan, baseline
-        self.fence = fence
+        self.fence, self.on_fenced = fence, on_fenced
+        self.recorded: set[str] = set()
         self.started: dict[str, float] = {}
         self.configs: dict[str, dict[str, Any]] = {}
         self.per_query: dict[str, str] = {}
@@ -164,6 +170,29 @@ class CatalogCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._record(trial, "failed", _error_line(trial))
 
+    def on_experiment_end(self, trials, **info):  # noqa: ANN001
+        """Record the ended trials this process restored but never saw end, whose
+        record the catalog lacks (a driver killed between a trial's end and its record
+        leaves one behind). Only a resumed experiment has such trials."""
+        ended = {"TERMINATED": "finished", "ERROR": "failed"}
+        unseen = [t for t in trials if t.status in ended and t.trial_id not in self.recorded]
+        if not unseen:
+            return
+        try:
+            have = set(
+                self.catalog.records(self.plan.pair, self.plan.experiment, columns=["record_id"])[
+                    "record_id"
+                ]
+            )
+        except Exception as exc:  # noqa: BLE001 - storage down: a warning, not a failed sweep
+            log.warning("could not check %s's records for restored trials: %s", self.plan.pair, exc)
+            return
+        for trial in unseen:
+            if self._record_id(trial) not in have:
+                log.warning("recording trial %s, restored ended without a record", trial.trial_id)
+                status = ended[trial.status]
+                self._record(trial, status, _error_line(trial) if status == "failed" else None)
+
     def config_of(self, trial: Any) -> dict[str, Any]:
         """What ``trial`` ran: its own report, else the same resolution it made."""
         reported = self.configs.get(trial.trial_id)
@@ -176,11 +205,16 @@ class CatalogCallback(Callback):
         except OpticalRayError:
             return dict(trial.config)  # a sampled combination that cannot work
 
+    def _record_id(self, trial: Any) -> str:
+        return f"{self.plan.experiment}--{trial.trial_id}"
+
     def _record(self, trial: Any, status: str, error: str | None) -> None:
         from optical_ray.catalog import TrialRecord
 
         if self.fence is not None and not self.fence():
             log.warning("not recording trial %s: the sweep's driver is gone", trial.trial_id)
+            if self.on_fenced is not None:
+                self.on_fenced()
             return
         sw = self.plan.base.sweep
         result = trial.last_result or {}
@@ -220,11 +254,12 @@ class CatalogCallback(Callback):
                 retention=costs["retention"],
                 device_s=costs["device_s"],
                 eval_s=costs["eval_s"],
-                record_id=f"{self.plan.experiment}--{trial.trial_id}",
+                record_id=self._record_id(trial),
                 dev_per_query=self.per_query.get(trial.trial_id),
                 origin=(trial.config or {}).get(ORIGIN_KEY),
             )
         )
+        self.recorded.add(trial.trial_id)
         # recorded: its state need not travel with every experiment snapshot
         for kept in (self.started, self.configs, self.per_query, self.at_best):
             kept.pop(trial.trial_id, None)

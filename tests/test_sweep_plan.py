@@ -268,3 +268,67 @@ def test_the_catalog_callback_keeps_each_trials_best_checkpoint_across_a_restart
     # a trial it never saw a checkpoint of: the one Tune names (or the Train run's)
     other = SimpleNamespace(trial_id="t2", last_result={}, checkpoint=None)
     assert restored.checkpoints.uri(other, {}) is None
+
+
+def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_sweep(
+    tmp_path,
+) -> None:
+    """A trial that ends just after the sweep's driver died gets no record (the fence),
+    and the pair's task ends at once, before Tune can save a state that has the trial
+    ended; a resumed experiment that restored such a trial ended (the task ended too
+    late) records it as it ends, and never records a restored trial twice."""
+    import json
+    from types import SimpleNamespace
+
+    from optical_ray.catalog import Catalog
+    from optical_ray.config import from_flat
+    from optical_ray.sweep import CONFIG_KEY, FINISHED_KEY, PairPlan
+    from optical_ray.tune_callbacks import CatalogCallback
+
+    cfg = from_flat({"storage.uri": str(tmp_path / "store")})
+    plan = PairPlan("en-sw", "s-en-sw", "", cfg, None, 2, 3)
+    catalog = Catalog(str(tmp_path / "store"))
+
+    def trial(tid: str, status: str = "TERMINATED") -> SimpleNamespace:
+        result = {
+            "map": 0.5,
+            "score": 0.5,
+            "training_iteration": 3,
+            FINISHED_KEY: True,
+            CONFIG_KEY: json.dumps({"distill.lr": 1e-3}),
+        }
+        return SimpleNamespace(
+            trial_id=tid,
+            status=status,
+            last_result=result,
+            metric_analysis={"map": {"max": 0.5, "min": 0.4}},
+            config={},
+            checkpoint=None,
+            error_file=None,
+            get_error=lambda: None,
+        )
+
+    ended = []
+    gone = CatalogCallback(
+        catalog, plan, None, fence=lambda: False, on_fenced=lambda: ended.append(1)
+    )
+    gone.on_trial_complete(0, [], trial("t1"))
+    assert ended == [1]
+    assert not (tmp_path / "store" / "catalog").exists() or catalog.records().empty
+
+    first = CatalogCallback(catalog, plan, None, fence=lambda: True)
+    first.on_trial_complete(0, [], trial("t0"))
+    assert list(catalog.records()["record_id"]) == ["s-en-sw--t0"]
+
+    writes = []
+    resumed = CatalogCallback(catalog, plan, None)
+    append = catalog.append
+    catalog.append = lambda record: writes.append(record.record_id) or append(record)
+    trials = [trial("t0"), trial("t1"), trial("t2", "RUNNING")]
+    resumed.on_experiment_end(trials)
+    assert writes == ["s-en-sw--t1"]  # t0 had its record; t2 did not end
+    after = catalog.records()
+    assert sorted(after["record_id"]) == ["s-en-sw--t0", "s-en-sw--t1"]
+    assert set(after["status"]) == {"finished"}
+    resumed.on_experiment_end(trials)  # nothing left to record
+    assert writes == ["s-en-sw--t1"]
