@@ -1,7 +1,7 @@
 """Language similarity, for choosing the source pairs of a warm start
 (``sweep.warm_start: auto``, see :mod:`optical_ray.warmstart`).
 
-With both languages' :class:`~optical_ray.data.synthetic.LanguageSpec` known (a
+With both languages' :class:`~optical_ray.data.world.LanguageSpec` known (a
 synthetic world or family describes them in its manifest), similarity is 1 minus the
 mean difference of their knobs; otherwise it falls back to language metadata (family
 and branch) for real languages. Pairs in the other direction never match.
@@ -101,7 +101,7 @@ def language_specs(cfg: Config) -> dict[str, dict[str, Any]]:
     """The ``LanguageSpec`` of each language of the data root's world ({} if none)."""
     from dataclasses import asdict
 
-    from optical_ray.data.synthetic import LANGUAGE_PRESETS, load_manifest
+    from optical_ray.data.world import LANGUAGE_PRESETS, load_manifest
     from optical_ray.errors import DataError
 
     if cfg.data.root is None:  # the embedded default world: the named presets

@@ -1,5 +1,5 @@
 """Synthetic language families: N languages drawn from one seeded distribution over the
-:class:`~optical_ray.data.synthetic.LanguageSpec` knobs, for transfer-HPO tests and
+:class:`~optical_ray.data.world.LanguageSpec` knobs, for transfer-HPO tests and
 benchmarks (``optical-ray data synth --family N --family-seed S``).
 
 Each language gets a *distance from English* ``d`` in [0, 1]: the family's members are
@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import string
 
-from optical_ray.data.synthetic import SCALES, LanguageSpec
+from optical_ray.data.world import SCALES, LanguageSpec
 from optical_ray.errors import ConfigError
 
 __all__ = ["family_specs", "MAX_FAMILY"]
