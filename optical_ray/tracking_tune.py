@@ -34,6 +34,16 @@ class TrackingCallback(Callback):
         # (a restored Tuner gets fresh callbacks).
         return {**self.__dict__, "tracker": None}
 
+    def get_state(self) -> dict[str, Any]:
+        """Each running trial's best checkpoint so far: a resumed experiment (driver
+        restart) still tags the trial's run with its best checkpoint, as the catalog
+        record names it."""
+        return {"tracking_checkpoints": dict(self.checkpoints.best)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        # Tune restores callback states by position: take only a tracker's own
+        self.checkpoints.best.update(state.get("tracking_checkpoints") or {})
+
     def setup(self, **info: Any) -> None:
         self.tracker.begin()
 
@@ -78,6 +88,7 @@ class TrackingCallback(Callback):
         if uri:
             tags["optical_ray.checkpoint_uri"] = uri
         self.tracker.finish(trial.trial_id, status, tags)
+        self.checkpoints.best.pop(trial.trial_id, None)
 
     def on_experiment_end(self, trials, **info):  # noqa: ANN001
         self.tracker.close()

@@ -332,3 +332,37 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
     assert set(after["status"]) == {"finished"}
     resumed.on_experiment_end(trials)  # nothing left to record
     assert writes == ["s-en-sw--t1"]
+
+
+def test_the_tracking_callback_tags_a_resumed_trial_with_its_best_checkpoint(tmp_path) -> None:
+    """An MLflow/TensorBoard/W&B run's checkpoint tag is the trial's best checkpoint,
+    also after a driver restart (the callback's state travels with the experiment),
+    the same one the catalog record names."""
+    from types import SimpleNamespace
+
+    from optical_ray.config import from_flat
+    from optical_ray.sweep import FINISHED_KEY, PairPlan
+    from optical_ray.tracking_tune import TrackingCallback
+
+    cfg = from_flat({"storage.uri": str(tmp_path)})
+    plan = PairPlan("en-sw", "s-en-sw", "", cfg, None, 2, 3)
+    finished = []
+    tracker = SimpleNamespace(finish=lambda key, status, tags: finished.append((key, tags)))
+    trial = SimpleNamespace(trial_id="t1", last_result={}, checkpoint=None)
+    cb = TrackingCallback(tracker, plan=plan, store=None)
+    for i, score in enumerate((0.7, 0.5)):
+        trial.last_result = {"score": score}
+        cb.on_checkpoint(0, [], trial, SimpleNamespace(path=f"/x/checkpoint_{i}", filesystem=None))
+    state = cb.get_state()
+    restored = TrackingCallback(tracker, plan=plan, store=None)
+    restored.set_state({"configs": {}})  # another callback's state: ignored
+    restored.set_state(state)
+    trial.last_result = {"score": 0.6}
+    restored.on_checkpoint(0, [], trial, SimpleNamespace(path="/x/checkpoint_2", filesystem=None))
+    trial.last_result = {"score": 0.6, FINISHED_KEY: True}
+    trial.checkpoint = SimpleNamespace(path="/x/checkpoint_2", filesystem=None)  # the latest
+    restored.on_trial_complete(0, [], trial)
+    assert finished == [
+        ("t1", {"optical_ray.status": "finished", "optical_ray.checkpoint_uri": "/x/checkpoint_0"})
+    ]
+    assert restored.get_state() == {"tracking_checkpoints": {}}
