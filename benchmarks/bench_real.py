@@ -18,8 +18,8 @@ English retention, the in-batch contrastive term ``distill.contrastive``). The m
 
 German, French and Finnish zero-shot on the NTREX tasks are the high-resource
 reference. Every text is encoded once per model and language and every task ranks from
-those vectors; metrics come from pytrec_eval (:func:`optical_ray.evaluate.evaluate_run`),
-significance from the paired randomisation test (:func:`optical_ray.evaluate.paired_test`)
+those vectors; metrics come from pytrec_eval (:func:`optical_ray.trec.evaluate_run`),
+significance from the paired randomisation test (:func:`optical_ray.compare.paired_test`)
 against the zero-shot teacher on the same queries.
 
 Prints one JSON line per figure: ``{"bench": "real", "figure": "retrieval", "lang",
@@ -63,7 +63,8 @@ import yaml
 
 from optical_ray.config import Config, from_flat
 from optical_ray.data import real
-from optical_ray.evaluate import evaluate_run, paired_test
+from optical_ray.compare import paired_test
+from optical_ray.trec import evaluate_run
 from optical_ray.model import Encoded, RetrievalModel
 from optical_ray.train import LocalContext, run
 

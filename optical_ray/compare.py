@@ -268,7 +268,7 @@ def gap_report(
     :func:`gap_closed`, with a paired test over queries against the baseline on the
     same pair; p-values are Holm-adjusted over all tests of the report.
     """
-    from optical_ray.evaluate import parse_metric
+    from optical_ray.trec import parse_metric
 
     if baseline not in results:
         raise ConfigError(

@@ -318,3 +318,18 @@ def test_comparisons_stay_importable_from_evaluate():
 
     assert evaluate.paired_test is compare.paired_test
     assert evaluate.gap_report is compare.gap_report
+
+
+def test_scoring_a_run_needs_no_torch() -> None:
+    """``optical_ray.trec`` scores runs and reads/writes run files without importing
+    torch (a report or a benchmark that only scores runs stays light)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, optical_ray.trec as t; "
+        "m, _ = t.evaluate_run({'q': {'a': 1.0, 'b': 0.5}}, {'q': {'b': 1}}, ['map']); "
+        "print(m['map'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0.5", "False"]
