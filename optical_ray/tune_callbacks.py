@@ -179,13 +179,21 @@ class CatalogCallback(Callback):
         if not unseen:
             return
         try:
+            self.catalog.flush()  # records spooled while storage was down count as written
+            if self.catalog.pending():
+                raise OSError(f"{len(self.catalog.pending())} catalog part(s) still spooled")
             have = set(
                 self.catalog.records(self.plan.pair, self.plan.experiment, columns=["record_id"])[
                     "record_id"
                 ]
             )
         except Exception as exc:  # noqa: BLE001 - storage down: a warning, not a failed sweep
-            log.warning("could not check %s's records for restored trials: %s", self.plan.pair, exc)
+            log.warning(
+                "%s: could not check the catalog for restored trials without a record "
+                "(%s); the next --resume checks again",
+                self.plan.pair,
+                exc,
+            )
             return
         for trial in unseen:
             if self._record_id(trial) not in have:
