@@ -7,6 +7,9 @@ trials and writing catalog records after its last experiment snapshot, next to t
 driver that resumes the sweep. Each pair task therefore watches its driver process (it
 runs on the driver's node, see :func:`optical_ray.launch.run`) and ends its own process
 within about a second of the driver's death; the trial actors it owns end with it.
+It ends between two steps of its Tune loop, once the state Tune last saved is signed
+and uploaded, so a resume finds it complete and trusted (ended at any other moment, the
+task could leave an unsigned or half-uploaded state behind; CI saw the first).
 """
 
 from __future__ import annotations
@@ -106,10 +109,13 @@ def watch_driver(
     ref: DriverRef | None,
     on_death: Callable[[], None] | None = None,
     poll_s: float = POLL_S,
+    grace_s: float | None = None,
 ) -> Iterator[None]:
     """While the block runs, poll ``ref`` (a driver on this node, see
     :func:`local_driver`) and call ``on_death`` (default: end this process) once it is
-    gone. Does nothing for ``ref=None``."""
+    gone. With ``grace_s``, ``on_death`` only asks the task to end at a safe point (see
+    :func:`optical_ray.raytune.fit_pair`); if the block still runs ``grace_s`` seconds
+    later, the task ends anyway. Does nothing for ``ref=None``."""
     if ref is None:
         yield
         return
@@ -119,6 +125,9 @@ def watch_driver(
         while not stop.wait(poll_s):
             if not process_alive(ref):
                 (on_death or (lambda: end_task(ref)))()
+                if grace_s is not None and not stop.wait(grace_s):
+                    log.warning("no safe point within %.0f s of the driver's death", grace_s)
+                    end_task(ref)
                 return
 
     thread = threading.Thread(target=loop, name="optical-ray-driver-watch", daemon=True)

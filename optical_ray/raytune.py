@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -84,6 +85,11 @@ __all__ = [
 # Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
 REPORT_ATTEMPTS = 9
 DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
+# Once its driver is gone, a pair task ends at its Tune loop's next step (steps are
+# ~0.1 s apart), after at most UPLOAD_WAIT_S for the last state upload; one whose loop
+# reaches no step within DRIVER_GONE_GRACE_S ends anyway.
+UPLOAD_WAIT_S = 30.0
+DRIVER_GONE_GRACE_S = 60.0
 log = logging.getLogger(__name__)
 
 
@@ -383,6 +389,45 @@ def _set_callbacks(tuner: Any, callbacks: list[Callback]) -> None:
     tuner._local_tuner.get_run_config().callbacks = callbacks
 
 
+def _wait_for_state_upload(trials: list, timeout: float = UPLOAD_WAIT_S) -> None:
+    """Wait (at most ``timeout`` seconds) for Tune's background upload of its saved
+    experiment state to storage. Private: ``Trial.storage.syncer``, shared by the
+    experiment and its trials."""
+    syncer = getattr(getattr(trials[0], "storage", None), "syncer", None) if trials else None
+    if syncer is None:
+        return
+
+    def wait() -> None:
+        with contextlib.suppress(Exception):  # a failed upload: nothing more to wait for
+            syncer.wait()
+
+    waiter = threading.Thread(target=wait, name="optical-ray-state-upload", daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+
+
+class _EndWhenDriverGone(Callback):
+    """Ends the pair's task once its driver is gone, at the start of a Tune step: the
+    state saved in the last step is signed by then (``StateSigner.on_step_end``), and
+    its upload is waited for, so what a resume reads is complete and trusted."""
+
+    def __init__(self, gone: threading.Event, ref: DriverRef) -> None:
+        self.gone, self.ref = gone, ref
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config with the experiment: a restored Tuner gets fresh
+        # callbacks (_set_callbacks), so the event stays here.
+        return {"gone": None, "ref": self.ref}
+
+    def end(self, trials: list) -> None:
+        _wait_for_state_upload(trials)
+        end_task(self.ref)
+
+    def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+        if self.gone is not None and self.gone.is_set():
+            self.end(trials)
+
+
 class _OneLineTrialErrors(logging.Filter):
     """Tune logs each failed trial with its whole traceback; the sweep's summary gives
     the cause and the traceback stays in the trial's ``error.txt``."""
@@ -527,16 +572,20 @@ def fit_pair(
 
     views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
     watched = local_driver(driver)
+    gone = threading.Event()  # set by the watch when the driver dies
+    ender = _EndWhenDriverGone(gone, watched) if watched else None
     callbacks = [
         CatalogCallback(
             catalog,
             plan,
             baseline,
             fence=(lambda: process_alive(watched)) if watched else None,
-            on_fenced=(lambda: end_task(watched)) if watched else None,
+            # mid-step, before Tune saves a state that has the unrecorded trial ended
+            on_fenced=(lambda trial: ender.end([trial])) if ender else None,
         ),
         ProgressCallback(plan, coordinator),
         signer,
+        *([ender] if ender else []),
         *views,
     ]
     tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn, baseline)
@@ -544,7 +593,7 @@ def fit_pair(
         sign_tuner_file(store, rel, manifest)
         signer.write()
     with (
-        watch_driver(watched),
+        watch_driver(watched, on_death=gone.set, grace_s=DRIVER_GONE_GRACE_S),
         _credentials_stay_on_nodes(),
         _no_default_loggers(),
         _no_callback_telemetry(),

@@ -117,7 +117,7 @@ class CatalogCallback(Callback):
         plan: PairPlan,
         baseline: dict[str, float] | None,
         fence: Callable[[], bool] | None = None,
-        on_fenced: Callable[[], None] | None = None,
+        on_fenced: Callable[[Any], None] | None = None,
     ) -> None:
         self.catalog, self.plan, self.baseline = catalog, plan, baseline
         self.fence, self.on_fenced = fence, on_fenced
@@ -222,7 +222,7 @@ class CatalogCallback(Callback):
         if self.fence is not None and not self.fence():
             log.warning("not recording trial %s: the sweep's driver is gone", trial.trial_id)
             if self.on_fenced is not None:
-                self.on_fenced()
+                self.on_fenced(trial)
             return
         sw = self.plan.base.sweep
         result = trial.last_result or {}

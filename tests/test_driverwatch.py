@@ -78,3 +78,57 @@ def test_only_a_driver_on_this_node_is_watched_or_fences_records(monkeypatch) ->
     monkeypatch.setattr(ray, "get_runtime_context", lambda: Context("worker-7"))
     assert local_driver(ref) is None
     assert local_driver(None) is None
+
+
+def test_a_task_asked_to_end_at_a_safe_point_ends_anyway_after_the_grace(monkeypatch) -> None:
+    """With ``grace_s``, the driver's death only sets a flag (the Tune loop ends the task
+    at its next step); a task whose block is still running after the grace is ended
+    anyway, and one whose block ended within it is left alone."""
+    import optical_ray.driverwatch as dw
+
+    ended = []
+    monkeypatch.setattr(dw, "end_task", lambda ref: ended.append(ref.pid))
+    for block_s, expected in ((1.5, 1), (0.0, 0)):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        gone = threading.Event()
+        ended.clear()
+        try:
+            with dw.watch_driver(_ref(child.pid), on_death=gone.set, poll_s=0.05, grace_s=0.5):
+                child.kill()
+                child.wait()
+                assert gone.wait(5)
+                time.sleep(block_s)
+        finally:
+            child.kill()
+        time.sleep(0.8)
+        assert ended == [child.pid] * expected, (block_s, ended)
+
+
+def test_the_tune_loop_ends_the_task_after_the_last_state_upload(monkeypatch) -> None:
+    """Once the driver is gone, the pair's Tune callback ends the task at the start of a
+    step, after Tune's background upload of its saved state has finished (ended during
+    it, a resume would find half a state file); it survives Tune's pickling."""
+    import ray.cloudpickle
+    from types import SimpleNamespace
+
+    import optical_ray.raytune as rt
+
+    events = []
+
+    class Syncer:
+        def wait(self) -> None:
+            time.sleep(0.2)
+            events.append("uploaded")
+
+    monkeypatch.setattr(rt, "end_task", lambda ref: events.append("ended"))
+    gone = threading.Event()
+    cb = rt._EndWhenDriverGone(gone, _ref(os.getpid()))
+    trials = [SimpleNamespace(storage=SimpleNamespace(syncer=Syncer()))]
+    cb.on_step_begin(0, trials)
+    assert events == []  # the driver runs
+    gone.set()
+    cb.on_step_begin(1, trials)
+    assert events == ["uploaded", "ended"]
+    restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(cb))
+    restored.on_step_begin(2, trials)  # a pickled copy never ends anything
+    assert events == ["uploaded", "ended"]

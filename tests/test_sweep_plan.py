@@ -310,10 +310,10 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
 
     ended = []
     gone = CatalogCallback(
-        catalog, plan, None, fence=lambda: False, on_fenced=lambda: ended.append(1)
+        catalog, plan, None, fence=lambda: False, on_fenced=lambda t: ended.append(t.trial_id)
     )
     gone.on_trial_complete(0, [], trial("t1"))
-    assert ended == [1]
+    assert ended == ["t1"]
     assert not (tmp_path / "store" / "catalog").exists() or catalog.records().empty
 
     first = CatalogCallback(catalog, plan, None, fence=lambda: True)
