@@ -389,38 +389,24 @@ def _set_callbacks(tuner: Any, callbacks: list[Callback]) -> None:
     tuner._local_tuner.get_run_config().callbacks = callbacks
 
 
-def _wait_for_state_upload(trials: list, timeout: float = UPLOAD_WAIT_S) -> None:
-    """Wait (at most ``timeout`` seconds) for Tune's background upload of its saved
-    experiment state to storage. Private: ``Trial.storage.syncer``, shared by the
-    experiment and its trials."""
-    syncer = getattr(getattr(trials[0], "storage", None), "syncer", None) if trials else None
-    if syncer is None:
-        return
-
-    def wait() -> None:
-        with contextlib.suppress(Exception):  # a failed upload: nothing more to wait for
-            syncer.wait()
-
-    waiter = threading.Thread(target=wait, name="optical-ray-state-upload", daemon=True)
-    waiter.start()
-    waiter.join(timeout)
-
-
 class _EndWhenDriverGone(Callback):
     """Ends the pair's task once its driver is gone, at the start of a Tune step: the
     state saved in the last step is signed by then (``StateSigner.on_step_end``), and
-    its upload is waited for, so what a resume reads is complete and trusted."""
+    its background upload is waited for (at most ``UPLOAD_WAIT_S``), so what a resume
+    reads is whole and trusted."""
 
-    def __init__(self, gone: threading.Event, ref: DriverRef) -> None:
-        self.gone, self.ref = gone, ref
+    def __init__(self, gone: threading.Event, ref: DriverRef, signer: StateSigner) -> None:
+        self.gone, self.ref, self.signer = gone, ref, signer
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config with the experiment: a restored Tuner gets fresh
         # callbacks (_set_callbacks), so the event stays here.
-        return {"gone": None, "ref": self.ref}
+        return {**self.__dict__, "gone": None}
 
     def end(self, trials: list) -> None:
-        _wait_for_state_upload(trials)
+        self.signer.on_step_end(0, trials)  # anything saved since, signed
+        if not self.signer.settled(UPLOAD_WAIT_S):
+            log.warning("the saved experiment state did not reach storage in time")
         end_task(self.ref)
 
     def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
@@ -573,7 +559,7 @@ def fit_pair(
     views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
     watched = local_driver(driver)
     gone = threading.Event()  # set by the watch when the driver dies
-    ender = _EndWhenDriverGone(gone, watched) if watched else None
+    ender = _EndWhenDriverGone(gone, watched, signer) if watched else None
     callbacks = [
         CatalogCallback(
             catalog,

@@ -23,6 +23,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -177,6 +178,24 @@ class StateSigner(Callback):
             changed |= self.manifest.add(path.name, path.read_bytes())
         if changed:
             self.write()
+
+    def settled(self, timeout: float, poll_s: float = 0.1) -> bool:
+        """Wait (at most ``timeout`` seconds) until every state file in storage is a
+        version this signer signed: Tune's background upload of the state it saved last
+        has finished, and a resume would trust what it finds. True when it did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, OpticalRayError):  # replaced under the read
+                found = [
+                    (info.base_name, self.store.read_bytes(f"{self.rel}/{info.base_name}"))
+                    for info in self.store.ls(self.rel)
+                    if info.is_file and is_state_file(info.base_name)
+                ]
+                if not self.manifest.untrusted(found):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
 
     def write(self) -> None:
         if self.key is None:

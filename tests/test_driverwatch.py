@@ -104,31 +104,35 @@ def test_a_task_asked_to_end_at_a_safe_point_ends_anyway_after_the_grace(monkeyp
         assert ended == [child.pid] * expected, (block_s, ended)
 
 
-def test_the_tune_loop_ends_the_task_after_the_last_state_upload(monkeypatch) -> None:
+def test_the_tune_loop_ends_the_task_once_its_last_state_is_signed_and_stored(
+    monkeypatch,
+) -> None:
     """Once the driver is gone, the pair's Tune callback ends the task at the start of a
-    step, after Tune's background upload of its saved state has finished (ended during
-    it, a resume would find half a state file); it survives Tune's pickling."""
+    step, after signing what Tune saved and waiting until storage holds it (ended during
+    the upload, a resume would find a state it cannot trust); it survives Tune's
+    pickling, and a pickled copy ends nothing."""
     import ray.cloudpickle
-    from types import SimpleNamespace
 
     import optical_ray.raytune as rt
 
     events = []
 
-    class Syncer:
-        def wait(self) -> None:
-            time.sleep(0.2)
-            events.append("uploaded")
+    class Signer:
+        def on_step_end(self, iteration, trials) -> None:  # noqa: ANN001
+            events.append("signed")
+
+        def settled(self, timeout: float) -> bool:
+            events.append("stored")
+            return True
 
     monkeypatch.setattr(rt, "end_task", lambda ref: events.append("ended"))
     gone = threading.Event()
-    cb = rt._EndWhenDriverGone(gone, _ref(os.getpid()))
-    trials = [SimpleNamespace(storage=SimpleNamespace(syncer=Syncer()))]
-    cb.on_step_begin(0, trials)
+    cb = rt._EndWhenDriverGone(gone, _ref(os.getpid()), Signer())
+    cb.on_step_begin(0, [])
     assert events == []  # the driver runs
     gone.set()
-    cb.on_step_begin(1, trials)
-    assert events == ["uploaded", "ended"]
+    cb.on_step_begin(1, [])
+    assert events == ["signed", "stored", "ended"]
     restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(cb))
-    restored.on_step_begin(2, trials)  # a pickled copy never ends anything
-    assert events == ["uploaded", "ended"]
+    restored.on_step_begin(2, [])
+    assert events == ["signed", "stored", "ended"]

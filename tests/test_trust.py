@@ -87,3 +87,24 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
     store.delete("sw-en-xc/optical-ray-state.json")
     with pytest.raises(UntrustedStateError, match="no optical-ray-state.json"):
         verify_state(store, "sw-en-xc")
+
+
+def test_the_signer_waits_until_storage_holds_what_it_signed(tmp_path, key_env) -> None:
+    """``settled`` is true once every state file in storage is a signed version (Tune's
+    upload finished), false while one is half written or unsigned."""
+    from optical_ray.storage import resolve_storage
+    from optical_ray.trust import StateManifest, StateSigner
+
+    store = resolve_storage(str(tmp_path / "store"))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    state = b'{"trials": ["a", "b"]}'
+    (staging / "experiment_state-1.json").write_bytes(state)
+    signer = StateSigner(store, "sw-en-xc", StateManifest(), b"k" * 32)
+    signer.sign(staging)
+    store.write_bytes("sw-en-xc/experiment_state-1.json", state[:9])  # half uploaded
+    assert not signer.settled(timeout=0.3, poll_s=0.05)
+    store.write_bytes("sw-en-xc/experiment_state-1.json", state)
+    assert signer.settled(timeout=0.3, poll_s=0.05)
+    store.write_bytes("sw-en-xc/searcher-state-1.pkl", b"unsigned")
+    assert not signer.settled(timeout=0.1, poll_s=0.05)
