@@ -393,7 +393,8 @@ class _EndWhenDriverGone(Callback):
     """Ends the pair's task once its driver is gone, at the start of a Tune step: the
     state saved in the last step is signed by then (``StateSigner.on_step_end``), and
     its background upload is waited for (at most ``UPLOAD_WAIT_S``), so what a resume
-    reads is whole and trusted."""
+    reads is whole and trusted. Never mid-step: Tune deletes a superseded checkpoint
+    while it handles a result, before the state that no longer names it is saved."""
 
     def __init__(self, gone: threading.Event, ref: DriverRef, signer: StateSigner) -> None:
         self.gone, self.ref, self.signer = gone, ref, signer
@@ -566,8 +567,9 @@ def fit_pair(
             plan,
             baseline,
             fence=(lambda: process_alive(watched)) if watched else None,
-            # mid-step, before Tune saves a state that has the unrecorded trial ended
-            on_fenced=(lambda trial: ender.end([trial])) if ender else None,
+            # not mid-step: Tune may have dropped checkpoints the saved state still
+            # names; the task ends at the next step, the resume records the trial
+            on_fenced=(lambda trial: gone.set()) if ender else None,
         ),
         ProgressCallback(plan, coordinator),
         signer,

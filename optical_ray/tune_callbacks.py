@@ -106,10 +106,10 @@ class CatalogCallback(Callback):
     trial, so a trial recorded twice (e.g. around a resume) is one record.
 
     ``fence`` (when given) must hold for a record to be written: a pair task whose
-    driver died writes none, and calls ``on_fenced`` (which ends the task) before Tune
-    can save an experiment state that has the trial ended; the resumed sweep runs and
-    records it. A resumed experiment also records, as it ends, every trial it restored
-    ended but finds no record of (:meth:`on_experiment_end`)."""
+    driver died writes none, and calls ``on_fenced`` (which asks the task to end). The
+    trial's state (its config, best checkpoint, per-query values) is kept and saved
+    with the experiment, and the resumed experiment records it: as it ends, it records
+    every trial it restored ended but finds no record of (:meth:`on_experiment_end`)."""
 
     def __init__(
         self,

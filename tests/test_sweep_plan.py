@@ -273,16 +273,16 @@ def test_the_catalog_callback_keeps_each_trials_best_checkpoint_across_a_restart
 def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_sweep(
     tmp_path,
 ) -> None:
-    """A trial that ends just after the sweep's driver died gets no record (the fence),
-    and the pair's task ends at once, before Tune can save a state that has the trial
-    ended; a resumed experiment that restored such a trial ended (the task ended too
-    late) records it as it ends, and never records a restored trial twice."""
+    """A trial that ends just after the sweep's driver died gets no record (the fence)
+    and asks the task to end; its state is kept for the saved experiment. The resumed
+    experiment, which restored the trial ended, records it as it ends, with that state,
+    and never records a restored trial twice."""
     import json
     from types import SimpleNamespace
 
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
-    from optical_ray.sweep import CONFIG_KEY, FINISHED_KEY, PairPlan
+    from optical_ray.sweep import CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY, PairPlan
     from optical_ray.tune_callbacks import CatalogCallback
 
     cfg = from_flat({"storage.uri": str(tmp_path / "store")})
@@ -312,9 +312,12 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
     gone = CatalogCallback(
         catalog, plan, None, fence=lambda: False, on_fenced=lambda t: ended.append(t.trial_id)
     )
+    gone.on_trial_result(0, [], trial("t1"), {PER_QUERY_KEY: '{"qids": ["q1"]}', "map": 0.5})
     gone.on_trial_complete(0, [], trial("t1"))
     assert ended == ["t1"]
     assert not (tmp_path / "store" / "catalog").exists() or catalog.records().empty
+    saved = gone.get_state()  # what Tune saves with the experiment in that step
+    assert "t1" in saved["per_query"]
 
     first = CatalogCallback(catalog, plan, None, fence=lambda: True)
     first.on_trial_complete(0, [], trial("t0"))
@@ -322,6 +325,7 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
 
     writes = []
     resumed = CatalogCallback(catalog, plan, None)
+    resumed.set_state(saved)
     append = catalog.append
     catalog.append = lambda record: writes.append(record.record_id) or append(record)
     trials = [trial("t0"), trial("t1"), trial("t2", "RUNNING")]
@@ -330,6 +334,7 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
     after = catalog.records()
     assert sorted(after["record_id"]) == ["s-en-sw--t0", "s-en-sw--t1"]
     assert set(after["status"]) == {"finished"}
+    assert after.set_index("record_id").loc["s-en-sw--t1", "dev_per_query"] == '{"qids": ["q1"]}'
     resumed.on_experiment_end(trials)  # nothing left to record
     assert writes == ["s-en-sw--t1"]
 
