@@ -410,6 +410,11 @@ class _EndWhenDriverGone(Callback):
             log.warning("the saved experiment state did not reach storage in time")
         end_task(self.ref)
 
+    def fenced(self, trial: Any) -> None:
+        """A record refused for ``trial`` (its driver is gone): end at the next step."""
+        if self.gone is not None:
+            self.gone.set()
+
     def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
         if self.gone is not None and self.gone.is_set():
             self.end(trials)
@@ -569,7 +574,7 @@ def fit_pair(
             fence=(lambda: process_alive(watched)) if watched else None,
             # not mid-step: Tune may have dropped checkpoints the saved state still
             # names; the task ends at the next step, the resume records the trial
-            on_fenced=(lambda trial: gone.set()) if ender else None,
+            on_fenced=ender.fenced if ender else None,
         ),
         ProgressCallback(plan, coordinator),
         signer,

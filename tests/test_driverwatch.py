@@ -104,33 +104,41 @@ def test_a_task_asked_to_end_at_a_safe_point_ends_anyway_after_the_grace(monkeyp
         assert ended == [child.pid] * expected, (block_s, ended)
 
 
+class _Signer:
+    """Stands in for StateSigner; its log lives on the instance (cloudpickle may swap
+    the methods of a class it pickled by value, so no closures)."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def on_step_end(self, iteration, trials) -> None:  # noqa: ANN001
+        self.events.append("signed")
+
+    def settled(self, timeout: float) -> bool:
+        self.events.append("stored")
+        return True
+
+
 def test_the_tune_loop_ends_the_task_once_its_last_state_is_signed_and_stored(
     monkeypatch,
 ) -> None:
     """Once the driver is gone, the pair's Tune callback ends the task at the start of a
     step, after signing what Tune saved and waiting until storage holds it (ended during
-    the upload, a resume would find a state it cannot trust); it survives Tune's
-    pickling, and a pickled copy ends nothing."""
+    the upload, a resume would find a state it cannot trust); a fenced record only asks
+    for that end. It survives Tune's pickling, and a pickled copy ends nothing."""
     import ray.cloudpickle
 
     import optical_ray.raytune as rt
 
-    events = []
-
-    class Signer:
-        def on_step_end(self, iteration, trials) -> None:  # noqa: ANN001
-            events.append("signed")
-
-        def settled(self, timeout: float) -> bool:
-            events.append("stored")
-            return True
-
+    events: list[str] = []
     monkeypatch.setattr(rt, "end_task", lambda ref: events.append("ended"))
-    gone = threading.Event()
-    cb = rt._EndWhenDriverGone(gone, _ref(os.getpid()), Signer())
+    cb = rt._EndWhenDriverGone(threading.Event(), _ref(os.getpid()), _Signer(events))
     cb.on_step_begin(0, [])
     assert events == []  # the driver runs
-    gone.set()
+    ray.cloudpickle.loads(ray.cloudpickle.dumps(cb.fenced))(None)  # a copy: no effect
+    assert not cb.gone.is_set()
+    cb.fenced(None)  # a record refused mid-step: nothing ends yet
+    assert events == [] and cb.gone.is_set()
     cb.on_step_begin(1, [])
     assert events == ["signed", "stored", "ended"]
     restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(cb))
