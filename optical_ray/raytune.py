@@ -406,7 +406,8 @@ class _EndWhenDriverGone(Callback):
 
     def end(self, trials: list) -> None:
         self.signer.on_step_end(0, trials)  # anything saved since, signed
-        if not self.signer.settled(UPLOAD_WAIT_S):
+        staging = Path(trials[0].storage.experiment_driver_staging_path) if trials else None
+        if not self.signer.settled(UPLOAD_WAIT_S, staging):
             log.warning("the saved experiment state did not reach storage in time")
         end_task(self.ref)
 

@@ -179,19 +179,42 @@ class StateSigner(Callback):
         if changed:
             self.write()
 
-    def settled(self, timeout: float, poll_s: float = 0.1) -> bool:
-        """Wait (at most ``timeout`` seconds) until every state file in storage is a
-        version this signer signed: Tune's background upload of the state it saved last
-        has finished, and a resume would trust what it finds. True when it did."""
+    def settled(
+        self,
+        timeout: float,
+        staging: Path | None = None,
+        poll_s: float = 0.1,
+        quiet_s: float = 1.0,
+    ) -> bool:
+        """Wait (at most ``timeout`` seconds) until Tune's background upload of its saved
+        state has landed: storage holds every state file of ``staging`` (the driver's
+        local copy) byte for byte, or every state file in storage is a version this
+        signer signed and none has changed for ``quiet_s`` (Tune skips an upload while
+        one runs, so staging may be a step ahead). True when it did."""
         deadline = time.monotonic() + timeout
+        last: dict[str, str] | None = None
+        since = time.monotonic()
         while True:
             with contextlib.suppress(OSError, OpticalRayError):  # replaced under the read
-                found = [
-                    (info.base_name, self.store.read_bytes(f"{self.rel}/{info.base_name}"))
+                found = {
+                    info.base_name: self.store.read_bytes(f"{self.rel}/{info.base_name}")
                     for info in self.store.ls(self.rel)
                     if info.is_file and is_state_file(info.base_name)
-                ]
-                if not self.manifest.untrusted(found):
+                }
+                want = {
+                    p.name: p.read_bytes()
+                    for p in (staging.iterdir() if staging and staging.is_dir() else ())
+                    if p.is_file() and is_state_file(p.name)
+                }
+                if want and all(found.get(name) == data for name, data in want.items()):
+                    return True
+                now = {name: _digest(data) for name, data in found.items()}
+                if now != last:
+                    last, since = now, time.monotonic()
+                elif (
+                    not self.manifest.untrusted(found.items())
+                    and time.monotonic() - since >= quiet_s
+                ):
                     return True
             if time.monotonic() >= deadline:
                 return False

@@ -114,7 +114,7 @@ class _Signer:
     def on_step_end(self, iteration, trials) -> None:  # noqa: ANN001
         self.events.append("signed")
 
-    def settled(self, timeout: float) -> bool:
+    def settled(self, timeout: float, staging=None) -> bool:  # noqa: ANN001
         self.events.append("stored")
         return True
 

@@ -90,21 +90,33 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
 
 
 def test_the_signer_waits_until_storage_holds_what_it_signed(tmp_path, key_env) -> None:
-    """``settled`` is true once every state file in storage is a signed version (Tune's
-    upload finished), false while one is half written or unsigned."""
+    """``settled``: storage holding the driver's staging copy byte for byte is at once;
+    a half-written file is not; signed but older files are once they stop changing (an
+    upload still running may yet touch them); an unsigned file never is."""
+    import time
+
     from optical_ray.storage import resolve_storage
     from optical_ray.trust import StateManifest, StateSigner
 
     store = resolve_storage(str(tmp_path / "store"))
     staging = tmp_path / "staging"
     staging.mkdir()
-    state = b'{"trials": ["a", "b"]}'
-    (staging / "experiment_state-1.json").write_bytes(state)
+    old, new = b'{"trials": ["a"]}', b'{"trials": ["a", "b"]}'
     signer = StateSigner(store, "sw-en-xc", StateManifest(), b"k" * 32)
+    (staging / "experiment_state-1.json").write_bytes(old)
     signer.sign(staging)
-    store.write_bytes("sw-en-xc/experiment_state-1.json", state[:9])  # half uploaded
-    assert not signer.settled(timeout=0.3, poll_s=0.05)
-    store.write_bytes("sw-en-xc/experiment_state-1.json", state)
-    assert signer.settled(timeout=0.3, poll_s=0.05)
+    time.sleep(0.01)  # a new mtime for the next version
+    (staging / "experiment_state-1.json").write_bytes(new)
+    signer.sign(staging)
+    path = "sw-en-xc/experiment_state-1.json"
+    store.write_bytes(path, new[:9])  # half uploaded
+    assert not signer.settled(timeout=0.3, staging=staging, poll_s=0.05, quiet_s=0.1)
+    store.write_bytes(path, new)
+    start = time.monotonic()
+    assert signer.settled(timeout=5, staging=staging, poll_s=0.05, quiet_s=3)
+    assert time.monotonic() - start < 1  # the staging copy landed: no quiet wait
+    store.write_bytes(path, old)  # a signed older version, staging a step ahead
+    assert not signer.settled(timeout=0.3, staging=staging, poll_s=0.05, quiet_s=1)
+    assert signer.settled(timeout=2, staging=staging, poll_s=0.05, quiet_s=0.2)
     store.write_bytes("sw-en-xc/searcher-state-1.pkl", b"unsigned")
-    assert not signer.settled(timeout=0.1, poll_s=0.05)
+    assert not signer.settled(timeout=0.5, poll_s=0.05, quiet_s=0.1)
