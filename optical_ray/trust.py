@@ -189,8 +189,9 @@ class StateSigner(Callback):
         """Wait (at most ``timeout`` seconds) until Tune's background upload of its saved
         state has landed: storage holds every state file of ``staging`` (the driver's
         local copy) byte for byte, or every state file in storage is a version this
-        signer signed and none has changed for ``quiet_s`` (Tune skips an upload while
-        one runs, so staging may be a step ahead). True when it did."""
+        signer signed and none has changed for ``quiet_s``: Tune skips an upload while
+        one runs, so staging may be a step ahead, and then the signed staging copy is
+        stored here. True when it did."""
         deadline = time.monotonic() + timeout
         last: dict[str, str] | None = None
         since = time.monotonic()
@@ -215,7 +216,15 @@ class StateSigner(Callback):
                     not self.manifest.untrusted(found.items())
                     and time.monotonic() - since >= quiet_s
                 ):
-                    return True
+                    if not want:
+                        return True
+                    # Tune's upload is over and staging is a step ahead (it skipped an
+                    # upload while one ran): store the signed staging copy ourselves, so
+                    # the resume sees every trial the catalog may already record.
+                    for name, data in want.items():
+                        if found.get(name) != data and not self.manifest.untrusted([(name, data)]):
+                            self.store.write_bytes(f"{self.rel}/{name}", data)
+                    last = None
             if time.monotonic() >= deadline:
                 return False
             time.sleep(poll_s)

@@ -91,8 +91,9 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
 
 def test_the_signer_waits_until_storage_holds_what_it_signed(tmp_path, key_env) -> None:
     """``settled``: storage holding the driver's staging copy byte for byte is at once;
-    a half-written file is not; signed but older files are once they stop changing (an
-    upload still running may yet touch them); an unsigned file never is."""
+    a half-written file is not; signed but older files wait until they stop changing
+    (an upload still running may yet touch them), then the staging copy is stored; an
+    unsigned file never is."""
     import time
 
     from optical_ray.storage import resolve_storage
@@ -118,5 +119,6 @@ def test_the_signer_waits_until_storage_holds_what_it_signed(tmp_path, key_env) 
     store.write_bytes(path, old)  # a signed older version, staging a step ahead
     assert not signer.settled(timeout=0.3, staging=staging, poll_s=0.05, quiet_s=1)
     assert signer.settled(timeout=2, staging=staging, poll_s=0.05, quiet_s=0.2)
+    assert store.read_bytes(path) == new  # once quiet, the signed staging copy is stored
     store.write_bytes("sw-en-xc/searcher-state-1.pkl", b"unsigned")
     assert not signer.settled(timeout=0.5, poll_s=0.05, quiet_s=0.1)
