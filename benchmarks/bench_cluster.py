@@ -2,7 +2,7 @@
 against one after another, and the scheduler's overhead per trial from 100 to 1,000
 trials. One JSON line per figure.
 
-The real driver (:func:`optical_ray.launch.run`: checks, one zero-CPU Ray task per pair,
+The real driver (:func:`optical_ray.distributed.driver.run`: checks, one zero-CPU Ray task per pair,
 the shared trial budget), the real searcher (Optuna TPE), scheduler (ASHA) and results
 catalog run; only the trials are stand-ins that sleep a fixed time per evaluation and
 report a synthetic dev metric, as Ray's own Tune scalability release tests do. The Ray
@@ -68,14 +68,14 @@ def _emit(**fields: Any) -> None:
 def stand_in(sampled: dict[str, Any], *, plan: Any, seconds: float) -> None:
     """A trial that sleeps ``seconds`` per evaluation for the pair's full length
     (``plan.max_t - 1`` evaluations) and reports a synthetic dev MAP after each; then
-    the end-of-trial report a real trial makes (:func:`optical_ray.tune_trial.run_trial`).
+    the end-of-trial report a real trial makes (:func:`optical_ray.distributed.trial.run_trial`).
     ``train_s`` in every report is the work done so far, so a trial ASHA stops early
     leaves its work in the catalog too."""
     from ray import tune
 
     from optical_ray.config import to_flat
-    from optical_ray.sweep import CONFIG_KEY, FINISHED_KEY
-    from optical_ray.sweep import resolve_trial_config
+    from optical_ray.sweeps.plan import CONFIG_KEY, FINISHED_KEY
+    from optical_ray.sweeps.plan import resolve_trial_config
 
     trial_id = tune.get_context().get_trial_id()
     config = json.dumps(to_flat(resolve_trial_config(plan, sampled, trial_id)), sort_keys=True)
@@ -115,8 +115,8 @@ def _sweep(
     """Run one sweep through the real driver; its wall time and catalog records."""
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
-    from optical_ray.launch import run
-    from optical_ray.space import parse_space
+    from optical_ray.distributed.driver import run
+    from optical_ray.sweeps.space import parse_space
 
     storage = root / f"store-{name}"
     # distill.steps / eval_every fix the trial's length in evaluations: ASHA's max_t.

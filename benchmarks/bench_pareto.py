@@ -61,7 +61,7 @@ def _setup(root: Path, teacher_steps: int) -> dict[str, Any]:
     """A tiny world, an English teacher trained on it, and the sweeps' base config."""
     from optical_ray.config import from_flat
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.train import LocalContext, run
+    from optical_ray.training.recipe import LocalContext, run
 
     world = synthesize_world(root / "world", seed=0, scale="tiny")
     base = {
@@ -111,8 +111,8 @@ def _front_values(storage: Path) -> np.ndarray:
 def _search(base: dict[str, Any], root: Path, trials: int, epochs: int, seeds: list[int]) -> None:
     from optical_ray.catalog import hypervolume
     from optical_ray.config import from_flat
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     spe = base["spe"]
     flat = {k: v for k, v in base.items() if k != "spe"}

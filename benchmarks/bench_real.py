@@ -18,8 +18,8 @@ English retention, the in-batch contrastive term ``distill.contrastive``). The m
 
 German, French and Finnish zero-shot on the NTREX tasks are the high-resource
 reference. Every text is encoded once per model and language and every task ranks from
-those vectors; metrics come from pytrec_eval (:func:`optical_ray.trec.evaluate_run`),
-significance from the paired randomisation test (:func:`optical_ray.compare.paired_test`)
+those vectors; metrics come from pytrec_eval (:func:`optical_ray.evaluation.trec.evaluate_run`),
+significance from the paired randomisation test (:func:`optical_ray.evaluation.compare.paired_test`)
 against the zero-shot teacher on the same queries.
 
 Prints one JSON line per figure: ``{"bench": "real", "figure": "retrieval", "lang",
@@ -63,10 +63,10 @@ import yaml
 
 from optical_ray.config import Config, from_flat
 from optical_ray.data import real
-from optical_ray.compare import paired_test
-from optical_ray.trec import evaluate_run
-from optical_ray.model import Encoded, RetrievalModel
-from optical_ray.train import LocalContext, run
+from optical_ray.evaluation.compare import paired_test
+from optical_ray.evaluation.trec import evaluate_run
+from optical_ray.models.encoder import Encoded, RetrievalModel
+from optical_ray.training.recipe import LocalContext, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = ROOT / "search_spaces" / "real_mafand.yaml"
@@ -191,7 +191,7 @@ def sweep_setup(args: argparse.Namespace, lang: str) -> tuple[Config, Any]:
     """The sweep system's base config and search space for ``lang``: the shipped real
     space with the bench's budget, data folder, teacher and ``--set`` pinned (searched
     keys stay searched)."""
-    from optical_ray.space import load_space, pin_overrides
+    from optical_ray.sweeps.space import load_space, pin_overrides
 
     space = load_space(SPACE)
     pair = f"{lang}-en"
@@ -234,8 +234,8 @@ def run_sweep_system(
     With ``warm_start`` (``auto`` or source pairs) it is the warm-started sweep,
     experiment ``bench-<lang>-warm-<pair>``, seeded from the same storage's catalog."""
     from optical_ray.catalog import best_config
-    from optical_ray.evaluations import _model_dir
-    from optical_ray.sweep import run_sweep
+    from optical_ray.evaluation.best import _model_dir
+    from optical_ray.sweeps.plan import run_sweep
 
     cfg, space = sweep_setup(args, lang)
     pair, name = f"{lang}-en", f"bench-{lang}" + ("-warm" if warm_start else "")
@@ -275,7 +275,7 @@ def warm_start_figure(
     the cold sweep's trial-epochs (bench_transfer's figure), warm minus cold best dev
     MAP, where the warm sweep's trials came from, and the two bests on test (paired)."""
     from optical_ray.catalog import Catalog
-    from optical_ray.warmstart import best_so_far
+    from optical_ray.sweeps.warmstart import best_so_far
 
     df = Catalog(str(Path(args.out).resolve() / "sweep_storage")).records()
     curves = {

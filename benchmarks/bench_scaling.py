@@ -21,7 +21,7 @@ from pathlib import Path
 
 def _run(root: Path, workers: int, steps: int, batch: int) -> dict:
     from optical_ray.config import from_flat
-    from optical_ray.distributed import fit
+    from optical_ray.distributed.train import fit
 
     cfg = from_flat(
         {
@@ -71,7 +71,7 @@ def main() -> None:
 
     from optical_ray.config import from_flat
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     root = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     synthesize_world(root / "world", seed=0, scale="tiny")

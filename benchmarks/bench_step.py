@@ -1,6 +1,6 @@
 """Time one distillation step: OT (OPTICAL) against token MSE, on a MiniLM-sized encoder.
 
-One step is what ``optical_ray.train.train_distill`` does per batch: the frozen teacher's
+One step is what ``optical_ray.training.recipe.train_distill`` does per batch: the frozen teacher's
 forward on the English side (no grad), the student's forward on the foreign side, the
 distillation loss on one aligned layer, backward, gradient clipping, AdamW. Both methods
 run the same model and batches; only the loss differs, so their ratio is the cost of
@@ -28,9 +28,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from optical_ray.config import from_flat
-from optical_ray.model import RetrievalModel
-from optical_ray.losses import distill_loss
-from optical_ray.train import resolve_precision
+from optical_ray.models.encoder import RetrievalModel
+from optical_ray.training.losses import distill_loss
+from optical_ray.training.recipe import resolve_precision
 
 MINILM = dict(
     vocab_size=30522,

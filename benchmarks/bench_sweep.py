@@ -60,7 +60,7 @@ def _setup(root: Path, teacher_steps: int) -> dict[str, Any]:
     """A tiny world and an English teacher trained on it; the sweeps' base config."""
     from optical_ray.config import from_flat
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.train import LocalContext, run
+    from optical_ray.training.recipe import LocalContext, run
 
     world = synthesize_world(root / "world", seed=0, scale="tiny")
     base = {
@@ -116,8 +116,8 @@ def _sweep(
     """Run one sweep (trials one at a time); its catalog records and fit wall time."""
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     spe = base["steps_per_epoch"]
     flat = {k: v for k, v in base.items() if k != "steps_per_epoch"}

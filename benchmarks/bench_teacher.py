@@ -30,8 +30,8 @@ from bench_real import Encoder, emit_line, rank_collection
 
 from optical_ray.config import from_flat
 from optical_ray.data import real
-from optical_ray.evaluate import paired_test
-from optical_ray.model import RetrievalModel
+from optical_ray.evaluation.ranking import paired_test
+from optical_ray.models.encoder import RetrievalModel
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def _setup(root: Path, n: int, family_seed: int, teacher_steps: int) -> dict[str
     from optical_ray.config import from_flat
     from optical_ray.data.family import family_specs
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.train import LocalContext, run
+    from optical_ray.training.recipe import LocalContext, run
 
     specs, sizes = family_specs(n, family_seed, "tiny")
     world = synthesize_world(
@@ -117,8 +117,8 @@ def _sweep(base: dict[str, Any], storage: Path, name: str, pairs: list[str], **o
     """One sweep (TPE + ASHA, two trials at a time); its catalog records."""
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     spe, epochs = base["steps_per_epoch"], base["epochs"]
     flat = {k: v for k, v in base.items() if k not in ("steps_per_epoch", "pairs", "epochs")}
@@ -160,8 +160,8 @@ def _best_maps(storage: Path, pair: str, experiment: str) -> dict[str, tuple[flo
     values, from one load of the model."""
     from optical_ray.catalog import best_config
     from optical_ray.config import from_flat
-    from optical_ray.model import RetrievalModel
-    from optical_ray.train import evaluate_dev
+    from optical_ray.models.encoder import RetrievalModel
+    from optical_ray.training.recipe import evaluate_dev
 
     best = best_config(pair, storage=str(storage), experiment=experiment)[0]
     if not best.checkpoint_uri:
@@ -178,8 +178,8 @@ def _best_maps(storage: Path, pair: str, experiment: str) -> dict[str, tuple[flo
 
 def _paired(warm: dict[str, Any], cold: dict[str, Any]) -> dict[str, float] | None:
     """Warm minus cold test MAP over the same queries, with the two-sided p of a paired
-    randomisation test (:func:`optical_ray.compare.paired_test`)."""
-    from optical_ray.compare import paired_test
+    randomisation test (:func:`optical_ray.evaluation.compare.paired_test`)."""
+    from optical_ray.evaluation.compare import paired_test
 
     if not warm or not cold:
         return None
@@ -211,7 +211,7 @@ def main() -> None:
     import ray
     import torch
 
-    from optical_ray.compare import holm
+    from optical_ray.evaluation.compare import holm
 
     torch.set_num_threads(1)
     ray.init(

@@ -2,7 +2,7 @@
 
 One formatter for every table optical-ray prints: ``optical-ray best`` (catalog
 records), ``optical-ray evaluate`` (metrics per pair), the gap report of
-:mod:`optical_ray.compare` and the catalog report of :mod:`optical_ray.report`.
+:mod:`optical_ray.evaluation.compare` and the catalog report of :mod:`optical_ray.report.gap`.
 Cells are strings by the time they reach a table; :func:`number` and :func:`cell`
 turn values into them.
 """

@@ -33,7 +33,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory):
 def tiny_encoder_dir(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory with the tiny world's tokenizer and a 2-layer, hidden-64 BERT (seed 0),
     loadable with ``AutoTokenizer`` / ``AutoModel.from_pretrained``. Read-only."""
-    from optical_ray.tiny import TinyModelSpec, write_tiny_encoder
+    from optical_ray.models.tiny import TinyModelSpec, write_tiny_encoder
 
     return write_tiny_encoder(
         tmp_path_factory.mktemp("tiny_encoder"), tiny_world.tokenizer_dir, TinyModelSpec(), seed=0
@@ -98,7 +98,7 @@ def sweep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     saved from it (``teacher/``), for sweep tests. Read-only: write elsewhere."""
     from optical_ray.config import from_flat
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     root = tmp_path_factory.mktemp("sweep")
     world = synthesize_world(root / "world", seed=0, scale="tiny")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 
 
 def _err_line(capsys) -> str:

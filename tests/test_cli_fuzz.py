@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 
 # An AWS-shaped key pair (the documented example values); the secret holds '/' as real
 # ones do, which a naive user:password@ pattern misses.
@@ -25,7 +25,7 @@ SPACE_BASE = "base: {train.stages: [distill]}\n"
 def env(tiny_world, tmp_path_factory) -> dict[str, str]:
     """Bad inputs on disk, built once: ``{placeholder: path}`` for the argv templates."""
     from optical_ray.config import from_flat
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     d = tmp_path_factory.mktemp("fuzz")
     files = {

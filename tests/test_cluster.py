@@ -164,9 +164,9 @@ def test_kuberay_manifests_carry_the_fields_kuberay_requires() -> None:
 
 def test_rayjob_entrypoint_is_a_valid_sweep_command() -> None:
     """The shipped entrypoint parses with optical-ray's own CLI and config validation."""
-    from optical_ray.cli import build_parser
+    from optical_ray.cli.parser import build_parser
     from optical_ray.config import load_config
-    from optical_ray.space import load_space
+    from optical_ray.sweeps.space import load_space
 
     argv = shlex.split(_manifests()["RayJob"]["spec"]["entrypoint"])
     args = build_parser().parse_args(argv[1:])
@@ -193,7 +193,7 @@ def test_rayjob_entrypoint_is_a_valid_sweep_command() -> None:
     ],
 )
 def test_bad_cluster_flags_are_one_line_and_exit_2(argv, names, tmp_path, capsys) -> None:
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     rc = main(["cluster", "up", "--state-dir", str(tmp_path), *argv])
     err = capsys.readouterr().err.strip()
@@ -205,7 +205,7 @@ def test_bad_cluster_flags_are_one_line_and_exit_2(argv, names, tmp_path, capsys
 
 @pytest.mark.parametrize("action", ["down", "status"])
 def test_unknown_cluster_is_one_line_and_exit_2(action, tmp_path, capsys) -> None:
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     rc = main(["cluster", action, "--name", "nothing", "--state-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
@@ -214,7 +214,7 @@ def test_unknown_cluster_is_one_line_and_exit_2(action, tmp_path, capsys) -> Non
 
 
 def test_parse_bytes() -> None:
-    from optical_ray.cluster import parse_bytes
+    from optical_ray.cluster.local import parse_bytes
     from optical_ray.errors import ConfigError
 
     assert parse_bytes("200M", "--x") == 200 * 2**20
@@ -260,7 +260,7 @@ class _UnrelatedRay:
     of its own: what `cluster down` must leave alone."""
 
     def __init__(self) -> None:
-        from optical_ray.cluster_nodes import free_ports
+        from optical_ray.cluster.nodes import free_ports
 
         self.temp = tempfile.mkdtemp(prefix="oray-x-", dir="/tmp")
         self.log = Path(self.temp) / "launcher.log"
@@ -328,7 +328,7 @@ def cli_cluster(unrelated_ray, tmp_path_factory):
     its name/state-dir flags and the cluster attached from this process."""
     import ray
 
-    from optical_ray.cluster import LocalCluster
+    from optical_ray.cluster.local import LocalCluster
 
     state = str(tmp_path_factory.mktemp("cluster-state"))
     name = f"t{uuid.uuid4().hex[:6]}"
@@ -403,7 +403,7 @@ def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster, t
 
     from optical_ray.config import from_flat, to_dict
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     _, _, cluster = cli_cluster
     world = synthesize_world(tmp_path / "world", seed=0, scale="tiny")
@@ -488,7 +488,7 @@ def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster, t
 
 @pytest.mark.slow
 def test_cluster_down_stops_exactly_its_processes(cli_cluster, unrelated_ray) -> None:
-    from optical_ray.cluster_nodes import marked_pids
+    from optical_ray.cluster.nodes import marked_pids
 
     _, flags, cluster = cli_cluster
     other = unrelated_ray.pids()

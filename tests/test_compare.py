@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from optical_ray.compare import gap, gap_closed, gap_report, holm, paired_test
+from optical_ray.evaluation.compare import gap, gap_closed, gap_report, holm, paired_test
 from optical_ray.errors import ConfigError, DataError
-from optical_ray.evaluate import EvalResult
+from optical_ray.evaluation.ranking import EvalResult
 
 
 def test_gap_and_gap_closed_by_hand():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 from optical_ray.config import (
     Config,
     DistillConfig,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 from optical_ray.config import from_flat
 from optical_ray.data import real
 from optical_ray.data.sources import bitext_pairs, eval_collection

@@ -19,8 +19,8 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """A head and one worker node (1 CPU each, small object stores) from
-    :class:`~optical_ray.cluster.LocalCluster`, this process connected; stopped after."""
-    from optical_ray.cluster import LocalCluster
+    :class:`~optical_ray.cluster.local.LocalCluster`, this process connected; stopped after."""
+    from optical_ray.cluster.local import LocalCluster
 
     if ray.is_initialized():
         ray.shutdown()
@@ -43,7 +43,7 @@ def teacher_dir(tmp_path_factory):
     """A tiny world and a (randomly initialised) teacher saved from it."""
     from optical_ray.config import from_flat
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     root = tmp_path_factory.mktemp("dist")
     world = synthesize_world(root / "world", seed=0, scale="tiny")
@@ -97,7 +97,7 @@ def _train_worker_pids(cluster) -> list[int]:
 
 
 def test_two_workers_on_two_nodes_equal_one_worker(two_nodes, teacher_dir) -> None:
-    from optical_ray.distributed import fit
+    from optical_ray.distributed.train import fit
 
     one = fit(_cfg(teacher_dir, "one", **{"scaling.workers": 1}))
     two = fit(
@@ -127,7 +127,7 @@ def test_two_workers_on_two_nodes_equal_one_worker(two_nodes, teacher_dir) -> No
 
 
 def test_killed_worker_resumes_from_checkpoint(two_nodes, teacher_dir) -> None:
-    from optical_ray.distributed import fit
+    from optical_ray.distributed.train import fit
 
     steps = 24
     calm = fit(
@@ -195,7 +195,7 @@ def test_restart_with_same_name_continues_after_driver_dies(two_nodes, teacher_d
     import yaml
 
     from optical_ray.config import to_dict
-    from optical_ray.distributed import fit
+    from optical_ray.distributed.train import fit
 
     cfg = _cfg(teacher_dir, "again", **{"distill.steps": 30, "train.checkpoint_every": 3})
     path = teacher_dir / "again.yaml"
@@ -235,7 +235,7 @@ def test_restart_with_same_name_continues_after_driver_dies(two_nodes, teacher_d
 
 
 def test_too_many_workers_is_one_clear_error(two_nodes, teacher_dir) -> None:
-    from optical_ray.distributed import fit
+    from optical_ray.distributed.train import fit
     from optical_ray.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs 8 CPUs .* the cluster has 2 CPUs"):

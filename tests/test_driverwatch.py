@@ -1,4 +1,4 @@
-"""A pair task's watch on its driver process (optical_ray.driverwatch)."""
+"""A pair task's watch on its driver process (optical_ray.distributed.driverwatch)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import sys
 import threading
 import time
 
-from optical_ray.driverwatch import DriverRef, _process_start, process_alive, watch_driver
+from optical_ray.distributed.driverwatch import (
+    DriverRef,
+    _process_start,
+    process_alive,
+    watch_driver,
+)
 
 
 def _ref(pid: int) -> DriverRef:
@@ -61,7 +66,7 @@ def test_only_a_driver_on_this_node_is_watched_or_fences_records(monkeypatch) ->
     nor taken for dead (which would stop every catalog record)."""
     import ray
 
-    from optical_ray.driverwatch import local_driver
+    from optical_ray.distributed.driverwatch import local_driver
 
     ref = DriverRef(os.getpid(), _process_start(os.getpid()), node_id="head")
 
@@ -84,7 +89,7 @@ def test_a_task_asked_to_end_at_a_safe_point_ends_anyway_after_the_grace(monkeyp
     """With ``grace_s``, the driver's death only sets a flag (the Tune loop ends the task
     at its next step); a task whose block is still running after the grace is ended
     anyway, and one whose block ended within it is left alone."""
-    import optical_ray.driverwatch as dw
+    import optical_ray.distributed.driverwatch as dw
 
     ended = []
     monkeypatch.setattr(dw, "end_task", lambda ref: ended.append(ref.pid))
@@ -128,7 +133,7 @@ def test_the_tune_loop_ends_the_task_once_its_last_state_is_signed_and_stored(
     for that end. It survives Tune's pickling, and a pickled copy ends nothing."""
     import ray.cloudpickle
 
-    import optical_ray.raytune as rt
+    import optical_ray.distributed.pair as rt
 
     events: list[str] = []
     monkeypatch.setattr(rt, "end_task", lambda ref: events.append("ended"))

@@ -19,7 +19,7 @@ from optical_ray.config import from_dict
 from optical_ray.data.collection import Collection, Corpus
 from optical_ray.data.formats import Doc
 from optical_ray.errors import ConfigError, DataError, TrainingError
-from optical_ray.evaluate import (
+from optical_ray.evaluation.ranking import (
     evaluate_collection,
     evaluate_pairs,
     evaluate_run,
@@ -30,7 +30,7 @@ from optical_ray.evaluate import (
     read_trec_run,
     write_trec_run,
 )
-from optical_ray.model import Encoded, maxsim
+from optical_ray.models.encoder import Encoded, maxsim
 
 VOCAB = [f"w{i}" for i in range(16)]
 
@@ -313,21 +313,21 @@ def test_evaluate_pairs_defaults_and_outputs(tmp_path):
 
 
 def test_comparisons_stay_importable_from_evaluate():
-    import optical_ray.compare as compare
-    import optical_ray.evaluate as evaluate
+    import optical_ray.evaluation.compare as compare
+    import optical_ray.evaluation.ranking as evaluate
 
     assert evaluate.paired_test is compare.paired_test
     assert evaluate.gap_report is compare.gap_report
 
 
 def test_scoring_a_run_needs_no_torch() -> None:
-    """``optical_ray.trec`` scores runs and reads/writes run files without importing
+    """``optical_ray.evaluation.trec`` scores runs and reads/writes run files without importing
     torch (a report or a benchmark that only scores runs stays light)."""
     import subprocess
     import sys
 
     code = (
-        "import sys, optical_ray.trec as t; "
+        "import sys, optical_ray.evaluation.trec as t; "
         "m, _ = t.evaluate_run({'q': {'a': 1.0, 'b': 0.5}}, {'q': {'b': 1}}, ['map']); "
         "print(m['map'], 'torch' in sys.modules)"
     )

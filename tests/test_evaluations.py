@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from optical_ray.catalog import Catalog, TrialRecord
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 from optical_ray.config import from_flat, to_flat
 from optical_ray.errors import ConfigError, DataError, StorageError
-from optical_ray.evaluations import (
+from optical_ray.evaluation.best import (
     BEST,
     ZERO_SHOT,
     evaluate_best,
@@ -31,7 +31,7 @@ def setup(tiny_world, tmp_path_factory):
     dev MAP), and a baseline run directory."""
     import torch
 
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     root = tmp_path_factory.mktemp("evalbest")
     base = {
@@ -101,7 +101,7 @@ def test_best_is_evaluated_next_to_zero_shot_and_baselines(setup, evaluated):
 
 
 def test_report_includes_the_test_tables(setup, evaluated, tmp_path):
-    from optical_ray.report import build_report
+    from optical_ray.report.gap import build_report
 
     root, storage = setup
     path = build_report(storage, tmp_path / "report")
@@ -156,7 +156,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     qrels = other_root / "eval" / "en-xc" / "test" / "qrels.txt"
     lines = qrels.read_text().splitlines()
     qrels.write_text("\n".join(lines[1:]) + "\n")
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     bcfg = from_flat({"data.root": str(other_root), "pair": "en-xc"})
     RetrievalModel.load(root / "hand_set" / "model").save(tmp_path / "elsewhere" / "model", bcfg)
@@ -175,7 +175,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
 def test_demo_ends_with_the_same_code_path(setup):
     from types import SimpleNamespace
 
-    from optical_ray.demo import _gap
+    from optical_ray.cli.demo import _gap
 
     root, storage = setup
     sweep = SimpleNamespace(
@@ -190,7 +190,7 @@ def test_demo_ends_with_the_same_code_path(setup):
 
 
 def test_real_configs_never_fall_back_to_a_synthetic_world(tmp_path):
-    from optical_ray.evaluations import _collection
+    from optical_ray.evaluation.best import _collection
 
     cfg = from_flat(
         {

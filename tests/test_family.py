@@ -10,7 +10,7 @@ import pytest
 
 from optical_ray.data.family import family_specs
 from optical_ray.errors import ConfigError
-from optical_ray.warmstart import similarity
+from optical_ray.sweeps.warmstart import similarity
 
 
 def test_a_family_is_seeded_and_spans_close_and_distant_relatives() -> None:
@@ -39,7 +39,7 @@ def test_bad_family_arguments_are_named(n, seed) -> None:
 
 
 def test_the_cli_writes_a_family_world(tmp_path: Path, capsys) -> None:
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     out = tmp_path / "world"
     argv = ["data", "synth", "--out", str(out), "--scale", "tiny", "--family", "3"]

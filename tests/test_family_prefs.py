@@ -25,7 +25,7 @@ def family_world(tmp_path_factory: pytest.TempPathFactory):
     from optical_ray.config import from_flat
     from optical_ray.data.family import family_specs
     from optical_ray.data.synthetic import synthesize_world
-    from optical_ray.train import LocalContext, run
+    from optical_ray.training.recipe import LocalContext, run
 
     root = tmp_path_factory.mktemp("family")
     specs, sizes = family_specs(6, seed=1, scale="tiny")
@@ -57,7 +57,7 @@ def family_world(tmp_path_factory: pytest.TempPathFactory):
 
 def _dev_map(root: Path, base: dict, lang: str, epsilon: float) -> float:
     from optical_ray.config import from_flat
-    from optical_ray.train import LocalContext, run
+    from optical_ray.training.recipe import LocalContext, run
 
     pair = f"en-{lang}"
     cfg = from_flat(
@@ -82,7 +82,7 @@ def _dev_map(root: Path, base: dict, lang: str, epsilon: float) -> float:
 def test_close_languages_share_a_landscape_and_distant_ones_differ(
     family_world, one_torch_thread
 ) -> None:
-    from optical_ray.warmstart import similarity
+    from optical_ray.sweeps.warmstart import similarity
 
     root, base, specs = family_world
     close = similarity("en-qc", "en-qe", specs)[0]

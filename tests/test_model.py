@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from optical_ray.errors import ConfigError
-from optical_ray.model import Encoded, RetrievalModel, maxsim, resolve_layers
+from optical_ray.models.encoder import Encoded, RetrievalModel, maxsim, resolve_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -131,7 +131,7 @@ def test_maxsim_equals_naive_loop():
 
 
 def test_maxsim_chunking_matches(monkeypatch):
-    import optical_ray.model as model_mod
+    import optical_ray.models.encoder as model_mod
 
     gen = torch.Generator().manual_seed(1)
     q, d = random_encoded(3, 4, 8, gen), random_encoded(50, 6, 8, gen)
@@ -302,7 +302,7 @@ def test_minilm_preset_loads_offline(tiny_config):
 def test_maxsim_without_gradient_matches_the_padded_scores():
     """Evaluation scores length-sorted blocks cut to their longest text; the scores must
     be those of the padded computation (which the gradient path still runs)."""
-    from optical_ray.model import maxsim
+    from optical_ray.models.encoder import maxsim
 
     gen = torch.Generator().manual_seed(0)
 

@@ -606,7 +606,7 @@ def test_shipped_spaces_sample_only_converging_epsilons(path):
     """Every pair of every shipped space: the smallest epsilon it can use reaches
     distill.sinkhorn_tol within distill.sinkhorn_iters (the pre-sweep predicate)."""
     from optical_ray.config import Config
-    from optical_ray.space import load_space
+    from optical_ray.sweeps.space import load_space
 
     defaults = Config().distill
     space = load_space(path)

@@ -195,7 +195,7 @@ def test_a_constraint_nothing_meets_names_the_closest_trial(store: str) -> None:
 
 
 def test_cli_prints_the_front_and_refuses_bad_input(store: str, capsys) -> None:
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     args = ["best", "--storage", store, "--pair", "en-xa"]
     assert main([*args, "--objectives", "map,en-en/map", "--pareto", "--format", "json"]) == 0
@@ -218,7 +218,7 @@ def test_cli_prints_the_front_and_refuses_bad_input(store: str, capsys) -> None:
 
 
 def test_report_plots_the_front_with_teacher_and_baseline_runs(store: str, tmp_path) -> None:
-    from optical_ray.report import build_report
+    from optical_ray.report.gap import build_report
 
     teacher = {"map": 0.25, "en-xa/map": 0.25, "en-en/map": 0.5}
     Catalog(store).append(
@@ -248,7 +248,7 @@ def test_report_plots_the_front_with_teacher_and_baseline_runs(store: str, tmp_p
 
 def test_trials_evaluate_the_reference_pair_unless_retention_is_off(tiny_world) -> None:
     from optical_ray.config import from_flat
-    from optical_ray.train import _dev_pairs
+    from optical_ray.training.recipe import _dev_pairs
 
     root = {"data.root": str(tiny_world.root), "pair": "en-xc"}
     assert _dev_pairs(from_flat({**root, "eval.pairs": ["en-xc"]}), "dev") == ["en-en", "en-xc"]
@@ -280,7 +280,7 @@ def test_trials_evaluate_the_reference_pair_unless_retention_is_off(tiny_world) 
 
 def test_several_objectives_run_fifo_and_asha_with_them_is_refused(capsys) -> None:
     from optical_ray.config import from_flat
-    from optical_ray.sweep import sweep_config
+    from optical_ray.sweeps.plan import sweep_config
 
     cfg = sweep_config(from_flat({}), pairs=["en-xa"], objectives=["map", "en-en/map"])
     assert cfg.sweep.scheduler == "none" and cfg.sweep.objectives == ["map", "en-en/map"]
@@ -291,7 +291,7 @@ def test_several_objectives_run_fifo_and_asha_with_them_is_refused(capsys) -> No
     assert "ASHA stops trials on one metric" in str(exc.value) and "--scheduler none" in str(
         exc.value
     )
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     args = ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa"]
     assert main([*args, "--objectives", "map,en-en/map", "--scheduler", "asha"]) == 2
@@ -352,8 +352,8 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
 
     from optical_ray.catalog.pareto import values_of
     from optical_ray.config import from_flat
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     storage = str(tmp_path / "store")
     base = from_flat(
@@ -422,7 +422,7 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
 
 
 def test_shipped_spaces_search_the_retention_knobs() -> None:
-    from optical_ray.space import load_space
+    from optical_ray.sweeps.space import load_space
 
     root = Path(__file__).resolve().parents[1] / "search_spaces"
     for name in ("low_resource.yaml", "minilm.yaml"):

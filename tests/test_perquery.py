@@ -12,8 +12,8 @@ import pytest
 from optical_ray.catalog import Catalog, TrialRecord
 from optical_ray.config import from_flat
 from optical_ray.errors import DataError
-from optical_ray.evaluations import best_vs_runner_up
-from optical_ray.perquery import decode_per_query, encode_per_query
+from optical_ray.evaluation.best import best_vs_runner_up
+from optical_ray.evaluation.perquery import decode_per_query, encode_per_query
 
 
 def test_encoding_round_trips_compactly():
@@ -33,8 +33,8 @@ def test_encoding_round_trips_compactly():
 
 
 def test_a_trial_sends_its_best_evaluation_matched_by_value():
-    from optical_ray.sweep import PER_QUERY_KEY
-    from optical_ray.tune_trial import TuneContext
+    from optical_ray.sweeps.plan import PER_QUERY_KEY
+    from optical_ray.distributed.trial import TuneContext
 
     ctx = TuneContext(from_flat({"pair": "swa-en"}))
     start = {"q1": {"map": 0.9}}
@@ -80,7 +80,7 @@ def _records(storage, rng, deltas):
 
 
 def test_best_is_tested_against_the_runner_up(tmp_path):
-    from optical_ray.report import build_report
+    from optical_ray.report.gap import build_report
 
     storage = tmp_path / "store"
     _records(storage, np.random.default_rng(0), {"swa-en": 0.05, "hau-en": 0.0})

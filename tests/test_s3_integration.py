@@ -119,7 +119,7 @@ def _files_containing(root: Path, needle: bytes) -> list[str]:
 def test_train_to_s3_then_evaluate_from_s3(
     s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path
 ) -> None:
-    from optical_ray.distributed import fit
+    from optical_ray.distributed.train import fit
 
     cfg = _cfg(
         sweep_root,
@@ -164,8 +164,8 @@ def test_sweep_best_and_report_on_s3(
 ) -> None:
     from optical_ray.catalog import Catalog, best_config
     from optical_ray.config import from_dict
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     cfg = _cfg(sweep_root, tmp_path, s3_storage_uri, **{"sweep.max_concurrent": 2})
     result = run_sweep(cfg, parse_space(SPACE), pairs=["en-xc"], samples=2, name="s3", verbose=0)
@@ -211,8 +211,8 @@ def test_sweep_survives_an_s3_outage(
     """Stop the S3 server for ~10 s while trials are running, start it again on the same
     directory: the sweep completes and no checkpoint or catalog record is lost."""
     from optical_ray.catalog import Catalog
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     samples, steps = 4, 12
     space = {**SPACE, "base": {**SPACE["base"], "distill.steps": steps, "train.eval_every": 3}}

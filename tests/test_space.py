@@ -9,7 +9,13 @@ import pytest
 import yaml
 
 from optical_ray.errors import ConfigError
-from optical_ray.space import load_space, parse_space, pin_overrides, trial_config, validate_space
+from optical_ray.sweeps.space import (
+    load_space,
+    parse_space,
+    pin_overrides,
+    trial_config,
+    validate_space,
+)
 
 SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 

@@ -56,7 +56,7 @@ FAST_HEALTH_CHECKS = {
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head and 2 worker nodes, 1 CPU each, connected from this process."""
-    from optical_ray.cluster import LocalCluster
+    from optical_ray.cluster.local import LocalCluster
 
     if ray.is_initialized():
         ray.shutdown()
@@ -155,8 +155,8 @@ def _wait_for_records(storage: Path, alive, at_least: int, timeout: float = 420)
 
 
 def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) -> None:
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     storage = sweep_root / "faults-driver"
     pairs, samples = ["en-xc", "xc-en"], 2
@@ -336,8 +336,8 @@ def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
 
 
 def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root) -> None:
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     storage = sweep_root / "faults-node"
     experiment = storage / "ln-en-xc"

@@ -16,8 +16,8 @@ SPACE = {
 
 def _plans(resume=False, exists=None):
     from optical_ray.config import from_flat
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import plan_sweep, sweep_config
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import plan_sweep, sweep_config
 
     cfg = sweep_config(from_flat({}), pairs=["en-xa", "en-xc"], name="s", samples=3)
     return plan_sweep(cfg, parse_space(SPACE), lambda e: f"/store/{e}", 2, exists or {}, resume)
@@ -25,7 +25,7 @@ def _plans(resume=False, exists=None):
 
 def test_plans_per_pair_and_the_trial_config_resolved_once() -> None:
     from optical_ray.config import to_flat
-    from optical_ray.sweep import resolve_trial_config
+    from optical_ray.sweeps.plan import resolve_trial_config
 
     plans = _plans()
     assert [(p.pair, p.experiment, p.path, p.max_t) for p in plans] == [
@@ -54,7 +54,7 @@ def test_every_existing_experiment_is_named_before_anything_runs() -> None:
 def test_bad_sweep_arguments_are_one_line() -> None:
     from optical_ray.config import from_flat
     from optical_ray.errors import ConfigError
-    from optical_ray.sweep import sweep_config
+    from optical_ray.sweeps.plan import sweep_config
 
     with pytest.raises(ConfigError, match="en-xa given more than once"):
         sweep_config(from_flat({}), pairs=["en-xa", "en-xa"])
@@ -63,7 +63,7 @@ def test_bad_sweep_arguments_are_one_line() -> None:
 
 
 def test_a_sweep_without_finished_trials_exits_non_zero() -> None:
-    from optical_ray.sweep import PairResult, SweepResult
+    from optical_ray.sweeps.plan import PairResult, SweepResult
 
     ok = PairResult("en-xa", "s-en-xa", "/x", {"distill.epsilon": 0.1}, {"map": 0.4}, None, None, 2)
     failed = PairResult(
@@ -95,15 +95,15 @@ def test_the_sweep_module_is_ray_free() -> None:
     import subprocess
     import sys
 
-    code = "import sys, optical_ray.sweep; print('ray' in sys.modules)"
+    code = "import sys, optical_ray.sweeps.plan; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
     from optical_ray.config import from_flat
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import sweep_config, unconverging_epsilon
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import sweep_config, unconverging_epsilon
 
     cfg = sweep_config(from_flat({"distill.sinkhorn_iters": 100}), pairs=["en-xa", "en-xc"])
     space = parse_space(
@@ -125,7 +125,7 @@ def test_a_space_that_samples_unconverging_epsilon_is_warned_about() -> None:
 
 
 def test_slot_pool_caps_trials_in_flight_across_pairs() -> None:
-    from optical_ray.slots import SlotPool
+    from optical_ray.distributed.slots import SlotPool
 
     pool = SlotPool(2)
     assert pool.acquire("a", "a1") and pool.acquire("b", "b1")
@@ -140,7 +140,7 @@ def test_slot_pool_caps_trials_in_flight_across_pairs() -> None:
 
 
 def test_slot_pool_shares_slots_between_running_pairs() -> None:
-    from optical_ray.slots import SlotPool
+    from optical_ray.distributed.slots import SlotPool
 
     pool = SlotPool(5, owners=["a", "b"])  # ceil(5 / 2) = 3 each
     assert [pool.acquire("a", f"a{i}") for i in range(4)] == [True, True, True, False]
@@ -168,7 +168,7 @@ class _Sampler:
 
 
 def _limiter(pool, owner: str, samples: int):
-    from optical_ray.slots import SharedLimiter
+    from optical_ray.distributed.slots import SharedLimiter
 
     class Local(SharedLimiter):
         def _acquire(self, key: str) -> bool:
@@ -183,7 +183,7 @@ def _limiter(pool, owner: str, samples: int):
 def test_a_pair_keeps_its_slot_for_its_next_trial_until_it_has_sampled_all() -> None:
     """Tune keeps an ended trial's actor (and its CPU) for the pair's next trial: the
     slot must stay with the pair, or another pair's trial waits for that CPU."""
-    from optical_ray.slots import SlotPool
+    from optical_ray.distributed.slots import SlotPool
 
     pool = SlotPool(2, owners=["a", "b"])  # one slot each
     a, b = _limiter(pool, "a", samples=3), _limiter(pool, "b", samples=1)
@@ -207,7 +207,7 @@ def test_a_pair_keeps_its_slot_for_its_next_trial_until_it_has_sampled_all() -> 
 
 
 def test_a_restored_limiter_holds_no_slot_of_the_old_coordinator() -> None:
-    from optical_ray.slots import SlotPool
+    from optical_ray.distributed.slots import SlotPool
 
     pool = SlotPool(1)
     a = _limiter(pool, "a", samples=4)
@@ -225,16 +225,19 @@ def test_a_restored_limiter_holds_no_slot_of_the_old_coordinator() -> None:
 
 def test_a_limiter_saved_under_its_old_module_still_loads() -> None:
     """Tune pickles the searcher into each experiment's saved state; sweeps saved before
-    the budget moved to ``optical_ray.slots`` name ``optical_ray.raytune.SharedLimiter``,
+    the budget moved to ``optical_ray.distributed.slots`` name ``optical_ray.distributed.pair.SharedLimiter``,
     and ``--resume`` must still load them."""
     import pickle
 
-    from optical_ray.slots import SharedLimiter
+    from optical_ray.distributed.slots import SharedLimiter
 
     limiter = SharedLimiter(_Sampler(), "coord", "en-sw", samples=4)
     limiter.suggested = 2
     new = pickle.dumps(limiter, protocol=2)
-    old = new.replace(b"optical_ray.slots\nSharedLimiter", b"optical_ray.raytune\nSharedLimiter")
+    old = new.replace(
+        b"optical_ray.distributed.slots\nSharedLimiter",
+        b"optical_ray.distributed.pair\nSharedLimiter",
+    )
     assert old != new  # the saved state names the old module
     loaded = pickle.loads(old)
     assert isinstance(loaded, SharedLimiter)
@@ -248,8 +251,8 @@ def test_the_catalog_callback_keeps_each_trials_best_checkpoint_across_a_restart
     from types import SimpleNamespace
 
     from optical_ray.config import from_flat
-    from optical_ray.sweep import PairPlan
-    from optical_ray.tune_callbacks import CatalogCallback
+    from optical_ray.sweeps.plan import PairPlan
+    from optical_ray.distributed.callbacks import CatalogCallback
 
     cfg = from_flat({"storage.uri": str(tmp_path), "sweep.mode": "min"})
     plan = PairPlan("en-sw", "s-en-sw", "", cfg, None, 2, 3)
@@ -282,8 +285,8 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
 
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
-    from optical_ray.sweep import CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY, PairPlan
-    from optical_ray.tune_callbacks import CatalogCallback
+    from optical_ray.sweeps.plan import CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY, PairPlan
+    from optical_ray.distributed.callbacks import CatalogCallback
 
     cfg = from_flat({"storage.uri": str(tmp_path / "store")})
     plan = PairPlan("en-sw", "s-en-sw", "", cfg, None, 2, 3)
@@ -346,8 +349,8 @@ def test_the_tracking_callback_tags_a_resumed_trial_with_its_best_checkpoint(tmp
     from types import SimpleNamespace
 
     from optical_ray.config import from_flat
-    from optical_ray.sweep import FINISHED_KEY, PairPlan
-    from optical_ray.tracking_tune import TrackingCallback
+    from optical_ray.sweeps.plan import FINISHED_KEY, PairPlan
+    from optical_ray.distributed.tracking import TrackingCallback
 
     cfg = from_flat({"storage.uri": str(tmp_path)})
     plan = PairPlan("en-sw", "s-en-sw", "", cfg, None, 2, 3)

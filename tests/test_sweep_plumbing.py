@@ -9,7 +9,7 @@ pytest.importorskip("ray")
 
 
 def _space(base: dict, params: dict | None = None, pairs: dict | None = None):
-    from optical_ray.space import parse_space
+    from optical_ray.sweeps.space import parse_space
 
     return parse_space(
         {
@@ -23,7 +23,7 @@ def _space(base: dict, params: dict | None = None, pairs: dict | None = None):
 
 def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
     from optical_ray.config import from_flat
-    from optical_ray.sweep import (
+    from optical_ray.sweeps.plan import (
         asha_max_t as _asha_max_t,
         evaluations_per_trial as _evaluations_per_trial,
     )
@@ -58,7 +58,7 @@ def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
 
 def test_storage_call_marks_transient_failures_for_retry() -> None:
     from optical_ray.storage import StorageUnavailable, with_retries
-    from optical_ray.raytune import _storage_call
+    from optical_ray.distributed.pair import _storage_call
 
     calls = []
 
@@ -98,7 +98,7 @@ def _always_down() -> None:
 def test_tune_does_not_copy_aws_keys_into_runtime_envs(monkeypatch) -> None:
     from ray.tune.execution import class_cache
 
-    from optical_ray.raytune import _credentials_stay_on_nodes
+    from optical_ray.distributed.pair import _credentials_stay_on_nodes
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
@@ -128,7 +128,7 @@ def test_unevaluated_checkpoint_score_survives_ray_snapshot(mode: str) -> None:
 
     from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _TrainingResultState
 
-    from optical_ray.distributed import checkpoint_score
+    from optical_ray.distributed.train import checkpoint_score
 
     assert checkpoint_score({"map": 0.25}, "map", mode) == 0.25
     scores = [
@@ -150,7 +150,7 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
     import optuna
     from ray.tune.result import TRAINING_ITERATION
 
-    from optical_ray.raytune import FINISHED_KEY, PruningAwareOptunaSearch
+    from optical_ray.distributed.pair import FINISHED_KEY, PruningAwareOptunaSearch
 
     searcher = PruningAwareOptunaSearch(
         space=_space({}).define_by_run("en-xc", 2),
@@ -178,7 +178,7 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
 
 
 def test_summary_lists_the_searched_keys_first() -> None:
-    from optical_ray.sweep import PairResult, SweepResult
+    from optical_ray.sweeps.plan import PairResult, SweepResult
 
     best = {
         "distill.contrastive": 1.557,

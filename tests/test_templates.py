@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 from optical_ray.data import real
 from optical_ray.errors import ConfigError, DataError
-from optical_ray.space import load_space, parse_space, trial_config
-from optical_ray.templates import expand, pair_values
+from optical_ray.sweeps.space import load_space, parse_space, trial_config
+from optical_ray.sweeps.templates import expand, pair_values
 from tests.fake_shared import make_fake_shared
 
 REAL_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "real_mafand.yaml"
@@ -94,7 +94,7 @@ def test_method_is_a_dimension_with_conditional_knobs():
 
 def test_a_language_without_data_lists_what_exists(tmp_path, monkeypatch):
     from optical_ray.config import from_flat
-    from optical_ray.launch import _check_pairs_data
+    from optical_ray.distributed.driver import _check_pairs_data
 
     # the space's '' paths are the default folder: point it at a fake one
     monkeypatch.setenv(real.ENV_VAR, str(make_fake_shared(tmp_path / "s", langs=("swa", "hau"))))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optical_ray.text import LetterFolder, base_letter
-from optical_ray.tiny import train_tokenizer
+from optical_ray.models.text import LetterFolder, base_letter
+from optical_ray.models.tiny import train_tokenizer
 
 ASCII_HAUSA = [
     "akwai tsoron hadari a tsakanin wasu",
@@ -42,7 +42,7 @@ def test_letters_the_vocabulary_has_are_kept(tmp_path) -> None:
 
 @pytest.mark.parametrize("fold", [True, False])
 def test_model_tokenize_folds_only_when_configured(tiny_config, tiny_world, fold) -> None:
-    from optical_ray.model import RetrievalModel
+    from optical_ray.models.encoder import RetrievalModel
 
     model = RetrievalModel.from_config(tiny_config(**{"model.fold_letters": fold}))
     unk = model.tokenizer.unk_token_id

@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from optical_ray.data.formats import iter_bitext
 from optical_ray.errors import ConfigError
-from optical_ray.tiny import (
+from optical_ray.models.tiny import (
     SPECIAL_TOKENS,
     TinyModelSpec,
     build_tiny_encoder,

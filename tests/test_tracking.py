@@ -75,7 +75,7 @@ def test_bad_tracking_values_are_one_clear_error_each() -> None:
 
 
 def test_cli_rejects_a_bad_tracking_flag_with_exit_2(capsys) -> None:
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     code = main(
         [
@@ -94,7 +94,7 @@ def test_cli_rejects_a_bad_tracking_flag_with_exit_2(capsys) -> None:
 
 
 def test_params_never_carry_secrets(monkeypatch) -> None:
-    from optical_ray.tracking import safe_params
+    from optical_ray.tracking.trackers import safe_params
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-123")
     params = safe_params(
@@ -119,7 +119,7 @@ def test_an_existing_study_needs_resume_and_gives_importances(tmp_path) -> None:
 
     from optical_ray.errors import ConfigError
     from optical_ray.storage import resolve_storage
-    from optical_ray.tracking import optuna_storage_url, prepare_study, study_importances
+    from optical_ray.tracking.trackers import optuna_storage_url, prepare_study, study_importances
 
     store = resolve_storage(str(tmp_path / "store"))
     url = optuna_storage_url(None, store)
@@ -152,7 +152,7 @@ def _open_study(args: tuple[str, str]) -> str:
     """What a pair's task does with its study (module level: spawned processes run it)."""
     import optuna
 
-    from optical_ray.tracking import open_study_storage
+    from optical_ray.tracking.trackers import open_study_storage
 
     url, name = args
     try:
@@ -172,10 +172,10 @@ def test_the_driver_prepares_every_study_before_pairs_open_them(tmp_path) -> Non
 
     from optical_ray.config import from_dict
     from optical_ray.errors import ConfigError
-    from optical_ray.launch import prepare_studies
-    from optical_ray.sweep import PairPlan
+    from optical_ray.distributed.driver import prepare_studies
+    from optical_ray.sweeps.plan import PairPlan
     from optical_ray.storage import resolve_storage
-    from optical_ray.tracking import optuna_storage_url
+    from optical_ray.tracking.trackers import optuna_storage_url
 
     cfg = from_dict(
         {
@@ -203,7 +203,7 @@ def test_the_driver_prepares_every_study_before_pairs_open_them(tmp_path) -> Non
 def test_wandb_runs_offline_without_network(tmp_path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     from optical_ray.storage import resolve_storage
-    from optical_ray.tracking import make_trackers
+    from optical_ray.tracking.trackers import make_trackers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -265,8 +265,8 @@ def _base(root: Path, storage: str, **over):
 @pytest.fixture(scope="module")
 def tracked(cluster, sweep_root, mlflow_server):
     """A 3-trial sweep of en-xc tracked to the MLflow server and TensorBoard."""
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     storage = str(sweep_root / "store-tracked")
     result = run_sweep(
@@ -300,7 +300,7 @@ def _runs(uri: str, sweep: str):
 
 @pytest.mark.slow
 def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:
-    from optical_ray.tracking import safe_params
+    from optical_ray.tracking.trackers import safe_params
 
     _, storage = tracked
     records = _records(storage)
@@ -317,7 +317,7 @@ def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:
         assert tags["optical_ray.catalog_record_id"] == rec["record_id"]
         assert tags["optical_ray.checkpoint_uri"] == rec["checkpoint_uri"]
         assert tags["optical_ray.status"] == rec["status"]
-        assert tags["optical_ray.sweep"] == "trk" and tags["optical_ray.pair"] == "en-xc"
+        assert tags["optical_ray.sweeps.plan"] == "trk" and tags["optical_ray.pair"] == "en-xc"
         assert run.info.status == "FINISHED"
         assert run.data.params == safe_params(json.loads(rec["config"]))
         history = client.get_metric_history(run.info.run_id, "en-xc/map")
@@ -380,8 +380,8 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(
 ) -> None:
     import optuna
 
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     _, storage = tracked
     # Resuming a finished sweep: nothing runs again, and nothing is tracked twice.
@@ -414,8 +414,8 @@ def test_a_dead_tracking_server_costs_warnings_not_results(
     """Runs last: it kills the module's server once the first trial's run exists."""
     from mlflow import MlflowClient
 
-    from optical_ray.space import parse_space
-    from optical_ray.sweep import run_sweep
+    from optical_ray.sweeps.space import parse_space
+    from optical_ray.sweeps.plan import run_sweep
 
     storage = str(sweep_root / "store-killed")
     client = MlflowClient(tracking_uri=mlflow_server.uri)
@@ -463,7 +463,9 @@ def test_a_sweep_prepares_every_pair_study_through_one_storage(tmp_path, monkeyp
 
     import optuna
 
-    from optical_ray import launch, tracking
+    from optical_ray.distributed import driver as launch
+
+    from optical_ray.tracking import trackers as tracking
     from optical_ray.config import Config
     from optical_ray.errors import ConfigError
     from optical_ray.storage import resolve_storage

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import optical_ray.losses as losses
-import optical_ray.train as train_mod
-import optical_ray.stages as stages_mod
+import optical_ray.training.losses as losses
+import optical_ray.training.recipe as train_mod
+import optical_ray.training.stages as stages_mod
 from optical_ray.config import Config
 from optical_ray.data.sources import bitext_pairs, rank_collection
 from optical_ray.errors import ConfigError, TrainingError
-from optical_ray.model import RetrievalModel
-from optical_ray.tiny import TinyModelSpec, build_tiny_encoder
-from optical_ray.checkpoint import read_checkpoint_state
-from optical_ray.losses import distill_loss
-from optical_ray.train import (
+from optical_ray.models.encoder import RetrievalModel
+from optical_ray.models.tiny import TinyModelSpec, build_tiny_encoder
+from optical_ray.training.checkpoint import read_checkpoint_state
+from optical_ray.training.losses import distill_loss
+from optical_ray.training.recipe import (
     History,
     LocalContext,
     TrainContext,
@@ -430,7 +430,7 @@ def test_tune_trial_resumes_from_its_newest_complete_checkpoint(tiny_config, tmp
 
     from ray import tune
 
-    import optical_ray.tune_trial as tune_trial
+    import optical_ray.distributed.trial as tune_trial
 
     cfg = _rank_checkpointing_every_step(tiny_config)
     run_dir = Path(cfg.output_dir) / cfg.name
@@ -518,7 +518,7 @@ def test_teacher_learns_and_ot_distillation_closes_the_gap(tiny_config, tiny_wor
 
 
 def test_filter_bitext_drops_long_pairs_and_extreme_ratios(tiny_config, tiny_world):
-    from optical_ray.batches import filter_bitext
+    from optical_ray.training.batches import filter_bitext
 
     cfg = tiny_config(**{"model.max_bitext_length": 12})
     model = tiny_model(cfg, tiny_world.tokenizer_dir)
@@ -551,7 +551,7 @@ def test_everything_filtered_is_a_data_error(tiny_config, tiny_world):
 
 
 def test_english_rows_hit_the_fraction_exactly():
-    from optical_ray.batches import english_rows
+    from optical_ray.training.batches import english_rows
 
     rows = [english_rows(b, 8, 0.3) for b in range(10)]
     assert sum(rows) == 24 and set(rows) <= {2, 3}  # 0.3 * 8 * 10, spread evenly
@@ -599,8 +599,8 @@ def test_l2sp_penalises_distance_to_the_teacher(tiny_config, tiny_world):
 
 @pytest.mark.parametrize("late", [False, True])
 def test_pair_contrastive_loss_rewards_each_row_finding_its_own_pair(tiny_config, tiny_world, late):
-    from optical_ray.losses import pair_contrastive_loss
-    from optical_ray.model import Encoded
+    from optical_ray.training.losses import pair_contrastive_loss
+    from optical_ray.models.encoder import Encoded
 
     model = tiny_model(tiny_config(), tiny_world.tokenizer_dir)
     torch.manual_seed(0)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from optical_ray.checkpoint import read_checkpoint_state, save_checkpoint
-from optical_ray.cli import main
+from optical_ray.training.checkpoint import read_checkpoint_state, save_checkpoint
+from optical_ray.cli.parser import main
 from optical_ray.config import from_flat
-from optical_ray.context import (
+from optical_ray.training.context import (
     PROGRESS_FILE,
     UNSCORED,
     History,
@@ -23,10 +23,10 @@ from optical_ray.context import (
     read_progress,
 )
 from optical_ray.errors import ConfigError
-from optical_ray.loop import Stage, checkpoint_state, finish_without_training
-from optical_ray.losses import mix_distill_losses, token_mse_loss
-from optical_ray.model import RetrievalModel, check_distill_layers, model_depth
-from optical_ray.train import local_run_dir, run
+from optical_ray.training.loop import Stage, checkpoint_state, finish_without_training
+from optical_ray.training.losses import mix_distill_losses, token_mse_loss
+from optical_ray.models.encoder import RetrievalModel, check_distill_layers, model_depth
+from optical_ray.training.recipe import local_run_dir, run
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -321,7 +321,7 @@ def test_distill_reports_sinkhorn_convergence(tiny_config):
     """Every report of an OT distill stage carries the fraction of its steps whose plan
     stopped before distill.sinkhorn_tol and the worst marginal error (the catalog keeps
     both); a budget that suffices reports 0."""
-    from optical_ray.train import local_run_dir, run
+    from optical_ray.training.recipe import local_run_dir, run
 
     def last_row(**over):
         cfg = tiny_config(

@@ -16,7 +16,7 @@ def key_env(monkeypatch):
 
 
 def test_key_file_is_created_once_private(tmp_path, monkeypatch) -> None:
-    from optical_ray.trust import state_key
+    from optical_ray.distributed.trust import state_key
 
     monkeypatch.delenv("OPTICAL_RAY_STATE_KEY", raising=False)
     path = tmp_path / "cfg" / "state.key"
@@ -28,7 +28,7 @@ def test_key_file_is_created_once_private(tmp_path, monkeypatch) -> None:
 
 
 def test_manifest_signature_and_versions(key_env) -> None:
-    from optical_ray.trust import StateManifest, UntrustedStateError, state_key
+    from optical_ray.distributed.trust import StateManifest, UntrustedStateError, state_key
 
     m = StateManifest()
     assert m.add("tuner.pkl", b"v1") and not m.add("tuner.pkl", b"v1")
@@ -59,9 +59,9 @@ class _Payload:
 
 
 def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -> None:
-    from optical_ray.trust import StateSigner, verify_state
+    from optical_ray.distributed.trust import StateSigner, verify_state
     from optical_ray.storage import resolve_storage
-    from optical_ray.trust import StateManifest, UntrustedStateError
+    from optical_ray.distributed.trust import StateManifest, UntrustedStateError
 
     store = resolve_storage(str(tmp_path / "store"))
     staging = tmp_path / "staging"
@@ -97,7 +97,7 @@ def test_the_signer_waits_until_storage_holds_what_it_signed(tmp_path, key_env) 
     import time
 
     from optical_ray.storage import resolve_storage
-    from optical_ray.trust import StateManifest, StateSigner
+    from optical_ray.distributed.trust import StateManifest, StateSigner
 
     store = resolve_storage(str(tmp_path / "store"))
     staging = tmp_path / "staging"

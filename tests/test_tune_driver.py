@@ -16,7 +16,7 @@ def test_the_driver_side_never_imports_torch() -> None:
     """The pair's task, the coordinator and the driver import launch/raytune/tracking
     glue only; the training code (and torch) loads in trial processes."""
     code = (
-        "import sys, optical_ray.launch, optical_ray.raytune, optical_ray.tracking_tune; "
+        "import sys, optical_ray.distributed.driver, optical_ray.distributed.pair, optical_ray.distributed.tracking; "
         "print(sorted(m for m in ('torch', 'tensorboardX', 'mlflow', 'wandb') "
         "if m in sys.modules))"
     )
@@ -30,7 +30,7 @@ def test_tune_adds_no_tensorboard_logger_but_keeps_the_result_files() -> None:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
     from ray.tune.utils.callback import _create_default_callbacks
 
-    from optical_ray.raytune import _no_default_loggers, _result_loggers
+    from optical_ray.distributed.pair import _no_default_loggers, _result_loggers
 
     with _no_default_loggers():
         callbacks = _create_default_callbacks(_result_loggers())
@@ -49,7 +49,7 @@ def test_callback_telemetry_is_skipped_where_tune_calls_it() -> None:
     import ray.tune.tune as tune_module
     from ray.air._internal import usage
 
-    from optical_ray.raytune import _no_callback_telemetry
+    from optical_ray.distributed.pair import _no_callback_telemetry
 
     assert "air_usage.tag_callbacks(" in inspect.getsource(tune_module.run)
     assert tune_module.air_usage is usage

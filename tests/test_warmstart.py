@@ -11,8 +11,8 @@ import pytest
 
 from optical_ray.config import from_flat, to_flat
 from optical_ray.errors import ConfigError, StorageError
-from optical_ray.space import parse_space
-from optical_ray.warmstart import (
+from optical_ray.sweeps.space import parse_space
+from optical_ray.sweeps.warmstart import (
     WarmPoint,
     build_prior,
     choose_sources,
@@ -351,7 +351,7 @@ def _study(sampler=None):
 
 
 def test_enqueued_points_run_first_through_the_space_and_never_twice() -> None:
-    from optical_ray.warmsampler import enqueue_points
+    from optical_ray.sweeps.warmsampler import enqueue_points
 
     base, params = _params()
     chosen, _, _ = space_params(
@@ -377,7 +377,7 @@ def _prior(n: int = 30):
     """Source trials whose quality peaks at epsilon 0.05 (log-distance ranks them)."""
     import optuna.distributions as d
 
-    from optical_ray.warmstart import PriorTrial
+    from optical_ray.sweeps.warmstart import PriorTrial
 
     dist = {"distill.epsilon": d.FloatDistribution(0.01, 1.0, log=True)}
     eps = [10 ** (-2 + 2 * i / (n - 1)) for i in range(n)]
@@ -401,7 +401,7 @@ def _draws(sampler, n=12):
 def test_the_prior_steers_tpe_towards_the_sources_good_region() -> None:
     import optuna
 
-    from optical_ray.warmsampler import TransferSampler, sampler_origin
+    from optical_ray.sweeps.warmsampler import TransferSampler, sampler_origin
 
     def tpe():
         return optuna.samplers.TPESampler(
@@ -424,7 +424,7 @@ def test_the_prior_steers_tpe_towards_the_sources_good_region() -> None:
 def test_the_prior_fades_as_the_pairs_own_trials_arrive() -> None:
     import optuna
 
-    from optical_ray.warmsampler import TransferSampler
+    from optical_ray.sweeps.warmsampler import TransferSampler
 
     s = TransferSampler(optuna.samplers.TPESampler(constant_liar=False), _prior(30), "max", fade=10)
     assert len(s.faded(0)) == 30 and s.faded(10) == [] and len(s.faded(5)) == 15
@@ -464,7 +464,7 @@ def test_the_cli_refuses_bad_warm_starts_in_one_line(
 ) -> None:
     import yaml
 
-    from optical_ray.cli import main
+    from optical_ray.cli.parser import main
 
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
@@ -476,8 +476,8 @@ def test_the_cli_refuses_bad_warm_starts_in_one_line(
 
 def test_the_report_plots_a_warm_sweep_against_a_cold_one(tmp_path: Path) -> None:
     from optical_ray.catalog import Catalog, TrialRecord
-    from optical_ray.report import build_report
-    from optical_ray.warmstart import best_so_far
+    from optical_ray.report.gap import build_report
+    from optical_ray.sweeps.warmstart import best_so_far
 
     def rec(exp, trial, value, origin, start, iterations=2, status="finished"):
         return TrialRecord(

@@ -31,7 +31,7 @@ def stand_in(sampled: dict[str, Any], *, plan: Any) -> None:
     from ray import tune
 
     from optical_ray.config import to_flat
-    from optical_ray.sweep import CONFIG_KEY, FINISHED_KEY, resolve_trial_config
+    from optical_ray.sweeps.plan import CONFIG_KEY, FINISHED_KEY, resolve_trial_config
 
     trial_id = tune.get_context().get_trial_id()
     config = json.dumps(to_flat(resolve_trial_config(plan, sampled, trial_id)), sort_keys=True)
@@ -67,8 +67,8 @@ def cluster():
 
 def _run(root: Path, name: str, pairs: list[str], **over: Any) -> tuple[Any, list[str]]:
     from optical_ray.config import from_flat
-    from optical_ray.launch import run
-    from optical_ray.space import parse_space
+    from optical_ray.distributed.driver import run
+    from optical_ray.sweeps.space import parse_space
 
     cfg = from_flat(
         {

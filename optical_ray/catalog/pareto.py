@@ -33,7 +33,7 @@ import pandas as pd
 
 from optical_ray.catalog.records import HYPERPARAMETERS
 from optical_ray.errors import ConfigError, StorageError
-from optical_ray.schema import METRIC_RE
+from optical_ray.config import METRIC_RE
 
 __all__ = [
     "Objective",
@@ -471,7 +471,7 @@ def search_objective(sw: Any) -> tuple[str | list[str], str | list[str]]:
 
 def search_problems(sw: Any) -> list[str]:
     """Problems with ``sweep.objectives`` / ``sweep.constraints`` (a
-    :class:`~optical_ray.config.SweepConfig`), one line each."""
+    :class:`~optical_ray.config.build.SweepConfig`), one line each."""
     problems: list[str] = []
     objs: list[Objective] = []
     conds: list[Condition] = []

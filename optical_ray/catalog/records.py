@@ -16,10 +16,17 @@ import pandas as pd
 import pyarrow as pa
 
 from optical_ray import __version__
-from optical_ray.config import MAIN_HYPERPARAMETERS, PAIR_RE, Config, from_flat, to_dict, to_flat
+from optical_ray.config import (
+    MAIN_HYPERPARAMETERS,
+    PAIR_RE,
+    Config,
+    from_flat,
+    to_dict,
+    to_flat,
+)
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
-from optical_ray.warmstart import origin_problems
+from optical_ray.sweeps.warmstart import origin_problems
 
 __all__ = [
     "TrialRecord",
@@ -94,7 +101,7 @@ SCHEMA = pa.schema(
         ("eval_s", pa.float64()),
         ("version", pa.string()),
         ("host", pa.string()),
-        # the best dev evaluation's per-query values (optical_ray.perquery), or null
+        # the best dev evaluation's per-query values (optical_ray.evaluation.perquery), or null
         ("dev_per_query", pa.string()),
     ],
     metadata={"optical_ray.catalog": "1"},
@@ -186,9 +193,9 @@ class TrialRecord:
     0.31}`` (plain keys are the trial's own pair). ``baseline_metrics`` (optional) holds
     the same keys for the zero-shot teacher on the same evaluation set: the report's
     baseline when no ``distill.method: none`` trial was run. ``config`` is the flat
-    dict given to Ray Tune (or a :class:`~optical_ray.config.Config`).
+    dict given to Ray Tune (or a :class:`~optical_ray.config.build.Config`).
     ``dev_per_query``: the per-query values of the best dev evaluation, encoded by
-    :func:`optical_ray.perquery.encode_per_query` (paired tests between trials).
+    :func:`optical_ray.evaluation.perquery.encode_per_query` (paired tests between trials).
 
     ``retention``: the trial's English (reference pair) metric over the teacher's;
     ``device_s``: devices per worker x workers x ``training_s``; ``eval_s``: seconds
@@ -361,7 +368,7 @@ class BestRecord:
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """The main searched knobs (:data:`~optical_ray.config.MAIN_HYPERPARAMETERS`)
+        """The main searched knobs (:data:`~optical_ray.config.build.MAIN_HYPERPARAMETERS`)
         by column name: epsilon, weight, layers, lr, method."""
         return {col: self.flat_config.get(key) for col, key in HYPERPARAMETERS.items()}
 

@@ -10,7 +10,7 @@ switches flip at seeded thresholds around ``d`` (adjectives after nouns, case an
 suffixes, verb-final order, postpositions, no articles). The bitext size falls with
 ``d`` (log-uniform, ``bitext`` ± a factor of 2 around the tier's default): distant
 languages are also the low-resource ones, as they tend to be. Two members with close
-``d`` therefore have close specs (see :func:`optical_ray.langsim.similarity`).
+``d`` therefore have close specs (see :func:`optical_ray.sweeps.langsim.similarity`).
 
 Codes are ``qa``, ``qb``, ... (the ISO 639 ``q`` range is reserved for local use, so
 they never name a real language).

@@ -152,7 +152,7 @@ def synthesize_world(
     (unit tests, < 2 s) or ``"default"``. The same arguments give byte-identical files.
     ``manifest.json`` is written last, so a world without one is incomplete.
     """
-    from optical_ray.tiny import train_tokenizer  # tiny imports transformers: keep it lazy
+    from optical_ray.models.tiny import train_tokenizer  # tiny imports transformers: keep it lazy
 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r}: must be an integer")

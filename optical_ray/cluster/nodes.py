@@ -1,0 +1,236 @@
+"""The parts of a local Ray cluster below :class:`optical_ray.cluster.local.LocalCluster`:
+sizes and limits, free ports, the processes a cluster started (found by the environment
+marker every one of them inherits), and the state file that lets ``down`` and ``status``
+work from any process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from optical_ray.errors import ClusterError, ConfigError
+
+__all__ = [
+    "MARKER_ENV",
+    "NodeStatus",
+    "ClusterStatus",
+    "parse_bytes",
+    "default_state_dir",
+    "fmt_bytes",
+    "physical_memory",
+    "free_ports",
+    "environ_has",
+    "marked_pids",
+    "session_of",
+    "reap",
+    "signal_all",
+    "Node",
+    "State",
+]
+
+MARKER_ENV = "OPTICAL_RAY_CLUSTER_ID"
+MAX_NODES = 16
+MAX_CPUS_PER_NODE = 64
+DEFAULT_OBJECT_STORE = 200 * 2**20
+MIN_OBJECT_STORE = 75 * 2**20  # Ray refuses a smaller object store
+MIN_MEMORY = 256 * 2**20
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+STARTED_LINE = "Ray runtime started"
+# A node start that failed for a passing reason is tried again: a port taken in the
+# moment between picking and binding it, or a raylet that missed Ray's fixed 30 s
+# registration window on an overloaded machine.
+RETRYABLE = re.compile(
+    r"already in use|address in use|failed to bind|timed out during startup", re.IGNORECASE
+)
+
+
+def parse_bytes(value: int | str, flag: str) -> int:
+    """``2G``, ``512M``, ``150MiB``, ``1.5g`` or a plain byte count, as bytes (binary
+    units). Raises :class:`ConfigError` naming ``flag`` for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > 0:
+            return value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
+        if m and float(m.group(1)) > 0:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ConfigError(
+        f"{flag}: got {value!r}, expected a size such as 2G, 512M or 1073741824 (bytes)"
+    )
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("G", 2**30), ("M", 2**20)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n}B"
+
+
+def default_state_dir() -> Path:
+    """Where cluster state files live unless told otherwise: ``~/.optical-ray/clusters``."""
+    return Path.home() / ".optical-ray" / "clusters"
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on every interface right now, chosen by the OS.
+
+    All sockets stay open until every port is picked, so the ports are distinct; Ray
+    binds them a moment later (a node that loses that race is started again)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read().split(b"\0")
+    except OSError:  # gone, a zombie, or another user's process: not ours
+        return False
+
+
+def marked_pids(cluster_id: str) -> list[int]:
+    """Every live process whose environment carries this cluster's marker."""
+    if not os.path.isdir("/proc"):
+        raise ClusterError(
+            "local clusters find their processes in /proc; this platform "
+            "has none (run the cluster on Linux)"
+        )
+    needle = f"{MARKER_ENV}={cluster_id}".encode()
+    me = os.getpid()
+    return sorted(
+        int(e.name)
+        for e in os.scandir("/proc")
+        if e.name.isdigit() and int(e.name) != me and environ_has(int(e.name), needle)
+    )
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[3])  # after "pid (comm)": state ppid pgrp session ...
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def reap(pid: int) -> None:
+    """Collect ``pid``'s exit status if it is our child (so it is no zombie)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class NodeStatus:
+    """One node of a local cluster, as :meth:`LocalCluster.status` sees it."""
+
+    role: str  # "head" or "worker"
+    index: int
+    pid: int
+    alive: bool
+    node_manager_port: int
+    log: str
+
+
+@dataclass
+class ClusterStatus:
+    """What :meth:`LocalCluster.status` reports; ``format()`` is what the CLI prints."""
+
+    name: str
+    address: str
+    dashboard_url: str
+    temp_dir: str
+    cpus_per_node: int
+    started_at: float
+    nodes: list[NodeStatus]
+    processes: int
+    registered: int | None  # alive nodes as Ray's state API sees them (None: no answer)
+
+    @property
+    def up(self) -> bool:
+        """Every node's launcher is alive."""
+        return all(n.alive for n in self.nodes)
+
+    def format(self) -> str:
+        alive = sum(n.alive for n in self.nodes)
+        state = "up" if self.up else ("down" if alive == 0 else "degraded")
+        lines = [
+            f"local Ray cluster {self.name!r}: {state}, {alive}/{len(self.nodes)} node "
+            f"launchers alive, {self.processes} processes"
+            + ("" if self.registered is None else f", {self.registered} nodes registered with Ray")
+            + f" (started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started_at))})",
+            f"  address:   {self.address}",
+            f"  dashboard: {self.dashboard_url}",
+            f"  logs:      {self.temp_dir}",
+        ]
+        for n in self.nodes:
+            lines.append(
+                f"  {n.role:6s} {n.index}: pid {n.pid} "
+                f"{'alive' if n.alive else 'gone'}, {self.cpus_per_node} CPUs, "
+                f"node manager port {n.node_manager_port}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass
+class Node:
+    role: str
+    index: int
+    pid: int
+    ports: dict[str, int]
+    log: str
+
+
+@dataclass
+class State:
+    name: str
+    cluster_id: str
+    temp_dir: str
+    auth_mode: str
+    nodes: int
+    cpus_per_node: int
+    gpus_per_node: int
+    memory: int
+    object_store_memory: int
+    started_at: float
+    launched: list[Node] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> State:
+        data = json.loads(text)
+        data["launched"] = [Node(**n) for n in data.get("launched", [])]
+        return cls(**data)

@@ -1,0 +1,300 @@
+"""The sweep's driver: checks every pair before any trial starts, then runs each
+pair's experiment in its own zero-CPU Ray task (pinned to the driver's node, whose local
+paths and key file it uses) and prints one line per pair as its trials move.
+
+The pairs share ``sweep.max_concurrent`` trials in flight through a named coordinator
+actor that each pair's :class:`~optical_ray.distributed.slots.SharedLimiter` asks before it
+samples; ``sweep.pair_order: sequential`` runs the same tasks one after another (the
+baseline ``benchmarks/bench_cluster.py`` measures against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import ray
+from ray import tune
+
+from optical_ray.config import Config
+from optical_ray.errors import ConfigError, DataError, OpticalRayError
+from optical_ray.distributed.pair import _SECRET_VARS, NAMESPACE, fit_pair
+from optical_ray.storage import redact
+from optical_ray.distributed.slots import SlotPool
+from optical_ray.sweeps.space import trial_config, validate_space
+from optical_ray.sweeps.plan import (
+    PairPlan,
+    PairResult,
+    SweepResult,
+    error_reason,
+    plan_sweep,
+    unconverging_epsilon,
+)
+from optical_ray.distributed.trust import state_key, verify_state
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0)
+class _Coordinator:
+    """The sweep's shared state: trials in flight across pairs (the global budget) and
+    each pair's progress, read by the driver."""
+
+    def __init__(self, capacity: int, owners: list[str]) -> None:
+        self.slots = SlotPool(capacity, owners)
+        self.progress: dict[str, dict[str, Any]] = {}
+
+    def acquire(self, owner: str, trial_id: str) -> bool:
+        return self.slots.acquire(owner, trial_id)
+
+    def release(self, owner: str, trial_id: str) -> None:
+        self.slots.release(owner, trial_id)
+
+    def release_owner(self, owner: str) -> None:
+        self.slots.release_owner(owner)
+
+    def in_flight(self) -> int:
+        return self.slots.in_flight()
+
+    def update(self, pair: str, state: dict[str, Any]) -> None:
+        self.progress[pair] = state
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return dict(self.progress)
+
+
+def _coordinator_name(cfg: Config) -> str:
+    return f"sweep:{cfg.name}:{cfg.storage.uri}"
+
+
+def _check_pairs_data(cfg: Config, space: Any) -> None:
+    """Every pair's evaluation data (and bitext, when it distils) exists, as the space
+    names them for that pair (its templates filled in): one error listing every pair
+    that lacks it, before any trial starts."""
+    from optical_ray.data.sources import bitext_pairs, eval_collection
+    from optical_ray.sweeps.space import trial_config
+
+    problems = []
+    for pair in cfg.sweep.pairs:
+        try:
+            pcfg = trial_config(space, pair, {}, cfg)
+            eval_collection(pcfg, pair, pcfg.eval.split)
+            if "distill" in pcfg.train.stages and pcfg.distill.method != "none":
+                bitext_pairs(pcfg, pair)
+        except (DataError, ConfigError) as exc:
+            problems.append(f"{pair}: {exc}")
+    if problems:
+        raise DataError("sweep pairs without data: " + "; ".join(problems))
+
+
+def _pair_task_env() -> dict[str, str]:
+    """Settings a pair's task takes from the driver's environment (Ray Tune / Train
+    switches and ours; never credentials)."""
+    prefixes = ("TUNE_", "RAY_TRAIN_", "RAY_AIR_", "OPTICAL_RAY_")
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(prefixes)
+        and k not in _SECRET_VARS
+        and "SECRET" not in k
+        and k != "OPTICAL_RAY_STATE_KEY"
+    }
+
+
+def _progress_line(pair: str, state: Mapping[str, Any], metric: str) -> str:
+    ended = state["finished"] + state["stopped"] + state["failed"]
+    line = (
+        f"[sweep] {pair}: {ended}/{state['samples']} done ({state['finished']} finished, "
+        f"{state['stopped']} stopped, {state['failed']} failed), {state['running']} "
+        "running"
+    )
+    if state.get("best") is not None:
+        line += f"; best {metric} {state['best']:.4f} ({state['best_trial']})"
+    remaining = state["samples"] - ended
+    if ended and remaining > 0:
+        eta = (time.time() - state["start"]) / ended * remaining
+        line += f"; ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+    return line
+
+
+def _wait(
+    refs: dict[str, Any], coord: Any, metric: str, verbose: int, out: Callable[[str], None]
+) -> dict[str, PairResult | BaseException]:
+    """Wait for every pair's task, printing a pair's progress line when it changes."""
+    pending = dict(refs)
+    shown: dict[str, tuple] = {}
+    results: dict[str, PairResult | BaseException] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=2.0)
+        if verbose >= 1:
+            with contextlib.suppress(Exception):
+                for pair, state in ray.get(coord.snapshot.remote()).items():
+                    key = tuple(
+                        state.get(k) for k in ("running", "finished", "stopped", "failed", "best")
+                    )
+                    if shown.get(pair) != key:
+                        shown[pair] = key
+                        out(_progress_line(pair, state, metric))
+        for ref in ready:
+            pair = next(p for p, r in pending.items() if r == ref)
+            del pending[pair]
+            try:
+                results[pair] = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - one pair's failure ends only it
+                results[pair] = exc
+            coord.release_owner.remote(pair)
+    return results
+
+
+def prepare_studies(plans: list[PairPlan], store: Any, resume: bool) -> None:
+    """Create (or, on ``resume``, reattach to) every pair's persistent Optuna study here,
+    in the driver, before any pair starts: pair tasks that each created a fresh SQLite
+    file's schema at once collided, and a study that exists without ``--resume`` is
+    refused before anything runs."""
+    from optical_ray.catalog.pareto import search_objective
+    from optical_ray.tracking.trackers import open_study_storage, optuna_storage_url, prepare_study
+
+    if not plans:
+        return
+    sw = plans[0].base.sweep
+    url = optuna_storage_url(sw.optuna_storage, store)
+    if url is None:
+        return
+    storage = open_study_storage(url)  # once: each opening checks the schema
+    metric, mode = search_objective(sw)  # lists for several objectives
+    for plan in plans:
+        prepare_study(
+            url, plan.experiment, resume=resume, metric=metric, mode=mode, storage=storage
+        )
+
+
+def run(
+    cfg: Config,
+    space: Any,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: int = 1,
+    trust_storage: bool = False,
+    out: Callable[[str], None] | None = None,
+    trial_fn: Any = None,
+    check_data: bool = True,
+) -> SweepResult:
+    """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`optical_ray.sweeps.plan.run_sweep`).
+
+    ``out`` receives the progress lines (default: print); ``trial_fn(sampled, plan=)``
+    replaces the training trial, for benchmarks of the driver itself (which pass
+    ``check_data=False``: their stand-in trials read no data)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from optical_ray.catalog import Catalog
+    from optical_ray.data.sources import ensure_data_root
+    from optical_ray.distributed.driverwatch import this_driver
+    from optical_ray.distributed.train import _check_resources, init_ray, prepare_config
+    from optical_ray.models.encoder import model_depth
+    from optical_ray.storage import resolve_storage
+
+    out = out or (lambda line: print(line, flush=True))
+    cfg = prepare_config(cfg)
+    sw = cfg.sweep
+    store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    if store.scheme == "s3":
+        store.ensure_bucket()
+    Catalog(store)  # a storage the catalog cannot use fails here, not in a trial
+    # The model (and its depth) as the space's fixed values name it for the first pair.
+    depth = model_depth(trial_config(space, sw.pairs[0], {}, cfg))
+    validate_space(space, depth)
+    for line in unconverging_epsilon(cfg, space):
+        log.warning("%s", line)
+    # Source pairs are read and checked before data or Ray: a bad source is one line.
+    from optical_ray.sweeps.warmstart import plan_warm_starts
+
+    warm = plan_warm_starts(cfg, space, depth, out)
+    if check_data:
+        if not space.templated:
+            ensure_data_root(cfg)  # generated once here, not raced for by the trials
+        _check_pairs_data(cfg, space)
+    init_ray(address, log_to_driver=verbose >= 2)
+    _check_resources(cfg)
+    fs = store.ray_storage_filesystem()
+    exists = {
+        pair: tune.Tuner.can_restore(store.join(f"{cfg.name}-{pair}"), storage_filesystem=fs)
+        for pair in sw.pairs
+    }
+    plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
+    plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
+    key = state_key()
+    for plan in plans:
+        if plan.resume:
+            if trust_storage:
+                log.warning(
+                    "resuming %s without checking its saved state "
+                    "(--trust-storage): Ray unpickles whatever is there",
+                    redact(store.uri_of(store.rel(plan.path))),
+                )
+            else:
+                verify_state(store, store.rel(plan.path), key)
+    prepare_studies(plans, store, resume)
+    name = _coordinator_name(cfg)
+    with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    # The coordinator and the pairs' tasks live on the driver's node: a worker node
+    # that dies then takes only trials with it (they restart from their checkpoints).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # Concurrent pairs share the slots equally (a pair that ends leaves its share to
+    # the others); one after another, the pair running has them all.
+    owners = [p.pair for p in plans] if sw.pair_order == "concurrent" else []
+    coord = _Coordinator.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
+        sw.max_concurrent, owners
+    )
+    task = ray.remote(fit_pair).options(
+        num_cpus=0,
+        max_retries=0,
+        runtime_env={"env_vars": _pair_task_env()},
+        scheduling_strategy=here,
+    )
+    driver = this_driver()  # each pair task ends itself when this process dies
+    results: dict[str, PairResult | BaseException] = {}
+    try:
+        if sw.pair_order == "sequential":
+            for plan in plans:
+                ref = task.remote(plan, name, verbose, key, trial_fn, driver)
+                results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out))
+        else:
+            refs = {p.pair: task.remote(p, name, verbose, key, trial_fn, driver) for p in plans}
+            results = _wait(refs, coord, sw.metric, verbose, out)
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(coord)
+    pairs = {}
+    for plan in plans:
+        r = results[plan.pair]
+        if isinstance(r, BaseException):
+            r = PairResult(
+                plan.pair,
+                plan.experiment,
+                plan.path,
+                None,
+                {},
+                None,
+                None,
+                0,
+                searched=plan.searched,
+                error=_root_cause(r),
+            )
+        pairs[plan.pair] = r
+    return SweepResult(cfg.name, sw.metric, store.uri, pairs)
+
+
+def _root_cause(error: BaseException) -> str:
+    """One line for a pair whose task failed (Ray wraps the exception)."""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    if isinstance(cause, OpticalRayError):
+        return str(cause)
+    return error_reason(str(cause)) or type(cause).__name__

@@ -1,0 +1,682 @@
+"""Everything Ray Tune, in one adapter (the trial function and its context are in
+:mod:`optical_ray.distributed.trial`, imported only in trial processes; the catalog and
+progress callbacks, public Ray API only, in :mod:`optical_ray.distributed.callbacks`; the
+cross-pair trial budget in :mod:`optical_ray.distributed.slots`): the pruning-aware Optuna
+searcher, the signed-state guard, and Tuner build / restore / run per pair.
+
+Ray's API moves fast; the private pieces this project cannot avoid live here only, each
+with a test that fails when Ray changes it: Optuna's study inside ``OptunaSearch``
+(``_ot_study``/``_ot_trials``), the copy of AWS keys into trial runtime envs
+(``class_cache``), and the callbacks of a restored Tuner (``_local_tuner``).
+
+How a sweep runs: the driver plans every pair (:mod:`optical_ray.sweeps.plan`), checks them
+all, then starts one zero-CPU Ray task per pair, pinned to the driver's node (its local
+paths and key file). Each task builds or restores its pair's ``Tuner`` and fits it, so
+the pairs run at the same time with their own TPE model and ASHA brackets, and share
+``sweep.max_concurrent`` trials in flight through one named coordinator actor. The
+driver prints one line per pair as its trials move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from optical_ray.config import from_flat, to_flat
+from optical_ray.distributed.driverwatch import (
+    DriverRef,
+    end_task,
+    local_driver,
+    process_alive,
+    watch_driver,
+)
+from optical_ray.errors import OpticalRayError
+from optical_ray.distributed.slots import (
+    SharedLimiter,
+)  # also the name older saved experiment state uses
+from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
+from optical_ray.sweeps.plan import (
+    CONFIG_KEY,
+    FINISHED_KEY,
+    ORIGIN_KEY,
+    PairPlan,
+    PairResult,
+    error_reason,
+    resolve_trial_config,
+)
+from optical_ray.distributed.callbacks import (
+    NAMESPACE,
+    CatalogCallback,
+    ProgressCallback,
+    is_metric,
+    best_kept_checkpoint,
+    checkpoint_uri,
+)
+from optical_ray.distributed.trust import (
+    StateManifest,
+    StateSigner,
+    UntrustedStateError,
+    sign_tuner_file,
+    state_key,
+    verify_state,
+)
+
+__all__ = [
+    "fit_pair",
+    "PruningAwareOptunaSearch",
+    "ObjectivesOptunaSearch",
+    "make_sampler",
+    "SharedLimiter",
+    "CatalogCallback",
+    "ProgressCallback",
+    "checkpoint_uri",
+    "NAMESPACE",
+]
+
+# Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
+REPORT_ATTEMPTS = 9
+DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
+# Once its driver is gone, a pair task ends at its Tune loop's next step (steps are
+# ~0.1 s apart), after at most UPLOAD_WAIT_S for the last state upload; one whose loop
+# reaches no step within DRIVER_GONE_GRACE_S ends anyway.
+UPLOAD_WAIT_S = 30.0
+DRIVER_GONE_GRACE_S = 60.0
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _storage_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with transient storage failures (pyarrow raises OSError:
+    connection refused, timeouts, 5xx) turned into :class:`StorageUnavailable`."""
+    try:
+        return fn(*args, **kwargs)
+    except OSError as exc:
+        if is_transient(exc):
+            raise StorageUnavailable(redact(" ".join(str(exc).split()))) from exc
+        raise
+
+
+def _trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
+    """The Tune trial function (:func:`optical_ray.distributed.trial.run_trial`), imported in
+    the trial's process: the training code brings torch, which the pair's Tune driver
+    and the coordinator never use (about 2 CPU-seconds of start-up per process)."""
+    from optical_ray.distributed.trial import run_trial
+
+    run_trial(sampled, plan=plan)
+
+
+TrialFn = Callable[..., None]
+
+
+def _trainable(plan: PairPlan, trial_fn: TrialFn | None = None) -> Callable[[dict[str, Any]], None]:
+    """The pair's trial function, under a name of its own: Tune registers trainables
+    cluster-wide by name, so two pairs fitting at once under one name (or one
+    ``with_parameters`` key) would run each other's plans. ``trial_fn(sampled, plan=)``
+    replaces the training trial (benchmarks of the driver use stand-ins)."""
+    fn = trial_fn or _trial
+
+    def trial(sampled: dict[str, Any]) -> None:
+        fn(sampled, plan=plan)
+
+    trial.__name__ = trial.__qualname__ = f"trial_{plan.experiment}"
+    return trial
+
+
+# --------------------------------------------------------------------------- searchers
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial the scheduler stopped early as *pruned*.
+
+    Ray's OptunaSearch tells every trial that ended without an error as complete, with
+    its last metric; under ASHA that compares a metric after one evaluation with others
+    after the full budget. Early in training the two do not rank alike (a learning rate
+    that will win often dips first, while one too small to move stays at the teacher's
+    zero-shot level), so TPE learns the wrong thing. A trial without our end-of-trial
+    report (``FINISHED_KEY``) was stopped: told as pruned, with the intermediate values
+    already reported, Optuna's TPE ranks it below every trial that ran to the end, and
+    pruned trials among themselves by how far they got, then by their last value.
+    """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """The sampled config, with where it came from under ``ORIGIN_KEY``: the
+        enqueued warm-start point's origin, else the sampler's (``random`` or
+        ``sampler``), for the trial's catalog record."""
+        from optical_ray.sweeps.warmsampler import sampler_origin
+
+        config = super().suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        ot_trial = self._ot_trials[trial_id]  # private, as in on_trial_complete
+        origin = ot_trial.user_attrs.get("origin")
+        config[ORIGIN_KEY] = origin or sampler_origin(self._sampler, self._ot_study)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        # After a resume, a trial the persisted study saw end may report again.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        import optuna
+
+        try:
+            if (
+                error
+                or not result
+                or result.get(FINISHED_KEY)
+                or trial_id in self._completed_trials
+            ):
+                super().on_trial_complete(trial_id, result=result, error=error)
+                return
+            # Private: OptunaSearch keeps its study and ask-and-tell trials here.
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A resumed experiment: the persisted study saw this trial end before the
+            # driver died, Tune's older snapshot did not. The study has its result.
+            log.info("trial %s was already told to Optuna before the resume", trial_id)
+        self._completed_trials.add(trial_id)
+
+
+class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
+    """OptunaSearch for several objectives and for constraints (:mod:`optical_ray.catalog.pareto`).
+
+    Objectives and constraints may name what the driver derives from a trial's result
+    (``retention`` over the teacher's ``baseline``, ``cost`` = device-seconds), so they
+    are added to the result before Optuna is told. Each constraint goes to the trial
+    as ``Trial.set_constraint`` (feasible when <= 0): Optuna 5 reads constraints from
+    there (its ``constraints_func`` argument is deprecated), and TPE then draws its
+    "good" group from feasible trials first, ranking infeasible ones by total violation.
+    """
+
+    def __init__(
+        self, *args: Any, cfg: Any, baseline: dict[str, float] | None, conditions: list, **kw: Any
+    ) -> None:
+        self.cfg, self.baseline, self.conditions = cfg, baseline, conditions
+        super().__init__(*args, **kw)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        import optuna
+
+        from optical_ray.catalog.pareto import constraint_values, trial_costs
+
+        if result and not error and trial_id not in self._completed_trials:
+            derived = trial_costs(result, self.cfg, self.baseline)
+            result = {**result, **{k: v for k, v in derived.items() if v is not None}}
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    for name, value in constraint_values(self.conditions, result).items():
+                        ot_trial.set_constraint(name, value)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_sampler(sw: Any, constant_liar: bool = True) -> Any:
+    """The Optuna sampler of ``sw`` (a :class:`~optical_ray.config.build.SweepConfig`), for one
+    objective or several.
+
+    Multivariate TPE models the parameters jointly (epsilon and learning rate
+    interact); Optuna recommends it over independent TPE. With several objectives the
+    same TPESampler is multi-objective TPE (MOTPE, Ozaki et al. 2020): its "good" group
+    is the trials of the best non-dominated ranks, split by hypervolume contribution.
+    NSGA-II is the other choice Optuna offers; it evolves generations of
+    ``population_size`` (50 by default) and is random search until the first one is
+    complete, which a sweep of 8-50 trials per pair never gets past. MOTPE models
+    from the first few trials on, which is the budget sweeps here have.
+    """
+    import optuna
+
+    if sw.search == "random":
+        return optuna.samplers.RandomSampler(seed=sw.seed)
+    return optuna.samplers.TPESampler(
+        seed=sw.seed,
+        multivariate=True,
+        n_startup_trials=max(2, min(5, sw.samples // 3)),
+        constant_liar=constant_liar,
+    )
+
+
+def _searcher(
+    plan: PairPlan, coordinator: str, baseline: dict[str, float] | None = None
+) -> Searcher:
+    from optical_ray.catalog.pareto import parse_where, search_objective
+    from optical_ray.storage import resolve_storage
+    from optical_ray.tracking.trackers import open_study_storage, optuna_storage_url
+
+    sw = plan.base.sweep
+    warm = plan.warm
+    objectives = sw.objectives
+    conditions = parse_where(sw.constraints)
+    # The transfer prior models one objective (the source trials' quantiles of it);
+    # with several objectives a warm start only enqueues its points.
+    prior = warm.prior if warm and sw.search == "tpe" and not objectives else []
+    # The transfer sampler samples on a view of the study (see warmsampler), where
+    # the constant liar cannot mark the running trial.
+    sampler = make_sampler(sw, constant_liar=not prior)
+    if prior:
+        from optical_ray.sweeps.warmsampler import TransferSampler
+
+        sampler = TransferSampler(sampler, prior, sw.mode, fade=sw.samples)
+    metric, mode = search_objective(sw)
+    # The pair's study persists (sweep.optuna_storage, by default SQLite beside local
+    # storage) as <sweep>-<pair>, so optuna-dashboard shows every pair as it runs.
+    store = resolve_storage(
+        plan.base.storage.uri, plan.base.storage.endpoint, plan.base.storage.region
+    )
+    url = optuna_storage_url(sw.optuna_storage, store)
+    # The driver created the study and checked it (launch.prepare_studies); here it is
+    # only opened (OptunaSearch loads it).
+    study = {"storage": open_study_storage(url), "study_name": plan.experiment} if url else {}
+    searcher: Searcher = (
+        ObjectivesOptunaSearch(
+            space=plan.space.define_by_run(plan.pair, plan.depth),
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            cfg=plan.base,
+            baseline=baseline,
+            conditions=conditions,
+            **study,
+        )
+        if objectives or conditions
+        else PruningAwareOptunaSearch(
+            space=plan.space.define_by_run(plan.pair, plan.depth),
+            metric=sw.metric,
+            mode=sw.mode,
+            sampler=sampler,
+            **study,
+        )
+    )
+    if warm and warm.points:
+        from optical_ray.sweeps.warmsampler import enqueue_points
+
+        # Private: the searcher's study (persistent or in memory). Skips points the
+        # study already holds, so a re-planned resumed pair does not run them twice.
+        enqueue_points(searcher._ot_study, warm.points)
+    limited: Searcher = searcher
+    if sw.max_concurrent_per_pair:
+        limited = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
+    return SharedLimiter(limited, coordinator, plan.pair, samples=sw.samples)
+
+
+# --------------------------------------------------------------------------- ray internals
+
+
+_SECRET_VARS = frozenset(
+    {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID"}
+)
+
+
+@contextlib.contextmanager
+def _credentials_stay_on_nodes() -> Iterator[None]:
+    """Stop Ray Tune from copying the driver's AWS keys into each trial's
+    ``runtime_env`` (Ray's runtime-env agent logs runtime envs in plain text, so the
+    secret would land in the cluster's logs). Trials take credentials from their node's
+    own AWS chain instead: the instance role, a Kubernetes secret, or the environment
+    the node was started in (a local Ray started by this process inherits it)."""
+    from ray.tune.execution import class_cache  # private: Tune's actor-class cache
+
+    before = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = set(before) - _SECRET_VARS
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = before
+
+
+def _result_loggers() -> list[Callback]:
+    """The result files Tune's ResultGrid reads back (``progress.csv``,
+    ``result.json``), passed explicitly because :func:`_no_default_loggers` turns Tune's
+    defaults off."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    return [CSVLoggerCallback(), JsonLoggerCallback()]
+
+
+@contextlib.contextmanager
+def _no_default_loggers() -> Iterator[None]:
+    """Keep Tune from adding its TensorBoard logger to every pair: it imports
+    tensorboardX and torch into the pair's Tune driver (about 2 CPU-seconds per pair;
+    17 s each for 8 pairs starting at once on 2 cores) and writes event files nobody
+    asked for (``sweep.tracking: [tensorboard]`` is the opt-in view)."""
+    before = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = before
+
+
+@contextlib.contextmanager
+def _no_callback_telemetry() -> Iterator[None]:
+    """Skip Ray's usage tag of the user's Tune callbacks: to name them it imports Ray's
+    MLflow, W&B, Comet and Aim integrations (and mlflow and wandb themselves, when
+    installed: about 3 CPU-seconds per pair's Tune driver), whether or not usage stats
+    are on. Private: ``ray.air._internal.usage.tag_callbacks``, which ``tune.run`` calls."""
+    from ray.air._internal import usage  # private
+
+    before = usage.tag_callbacks
+    usage.tag_callbacks = lambda callbacks: False
+    try:
+        yield
+    finally:
+        usage.tag_callbacks = before
+
+
+def _set_callbacks(tuner: Any, callbacks: list[Callback]) -> None:
+    """Give a restored Tuner this driver's callbacks (its pickled ones hold the old
+    driver's catalog connection and baseline). Private: Ray has no public way."""
+    tuner._local_tuner.get_run_config().callbacks = callbacks
+
+
+class _EndWhenDriverGone(Callback):
+    """Ends the pair's task once its driver is gone, at the start of a Tune step: the
+    state saved in the last step is signed by then (``StateSigner.on_step_end``), and
+    its background upload is waited for (at most ``UPLOAD_WAIT_S``), so what a resume
+    reads is whole and trusted. Never mid-step: Tune deletes a superseded checkpoint
+    while it handles a result, before the state that no longer names it is saved."""
+
+    def __init__(self, gone: threading.Event, ref: DriverRef, signer: StateSigner) -> None:
+        self.gone, self.ref, self.signer = gone, ref, signer
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config with the experiment: a restored Tuner gets fresh
+        # callbacks (_set_callbacks), so the event stays here.
+        return {**self.__dict__, "gone": None}
+
+    def end(self, trials: list) -> None:
+        self.signer.on_step_end(0, trials)  # anything saved since, signed
+        staging = Path(trials[0].storage.experiment_driver_staging_path) if trials else None
+        if not self.signer.settled(UPLOAD_WAIT_S, staging):
+            log.warning("the saved experiment state did not reach storage in time")
+        end_task(self.ref)
+
+    def fenced(self, trial: Any) -> None:
+        """A record refused for ``trial`` (its driver is gone): end at the next step."""
+        if self.gone is not None:
+            self.gone.set()
+
+    def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+        if self.gone is not None and self.gone.is_set():
+            self.end(trials)
+
+
+class _OneLineTrialErrors(logging.Filter):
+    """Tune logs each failed trial with its whole traceback; the sweep's summary gives
+    the cause and the traceback stays in the trial's ``error.txt``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and "Trial task failed" in str(record.msg):
+            record.msg = f"{record.getMessage().splitlines()[0]} (cause in the sweep summary)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+# --------------------------------------------------------------------------- one pair
+
+
+def _baseline(plan: PairPlan) -> dict[str, float] | None:
+    """Zero-shot metrics of the teacher on the trials' evaluation set (None without
+    a trained teacher)."""
+    cfg = plan.base
+    if not cfg.train.teacher:
+        return None
+    from optical_ray.models.encoder import RetrievalModel
+    from optical_ray.training.recipe import evaluate_dev
+
+    pcfg = from_flat({"pair": plan.pair}, cfg)
+
+    @ray.remote(num_cpus=cfg.scaling.cpus_per_worker, num_gpus=cfg.scaling.gpus_per_worker)
+    def evaluate() -> dict[str, float]:
+        return evaluate_dev(RetrievalModel.load(pcfg.train.teacher), pcfg)
+
+    return ray.get(evaluate.remote())
+
+
+def snapshotted(store: Any, path: str) -> bool:
+    """Whether Tune saved the experiment's state at ``path`` (``experiment_state-*``).
+    A ``tuner.pkl`` alone means its driver died before Tune's first snapshot: Tune's
+    restore would then restart the experiment with ``num_samples=1`` (it logs the
+    failed restore and carries on), so such a pair starts again instead, keeping its
+    Optuna study."""
+    return any(Path(i.path).name.startswith("experiment_state-") for i in store.ls(store.rel(path)))
+
+
+def _tuner(
+    plan: PairPlan,
+    store: Any,
+    callbacks: list[Callback],
+    coordinator: str,
+    verbose: int,
+    trial_fn: TrialFn | None = None,
+    baseline: dict[str, float] | None = None,
+) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sw, sc = plan.base.sweep, plan.base.scaling
+    trainable = _trainable(plan, trial_fn)
+    if sc.workers == 1:
+        resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
+        if sc.gpus_per_worker:
+            resources["GPU"] = sc.gpus_per_worker
+    else:
+        # The trial driver only waits on its TorchTrainer: holding a CPU there
+        # would deadlock small clusters whose workers need every CPU. Tune needs
+        # a non-empty request, so the driver claims a little memory instead.
+        resources = {"CPU": 0, "memory": DRIVER_MEMORY}
+    trainable = tune.with_resources(trainable, resources)
+    fs = store.ray_storage_filesystem()
+    if plan.resume and snapshotted(store, plan.path):
+        tuner = tune.Tuner.restore(
+            plan.path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+        _set_callbacks(tuner, [*callbacks, *_result_loggers()])
+        return tuner
+    sched = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=sw.grace_period,
+            reduction_factor=sw.reduction_factor,
+            max_t=plan.max_t,
+        )
+        if sw.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(plan, coordinator, baseline),
+            scheduler=sched,
+            metric=sw.metric,
+            mode=sw.mode,
+            num_samples=sw.samples,
+            # a single-worker trial runs in its actor: the next
+            # trial reuses the warm process
+            reuse_actors=sc.workers == 1,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.experiment,
+            storage_path=store.ray_storage_path(),
+            storage_filesystem=fs,
+            callbacks=[*callbacks, *_result_loggers()],
+            verbose=2 if verbose >= 2 else 0,
+            # The best-scoring checkpoint (the catalog names it) and the latest (resume).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order=sw.mode
+            ),
+            # A trial whose process or node dies restarts from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+        ),
+    )
+
+
+def fit_pair(
+    plan: PairPlan,
+    coordinator: str,
+    verbose: int = 1,
+    key: bytes | None = None,
+    trial_fn: TrialFn | None = None,
+    driver: DriverRef | None = None,
+) -> PairResult:
+    """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
+    own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
+    the driver's, handed over as an argument (never through the task's environment,
+    which Ray logs). With ``driver``, the task ends itself when that process dies and
+    writes no catalog record after it (see :mod:`optical_ray.distributed.driverwatch`)."""
+    from optical_ray.catalog import Catalog
+    from optical_ray.storage import resolve_storage
+
+    if verbose < 2:
+        logging.getLogger("ray.tune").addFilter(_OneLineTrialErrors())
+        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+            logging.getLogger(name).addFilter(_OneLineTrialErrors())
+    cfg = plan.base
+    store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    catalog = Catalog(store)
+    rel = store.rel(plan.path)
+    key = key or state_key()
+    manifest = StateManifest()
+    if plan.resume:
+        with contextlib.suppress(UntrustedStateError):
+            manifest = verify_state(store, rel, key)  # checked by the driver (or overridden)
+    baseline = _baseline(plan)
+    signer = StateSigner(store, rel, manifest, key)
+    from optical_ray.distributed.tracking import tracking_callbacks
+
+    views = tracking_callbacks(cfg.sweep.tracking, plan=plan, store=store)
+    watched = local_driver(driver)
+    gone = threading.Event()  # set by the watch when the driver dies
+    ender = _EndWhenDriverGone(gone, watched, signer) if watched else None
+    callbacks = [
+        CatalogCallback(
+            catalog,
+            plan,
+            baseline,
+            fence=(lambda: process_alive(watched)) if watched else None,
+            # not mid-step: Tune may have dropped checkpoints the saved state still
+            # names; the task ends at the next step, the resume records the trial
+            on_fenced=ender.fenced if ender else None,
+        ),
+        ProgressCallback(plan, coordinator),
+        signer,
+        *([ender] if ender else []),
+        *views,
+    ]
+    tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn, baseline)
+    if not (plan.resume and snapshotted(store, plan.path)):
+        sign_tuner_file(store, rel, manifest)
+        signer.write()
+    with (
+        watch_driver(watched, on_death=gone.set, grace_s=DRIVER_GONE_GRACE_S),
+        _credentials_stay_on_nodes(),
+        _no_default_loggers(),
+        _no_callback_telemetry(),
+    ):
+        grid = tuner.fit()
+    _flush_catalog(catalog)
+    result = _pair_result(grid, plan, baseline, store)
+    result.warnings = [w for view in views for w in view.tracker.problems]
+    return result
+
+
+def _pair_result(
+    grid: Any, plan: PairPlan, baseline: dict[str, float] | None, store: Any
+) -> PairResult:
+    sw = plan.base.sweep
+    failed, stopped = [], 0
+    for r in grid:
+        if r.error is not None:
+            failed.append((Path(r.path).name, error_reason(str(r.error))[:300]))
+        elif not (r.metrics or {}).get(FINISHED_KEY):
+            stopped += 1
+    best_config, best_metrics, best_ckpt = None, {}, None
+    try:
+        best = grid.get_best_result(
+            metric=sw.metric, mode=sw.mode, scope="all", filter_nan_and_inf=True
+        )
+    except RuntimeError:
+        best = None
+    if best is not None and best.metrics:
+        df = best.metrics_dataframe
+        if df is not None and sw.metric in df:
+            values = df[sw.metric].where(df[sw.metric].abs() < 1e299)
+            if values.notna().any():
+                row = df.loc[values.idxmax() if sw.mode == "max" else values.idxmin()]
+                best_metrics = {
+                    k: float(v)
+                    for k, v in row.items()
+                    if isinstance(v, (int, float)) and is_metric(str(k))
+                }
+        reported = (best.metrics or {}).get(CONFIG_KEY)
+        if isinstance(reported, str):
+            best_config = json.loads(reported)
+        else:
+            try:
+                best_config = to_flat(
+                    resolve_trial_config(plan, dict(best.config), Path(best.path).name)
+                )
+            except OpticalRayError:
+                best_config = dict(best.config)
+        best_ckpt = checkpoint_uri(best_kept_checkpoint(best, sw.mode), best.metrics or {}, store)
+    return PairResult(
+        plan.pair,
+        plan.experiment,
+        plan.path,
+        best_config,
+        best_metrics,
+        best_ckpt,
+        baseline,
+        len(grid),
+        failed,
+        searched=plan.searched,
+        stopped=stopped,
+    )
+
+
+def _flush_catalog(catalog: Any) -> None:
+    """Write the records spooled while storage was down, waiting for it (about 75 s);
+    if it stays down they stay spooled (and are written by the next catalog write)."""
+
+    def flush_all() -> None:
+        catalog.flush()
+        if catalog.pending():
+            raise StorageUnavailable(
+                f"{len(catalog.pending())} catalog record part(s) spooled in {catalog.spool_dir}"
+            )
+
+    try:
+        with_retries(
+            flush_all,
+            attempts=REPORT_ATTEMPTS,
+            base_delay=1.0,
+            max_delay=15.0,
+            what="writing spooled catalog records",
+        )
+    except StorageUnavailable as exc:
+        log.warning(
+            "storage still unreachable: %s; they are written by the next catalog "
+            "write (any later sweep, or Catalog(storage).flush())",
+            exc,
+        )

@@ -1,0 +1,173 @@
+"""The trial side of a sweep: the Tune trial function and its training context.
+
+Kept apart from :mod:`optical_ray.distributed.pair` so that the pair's Tune driver (one process
+per pair) and the sweep's coordinator never import the training code and torch; only
+trial processes do.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from optical_ray.training.checkpoint import fetch_checkpoint, newest_checkpoint
+from optical_ray.config import Config, to_flat
+from optical_ray.training.context import TrainContext, fill_metric
+from optical_ray.errors import TrainingError
+from optical_ray.evaluation.perquery import encode_per_query
+from optical_ray.distributed.pair import REPORT_ATTEMPTS, _storage_call
+from optical_ray.storage import with_retries
+from optical_ray.sweeps.plan import (
+    CHECKPOINT_PATH_KEY,
+    CONFIG_KEY,
+    FINISHED_KEY,
+    PER_QUERY_KEY,
+    PairPlan,
+    resolve_trial_config,
+)
+from optical_ray.training.recipe import run as run_training
+from optical_ray.distributed.callbacks import best_kept_checkpoint
+
+__all__ = ["TuneContext", "run_trial"]
+
+
+class TuneContext(TrainContext):
+    """:class:`~optical_ray.training.recipe.TrainContext` for a single-worker trial: reports go to
+    Ray Tune (checkpoints persisted to the experiment's storage), resume comes from
+    ``tune.get_checkpoint()``."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(
+            rank=0,
+            world_size=1,
+            device=None,
+            run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")),
+        )
+        self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
+        self.config_json = json.dumps(to_flat(cfg), sort_keys=True)
+        self.last: dict[str, Any] = {}
+        self._restored: str | None = None
+        self._config_sent = False
+        self.pair = cfg.pair
+        # Filled by each dev evaluation (optical_ray.training.recipe.evaluate_dev); sent with the
+        # report whenever the metric improves, so the catalog keeps the best one's.
+        self.dev_per_query: dict[str, Any] = {}
+        self._best_dev: float | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        out = fill_metric(metrics, self.last, self.metric, self.mode)
+        if self.metric in metrics:
+            self.last = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._attach_per_query(metrics, out)
+        if not self._config_sent:
+            out[CONFIG_KEY] = self.config_json
+            self._config_sent = True
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        # Reporting uploads the checkpoint: a storage outage is waited out (a failed
+        # upload raises before the result is queued, so the report can be repeated).
+        with_retries(
+            lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
+            attempts=REPORT_ATTEMPTS,
+            base_delay=1.0,
+            max_delay=15.0,
+            what="reporting a checkpoint to storage",
+        )
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def _attach_per_query(self, metrics: dict[str, Any], out: dict[str, Any]) -> None:
+        """Add the per-query values of the evaluation behind ``metrics`` when its metric
+        beats every one sent before. Matched by value, not by recency: with
+        ``train.keep_best`` the stage's last report carries the best (maybe the
+        starting model's) evaluation, not the last one. Only the best is kept after."""
+        evals = self.dev_per_query.get("evals") or []
+        value = metrics.get(self.metric)
+        if isinstance(value, (int, float)) and evals and self._improves(float(value)):
+            match = next(
+                (pq for flat, pq in reversed(evals) if flat.get(self.metric) == value), None
+            )
+            if match is not None:
+                self._best_dev = float(value)
+                out[PER_QUERY_KEY] = encode_per_query(self.pair, match)
+        if evals:
+            sign = 1.0 if self.mode == "max" else -1.0
+            best = max(evals, key=lambda e: sign * float(e[0].get(self.metric, -sign * 1e300)))
+            self.dev_per_query["evals"] = [best]
+
+    def _improves(self, value: float) -> bool:
+        best = self._best_dev
+        return best is None or (value > best if self.mode == "max" else value < best)
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint in the trial's storage directory, else None.
+
+        Tune hands a restored trial the checkpoint its last experiment snapshot named.
+        A driver killed between a trial's newer checkpoints and the next snapshot
+        leaves that name stale: older than the trial's progress, or already deleted by
+        ``num_to_keep``. Our checkpoints describe themselves (stage, step, file
+        manifest), so the trial directory is the ground truth, as for Ray Train runs.
+        """
+        if self._restored is None:
+            ckpt = tune.get_checkpoint()
+            if ckpt is None:
+                return None
+            found = newest_checkpoint(ckpt.filesystem, ckpt.path.rstrip("/").rsplit("/", 1)[0])
+            if found is None:
+                raise TrainingError(
+                    f"the trial's checkpoint {ckpt.path} is missing or incomplete and its "
+                    "directory holds no other complete checkpoint"
+                )
+            self._restored = str(fetch_checkpoint(found, self.run_dir / "restored"))
+        return self._restored
+
+
+def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
+    """The Tune trial function: resolve the trial's config once, train, report."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = resolve_trial_config(plan, sampled, trial_id)
+    start = time.perf_counter()
+    if cfg.scaling.workers == 1:
+        ctx = TuneContext(cfg)
+        try:
+            history = run_training(cfg, ctx)
+        finally:
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+        # A trial restored at its final checkpoint trains nothing and reports nothing
+        # in this process: its metrics are the last evaluation in its history.
+        last = ctx.last or {
+            k: v
+            for k, v in (history.evals[-1] if history.evals else {}).items()
+            if isinstance(v, (int, float))
+        }
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from optical_ray.distributed.train import build_trainer
+
+        trainer = build_trainer(
+            cfg, callbacks=[TuneReportCallback()], name=f"trainruns/{plan.experiment}/{trial_id}"
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        last = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+        best = best_kept_checkpoint(result, cfg.sweep.mode)  # the record names the best
+        if best is not None:
+            last[CHECKPOINT_PATH_KEY] = best.path
+    # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
+    # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
+    train_s = last.get("run_s", time.perf_counter() - start)
+    tune.report(
+        {
+            **last,
+            FINISHED_KEY: 1,
+            "train_s": train_s,
+            CONFIG_KEY: json.dumps(to_flat(cfg), sort_keys=True),
+        }
+    )

@@ -1,0 +1,27 @@
+"""The retrieval encoder (:mod:`~optical_ray.models.encoder`), tiny encoders and tokenizers built locally (:mod:`~optical_ray.models.tiny`), and text normalisation before tokenising (:mod:`~optical_ray.models.text`)."""
+
+from __future__ import annotations
+
+from optical_ray._lazy import lazy_exports
+
+_EXPORTS = {
+    "Encoded": "encoder",
+    "RetrievalModel": "encoder",
+    "PRESETS": "encoder",
+    "maxsim": "encoder",
+    "resolve_layers": "encoder",
+    "preset_dir": "encoder",
+    "model_summary": "encoder",
+    "model_depth": "encoder",
+    "check_distill_layers": "encoder",
+    "tiny_tokenizer_dir": "encoder",
+    "LetterFolder": "text",
+    "base_letter": "text",
+    "SPECIAL_TOKENS": "tiny",
+    "TinyModelSpec": "tiny",
+    "train_tokenizer": "tiny",
+    "build_tiny_encoder": "tiny",
+    "write_tiny_encoder": "tiny",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

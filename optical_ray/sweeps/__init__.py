@@ -1,0 +1,56 @@
+"""Sweep planning, no Ray: search spaces and their pair templates, per-pair plans and trial configs, the trial result protocol, and warm starts from related pairs."""
+
+from __future__ import annotations
+
+from optical_ray._lazy import lazy_exports
+
+_EXPORTS = {
+    "AUTO_SOURCES": "langsim",
+    "LANGUAGE_FAMILIES": "langsim",
+    "choose_sources": "langsim",
+    "language_specs": "langsim",
+    "similarity": "langsim",
+    "PairPlan": "plan",
+    "PairResult": "plan",
+    "SweepResult": "plan",
+    "plan_sweep": "plan",
+    "resolve_trial_config": "plan",
+    "run_sweep": "plan",
+    "experiment_name": "plan",
+    "error_reason": "plan",
+    "asha_max_t": "plan",
+    "evaluations_per_trial": "plan",
+    "Param": "space",
+    "SearchSpace": "space",
+    "load_space": "space",
+    "parse_space": "space",
+    "validate_space": "space",
+    "layers_from_choice": "space",
+    "pin_overrides": "space",
+    "PLACEHOLDERS": "templates",
+    "ENGLISH": "templates",
+    "pair_values": "templates",
+    "expand": "templates",
+    "template_problems": "templates",
+    "has_template": "templates",
+    "TransferSampler": "warmsampler",
+    "enqueue_points": "warmsampler",
+    "sampler_origin": "warmsampler",
+    "ORIGIN_RANDOM": "warmstart",
+    "ORIGIN_SAMPLER": "warmstart",
+    "WARM_PREFIX": "warmstart",
+    "PriorTrial": "warmstart",
+    "WarmPoint": "warmstart",
+    "WarmStart": "warmstart",
+    "foreign_keys": "warmstart",
+    "origin_problems": "warmstart",
+    "parse_warm_start": "warmstart",
+    "plan_warm_starts": "warmstart",
+    "select_points": "warmstart",
+    "space_params": "warmstart",
+    "warm_origin": "warmstart",
+    "warm_start_problems": "warmstart",
+    "build_prior": "warmstart",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
