@@ -74,7 +74,7 @@ def stand_in(sampled: dict[str, Any], *, plan: Any, seconds: float) -> None:
     from ray import tune
 
     from optical_ray.config import to_flat
-    from optical_ray.sweeps.plan import CONFIG_KEY, FINISHED_KEY
+    from optical_ray.sweeps.protocol import CONFIG_KEY, FINISHED_KEY
     from optical_ray.sweeps.plan import resolve_trial_config
 
     trial_id = tune.get_context().get_trial_id()

@@ -112,7 +112,7 @@ def _search(base: dict[str, Any], root: Path, trials: int, epochs: int, seeds: l
     from optical_ray.catalog import hypervolume
     from optical_ray.config import from_flat
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     spe = base["spe"]
     flat = {k: v for k, v in base.items() if k != "spe"}

@@ -235,7 +235,7 @@ def run_sweep_system(
     experiment ``bench-<lang>-warm-<pair>``, seeded from the same storage's catalog."""
     from optical_ray.catalog import best_config
     from optical_ray.evaluation.best import _model_dir
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     cfg, space = sweep_setup(args, lang)
     pair, name = f"{lang}-en", f"bench-{lang}" + ("-warm" if warm_start else "")

@@ -117,7 +117,7 @@ def _sweep(
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     spe = base["steps_per_epoch"]
     flat = {k: v for k, v in base.items() if k != "steps_per_epoch"}

@@ -118,7 +118,7 @@ def _sweep(base: dict[str, Any], storage: Path, name: str, pairs: list[str], **o
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     spe, epochs = base["steps_per_epoch"], base["epochs"]
     flat = {k: v for k, v in base.items() if k not in ("steps_per_epoch", "pairs", "epochs")}

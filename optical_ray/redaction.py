@@ -21,6 +21,7 @@ __all__ = [
     "credentials_problem",
     "CREDENTIALS_HINT",
     "MASK",
+    "SECRET_ENV_VARS",
 ]
 
 MASK = "***"
@@ -32,6 +33,9 @@ CREDENTIALS_HINT = (
 )
 
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+#: Environment variables holding AWS credentials: never copied into a Ray runtime_env
+#: (Ray's runtime-env agent logs runtime envs in plain text).
+SECRET_ENV_VARS = frozenset({*_SECRET_ENV, "AWS_ACCESS_KEY_ID"})
 _SECRET_PATTERNS = [
     # key=value / key: value / "key": "value" for the usual secret-bearing names
     re.compile(

@@ -17,7 +17,8 @@ masks the secret (:func:`check_no_credentials`), and :func:`redact` (from
 
 Failures become one-line :class:`~optical_ray.errors.StorageError` naming the endpoint
 and the bucket; :class:`StorageUnavailable` (a subclass) marks the ones worth retrying
-(connection refused, timeouts, 5xx, throttling), which :func:`with_retries` retries.
+(connection refused, timeouts, 5xx, throttling), which
+:func:`~optical_ray.retries.with_retries` retries (:mod:`optical_ray.retries`).
 """
 
 from __future__ import annotations
@@ -28,17 +29,24 @@ import logging
 import os
 import re
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from optical_ray.errors import StorageError
 from optical_ray.redaction import CREDENTIALS_HINT, has_credentials, redact, redact_uri
+from optical_ray.retries import (
+    PERMANENT_MARKERS,
+    TRANSIENT_MARKERS,
+    StorageUnavailable,
+    is_transient,
+    one_line,
+    with_retries,
+)
 
 __all__ = [
     "Storage",
@@ -66,101 +74,6 @@ SDK_ATTEMPTS = 2
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ALLOWED = "a local path, file:///abs/path or s3://bucket/prefix"
-
-
-class StorageUnavailable(StorageError):
-    """The store could not be reached or answered with a transient error; retry later."""
-
-
-# --------------------------------------------------------------------------- retries
-
-
-def with_retries(
-    fn: Callable[[], T],
-    *,
-    attempts: int = 4,
-    base_delay: float = 0.5,
-    max_delay: float = 8.0,
-    what: str = "storage call",
-    retry_on: tuple[type[BaseException], ...] = (StorageUnavailable,),
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call ``fn()`` until it succeeds, at most ``attempts`` times.
-
-    Waits ``base_delay * 2**k`` (capped at ``max_delay``) after the k-th failure, so the
-    defaults ride out a storage server restart of ~4 s. Only ``retry_on`` exceptions are
-    retried (by default :class:`StorageUnavailable`: network errors, timeouts, 5xx);
-    anything else, and the last failure, propagates. Logs one warning per retry, with
-    secrets redacted.
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts: got {attempts}, expected >= 1")
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except retry_on as exc:
-            if attempt == attempts:
-                raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
-            log.warning(
-                "%s failed (attempt %d/%d), retrying in %.1fs: %s",
-                what,
-                attempt,
-                attempts,
-                delay,
-                redact(_one_line(exc)),
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-# --------------------------------------------------------------------------- errors
-
-_PERMANENT = (
-    "access_denied",
-    "accessdenied",
-    "invalidaccesskeyid",
-    "invalid_access_key",
-    "signature_does_not_match",
-    "signaturedoesnotmatch",
-    "forbidden",
-    "no_such_bucket",
-    "nosuchbucket",
-    "invalidbucketname",
-)
-_TRANSIENT = (
-    "network_connection",
-    "curlcode",
-    "could not connect",
-    "connection refused",
-    "timed out",
-    "timeout",
-    "could not resolve",
-    "service_unavailable",
-    "internal_failure",
-    "slow_down",
-    "slowdown",
-    "throttl",
-    "503",
-    "500 ",
-    "internalerror",
-    "connection reset",
-    "broken pipe",
-    "unavailable",
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` looks like a storage failure worth retrying (network error,
-    timeout, throttling, 5xx) rather than a permanent one (credentials, no bucket)."""
-    if isinstance(exc, StorageUnavailable):
-        return True
-    low = _one_line(exc).lower()
-    return not any(k in low for k in _PERMANENT) and any(k in low for k in _TRANSIENT)
 
 
 def _reason(message: str) -> str:
@@ -224,7 +137,7 @@ class Storage:
     # ------------------------------------------------------------------ errors
     def error(self, exc: BaseException, action: str) -> StorageError:
         """A one-line :class:`StorageError` for ``exc`` raised while doing ``action``."""
-        message = redact(_one_line(exc))
+        message = redact(one_line(exc))
         low = message.lower()
         if self.scheme == "local":
             return StorageError(f"cannot {action} in local storage {self.path}: {message}")
@@ -235,13 +148,13 @@ class Storage:
                 f"S3 bucket {bucket!r} does not exist at endpoint {endpoint} "
                 f"(while trying to {action}); create it or fix {self.uri!r}"
             )
-        if any(k in low for k in _PERMANENT):
+        if any(k in low for k in PERMANENT_MARKERS):
             return StorageError(
                 f"S3 endpoint {endpoint} refused access to bucket {bucket!r} (while trying "
                 f"to {action}): {_reason(message)}; check the credentials in the AWS chain "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role)"
             )
-        if any(k in low for k in _TRANSIENT):
+        if any(k in low for k in TRANSIENT_MARKERS):
             return StorageUnavailable(
                 f"cannot reach S3 endpoint {endpoint} for bucket {bucket!r} (while trying to "
                 f"{action}): {_reason(message)}; check storage.endpoint / AWS_ENDPOINT_URL "

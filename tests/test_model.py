@@ -131,12 +131,12 @@ def test_maxsim_equals_naive_loop():
 
 
 def test_maxsim_chunking_matches(monkeypatch):
-    import optical_ray.models.encoder as model_mod
+    import optical_ray.models.scoring as scoring
 
     gen = torch.Generator().manual_seed(1)
     q, d = random_encoded(3, 4, 8, gen), random_encoded(50, 6, 8, gen)
     whole = maxsim(q.vectors, q.mask, d.vectors, d.mask)
-    monkeypatch.setattr(model_mod, "_SCORE_BUDGET", 3 * 4 * 6 * 7)  # chunks of 7 documents
+    monkeypatch.setattr(scoring, "_SCORE_BUDGET", 3 * 4 * 6 * 7)  # chunks of 7 documents
     torch.testing.assert_close(maxsim(q.vectors, q.mask, d.vectors, d.mask), whole)
 
 

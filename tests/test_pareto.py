@@ -353,7 +353,7 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
     from optical_ray.catalog.pareto import values_of
     from optical_ray.config import from_flat
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = str(tmp_path / "store")
     base = from_flat(

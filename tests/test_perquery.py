@@ -12,7 +12,7 @@ import pytest
 from optical_ray.catalog import Catalog, TrialRecord
 from optical_ray.config import from_flat
 from optical_ray.errors import DataError
-from optical_ray.evaluation.best import best_vs_runner_up
+from optical_ray.report.sections import best_vs_runner_up
 from optical_ray.evaluation.perquery import decode_per_query, encode_per_query
 
 
@@ -33,7 +33,7 @@ def test_encoding_round_trips_compactly():
 
 
 def test_a_trial_sends_its_best_evaluation_matched_by_value():
-    from optical_ray.sweeps.plan import PER_QUERY_KEY
+    from optical_ray.sweeps.protocol import PER_QUERY_KEY
     from optical_ray.distributed.trial import TuneContext
 
     ctx = TuneContext(from_flat({"pair": "swa-en"}))

@@ -165,7 +165,7 @@ def test_sweep_best_and_report_on_s3(
     from optical_ray.catalog import Catalog, best_config
     from optical_ray.config import from_dict
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     cfg = _cfg(sweep_root, tmp_path, s3_storage_uri, **{"sweep.max_concurrent": 2})
     result = run_sweep(cfg, parse_space(SPACE), pairs=["en-xc"], samples=2, name="s3", verbose=0)
@@ -212,7 +212,7 @@ def test_sweep_survives_an_s3_outage(
     directory: the sweep completes and no checkpoint or catalog record is lost."""
     from optical_ray.catalog import Catalog
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     samples, steps = 4, 12
     space = {**SPACE, "base": {**SPACE["base"], "distill.steps": steps, "train.eval_every": 3}}

@@ -68,10 +68,10 @@ def _base(root: Path, storage: str, **over):
 def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog, best_config, best_yaml
     from optical_ray.config import from_dict, to_flat
-    from optical_ray.evaluation.best import best_vs_runner_up
+    from optical_ray.report.sections import best_vs_runner_up
     from optical_ray.evaluation.perquery import decode_per_query
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = str(sweep_root / "store-a")
     result = run_sweep(
@@ -126,7 +126,7 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
 def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     # Every bitext pair is longer than 4 tokens and dropped: each trial fails at run time.
     space = {
@@ -156,7 +156,7 @@ def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_
 def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_root) -> None:
     from optical_ray.errors import ConfigError
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     space = {
         **SPACE,
@@ -196,7 +196,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog
     from optical_ray.config import to_dict
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = sweep_root / "store-c"
     space = {**SPACE, "base": {**SPACE["base"], "distill.steps": 8}}
@@ -310,7 +310,8 @@ def declining_trial(sampled: dict, *, plan) -> None:
 
     from ray import tune
 
-    from optical_ray.sweeps.plan import FINISHED_KEY, resolve_trial_config
+    from optical_ray.sweeps.plan import resolve_trial_config
+    from optical_ray.sweeps.protocol import FINISHED_KEY
     from optical_ray.distributed.trial import TuneContext
 
     ctx = TuneContext(resolve_trial_config(plan, sampled, tune.get_context().get_trial_id()))
@@ -373,7 +374,7 @@ def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None
     the rank-0 worker's."""
     from optical_ray.catalog import Catalog
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = str(sweep_root / "store-d")
     result = run_sweep(
@@ -401,7 +402,7 @@ def test_impossible_sweeps_fail_in_one_line_before_any_trial(cluster, sweep_root
     refused up front (they used to fail inside Ray, or hang retrying worker start-up)."""
     from optical_ray.errors import ConfigError, DataError
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = sweep_root / "store-f"
     with pytest.raises(DataError, match="en-zz") as info:

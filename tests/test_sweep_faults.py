@@ -156,7 +156,7 @@ def _wait_for_records(storage: Path, alive, at_least: int, timeout: float = 420)
 
 def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) -> None:
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = sweep_root / "faults-driver"
     pairs, samples = ["en-xc", "xc-en"], 2
@@ -337,7 +337,7 @@ def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
 
 def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root) -> None:
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = sweep_root / "faults-node"
     experiment = storage / "ln-en-xc"

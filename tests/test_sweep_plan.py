@@ -223,10 +223,11 @@ def test_a_restored_limiter_holds_no_slot_of_the_old_coordinator() -> None:
     assert b.suggest("a3") and fresh.in_flight() == 1
 
 
-def test_a_limiter_saved_under_its_old_module_still_loads() -> None:
+@pytest.mark.parametrize("old", ["optical_ray.raytune", "optical_ray.slots"])
+def test_a_limiter_saved_under_an_old_module_still_loads(old: str) -> None:
     """Tune pickles the searcher into each experiment's saved state; sweeps saved before
-    the budget moved to ``optical_ray.distributed.slots`` name ``optical_ray.distributed.pair.SharedLimiter``,
-    and ``--resume`` must still load them."""
+    the package moved into subpackages name ``optical_ray.raytune.SharedLimiter`` or
+    ``optical_ray.slots.SharedLimiter``, and ``--resume`` must still load them."""
     import pickle
 
     from optical_ray.distributed.slots import SharedLimiter
@@ -234,12 +235,11 @@ def test_a_limiter_saved_under_its_old_module_still_loads() -> None:
     limiter = SharedLimiter(_Sampler(), "coord", "en-sw", samples=4)
     limiter.suggested = 2
     new = pickle.dumps(limiter, protocol=2)
-    old = new.replace(
-        b"optical_ray.distributed.slots\nSharedLimiter",
-        b"optical_ray.distributed.pair\nSharedLimiter",
+    saved = new.replace(
+        b"optical_ray.distributed.slots\nSharedLimiter", f"{old}\nSharedLimiter".encode()
     )
-    assert old != new  # the saved state names the old module
-    loaded = pickle.loads(old)
+    assert saved != new  # the saved state names the old module
+    loaded = pickle.loads(saved)
     assert isinstance(loaded, SharedLimiter)
     assert (loaded.owner, loaded.samples, loaded.suggested) == ("en-sw", 4, 2)
 
@@ -285,7 +285,8 @@ def test_a_trial_that_ends_after_its_driver_died_is_recorded_by_the_resumed_swee
 
     from optical_ray.catalog import Catalog
     from optical_ray.config import from_flat
-    from optical_ray.sweeps.plan import CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY, PairPlan
+    from optical_ray.sweeps.plan import PairPlan
+    from optical_ray.sweeps.protocol import CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY
     from optical_ray.distributed.callbacks import CatalogCallback
 
     cfg = from_flat({"storage.uri": str(tmp_path / "store")})
@@ -349,7 +350,8 @@ def test_the_tracking_callback_tags_a_resumed_trial_with_its_best_checkpoint(tmp
     from types import SimpleNamespace
 
     from optical_ray.config import from_flat
-    from optical_ray.sweeps.plan import FINISHED_KEY, PairPlan
+    from optical_ray.sweeps.plan import PairPlan
+    from optical_ray.sweeps.protocol import FINISHED_KEY
     from optical_ray.distributed.tracking import TrackingCallback
 
     cfg = from_flat({"storage.uri": str(tmp_path)})

@@ -58,7 +58,7 @@ def test_asha_horizon_is_a_full_trial_plus_its_summary() -> None:
 
 def test_storage_call_marks_transient_failures_for_retry() -> None:
     from optical_ray.storage import StorageUnavailable, with_retries
-    from optical_ray.distributed.pair import _storage_call
+    from optical_ray.retries import call_transient
 
     calls = []
 
@@ -74,21 +74,21 @@ def test_storage_call_marks_transient_failures_for_retry() -> None:
 
     assert (
         with_retries(
-            lambda: _storage_call(flaky_upload), attempts=5, base_delay=0, sleep=lambda s: None
+            lambda: call_transient(flaky_upload), attempts=5, base_delay=0, sleep=lambda s: None
         )
         == "done"
     )
     assert len(calls) == 3
     with pytest.raises(StorageUnavailable):  # still down after the last attempt
         with_retries(
-            lambda: _storage_call(_always_down), attempts=2, base_delay=0, sleep=lambda s: None
+            lambda: call_transient(_always_down), attempts=2, base_delay=0, sleep=lambda s: None
         )
 
     def denied() -> None:
         raise OSError("AWS Error ACCESS_DENIED during PutObject operation: Access Denied")
 
     with pytest.raises(OSError, match="ACCESS_DENIED"):  # permanent: not retried
-        _storage_call(denied)
+        call_transient(denied)
 
 
 def _always_down() -> None:
@@ -150,7 +150,8 @@ def test_trials_asha_stopped_are_pruned_for_optuna_and_finished_ones_complete() 
     import optuna
     from ray.tune.result import TRAINING_ITERATION
 
-    from optical_ray.distributed.pair import FINISHED_KEY, PruningAwareOptunaSearch
+    from optical_ray.distributed.searchers import PruningAwareOptunaSearch
+    from optical_ray.sweeps.protocol import FINISHED_KEY
 
     searcher = PruningAwareOptunaSearch(
         space=_space({}).define_by_run("en-xc", 2),

@@ -11,6 +11,7 @@ import pytest
 
 from optical_ray.cli.parser import main
 from optical_ray.data import real
+from optical_ray.data.prepare import prepare_real
 from optical_ray.errors import ConfigError, DataError
 from optical_ray.sweeps.space import load_space, parse_space, trial_config
 from optical_ray.sweeps.templates import expand, pair_values
@@ -108,9 +109,7 @@ def test_a_language_without_data_lists_what_exists(tmp_path, monkeypatch):
 
 def test_prepare_real_takes_any_language_and_names_missing_ones(tmp_path, capsys):
     shared = make_fake_shared(tmp_path / "shared", langs=("zul",), reference=("deu",))
-    manifest = real.prepare_real(
-        tmp_path / "root", shared=shared, languages=["zul"], reference=["deu"]
-    )
+    manifest = prepare_real(tmp_path / "root", shared=shared, languages=["zul"], reference=["deu"])
     assert manifest["languages"] == ["zul"] and "zul-en" in manifest["pairs"]
     assert (tmp_path / "root" / "bitext" / "en-zul" / "train.tsv").is_file()
     code = main(

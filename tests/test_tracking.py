@@ -266,7 +266,7 @@ def _base(root: Path, storage: str, **over):
 def tracked(cluster, sweep_root, mlflow_server):
     """A 3-trial sweep of en-xc tracked to the MLflow server and TensorBoard."""
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = str(sweep_root / "store-tracked")
     result = run_sweep(
@@ -317,7 +317,7 @@ def test_mlflow_runs_mirror_the_catalog(tracked, mlflow_server) -> None:
         assert tags["optical_ray.catalog_record_id"] == rec["record_id"]
         assert tags["optical_ray.checkpoint_uri"] == rec["checkpoint_uri"]
         assert tags["optical_ray.status"] == rec["status"]
-        assert tags["optical_ray.sweeps.plan"] == "trk" and tags["optical_ray.pair"] == "en-xc"
+        assert tags["optical_ray.sweep"] == "trk" and tags["optical_ray.pair"] == "en-xc"
         assert run.info.status == "FINISHED"
         assert run.data.params == safe_params(json.loads(rec["config"]))
         history = client.get_metric_history(run.info.run_id, "en-xc/map")
@@ -381,7 +381,7 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(
     import optuna
 
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     _, storage = tracked
     # Resuming a finished sweep: nothing runs again, and nothing is tracked twice.
@@ -415,7 +415,7 @@ def test_a_dead_tracking_server_costs_warnings_not_results(
     from mlflow import MlflowClient
 
     from optical_ray.sweeps.space import parse_space
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     storage = str(sweep_root / "store-killed")
     client = MlflowClient(tracking_uri=mlflow_server.uri)

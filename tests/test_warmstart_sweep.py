@@ -31,7 +31,8 @@ def stand_in(sampled: dict[str, Any], *, plan: Any) -> None:
     from ray import tune
 
     from optical_ray.config import to_flat
-    from optical_ray.sweeps.plan import CONFIG_KEY, FINISHED_KEY, resolve_trial_config
+    from optical_ray.sweeps.plan import resolve_trial_config
+    from optical_ray.sweeps.protocol import CONFIG_KEY, FINISHED_KEY
 
     trial_id = tune.get_context().get_trial_id()
     config = json.dumps(to_flat(resolve_trial_config(plan, sampled, trial_id)), sort_keys=True)

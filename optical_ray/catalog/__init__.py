@@ -26,8 +26,9 @@ Modules: :mod:`~optical_ray.catalog.records` (what a record holds, the row schem
 compaction), :mod:`~optical_ray.catalog.queries` (:func:`best_config` — the top-k
 trials of one pair, :func:`best_configs_all` — the best per pair, :func:`best_yaml` — a
 config file ``optical-ray train --config`` accepts, :func:`format_records` — table /
-json / yaml for the CLI), :mod:`~optical_ray.catalog.pareto` (:func:`pareto_front` — the
-non-dominated trials under several objectives, ``where`` constraints, hypervolume).
+json / yaml for the CLI, :func:`pareto_front` — the non-dominated trials under several
+objectives), :mod:`~optical_ray.catalog.pareto` (objective values, ``where``
+constraints, non-dominated sorting, hypervolume).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from optical_ray.catalog.pareto import (
     Objective,
     hypervolume,
     non_dominated,
-    pareto_front,
     parse_objectives,
     parse_where,
 )
@@ -46,9 +46,8 @@ from optical_ray.catalog.queries import (
     best_configs_all,
     best_yaml,
     format_records,
-    metric_values,
+    pareto_front,
     rank_trials,
-    recorded_metrics,
     varying_distill_keys,
 )
 from optical_ray.catalog.records import (
@@ -60,6 +59,8 @@ from optical_ray.catalog.records import (
     BestRecord,
     TrialRecord,
     metric_value,
+    metric_values,
+    recorded_metrics,
     trial_epochs,
 )
 from optical_ray.catalog.store import QUARANTINE_DIR, Catalog

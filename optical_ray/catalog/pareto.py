@@ -10,8 +10,7 @@ the zero-shot teacher's) and what it cost (``cost``: device-seconds). Here:
 * :func:`parse_where` — ``"retention>=0.98"`` → :class:`Condition`; comparisons
   ``>= <= > < == !=`` on any recorded metric, catalog column or config key.
 * :func:`non_dominated` and :func:`hypervolume` — pure numpy on a value matrix.
-* :func:`pareto_front` — the non-dominated trials of one pair in the catalog, and
-  :func:`filter_where` / :func:`closest_miss`, which :func:`best_config` uses for its
+* :func:`filter_where` / :func:`closest_miss`, which :func:`best_config` uses for its
   ``where=``.
 
 Names a query may use (:func:`values_of`): a metric (``map``, ``ndcg@10``,
@@ -25,15 +24,27 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from optical_ray.catalog.records import HYPERPARAMETERS
-from optical_ray.errors import ConfigError, StorageError
-from optical_ray.config import METRIC_RE
+from optical_ray.errors import StorageError
+from optical_ray.catalog.records import metric_values
+from optical_ray.config.rules import (
+    ALLOWED_NAMES,
+    ASHA_OBJECTIVES,
+    COST_COLUMNS,
+    NAME_ALIASES,
+    Condition,
+    Objective,
+    name_kind,
+    parse_objectives,
+    parse_where,
+    reference_pair,
+    search_objective,
+    search_problems,
+)
 
 __all__ = [
     "Objective",
@@ -47,163 +58,12 @@ __all__ = [
     "hypervolume",
     "filter_where",
     "closest_miss",
-    "pareto_front",
     "reference_pair",
     "trial_costs",
     "search_problems",
     "search_objective",
     "ASHA_OBJECTIVES",
 ]
-
-#: Numeric catalog columns a query may name directly (cost first).
-COST_COLUMNS = ("device_s", "training_s", "eval_s", "duration_s")
-_NUMERIC_COLUMNS = ("retention", *COST_COLUMNS, "iterations")
-_ALIASES = {"cost": "device_s"}
-_OPS = {
-    ">=": lambda a, b: a >= b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    "<": lambda a, b: a < b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-}
-_WHERE_RE = re.compile(r"^\s*([A-Za-z0-9_.@/\-]+?)\s*(>=|<=|==|!=|>|<)\s*(\S.*?)\s*$")
-_METRIC_KEY_RE = re.compile(r"^(?:[A-Za-z0-9_]+-[A-Za-z0-9_]+/)?" + METRIC_RE.pattern[1:])
-_ALLOWED_NAMES = (
-    "a metric (map, ndcg@10, en-en/map), retention, cost, "
-    + ", ".join(COST_COLUMNS)
-    + ", iterations, epsilon, weight, lr, or a config key such as distill.l2sp"
-)
-
-
-def _kind(name: str) -> str | None:
-    """What ``name`` refers to: 'column', 'config' or 'metric' (None: not a name)."""
-    name = _ALIASES.get(name, name)
-    if name in _NUMERIC_COLUMNS or name in HYPERPARAMETERS:
-        return "column"
-    if "/" not in name and "." in name and re.fullmatch(r"[A-Za-z_][\w.]*", name):
-        return "config"
-    if _METRIC_KEY_RE.match(name):
-        return "metric"
-    return None
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One objective: a name :func:`values_of` resolves, maximised or minimised."""
-
-    name: str
-    mode: str  # "max" | "min"
-
-    @property
-    def maximize(self) -> bool:
-        return self.mode == "max"
-
-
-def default_mode(name: str) -> str:
-    """Seconds and ``cost`` are minimised; metrics, ``retention`` and the rest maximised."""
-    return "min" if name == "cost" or name.endswith("_s") else "max"
-
-
-def parse_objectives(spec: str | Sequence[str]) -> list[Objective]:
-    """``"map,en-en/map,cost"`` (or a list of names) as objectives, in order. A name
-    may end in ``:min`` or ``:max`` to set its direction. Raises :class:`ConfigError`
-    naming every bad name and what is allowed."""
-    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    problems, out = [], []
-    for raw in names:
-        name, _, mode = str(raw).partition(":")
-        mode = mode or default_mode(name)
-        if _kind(name) is None:
-            problems.append(f"objectives: got {raw!r}, expected {_ALLOWED_NAMES}")
-        elif mode not in ("max", "min"):
-            problems.append(f"objectives: {raw!r}: direction {mode!r}, expected :max or :min")
-        else:
-            out.append(Objective(name, mode))
-    if not names or names == [""]:
-        problems.append("objectives: got none, expected names such as map,en-en/map")
-    dup = sorted({o.name for o in out if sum(p.name == o.name for p in out) > 1})
-    if dup:
-        problems.append(f"objectives: {', '.join(dup)} given more than once")
-    if problems:
-        raise ConfigError(problems)
-    return out
-
-
-@dataclass(frozen=True)
-class Condition:
-    """``key op value``: a constraint on a recorded metric, column or config key."""
-
-    key: str
-    op: str
-    value: float | str
-
-    def __str__(self) -> str:
-        return (
-            f"{self.key}{self.op}{self.value:g}"
-            if isinstance(self.value, float)
-            else (f"{self.key}{self.op}{self.value}")
-        )
-
-    def holds(self, values: pd.Series) -> pd.Series:
-        """Per row: whether the condition holds (a missing value never does)."""
-        if isinstance(self.value, float):
-            numeric = pd.to_numeric(values, errors="coerce")
-            return _OPS[self.op](numeric, self.value).fillna(False).astype(bool)
-        text = values.astype("string")
-        return _OPS[self.op](text, self.value).fillna(False).astype(bool)
-
-    def shortfall(self, value: Any) -> float:
-        """How far ``value`` is from satisfying the condition (0 if it does; inf when
-        missing), relative to the threshold for numbers."""
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return math.inf
-        if not isinstance(self.value, float):
-            return 0.0 if _OPS[self.op](str(value), self.value) else 1.0
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return math.inf
-        if _OPS[self.op](v, self.value):
-            return 0.0
-        return abs(v - self.value) / max(abs(self.value), 1e-12)
-
-
-def parse_where(spec: str | Condition | Sequence[str | Condition] | None) -> list[Condition]:
-    """``"retention>=0.98"`` (or several, a list) as :class:`Condition` s. Numbers compare
-    as numbers; other values (``distill.method==ot``) as text, with ``==``/``!=`` only."""
-    if spec is None:
-        return []
-    items = [spec] if isinstance(spec, (str, Condition)) else list(spec)
-    problems, out = [], []
-    for item in items:
-        if isinstance(item, Condition):
-            out.append(item)
-            continue
-        m = _WHERE_RE.match(str(item))
-        if not m:
-            problems.append(
-                f"where: got {item!r}, expected NAME OP VALUE with OP one of "
-                ">=, <=, >, <, ==, != (e.g. retention>=0.98)"
-            )
-            continue
-        key, op, text = m.groups()
-        if _kind(key) is None:
-            problems.append(f"where: {item!r}: unknown name {key!r}, expected {_ALLOWED_NAMES}")
-            continue
-        try:
-            value: float | str = float(text)
-        except ValueError:
-            value = text.strip("'\"")
-            if op not in ("==", "!="):
-                problems.append(
-                    f"where: {item!r}: {text!r} is not a number, so only == and != apply"
-                )
-                continue
-        out.append(Condition(key, op, value))
-    if problems:
-        raise ConfigError(problems)
-    return out
 
 
 # --------------------------------------------------------------------------- values
@@ -213,7 +73,7 @@ def columns_for(names: Sequence[str]) -> list[str]:
     """Catalog columns a query needs beyond the ranking ones to resolve ``names``."""
     cols: list[str] = []
     for name in names:
-        kind, base = _kind(name), _ALIASES.get(name, name)
+        kind, base = name_kind(name), NAME_ALIASES.get(name, name)
         if kind == "column":
             cols.append(base)
         elif kind == "config":
@@ -223,9 +83,7 @@ def columns_for(names: Sequence[str]) -> list[str]:
 
 def values_of(df: pd.DataFrame, name: str) -> pd.Series:
     """``name`` per catalog record of ``df`` (NaN where it was not recorded)."""
-    from optical_ray.catalog.queries import metric_values
-
-    kind, base = _kind(name), _ALIASES.get(name, name)
+    kind, base = name_kind(name), NAME_ALIASES.get(name, name)
     if kind == "column":
         if base not in df:
             return pd.Series(np.nan, index=df.index)
@@ -384,7 +242,7 @@ def closest_miss(df: pd.DataFrame, conditions: Sequence[Condition], pair: str) -
     if never:
         return StorageError(
             f"no trial of {pair!r} satisfies {conds}: {', '.join(sorted(set(never)))} "
-            f"never recorded for this pair ({len(df)} trials); recorded names: {_ALLOWED_NAMES}"
+            f"never recorded for this pair ({len(df)} trials); recorded names: {ALLOWED_NAMES}"
         )
     gaps = np.array(
         [[c.shortfall(cols[c.key].iloc[i]) for c in conditions] for i in range(len(df))]
@@ -407,24 +265,6 @@ def closest_miss(df: pd.DataFrame, conditions: Sequence[Condition], pair: str) -
 
 
 # --------------------------------------------------------------------------- sweeps
-
-
-#: Names a trial's result carries (or the driver derives from it), so a sweep may
-#: search or constrain them.
-_SEARCH_NAMES = ("retention", "cost", "training_s", "device_s", "eval_s")
-ASHA_OBJECTIVES = (
-    "ASHA stops trials on one metric, and Ray's multi-objective OptunaSearch drops "
-    "intermediate results, so the two cannot work together; use --scheduler none (FIFO "
-    "with Optuna's multi-objective TPE), or keep ASHA with one objective and --constraint "
-    "such as retention>=0.98"
-)
-
-
-def reference_pair(cfg: Any) -> str:
-    """The pair whose metric over the teacher's is retention: ``eval.reference``, else
-    the teacher's own (``en-en``)."""
-    t = cfg.data.teacher_lang
-    return cfg.eval.reference or f"{t}-{t}"
 
 
 def trial_costs(
@@ -458,52 +298,6 @@ def trial_costs(
     }
 
 
-def search_objective(sw: Any) -> tuple[str | list[str], str | list[str]]:
-    """What a sweep's Optuna study optimises: ``(sweep.metric, sweep.mode)``, the one
-    objective of ``sweep.objectives``, or the lists of several (FIFO only)."""
-    objectives = parse_objectives(sw.objectives) if sw.objectives else []
-    if len(objectives) > 1:
-        return [o.name for o in objectives], [o.mode for o in objectives]
-    if objectives:
-        return objectives[0].name, objectives[0].mode
-    return sw.metric, sw.mode
-
-
-def search_problems(sw: Any) -> list[str]:
-    """Problems with ``sweep.objectives`` / ``sweep.constraints`` (a
-    :class:`~optical_ray.config.build.SweepConfig`), one line each."""
-    problems: list[str] = []
-    objs: list[Objective] = []
-    conds: list[Condition] = []
-    try:
-        objs = parse_objectives(sw.objectives) if sw.objectives else []
-    except ConfigError as exc:
-        problems += [f"sweep.{p}" for p in exc.problems]
-    try:
-        conds = parse_where(sw.constraints)
-    except ConfigError as exc:
-        problems += [f"sweep.constraints: {p.removeprefix('where: ')}" for p in exc.problems]
-    allowed = "a metric (map, en-en/map), " + ", ".join(_SEARCH_NAMES)
-    for o in objs:
-        if _kind(o.name) != "metric" and o.name not in _SEARCH_NAMES:
-            problems.append(
-                f"sweep.objectives: {o.name!r} is not measured by a trial; use {allowed}"
-            )
-    for c in conds:
-        if (_kind(c.key) != "metric" and c.key not in _SEARCH_NAMES) or not isinstance(
-            c.value, float
-        ):
-            problems.append(
-                f"sweep.constraints: {str(c)!r}: a trial can only be held to a number on {allowed}"
-            )
-    if len(objs) > 1 and sw.scheduler == "asha":
-        problems.append(
-            f"sweep.objectives: {', '.join(o.name for o in objs)} with sweep.scheduler asha: "
-            + ASHA_OBJECTIVES
-        )
-    return problems
-
-
 def constraint_values(conds: Sequence[Condition], values: dict[str, Any]) -> dict[str, float]:
     """Optuna's constraint values (feasible when <= 0) of ``conds`` on a trial's
     ``values``; a value not measured counts as infeasible (1.0)."""
@@ -524,47 +318,3 @@ def constraint_values(conds: Sequence[Condition], values: dict[str, Any]) -> dic
 
 
 # --------------------------------------------------------------------------- catalog query
-
-
-def pareto_front(
-    pair: str,
-    objectives: str | Sequence[str] = "map,en-en/map",
-    storage: Any = "optical_runs",
-    *,
-    where: str | Sequence[str] | None = None,
-    experiment: str | None = None,
-) -> list[Any]:
-    """The non-dominated trials of ``pair`` under ``objectives`` (best first by the
-    first objective), among finished and ASHA-stopped trials that meet ``where``.
-
-    Returns :class:`~optical_ray.catalog.records.BestRecord` s whose ``objectives``
-    hold each objective's value; ``rank`` is the position on the front. Raises
-    :class:`ConfigError` for a malformed objective or condition, :class:`StorageError`
-    for a pair without records, an objective never recorded, or constraints no trial
-    meets (naming the closest trial).
-    """
-    from optical_ray.catalog.queries import _materialize, candidate_records
-
-    objs = parse_objectives(objectives)
-    conds = parse_where(where)
-    catalog, df = candidate_records(
-        pair, storage, experiment, [o.name for o in objs] + [c.key for c in conds], conds
-    )
-    values = objective_matrix(df, objs)
-    missing = [o.name for j, o in enumerate(objs) if np.isnan(values[:, j]).all()]
-    if missing:
-        raise StorageError(
-            f"objective(s) {', '.join(missing)} never recorded for pair {pair!r} in "
-            f"{catalog.storage.where()} ({len(df)} trials)"
-        )
-    mask = non_dominated(values, [o.maximize for o in objs])
-    front = df[mask].assign(**{f"__obj{j}": values[mask, j] for j in range(len(objs))})
-    order = [f"__obj{j}" for j in range(len(objs))]
-    front = front.sort_values(
-        [*order, "finished_at"], ascending=[not o.maximize for o in objs] + [True], kind="stable"
-    )
-    front = front.assign(value=front["__obj0"])
-    records = _materialize(catalog, front, objs[0].name, objs[0].mode, validate=False)
-    for rec, (_, row) in zip(records, front.iterrows()):
-        rec.objectives = {o.name: float(row[f"__obj{j}"]) for j, o in enumerate(objs)}
-    return records

@@ -6,16 +6,27 @@ import json
 import logging
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from optical_ray.catalog.records import (
+    metric_values,
+    recorded_metrics,
     CATALOG_DIR,
     HYPERPARAMETERS,
     RANKED_STATUSES,
     BestRecord,
     best_record,
-    metric_value,
+)
+from optical_ray.catalog.pareto import (
+    closest_miss,
+    columns_for,
+    filter_where,
+    non_dominated,
+    objective_matrix,
+    parse_objectives,
+    parse_where,
 )
 from optical_ray.catalog.store import Catalog
 from optical_ray.config import PAIR_RE
@@ -26,8 +37,7 @@ __all__ = [
     "best_config",
     "best_configs_all",
     "candidate_records",
-    "metric_values",
-    "recorded_metrics",
+    "pareto_front",
     "rank_trials",
     "best_yaml",
     "format_records",
@@ -63,29 +73,6 @@ def _check_query(pair: str | None, metric: str, top: int, mode: str) -> None:
         problems.append(f"mode: got {mode!r}, expected 'max' or 'min'")
     if problems:
         raise ConfigError(problems)
-
-
-def metric_values(df: pd.DataFrame, metric: str) -> pd.Series:
-    """``metric`` per record of ``df`` (catalog records, as :meth:`Catalog.records`
-    gives them): the plain ``best_value`` column where the record's own metric is
-    ``metric``, otherwise looked up in its ``best_metrics`` JSON; NaN if not recorded."""
-    values = df["best_value"].where(df["metric"] == metric).astype("float64")
-    other = values.isna()
-    if other.any():
-        looked_up = [
-            metric_value(json.loads(m) if isinstance(m, str) and m else {}, p, metric)
-            for m, p in zip(df.loc[other, "best_metrics"], df.loc[other, "pair"])
-        ]
-        values.loc[other] = pd.Series(looked_up, index=values.index[other], dtype="float64")
-    return values
-
-
-def recorded_metrics(df: pd.DataFrame) -> list[str]:
-    """The metric names recorded in the records ``df`` (for error messages)."""
-    names: set[str] = set(df["metric"].dropna())
-    for text in df["best_metrics"].dropna():
-        names.update(k.rsplit("/", 1)[-1] for k in json.loads(text))
-    return sorted(names)
 
 
 def rank_trials(
@@ -175,8 +162,6 @@ def candidate_records(
     that ``names`` need, narrowed to those meeting ``conditions``
     (:mod:`~optical_ray.catalog.pareto`). Raises :class:`StorageError` when none
     finished, or none meets the conditions (naming the closest)."""
-    from optical_ray.catalog.pareto import closest_miss, columns_for, filter_where
-
     _check_query(pair, "map", 1, "max")
     catalog = Catalog(storage)
     df = _pair_records(catalog, pair, experiment, [*_RANK_COLUMNS, *columns_for(names)])
@@ -219,12 +204,6 @@ def best_config(
         df = _pair_records(catalog, pair, experiment, _RANK_COLUMNS)
         winners = rank_trials(df, pair, metric, top, mode, catalog.storage.where())
         return _materialize(catalog, winners, metric, mode)
-    from optical_ray.catalog.pareto import (
-        objective_matrix,
-        parse_objectives,
-        parse_where,
-    )
-
     conds = parse_where(where)
     objs = parse_objectives(objectives if objectives is not None else f"{metric}:{mode}")
     catalog, df = candidate_records(
@@ -369,3 +348,45 @@ def varying_distill_keys(records: Sequence[BestRecord]) -> list[str]:
         if len(values) > 1 and scalar:
             out.append(k)
     return out
+
+
+def pareto_front(
+    pair: str,
+    objectives: str | Sequence[str] = "map,en-en/map",
+    storage: Any = "optical_runs",
+    *,
+    where: str | Sequence[str] | None = None,
+    experiment: str | None = None,
+) -> list[Any]:
+    """The non-dominated trials of ``pair`` under ``objectives`` (best first by the
+    first objective), among finished and ASHA-stopped trials that meet ``where``.
+
+    Returns :class:`~optical_ray.catalog.records.BestRecord` s whose ``objectives``
+    hold each objective's value; ``rank`` is the position on the front. Raises
+    :class:`ConfigError` for a malformed objective or condition, :class:`StorageError`
+    for a pair without records, an objective never recorded, or constraints no trial
+    meets (naming the closest trial).
+    """
+    objs = parse_objectives(objectives)
+    conds = parse_where(where)
+    catalog, df = candidate_records(
+        pair, storage, experiment, [o.name for o in objs] + [c.key for c in conds], conds
+    )
+    values = objective_matrix(df, objs)
+    missing = [o.name for j, o in enumerate(objs) if np.isnan(values[:, j]).all()]
+    if missing:
+        raise StorageError(
+            f"objective(s) {', '.join(missing)} never recorded for pair {pair!r} in "
+            f"{catalog.storage.where()} ({len(df)} trials)"
+        )
+    mask = non_dominated(values, [o.maximize for o in objs])
+    front = df[mask].assign(**{f"__obj{j}": values[mask, j] for j in range(len(objs))})
+    order = [f"__obj{j}" for j in range(len(objs))]
+    front = front.sort_values(
+        [*order, "finished_at"], ascending=[not o.maximize for o in objs] + [True], kind="stable"
+    )
+    front = front.assign(value=front["__obj0"])
+    records = _materialize(catalog, front, objs[0].name, objs[0].mode, validate=False)
+    for rec, (_, row) in zip(records, front.iterrows()):
+        rec.objectives = {o.name: float(row[f"__obj{j}"]) for j, o in enumerate(objs)}
+    return records

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from optical_ray import __version__
 from optical_ray.config import (
-    MAIN_HYPERPARAMETERS,
+    HYPERPARAMETERS,
     PAIR_RE,
     Config,
     from_flat,
@@ -26,9 +26,11 @@ from optical_ray.config import (
 )
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
-from optical_ray.sweeps.warmstart import origin_problems
+from optical_ray.config.rules import origin_problems
 
 __all__ = [
+    "metric_values",
+    "recorded_metrics",
     "TrialRecord",
     "BestRecord",
     "SCHEMA",
@@ -61,9 +63,6 @@ def trial_epochs(status: Any, iterations: Any) -> int:
     return max(1, int(iterations) - (1 if status == "finished" else 0))
 
 
-#: Plain columns of the main hyperparameters (column -> flat config key), for fast
-#: queries and the report's plots.
-HYPERPARAMETERS = {key.rsplit(".", 1)[-1]: key for key in MAIN_HYPERPARAMETERS}
 # Stored as text (layers as JSON, method as is); the others as numbers.
 _JSON_HYPERPARAMETERS, _TEXT_HYPERPARAMETERS = {"layers"}, {"layers", "method"}
 
@@ -448,3 +447,26 @@ def best_record(
         },
         origin=_opt(row, "origin"),
     )
+
+
+def metric_values(df: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` per record of ``df`` (catalog records, as :meth:`Catalog.records`
+    gives them): the plain ``best_value`` column where the record's own metric is
+    ``metric``, otherwise looked up in its ``best_metrics`` JSON; NaN if not recorded."""
+    values = df["best_value"].where(df["metric"] == metric).astype("float64")
+    other = values.isna()
+    if other.any():
+        looked_up = [
+            metric_value(json.loads(m) if isinstance(m, str) and m else {}, p, metric)
+            for m, p in zip(df.loc[other, "best_metrics"], df.loc[other, "pair"])
+        ]
+        values.loc[other] = pd.Series(looked_up, index=values.index[other], dtype="float64")
+    return values
+
+
+def recorded_metrics(df: pd.DataFrame) -> list[str]:
+    """The metric names recorded in the records ``df`` (for error messages)."""
+    names: set[str] = set(df["metric"].dropna())
+    for text in df["best_metrics"].dropna():
+        names.update(k.rsplit("/", 1)[-1] for k in json.loads(text))
+    return sorted(names)

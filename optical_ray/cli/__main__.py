@@ -2,6 +2,6 @@
 
 import sys
 
-from optical_ray.cli import main
+from optical_ray.cli.parser import main
 
 sys.exit(main())

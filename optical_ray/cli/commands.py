@@ -85,7 +85,8 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare_real(args: argparse.Namespace) -> int:
-    from optical_ray.data.real import canonical_lang, prepare_real
+    from optical_ray.data.prepare import prepare_real
+    from optical_ray.data.real import canonical_lang
 
     _check_dir(args.out, "--out")
     manifest = prepare_real(
@@ -248,7 +249,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     space = pin_overrides(
         load_space(args.space), {k: flat[k] for k in parse_overrides(args.overrides) if k in flat}
     )
-    from optical_ray.sweeps.plan import run_sweep  # Ray-free; Ray is imported when it runs
+    from optical_ray.distributed import run_sweep  # Ray-free; Ray is imported when it runs
 
     result = run_sweep(
         cfg,

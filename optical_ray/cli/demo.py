@@ -128,7 +128,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo end to end (see the module docstring); returns where things are."""
     from optical_ray.data.sources import ensure_data_root
-    from optical_ray.sweeps.plan import run_sweep
+    from optical_ray.distributed import run_sweep
 
     start = time.time()
     if trials < 1:

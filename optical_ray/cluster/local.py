@@ -40,17 +40,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from optical_ray.errors import ClusterError, ConfigError
+from optical_ray.errors import ClusterError
 from optical_ray.cluster.nodes import (
     ClusterStatus,
+    check_size,
     DEFAULT_OBJECT_STORE,
     MARKER_ENV,
-    MAX_CPUS_PER_NODE,
-    MAX_NODES,
-    MIN_MEMORY,
-    MIN_OBJECT_STORE,
     NodeStatus,
-    CLUSTER_NAME_RE,
     Node,
     RETRYABLE,
     STARTED_LINE,
@@ -109,69 +105,14 @@ class LocalCluster:
         state_dir: str | Path | None = None,
         timeout: float = 180.0,
     ) -> None:
-        problems: list[str] = []
-
-        def integer(flag: str, value: Any, low: int, high: int, what: str) -> int:
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                problems.append(f"{flag}: got {value!r}, expected {what}")
-                return low
-            return value
-
-        self.nodes = integer(
-            "--nodes",
-            nodes,
-            1,
-            MAX_NODES,
-            f"an integer from 1 to {MAX_NODES} (worker nodes; the head is started in addition)",
-        )
-        self.cpus_per_node = integer(
-            "--cpus-per-node",
-            cpus_per_node,
-            1,
-            MAX_CPUS_PER_NODE,
-            f"an integer from 1 to {MAX_CPUS_PER_NODE}",
-        )
-        self.gpus_per_node = integer(
-            "--gpus-per-node", gpus_per_node, 0, 64, "an integer from 0 to 64"
-        )
-        self.memory = self._size(problems, "--memory", memory, MIN_MEMORY)
-        self.object_store_memory = self._size(
-            problems,
-            "--object-store-memory",
-            object_store_memory,
-            MIN_OBJECT_STORE,
-            "Ray's minimum",
-        )
-        if not isinstance(name, str) or not CLUSTER_NAME_RE.match(name):
-            problems.append(
-                f"--name: got {name!r}, expected 1 to 40 letters, digits, '-', "
-                "'_' or '.' (starting with a letter or digit)"
-            )
-        if problems:
-            raise ConfigError(problems)
+        size = check_size(nodes, cpus_per_node, gpus_per_node, memory, object_store_memory, name)
+        self.nodes, self.cpus_per_node, self.gpus_per_node = size.nodes, size.cpus, size.gpus
+        self.memory, self.object_store_memory = size.memory, size.object_store_memory
         self.name = name
         self.state_dir = Path(state_dir).expanduser() if state_dir else default_state_dir()
         self.timeout = timeout
         self._state: State | None = None
         self._procs: dict[int, subprocess.Popen] = {}
-
-    @staticmethod
-    def _size(
-        problems: list[str], flag: str, value: int | str | None, minimum: int, why: str = ""
-    ) -> int | None:
-        if value is None:
-            return None
-        try:
-            n = parse_bytes(value, flag)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            return None
-        if n < minimum:
-            problems.append(
-                f"{flag}: got {value!r} ({n} bytes), expected at least "
-                f"{fmt_bytes(minimum)}{f' ({why})' if why else ''}"
-            )
-        return n
 
     # ------------------------------------------------------------------ attach / state
 

@@ -14,10 +14,13 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from optical_ray.errors import ClusterError, ConfigError
 
 __all__ = [
+    "ClusterSize",
+    "check_size",
     "MARKER_ENV",
     "NodeStatus",
     "ClusterStatus",
@@ -234,3 +237,78 @@ class State:
         data = json.loads(text)
         data["launched"] = [Node(**n) for n in data.get("launched", [])]
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class ClusterSize:
+    """A checked cluster size: worker nodes, and what each node advertises."""
+
+    nodes: int
+    cpus: int
+    gpus: int
+    memory: int | None
+    object_store_memory: int | None
+
+
+def check_size(
+    nodes: Any,
+    cpus_per_node: Any,
+    gpus_per_node: Any,
+    memory: Any,
+    object_store_memory: Any,
+    name: Any,
+) -> ClusterSize:
+    """The arguments of a :class:`~optical_ray.cluster.local.LocalCluster`, checked: one
+    :class:`ConfigError` listing every bad one, each named by its CLI flag."""
+    problems: list[str] = []
+
+    def integer(flag: str, value: Any, low: int, high: int, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(f"{flag}: got {value!r}, expected {what}")
+            return low
+        return value
+
+    def size(flag: str, value: Any, minimum: int, why: str = "") -> int | None:
+        if value is None:
+            return None
+        try:
+            n = parse_bytes(value, flag)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return None
+        if n < minimum:
+            problems.append(
+                f"{flag}: got {value!r} ({n} bytes), expected at least "
+                f"{fmt_bytes(minimum)}{f' ({why})' if why else ''}"
+            )
+        return n
+
+    out = ClusterSize(
+        nodes=integer(
+            "--nodes",
+            nodes,
+            1,
+            MAX_NODES,
+            f"an integer from 1 to {MAX_NODES} (worker nodes; the head is started in addition)",
+        ),
+        cpus=integer(
+            "--cpus-per-node",
+            cpus_per_node,
+            1,
+            MAX_CPUS_PER_NODE,
+            f"an integer from 1 to {MAX_CPUS_PER_NODE}",
+        ),
+        gpus=integer("--gpus-per-node", gpus_per_node, 0, 64, "an integer from 0 to 64"),
+        memory=size("--memory", memory, MIN_MEMORY),
+        object_store_memory=size(
+            "--object-store-memory", object_store_memory, MIN_OBJECT_STORE, "Ray's minimum"
+        ),
+    )
+    if not isinstance(name, str) or not CLUSTER_NAME_RE.match(name):
+        problems.append(
+            f"--name: got {name!r}, expected 1 to 40 letters, digits, '-', "
+            "'_' or '.' (starting with a letter or digit)"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return out

@@ -20,6 +20,13 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from optical_ray.config.rules import (
+    optuna_storage_problems,
+    search_problems,
+    tracking_problems,
+    warm_start_problems,
+)
+from optical_ray.config.loader import read_yaml
 from optical_ray.errors import ConfigError
 from optical_ray.config.schema import (
     MAIN_HYPERPARAMETERS,
@@ -268,8 +275,6 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append(
             f"eval.reference: got {cfg.eval.reference!r}, expected a pair such as en-en, or ''"
         )
-    from optical_ray.catalog.pareto import search_problems  # several objectives, constraints
-
     problems += search_problems(cfg.sweep)
     d = cfg.distill
     if not d.layers:
@@ -349,14 +354,9 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append(
             "train.device: got 'cpu' with scaling.gpus_per_worker > 0; use 'auto' or 'cuda'"
         )
-    # Tracking targets and study storage: rules live beside the code that uses them.
-    from optical_ray.tracking.trackers import optuna_storage_problems, tracking_problems
-
     problems += tracking_problems("train.tracking", cfg.train.tracking)
     problems += tracking_problems("sweep.tracking", cfg.sweep.tracking)
     problems += optuna_storage_problems(cfg.sweep.optuna_storage)
-    from optical_ray.sweeps.warmstart import warm_start_problems
-
     problems += warm_start_problems(cfg.sweep.warm_start)
     uri = cfg.storage.uri
     if "://" in uri and not uri.startswith(("s3://", "file://")):
@@ -519,59 +519,6 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     for key, value in overrides.items():
         _set_path(out, key, value)
     return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
-    the last value without a word, so the first one would be silently ignored)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base` then explicit keys: overriding is the point
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: SafeLoader reports it itself
-                continue
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first at line {first + 1}); give each key once",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """Parse the YAML file ``path`` (safe loader, UTF-8, no duplicate keys); every
-    problem (missing, a directory, not UTF-8, bad YAML) is a one-line :class:`ConfigError`
-    naming the file, and the line where YAML can tell."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{what} {str(path)!r} is a directory; expected a YAML file")
-    if not p.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}; save the file as UTF-8",
-            source=str(path),
-        ) from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(
-            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)
-        ) from None
 
 
 def load_config(

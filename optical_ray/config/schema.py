@@ -1,8 +1,8 @@
 """The typed config schema: one dataclass per concern, with each field's default, help
 and bounds (``_f``), and the names and formats the validation checks against.
 
-Building, validation and I/O live in :mod:`optical_ray.config.build` (which re-exports all of
-this: import from there).
+Building, validation and I/O live in :mod:`optical_ray.config.build`; import both from
+:mod:`optical_ray.config`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,31 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+__all__ = [
+    "PAIR_RE",
+    "NAME_RE",
+    "METRIC_RE",
+    "REAL_BITEXT_FORMATS",
+    "REAL_EVAL_FORMATS",
+    "REAL_RANK_FORMATS",
+    "REAL_FORMATS",
+    "MAIN_HYPERPARAMETERS",
+    "HYPERPARAMETERS",
+    "TinyModelConfig",
+    "ModelConfig",
+    "SourceConfig",
+    "DataConfig",
+    "RankConfig",
+    "AdaptConfig",
+    "DistillConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ScalingConfig",
+    "StorageConfig",
+    "SweepConfig",
+    "Config",
+]
 
 PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
 #: Run and sweep names become one directory (``<output_dir>/<name>``, ``<storage>/<name>-<pair>``).
@@ -32,6 +57,9 @@ MAIN_HYPERPARAMETERS = (
     "distill.lr",
     "distill.method",
 )
+#: Plain columns of the main hyperparameters (column -> flat config key), for fast
+#: queries and the report's plots.
+HYPERPARAMETERS = {key.rsplit(".", 1)[-1]: key for key in MAIN_HYPERPARAMETERS}
 
 
 def _f(

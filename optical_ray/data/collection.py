@@ -40,9 +40,9 @@ from optical_ray.data.formats import (
     Doc,
     PathLike,
     Triple,
-    _doc_records,
-    _qrels_records,
-    _triple_records,
+    doc_records,
+    qrels_records,
+    triple_records,
     iter_bitext,
     read_queries,
 )
@@ -250,7 +250,7 @@ def read_corpus(path: PathLike, *, fmt: str | None = None) -> Corpus:
     seen: set[str] = set()
 
     def docs() -> Iterator[Doc]:
-        for lineno, doc in _doc_records(path, fmt):
+        for lineno, doc in doc_records(path, fmt):
             if doc.docid in seen:
                 raise DataError(
                     f"{path}: line {lineno}: duplicate document id {doc.docid!r}; ids must be unique"
@@ -324,7 +324,7 @@ class Collection:
         if self.triples is None:
             return
         source = (
-            (t for _, t in _triple_records(self.triples, None, False))
+            (t for _, t in triple_records(self.triples, None, False))
             if isinstance(self.triples, Path)
             else iter(self.triples)
         )
@@ -439,7 +439,7 @@ def _check_triples(col: Collection, name: str, strict: bool) -> None:
     """Count the triples and find those naming unknown ids (one streaming pass)."""
     assert col.triples is not None
     records: Iterable[tuple[int | None, Triple]] = (
-        _triple_records(col.triples, None, False)
+        triple_records(col.triples, None, False)
         if isinstance(col.triples, Path)
         else ((None, t) for t in col.triples)
     )
@@ -493,7 +493,7 @@ def load_collection(
     return build_collection(
         q,
         docs,
-        _qrels_records(files["qrels"]),
+        qrels_records(files["qrels"]),
         files.get("triples"),
         strict=strict,
         check_triples=check_triples,

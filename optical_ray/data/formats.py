@@ -39,6 +39,9 @@ __all__ = [
     "Doc",
     "Triple",
     "detect_format",
+    "doc_records",
+    "qrels_records",
+    "triple_records",
     "iter_bitext",
     "iter_corpus",
     "iter_lines",
@@ -271,7 +274,8 @@ def read_queries(path: PathLike, *, fmt: str | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------- corpus
 
 
-def _doc_records(path: PathLike, fmt: str | None) -> Iterator[tuple[int, Doc]]:
+def doc_records(path: PathLike, fmt: str | None) -> Iterator[tuple[int, Doc]]:
+    """Yield ``(line_number, doc)`` from a corpus file (JSONL or TSV)."""
     kind = _format(path, fmt, "a corpus", {"tsv": "tsv", "txt": "tsv", "jsonl": "jsonl"})
     if kind == "jsonl":
         for lineno, obj in _json_records(path):
@@ -323,7 +327,7 @@ def iter_corpus(
     """
     if batch_size is not None and batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
-    records = _doc_records(path, fmt)
+    records = doc_records(path, fmt)
     if check_duplicates:
         records = _unique_docs(path, records)
     if batch_size is None:
@@ -358,7 +362,7 @@ def _batched(items: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
 _QRELS_HEADER = {"query-id", "query_id", "qid", "query"}
 
 
-def _qrels_records(path: PathLike) -> Iterator[tuple[int, str, str, int]]:
+def qrels_records(path: PathLike) -> Iterator[tuple[int, str, str, int]]:
     """Yield ``(line_number, qid, docid, rel)`` from TREC or BEIR-TSV qrels."""
     width = 0
     for i, (lineno, line) in enumerate(_lines(path)):
@@ -394,7 +398,7 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
     with or without the header); the layout is taken from the first line.
     """
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, qid, docid, rel in _qrels_records(path):
+    for lineno, qid, docid, rel in qrels_records(path):
         docs = qrels.setdefault(qid, {})
         if docs.get(docid, rel) != rel:
             raise DataError(
@@ -420,7 +424,8 @@ def _text_list(path: PathLike, lineno: int, value: Any, what: str) -> tuple[str,
     return tuple(_as_text(path, lineno, v, what) for v in items)
 
 
-def _triple_records(path: PathLike, fmt: str | None, texts: bool) -> Iterator[tuple[int, Triple]]:
+def triple_records(path: PathLike, fmt: str | None, texts: bool) -> Iterator[tuple[int, Triple]]:
+    """Yield ``(line_number, triple)`` from a triples file: ids, or texts when ``texts``."""
     kind = _format(path, fmt, "triples", {"tsv": "tsv", "txt": "tsv", "jsonl": "jsonl"})
     if kind == "tsv":
         layout = "3+ columns: query, pos, neg" if texts else "3+ columns: qid, pos docid, neg docid"
@@ -486,7 +491,7 @@ def iter_triples(
     TSV holds ids (``qid pos neg``, MS MARCO style) unless ``texts=True`` (``query pos
     neg``); extra columns are further negatives. JSONL says which form it is by its keys.
     """
-    for _, triple in _triple_records(path, fmt, texts):
+    for _, triple in triple_records(path, fmt, texts):
         yield triple
 
 

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from optical_ray.data.collection import Collection, Corpus, TextPairs, build_collection
-from optical_ray.data.formats import Doc, PathLike, Triple, _qrels_records
+from optical_ray.data.formats import Doc, PathLike, Triple, qrels_records
 from optical_ray.errors import DataError
 
 __all__ = [
@@ -352,7 +352,7 @@ def _parts(
     qrels_src = source["qrels"]
     names["qrels"] = _label(qrels_src)
     if isinstance(qrels_src, (str, Path)) and Path(qrels_src).is_file():
-        records: Any = _qrels_records(qrels_src)
+        records: Any = qrels_records(qrels_src)
     else:
         qr = part("qrels")
         _require(qr, names["qrels"], fields, "qrels_query_id", "qrels_docid", "qrels_score")

@@ -18,15 +18,13 @@ from ray.tune import Callback
 
 from optical_ray.config import to_flat
 from optical_ray.errors import OpticalRayError
-from optical_ray.sweeps.plan import (
+from optical_ray.sweeps.plan import PairPlan, error_reason, resolve_trial_config
+from optical_ray.sweeps.protocol import (
     CHECKPOINT_PATH_KEY,
     CONFIG_KEY,
     FINISHED_KEY,
     ORIGIN_KEY,
     PER_QUERY_KEY,
-    PairPlan,
-    error_reason,
-    resolve_trial_config,
 )
 
 __all__ = [

@@ -15,28 +15,31 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 from ray import tune
 
 from optical_ray.config import Config
 from optical_ray.errors import ConfigError, DataError, OpticalRayError
-from optical_ray.distributed.pair import _SECRET_VARS, NAMESPACE, fit_pair
+from optical_ray.distributed.pair import NAMESPACE, fit_pair
+from optical_ray.redaction import SECRET_ENV_VARS
 from optical_ray.storage import redact
 from optical_ray.distributed.slots import SlotPool
-from optical_ray.sweeps.space import trial_config, validate_space
+from optical_ray.sweeps.space import SearchSpace, load_space, trial_config, validate_space
 from optical_ray.sweeps.plan import (
     PairPlan,
     PairResult,
     SweepResult,
     error_reason,
     plan_sweep,
+    sweep_config,
     unconverging_epsilon,
 )
 from optical_ray.distributed.trust import state_key, verify_state
 
-__all__ = ["run"]
+__all__ = ["run", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def _pair_task_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if k.startswith(prefixes)
-        and k not in _SECRET_VARS
+        and k not in SECRET_ENV_VARS
         and "SECRET" not in k
         and k != "OPTICAL_RAY_STATE_KEY"
     }
@@ -196,7 +199,7 @@ def run(
     from optical_ray.catalog import Catalog
     from optical_ray.data.sources import ensure_data_root
     from optical_ray.distributed.driverwatch import this_driver
-    from optical_ray.distributed.train import _check_resources, init_ray, prepare_config
+    from optical_ray.distributed.train import check_resources, init_ray, prepare_config
     from optical_ray.models.encoder import model_depth
     from optical_ray.storage import resolve_storage
 
@@ -221,7 +224,7 @@ def run(
             ensure_data_root(cfg)  # generated once here, not raced for by the trials
         _check_pairs_data(cfg, space)
     init_ray(address, log_to_driver=verbose >= 2)
-    _check_resources(cfg)
+    check_resources(cfg)
     fs = store.ray_storage_filesystem()
     exists = {
         pair: tune.Tuner.can_restore(store.join(f"{cfg.name}-{pair}"), storage_filesystem=fs)
@@ -298,3 +301,79 @@ def _root_cause(error: BaseException) -> str:
     if isinstance(cause, OpticalRayError):
         return str(cause)
     return error_reason(str(cause)) or type(cause).__name__
+
+
+def run_sweep(
+    base: Config,
+    space: SearchSpace | str | Path,
+    *,
+    pairs: Sequence[str],
+    samples: int | None = None,
+    workers_per_trial: int | None = None,
+    max_concurrent: int | None = None,
+    scheduler: str | None = None,
+    search: str | None = None,
+    metric: str | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: int = 1,
+    pair_order: str | None = None,
+    max_failures: int | None = None,
+    trust_storage: bool = False,
+    tracking: Sequence[str] | None = None,
+    optuna_storage: str | None = None,
+    objectives: Sequence[str] | None = None,
+    constraints: Sequence[str] | None = None,
+    warm_start: str | Sequence[str] | None = None,
+    warm_start_from: str | None = None,
+    warm_start_top: int | None = None,
+) -> SweepResult:
+    """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
+    to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
+
+    Pairs run concurrently (``sweep.pair_order: concurrent``), each its own Tune
+    experiment, sharing ``sweep.max_concurrent`` trials in flight. With ``resume=True``
+    an experiment already in storage is restored: finished trials are not run again,
+    unfinished ones continue from their checkpoints, and the searcher keeps its history;
+    Tune's saved state is checked against this installation's signed manifest first
+    (``trust_storage=True`` skips that check). Without it, an existing experiment is an
+    error, raised before any trial starts. ``tracking`` (``mlflow[=URI]``, ``tensorboard``,
+    ``wandb``) and ``optuna_storage`` are views onto the catalog (:mod:`optical_ray.tracking.trackers`).
+    ``objectives`` (``["map", "en-en/map"]``) searches several objectives with Optuna's
+    multi-objective TPE under FIFO; ``constraints`` (``["retention>=0.98"]``) are told
+    to Optuna with every trial and keep ASHA (:mod:`optical_ray.catalog.pareto`).
+    ``warm_start`` (``"auto"``, source pairs, or ``"none"``) seeds each pair's search from
+    the catalog records of related pairs (in ``warm_start_from``, default this storage):
+    their ``warm_start_top`` best configs (in all, in turns across sources) run first
+    and their trials form a prior for TPE (:mod:`optical_ray.sweeps.warmstart`).
+    """
+    cfg = sweep_config(
+        base,
+        pairs=pairs,
+        samples=samples,
+        workers_per_trial=workers_per_trial,
+        max_concurrent=max_concurrent,
+        scheduler=scheduler,
+        search=search,
+        metric=metric,
+        name=name,
+        pair_order=pair_order,
+        max_failures=max_failures,
+        tracking=None if tracking is None else list(tracking),
+        optuna_storage=optuna_storage,
+        objectives=None if objectives is None else list(objectives),
+        constraints=None if constraints is None else list(constraints),
+        warm_start=(
+            warm_start
+            if warm_start is None or isinstance(warm_start, str)
+            else ",".join(warm_start)
+        ),
+        warm_start_from=warm_start_from,
+        warm_start_top=warm_start_top,
+    )
+    if not isinstance(space, SearchSpace):
+        space = load_space(space)
+    return run(
+        cfg, space, resume=resume, address=address, verbose=verbose, trust_storage=trust_storage
+    )

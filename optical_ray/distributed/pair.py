@@ -1,20 +1,19 @@
-"""Everything Ray Tune, in one adapter (the trial function and its context are in
-:mod:`optical_ray.distributed.trial`, imported only in trial processes; the catalog and
-progress callbacks, public Ray API only, in :mod:`optical_ray.distributed.callbacks`; the
-cross-pair trial budget in :mod:`optical_ray.distributed.slots`): the pruning-aware Optuna
-searcher, the signed-state guard, and Tuner build / restore / run per pair.
+"""One pair's Ray Tune experiment: its Tuner built or restored, fitted and summarised
+(:func:`fit_pair`, run in the pair's own zero-CPU Ray task), with the signed-state
+guard and the end of the task when the sweep's driver dies.
 
-Ray's API moves fast; the private pieces this project cannot avoid live here only, each
-with a test that fails when Ray changes it: Optuna's study inside ``OptunaSearch``
-(``_ot_study``/``_ot_trials``), the copy of AWS keys into trial runtime envs
-(``class_cache``), and the callbacks of a restored Tuner (``_local_tuner``).
+The rest of the Tune side sits beside it: the searchers in
+:mod:`~optical_ray.distributed.searchers`, the trial function in
+:mod:`~optical_ray.distributed.trial` (imported only in trial processes, which bring
+torch), the catalog and progress callbacks in :mod:`~optical_ray.distributed.callbacks`,
+the cross-pair trial budget in :mod:`~optical_ray.distributed.slots`, the driver that
+starts the pairs in :mod:`~optical_ray.distributed.driver`.
 
-How a sweep runs: the driver plans every pair (:mod:`optical_ray.sweeps.plan`), checks them
-all, then starts one zero-CPU Ray task per pair, pinned to the driver's node (its local
-paths and key file). Each task builds or restores its pair's ``Tuner`` and fits it, so
-the pairs run at the same time with their own TPE model and ASHA brackets, and share
-``sweep.max_concurrent`` trials in flight through one named coordinator actor. The
-driver prints one line per pair as its trials move.
+Ray's API moves fast; the private pieces this project cannot avoid are named where
+they are used, each with a test that fails when Ray changes it: the copy of AWS keys
+into trial runtime envs (``class_cache``), the callbacks of a restored Tuner
+(``_local_tuner``), Ray's usage tag of callbacks, and Optuna's study inside
+``OptunaSearch`` (in the searchers).
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ from typing import Any, Callable, Iterator
 import ray
 from ray import tune
 from ray.tune import Callback
-from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from optical_ray.config import from_flat, to_flat
 from optical_ray.distributed.driverwatch import (
@@ -42,19 +39,11 @@ from optical_ray.distributed.driverwatch import (
     watch_driver,
 )
 from optical_ray.errors import OpticalRayError
-from optical_ray.distributed.slots import (
-    SharedLimiter,
-)  # also the name older saved experiment state uses
-from optical_ray.storage import StorageUnavailable, is_transient, redact, with_retries
-from optical_ray.sweeps.plan import (
-    CONFIG_KEY,
-    FINISHED_KEY,
-    ORIGIN_KEY,
-    PairPlan,
-    PairResult,
-    error_reason,
-    resolve_trial_config,
-)
+from optical_ray.distributed.searchers import build_searcher
+from optical_ray.redaction import SECRET_ENV_VARS
+from optical_ray.retries import OUTAGE_ATTEMPTS, StorageUnavailable, with_retries
+from optical_ray.sweeps.plan import PairPlan, PairResult, error_reason, resolve_trial_config
+from optical_ray.sweeps.protocol import CONFIG_KEY, FINISHED_KEY
 from optical_ray.distributed.callbacks import (
     NAMESPACE,
     CatalogCallback,
@@ -74,18 +63,12 @@ from optical_ray.distributed.trust import (
 
 __all__ = [
     "fit_pair",
-    "PruningAwareOptunaSearch",
-    "ObjectivesOptunaSearch",
-    "make_sampler",
-    "SharedLimiter",
     "CatalogCallback",
     "ProgressCallback",
     "checkpoint_uri",
     "NAMESPACE",
 ]
 
-# Tries of a trial's report while storage is unreachable: 1+2+4+8+15*4 s, about 75 s.
-REPORT_ATTEMPTS = 9
 DRIVER_MEMORY = 64 * 2**20  # bytes a multi-worker trial's driver reserves (it holds no CPU)
 # Once its driver is gone, a pair task ends at its Tune loop's next step (steps are
 # ~0.1 s apart), after at most UPLOAD_WAIT_S for the last state upload; one whose loop
@@ -96,17 +79,6 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def _storage_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` with transient storage failures (pyarrow raises OSError:
-    connection refused, timeouts, 5xx) turned into :class:`StorageUnavailable`."""
-    try:
-        return fn(*args, **kwargs)
-    except OSError as exc:
-        if is_transient(exc):
-            raise StorageUnavailable(redact(" ".join(str(exc).split()))) from exc
-        raise
 
 
 def _trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
@@ -135,195 +107,7 @@ def _trainable(plan: PairPlan, trial_fn: TrialFn | None = None) -> Callable[[dic
     return trial
 
 
-# --------------------------------------------------------------------------- searchers
-
-
-class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a trial the scheduler stopped early as *pruned*.
-
-    Ray's OptunaSearch tells every trial that ended without an error as complete, with
-    its last metric; under ASHA that compares a metric after one evaluation with others
-    after the full budget. Early in training the two do not rank alike (a learning rate
-    that will win often dips first, while one too small to move stays at the teacher's
-    zero-shot level), so TPE learns the wrong thing. A trial without our end-of-trial
-    report (``FINISHED_KEY``) was stopped: told as pruned, with the intermediate values
-    already reported, Optuna's TPE ranks it below every trial that ran to the end, and
-    pruned trials among themselves by how far they got, then by their last value.
-    """
-
-    def suggest(self, trial_id: str) -> dict | None:
-        """The sampled config, with where it came from under ``ORIGIN_KEY``: the
-        enqueued warm-start point's origin, else the sampler's (``random`` or
-        ``sampler``), for the trial's catalog record."""
-        from optical_ray.sweeps.warmsampler import sampler_origin
-
-        config = super().suggest(trial_id)
-        if config is None or config == Searcher.FINISHED:
-            return config
-        ot_trial = self._ot_trials[trial_id]  # private, as in on_trial_complete
-        origin = ot_trial.user_attrs.get("origin")
-        config[ORIGIN_KEY] = origin or sampler_origin(self._sampler, self._ot_study)
-        return config
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
-        # After a resume, a trial the persisted study saw end may report again.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        import optuna
-
-        try:
-            if (
-                error
-                or not result
-                or result.get(FINISHED_KEY)
-                or trial_id in self._completed_trials
-            ):
-                super().on_trial_complete(trial_id, result=result, error=error)
-                return
-            # Private: OptunaSearch keeps its study and ask-and-tell trials here.
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # A resumed experiment: the persisted study saw this trial end before the
-            # driver died, Tune's older snapshot did not. The study has its result.
-            log.info("trial %s was already told to Optuna before the resume", trial_id)
-        self._completed_trials.add(trial_id)
-
-
-class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
-    """OptunaSearch for several objectives and for constraints (:mod:`optical_ray.catalog.pareto`).
-
-    Objectives and constraints may name what the driver derives from a trial's result
-    (``retention`` over the teacher's ``baseline``, ``cost`` = device-seconds), so they
-    are added to the result before Optuna is told. Each constraint goes to the trial
-    as ``Trial.set_constraint`` (feasible when <= 0): Optuna 5 reads constraints from
-    there (its ``constraints_func`` argument is deprecated), and TPE then draws its
-    "good" group from feasible trials first, ranking infeasible ones by total violation.
-    """
-
-    def __init__(
-        self, *args: Any, cfg: Any, baseline: dict[str, float] | None, conditions: list, **kw: Any
-    ) -> None:
-        self.cfg, self.baseline, self.conditions = cfg, baseline, conditions
-        super().__init__(*args, **kw)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        import optuna
-
-        from optical_ray.catalog.pareto import constraint_values, trial_costs
-
-        if result and not error and trial_id not in self._completed_trials:
-            derived = trial_costs(result, self.cfg, self.baseline)
-            result = {**result, **{k: v for k, v in derived.items() if v is not None}}
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    for name, value in constraint_values(self.conditions, result).items():
-                        ot_trial.set_constraint(name, value)
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-def make_sampler(sw: Any, constant_liar: bool = True) -> Any:
-    """The Optuna sampler of ``sw`` (a :class:`~optical_ray.config.build.SweepConfig`), for one
-    objective or several.
-
-    Multivariate TPE models the parameters jointly (epsilon and learning rate
-    interact); Optuna recommends it over independent TPE. With several objectives the
-    same TPESampler is multi-objective TPE (MOTPE, Ozaki et al. 2020): its "good" group
-    is the trials of the best non-dominated ranks, split by hypervolume contribution.
-    NSGA-II is the other choice Optuna offers; it evolves generations of
-    ``population_size`` (50 by default) and is random search until the first one is
-    complete, which a sweep of 8-50 trials per pair never gets past. MOTPE models
-    from the first few trials on, which is the budget sweeps here have.
-    """
-    import optuna
-
-    if sw.search == "random":
-        return optuna.samplers.RandomSampler(seed=sw.seed)
-    return optuna.samplers.TPESampler(
-        seed=sw.seed,
-        multivariate=True,
-        n_startup_trials=max(2, min(5, sw.samples // 3)),
-        constant_liar=constant_liar,
-    )
-
-
-def _searcher(
-    plan: PairPlan, coordinator: str, baseline: dict[str, float] | None = None
-) -> Searcher:
-    from optical_ray.catalog.pareto import parse_where, search_objective
-    from optical_ray.storage import resolve_storage
-    from optical_ray.tracking.trackers import open_study_storage, optuna_storage_url
-
-    sw = plan.base.sweep
-    warm = plan.warm
-    objectives = sw.objectives
-    conditions = parse_where(sw.constraints)
-    # The transfer prior models one objective (the source trials' quantiles of it);
-    # with several objectives a warm start only enqueues its points.
-    prior = warm.prior if warm and sw.search == "tpe" and not objectives else []
-    # The transfer sampler samples on a view of the study (see warmsampler), where
-    # the constant liar cannot mark the running trial.
-    sampler = make_sampler(sw, constant_liar=not prior)
-    if prior:
-        from optical_ray.sweeps.warmsampler import TransferSampler
-
-        sampler = TransferSampler(sampler, prior, sw.mode, fade=sw.samples)
-    metric, mode = search_objective(sw)
-    # The pair's study persists (sweep.optuna_storage, by default SQLite beside local
-    # storage) as <sweep>-<pair>, so optuna-dashboard shows every pair as it runs.
-    store = resolve_storage(
-        plan.base.storage.uri, plan.base.storage.endpoint, plan.base.storage.region
-    )
-    url = optuna_storage_url(sw.optuna_storage, store)
-    # The driver created the study and checked it (launch.prepare_studies); here it is
-    # only opened (OptunaSearch loads it).
-    study = {"storage": open_study_storage(url), "study_name": plan.experiment} if url else {}
-    searcher: Searcher = (
-        ObjectivesOptunaSearch(
-            space=plan.space.define_by_run(plan.pair, plan.depth),
-            metric=metric,
-            mode=mode,
-            sampler=sampler,
-            cfg=plan.base,
-            baseline=baseline,
-            conditions=conditions,
-            **study,
-        )
-        if objectives or conditions
-        else PruningAwareOptunaSearch(
-            space=plan.space.define_by_run(plan.pair, plan.depth),
-            metric=sw.metric,
-            mode=sw.mode,
-            sampler=sampler,
-            **study,
-        )
-    )
-    if warm and warm.points:
-        from optical_ray.sweeps.warmsampler import enqueue_points
-
-        # Private: the searcher's study (persistent or in memory). Skips points the
-        # study already holds, so a re-planned resumed pair does not run them twice.
-        enqueue_points(searcher._ot_study, warm.points)
-    limited: Searcher = searcher
-    if sw.max_concurrent_per_pair:
-        limited = ConcurrencyLimiter(searcher, max_concurrent=sw.max_concurrent_per_pair)
-    return SharedLimiter(limited, coordinator, plan.pair, samples=sw.samples)
-
-
 # --------------------------------------------------------------------------- ray internals
-
-
-_SECRET_VARS = frozenset(
-    {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID"}
-)
 
 
 @contextlib.contextmanager
@@ -336,7 +120,7 @@ def _credentials_stay_on_nodes() -> Iterator[None]:
     from ray.tune.execution import class_cache  # private: Tune's actor-class cache
 
     before = class_cache.ENV_VARS_TO_PROPAGATE
-    class_cache.ENV_VARS_TO_PROPAGATE = set(before) - _SECRET_VARS
+    class_cache.ENV_VARS_TO_PROPAGATE = set(before) - SECRET_ENV_VARS
     try:
         yield
     finally:
@@ -507,7 +291,7 @@ def _tuner(
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(plan, coordinator, baseline),
+            search_alg=build_searcher(plan, coordinator, baseline),
             scheduler=sched,
             metric=sw.metric,
             mode=sw.mode,
@@ -669,7 +453,7 @@ def _flush_catalog(catalog: Any) -> None:
     try:
         with_retries(
             flush_all,
-            attempts=REPORT_ATTEMPTS,
+            attempts=OUTAGE_ATTEMPTS,
             base_delay=1.0,
             max_delay=15.0,
             what="writing spooled catalog records",

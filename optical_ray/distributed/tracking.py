@@ -15,7 +15,8 @@ from ray.tune import Callback
 from optical_ray.config import to_flat
 from optical_ray.errors import OpticalRayError
 from optical_ray.distributed.callbacks import BestCheckpoints
-from optical_ray.sweeps.plan import FINISHED_KEY, PairPlan, resolve_trial_config
+from optical_ray.sweeps.plan import PairPlan, resolve_trial_config
+from optical_ray.sweeps.protocol import FINISHED_KEY
 from optical_ray.tracking.trackers import Tracker, make_trackers, safe_params, step_metrics
 
 __all__ = ["TrackingCallback", "tracking_callbacks"]
@@ -98,12 +99,12 @@ def tracking_callbacks(targets: Sequence[str], *, plan: PairPlan, store: Any) ->
     """The Tune callbacks for ``sweep.tracking`` (``["mlflow", "tensorboard", ...]``) of
     one pair's experiment, for the Tuner's ``RunConfig(callbacks=...)``."""
     tags = {
-        "optical_ray.sweeps.plan": plan.base.name,
+        "optical_ray.sweep": plan.base.name,
         "optical_ray.pair": plan.pair,
         "optical_ray.experiment": plan.experiment,
     }
     if plan.space_file and not plan.space_file.startswith("<"):  # a file, not a dict
-        tags["optical_ray.sweeps.space"] = plan.space_file
+        tags["optical_ray.space"] = plan.space_file
     trackers = make_trackers(
         targets,
         store=store,

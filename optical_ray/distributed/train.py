@@ -37,6 +37,7 @@ __all__ = [
     "FitResult",
     "UNSCORED",
     "build_trainer",
+    "check_resources",
     "checkpoint_score",
     "fit",
     "init_ray",
@@ -287,7 +288,7 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
     if store.scheme == "s3":
         store.ensure_bucket()
     init_ray(address)
-    _check_resources(cfg)
+    check_resources(cfg)
     trainer = build_trainer(cfg, storage=store)
     result = trainer.fit()
     if result.error is not None:
@@ -302,7 +303,7 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
     )
 
 
-def _check_resources(cfg: Config) -> None:
+def check_resources(cfg: Config) -> None:
     """Fail fast (one line) when the cluster can never fit the worker group."""
     import ray
 

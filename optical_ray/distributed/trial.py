@@ -21,16 +21,9 @@ from optical_ray.config import Config, to_flat
 from optical_ray.training.context import TrainContext, fill_metric
 from optical_ray.errors import TrainingError
 from optical_ray.evaluation.perquery import encode_per_query
-from optical_ray.distributed.pair import REPORT_ATTEMPTS, _storage_call
-from optical_ray.storage import with_retries
-from optical_ray.sweeps.plan import (
-    CHECKPOINT_PATH_KEY,
-    CONFIG_KEY,
-    FINISHED_KEY,
-    PER_QUERY_KEY,
-    PairPlan,
-    resolve_trial_config,
-)
+from optical_ray.retries import OUTAGE_ATTEMPTS, call_transient, with_retries
+from optical_ray.sweeps.plan import PairPlan, resolve_trial_config
+from optical_ray.sweeps.protocol import CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY
 from optical_ray.training.recipe import run as run_training
 from optical_ray.distributed.callbacks import best_kept_checkpoint
 
@@ -72,8 +65,8 @@ class TuneContext(TrainContext):
         # Reporting uploads the checkpoint: a storage outage is waited out (a failed
         # upload raises before the result is queued, so the report can be repeated).
         with_retries(
-            lambda: _storage_call(tune.report, out, checkpoint=checkpoint),
-            attempts=REPORT_ATTEMPTS,
+            lambda: call_transient(tune.report, out, checkpoint=checkpoint),
+            attempts=OUTAGE_ATTEMPTS,
             base_delay=1.0,
             max_delay=15.0,
             what="reporting a checkpoint to storage",

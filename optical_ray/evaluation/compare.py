@@ -20,15 +20,14 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from optical_ray.errors import ConfigError, DataError
+from optical_ray.evaluation.trec import EvalResult, parse_metric
 from optical_ray.tables import markdown_table, number, text_table
 
-if TYPE_CHECKING:  # evaluate re-exports this module's names: no import at run time
-    from optical_ray.evaluation.ranking import EvalResult
 
 __all__ = ["gap", "gap_closed", "paired_test", "holm", "GapRow", "GapReport", "gap_report"]
 
@@ -261,15 +260,13 @@ def gap_report(
 ) -> GapReport:
     """Compare systems (outer key, e.g. ``"zero-shot"``, ``"ot eps=0.05"``) per pair.
 
-    ``results`` maps each system to its :class:`~optical_ray.evaluation.ranking.EvalResult` per
+    ``results`` maps each system to its :class:`~optical_ray.evaluation.trec.EvalResult` per
     pair. The reference value of a metric is ``reference_system`` (default: the
     baseline) on ``reference_pair`` (default ``en-en``, else the best monolingual pair).
     For each system and pair: the value, :func:`gap`, ``delta = value - baseline`` and
     :func:`gap_closed`, with a paired test over queries against the baseline on the
     same pair; p-values are Holm-adjusted over all tests of the report.
     """
-    from optical_ray.evaluation.trec import parse_metric
-
     if baseline not in results:
         raise ConfigError(
             f"baseline: got {baseline!r}, expected one of the systems: "

@@ -33,14 +33,11 @@ Comparing systems (gap, gap closed, paired tests, the gap report) is
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +49,7 @@ from optical_ray.errors import ConfigError, DataError, TrainingError
 from optical_ray.tables import number, text_table
 from optical_ray.evaluation.trec import (  # evaluate_run, parse_metric and the run files: re-exported
     METRICS_HELP,
-    PerQuery,
+    EvalResult,
     Run,
     evaluate_run,
     parse_metric,
@@ -330,41 +327,6 @@ def _rerank(
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass
-class EvalResult:
-    """The evaluation of one model on one language pair.
-
-    ``metrics``: means over the ``num_queries`` judged queries; ``per_query``: the
-    values behind them (for significance tests); ``num_skipped``: ranked queries without
-    judgements, left out of the means; ``run``: ``{qid: {docid: score}}`` if kept.
-    """
-
-    pair: str
-    metrics: dict[str, float]
-    per_query: PerQuery
-    num_queries: int
-    num_docs: int
-    run: Run | None = None
-    seconds: float = 0.0
-    num_skipped: int = 0
-    depth: int | None = None
-
-    def to_dict(self, *, per_query: bool = True) -> dict[str, Any]:
-        """JSON form (without the run, which goes to a TREC file)."""
-        skip = {"run"} if per_query else {"run", "per_query"}
-        return {
-            f.name: copy.deepcopy(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name not in skip
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in data.items() if k in names and k != "run"}
-        return cls(**{"per_query": {}, **known})
 
 
 def evaluate_collection(

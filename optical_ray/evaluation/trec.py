@@ -6,7 +6,7 @@ Metrics (names as in the config): ``map`` (``map@K`` = map_cut_K), ``ndcg@K``
 A query counts in the means when it has judgements (trec_eval semantics: a judged
 query whose judgements are all non-relevant scores 0; a judged query missing from the
 run scores 0, as ``trec_eval -c``); queries without judgements are ranked but excluded
-and counted in :attr:`optical_ray.evaluation.ranking.EvalResult.num_skipped`.
+and counted in :attr:`EvalResult.num_skipped`.
 
 Ties. pytrec_eval (like trec_eval) ignores the rank column of a run: it orders each
 query's documents by score, descending, and breaks ties by document id, *descending*
@@ -17,13 +17,16 @@ file.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gzip
 import io
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from optical_ray.config import METRIC_RE
 from optical_ray.errors import ConfigError, DataError
 
 __all__ = [
+    "EvalResult",
     "METRICS_HELP",
     "PerQuery",
     "Run",
@@ -210,3 +214,38 @@ def read_trec_run(path: str | os.PathLike) -> Run:
                 )
             docs[docid] = value
     return run
+
+
+@dataclass
+class EvalResult:
+    """The evaluation of one model on one language pair.
+
+    ``metrics``: means over the ``num_queries`` judged queries; ``per_query``: the
+    values behind them (for significance tests); ``num_skipped``: ranked queries without
+    judgements, left out of the means; ``run``: ``{qid: {docid: score}}`` if kept.
+    """
+
+    pair: str
+    metrics: dict[str, float]
+    per_query: PerQuery
+    num_queries: int
+    num_docs: int
+    run: Run | None = None
+    seconds: float = 0.0
+    num_skipped: int = 0
+    depth: int | None = None
+
+    def to_dict(self, *, per_query: bool = True) -> dict[str, Any]:
+        """JSON form (without the run, which goes to a TREC file)."""
+        skip = {"run"} if per_query else {"run", "per_query"}
+        return {
+            f.name: copy.deepcopy(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in skip
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "run"}
+        return cls(**{"per_query": {}, **known})

@@ -5,23 +5,17 @@ from __future__ import annotations
 from optical_ray._lazy import lazy_exports
 
 _EXPORTS = {
-    "Encoded": "encoder",
     "RetrievalModel": "encoder",
+    "Encoded": "scoring",
+    "maxsim": "scoring",
     "PRESETS": "encoder",
-    "maxsim": "encoder",
-    "resolve_layers": "encoder",
-    "preset_dir": "encoder",
-    "model_summary": "encoder",
     "model_depth": "encoder",
     "check_distill_layers": "encoder",
-    "tiny_tokenizer_dir": "encoder",
     "LetterFolder": "text",
-    "base_letter": "text",
-    "SPECIAL_TOKENS": "tiny",
     "TinyModelSpec": "tiny",
-    "train_tokenizer": "tiny",
     "build_tiny_encoder": "tiny",
     "write_tiny_encoder": "tiny",
+    "train_tokenizer": "tiny",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,17 +6,14 @@ from optical_ray._lazy import lazy_exports
 
 _EXPORTS = {
     "build_report": "gap",
-    "PairSummary": "gap",
-    "summarize": "gap",
-    "parameter_importances": "gap",
+    "summarize": "summary",
+    "PairSummary": "summary",
+    "parameter_importances": "summary",
+    "best_vs_runner_up": "sections",
+    "report_section": "sections",
     "pareto_section": "pareto",
-    "FRONT_HEAD": "pareto",
-    "pyplot": "plots",
-    "plot_overview": "plots",
-    "plot_params": "plots",
-    "plot_importance": "plots",
-    "plot_warm_vs_cold": "plots",
-    "slug": "plots",
 }
 __all__ = list(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+# What the flat layout's optical_ray.report module held, for saved experiments.
+_LEGACY = ("gap", "summary", "plots")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _LEGACY)

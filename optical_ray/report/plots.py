@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from optical_ray.catalog import RANKED_STATUSES, metric_values
+from optical_ray.report.summary import PairSummary
 
-if TYPE_CHECKING:
-    from optical_ray.report.gap import PairSummary
 
 __all__ = [
     "pyplot",

@@ -19,12 +19,11 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from optical_ray.config import MAIN_HYPERPARAMETERS, Config, from_flat, to_flat
 from optical_ray.errors import ConfigError
-from optical_ray.sweeps.space import SearchSpace, load_space, trial_config
+from optical_ray.sweeps.space import SearchSpace, trial_config
 
 __all__ = [
     "PairPlan",
@@ -32,26 +31,12 @@ __all__ = [
     "SweepResult",
     "plan_sweep",
     "resolve_trial_config",
-    "run_sweep",
     "experiment_name",
     "error_reason",
     "asha_max_t",
     "evaluations_per_trial",
 ]
 
-#: Result keys of the trial protocol (the Tune side writes them, views read them): the
-#: end-of-trial report, the trial's resolved flat config (JSON, in its first report and
-#: its last), and a multi-worker trial's Train checkpoint path.
-FINISHED_KEY = "trial_finished"
-CONFIG_KEY = "resolved_config"
-CHECKPOINT_PATH_KEY = "checkpoint_path"
-#: The per-query values of a trial's best dev evaluation so far
-#: (:func:`optical_ray.evaluation.perquery.encode_per_query`), sent when the metric improves.
-PER_QUERY_KEY = "dev_per_query"
-#: The key a trial's sampled config carries its origin under (see :mod:`optical_ray.sweeps.warmstart`):
-#: ``warm_start:<pair>/<trial>``, ``sampler`` or ``random``. Not a config key: the
-#: trial's config ignores it, the catalog records it.
-ORIGIN_KEY = "trial_origin"
 #: Keys the sweep summary shows after the space's searched keys.
 SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 
@@ -337,81 +322,3 @@ def error_reason(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     found = [line for line in lines if _EXC_LINE.match(line)]
     return ((found or lines or ["unknown error"])[-1])[:500]
-
-
-def run_sweep(
-    base: Config,
-    space: SearchSpace | str | Path,
-    *,
-    pairs: Sequence[str],
-    samples: int | None = None,
-    workers_per_trial: int | None = None,
-    max_concurrent: int | None = None,
-    scheduler: str | None = None,
-    search: str | None = None,
-    metric: str | None = None,
-    name: str | None = None,
-    resume: bool = False,
-    address: str | None = None,
-    verbose: int = 1,
-    pair_order: str | None = None,
-    max_failures: int | None = None,
-    trust_storage: bool = False,
-    tracking: Sequence[str] | None = None,
-    optuna_storage: str | None = None,
-    objectives: Sequence[str] | None = None,
-    constraints: Sequence[str] | None = None,
-    warm_start: str | Sequence[str] | None = None,
-    warm_start_from: str | None = None,
-    warm_start_top: int | None = None,
-) -> SweepResult:
-    """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
-    to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
-
-    Pairs run concurrently (``sweep.pair_order: concurrent``), each its own Tune
-    experiment, sharing ``sweep.max_concurrent`` trials in flight. With ``resume=True``
-    an experiment already in storage is restored: finished trials are not run again,
-    unfinished ones continue from their checkpoints, and the searcher keeps its history;
-    Tune's saved state is checked against this installation's signed manifest first
-    (``trust_storage=True`` skips that check). Without it, an existing experiment is an
-    error, raised before any trial starts. ``tracking`` (``mlflow[=URI]``, ``tensorboard``,
-    ``wandb``) and ``optuna_storage`` are views onto the catalog (:mod:`optical_ray.tracking.trackers`).
-    ``objectives`` (``["map", "en-en/map"]``) searches several objectives with Optuna's
-    multi-objective TPE under FIFO; ``constraints`` (``["retention>=0.98"]``) are told
-    to Optuna with every trial and keep ASHA (:mod:`optical_ray.catalog.pareto`).
-    ``warm_start`` (``"auto"``, source pairs, or ``"none"``) seeds each pair's search from
-    the catalog records of related pairs (in ``warm_start_from``, default this storage):
-    their ``warm_start_top`` best configs (in all, in turns across sources) run first
-    and their trials form a prior for TPE (:mod:`optical_ray.sweeps.warmstart`).
-    """
-    from optical_ray.distributed import driver as launch
-
-    cfg = sweep_config(
-        base,
-        pairs=pairs,
-        samples=samples,
-        workers_per_trial=workers_per_trial,
-        max_concurrent=max_concurrent,
-        scheduler=scheduler,
-        search=search,
-        metric=metric,
-        name=name,
-        pair_order=pair_order,
-        max_failures=max_failures,
-        tracking=None if tracking is None else list(tracking),
-        optuna_storage=optuna_storage,
-        objectives=None if objectives is None else list(objectives),
-        constraints=None if constraints is None else list(constraints),
-        warm_start=(
-            warm_start
-            if warm_start is None or isinstance(warm_start, str)
-            else ",".join(warm_start)
-        ),
-        warm_start_from=warm_start_from,
-        warm_start_top=warm_start_top,
-    )
-    if not isinstance(space, SearchSpace):
-        space = load_space(space)
-    return launch.run(
-        cfg, space, resume=resume, address=address, verbose=verbose, trust_storage=trust_storage
-    )

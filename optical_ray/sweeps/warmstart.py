@@ -45,7 +45,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from optical_ray.config import PAIR_RE, Config, from_dict, to_flat
+from optical_ray.config import Config, from_dict, to_flat
+from optical_ray.config.rules import (
+    ORIGIN_RANDOM,
+    ORIGIN_SAMPLER,
+    WARM_PREFIX,
+    origin_problems,
+    parse_warm_start,
+    warm_origin,
+    warm_start_problems,
+)
 from optical_ray.errors import ConfigError, StorageError
 from optical_ray.sweeps.langsim import AUTO_SOURCES, choose_sources, language_specs, similarity
 from optical_ray.sweeps.space import LAYER_KEYS, Param, SearchSpace
@@ -71,8 +80,6 @@ __all__ = [
     "build_prior",
 ]
 
-WARM_PREFIX = "warm_start:"
-ORIGIN_SAMPLER, ORIGIN_RANDOM = "sampler", "random"
 # Value types whose differences between a source pair's trials mean "it searched this".
 _SECTIONS = ("distill.", "rank.", "adapt.", "train.", "model.")
 
@@ -80,59 +87,7 @@ _SECTIONS = ("distill.", "rank.", "adapt.", "train.", "model.")
 # --------------------------------------------------------------------------- origins
 
 
-def warm_origin(pair: str, trial_id: str) -> str:
-    """The origin of a config taken from ``pair``'s trial ``trial_id``."""
-    return f"{WARM_PREFIX}{pair}/{trial_id}"
-
-
-def origin_problems(origin: Any) -> list[str]:
-    """Problems of a record's ``origin`` (None: not recorded, e.g. an older record)."""
-    if origin is None or origin in (ORIGIN_SAMPLER, ORIGIN_RANDOM):
-        return []
-    if isinstance(origin, str) and origin.startswith(WARM_PREFIX):
-        pair, _, trial = origin[len(WARM_PREFIX) :].partition("/")
-        if PAIR_RE.match(pair) and trial:
-            return []
-    return [
-        f"origin: got {origin!r}, expected {ORIGIN_SAMPLER}, {ORIGIN_RANDOM} or "
-        f"{WARM_PREFIX}<pair>/<trial>"
-    ]
-
-
 # --------------------------------------------------------------------------- the setting
-
-
-def parse_warm_start(value: str | Sequence[str] | None) -> str | list[str]:
-    """``"none"``, ``"auto"`` or the list of source pairs ``value`` names (a comma
-    string or a list); raises :class:`ConfigError` naming a malformed pair."""
-    problems = warm_start_problems(value)
-    if problems:
-        raise ConfigError(problems)
-    items = _items(value)
-    if not items or items == ["none"]:
-        return "none"
-    return "auto" if items == ["auto"] else items
-
-
-def _items(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    return [p.strip() for p in parts if p.strip()]
-
-
-def warm_start_problems(value: Any) -> list[str]:
-    """Problems of ``sweep.warm_start``: ``none``, ``auto`` or pairs such as en-sw,en-ha."""
-    allowed = "expected none, auto or source pairs such as en-sw,en-ha"
-    if value is not None and not isinstance(value, (str, list, tuple)):
-        return [f"sweep.warm_start: got {value!r}, {allowed}"]
-    items = _items(value)
-    if len(items) > 1 and ({"none", "auto"} & set(items)):
-        return [f"sweep.warm_start: got {value!r}: none/auto cannot be mixed with pairs"]
-    if items in ([], ["none"], ["auto"]):
-        return []
-    bad = [p for p in items if not PAIR_RE.match(p)]
-    return [f"sweep.warm_start: got pair {p!r}, {allowed}" for p in bad]
 
 
 # --------------------------------------------------------------------------- translating configs

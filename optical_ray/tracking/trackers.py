@@ -30,13 +30,19 @@ import re
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from optical_ray.config.rules import (
+    TRACKERS,
+    TrackingTarget,
+    optuna_storage_problems,
+    parse_tracking,
+    tracking_problems,
+)
 from optical_ray.errors import ConfigError
 from optical_ray.storage import redact
-from optical_ray.sweeps.plan import FINISHED_KEY
+from optical_ray.sweeps.protocol import FINISHED_KEY
 from optical_ray.tracking.backends import (
     MlflowBackend,
     TensorBoardBackend,
@@ -72,7 +78,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRACKERS = ("mlflow", "tensorboard", "wandb")
 #: After a failed call, a backend drops calls for this long before it tries the server again.
 RETRY_AFTER_S = 20.0
 #: How long the end of an experiment waits for a backend's queued calls.
@@ -114,94 +119,12 @@ _SECRET_KEY = re.compile(
 # --------------------------------------------------------------------------- parsing
 
 
-@dataclass(frozen=True)
-class TrackingTarget:
-    """One ``--tracking`` item: ``mlflow``, ``mlflow=URI``, ``tensorboard`` or ``wandb``."""
-
-    kind: str
-    uri: str | None = None
-
-
-def tracking_problems(key: str, items: Sequence[str]) -> list[str]:
-    """Every problem of a ``tracking`` list, one line each (for config validation)."""
-    problems = []
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        kind, sep, uri = str(item).partition("=")
-        where = f"{key}[{i}]"
-        if kind not in TRACKERS:
-            problems.append(
-                f"{where}: got {item!r}, expected one of {', '.join(TRACKERS)} "
-                "(mlflow=URI names the tracking server)"
-            )
-        elif sep and kind != "mlflow":
-            problems.append(f"{where}: got {item!r}, only mlflow takes a URI (mlflow=URI)")
-        elif sep and not uri.strip():
-            problems.append(
-                f"{where}: got {item!r}, expected mlflow=URI such as mlflow=http://127.0.0.1:5000"
-            )
-        elif sep and _has_password(uri):
-            problems.append(
-                f"{where}: got {redact(item)!r}: a password in the tracking URI "
-                "would be logged; give it in MLFLOW_TRACKING_PASSWORD instead"
-            )
-        elif kind in seen:
-            problems.append(f"{where}: got {item!r}, {kind} is already listed")
-        seen.add(kind)
-    return problems
-
-
-def parse_tracking(items: Sequence[str]) -> list[TrackingTarget]:
-    """``["mlflow=http://...", "tensorboard"]`` as targets; :class:`ConfigError` lists
-    every bad item."""
-    problems = tracking_problems("tracking", items)
-    if problems:
-        raise ConfigError(problems)
-    out = []
-    for item in items:
-        kind, sep, uri = str(item).partition("=")
-        out.append(TrackingTarget(kind, uri.strip() if sep else None))
-    return out
-
-
-def _has_password(uri: str) -> bool:
-    return redact(uri) != uri
-
-
 # --------------------------------------------------------------------------- Optuna
 
 
 def study_name(sweep_name: str, pair: str) -> str:
     """The Optuna study of ``pair`` in sweep ``sweep_name`` (same as its Tune experiment)."""
     return f"{sweep_name}-{pair}"
-
-
-def optuna_storage_problems(value: str | None) -> list[str]:
-    """Problems of ``sweep.optuna_storage`` (None/'' = default, 'memory', an RDB URL, or
-    ``journal:PATH``)."""
-    if value in (None, "", "memory"):
-        return []
-    allowed = (
-        "expected 'memory', an RDB URL (sqlite:///path.db, postgresql://host/db, "
-        "mysql://host/db) or journal:PATH (Optuna's journal file on a shared file "
-        "system)"
-    )
-    if value.startswith("journal:"):
-        return (
-            []
-            if value[len("journal:") :].strip()
-            else [f"sweep.optuna_storage: got {value!r}, {allowed}"]
-        )
-    scheme = value.partition("://")[0]
-    if "://" not in value or not re.match(r"^[a-z][a-z0-9]*(\+[a-z0-9_]+)?$", scheme):
-        return [f"sweep.optuna_storage: got {value!r}, {allowed}"]
-    if _has_password(value):
-        return [
-            f"sweep.optuna_storage: got {redact(value)!r}: a password in the URL would "
-            "be saved with the sweep; give it in the environment (PGPASSWORD, MYSQL_PWD) "
-            "or the database's own config file"
-        ]
-    return []
 
 
 def optuna_storage_url(value: str | None, store: Any) -> str | None:
