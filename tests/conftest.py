@@ -1,4 +1,10 @@
-"""Shared fixtures: a tiny synthetic world and a tiny encoder built from its tokenizer."""
+"""Shared fixtures, one per resource for the whole suite: a tiny synthetic world and a
+tiny encoder built from its tokenizer, training configs on them, a sweep root (world +
+teacher), the sweep-space and sweep-config builders, one local Ray node shared by the
+session's sweep tests, and a real S3 server (``tests/s3server.py``).
+
+The ``slow`` marker (integration tests: real Ray, real S3, training) is registered in
+``pyproject.toml``; ``bash scripts/test.sh -m "not slow"`` is the quick tier."""
 
 from __future__ import annotations
 
@@ -8,14 +14,6 @@ import pytest
 
 # A real S3 server (SeaweedFS) on loopback: fixtures s3_server, s3_env, s3_storage_uri.
 pytest_plugins = ["tests.s3server"]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "slow: integration tests (real Ray, real S3, default-scale data, training); "
-        "deselect with -m 'not slow'",
-    )
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +103,86 @@ def sweep_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = from_flat({"data.root": str(world.root)})
     RetrievalModel.from_config(cfg).save(root / "teacher", cfg)
     return root
+
+
+@pytest.fixture(scope="session")
+def sweep_space():
+    """Builder of the small sweep space the sweep tests share: a distill-only trial of
+    ``steps`` steps evaluated (and checkpointed) every ``eval_every`` steps, searching
+    epsilon and the learning rate, plus any ``params`` given (e.g. ``distill.layers``)."""
+
+    def make(steps: int = 4, eval_every: int = 2, **params) -> dict:
+        return {
+            "base": {
+                "train.stages": ["distill"],
+                "distill.steps": steps,
+                "distill.batch_size": 8,
+                "train.eval_every": eval_every,
+                "train.log_every": 1000,
+                "train.warmup_ratio": 0.0,
+            },
+            "params": {
+                "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
+                "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                **params,
+            },
+        }
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sweep_base(sweep_root: Path):
+    """Builder of a sweep's base config on ``sweep_root`` (its world and teacher), with
+    ``storage`` and any flat overrides."""
+    from optical_ray.config import from_flat
+
+    def make(storage, **over):
+        return from_flat(
+            {
+                "data.root": str(sweep_root / "world"),
+                "output_dir": str(sweep_root / "runs"),
+                "storage.uri": str(storage),
+                "train.teacher": str(sweep_root / "teacher"),
+                "eval.metrics": ["map", "mrr@10"],
+                "eval.pairs": ["en-en"],
+                "sweep.max_concurrent": 2,
+                **over,
+            }
+        )
+
+    return make
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="session")
+def ray_node():
+    """One local Ray node (2 CPUs, 200 MB of object store), started on first use and
+    shared by every module of the session that runs sweeps on it."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    node = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
+    )
+    yield node
+    if ray.is_initialized():
+        ray.shutdown()
+    node.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_node):
+    """This test module's Ray driver, connected to the session's node (modules that need
+    a cluster of their own, e.g. one whose nodes a test kills, override this)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=ray_node.address)
+    yield ray_node
+    ray.shutdown()

@@ -64,18 +64,6 @@ def test_teacher_dir_sets_its_scoring(bench, tmp_path):
         bench.teacher_model_keys(str(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def ray_two_cpus():
-    """One Ray instance for this module's sweep (2 CPUs, small object store)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _tiny_sweep_args(shared: Path, out: Path, encoder: str) -> list[str]:
     """bench_real arguments for 2-step methods and 2-trial sweeps on a tiny encoder."""
     return [
@@ -99,7 +87,7 @@ def _tiny_sweep_args(shared: Path, out: Path, encoder: str) -> list[str]:
 
 
 def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
-    bench, ray_two_cpus, tiny_encoder_dir, tmp_path, capsys
+    bench, cluster, tiny_encoder_dir, tmp_path, capsys
 ):
     """``--methods ot,sweep`` on a fake shared folder with a tiny encoder: a 2-trial
     TPE + ASHA sweep over the real space, its best evaluated on the same test tasks
@@ -128,7 +116,7 @@ def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
 
 
 def test_warm_started_sweep_is_compared_with_the_cold_one(
-    bench, ray_two_cpus, tiny_encoder_dir, tmp_path, capsys
+    bench, cluster, tiny_encoder_dir, tmp_path, capsys
 ):
     """``--sweep-warm-start swa-en`` for hau: the cold and the warm sweep of hau-en run
     with the same budget, the warm one's first trial is swa-en's best config, and the

@@ -18,21 +18,6 @@ pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray")
 
-SPACE = {
-    "base": {
-        "train.stages": ["distill"],
-        "distill.steps": 4,
-        "distill.batch_size": 8,
-        "train.eval_every": 2,
-        "train.log_every": 1000,
-        "train.warmup_ratio": 0.0,
-    },
-    "params": {
-        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
-        "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-    },
-}
-
 
 @pytest.fixture(scope="module")
 def s3_cluster(s3_server):
@@ -160,8 +145,9 @@ def test_train_to_s3_then_evaluate_from_s3(
 
 
 def test_sweep_best_and_report_on_s3(
-    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path
+    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path, sweep_space
 ) -> None:
+    SPACE = sweep_space()
     from optical_ray.catalog import Catalog, best_config
     from optical_ray.config import from_dict
     from optical_ray.sweeps.space import parse_space
@@ -206,10 +192,11 @@ def test_sweep_best_and_report_on_s3(
 
 
 def test_sweep_survives_an_s3_outage(
-    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path
+    s3_cluster, s3_env, s3_storage_uri, sweep_root, tmp_path, sweep_space
 ) -> None:
     """Stop the S3 server for ~10 s while trials are running, start it again on the same
     directory: the sweep completes and no checkpoint or catalog record is lost."""
+    SPACE = sweep_space()
     from optical_ray.catalog import Catalog
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep

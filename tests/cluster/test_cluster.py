@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTERS = ROOT / "clusters"
 BIN = Path(sys.executable).parent
 
@@ -379,26 +379,13 @@ def test_cluster_up_starts_k_plus_1_capped_nodes(cli_cluster) -> None:
     assert _cli("cluster", "status", *flags).returncode == 0
 
 
-SPACE = {
-    "base": {
-        "train.stages": ["distill"],
-        "distill.steps": 4,
-        "distill.batch_size": 8,
-        "train.eval_every": 2,
-        "train.log_every": 1000,
-        "train.warmup_ratio": 0.0,
-    },
-    "params": {
-        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
-        "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-    },
-}
-
-
 @pytest.mark.slow
-def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(cli_cluster, tmp_path) -> None:
+def test_job_submit_runs_a_sweep_on_the_cluster_and_best_reads_it(
+    cli_cluster, tmp_path, sweep_space
+) -> None:
     """The README path: `ray job submit --working-dir DIR -- optical-ray sweep ...`
     against the local cluster, then `optical-ray best` on the storage it wrote."""
+    SPACE = sweep_space()
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from optical_ray.config import from_flat, to_dict

@@ -47,22 +47,13 @@ def stand_in(sampled: dict[str, Any], *, plan: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local node with 2 CPUs, owned by this test module."""
+def cluster(cluster):
+    """The session's Ray node, with this module's stand-in trial pickled by value (Ray's
+    workers cannot import a test module)."""
     from ray import cloudpickle
-    from ray.cluster_utils import Cluster
 
-    # the stand-in lives in this test module, which Ray's workers cannot import
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
-    )
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    yield cluster
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 

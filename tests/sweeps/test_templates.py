@@ -17,7 +17,7 @@ from optical_ray.sweeps.space import load_space, parse_space, trial_config
 from optical_ray.sweeps.templates import expand, pair_values
 from tests.fake_shared import make_fake_shared
 
-REAL_SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "real_mafand.yaml"
+REAL_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "real_mafand.yaml"
 
 
 def test_placeholders_fill_strings_and_keys_at_any_depth():

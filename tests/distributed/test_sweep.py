@@ -15,57 +15,13 @@ pytestmark = pytest.mark.slow
 
 ray = pytest.importorskip("ray")
 
-SPACE = {
-    "base": {
-        "train.stages": ["distill"],
-        "distill.steps": 4,
-        "distill.batch_size": 8,
-        "train.eval_every": 2,
-        "train.log_every": 1000,
-        "train.warmup_ratio": 0.0,
-    },
-    "params": {
-        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
-        "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-        "distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2},
-    },
-}
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One local node with 2 CPUs, owned by this test module."""
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
+def test_sweep_records_every_trial_and_best_answers(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
     )
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-
-
-def _base(root: Path, storage: str, **over):
-    from optical_ray.config import from_flat
-
-    return from_flat(
-        {
-            "data.root": str(root / "world"),
-            "output_dir": str(root / "runs"),
-            "storage.uri": storage,
-            "train.teacher": str(root / "teacher"),
-            "eval.metrics": ["map", "mrr@10"],
-            "eval.pairs": ["en-en"],
-            "sweep.max_concurrent": 2,
-            **over,
-        }
-    )
-
-
-def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None:
     from optical_ray.catalog import Catalog, best_config, best_yaml
     from optical_ray.config import from_dict, to_flat
     from optical_ray.report.sections import best_vs_runner_up
@@ -75,7 +31,7 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
 
     storage = str(sweep_root / "store-a")
     result = run_sweep(
-        _base(sweep_root, storage),
+        sweep_base(storage),
         parse_space(SPACE),
         pairs=["en-xc", "xc-en"],
         samples=3,
@@ -123,7 +79,12 @@ def test_sweep_records_every_trial_and_best_answers(cluster, sweep_root) -> None
     assert "best config per pair" in result.summary()
 
 
-def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_root) -> None:
+def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
+    )
     from optical_ray.catalog import Catalog
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
@@ -135,7 +96,7 @@ def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_
     }
     storage = str(sweep_root / "store-b")
     result = run_sweep(
-        _base(sweep_root, storage),
+        sweep_base(storage),
         parse_space(space),
         pairs=["en-xc"],
         samples=2,
@@ -153,7 +114,12 @@ def test_failed_trials_are_recorded_and_the_sweep_exits_non_zero(cluster, sweep_
     assert all("filtered out" in e for e in records["error"])
 
 
-def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_root) -> None:
+def test_layers_beyond_the_model_are_refused_before_any_trial(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
+    )
     from optical_ray.errors import ConfigError
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
@@ -168,7 +134,7 @@ def test_layers_beyond_the_model_are_refused_before_any_trial(cluster, sweep_roo
     storage = sweep_root / "store-e"
     with pytest.raises(ConfigError, match=r"layer 7 is beyond the model depth 2"):
         run_sweep(
-            _base(sweep_root, str(storage)),
+            sweep_base(str(storage)),
             parse_space(space),
             pairs=["en-xc"],
             samples=2,
@@ -192,7 +158,10 @@ def _pair_task_processes(other: frozenset[int] = frozenset()) -> list[int]:
     return found
 
 
-def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
+def test_resume_after_the_driver_is_killed(cluster, sweep_root, sweep_space, sweep_base) -> None:
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
+    )
     from optical_ray.catalog import Catalog
     from optical_ray.config import to_dict
     from optical_ray.sweeps.space import parse_space
@@ -204,7 +173,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     space_path.write_text(yaml.safe_dump(space))
     cfg_path = sweep_root / "base.yaml"
     cfg_path.write_text(
-        yaml.safe_dump(to_dict(_base(sweep_root, str(storage), **{"sweep.max_concurrent": 1})))
+        yaml.safe_dump(to_dict(sweep_base(str(storage), **{"sweep.max_concurrent": 1})))
     )
     cmd = [
         sys.executable,
@@ -248,7 +217,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     done = dict(zip(before["trial_id"], before["best_value"]))
     # The same command with --resume: finished trials are not run again.
     result = run_sweep(
-        _base(sweep_root, str(storage), **{"sweep.max_concurrent": 1}),
+        sweep_base(str(storage), **{"sweep.max_concurrent": 1}),
         parse_space(space),
         pairs=["en-xc"],
         samples=4,
@@ -275,7 +244,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
 
     with pytest.raises(ConfigError, match="already exist .* pass --resume"):
         run_sweep(
-            _base(sweep_root, str(storage)),
+            sweep_base(str(storage)),
             parse_space(space),
             pairs=["en-xc"],
             samples=4,
@@ -292,7 +261,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root) -> None:
     (storage / "kill-en-xc" / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
     with pytest.raises(UntrustedStateError, match="tuner.pkl was not written"):
         run_sweep(
-            _base(sweep_root, str(storage)),
+            sweep_base(str(storage)),
             parse_space(space),
             pairs=["en-xc"],
             samples=4,
@@ -322,10 +291,15 @@ def declining_trial(sampled: dict, *, plan) -> None:
     tune.report({"map": 0.6, FINISHED_KEY: 1})
 
 
-def test_a_trial_is_recorded_with_its_best_checkpoint_not_its_last(cluster, tmp_path) -> None:
+def test_a_trial_is_recorded_with_its_best_checkpoint_not_its_last(
+    cluster, tmp_path, sweep_space
+) -> None:
     """The catalog's best value and its checkpoint agree: the checkpoint named is the
     one that scored the best dev value, kept with the latest (for resume); the others
     are deleted."""
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
+    )
     from ray import cloudpickle
 
     from optical_ray.catalog import Catalog, best_config
@@ -368,17 +342,22 @@ def test_a_trial_is_recorded_with_its_best_checkpoint_not_its_last(cluster, tmp_
     ]
 
 
-def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None:
+def test_two_worker_trials_run_a_torch_trainer_each(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
     """workers_per_trial=2: the trial driver holds no CPU (on 2 CPUs both go to the
     TorchTrainer's workers), each trial is a 2-worker DDP run, and its work time is
     the rank-0 worker's."""
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
+    )
     from optical_ray.catalog import Catalog
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
 
     storage = str(sweep_root / "store-d")
     result = run_sweep(
-        _base(sweep_root, storage, **{"distill.batch_size": 4}),
+        sweep_base(storage, **{"distill.batch_size": 4}),
         parse_space(SPACE),
         pairs=["en-xc"],
         samples=1,
@@ -397,9 +376,14 @@ def test_two_worker_trials_run_a_torch_trainer_each(cluster, sweep_root) -> None
     assert 0 < record["training_s"] < wall
 
 
-def test_impossible_sweeps_fail_in_one_line_before_any_trial(cluster, sweep_root) -> None:
+def test_impossible_sweeps_fail_in_one_line_before_any_trial(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
     """A pair without data and a trial that needs more CPUs than the cluster has are
     refused up front (they used to fail inside Ray, or hang retrying worker start-up)."""
+    SPACE = sweep_space(
+        **{"distill.layers": {"type": "layers", "strategies": ["last", "one"], "max_k": 2}}
+    )
     from optical_ray.errors import ConfigError, DataError
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
@@ -407,7 +391,7 @@ def test_impossible_sweeps_fail_in_one_line_before_any_trial(cluster, sweep_root
     storage = sweep_root / "store-f"
     with pytest.raises(DataError, match="en-zz") as info:
         run_sweep(
-            _base(sweep_root, str(storage)),
+            sweep_base(str(storage)),
             parse_space(SPACE),
             pairs=["en-xc", "en-zz"],
             samples=1,
@@ -417,7 +401,7 @@ def test_impossible_sweeps_fail_in_one_line_before_any_trial(cluster, sweep_root
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
     with pytest.raises(ConfigError, match="99 workers .* the cluster has 2 CPUs"):
         run_sweep(
-            _base(sweep_root, str(storage)),
+            sweep_base(str(storage)),
             parse_space(SPACE),
             pairs=["en-xc"],
             samples=1,

@@ -10,7 +10,7 @@ import pytest
 
 from optical_ray.config import load_config
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
 
 def test_there_are_recipes():
@@ -24,7 +24,9 @@ def test_shipped_recipe_is_a_valid_config(path):
 
 
 def test_teacher_recipe_trains_a_late_interaction_teacher_on_train_splits_only():
-    cfg = load_config(Path(__file__).parent.parent / "recipes" / "teacher_minilm_colbert.yaml")
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "recipes" / "teacher_minilm_colbert.yaml"
+    )
     assert cfg.model.scoring == "late_interaction" and cfg.model.name_or_path == "minilm"
     assert cfg.train.stages == ["rank"]
     assert cfg.data.rank is not None and cfg.data.rank.format == "english_train"
@@ -96,7 +98,7 @@ def test_teacher_recipe_runs_from_the_cli(tmp_path, capsys):
     from optical_ray.models.encoder import RetrievalModel
 
     shared = _fake_shared(tmp_path / "shared")
-    recipe = Path(__file__).parent.parent / "recipes" / "teacher_minilm_colbert.yaml"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "teacher_minilm_colbert.yaml"
     code = main(
         [
             "train",

@@ -334,16 +334,6 @@ TRADE_SPACE = {
 }
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One local Ray node with 2 CPUs, owned by this module."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
     cluster, sweep_root, tmp_path
@@ -424,7 +414,7 @@ def test_a_multi_objective_sweep_records_retention_cost_and_a_front(
 def test_shipped_spaces_search_the_retention_knobs() -> None:
     from optical_ray.sweeps.space import load_space
 
-    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    root = Path(__file__).resolve().parents[2] / "search_spaces"
     for name in ("low_resource.yaml", "minilm.yaml"):
         keys = {p.key for p in load_space(root / name).params}
         assert {"distill.english_fraction", "distill.l2sp"} <= keys, name

@@ -21,22 +21,6 @@ from tests.mlflowserver import mlflow_server  # noqa: F401 - the module's fixtur
 ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
-SPACE = {
-    "base": {
-        "train.stages": ["distill"],
-        "distill.steps": 4,
-        "distill.batch_size": 8,
-        "train.eval_every": 2,
-        "train.log_every": 1000,
-        "train.warmup_ratio": 0.0,
-    },
-    "params": {
-        "distill.epsilon": {"type": "loguniform", "low": 0.01, "high": 1.0},
-        "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-    },
-}
-
-
 # --------------------------------------------------------------------------- no Ray
 
 
@@ -230,47 +214,15 @@ def test_wandb_runs_offline_without_network(tmp_path, monkeypatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local node with 2 CPUs, owned by this test module."""
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
-    )
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-
-
-def _base(root: Path, storage: str, **over):
-    from optical_ray.config import from_flat
-
-    return from_flat(
-        {
-            "data.root": str(root / "world"),
-            "output_dir": str(root / "runs"),
-            "storage.uri": storage,
-            "train.teacher": str(root / "teacher"),
-            "eval.metrics": ["map", "mrr@10"],
-            "eval.pairs": ["en-en"],
-            "sweep.max_concurrent": 2,
-            **over,
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def tracked(cluster, sweep_root, mlflow_server):
+def tracked(cluster, sweep_root, mlflow_server, sweep_space, sweep_base):
     """A 3-trial sweep of en-xc tracked to the MLflow server and TensorBoard."""
+    SPACE = sweep_space()
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
 
     storage = str(sweep_root / "store-tracked")
     result = run_sweep(
-        _base(sweep_root, storage),
+        sweep_base(storage),
         parse_space(SPACE),
         pairs=["en-xc"],
         samples=3,
@@ -376,8 +328,9 @@ def test_tensorboard_event_files_per_trial(tracked) -> None:
 
 @pytest.mark.slow
 def test_resume_reattaches_to_the_study_and_the_parent_run(
-    tracked, sweep_root, mlflow_server
+    tracked, sweep_root, mlflow_server, sweep_space, sweep_base
 ) -> None:
+    SPACE = sweep_space()
     import optuna
 
     from optical_ray.sweeps.space import parse_space
@@ -386,7 +339,7 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(
     _, storage = tracked
     # Resuming a finished sweep: nothing runs again, and nothing is tracked twice.
     result = run_sweep(
-        _base(sweep_root, storage),
+        sweep_base(storage),
         parse_space(SPACE),
         pairs=["en-xc"],
         samples=3,
@@ -409,9 +362,10 @@ def test_resume_reattaches_to_the_study_and_the_parent_run(
 
 @pytest.mark.slow
 def test_a_dead_tracking_server_costs_warnings_not_results(
-    cluster, sweep_root, mlflow_server
+    cluster, sweep_root, mlflow_server, sweep_space, sweep_base
 ) -> None:
     """Runs last: it kills the module's server once the first trial's run exists."""
+    SPACE = sweep_space()
     from mlflow import MlflowClient
 
     from optical_ray.sweeps.space import parse_space
@@ -434,7 +388,7 @@ def test_a_dead_tracking_server_costs_warnings_not_results(
     killer = threading.Thread(target=kill_when_a_trial_is_tracked, daemon=True)
     killer.start()
     result = run_sweep(
-        _base(sweep_root, storage, **{"sweep.max_concurrent": 1}),
+        sweep_base(storage, **{"sweep.max_concurrent": 1}),
         parse_space(SPACE),
         pairs=["en-xc"],
         samples=3,

@@ -27,22 +27,10 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8  # 4 evaluations and checkpoints per trial (train.eval_every 2)
-SPACE = {
-    "base": {
-        "train.stages": ["distill"],
-        "distill.steps": STEPS,
-        "distill.batch_size": 8,
-        "train.eval_every": 2,
-        "train.log_every": 1000,
-        "train.warmup_ratio": 0.0,
-    },
-    "params": {
-        "distill.epsilon": {"type": "loguniform", "low": 0.05, "high": 1.0},
-        "distill.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
-    },
-}
+#: The sweep space of these tests (conftest's builder), epsilon from 0.05.
+EPSILON = {"distill.epsilon": {"type": "loguniform", "low": 0.05, "high": 1.0}}
 # A dead node is noticed within ~3 s instead of Ray's default ~30 s (the GCS reads
 # these when the head starts).
 FAST_HEALTH_CHECKS = {
@@ -85,29 +73,12 @@ def cluster(tmp_path_factory):
             c.down()
 
 
-def _base(root: Path, storage: Path, **over):
-    from optical_ray.config import from_flat
-
-    return from_flat(
-        {
-            "data.root": str(root / "world"),
-            "output_dir": str(root / "runs"),
-            "storage.uri": str(storage),
-            "train.teacher": str(root / "teacher"),
-            "eval.metrics": ["map"],
-            "eval.pairs": ["en-en"],
-            "sweep.max_concurrent": 2,
-            **over,
-        }
-    )
-
-
-def _write_inputs(root: Path, where: Path, storage: Path, **over) -> tuple[Path, Path]:
+def _write_inputs(base, space: dict, where: Path) -> tuple[Path, Path]:
     from optical_ray.config import to_dict
 
     where.mkdir(parents=True, exist_ok=True)
-    (where / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    (where / "base.yaml").write_text(yaml.safe_dump(to_dict(_base(root, storage, **over))))
+    (where / "space.yaml").write_text(yaml.safe_dump(space))
+    (where / "base.yaml").write_text(yaml.safe_dump(to_dict(base)))
     return where / "base.yaml", where / "space.yaml"
 
 
@@ -154,13 +125,17 @@ def _wait_for_records(storage: Path, alive, at_least: int, timeout: float = 420)
 # --------------------------------------------------------------------------- driver loss
 
 
-def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) -> None:
+def test_two_pair_sweep_resumes_after_its_driver_is_killed(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
 
     storage = sweep_root / "faults-driver"
     pairs, samples = ["en-xc", "xc-en"], 2
-    cfg_path, space_path = _write_inputs(sweep_root, sweep_root / "faults-driver-in", storage)
+    space = sweep_space(steps=STEPS, **EPSILON)
+    base = sweep_base(storage, **{"eval.metrics": ["map"]})
+    cfg_path, space_path = _write_inputs(base, space, sweep_root / "faults-driver-in")
     cmd = [
         str(BIN / "optical-ray"),
         "sweep",
@@ -192,8 +167,8 @@ def test_two_pair_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) 
     assert 1 <= len(before) < len(pairs) * samples
     # The same sweep with --resume (in this process, on the same cluster).
     result = run_sweep(
-        _base(sweep_root, storage),
-        parse_space(SPACE),
+        base,
+        parse_space(space),
         pairs=pairs,
         samples=samples,
         name="dk",
@@ -221,7 +196,9 @@ def _job_driver_pids(cluster, name: str) -> list[int]:
     return found
 
 
-def test_job_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) -> None:
+def test_job_sweep_resumes_after_its_driver_is_killed(
+    cluster, sweep_root, sweep_space, sweep_base
+) -> None:
     """The same under `ray job submit`: the job's driver process is SIGKILLed, and a
     second job with --resume finishes the sweep."""
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -229,7 +206,8 @@ def test_job_sweep_resumes_after_its_driver_is_killed(cluster, sweep_root) -> No
     storage = sweep_root / "faults-job"
     pairs, samples = ["en-xc", "xc-en"], 2
     job_dir = sweep_root / "faults-job-in"
-    _write_inputs(sweep_root, job_dir, storage)
+    base = sweep_base(storage, **{"eval.metrics": ["map"]})
+    _write_inputs(base, sweep_space(steps=STEPS, **EPSILON), job_dir)
     client = JobSubmissionClient(cluster.dashboard_url)
     env = {**os.environ, **cluster.env()}
 
@@ -335,7 +313,7 @@ def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
     return None
 
 
-def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root) -> None:
+def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root, sweep_space, sweep_base) -> None:
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
 
@@ -348,8 +326,8 @@ def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root) -> None:
     def sweep() -> None:
         try:
             outcome["result"] = run_sweep(
-                _base(sweep_root, storage, **{"sweep.max_concurrent": 3}),
-                parse_space(SPACE),
+                sweep_base(storage, **{"eval.metrics": ["map"], "sweep.max_concurrent": 3}),
+                parse_space(sweep_space(steps=STEPS, **EPSILON)),
                 pairs=["en-xc"],
                 samples=samples,
                 name="ln",

@@ -17,7 +17,7 @@ from optical_ray.sweeps.space import (
     validate_space,
 )
 
-SHIPPED = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 
 
 def test_some_spaces_are_shipped() -> None:
