@@ -7,4 +7,6 @@ bash scripts/install.sh
 # Lint (pyflakes, pycodestyle, bugbear) and format: pyproject's [tool.ruff]
 "${VENV:-.venv}/bin/ruff" check --quiet .
 "${VENV:-.venv}/bin/ruff" format --check --quiet .
+# The docs site (mkdocs.yml): a broken link, a missing page or an unresolved reference fails
+"${VENV:-.venv}/bin/mkdocs" build --strict --quiet --site-dir site
 exec "${VENV:-.venv}/bin/python" -m pytest -q "$@"
