@@ -205,6 +205,7 @@ def run(
 
     out = out or (lambda line: print(line, flush=True))
     cfg = prepare_config(cfg)
+    key = state_key()  # a short key or a corrupt key file: one line before anything starts
     sw = cfg.sweep
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
     if store.scheme == "s3":
@@ -232,7 +233,6 @@ def run(
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
-    key = state_key()
     for plan in plans:
         if plan.resume:
             if trust_storage:
