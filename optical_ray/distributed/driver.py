@@ -37,7 +37,7 @@ from optical_ray.sweeps.plan import (
     sweep_config,
     unconverging_epsilon,
 )
-from optical_ray.distributed.trust import state_key, verify_state
+from optical_ray.distributed.trust import VerifiedState, state_key, verify_state
 
 __all__ = ["run", "run_sweep"]
 
@@ -233,16 +233,17 @@ def run(
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
+    # Read and verified once; each pair's task restores from exactly these bytes.
+    states: dict[str, VerifiedState] = {}
     for plan in plans:
         if plan.resume:
             if trust_storage:
                 log.warning(
-                    "resuming %s without checking its saved state "
-                    "(--trust-storage): Ray unpickles whatever is there",
+                    "resuming %s without checking its saved state (--trust-storage): "
+                    "its state files as they are now are signed as this installation's",
                     redact(store.uri_of(store.rel(plan.path))),
                 )
-            else:
-                verify_state(store, store.rel(plan.path), key)
+            states[plan.pair] = verify_state(store, store.rel(plan.path), key, trust=trust_storage)
     prepare_studies(plans, store, resume)
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
@@ -267,10 +268,17 @@ def run(
     try:
         if sw.pair_order == "sequential":
             for plan in plans:
-                ref = task.remote(plan, name, verbose, key, trial_fn, driver)
+                ref = task.remote(
+                    plan, name, verbose, key, trial_fn, driver, states.get(plan.pair), trust_storage
+                )
                 results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out))
         else:
-            refs = {p.pair: task.remote(p, name, verbose, key, trial_fn, driver) for p in plans}
+            refs = {
+                p.pair: task.remote(
+                    p, name, verbose, key, trial_fn, driver, states.get(p.pair), trust_storage
+                )
+                for p in plans
+            }
             results = _wait(refs, coord, sw.metric, verbose, out)
     finally:
         with contextlib.suppress(Exception):

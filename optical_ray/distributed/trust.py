@@ -6,9 +6,12 @@ Tune restores an experiment by unpickling ``tuner.pkl``, ``searcher-state-*.pkl`
 ``callback-states-*.pkl`` and the trial objects inside ``experiment_state-*.json``; a
 pickle placed there by anyone with write access to the prefix runs code on the machine
 that resumes. So while a sweep runs, its driver records the SHA-256 of every state file
-it writes (from its own local staging copy, never read back from storage) in a manifest
-signed with HMAC-SHA256 under a key that never leaves the installation; ``--resume``
-checks every state file in storage against that manifest before Ray reads any of them.
+it writes (from its own local staging copy or the bytes it wrote, never read back from
+storage) in a manifest signed with HMAC-SHA256 under a key that never leaves the
+installation. ``--resume`` reads every state file once, checks it against that manifest
+(:func:`verify_state`), and Tune then restores from exactly those bytes
+(:mod:`optical_ray.distributed.statefs`), so a file swapped in storage after the check
+is never read.
 
 The key: ``$OPTICAL_RAY_STATE_KEY`` when set (at least 32 bytes; give the same secret
 to every machine that may resume a sweep, e.g. a cluster's head node, through a secret
@@ -42,10 +45,10 @@ __all__ = [
     "StateKeyError",
     "StateManifest",
     "StateSigner",
+    "VerifiedState",
     "state_key",
     "is_state_file",
     "verify_state",
-    "sign_tuner_file",
 ]
 
 KEY_ENV = "OPTICAL_RAY_STATE_KEY"
@@ -302,10 +305,42 @@ class StateSigner(Callback):
             self.store.write_bytes(f"{self.rel}/{MANIFEST_NAME}", self.manifest.sign(self.key))
 
 
-def verify_state(store: Any, experiment_rel: str, key: bytes | None = None) -> StateManifest:
-    """Check every state file Tune would read on restore against the signed manifest;
-    returns the manifest, or raises :class:`UntrustedStateError` naming the files."""
+@dataclass
+class VerifiedState:
+    """An experiment's state files as read once from storage (name → bytes) and the
+    manifest that vouches for them: what a resume restores from
+    (:func:`~optical_ray.distributed.statefs.state_filesystem`), never storage again."""
+
+    manifest: StateManifest
+    files: dict[str, bytes]
+
+    @property
+    def snapshotted(self) -> bool:
+        """Whether Tune saved the experiment's state (an ``experiment_state-*``): a
+        ``tuner.pkl`` alone means its driver died before Tune's first snapshot."""
+        return any(name.startswith("experiment_state-") for name in self.files)
+
+
+def _read_state_files(store: Any, experiment_rel: str) -> dict[str, bytes]:
+    return {
+        info.base_name: store.read_bytes(f"{experiment_rel}/{info.base_name}")
+        for info in store.ls(experiment_rel)
+        if info.is_file and is_state_file(info.base_name)
+    }
+
+
+def verify_state(
+    store: Any, experiment_rel: str, key: bytes | None = None, *, trust: bool = False
+) -> VerifiedState:
+    """Read every state file Tune would read on restore, once, and check it against the
+    signed manifest; returns the bytes and the manifest, or raises
+    :class:`UntrustedStateError` naming the files.
+
+    ``trust`` (``--trust-storage``) skips the check: the files read are adopted into the
+    manifest (the signed one when its signature holds, else a new one), so this
+    installation signs what its user vouched for and the next resume needs no flag."""
     where = store.uri_of(experiment_rel)
+    key = key or state_key()
     hint = (
         "; resume only state you trust: pass --trust-storage (trust_storage=True) if "
         f"everyone who can write to {redact(where)} is trusted"
@@ -313,31 +348,31 @@ def verify_state(store: Any, experiment_rel: str, key: bytes | None = None) -> S
     try:
         data = store.read_bytes(f"{experiment_rel}/{MANIFEST_NAME}")
     except (FileNotFoundError, OpticalRayError):
+        data = None
+    if trust:
+        manifest = StateManifest()
+        if data is not None:
+            with contextlib.suppress(UntrustedStateError):
+                manifest = StateManifest.load(data, key)
+        files = _read_state_files(store, experiment_rel)
+        for name, content in files.items():
+            manifest.add(name, content)
+        return VerifiedState(manifest, files)
+    if data is None:
         raise UntrustedStateError(
             f"refusing to resume {redact(where)}: it has no "
             f"{MANIFEST_NAME} signed by this installation{hint}"
-        ) from None
+        )
     try:
-        manifest = StateManifest.load(data, key or state_key())
+        manifest = StateManifest.load(data, key)
     except UntrustedStateError as exc:
         raise UntrustedStateError(f"refusing to resume {redact(where)}: {exc}{hint}") from None
-    found = [
-        (info.base_name, store.read_bytes(f"{experiment_rel}/{info.base_name}"))
-        for info in store.ls(experiment_rel)
-        if info.is_file and is_state_file(info.base_name)
-    ]
-    bad = manifest.untrusted(found)
+    files = _read_state_files(store, experiment_rel)
+    bad = manifest.untrusted(files.items())
     if bad:
         raise UntrustedStateError(
             f"refusing to resume {redact(where)}: {', '.join(sorted(bad))} "
             f"{'was' if len(bad) == 1 else 'were'} not written by this installation "
             f"(not in its signed {MANIFEST_NAME}){hint}"
         )
-    return manifest
-
-
-def sign_tuner_file(store: Any, experiment_rel: str, manifest: StateManifest) -> None:
-    """Add ``tuner.pkl`` (written straight to storage by ``Tuner()``, read back once
-    right after) to the manifest."""
-    with contextlib.suppress(FileNotFoundError, OpticalRayError):
-        manifest.add("tuner.pkl", store.read_bytes(f"{experiment_rel}/tuner.pkl"))
+    return VerifiedState(manifest, files)

@@ -161,7 +161,9 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
     signer.sign(staging)
     for p in staging.iterdir():  # Tune's sync: the same bytes land in storage
         store.write_bytes(f"sw-en-xc/{p.name}", p.read_bytes())
-    assert verify_state(store, "sw-en-xc").files  # our own state: trusted
+    state = verify_state(store, "sw-en-xc")  # our own state: trusted, read once
+    assert state.files == {p.name: p.read_bytes() for p in staging.iterdir()}
+    assert state.snapshotted
     assert b"kkkk" not in pickle.dumps(signer)  # Tune pickles callbacks into storage
 
     marker = tmp_path / "pwned"
@@ -173,6 +175,10 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
     ):
         verify_state(store, "sw-en-xc")
     assert not marker.exists()
+    # --trust-storage: the files as they are are adopted (signed), so the next resume
+    # needs no flag; nothing is unpickled here either.
+    trusted = verify_state(store, "sw-en-xc", trust=True)
+    assert not trusted.manifest.untrusted(trusted.files.items()) and not marker.exists()
     store.delete("sw-en-xc/optical-ray-state.json")
     with pytest.raises(UntrustedStateError, match="no optical-ray-state.json"):
         verify_state(store, "sw-en-xc")
