@@ -1,4 +1,4 @@
-"""All of Ray: the sweep driver, each pair's Tune experiment, the trial function, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, and Ray Train across workers."""
+"""All of Ray: the sweep driver, each pair's Tune experiment, the trial function, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, one driver per experiment (leases), and Ray Train across workers."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ _EXPORTS = {
     "state_key": "trust",
     "verify_state": "trust",
     "state_filesystem": "statefs",
+    "SweepLeases": "lease",
+    "LeaseHeldError": "lease",
     "watch_driver": "driverwatch",
 }
 __all__ = list(_EXPORTS)
