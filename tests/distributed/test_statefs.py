@@ -164,10 +164,32 @@ def test_elsewhere_it_is_the_plain_storage_filesystem(tmp_path) -> None:
     wrapped = state_filesystem(s3, "bucket/sw-en-xc")
     back = pickle.loads(pickle.dumps(wrapped))
     assert isinstance(back, pafs.S3FileSystem) and back.equals(s3)
-    assert isinstance(wrapped, StateFileSystem)
+    assert isinstance(wrapped, StateFileSystem) and wrapped.region == "us-east-1"
 
     class Ckpt:
         path = "bucket/sw-en-xc/trial_0/checkpoint_000001"
         filesystem = wrapped
 
     assert checkpoint_uri(Ckpt(), {}, None) == f"s3://{Ckpt.path}"
+
+
+def test_uploads_through_it_to_s3_are_not_threaded(monkeypatch) -> None:
+    """Ray turns arrow's threaded copy (3-5x slower to S3: benchmarks/bench_statefs.py)
+    off for destinations that are S3FileSystem instances; the wrapper over S3 is one to
+    isinstance. Private Ray: ``ray.train._internal.storage._pyarrow_fs_copy_files``."""
+    import pyarrow.fs as pafs
+    from ray.train._internal import storage as ray_storage
+
+    from optical_ray.distributed.statefs import state_filesystem
+
+    seen = {}
+    monkeypatch.setattr(pafs, "copy_files", lambda *a, **kw: seen.update(kw))
+    s3 = pafs.S3FileSystem(endpoint_override="127.0.0.1:9", scheme="http", region="us-east-1")
+    ray_storage._pyarrow_fs_copy_files("/tmp/x", "b/x", destination_filesystem=s3)
+    assert seen["use_threads"] is False  # what Ray does for S3 itself
+    seen.clear()
+    wrapped = state_filesystem(s3, "b/sw-en-xc")
+    ray_storage._pyarrow_fs_copy_files("/tmp/x", "b/x", destination_filesystem=wrapped)
+    assert seen["use_threads"] is False
+    local = state_filesystem(pafs.LocalFileSystem(), "/tmp/sw-en-xc")
+    assert not isinstance(local, pafs.S3FileSystem)
