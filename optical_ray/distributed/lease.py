@@ -159,9 +159,20 @@ class _LocalLease:
     """A lease file. Versions are its content; every read and rewrite holds ``flock`` on
     it (re-checking after the lock that the path still names the inode locked)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, store: Any, path: Path) -> None:
+        self.store, self.path = store, path
         self.made_dir = False
+
+    @contextlib.contextmanager
+    def errors(self, action: str) -> Iterator[None]:
+        """Storage that cannot hold a lease (read-only, a file where a directory
+        belongs) is one :class:`~optical_ray.errors.StorageError` line."""
+        try:
+            yield
+        except _Conflict:
+            raise
+        except OSError as exc:
+            raise self.store.error(exc, f"{action} the lease {self.path}") from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int | None]:
@@ -190,7 +201,7 @@ class _LocalLease:
         return os.pread(fd, size, 0)
 
     def read(self) -> tuple[bytes, Any] | None:
-        with self._locked() as fd:
+        with self.errors("read"), self._locked() as fd:
             if fd is None:
                 return None
             data = self._content(fd)
@@ -198,24 +209,25 @@ class _LocalLease:
 
     def create(self, data: bytes) -> Any:
         parent = self.path.parent
-        if not parent.is_dir():
-            parent.mkdir(parents=True, exist_ok=True)
-            self.made_dir = True
-        tmp = parent / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, self.path)
-        except FileExistsError:
-            raise _Conflict from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self.errors("create"):
+            if not parent.is_dir():
+                parent.mkdir(parents=True, exist_ok=True)
+                self.made_dir = True
+            tmp = parent / f".{self.path.name}.{secrets.token_hex(8)}.tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, self.path)
+            except FileExistsError:
+                raise _Conflict from None
+            finally:
+                tmp.unlink(missing_ok=True)
         return data
 
     def replace(self, data: bytes, version: Any) -> Any:
-        with self._locked() as fd:
+        with self.errors("renew"), self._locked() as fd:
             if fd is None or self._content(fd) != version:
                 raise _Conflict
             os.ftruncate(fd, 0)
@@ -224,7 +236,7 @@ class _LocalLease:
         return data
 
     def delete(self, version: Any) -> None:
-        with self._locked() as fd:
+        with self.errors("release"), self._locked() as fd:
             if fd is None:
                 return
             if self._content(fd) != version:
@@ -329,7 +341,7 @@ class ExperimentLease:
         self.backend: Any = (
             _S3Lease(store, self.rel)
             if store.scheme == "s3"
-            else _LocalLease(Path(store.join(self.rel)))
+            else _LocalLease(store, Path(store.join(self.rel)))
         )
         now = clock()
         self.me = Holder(

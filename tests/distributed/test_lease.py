@@ -109,6 +109,18 @@ def test_a_lease_from_another_host_waits_for_its_ttl(tmp_path, caplog) -> None:
     ExperimentLease(store, "exp").acquire()
 
 
+def test_storage_that_cannot_hold_a_lease_is_one_line(tmp_path) -> None:
+    from optical_ray.distributed.lease import ExperimentLease
+    from optical_ray.errors import StorageError
+
+    (tmp_path / "afile").write_text("not a directory")
+    with pytest.raises(
+        StorageError, match=r"cannot read the lease .*afile/exp.*Not a directory"
+    ) as e:
+        ExperimentLease(_store(str(tmp_path / "afile")), "exp").acquire()
+    assert "\n" not in str(e.value)
+
+
 def test_sweep_leases_are_all_or_none_and_beat(tmp_path) -> None:
     from optical_ray.distributed.lease import LeaseHeldError, SweepLeases
 
