@@ -310,13 +310,26 @@ class _S3Lease:
         )["ETag"]
 
     def delete(self, version: Any) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._call(
-                "DeleteObject",
-                lambda: self.client.delete_object(
-                    Bucket=self.bucket, Key=self.key, IfMatch=version
-                ),
-            )
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self._call(
+                    "DeleteObject",
+                    lambda: self.client.delete_object(
+                        Bucket=self.bucket, Key=self.key, IfMatch=version
+                    ),
+                )
+        except StorageError:
+            # a store without conditional deletes: check the version, then delete
+            found = self.read()
+            if found is None:
+                return
+            if found[1] != version:
+                raise _Conflict from None
+            with contextlib.suppress(FileNotFoundError):
+                self._call(
+                    "DeleteObject",
+                    lambda: self.client.delete_object(Bucket=self.bucket, Key=self.key),
+                )
 
 
 # --------------------------------------------------------------------------- leases
