@@ -216,9 +216,13 @@ def check_study_storage(value: str | None, store: Any) -> None:
     """Open a sweep's study storage (``sweep.optuna_storage`` on ``store``) once, before
     Ray starts: a broken or foreign ``optuna.db`` is one line now, not a traceback
     from the pair tasks."""
+    import optuna
+
     url = optuna_storage_url(value, store)
     if url is not None:
-        open_study_storage(url)
+        storage = open_study_storage(url)
+        with _study_errors(url):  # a journal is read only now
+            optuna.get_all_study_names(storage)
 
 
 def prepare_study(

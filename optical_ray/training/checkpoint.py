@@ -135,7 +135,10 @@ def read_optimizer_state(path: str | os.PathLike, device: Any = "cpu") -> dict[s
     it with ``weights_only=False`` is not passed on."""
     file = Path(path) / "optimizer.pt"
     try:
-        state = torch.load(file, map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file it then refuses to unpickle
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(file, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise TrainingError(
             f"{file}: not a plain optimizer state ({type(exc).__name__}: truncated, "
