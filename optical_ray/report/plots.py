@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from optical_ray.catalog import RANKED_STATUSES, finite, metric_values
+from optical_ray.catalog import RANKED_STATUSES, metric_values
+from optical_ray.catalog.records import finite
 from optical_ray.report.summary import PairSummary
 
 

@@ -11,7 +11,6 @@ _EXPORTS = {
     "TrackedContext": "trackers",
     "optuna_storage_url": "trackers",
     "open_study_storage": "trackers",
-    "check_study_storage": "trackers",
     "prepare_study": "trackers",
     "study_importances": "trackers",
     "MlflowBackend": "backends",

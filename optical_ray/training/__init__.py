@@ -21,7 +21,6 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint",
     "newest_checkpoint": "checkpoint",
     "fetch_checkpoint": "checkpoint",
-    "checkpoint_problem": "checkpoint",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
