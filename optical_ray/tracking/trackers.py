@@ -167,6 +167,12 @@ def _study_errors(url: str) -> Iterator[None]:
 
     try:
         yield
+    except ImportError as exc:  # the URL names a database whose driver is missing
+        raise StorageError(
+            f"Optuna storage {redact(url)} needs a database driver that is not installed "
+            f"({exc}); install it (e.g. psycopg2-binary for postgresql://, PyMySQL for "
+            "mysql+pymysql://) or pass --optuna-storage memory"
+        ) from None
     except (SQLAlchemyError, RuntimeError, OSError, ValueError) as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
         reason = redact(reason.split(" [SQL:")[0])[:300] or type(exc).__name__

@@ -479,6 +479,19 @@ ROWS = [
         ],
         ["{foreigndb}/optuna.db", "another Optuna version's schema"],
     ),
+    (  # no driver installed here; with one, the connection is refused: one line either way
+        "sweep-optuna-server-unusable",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--optuna-storage",
+            "postgresql://127.0.0.1:9/optuna",
+        ],
+        ["Optuna storage postgresql://127.0.0.1:9/optuna", "--optuna-storage"],
+    ),
     # --- YAML alias bombs (9**6 nodes from 300 bytes): refused before they expand
     ("config-alias-bomb", ["config", "--config", "{bomb}"], ["bomb.yaml", "alias bomb"]),
     (
