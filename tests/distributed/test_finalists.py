@@ -2,7 +2,8 @@
 pair's search, its top config and the space's base config re-train with new seeds in
 a second experiment (``<experiment>-final``); the answer is the finalist when it beats
 the base significantly, else the base; and a driver killed during the finalists
-resumes them without running any twice."""
+resumes them without running any twice. One sweep (a driver in a subprocess, killed,
+then resumed here) shows all three."""
 
 from __future__ import annotations
 
@@ -104,40 +105,6 @@ def sweep_config(root: Path, name: str, pairs: list[str]) -> tuple[Any, Any]:
     return cfg, parse_space(SPACE)
 
 
-def test_finalists_answer_with_a_finalist_or_fall_back_to_the_base(cluster, tmp_path) -> None:
-    from optical_ray.catalog import Catalog, pair_answer
-    from optical_ray.distributed.driver import run
-
-    cfg, space = sweep_config(tmp_path, "ans", ["aa-en", "bb-en"])
-    result = run(cfg, space, verbose=0, out=lambda _: None, check_data=False, trial_fn=stand_in)
-    assert result.exit_code == 0 and result.metric == "objective"
-    tie, win = result.pairs["aa-en"].answer, result.pairs["bb-en"].answer
-    assert tie.is_base and tie.statement.startswith(
-        "no config significantly better than the base (best candidate"
-    )
-    assert not win.is_base and win.chosen.delta == pytest.approx(0.05, abs=0.01)
-    assert win.objective == "mean(bb-en/map, 2*en-en/map)" and win.trials == 3
-    catalog = Catalog(str(tmp_path / "store"))
-    search = catalog.records("bb-en", "ans-bb-en")
-    best = search.sort_values("best_value").iloc[-1]["trial_id"]
-    assert win.chosen.trial_id == best  # the search's best finished trial
-    final = catalog.records("bb-en", "ans-bb-en-final")
-    runs = sorted(
-        (o, json.loads(c)["train.seed"], json.loads(c)["distill.lr"])
-        for o, c in zip(final["origin"], final["config"])
-    )
-    lr = json.loads(search.set_index("trial_id").loc[best, "config"])["distill.lr"]
-    assert runs == [
-        ("finalist:base", 1, 1e-4),
-        ("finalist:base", 2, 1e-4),
-        (f"finalist:{best}", 1, lr),
-        (f"finalist:{best}", 2, lr),
-    ]
-    assert final["dev_per_query"].notna().all()
-    assert "answer: trial" in result.summary() and "answer: no config" in result.summary()
-    assert pair_answer("bb-en", str(tmp_path / "store")).chosen.trial_id == best
-
-
 def _pair_task_processes(other: frozenset[int] = frozenset()) -> list[int]:
     import psutil
 
@@ -156,13 +123,23 @@ from ray import cloudpickle
 import tests.distributed.test_finalists as m
 cloudpickle.register_pickle_by_value(m)
 from optical_ray.distributed.driver import run
-cfg, space = m.sweep_config(Path({tmp!r}), "kill", ["bb-en"])
+cfg, space = m.sweep_config(Path({tmp!r}), "ans", ["aa-en", "bb-en"])
 run(cfg, space, address={address!r}, verbose=0, check_data=False, trial_fn=m.stand_in)
 """
 
 
-def test_a_driver_killed_during_the_finalists_resumes_them(cluster, tmp_path) -> None:
-    from optical_ray.catalog import Catalog
+def _final_runs(catalog: Any, pair: str) -> Any:
+    df = catalog.records(pair, f"ans-{pair}-final")
+    return df.assign(seed=[json.loads(c)["train.seed"] for c in df["config"]])
+
+
+def test_finalists_answer_or_fall_back_and_resume_after_the_driver_is_killed(
+    cluster, tmp_path
+) -> None:
+    """Two pairs: on aa-en nothing beats the base (the answer is the base, and says
+    so), on bb-en the search's best does. The driver is killed once a finalist run is
+    recorded; --resume finishes the finalists without running any twice."""
+    from optical_ray.catalog import Catalog, pair_answer
     from optical_ray.distributed.driver import run
 
     (tmp_path / "runs").mkdir(parents=True)
@@ -175,8 +152,8 @@ def test_a_driver_killed_during_the_finalists_resumes_them(cluster, tmp_path) ->
     try:
         while time.time() < deadline and driver.poll() is None:
             if (store / "catalog").is_dir():
-                df = Catalog(str(store)).records("bb-en")
-                if (df["experiment"] == "kill-bb-en-final").any():
+                df = Catalog(str(store)).records()
+                if df["experiment"].str.endswith("-final").any():
                     break
             time.sleep(0.5)
         assert driver.poll() is None, "the sweep ended before it could be killed"
@@ -186,18 +163,43 @@ def test_a_driver_killed_during_the_finalists_resumes_them(cluster, tmp_path) ->
     deadline = time.time() + 30
     while time.time() < deadline and _pair_task_processes(other):
         time.sleep(0.2)
-    before = Catalog(str(store)).records("bb-en")
-    done = set(before.loc[before["experiment"] == "kill-bb-en-final", "record_id"])
-    assert 1 <= len(done) < 4
+    before = Catalog(str(store)).records()
+    done = set(before.loc[before["experiment"].str.endswith("-final"), "record_id"])
+    assert 1 <= len(done) < 8
     (tmp_path / "runs" / "slow").unlink()
-    cfg, space = sweep_config(tmp_path, "kill", ["bb-en"])
+    cfg, space = sweep_config(tmp_path, "ans", ["aa-en", "bb-en"])
     result = run(
         cfg, space, resume=True, verbose=0, out=lambda _: None, check_data=False, trial_fn=stand_in
     )
-    after = Catalog(str(store)).records("bb-en")
-    assert len(after[after["experiment"] == "kill-bb-en"]) == 3  # the search: not again
-    final = after[after["experiment"] == "kill-bb-en-final"]
-    runs = [(o, json.loads(c)["train.seed"]) for o, c in zip(final["origin"], final["config"])]
-    assert len(final) == final["record_id"].nunique() == 4 and len(set(runs)) == 4, runs
-    assert done <= set(final["record_id"])  # recorded before the kill: kept, not re-run
-    assert result.pairs["bb-en"].answer is not None and not result.pairs["bb-en"].answer.is_base
+    assert result.exit_code == 0 and result.metric == "objective"
+    catalog = Catalog(str(store))
+    after = catalog.records()
+    assert done <= set(after["record_id"])  # recorded before the kill: kept, not re-run
+    for pair in ("aa-en", "bb-en"):
+        assert len(catalog.records(pair, f"ans-{pair}")) == 3  # the search: not again
+        final = _final_runs(catalog, pair)
+        runs = list(zip(final["origin"], final["seed"]))
+        assert len(final) == final["record_id"].nunique() == len(set(runs)) == 4, runs
+        assert final["dev_per_query"].notna().all()
+    tie, win = result.pairs["aa-en"].answer, result.pairs["bb-en"].answer
+    assert tie.is_base and tie.statement.startswith(
+        "no config significantly better than the base (best candidate"
+    )
+    assert not win.is_base and win.chosen.delta == pytest.approx(0.05, abs=0.01)
+    assert win.objective == "mean(bb-en/map, 2*en-en/map)" and win.trials == 3
+    search = catalog.records("bb-en", "ans-bb-en")
+    best = search.sort_values("best_value").iloc[-1]["trial_id"]
+    assert win.chosen.trial_id == best  # the search's best finished trial
+    lr = json.loads(search.set_index("trial_id").loc[best, "config"])["distill.lr"]
+    final = _final_runs(catalog, "bb-en")
+    assert {
+        (o, s, json.loads(c)["distill.lr"])
+        for o, s, c in zip(final["origin"], final["seed"], final["config"])
+    } == {
+        ("finalist:base", 1, 1e-4),
+        ("finalist:base", 2, 1e-4),
+        (f"finalist:{best}", 1, lr),
+        (f"finalist:{best}", 2, lr),
+    }
+    assert "answer: trial" in result.summary() and "answer: no config" in result.summary()
+    assert pair_answer("bb-en", str(store)).chosen.trial_id == best
