@@ -29,20 +29,37 @@ zero-shot at p < 0.05; OT closes >= half the NTREX gap to German zero-shot; OT i
 significantly worse than the best MSE baseline), plus OT against the contrastive term
 alone when ``--methods`` has ``contrastive``).
 
-The system ``sweep`` (``--methods ot,mse_sentence,sweep``) runs, per language, an
-``--sweep-trials``-trial (default 8) Optuna TPE + ASHA sweep over
-``search_spaces/real_mafand.yaml`` (method, epsilon, contrastive weight, layers) with
-the same budget, selected on NTREX dev, and evaluates its best checkpoint on the same
-test tasks; its ``"figure": "sweep_target"`` line holds ``sweep_beats_hand_set`` (the
-sweep's best against the hand-set OT base: delta and paired p per task, ``holds`` at
-p < 0.05) and ``gap_to_deu_closed``. It costs about ``--sweep-trials`` x one method's
-training per language. With ``--sweep-warm-start auto|PAIR[,PAIR...]`` the same sweep
+The system ``sweep`` (``--methods ot,sweep``) runs, per language, an
+``--sweep-trials``-trial (default 8) Optuna TPE + ASHA sweep with the same budget over
+the late-interaction space ``search_spaces/real_mafand_li.yaml`` with ``--teacher``
+(the pooled ``search_spaces/real_mafand.yaml`` without; ``--space`` to choose), under
+the rule of issue 30 (:mod:`optical_ray.catalog.answers`): trials are judged on the
+objective ``mean(<lang>-en/map, en-<lang>/map, <lang>-en_doc/map)`` on NTREX dev,
+ASHA stops a trial only when it is significantly below the rung's cut-off trial
+(``--promotion paired``), and the top ``--finalists`` configs and the space's base
+config re-train with ``--finalist-seeds`` new seeds; the answer is a finalist only when
+it beats the base significantly (Holm), else the base. The answer is evaluated on the
+test tasks pooled over its seed runs (system ``sweep``), beside the base pooled over
+the same seeds (``sweep_base``: the hand-set config the sweep starts from, which is
+also what the ``ot`` method trains, once). Its ``"figure": "answer_target"`` line
+holds the issue's targets against ``sweep_base`` (per task paired test, Holm over the
+tasks): ``answer_never_worse`` (no task significantly worse) and ``answer_better`` (2
+of 4 tasks significantly better, or the answer is the base itself, which the line
+says); its ``"figure": "budget"`` line the trial-epochs of the search, of the
+finalists, of plain ASHA replayed on the same search's learning curves (what the
+paired test costs) and, with ``sweep_old`` in ``--methods``, of the old rule (plain
+ASHA, one seed, xx->en dev MAP; system ``sweep_old``, also tested against the base in
+the same line). The ``"figure": "sweep_target"`` line still holds
+``sweep_beats_hand_set`` (the answer against the single hand-set OT run) and
+``gap_to_deu_closed``. It costs about ``--sweep-trials`` + (finalists + 1) x seeds
+trainings per language (1-2 h per language on 2 cores in the late-interaction space).
+With ``--sweep-warm-start auto|PAIR[,PAIR...]`` the same sweep
 runs a second time, warm-started (``run_sweep(..., warm_start=...)``) from the source
 pairs' records in the same sweep storage (system ``sweep_warm``); its ``"figure":
 "warm_start"`` line holds the dev best-so-far curves of both, the warm sweep's
 trial-epochs until it reaches the cold sweep's final best over the cold sweep's
 (``epochs_to_cold_best_ratio``, as in ``bench_transfer.py``), where its trials came
-from, and both bests on test with paired p.
+from, and both answers on test with paired p.
 
 CPU-sized: ``--steps 160 --batch-size 16`` is a few minutes per method per language on
 two shared cores (``--threads 1`` under contention). ``--quick`` is a smoke run.
@@ -61,7 +78,7 @@ from typing import Any
 import torch
 
 from optical_ray.config import Config, from_flat
-from optical_ray.config.loader import read_yaml, yaml_value
+from optical_ray.config.loader import yaml_value
 from optical_ray.data import real
 from optical_ray.evaluation.compare import paired_test
 from optical_ray.evaluation.trec import evaluate_run
@@ -70,6 +87,9 @@ from optical_ray.training.recipe import LocalContext, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = ROOT / "search_spaces" / "real_mafand.yaml"
+LI_SPACE = ROOT / "search_spaces" / "real_mafand_li.yaml"
+#: The sweep's objective on a space without one: dev MAP over the pair's NTREX tasks.
+NTREX_OBJECTIVE = "mean({lang}-en/map, en-{lang}/map, {lang}-en_doc/map)"
 METRICS = ["map", "ndcg@10", "recall@10"]
 DEPTH = 100
 
@@ -146,30 +166,17 @@ def tasks(lang: str, split: str, reference: bool, shared: str | None = None) -> 
     return out
 
 
-def base_config(args: argparse.Namespace, base: dict[str, Any], lang: str, method: str) -> Config:
-    """The training config: the search space's ``base``, the bench's budget, the pair."""
-    flat = dict(base)
-    flat.update(
-        {
-            "pair": f"{lang}-en",
-            "name": f"{lang}-{method}",
-            "output_dir": str(args.out),
-            "distill.method": method,
-            "distill.steps": args.steps,
-            "distill.batch_size": args.batch_size,
-            "distill.lr": args.lr,
-            "data.bitext": {f"en-{lang}": {"path": args.shared or "", "format": "mafand"}},
-            "data.eval": {f"{lang}-en": {"path": args.shared or "", "format": "ntrex"}},
-            "eval.pairs": [f"{lang}-en"],
-            "eval.split": "dev",
-        }
+def base_config(args: argparse.Namespace, lang: str, method: str) -> Config:
+    """The hand-set training config of ``method``: the space's base config for the pair
+    as the sweep's finalists train it (:func:`sweep_setup`: the bench's budget, data
+    folder, teacher and ``--set`` pinned), with ``method``."""
+    from optical_ray.sweeps.plan import pair_config
+
+    cfg, space = sweep_setup(args, lang)
+    pcfg = pair_config(cfg, space, f"{lang}-en")
+    return from_flat(
+        {"name": f"{lang}-{method}", "output_dir": str(args.out), "distill.method": method}, pcfg
     )
-    if args.teacher:
-        flat.update({"model.name_or_path": args.teacher, **teacher_model_keys(args.teacher)})
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        flat[key] = yaml_value(value, key)
-    return from_flat(flat)
 
 
 def teacher_model_keys(path: str) -> dict[str, Any]:
@@ -187,23 +194,60 @@ def teacher_model_keys(path: str) -> dict[str, Any]:
     return {"model.scoring": model["scoring"], "model.projection_dim": model["projection_dim"]}
 
 
-def sweep_setup(args: argparse.Namespace, lang: str) -> tuple[Config, Any]:
-    """The sweep system's base config and search space for ``lang``: the shipped real
-    space with the bench's budget, data folder, teacher and ``--set`` pinned (searched
-    keys stay searched)."""
+def space_path(args: argparse.Namespace) -> Path:
+    """``--space``, else the late-interaction space with ``--teacher`` and the pooled
+    one without."""
+    if args.space:
+        return Path(args.space)
+    return LI_SPACE if args.teacher else SPACE
+
+
+def _shared(value: Any, shared: str | None) -> Any:
+    """A ``data.bitext``/``data.eval`` mapping with every source's path the bench's
+    ``--shared`` folder ('' = the environment's)."""
+    return {k: {**v, "path": shared or ""} for k, v in value.items()}
+
+
+def sweep_setup(args: argparse.Namespace, lang: str, rule: str = "new") -> tuple[Config, Any]:
+    """The sweep system's base config and search space for ``lang``: the space with the
+    bench's budget, data folder, teacher and ``--set`` pinned (searched keys stay
+    searched). ``rule="new"``: judged on the NTREX objective (the space's, else
+    ``--objective`` with its tasks added), noise-aware promotion, finalists; ``"old"``:
+    plain ASHA on xx->en dev MAP, one seed, no finalists (the rule before issue 30)."""
+    import dataclasses
+
     from optical_ray.sweeps.space import load_space, pin_overrides
 
-    space = load_space(SPACE)
+    space = load_space(space_path(args))
     pair = f"{lang}-en"
+    if rule == "new" and not space.base.get("sweep.objective"):
+        # a space without an objective (the pooled one): the same NTREX tasks as the
+        # late-interaction space, as its own fixed values (templates filled per pair)
+        data_eval = {
+            **(space.base.get("data.eval") or {}),
+            "{lang}-en": {"path": "", "format": "ntrex"},
+            "en-{lang}": {"path": "", "format": "ntrex"},
+            "{lang}-en_doc": {"path": "", "format": "ntrex_doc"},
+        }
+        extra = {
+            "sweep.objective": args.objective,
+            "eval.pairs": ["{lang}-en", "en-{lang}", "{lang}-en_doc"],
+            "train.select_metric": "objective",
+            "data.eval": data_eval,
+        }
+        space = dataclasses.replace(space, base={**space.base, **extra})
+    fixed = space.for_pair(pair)[0]
     values: dict[str, Any] = {
         "distill.steps": args.steps,
         "distill.batch_size": args.batch_size,
         "distill.lr": args.lr,
     }
-    if args.shared:
-        src = {"path": args.shared, "format": "ntrex"}
-        values["data.bitext"] = {f"en-{lang}": {"path": args.shared, "format": "mafand"}}
-        values["data.eval"] = {pair: src, "en-en": src, "deu-en": src}
+    if rule == "old" and fixed.get("sweep.objective"):
+        values["sweep.objective"] = ""  # the space's objective off: xx->en MAP alone
+        values["train.select_metric"] = "map"
+    for key in ("data.bitext", "data.eval"):
+        if key in values or key in fixed:
+            values[key] = _shared(values.get(key, fixed.get(key)), args.shared)
     if args.teacher:
         values.update({"model.name_or_path": args.teacher, **teacher_model_keys(args.teacher)})
     for item in args.set or []:
@@ -212,9 +256,16 @@ def sweep_setup(args: argparse.Namespace, lang: str) -> tuple[Config, Any]:
     searched = {p.key for p in space.for_pair(pair)[1]}
     space = pin_overrides(space, {k: v for k, v in values.items() if k not in searched})
     storage = Path(args.out).resolve() / "sweep_storage"
+    # what only the trials read travels as the space's pins, not in the sweep's config
+    trial_only = ("sweep.objective", "train.select_metric")
+    over = {
+        k: v
+        for k, v in values.items()
+        if k not in searched and not k.startswith("data.") and k not in trial_only
+    }
     cfg = from_flat(
         {
-            **{k: v for k, v in values.items() if k not in searched and not k.startswith("data.")},
+            **over,
             "output_dir": str(Path(args.out).resolve()),
             "storage.uri": str(storage),
             "sweep.scheduler": "asha",
@@ -226,21 +277,32 @@ def sweep_setup(args: argparse.Namespace, lang: str) -> tuple[Config, Any]:
     return cfg, space
 
 
-def run_sweep_system(
-    args: argparse.Namespace, lang: str, warm_start: str | None = None
-) -> tuple[RetrievalModel, dict[str, Any]]:
-    """Run the ``--sweep-trials`` sweep for ``lang`` (resumed when its storage has it)
-    and load its best checkpoint; returns the model and what to report about it.
-    With ``warm_start`` (``auto`` or source pairs) it is the warm-started sweep,
-    experiment ``bench-<lang>-warm-<pair>``, seeded from the same storage's catalog."""
-    from optical_ray.catalog import best_config
+def _load(uri: str) -> RetrievalModel:
     from optical_ray.evaluation.best import _model_dir
+
+    return RetrievalModel.load(_model_dir(uri, "checkpoint", None))
+
+
+def run_sweep_system(
+    args: argparse.Namespace, lang: str, warm_start: str | None = None, rule: str = "new"
+) -> tuple[list[RetrievalModel], dict[str, Any], list[RetrievalModel]]:
+    """Run the ``--sweep-trials`` sweep for ``lang`` (resumed when its storage has it).
+
+    ``rule="new"`` (:func:`sweep_setup`): the answer (a finalist that beats the base
+    significantly, else the base) is loaded as its finalist runs, one model per seed,
+    with the base's runs (the same seeds) beside it. ``rule="old"``: the search's best
+    trial, one model. Returns ``(models, what to report, base models)``. With
+    ``warm_start`` (``auto`` or source pairs) it is the warm-started sweep, experiment
+    ``bench-<lang>-warm-<pair>``, seeded from the same storage's catalog."""
+    from optical_ray.catalog import Catalog, best_config, pair_answer
     from optical_ray.distributed import run_sweep
 
-    cfg, space = sweep_setup(args, lang)
-    pair, name = f"{lang}-en", f"bench-{lang}" + ("-warm" if warm_start else "")
+    cfg, space = sweep_setup(args, lang, rule)
+    suffix = "-warm" if warm_start else ("-old" if rule == "old" else "")
+    pair, name = f"{lang}-en", f"bench-{lang}{suffix}"
     t0 = time.perf_counter()
     resume = (Path(cfg.storage.uri) / f"{name}-{pair}").is_dir()  # an interrupted bench
+    new = rule == "new"
     with contextlib.redirect_stdout(sys.stderr):  # progress lines: stdout is JSON only
         result = run_sweep(
             cfg,
@@ -251,19 +313,156 @@ def run_sweep_system(
             resume=resume,
             verbose=1,
             warm_start=warm_start,
+            promotion=args.promotion if new else "mean",
+            finalists=args.finalists if new else 0,
+            finalist_seeds=args.finalist_seeds,
         )
     if not result.pairs[pair].finished:
         raise SystemExit(f"sweep for {pair} finished no trial: {result.summary()}")
-    best = best_config(pair, "map", cfg.storage.uri, experiment=f"{name}-{pair}")[0]
-    model = RetrievalModel.load(_model_dir(best.checkpoint_uri, "best checkpoint", None))
-    return model, {
-        "trials": args.sweep_trials,
-        "sweep_seconds": round(time.perf_counter() - t0, 1),
-        "best_trial": best.trial_id,
-        "best_dev_map": round(best.value, 4),
-        "best_config": {k: v for k, v in best.hyperparameters.items() if v is not None},
-        "checkpoint": best.checkpoint_uri,
-        "experiment": f"{name}-{pair}",
+    experiment = f"{name}-{pair}"
+    extra: dict[str, Any] = {"trials": args.sweep_trials, "experiment": experiment}
+    if not new or not args.finalists:  # the search's best trial, one run
+        metric = "objective" if new else "map"
+        best = best_config(pair, metric, cfg.storage.uri, experiment=experiment)[0]
+        extra.update(
+            best_trial=best.trial_id,
+            best_dev=round(best.value, 4),
+            best_dev_map=round(best.best_metrics.get("map", best.value), 4),
+            best_config={k: v for k, v in best.hyperparameters.items() if v is not None},
+            checkpoint=best.checkpoint_uri,
+            sweep_seconds=round(time.perf_counter() - t0, 1),
+        )
+        return [_load(best.checkpoint_uri)], extra, []
+    answer = pair_answer(pair, cfg.storage.uri, experiment=experiment)
+    runs = Catalog(cfg.storage.uri).records(pair, f"{experiment}-final")
+    runs = runs[runs["status"] == "finished"]
+
+    def models(origin: str) -> list[RetrievalModel]:
+        uris = runs.loc[runs["origin"] == origin, "checkpoint_uri"]
+        return [_load(u) for u in uris]
+
+    extra.update(
+        answer="base" if answer.is_base else answer.chosen.trial_id,
+        statement=answer.statement,
+        dev_objective=round(answer.chosen.value, 4),
+        dev_advantage=None if answer.chosen.delta is None else round(answer.chosen.delta, 4),
+        p_dev=None if answer.chosen.p_holm is None else round(answer.chosen.p_holm, 4),
+        seed_spread=round(answer.chosen.seed_spread, 4),
+        seeds=answer.chosen.seeds,
+        finalist_runs=answer.finalist_runs,
+        best_config={
+            k.rsplit(".", 1)[-1]: v
+            for k, v in answer.hyperparameters.items()
+            if k.startswith("distill.")
+        },
+        sweep_seconds=round(time.perf_counter() - t0, 1),
+    )
+    return models(answer.chosen.origin), extra, models(answer.base.origin)
+
+
+def budget_figure(args: argparse.Namespace, lang: str, experiments: dict) -> dict[str, Any]:
+    """Trial-epochs of the new rule's search (noise-aware promotion) and finalists, of
+    plain ASHA replayed on the same search's learning curves (what the same trials
+    would have cost without the paired test), and of the old rule's sweep when run."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from optical_ray.catalog import Catalog, trial_epochs
+    from optical_ray.distributed.promotion import replay
+
+    store = Path(args.out).resolve() / "sweep_storage"
+    df = Catalog(str(store)).records(f"{lang}-en")
+
+    def epochs(experiment: str) -> int:
+        rows = df[df["experiment"] == experiment]
+        return int(sum(trial_epochs(s, i) for s, i in zip(rows["status"], rows["iterations"])))
+
+    search = experiments[(lang, "sweep")]
+    curves = _curves(store / search, "objective")
+    plain = AsyncHyperBandScheduler(
+        time_attr="training_iteration",
+        grace_period=1,
+        reduction_factor=2,
+        max_t=max((len(c) for c in curves), default=0) + 1,
+    )
+    plain.set_search_properties("objective", "max")
+    out = {
+        "search_trial_epochs": epochs(search),
+        "finalist_trial_epochs": epochs(f"{search}-final"),
+        "plain_asha_trial_epochs_same_trials": sum(replay(curves, plain)) if curves else None,
+    }
+    out["total_trial_epochs"] = out["search_trial_epochs"] + out["finalist_trial_epochs"]
+    if out["plain_asha_trial_epochs_same_trials"]:
+        out["promotion_extra_ratio"] = round(
+            out["search_trial_epochs"] / out["plain_asha_trial_epochs_same_trials"], 3
+        )
+    if (lang, "sweep_old") in experiments:
+        out["old_rule_trial_epochs"] = epochs(experiments[(lang, "sweep_old")])
+        out["new_over_old_ratio"] = round(
+            out["total_trial_epochs"] / out["old_rule_trial_epochs"], 3
+        )
+    return out
+
+
+def _curves(experiment_dir: Path, metric: str) -> list[list[dict]]:
+    """Each trial's dev evaluations (Tune's ``result.json``, without the end-of-trial
+    summary) in the order the trials started."""
+    from optical_ray.sweeps.protocol import FINISHED_KEY
+
+    trials = []
+    for path in sorted(experiment_dir.glob("*/result.json")):
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        rows = [r for r in rows if metric in r and not r.get(FINISHED_KEY)]
+        if rows:
+            trials.append((rows[0].get("timestamp", 0), rows))
+    return [rows for _, rows in sorted(trials, key=lambda t: t[0])]
+
+
+def pooled(results: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """One system from several runs (a config's seeds): per query, the mean over runs of
+    each metric (queries every run has), and the means over queries."""
+    if len(results) == 1:
+        return results[0]
+    qids = set.intersection(*(set(pq) for _, pq in results))
+    per_q = {
+        q: {m: sum(pq[q][m] for _, pq in results) / len(results) for m in results[0][1][q]}
+        for q in sorted(qids)
+    }
+    means = {m: sum(v[m] for v in per_q.values()) / len(per_q) for m in METRICS}
+    return means, per_q
+
+
+def answer_targets(results: dict, lang: str, system: str, extra: dict) -> dict[str, Any]:
+    """The issue's targets for ``system`` (the answer, pooled over its seeds) against
+    the base config pooled over the same seeds (``sweep_base``) on test, per task
+    (paired test, Holm over the tasks): ``answer_never_worse`` (no task significantly
+    worse) and ``answer_better`` (at least 2 tasks significantly better, or the answer
+    is the base itself, which the line says)."""
+    from optical_ray.evaluation.compare import holm
+
+    tasks_ = [
+        t
+        for t in ("ntrex_xx_en", "ntrex_en_xx", "ntrex_doc", "afriqa")
+        if (lang, t, system) in results and (lang, t, "sweep_base") in results
+    ]
+    tests = {}
+    for task in tasks_:
+        a, b = results[(lang, task, system)], results[(lang, task, "sweep_base")]
+        tests[task] = dict(zip(("delta_map", "p"), paired_test(a[1], b[1], "map")))
+    for task, adj in zip(tests, holm([t["p"] for t in tests.values()])):
+        t = tests[task]
+        t.update(p_holm=adj, better=t["delta_map"] > 0 and adj < 0.05)
+        t["worse"] = t["delta_map"] < 0 and adj < 0.05
+        tests[task] = {k: round(v, 4) if isinstance(v, float) else v for k, v in t.items()}
+    is_base = extra.get("answer") == "base"
+    better = sum(t["better"] for t in tests.values())
+    return {
+        "answer": extra.get("answer"),
+        "answer_is_base": is_base,
+        "answer_never_worse": not any(t["worse"] for t in tests.values()),
+        "answer_better": is_base or better >= 2,
+        "tasks_better": better,
+        "says": extra.get("statement"),
+        "vs_base": tests,
     }
 
 
@@ -373,6 +572,20 @@ def main(argv: list[str] | None = None) -> None:
         help="with the sweep system: also run it warm-started from these pairs' records "
         "in the same sweep storage (system sweep_warm) and print a warm_start line",
     )
+    ap.add_argument(
+        "--space",
+        default=None,
+        help="search space of the sweep systems (default: search_spaces/real_mafand_li.yaml "
+        "with --teacher, else search_spaces/real_mafand.yaml); its base is the hand-set run",
+    )
+    ap.add_argument(
+        "--objective",
+        default=NTREX_OBJECTIVE,
+        help="the sweep's objective on a space that declares none",
+    )
+    ap.add_argument("--promotion", choices=["paired", "mean"], default="paired")
+    ap.add_argument("--finalists", type=int, default=2, help="sweep.finalists (new rule)")
+    ap.add_argument("--finalist-seeds", type=int, default=2, help="sweep.finalist_seeds")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps, one language")
     args = ap.parse_args(argv)
     if args.quick:
@@ -381,8 +594,7 @@ def main(argv: list[str] | None = None) -> None:
     real.shared_data_dir(args.shared)  # fail early, one line
     langs = [x for x in args.langs.split(",") if x]
     methods = [x for x in args.methods.split(",") if x]
-    base = read_yaml(SPACE, "search space")["base"]  # read once
-    teacher_cfg = base_config(args, base, langs[0], "none")
+    teacher_cfg = base_config(args, langs[0], "none")
     teacher = RetrievalModel.from_config(teacher_cfg)
     zero = Encoder(teacher)
     results: dict[tuple[str, str, str], tuple[dict, dict]] = {}
@@ -439,9 +651,9 @@ def main(argv: list[str] | None = None) -> None:
                 {"resource": "low"},
             )
         for method in methods:
-            if method == "sweep":
+            if method.startswith("sweep"):
                 continue  # after the hand-set methods, below
-            cfg = base_config(args, base, lang, method)
+            cfg = base_config(args, lang, method)
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(sys.stderr):  # progress lines: stdout is JSON only
                 hist = run(cfg, LocalContext(Path(cfg.output_dir) / cfg.name, keep=1))
@@ -468,26 +680,51 @@ def main(argv: list[str] | None = None) -> None:
                     time.perf_counter() - t0,
                     extra,
                 )
-        sweeps = [("sweep", None)] if "sweep" in methods else []
+        # sweep: the new rule's answer (its seeds pooled) with the base beside it (the
+        # same seeds); sweep_old: the old rule's best trial; sweep_warm: warm-started
+        sweeps = [("sweep", None, "new")] if "sweep" in methods else []
+        if "sweep_old" in methods:
+            sweeps.append(("sweep_old", None, "old"))
         if sweeps and args.sweep_warm_start:
-            sweeps.append(("sweep_warm", args.sweep_warm_start))
-        for system, warm_start in sweeps:
+            sweeps.append(("sweep_warm", args.sweep_warm_start, "new"))
+        answers: dict[str, dict] = {}
+        for system, warm_start, rule in sweeps:
             t0 = time.perf_counter()
-            model, extra = run_sweep_system(args, lang, warm_start)
+            models, extra, base_models = run_sweep_system(args, lang, warm_start, rule)
             extra.update({"resource": "low", "train_seconds": round(time.perf_counter() - t0, 1)})
             experiments[(lang, system)] = extra["experiment"]
-            enc = Encoder(model)
-            for task, col in cols.items():
-                t0 = time.perf_counter()
-                results[(lang, task, system)] = rank_collection(enc, col)
-                report(
-                    lang,
-                    task,
-                    system,
-                    results[(lang, task, system)],
-                    time.perf_counter() - t0,
-                    extra,
-                )
+            answers[system] = extra
+            systems = [(system, models, extra)]
+            if system == "sweep" and base_models:
+                systems.append(("sweep_base", base_models, {"seeds": extra.get("seeds")}))
+            for name, group, info in systems:
+                encoders = [Encoder(m) for m in group]
+                for task, col in cols.items():
+                    t0 = time.perf_counter()
+                    results[(lang, task, name)] = pooled(
+                        [rank_collection(e, col) for e in encoders]
+                    )
+                    report(
+                        lang,
+                        task,
+                        name,
+                        results[(lang, task, name)],
+                        time.perf_counter() - t0,
+                        {**info, "runs": len(group)},
+                    )
+        if (lang, "ntrex_xx_en", "sweep_base") in results:
+            emit(
+                "answer_target",
+                lang=lang,
+                split=args.split,
+                **answer_targets(results, lang, "sweep", answers["sweep"]),
+                **(
+                    {"old_rule": answer_targets(results, lang, "sweep_old", {"answer": "old"})}
+                    if "sweep_old" in answers
+                    else {}
+                ),
+            )
+            emit("budget", lang=lang, **budget_figure(args, lang, experiments))
     ref = results.get(("deu", "ntrex_xx_en", "zero_shot"))
     for lang in langs:
         if "sweep" in methods:

@@ -83,6 +83,8 @@ def _tiny_sweep_args(shared: Path, out: Path, encoder: str) -> list[str]:
         "train.eval_every=1",
         "--set",
         "distill.sinkhorn_iters=50",
+        "--finalist-seeds",
+        "1",
     ]
 
 
@@ -96,7 +98,7 @@ def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
 
     shared = make_fake_shared(tmp_path / "shared", langs=("swa",), reference=("deu",))
     bench.main(
-        ["--langs", "swa", "--reference", "deu", "--methods", "ot,sweep"]
+        ["--langs", "swa", "--reference", "deu", "--methods", "ot,sweep", "--finalists", "1"]
         + _tiny_sweep_args(shared, tmp_path / "out", tiny_encoder_dir)
     )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
@@ -113,6 +115,20 @@ def test_sweep_system_runs_and_is_tested_against_the_hand_set_run(
     assert set(beats) == {"delta_map", "p", "holds"} and 0 <= beats["p"] <= 1
     assert "gap_to_deu_closed" in target
     assert target["sweep_vs_mse_sentence"] is None  # not run
+    # issue 30: the answer (a finalist or the base) against the base, the same seeds
+    assert ("sweep_base", "ntrex_doc") in systems
+    (answer,) = [r for r in lines if r["figure"] == "answer_target"]
+    assert set(answer["vs_base"]) == {"ntrex_xx_en", "ntrex_en_xx", "ntrex_doc"}
+    assert isinstance(answer["answer_never_worse"], bool)
+    if answer["answer_is_base"]:  # then it says so, and it is the base on test
+        assert answer["answer_better"] and answer["says"].startswith("no config significantly")
+        assert all(t["delta_map"] == 0 for t in answer["vs_base"].values())
+    (budget,) = [r for r in lines if r["figure"] == "budget"]
+    assert budget["search_trial_epochs"] > 0 and budget["finalist_trial_epochs"] > 0
+    assert budget["total_trial_epochs"] == (
+        budget["search_trial_epochs"] + budget["finalist_trial_epochs"]
+    )
+    assert budget["plain_asha_trial_epochs_same_trials"] <= budget["search_trial_epochs"]
 
 
 def test_warm_started_sweep_is_compared_with_the_cold_one(
@@ -124,7 +140,7 @@ def test_warm_started_sweep_is_compared_with_the_cold_one(
     from tests.fake_shared import make_fake_shared
 
     shared = make_fake_shared(tmp_path / "shared", langs=("swa", "hau"), reference=())
-    common = ["--reference", "", "--methods", "sweep"] + _tiny_sweep_args(
+    common = ["--reference", "", "--methods", "sweep", "--finalists", "0"] + _tiny_sweep_args(
         shared, tmp_path / "out", tiny_encoder_dir
     )
     bench.main(["--langs", "swa", *common])

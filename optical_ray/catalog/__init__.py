@@ -28,11 +28,15 @@ trials of one pair, :func:`best_configs_all` — the best per pair, :func:`best_
 config file ``optical-ray train --config`` accepts, :func:`format_records` — table /
 json / yaml for the CLI, :func:`pareto_front` — the non-dominated trials under several
 objectives), :mod:`~optical_ray.catalog.pareto` (objective values, ``where``
-constraints, non-dominated sorting, hypervolume).
+constraints, non-dominated sorting, hypervolume), :mod:`~optical_ray.catalog.answers`
+(:func:`pair_answer` — a pair's answer after its finalists, with its evidence),
+:mod:`~optical_ray.catalog.robust` (:func:`robust_config` — one config across pairs),
+:mod:`~optical_ray.catalog.identity` (which records ran the same config).
 """
 
 from __future__ import annotations
 
+from optical_ray.catalog.answers import Answer, Candidate, pair_answer
 from optical_ray.catalog.pareto import (
     Condition,
     Objective,
@@ -63,6 +67,7 @@ from optical_ray.catalog.records import (
     recorded_metrics,
     trial_epochs,
 )
+from optical_ray.catalog.robust import RobustAnswer, robust_config
 from optical_ray.catalog.store import QUARANTINE_DIR, Catalog
 from optical_ray.tables import records_table as format_table
 
@@ -73,6 +78,11 @@ __all__ = [
     "best_config",
     "best_configs_all",
     "pareto_front",
+    "pair_answer",
+    "Answer",
+    "Candidate",
+    "robust_config",
+    "RobustAnswer",
     "parse_objectives",
     "parse_where",
     "non_dominated",

@@ -188,7 +188,7 @@ def candidate_records(
     (:mod:`~optical_ray.catalog.pareto`). Raises :class:`StorageError` when none
     finished, or none meets the conditions (naming the closest)."""
     _check_query(pair, "map", 1, "max")
-    catalog = Catalog(storage)
+    catalog = Catalog.of(storage)
     df = _pair_records(catalog, pair, experiment, [*_RANK_COLUMNS, *columns_for(names)])
     ranked = df[df["status"].isin(RANKED_STATUSES)]
     if ranked.empty:
@@ -225,7 +225,7 @@ def best_config(
     """
     _check_query(pair, metric, top, mode)
     if where is None and objectives is None:
-        catalog = Catalog(storage)
+        catalog = Catalog.of(storage)
         df = _pair_records(catalog, pair, experiment, _RANK_COLUMNS)
         ranked = rank_trials(df, pair, metric, len(df), mode, catalog.storage.where())
         return _materialize(catalog, ranked, metric, mode, top=top)
@@ -267,7 +267,7 @@ def best_configs_all(
     """The best trial of every pair (one per pair, sorted by pair); pairs without a
     finished trial or without ``metric`` are left out (logged)."""
     _check_query(None, metric, 1, mode)
-    catalog = Catalog(storage)
+    catalog = Catalog.of(storage)
     df = catalog.records(None, experiment, columns=_RANK_COLUMNS, with_part=True)
     if df.empty:
         raise _empty_error(catalog)

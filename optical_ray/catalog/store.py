@@ -97,6 +97,12 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog({self.storage.uri_of(CATALOG_DIR)!r})"
 
+    @classmethod
+    def of(cls, storage: Any) -> Catalog:
+        """``storage`` itself when it is a catalog (several queries of one command
+        share it, and warn once about an unreadable part), else a catalog on it."""
+        return storage if isinstance(storage, Catalog) else cls(storage)
+
     # ------------------------------------------------------------------ writing
     def append(self, record: TrialRecord | Mapping[str, Any]) -> str:
         """Add one trial record; return the URI of its part. Never loses the record: if

@@ -186,7 +186,7 @@ def cmd_evaluate_best(args: argparse.Namespace) -> int:
         pairs=args.pairs,
         split=args.split or "test",
         baselines=parse_baselines(args.baselines),
-        metric=args.metric or "map",
+        metric=args.metric,
         reference_pair=args.reference,
     )
     for ev in evaluations:
@@ -281,6 +281,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         warm_start=args.warm_start,
         warm_start_from=args.warm_start_from,
         warm_start_top=args.warm_start_top,
+        objective=args.objective,
+        promotion=args.promotion,
+        promotion_alpha=args.promotion_alpha,
+        finalists=args.finalists,
+        finalist_seeds=args.finalist_seeds,
     )
     print(result.summary())
     if result.exit_code:
@@ -298,15 +303,36 @@ def _storage_arg(args: argparse.Namespace) -> object:
 def cmd_best(args: argparse.Namespace) -> int:
     from optical_ray.catalog import best_config, best_configs_all, best_yaml, format_records
 
+    if args.across_pairs:
+        return _best_across(args)
     if args.all == bool(args.pair):
-        raise ConfigError("best: give exactly one of --pair PAIR or --all")
+        raise ConfigError(
+            "best: give exactly one of --pair PAIR or --all (or --across-pairs P1,P2)"
+        )
     if args.pareto and not args.objectives:
         raise ConfigError("best --pareto: give --objectives, e.g. --objectives map,en-en/map")
     if args.all and (args.pareto or args.where or args.objectives):
         raise ConfigError("best --all: --pareto, --where and --objectives need --pair PAIR")
-    store = _storage_arg(args)
+    from optical_ray.catalog import Catalog
+
+    store = Catalog(_storage_arg(args))  # one catalog: each unreadable part warned once
+    plain = not (args.all or args.pareto or args.where or args.objectives or args.metric)
+    if args.metric or args.all:
+        metric = args.metric or "map"
+    else:
+        from optical_ray.catalog.answers import recorded_metric
+
+        metric = recorded_metric(store, args.pair)
+    if plain and args.top == 1:
+        from optical_ray.catalog.answers import NoFinalists, pair_answer
+
+        try:
+            _print_answer(pair_answer(args.pair, store), args.format)
+            return 0
+        except NoFinalists:
+            pass  # a sweep without finalists: its best trial, as before
     if args.all:
-        records = best_configs_all(args.metric, store, args.mode)
+        records = best_configs_all(metric, store, args.mode)
     elif args.pareto:
         from optical_ray.catalog import pareto_front
 
@@ -314,7 +340,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     else:
         records = best_config(
             args.pair,
-            args.metric,
+            metric,
             store,
             args.top,
             args.mode,
@@ -325,6 +351,53 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(best_yaml(records[0]), end="")
     else:
         print(format_records(records, args.format))
+        if plain and args.format == "table":
+            print(
+                "note: one training run and no comparison with the base behind it (the "
+                "sweep ran no finalists: sweep.objective or --finalists N)"
+            )
+    return 0
+
+
+def _print_answer(answer: object, fmt: str) -> None:
+    from optical_ray.catalog.answers import answer_yaml
+
+    if fmt == "json":
+        print(json.dumps(answer.to_dict(), indent=2, sort_keys=True, default=str))
+    elif fmt == "yaml":
+        print(answer_yaml(answer), end="")
+    else:
+        print(answer.to_text())
+
+
+def _best_across(args: argparse.Namespace) -> int:
+    from optical_ray.catalog import robust_config
+
+    other = [
+        flag
+        for flag, on in (
+            ("--pair", args.pair),
+            ("--all", args.all),
+            ("--pareto", args.pareto),
+            ("--where", args.where),
+            ("--objectives", args.objectives),
+            ("--top", args.top != 1),
+        )
+        if on
+    ]
+    if other:
+        raise ConfigError(f"best --across-pairs: {', '.join(other)} cannot go with it")
+    answer = robust_config(
+        args.across_pairs, _storage_arg(args), rule=args.rule, metric=args.metric
+    )
+    if args.format == "json":
+        print(json.dumps(answer.to_dict(), indent=2, sort_keys=True, default=str))
+    elif args.format == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(answer.config, sort_keys=False, width=1000), end="")
+    else:
+        print(answer.to_text())
     return 0
 
 

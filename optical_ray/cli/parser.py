@@ -282,6 +282,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="source pairs' best configs to run first, in all (sweep.warm_start_top, default 3)",
     )
+    sw.add_argument(
+        "--objective",
+        default=None,
+        metavar="EXPR",
+        help="what trials are searched, stopped and answered on: a weighted mean of dev "
+        "metrics over the pair's tasks, e.g. 'mean({lang}-en/map, en-{lang}/map)' "
+        "(sweep.objective; see docs/answers.md)",
+    )
+    sw.add_argument(
+        "--promotion",
+        choices=["paired", "mean"],
+        default=None,
+        help="ASHA stops a trial at a rung only when it is significantly below the "
+        "rung's cut-off trial (paired, default) or on means alone (mean: Ray's ASHA)",
+    )
+    sw.add_argument(
+        "--promotion-alpha",
+        type=float,
+        default=None,
+        help="level of promotion's one-sided paired test, in (0, 1) (default 0.1)",
+    )
+    sw.add_argument(
+        "--finalists",
+        type=int,
+        default=None,
+        help="top configs re-trained with new seeds against the space's base config "
+        "(default 2 with an objective, else 0)",
+    )
+    sw.add_argument(
+        "--finalist-seeds",
+        type=int,
+        default=None,
+        help="new seeds for each finalist and for the base (default 2)",
+    )
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")
     sw.set_defaults(func=commands.cmd_sweep)
@@ -293,10 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(cmd, help=helptext)
         q.add_argument("--storage", default="optical_runs", help="local dir or s3://bucket/prefix")
         q.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
-        q.add_argument("--metric", default="map")
+        # best: None = the pair's answer (its sweep's objective), else map
+        q.add_argument("--metric", default=None if cmd == "best" else "map")
         q.add_argument("--mode", choices=["max", "min"], default="max")
         if cmd == "best":
-            q.add_argument("--pair", default=None, help="e.g. en-sw")
+            q.add_argument(
+                "--pair",
+                default=None,
+                help="e.g. en-sw: the pair's answer with its evidence (after finalists), "
+                "else its best trial",
+            )
+            q.add_argument(
+                "--across-pairs",
+                type=_csv,
+                default=None,
+                metavar="P1,P2,...",
+                help="the one config that ran on every pair with the best worst case "
+                "(or mean rank, --rule), and how far it is from each pair's own best",
+            )
+            q.add_argument(
+                "--rule",
+                choices=["worst", "mean-rank"],
+                default="worst",
+                help="with --across-pairs: smallest worst-case shortfall from each "
+                "pair's best (default) or best mean rank",
+            )
             q.add_argument("--all", action="store_true", help="one row per pair")
             q.add_argument("--top", type=int, default=1)
             q.add_argument("--format", choices=["table", "json", "yaml"], default="table")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
 
+from optical_ray.config.objective import OBJECTIVE_KEY, objective_problems
 from optical_ray.config.rules import (
     optuna_storage_problems,
     search_problems,
@@ -242,12 +243,15 @@ def _check_bounds(obj: Any, prefix: str, problems: list[str]) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             continue
         ge, gt, le = f.metadata.get("ge"), f.metadata.get("gt"), f.metadata.get("le")
+        lt = f.metadata.get("lt")
         if ge is not None and value < ge:
             problems.append(f"{key}: got {value!r}, must be >= {ge}")
         if gt is not None and value <= gt:
             problems.append(f"{key}: got {value!r}, must be > {gt}")
         if le is not None and value > le:
             problems.append(f"{key}: got {value!r}, must be <= {le}")
+        if lt is not None and value >= lt:
+            problems.append(f"{key}: got {value!r}, must be < {lt}")
 
 
 def _check_semantics(cfg: Config, problems: list[str]) -> None:
@@ -266,9 +270,23 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
             problems.append(
                 f"eval.metrics[{i}]: got {metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
             )
-    if not METRIC_RE.match(cfg.sweep.metric):
+    sw = cfg.sweep
+    objective = bool(sw.objective.strip())
+    if not METRIC_RE.match(sw.metric) and not (objective and sw.metric == OBJECTIVE_KEY):
         problems.append(
-            f"sweep.metric: got {cfg.sweep.metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
+            f"sweep.metric: got {sw.metric!r}, expected map, ndcg@K, mrr@K, recall@K or p@K"
+            + (" (or objective, with sweep.objective)" if sw.metric == OBJECTIVE_KEY else "")
+        )
+    problems += objective_problems(sw.objective)
+    if objective and sw.objectives:
+        problems.append(
+            f"sweep.objective: set together with sweep.objectives {sw.objectives}; give "
+            "one weighted objective or several Pareto objectives, not both"
+        )
+    if sw.finalists is not None and sw.finalists > sw.samples:
+        problems.append(
+            f"sweep.finalists: got {sw.finalists}, but a pair runs only {sw.samples} "
+            f"trials (sweep.samples); at most {sw.samples}"
         )
     if cfg.eval.reference and not PAIR_RE.match(cfg.eval.reference):
         problems.append(
@@ -300,7 +318,13 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
             "(off) or a ratio >= 1 such as 2.0"
         )
     tc = cfg.train
-    if tc.keep_best or tc.patience:
+    if (tc.keep_best or tc.patience) and tc.select_metric == OBJECTIVE_KEY:
+        if not objective:
+            problems.append(
+                "train.select_metric: got 'objective' without sweep.objective; declare "
+                "the objective or select on a metric such as map"
+            )
+    elif tc.keep_best or tc.patience:
         if not METRIC_RE.match(tc.select_metric):
             problems.append(
                 f"train.select_metric: got {tc.select_metric!r}, expected map, "

@@ -1,6 +1,7 @@
 """The grammar of config values that several layers read: objectives and constraints
 (``sweep.objectives``, ``sweep.constraints``, ``best --where``), tracking targets,
-Optuna study storage, warm-start sources and record origins.
+Optuna study storage, warm-start sources and record origins (the sweep's weighted dev
+objective, ``sweep.objective``, has a module of its own: :mod:`optical_ray.config.objective`).
 
 These rules live here, beside the schema, because validation needs them and sits
 below everything that uses them: the catalog, the sweep planner, the trackers and the
@@ -24,6 +25,9 @@ if TYPE_CHECKING:  # pandas is imported where a condition is applied to a table
 __all__ = [
     "ALLOWED_NAMES",
     "ASHA_OBJECTIVES",
+    "BASE_ORIGIN",
+    "FINALIST_PREFIX",
+    "finalist_origin",
     "NAME_ALIASES",
     "name_kind",
     "COST_COLUMNS",
@@ -392,6 +396,16 @@ ORIGIN_RANDOM = "random"
 
 #: The origin prefix of a config taken from another pair: ``warm_start:<pair>/<trial>``.
 WARM_PREFIX = "warm_start:"
+#: The origin of a finalist run: ``finalist:<trial>`` (a search trial re-trained with
+#: another seed) or :data:`BASE_ORIGIN`.
+FINALIST_PREFIX = "finalist:"
+#: The origin of a run of the space's base config among the finalists.
+BASE_ORIGIN = f"{FINALIST_PREFIX}base"
+
+
+def finalist_origin(trial_id: str | None) -> str:
+    """The origin of a finalist run of search trial ``trial_id`` (None: the base)."""
+    return f"{FINALIST_PREFIX}{trial_id}" if trial_id else BASE_ORIGIN
 
 
 def warm_origin(pair: str, trial_id: str) -> str:
@@ -407,9 +421,12 @@ def origin_problems(origin: Any) -> list[str]:
         pair, _, trial = origin[len(WARM_PREFIX) :].partition("/")
         if PAIR_RE.match(pair) and trial:
             return []
+    if isinstance(origin, str) and origin.startswith(FINALIST_PREFIX):
+        if origin[len(FINALIST_PREFIX) :].strip():
+            return []
     return [
-        f"origin: got {origin!r}, expected {ORIGIN_SAMPLER}, {ORIGIN_RANDOM} or "
-        f"{WARM_PREFIX}<pair>/<trial>"
+        f"origin: got {origin!r}, expected {ORIGIN_SAMPLER}, {ORIGIN_RANDOM}, "
+        f"{WARM_PREFIX}<pair>/<trial> or {FINALIST_PREFIX}<trial>"
     ]
 
 

@@ -73,10 +73,11 @@ def _f(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
+    lt: float | None = None,
     factory: Any = None,
 ) -> Any:
     """A dataclass field carrying its help text and numeric bounds for validation."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le}
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -316,7 +317,9 @@ class TrainConfig:
         "without improvement (needs train.eval_every > 0); 0 = never",
     )
     select_metric: str = _f(
-        "map", help="dev metric of `pair` for keep_best and patience; one of eval.metrics"
+        "map",
+        help="dev metric of `pair` for keep_best and patience; one of eval.metrics, or "
+        "objective (sweep.objective)",
     )
     tracking: list[str] = _f(
         factory=list,
@@ -433,6 +436,41 @@ class SweepConfig:
     )
     warm_start_top: int = _f(
         3, ge=1, help="source pairs' best configs run first, in all (in turns across sources)"
+    )
+    objective: str = _f(
+        "",
+        help="what a pair's trials are searched, stopped, kept and answered on: a "
+        "weighted mean of dev metrics over the pair's tasks, e.g. 'mean({lang}-en/map, "
+        "en-{lang}/map, {lang}-en_doc/map)' or 'mean(2*map, en-en/map)' (pair templates "
+        "allowed; a bare metric is the pair's own task; every task must be in eval.pairs); "
+        "trials report it as the metric 'objective'. '' = sweep.metric on the pair itself",
+    )
+    promotion: Literal["paired", "mean"] = _f(
+        "paired",
+        help="ASHA at a rung: paired = stop a trial only when its per-query dev values "
+        "are significantly below the rung's cut-off trial (one-sided paired test at "
+        "sweep.promotion_alpha; a tie goes through); mean = Ray's ASHA on means alone",
+    )
+    promotion_alpha: float = _f(
+        0.1, gt=0, lt=1, help="level of the paired test that stops a trial at an ASHA rung"
+    )
+    finalists: int | None = _f(
+        None,
+        ge=0,
+        help="after the search, the top finished configs re-trained with "
+        "sweep.finalist_seeds new seeds beside the space's base config; the answer is a "
+        "finalist only when it beats the base significantly (Holm), else the base. "
+        "None = 2 with sweep.objective, 0 without; 0 = no finalists (one-seed answer)",
+    )
+    finalist_seeds: int = _f(
+        2, ge=1, help="new seeds (train.seed+1 .. +N) each finalist and the base train with"
+    )
+    finalist_alpha: float = _f(
+        0.05,
+        gt=0,
+        lt=1,
+        help="level (one-sided, Holm over the finalists) at which a finalist must beat "
+        "the base to be the answer",
     )
 
 

@@ -1,4 +1,4 @@
-"""All of Ray: the sweep driver, each pair's Tune experiment, the trial function, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, one driver per experiment (leases), and Ray Train across workers."""
+"""All of Ray: the sweep driver, each pair's Tune experiments (its search and its finalists), the trial function, noise-aware ASHA, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, one driver per experiment (leases), and Ray Train across workers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ _EXPORTS = {
     "TuneContext": "trial",
     "PruningAwareOptunaSearch": "searchers",
     "ObjectivesOptunaSearch": "searchers",
+    "FixedRuns": "searchers",
+    "PairedASHA": "promotion",
     "SharedLimiter": "slots",
     "CatalogCallback": "callbacks",
     "ProgressCallback": "callbacks",

@@ -309,11 +309,12 @@ class ProgressCallback(Callback):
             s: sum(1 for v in self.status.values() if v == s)
             for s in ("running", "finished", "stopped", "failed")
         }
+        runs = len(self.plan.runs)  # a finalists experiment shows as its own line
         self._handle.update.remote(
-            self.plan.pair,
+            f"{self.plan.pair} finalists" if runs else self.plan.pair,
             {
                 **counts,
-                "samples": self.plan.base.sweep.samples,
+                "samples": runs or self.plan.base.sweep.samples,
                 "start": self.start,
                 "best": self.best[0] if self.best else None,
                 "best_trial": self.best[1] if self.best else None,
@@ -354,7 +355,7 @@ def is_metric(key: str) -> bool:
     """Result keys the catalog keeps: evaluation metrics and Sinkhorn convergence."""
     name = key.split("/")[-1].split("@")[0]
     return (
-        name in ("map", "ndcg", "mrr", "recall", "p", "score")
+        name in ("map", "ndcg", "mrr", "recall", "p", "score", "objective")
         or "/" in key
         or key.startswith("sinkhorn_")
     )

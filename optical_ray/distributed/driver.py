@@ -29,11 +29,13 @@ from optical_ray.distributed.pair import NAMESPACE, fit_pair
 from optical_ray.redaction import SECRET_ENV_VARS
 from optical_ray.storage import redact
 from optical_ray.distributed.slots import SlotPool
+from optical_ray.sweeps.finalists import final_experiment
 from optical_ray.sweeps.space import SearchSpace, load_space, trial_config, validate_space
 from optical_ray.sweeps.plan import (
     PairPlan,
     PairResult,
     SweepResult,
+    check_objectives,
     error_reason,
     experiment_name,
     plan_sweep,
@@ -81,17 +83,19 @@ def _coordinator_name(cfg: Config) -> str:
 
 
 def _check_pairs_data(cfg: Config, space: Any) -> None:
-    """Every pair's evaluation data (and bitext, when it distils) exists, as the space
-    names them for that pair (its templates filled in): one error listing every pair
-    that lacks it, before any trial starts."""
+    """Every pair's evaluation data (of every task of its objective) and bitext (when
+    it distils) exist, as the space names them for that pair (its templates filled
+    in): one error listing every pair that lacks them, before any trial starts."""
+    from optical_ray.config.objective import search_terms
     from optical_ray.data.sources import bitext_pairs, eval_collection
-    from optical_ray.sweeps.space import trial_config
+    from optical_ray.sweeps.plan import pair_config
 
     problems = []
     for pair in cfg.sweep.pairs:
         try:
-            pcfg = trial_config(space, pair, {}, cfg)
-            eval_collection(pcfg, pair, pcfg.eval.split)
+            pcfg = pair_config(cfg, space, pair)
+            for task in dict.fromkeys([pair, *search_terms(pcfg).tasks]):  # the objective's
+                eval_collection(pcfg, task, pcfg.eval.split)
             if "distill" in pcfg.train.stages and pcfg.distill.method != "none":
                 bitext_pairs(pcfg, pair)
         except (DataError, ConfigError) as exc:
@@ -230,6 +234,7 @@ def run(
     # The model (and its depth) as the space's fixed values name it for the first pair.
     depth = model_depth(trial_config(space, sw.pairs[0], {}, cfg))
     validate_space(space, depth)
+    check_objectives(cfg, space)  # every task of each pair's objective is evaluated
     for line in unconverging_epsilon(cfg, space):
         log.warning("%s", line)
     # Source pairs are read and checked before data or Ray: a bad source is one line.
@@ -295,18 +300,27 @@ def _run_pairs(
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
-    # Read and verified once; each pair's task restores from exactly these bytes.
+    # Read and verified once; each pair's task restores from exactly these bytes (its
+    # search, and its finalists experiment when one is in storage).
     states: dict[str, VerifiedState] = {}
+    final_states: dict[str, VerifiedState] = {}
     for plan in plans:
-        if plan.resume:
+        if not plan.resume:
+            continue
+        final = store.join(final_experiment(plan.experiment))
+        paths = [(states, plan.path)]
+        if tune.Tuner.can_restore(final, storage_filesystem=fs):
+            paths.append((final_states, final))
+        for into, path in paths:
             if trust_storage:
                 log.warning(
                     "resuming %s without checking its saved state (--trust-storage): "
                     "its state files as they are now are signed as this installation's",
-                    redact(store.uri_of(store.rel(plan.path))),
+                    redact(store.uri_of(store.rel(path))),
                 )
-            states[plan.pair] = verify_state(store, store.rel(plan.path), key, trust=trust_storage)
+            into[plan.pair] = verify_state(store, store.rel(path), key, trust=trust_storage)
     prepare_studies(plans, store, resume)
+    metric = plans[0].base.sweep.metric if plans else sw.metric
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
@@ -331,17 +345,33 @@ def _run_pairs(
         if sw.pair_order == "sequential":
             for plan in plans:
                 ref = task.remote(
-                    plan, name, verbose, key, trial_fn, driver, states.get(plan.pair), trust_storage
+                    plan,
+                    name,
+                    verbose,
+                    key,
+                    trial_fn,
+                    driver,
+                    states.get(plan.pair),
+                    trust_storage,
+                    final_states.get(plan.pair),
                 )
-                results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out, leases.lost))
+                results.update(_wait({plan.pair: ref}, coord, metric, verbose, out, leases.lost))
         else:
             refs = {
                 p.pair: task.remote(
-                    p, name, verbose, key, trial_fn, driver, states.get(p.pair), trust_storage
+                    p,
+                    name,
+                    verbose,
+                    key,
+                    trial_fn,
+                    driver,
+                    states.get(p.pair),
+                    trust_storage,
+                    final_states.get(p.pair),
                 )
                 for p in plans
             }
-            results = _wait(refs, coord, sw.metric, verbose, out, leases.lost)
+            results = _wait(refs, coord, metric, verbose, out, leases.lost)
     finally:
         with contextlib.suppress(Exception):
             ray.kill(coord)
@@ -362,7 +392,7 @@ def _run_pairs(
                 error=_root_cause(r),
             )
         pairs[plan.pair] = r
-    return SweepResult(cfg.name, sw.metric, store.uri, pairs)
+    return SweepResult(cfg.name, metric, store.uri, pairs)
 
 
 def _root_cause(error: BaseException) -> str:
@@ -398,6 +428,11 @@ def run_sweep(
     warm_start: str | Sequence[str] | None = None,
     warm_start_from: str | None = None,
     warm_start_top: int | None = None,
+    objective: str | None = None,
+    promotion: str | None = None,
+    promotion_alpha: float | None = None,
+    finalists: int | None = None,
+    finalist_seeds: int | None = None,
 ) -> SweepResult:
     """Search ``space`` for each of ``pairs``; trials, checkpoints and catalog records go
     to ``base.storage``. Arguments left ``None`` come from ``base.sweep``.
@@ -417,6 +452,12 @@ def run_sweep(
     the catalog records of related pairs (in ``warm_start_from``, default this storage):
     their ``warm_start_top`` best configs (in all, in turns across sources) run first
     and their trials form a prior for TPE (:mod:`optical_ray.sweeps.warmstart`).
+    ``objective`` (``"mean({lang}-en/map, en-{lang}/map)"``) is what each pair's trials
+    are searched, stopped and answered on; ``promotion`` (``paired``: a trial stops at
+    an ASHA rung only when significantly below the cut-off trial at ``promotion_alpha``,
+    or ``mean``) and ``finalists`` / ``finalist_seeds`` (the top configs and the base
+    re-trained with new seeds; the answer is a finalist only when it beats the base
+    significantly) make the answer one a user can trust (:mod:`optical_ray.catalog.answers`).
     """
     cfg = sweep_config(
         base,
@@ -441,6 +482,11 @@ def run_sweep(
         ),
         warm_start_from=warm_start_from,
         warm_start_top=warm_start_top,
+        objective=objective,
+        promotion=promotion,
+        promotion_alpha=promotion_alpha,
+        finalists=finalists,
+        finalist_seeds=finalist_seeds,
     )
     if not isinstance(space, SearchSpace):
         space = load_space(space)

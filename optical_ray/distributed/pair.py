@@ -263,12 +263,12 @@ def _tuner(
     baseline: dict[str, float] | None = None,
     recorded: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """The pair's Tuner: restored (``restore``) from the state files ``fs`` serves, or
-    new. A ``tuner.pkl`` without an ``experiment_state-*`` means its driver died before
+    """The experiment's Tuner: restored (``restore``) from the state files ``fs`` serves,
+    or new. A ``tuner.pkl`` without an ``experiment_state-*`` means its driver died before
     Tune's first snapshot: Tune's restore would then restart the experiment with
     ``num_samples=1`` (it logs the failed restore and carries on), so such a pair starts
     again instead, keeping its Optuna study."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from optical_ray.distributed.promotion import build_scheduler
 
     sw, sc = plan.base.sweep, plan.base.scaling
     trainable = _trainable(plan, trial_fn, recorded)
@@ -288,24 +288,15 @@ def _tuner(
         )
         _set_callbacks(tuner, [*callbacks, *_result_loggers()])
         return tuner
-    sched = (
-        ASHAScheduler(
-            time_attr="training_iteration",
-            grace_period=sw.grace_period,
-            reduction_factor=sw.reduction_factor,
-            max_t=plan.max_t,
-        )
-        if sw.scheduler == "asha"
-        else FIFOScheduler()
-    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(plan, coordinator, baseline),
-            scheduler=sched,
+            # noise-aware ASHA (distributed.promotion), Ray's, or FIFO for finalists
+            scheduler=build_scheduler(plan),
             metric=sw.metric,
             mode=sw.mode,
-            num_samples=sw.samples,
+            num_samples=len(plan.runs) or sw.samples,
             # a single-worker trial runs in its actor: the next
             # trial reuses the warm process
             reuse_actors=sc.workers == 1,
@@ -335,6 +326,7 @@ def fit_pair(
     driver: DriverRef | None = None,
     state: VerifiedState | None = None,
     trust_storage: bool = False,
+    final_state: VerifiedState | None = None,
 ) -> PairResult:
     """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
     own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
@@ -342,11 +334,18 @@ def fit_pair(
     which Ray logs). With ``driver``, the task ends itself when that process dies and
     writes no catalog record after it (see :mod:`optical_ray.distributed.driverwatch`).
 
-    A resumed experiment restores from ``state``, the state files the driver read and
-    verified once (without it, they are read and verified here, a failure being fatal
-    unless ``trust_storage``), never from storage again
-    (:mod:`optical_ray.distributed.statefs`). Trials the catalog holds as ended are not
-    run again (:func:`~optical_ray.distributed.callbacks.recorded_results`)."""
+    A resumed experiment restores from ``state`` (the search's) and ``final_state`` (its
+    finalists'), the state files the driver read and verified once (without them, they
+    are read and verified here, a failure being fatal unless ``trust_storage``), never
+    from storage again (:mod:`optical_ray.distributed.statefs`). Trials the catalog holds
+    as ended are not run again
+    (:func:`~optical_ray.distributed.callbacks.recorded_results`).
+
+    With finalists (``sweep.finalists``), a second experiment of the pair follows the
+    search through the same machinery, ``<experiment>-final``
+    (:mod:`optical_ray.sweeps.finalists`; resumed like the search when it is in
+    storage), and the result carries the pair's answer
+    (:func:`optical_ray.catalog.answers.pair_answer`)."""
     from optical_ray.catalog import Catalog
     from optical_ray.storage import resolve_storage
 
@@ -356,9 +355,70 @@ def fit_pair(
             logging.getLogger(name).addFilter(_OneLineTrialErrors())
     cfg = plan.base
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
-    catalog = Catalog(store)
-    rel = store.rel(plan.path)
     key = key or state_key()
+    baseline = _baseline(plan)
+    run = (key, baseline, coordinator, verbose, trial_fn, driver, trust_storage)
+    # One catalog per experiment: Tune pickles the callbacks holding it, and a
+    # catalog that has read (the finalists' planner does) holds unpicklable listings.
+    catalog = Catalog(store)
+    grid, warnings = _fit_experiment(plan, store, catalog, state, *run)
+    _flush_catalog(catalog)
+    result = _pair_result(grid, plan, baseline, store)
+    result.warnings = warnings
+    final = _finalists_plan(plan, store, Catalog(store))
+    if final is not None:
+        catalog = Catalog(store)
+        _, more = _fit_experiment(final, store, catalog, final_state, *run)
+        _flush_catalog(catalog)
+        result.warnings += [w for w in more if w not in result.warnings]
+        result.answer = _answer(plan, store, result)
+    return result
+
+
+def _finalists_plan(plan: PairPlan, store: Any, catalog: Any) -> PairPlan | None:
+    """The pair's finalists experiment, planned from the search's catalog records (or
+    None: no finalists, or no finished trial)."""
+    from optical_ray.config.objective import finalists_of
+    from optical_ray.sweeps.finalists import final_experiment, finalist_plan
+
+    if finalists_of(plan.base.sweep) <= 0:
+        return None
+    records = catalog.records(plan.pair, plan.experiment)
+    path = store.join(final_experiment(plan.experiment))
+    exists = tune.Tuner.can_restore(path, storage_filesystem=store.ray_storage_filesystem())
+    return finalist_plan(plan, records, store.join, exists)
+
+
+def _answer(plan: PairPlan, store: Any, result: PairResult) -> Any:
+    """The pair's answer from its records (None, with a warning, if it cannot be
+    computed: e.g. every finalist run failed)."""
+    from optical_ray.catalog.answers import pair_answer
+
+    try:
+        return pair_answer(plan.pair, store, experiment=plan.experiment)
+    except OpticalRayError as exc:
+        result.warnings.append(f"no answer: {exc}")
+        return None
+
+
+def _fit_experiment(
+    plan: PairPlan,
+    store: Any,
+    catalog: Any,
+    state: VerifiedState | None,
+    key: bytes,
+    baseline: dict[str, float] | None,
+    coordinator: str,
+    verbose: int,
+    trial_fn: TrialFn | None,
+    driver: DriverRef | None,
+    trust_storage: bool,
+) -> tuple[Any, list[str]]:
+    """Fit one experiment of the pair (its search, or its finalists): the Tuner built
+    or restored from verified state, its state signed, the task ended if the driver
+    dies. Returns Tune's result grid and the tracking views' warnings."""
+    cfg = plan.base
+    rel = store.rel(plan.path)
     if plan.resume and state is None:
         state = verify_state(store, rel, key, trust=trust_storage)
     manifest = state.manifest if state is not None else StateManifest()
@@ -367,7 +427,6 @@ def fit_pair(
         store.ray_storage_filesystem(), plan.path, state.files if restore else None
     )
     recorded = recorded_results(catalog, plan) if plan.resume else {}
-    baseline = _baseline(plan)
     signer = StateSigner(store, rel, manifest, key)
     from optical_ray.distributed.tracking import tracking_callbacks
 
@@ -405,10 +464,7 @@ def fit_pair(
         _no_callback_telemetry(),
     ):
         grid = tuner.fit()
-    _flush_catalog(catalog)
-    result = _pair_result(grid, plan, baseline, store)
-    result.warnings = [w for view in views for w in view.tracker.problems]
-    return result
+    return grid, [w for view in views for w in view.tracker.problems]
 
 
 def _pair_result(
@@ -462,6 +518,7 @@ def _pair_result(
         failed,
         searched=plan.searched,
         stopped=stopped,
+        metric=sw.metric,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 from typing import Any
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
@@ -19,9 +20,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from optical_ray.distributed.slots import SharedLimiter
 from optical_ray.sweeps.plan import PairPlan
-from optical_ray.sweeps.protocol import FINISHED_KEY, ORIGIN_KEY
+from optical_ray.sweeps.protocol import FINISHED_KEY, ORIGIN_KEY, RUN_KEY
 
-__all__ = ["PruningAwareOptunaSearch", "ObjectivesOptunaSearch", "make_sampler", "build_searcher"]
+__all__ = [
+    "PruningAwareOptunaSearch",
+    "ObjectivesOptunaSearch",
+    "FixedRuns",
+    "make_sampler",
+    "build_searcher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,40 @@ class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+class FixedRuns(Searcher):
+    """The searcher of a finalists experiment: suggests its plan's runs in order (each
+    sampled config carries the run's flat config and origin), then finishes. Its
+    position and runs are saved with the experiment (``save``/``restore``: a plain
+    pickle in the experiment's signed state), so a resumed finalists experiment
+    suggests only the runs it had not started."""
+
+    def __init__(self, runs: Any, metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.runs = [(r.origin, r.config) for r in runs]
+        self.next = 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.next >= len(self.runs):
+            return Searcher.FINISHED
+        origin, config = self.runs[self.next]
+        self.next += 1
+        return {RUN_KEY: config, ORIGIN_KEY: origin}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Nothing to learn: the runs are fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"runs": self.runs, "next": self.next}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.runs, self.next = list(state["runs"]), int(state["next"])
+
+
 def make_sampler(sw: Any, constant_liar: bool = True) -> Any:
     """The Optuna sampler of ``sw`` (a :class:`~optical_ray.config.build.SweepConfig`), for one
     objective or several.
@@ -151,6 +192,9 @@ def build_searcher(
     from optical_ray.tracking.trackers import open_study_storage, optuna_storage_url
 
     sw = plan.base.sweep
+    if plan.runs:  # a finalists experiment: its runs, in the sweep's shared budget
+        fixed = FixedRuns(plan.runs, sw.metric, sw.mode)
+        return SharedLimiter(fixed, coordinator, plan.pair, samples=len(plan.runs))
     warm = plan.warm
     objectives = sw.objectives
     conditions = parse_where(sw.constraints)

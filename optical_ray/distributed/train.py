@@ -27,6 +27,7 @@ from torch import nn
 
 from optical_ray.training.checkpoint import fetch_checkpoint, fetch_usable_checkpoint
 from optical_ray.config import Config, from_dict, to_dict
+from optical_ray.distributed.devreports import DevReports
 from optical_ray.training.context import UNSCORED, TrainContext, fill_metric, worst_score
 from optical_ray.errors import ConfigError, TrainingError
 from optical_ray.models.encoder import check_distill_layers
@@ -117,6 +118,10 @@ class RayTrainContext(TrainContext):
         self._restored: Path | None = None
         self._num_nodes: int | None = None
         self._started = time.perf_counter()
+        # rank 0 evaluates (training.recipe.evaluate_dev fills it): its reports carry
+        # the per-query values Tune's noise-aware promotion and the catalog read
+        self.dev_per_query: dict[str, Any] = {}
+        self.dev_reports = DevReports(cfg, self.dev_per_query)
 
     @property
     def num_nodes(self) -> int:
@@ -153,6 +158,7 @@ class RayTrainContext(TrainContext):
         }
         if self.score_key in metrics:
             self.last = dict(metrics)
+        self.dev_reports.attach(metrics, out)
         # The checkpoint manager ranks by "score"; every report must carry it, finite.
         out = fill_metric(out, self.last, self.score_key, self.score_mode)
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None

@@ -19,11 +19,11 @@ from ray import tune
 from optical_ray.training.checkpoint import fetch_usable_checkpoint
 from optical_ray.config import Config, to_flat
 from optical_ray.training.context import TrainContext, fill_metric
+from optical_ray.distributed.devreports import DevReports
 from optical_ray.errors import TrainingError
-from optical_ray.evaluation.perquery import encode_per_query
 from optical_ray.retries import OUTAGE_ATTEMPTS, call_transient, with_retries
 from optical_ray.sweeps.plan import PairPlan, resolve_trial_config
-from optical_ray.sweeps.protocol import CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY, PER_QUERY_KEY
+from optical_ray.sweeps.protocol import CHECKPOINT_PATH_KEY, CONFIG_KEY, FINISHED_KEY
 from optical_ray.training.recipe import run as run_training
 from optical_ray.distributed.callbacks import best_kept_checkpoint
 
@@ -48,10 +48,11 @@ class TuneContext(TrainContext):
         self._restored: str | None = None
         self._config_sent = False
         self.pair = cfg.pair
-        # Filled by each dev evaluation (optical_ray.training.recipe.evaluate_dev); sent with the
-        # report whenever the metric improves, so the catalog keeps the best one's.
+        # Filled by each dev evaluation (optical_ray.training.recipe.evaluate_dev): the
+        # objective's per-query values go with every evaluation's report (promotion),
+        # the whole evaluation whenever the metric improves (the catalog keeps the best).
         self.dev_per_query: dict[str, Any] = {}
-        self._best_dev: float | None = None
+        self.dev_reports = DevReports(cfg, self.dev_per_query)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         out = fill_metric(metrics, self.last, self.metric, self.mode)
@@ -75,27 +76,8 @@ class TuneContext(TrainContext):
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     def _attach_per_query(self, metrics: dict[str, Any], out: dict[str, Any]) -> None:
-        """Add the per-query values of the evaluation behind ``metrics`` when its metric
-        beats every one sent before. Matched by value, not by recency: with
-        ``train.keep_best`` the stage's last report carries the best (maybe the
-        starting model's) evaluation, not the last one. Only the best is kept after."""
-        evals = self.dev_per_query.get("evals") or []
-        value = metrics.get(self.metric)
-        if isinstance(value, (int, float)) and evals and self._improves(float(value)):
-            match = next(
-                (pq for flat, pq in reversed(evals) if flat.get(self.metric) == value), None
-            )
-            if match is not None:
-                self._best_dev = float(value)
-                out[PER_QUERY_KEY] = encode_per_query(self.pair, match)
-        if evals:
-            sign = 1.0 if self.mode == "max" else -1.0
-            best = max(evals, key=lambda e: sign * float(e[0].get(self.metric, -sign * 1e300)))
-            self.dev_per_query["evals"] = [best]
-
-    def _improves(self, value: float) -> bool:
-        best = self._best_dev
-        return best is None or (value > best if self.mode == "max" else value < best)
+        """Per-query values of the evaluation behind ``metrics`` (:class:`DevReports`)."""
+        self.dev_reports.attach(metrics, out)
 
     def latest_checkpoint(self) -> str | None:
         """The newest complete checkpoint in the trial's storage directory, else None.

@@ -1,4 +1,4 @@
-"""Evaluation: ranking a collection (:mod:`~optical_ray.evaluation.ranking`), pytrec_eval scoring and TREC run files (:mod:`~optical_ray.evaluation.trec`), paired tests and gaps (:mod:`~optical_ray.evaluation.compare`), per-query values (:mod:`~optical_ray.evaluation.perquery`), and ``evaluate --best`` (:mod:`~optical_ray.evaluation.best`)."""
+"""Evaluation: ranking a collection (:mod:`~optical_ray.evaluation.ranking`), pytrec_eval scoring and TREC run files (:mod:`~optical_ray.evaluation.trec`), paired tests and gaps (:mod:`~optical_ray.evaluation.compare`), paired tests of a weighted objective over several tasks and seeds (:mod:`~optical_ray.evaluation.stratified`), per-query values (:mod:`~optical_ray.evaluation.perquery`), and ``evaluate --best`` (:mod:`~optical_ray.evaluation.best`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ _EXPORTS = {
     "gap_closed": "compare",
     "gap_report": "compare",
     "GapReport": "compare",
+    "paired_objective_test": "stratified",
+    "pool_seeds": "stratified",
+    "sign_flip_p": "stratified",
     "encode_per_query": "perquery",
     "decode_per_query": "perquery",
+    "decode_tasks": "perquery",
+    "encode_units": "perquery",
+    "decode_units": "perquery",
     "evaluate_best": "best",
     "load_evaluations": "best",
     "parse_baselines": "best",

@@ -303,7 +303,7 @@ def evaluate_best(
     pairs: Sequence[str] | None = None,
     split: str = "test",
     baselines: Sequence[Baseline | str] = (),
-    metric: str = "map",
+    metric: str | None = None,
     mode: str = "max",
     reference_pair: str | None = None,
     experiment: str | None = None,
@@ -311,7 +311,10 @@ def evaluate_best(
     write: bool = True,
 ) -> list[PairEvaluation]:
     """Evaluate each pair's best checkpoint (by ``metric`` in the catalog of
-    ``storage``) on ``split`` next to the zero-shot teacher and ``baselines``; write
+    ``storage``; None: the pair's answer after its finalists, the best run of the
+    chosen config (:func:`~optical_ray.catalog.answers.pair_answer`), else the best
+    trial by what its sweep ranked on, ``sweep.metric`` or ``objective``) on
+    ``split`` next to the zero-shot teacher and ``baselines``; write
     the per-query values and a catalog pointer (``write``); return one
     :class:`PairEvaluation` per pair (``.to_text()`` prints the gap tables).
 
@@ -321,7 +324,7 @@ def evaluate_best(
     One-line errors: a pair without records (:class:`StorageError`, listing those
     with), a deleted checkpoint (:class:`DataError` naming its URI), a baseline whose
     test set is not the best's (:class:`ConfigError` naming both)."""
-    from optical_ray.catalog import Catalog, best_config
+    from optical_ray.catalog import Catalog
     from optical_ray.evaluation.ranking import evaluate_pairs
     from optical_ray.models.encoder import RetrievalModel
     from optical_ray.storage import as_storage, resolve_storage
@@ -358,7 +361,7 @@ def evaluate_best(
         )
     out: list[PairEvaluation] = []
     for pair in pairs:
-        rec = best_config(pair, metric, store, 1, mode, experiment=experiment)[0]
+        rec = _best_record(catalog, store, pair, metric, mode, experiment)
         if not rec.checkpoint_uri:
             raise DataError(
                 f"the best trial of {pair} ({rec.trial_id}) has no checkpoint recorded; "
@@ -426,6 +429,27 @@ def evaluate_best(
             _write(store, ev, list(cfg.eval.metrics))
         out.append(ev)
     return out
+
+
+def _best_record(
+    catalog: Any, store: Any, pair: str, metric: str | None, mode: str, experiment: str | None
+) -> Any:
+    """The record to evaluate as ``pair``'s best: by ``metric``; without one, the
+    record behind the pair's answer, else the best by what its sweep ranked on."""
+    from optical_ray.catalog import best_config
+    from optical_ray.catalog.answers import (
+        NoFinalists,
+        answer_record,
+        pair_answer,
+        recorded_metric,
+    )
+
+    if metric is None:
+        try:
+            return answer_record(pair_answer(pair, store, experiment=experiment), catalog)
+        except NoFinalists:
+            metric = recorded_metric(catalog, pair)
+    return best_config(pair, metric, store, 1, mode, experiment=experiment)[0]
 
 
 # --------------------------------------------------------------------------- reading back

@@ -1,4 +1,4 @@
-"""Sweep planning, no Ray: search spaces and their pair templates, per-pair plans and trial configs, the trial result protocol, and warm starts from related pairs."""
+"""Sweep planning, no Ray: search spaces and their pair templates, per-pair plans and trial configs (with each pair's objective), the trial result protocol, warm starts from related pairs, and each pair's finalists."""
 
 from __future__ import annotations
 
@@ -15,12 +15,17 @@ _EXPORTS = {
     "SweepResult": "plan",
     "plan_sweep": "plan",
     "resolve_trial_config": "plan",
+    "pair_base": "plan",
+    "FinalistRun": "plan",
+    "finalist_plan": "finalists",
     "experiment_name": "plan",
     "FINISHED_KEY": "protocol",
     "CONFIG_KEY": "protocol",
     "CHECKPOINT_PATH_KEY": "protocol",
     "PER_QUERY_KEY": "protocol",
     "ORIGIN_KEY": "protocol",
+    "UNITS_KEY": "protocol",
+    "RUN_KEY": "protocol",
     "WarmStart": "warmstart",
     "plan_warm_starts": "warmstart",
     "similarity": "langsim",

@@ -16,18 +16,26 @@ Everything Ray Tune lives in :mod:`optical_ray.distributed.pair` (per pair) and
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from optical_ray.config import MAIN_HYPERPARAMETERS, Config, from_flat, to_flat
+from optical_ray.config.objective import OBJECTIVE_KEY, objective_task_problems
 from optical_ray.errors import ConfigError
+from optical_ray.sweeps.protocol import RUN_KEY
 from optical_ray.sweeps.space import SearchSpace, trial_config
+from optical_ray.sweeps.templates import expand
 
 __all__ = [
     "PairPlan",
+    "FinalistRun",
     "PairResult",
+    "pair_base",
+    "pair_config",
+    "check_objectives",
     "SweepResult",
     "plan_sweep",
     "resolve_trial_config",
@@ -44,6 +52,17 @@ SUMMARY_KEYS = (*MAIN_HYPERPARAMETERS, "distill.rank_batch_size")
 def experiment_name(name: str, pair: str) -> str:
     """The Tune experiment (and catalog experiment) of ``pair`` in sweep ``name``."""
     return f"{name}-{pair}"
+
+
+@dataclass(frozen=True)
+class FinalistRun:
+    """One run of a pair's finalists experiment: the flat config it trains (a search
+    trial's recorded config, or the space's base, with its seed) and where the config
+    came from (``finalist:<trial>`` or ``finalist:base``)."""
+
+    origin: str
+    seed: int
+    config: str  # flat config JSON
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,9 @@ class PairPlan:
     resume: bool = False
     space_file: str | None = None
     warm: Any = None  # a warmstart.WarmStart: points to enqueue and TPE's prior
+    #: the finalists experiment's runs (``<experiment>`` is then ``<search>-final``);
+    #: empty for a search
+    runs: tuple[FinalistRun, ...] = ()
 
     @property
     def searched(self) -> list[str]:
@@ -73,13 +95,56 @@ class PairPlan:
         return [p.key for p in self.space.for_pair(self.pair)[1]]
 
 
+def pair_base(cfg: Config, space: SearchSpace, pair: str) -> Config:
+    """The sweep's base config as ``pair``'s experiments run it: ``sweep.objective``
+    (the config's, else the space's fixed one: a space names its own data) with its
+    pair templates filled in, and ``sweep.metric`` its result key ``objective``. Without
+    an objective, ``cfg`` itself."""
+    objective = cfg.sweep.objective.strip() or str(
+        space.for_pair(pair)[0].get("sweep.objective") or ""
+    )
+    if not objective.strip():
+        return cfg
+    sweep = dataclasses.replace(cfg.sweep, objective=expand(objective, pair), metric=OBJECTIVE_KEY)
+    return dataclasses.replace(cfg, sweep=sweep)
+
+
+def pair_config(cfg: Config, space: SearchSpace, pair: str) -> Config:
+    """The config a trial of ``pair`` starts from before sampling: the space's fixed
+    values over :func:`pair_base`, with the pair's objective."""
+    base = pair_base(cfg, space, pair)
+    out = trial_config(space, pair, {}, base)
+    sweep = dataclasses.replace(out.sweep, objective=base.sweep.objective)
+    return dataclasses.replace(out, sweep=sweep)
+
+
+def check_objectives(cfg: Config, space: SearchSpace) -> None:
+    """Before any trial: every pair's objective names only tasks its trials evaluate
+    (one :class:`ConfigError` listing each pair's problem and the tasks it has)."""
+    problems = []
+    for pair in cfg.sweep.pairs:
+        problems += objective_task_problems(pair_config(cfg, space, pair))
+    if problems:
+        raise ConfigError(problems)
+
+
 def resolve_trial_config(plan: PairPlan, sampled: Mapping[str, Any], trial_id: str) -> Config:
     """The one place a trial's :class:`Config` is built: defaults ← the sweep's base ←
     the space's fixed values ← the sampled values, named ``<experiment>-<trial>``, with
     checkpoints at evaluation points only (every Tune result then carries a fresh metric,
     and ASHA's ``training_iteration`` counts evaluations). The trial trains on it and
-    reports ``to_flat`` of it; the catalog stores exactly that."""
-    cfg = trial_config(plan.space, plan.pair, sampled, plan.base)
+    reports ``to_flat`` of it; the catalog stores exactly that. A finalist run trains
+    the flat config it carries (``sampled[RUN_KEY]``, JSON: Tune saves it with the
+    trial, so a resumed run trains what it started with); either way the objective is
+    the pair's (:func:`pair_base`)."""
+    if RUN_KEY in sampled:
+        cfg = from_flat(json.loads(sampled[RUN_KEY]))
+    else:
+        cfg = trial_config(plan.space, plan.pair, sampled, plan.base)
+    sw = plan.base.sweep
+    cfg = dataclasses.replace(
+        cfg, sweep=dataclasses.replace(cfg.sweep, objective=sw.objective, metric=sw.metric)
+    )
     train = cfg.train
     if train.eval_every > 0:
         train = dataclasses.replace(train, checkpoint_every=train.eval_every)
@@ -160,7 +225,8 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
 
     ``over`` keys: samples, workers_per_trial, max_concurrent, scheduler, search, metric,
     name, pair_order, max_failures, tracking, optuna_storage, objectives, constraints,
-    warm_start, warm_start_from, warm_start_top. Several ``objectives`` without a
+    warm_start, warm_start_from, warm_start_top, objective, promotion, promotion_alpha,
+    finalists, finalist_seeds. Several ``objectives`` without a
     ``scheduler`` run under FIFO (``none``): ASHA cannot rank trials on several
     objectives."""
     keys = {
@@ -180,6 +246,11 @@ def sweep_config(base: Config, *, pairs: Sequence[str], **over: Any) -> Config:
         "warm_start": "sweep.warm_start",
         "warm_start_from": "sweep.warm_start_from",
         "warm_start_top": "sweep.warm_start_top",
+        "objective": "sweep.objective",
+        "promotion": "sweep.promotion",
+        "promotion_alpha": "sweep.promotion_alpha",
+        "finalists": "sweep.finalists",
+        "finalist_seeds": "sweep.finalist_seeds",
     }
     unknown = set(over) - set(keys)
     if unknown:
@@ -223,7 +294,7 @@ def plan_sweep(
             pair=pair,
             experiment=names[pair],
             path=path_of(names[pair]),
-            base=cfg,
+            base=pair_base(cfg, space, pair),
             space=space,
             depth=depth,
             max_t=asha_max_t(cfg, space, pair),
@@ -252,6 +323,9 @@ class PairResult:
     stopped: int = 0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. an unreachable tracking server
+    #: the pair's answer after its finalists (an optical_ray.catalog.answers.Answer)
+    answer: Any = None
+    metric: str = ""  # what its trials were ranked on (sweep.metric, or objective)
 
     @property
     def finished(self) -> bool:
@@ -281,9 +355,10 @@ class SweepResult:
             if r.error is not None:
                 lines.append(f"  {pair}: experiment failed: {r.error}")
                 continue
-            value = r.best_metrics.get(self.metric)
-            base = (r.baseline_metrics or {}).get(self.metric)
-            shown = "no finished trial" if value is None else f"{self.metric}={value:.4f}"
+            metric = r.metric or self.metric
+            value = r.best_metrics.get(metric)
+            base = (r.baseline_metrics or {}).get(metric)
+            shown = "no finished trial" if value is None else f"{metric}={value:.4f}"
             if value is not None and base is not None:
                 shown += f" (zero-shot {base:.4f}, {value - base:+.4f})"
             lines.append(f"  {pair}: {shown}; {r.trials} trials, {len(r.failed)} failed")
@@ -295,6 +370,8 @@ class SweepResult:
                 )
             if r.best_checkpoint:
                 lines.append(f"    checkpoint: {r.best_checkpoint}")
+            if r.answer is not None:
+                lines.append(f"    answer: {r.answer.statement}")
             for trial_id, reason in r.failed:
                 lines.append(f"    failed {trial_id}: {reason}")
             for warning in r.warnings:

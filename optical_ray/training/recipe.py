@@ -85,9 +85,12 @@ def evaluate_dev(
 ) -> dict[str, float]:
     """Evaluate on ``split`` (default ``cfg.eval.split``): ``{"<pair>/<metric>": ..}``
     plus bare ``"<metric>"`` keys for ``cfg.pair``, which is always evaluated (it is
-    what a sweep optimises), added to ``eval.pairs`` if they leave it out. ``keep``
-    collects ``(metrics, cfg.pair's per-query values)`` in ``keep["evals"]``, for a
-    context that records them (a sweep trial's catalog record)."""
+    what a sweep optimises), added to ``eval.pairs`` if they leave it out; with
+    ``sweep.objective`` also ``"objective"``, its weighted mean over the tasks, when
+    every task was evaluated. ``keep`` collects ``(metrics, {pair: per-query values})``
+    in ``keep["evals"]``, for a context that records them (a sweep trial's catalog
+    record and the paired tests of promotion and finalists)."""
+    from optical_ray.config.objective import OBJECTIVE_KEY, parse_objective
     from optical_ray.evaluation.ranking import evaluate_pairs
 
     pairs = _dev_pairs(cfg, split or cfg.eval.split)
@@ -97,8 +100,14 @@ def evaluate_dev(
     flat = {f"{pair}/{k}": float(v) for pair, r in results.items() for k, v in r.metrics.items()}
     if cfg.pair in results:
         flat.update({k: float(v) for k, v in results[cfg.pair].metrics.items()})
-        if keep is not None:
-            keep.setdefault("evals", []).append((flat, results[cfg.pair].per_query))
+    if cfg.sweep.objective.strip():
+        value = parse_objective(cfg.sweep.objective, cfg.pair).value(flat)
+        if value is not None:
+            flat[OBJECTIVE_KEY] = value
+    if cfg.pair in results and keep is not None:
+        keep.setdefault("evals", []).append(
+            (flat, {pair: r.per_query for pair, r in results.items()})
+        )
     return flat
 
 

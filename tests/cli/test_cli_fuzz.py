@@ -74,6 +74,13 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
             ).encode(),
         ),
         "sp_utf8": ("sputf8.yaml", SPACE_BASE.encode() + b"# caf\xe9\n"),
+        "sp_objective": (
+            "objective.yaml",
+            (
+                "base:\n  train.stages: [distill]\n  eval.pairs: ['{pair}']\n"
+                "  sweep.objective: 'mean({lang}-en/map, {lang}-en_doc/map)'\n"
+            ).encode(),
+        ),
         "afile": ("afile", b"not a directory\n"),
     }
     out = {k: str(d / name) for k, (name, _) in files.items()}
@@ -82,6 +89,7 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
     (d / "adir").mkdir()
     out["adir"] = str(d / "adir")
     out["world"] = str(tiny_world.root)
+    out["answers"] = _no_shared_config(d / "answers")
     out["missing_yaml"] = str(d / "missing.yaml")
 
     # A saved model, then copies with the weights cut short or gone.
@@ -207,6 +215,20 @@ def _hostile_inputs(d, good, cfg) -> dict[str, str]:
     (col / "qrels.txt").write_text("q1 0 d1\n")
     out["badcol"] = str(col)
     return out
+
+
+def _no_shared_config(storage) -> str:
+    """A catalog where swa-en and hau-en each ran one config, not the same one."""
+    from optical_ray.catalog import Catalog, TrialRecord
+    from optical_ray.config import from_flat, to_flat
+
+    catalog = Catalog(storage, spool_dir=storage / "spool")
+    for pair, lr in (("swa-en", 1e-4), ("hau-en", 2e-4)):
+        config = to_flat(from_flat({"pair": pair, "distill.lr": lr}))
+        catalog.append(
+            TrialRecord(f"e-{pair}", pair, "t0", config=config, best_metrics={"map": 0.5})
+        )
+    return str(storage)
 
 
 TRAIN = ["train", "data.root={world}", "pair=en-xc", "eval.pairs=[en-xc]", "output_dir={tmp}/runs"]
@@ -363,6 +385,73 @@ ROWS = [
         "space-is-a-directory",
         ["sweep", "--space", "{adir}", "--pairs", "en-xa"],
         ["adir", "is a directory"],
+    ),
+    # --- trusted answers: the objective, promotion, finalists, one config across pairs
+    (
+        "sweep-objective-task-missing",
+        ["sweep", "--space", "{sp_objective}", "--pairs", "swa-en", "--storage", "{tmp}/st"],
+        ["sweep.objective: swa-en has no task swa-en_doc; its tasks: swa-en"],
+    ),
+    (
+        "sweep-objective-bad-metric",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--objective",
+            "mean(map, en-en/mapp)",
+        ],
+        ["sweep.objective", "metric 'mapp'", "map, ndcg@K"],
+    ),
+    (
+        "sweep-promotion-alpha-one",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--promotion-alpha",
+            "1.5",
+        ],
+        ["sweep.promotion_alpha: got 1.5, must be < 1"],
+    ),
+    (
+        "config-promotion-alpha-zero",
+        ["config", "sweep.promotion_alpha=0"],
+        ["sweep.promotion_alpha: got 0", "must be > 0"],
+    ),
+    (
+        "sweep-finalists-over-samples",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--samples",
+            "2",
+            "--finalists",
+            "3",
+        ],
+        ["sweep.finalists: got 3, but a pair runs only 2 trials"],
+    ),
+    (
+        "best-across-pairs-nothing-shared",
+        ["best", "--storage", "{answers}", "--across-pairs", "swa-en,hau-en"],
+        ["--across-pairs: swa-en, hau-en share no config"],
+    ),
+    (
+        "best-across-pairs-one-pair",
+        ["best", "--storage", "{answers}", "--across-pairs", "swa-en"],
+        ["--across-pairs", "at least two pairs"],
+    ),
+    (
+        "best-across-pairs-with-pair",
+        ["best", "--storage", "{answers}", "--across-pairs", "swa-en,hau-en", "--pair", "swa-en"],
+        ["best --across-pairs: --pair cannot go with it"],
     ),
     # --- files where directories belong
     (

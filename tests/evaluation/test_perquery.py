@@ -33,24 +33,62 @@ def test_encoding_round_trips_compactly():
 
 
 def test_a_trial_sends_its_best_evaluation_matched_by_value():
-    from optical_ray.sweeps.protocol import PER_QUERY_KEY
+    from optical_ray.sweeps.protocol import PER_QUERY_KEY, UNITS_KEY
     from optical_ray.distributed.trial import TuneContext
+    from optical_ray.evaluation.perquery import decode_units
 
     ctx = TuneContext(from_flat({"pair": "swa-en"}))
     start = {"q1": {"map": 0.9}}
     later = {"q1": {"map": 0.1}}
     # step 0 (the starting model) is evaluated but not reported; step 40 is worse
-    ctx.dev_per_query["evals"] = [({"map": 0.9}, start), ({"map": 0.1}, later)]
+    ctx.dev_per_query["evals"] = [
+        ({"map": 0.9}, {"swa-en": start}),
+        ({"map": 0.1}, {"swa-en": later}),
+    ]
     out: dict = {}
     ctx._attach_per_query({"map": 0.1}, out)
     assert decode_per_query(out[PER_QUERY_KEY])[1] == later
+    # every evaluation's report carries its objective's per-query values (promotion)
+    assert decode_units(out[UNITS_KEY]).values.tolist() == [0.1]
     # keep_best: the last report carries the starting model's evaluation
     out = {}
     ctx._attach_per_query({"map": 0.9}, out)
     assert decode_per_query(out[PER_QUERY_KEY])[1] == start
     out = {}
     ctx._attach_per_query({"map": 0.9}, out)  # not better than what was sent: nothing
-    assert PER_QUERY_KEY not in out
+    assert PER_QUERY_KEY not in out and decode_units(out[UNITS_KEY]).objective == 0.9
+
+
+def test_a_trial_judged_on_several_tasks_sends_them_all():
+    """With ``sweep.objective`` the catalog's per-query values hold every task of the
+    objective, and the per-evaluation units weigh each task by its weight over its
+    number of queries (their weighted sum is the objective)."""
+    from optical_ray.distributed.trial import TuneContext
+    from optical_ray.evaluation.perquery import decode_tasks, decode_units
+    from optical_ray.sweeps.protocol import PER_QUERY_KEY, UNITS_KEY
+
+    cfg = from_flat(
+        {
+            "pair": "swa-en",
+            "eval.pairs": ["swa-en", "en-swa", "en-en"],
+            "sweep.objective": "mean(3*swa-en/map, en-swa/map)",
+            "sweep.metric": "objective",
+        }
+    )
+    ctx = TuneContext(cfg)
+    evaluation = {
+        "swa-en": {"q1": {"map": 1.0}, "q2": {"map": 0.0}},
+        "en-swa": {"r1": {"map": 0.2}},
+        "en-en": {"e1": {"map": 0.7}},  # evaluated, but not part of the objective
+    }
+    value = 0.75 * 0.5 + 0.25 * 0.2
+    ctx.dev_per_query["evals"] = [({"objective": value}, evaluation)]
+    out: dict = {}
+    ctx._attach_per_query({"objective": value}, out)
+    assert set(decode_tasks(out[PER_QUERY_KEY])) == {"swa-en", "en-swa"}
+    assert decode_tasks(out[PER_QUERY_KEY])["en-swa"] == {"r1": {"map": 0.2}}
+    units = decode_units(out[UNITS_KEY])
+    assert units.coef.tolist() == [0.375, 0.375, 0.25] and units.objective == pytest.approx(value)
 
 
 def _records(storage, rng, deltas):
