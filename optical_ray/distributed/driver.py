@@ -188,12 +188,16 @@ def run(
     out: Callable[[str], None] | None = None,
     trial_fn: Any = None,
     check_data: bool = True,
+    points: Mapping[str, Sequence[dict[str, Any]]] | None = None,
 ) -> SweepResult:
     """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`optical_ray.sweeps.plan.run_sweep`).
 
     ``out`` receives the progress lines (default: print); ``trial_fn(sampled, plan=)``
     replaces the training trial, for benchmarks of the driver itself (which pass
-    ``check_data=False``: their stand-in trials read no data)."""
+    ``check_data=False``: their stand-in trials read no data) and for studies.
+    ``points`` (per pair: the sampled values of every trial, in order) runs those
+    instead of sampling the space, without Optuna (a study's runs,
+    :func:`optical_ray.distributed.study.run_study`)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from optical_ray.catalog import Catalog
@@ -232,6 +236,8 @@ def run(
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
+    if points is not None:
+        plans = [dataclasses.replace(p, points=tuple(points.get(p.pair, ()))) for p in plans]
     key = state_key()
     for plan in plans:
         if plan.resume:
@@ -243,7 +249,8 @@ def run(
                 )
             else:
                 verify_state(store, store.rel(plan.path), key)
-    prepare_studies(plans, store, resume)
+    if points is None:  # a fixed list of runs needs no Optuna study
+        prepare_studies(plans, store, resume)
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))

@@ -1,7 +1,8 @@
 """The searchers of a pair's Tune experiment: Ray's OptunaSearch, told which trials the
 scheduler stopped (:class:`PruningAwareOptunaSearch`), extended to several objectives
 and constraints (:class:`ObjectivesOptunaSearch`), on the pair's persistent Optuna
-study, behind the sweep's shared trial budget (:func:`build_searcher`).
+study, or a fixed list of runs (:class:`FixedSearcher`, a study's cells x seeds), behind
+the sweep's shared trial budget (:func:`build_searcher`).
 
 Private Ray API used here (each with a test that fails when Ray changes it): the
 Optuna study and ask-and-tell trials inside ``OptunaSearch`` (``_ot_study``,
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+import pickle
+from typing import Any, Sequence
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -21,7 +23,13 @@ from optical_ray.distributed.slots import SharedLimiter
 from optical_ray.sweeps.plan import PairPlan
 from optical_ray.sweeps.protocol import FINISHED_KEY, ORIGIN_KEY
 
-__all__ = ["PruningAwareOptunaSearch", "ObjectivesOptunaSearch", "make_sampler", "build_searcher"]
+__all__ = [
+    "PruningAwareOptunaSearch",
+    "ObjectivesOptunaSearch",
+    "FixedSearcher",
+    "make_sampler",
+    "build_searcher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,82 @@ class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+class FixedSearcher(Searcher):
+    """Suggests a fixed list of sampled values in order, then ``FINISHED``: a study's
+    runs (cells x seeds), each carrying its origin (``study:<cell>/<seed>``) under
+    ``ORIGIN_KEY`` for its catalog record.
+
+    A point whose origin already has a finished record of this experiment in the
+    catalog is skipped, so no run is trained twice: not when a pair starts again (its
+    driver died before Tune's first snapshot), nor when Tune's last snapshot predates a
+    run that finished and was recorded (the restored searcher would otherwise suggest
+    it again). The catalog is read once per process, on the first suggestion; the set
+    read is not saved with the experiment.
+    """
+
+    def __init__(
+        self,
+        points: Sequence[dict[str, Any]],
+        storage: tuple[str, str | None, str | None],
+        experiment: str,
+        pair: str,
+        metric: str | None = None,
+        mode: str | None = None,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.points = [dict(p) for p in points]
+        self.next = 0  # index of the next point to suggest (saved with the experiment)
+        self.storage, self.experiment, self.pair = storage, experiment, pair
+        self._done: set[str] | None = None
+
+    def _recorded(self) -> set[str]:
+        from optical_ray.catalog import Catalog
+        from optical_ray.storage import resolve_storage
+
+        try:
+            df = Catalog(resolve_storage(*self.storage)).records(
+                self.pair, self.experiment, columns=["origin", "status"], status="finished"
+            )
+        except Exception as exc:  # noqa: BLE001 - storage down: run what the state says
+            log.warning("%s: could not read the catalog (%s); no run skipped", self.pair, exc)
+            return set()
+        return set(df["origin"].dropna()) if len(df) else set()
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._done is None:
+            self._done = self._recorded()
+        while self.next < len(self.points):
+            point = self.points[self.next]
+            self.next += 1
+            if point.get(ORIGIN_KEY) in self._done:
+                log.info("%s: %s is in the catalog already", self.pair, point.get(ORIGIN_KEY))
+                continue
+            return dict(point)
+        return Searcher.FINISHED
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        """Nothing to learn: the list is fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "_done"}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self._done = None
+
+
 def make_sampler(sw: Any, constant_liar: bool = True) -> Any:
     """The Optuna sampler of ``sw`` (a :class:`~optical_ray.config.build.SweepConfig`), for one
     objective or several.
@@ -151,6 +235,20 @@ def build_searcher(
     from optical_ray.tracking.trackers import open_study_storage, optuna_storage_url
 
     sw = plan.base.sweep
+    if plan.points is not None:
+        st = plan.base.storage
+        fixed = FixedSearcher(
+            plan.points,
+            (st.uri, st.endpoint, st.region),
+            plan.experiment,
+            plan.pair,
+            metric=sw.metric,
+            mode=sw.mode,
+        )
+        runs: Searcher = fixed
+        if sw.max_concurrent_per_pair:
+            runs = ConcurrencyLimiter(fixed, max_concurrent=sw.max_concurrent_per_pair)
+        return SharedLimiter(runs, coordinator, plan.pair, samples=len(plan.points))
     warm = plan.warm
     objectives = sw.objectives
     conditions = parse_where(sw.constraints)

@@ -53,7 +53,9 @@ class PairPlan:
 
     ``base`` is the sweep's validated base config (storage, data, model, sweep
     settings); ``space`` the parsed search space; ``depth`` the encoder depth layer
-    choices are sampled against; ``max_t`` ASHA's horizon in Tune results.
+    choices are sampled against; ``max_t`` ASHA's horizon in Tune results. ``points``,
+    when given, are the sampled values of every trial to run, in order, instead of
+    sampling the space (a study's runs, :mod:`optical_ray.studies`).
     """
 
     pair: str
@@ -66,6 +68,7 @@ class PairPlan:
     resume: bool = False
     space_file: str | None = None
     warm: Any = None  # a warmstart.WarmStart: points to enqueue and TPE's prior
+    points: tuple[dict[str, Any], ...] | None = None
 
     @property
     def searched(self) -> list[str]:
