@@ -120,18 +120,21 @@ def check_study_data(plan: StudyPlan) -> None:
         needed = [("task", t) for t in plan.tasks[pair]]
         needed += [("reference", r) for r in dict.fromkeys(plan.reference[pair].values())]
         splits: dict[tuple[str, str], Any] = {}
+        have = evaluation_pairs(first)
         for what, task in needed:
+            if task not in have:  # not a synthetic world made up on the spot, either
+                problems.append(
+                    f"{pair}: {what} {task} has no evaluation data; pairs with evaluation "
+                    f"data: {', '.join(have) or 'none'}"
+                )
+                continue
             try:
                 splits[(task, "test")] = _collection(first, task, "test")
             except (DataError, ConfigError) as exc:
-                have = evaluation_pairs(first)
-                problems.append(
-                    f"{pair}: {what} {task} has no test set ({' '.join(str(exc).split())}); "
-                    f"pairs with evaluation data: {', '.join(have) or 'none'}"
-                )
+                problems.append(f"{pair}: {what} {task} has no test set: {exc}")
         dev_pairs = {t for t in plan.tasks[pair]} | set(plan.reference[pair].values())
         dev_pairs |= set(first.eval.pairs) | {pair}
-        for task in sorted(dev_pairs):
+        for task in sorted(dev_pairs & set(have)):
             for split in ("dev", "test"):
                 if (task, split) in splits:
                     continue

@@ -394,7 +394,7 @@ def study_effects(
                 r.aliases = list(aliases.get(key, []))
             effects += rows
             notes += more
-            for c in doc["cells"]:
+            for c in doc["cells"] if qids else []:
                 per_seed = [float(v.mean()) for v in values.get(c, {}).values()]
                 if not per_seed:
                     continue
