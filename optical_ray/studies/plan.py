@@ -86,6 +86,8 @@ def _absolute(values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with relative local paths under :data:`PATH_KEYS` made absolute (a
     Ray worker's working directory is not the driver's)."""
     out = dict(values)
+    if isinstance(out.get("output_dir"), str):  # where a synthetic world is made
+        out["output_dir"] = str(Path(out["output_dir"]).expanduser().resolve())
     for key in PATH_KEYS:
         v = out.get(key)
         if isinstance(v, str) and v and "://" not in v and "{" not in v and Path(v).exists():
