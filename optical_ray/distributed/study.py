@@ -26,6 +26,7 @@ from optical_ray.studies.design import StudyDesign, load_design
 from optical_ray.studies.plan import MAX_RUNS, StudyPlan, plan_study
 from optical_ray.studies.store import (
     design_path,
+    read_values,
     run_path,
     save_design,
     write_values,
@@ -43,13 +44,20 @@ def evaluate_run(
     study: str, pair: str, cell: str, seed: int, tasks: Sequence[str], cfg: Config, model: Path
 ) -> str:
     """Evaluate the saved model ``model`` (a run's final model) on ``tasks``' test
-    splits and store the per-query values of ``cfg.eval.metrics``; returns the URI."""
+    splits and store the per-query values of ``cfg.eval.metrics``; returns the URI.
+
+    A trial that stored them already (its driver died between that and its record, so
+    the resumed experiment restored it at its final checkpoint, where it trains
+    nothing) is not evaluated again: the same trial's final model is the same model."""
     from optical_ray.evaluation.ranking import evaluate_pairs
     from optical_ray.models.encoder import RetrievalModel
     from optical_ray.storage import resolve_storage
 
-    results = evaluate_pairs(RetrievalModel.load(model), cfg, pairs=list(tasks), split="test")
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
+    rel = run_path(study, pair, cell, seed)
+    if store.exists(rel) and read_values(store, rel)[0].get("run") == cfg.name:
+        return store.uri_of(rel)
+    results = evaluate_pairs(RetrievalModel.load(model), cfg, pairs=list(tasks), split="test")
     meta = {
         "study": study,
         "pair": pair,
@@ -60,9 +68,7 @@ def evaluate_run(
         "means": {t: r.metrics for t, r in results.items()},
     }
     values = {t: r.per_query for t, r in results.items()}
-    return write_values(
-        store, run_path(study, pair, cell, seed), values, list(cfg.eval.metrics), meta
-    )
+    return write_values(store, rel, values, list(cfg.eval.metrics), meta)
 
 
 @dataclass(frozen=True)
