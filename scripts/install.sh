@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv on a fresh machine: a virtualenv, the CPU torch wheel first (an
 # unpinned torch would pull several GB of CUDA packages), then optical-ray with its
-# test, MiniLM and tracking extras. Idempotent: a second run only reinstalls what changed.
+# test, MiniLM, tracking and docs extras. Idempotent: a second run only reinstalls what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -28,6 +28,6 @@ fi
 [ -x "$VENV/bin/python" ] || make_venv
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install -q -e ".[test,minilm,tracking]"
+"$VENV/bin/python" -m pip install -q -e ".[test,minilm,tracking,docs]"
 touch "$stamp"
 echo "installed optical-ray into $VENV"

@@ -46,9 +46,11 @@ __all__ = [
     "unique_records",
 ]
 
+#: The catalog's directory under the storage root: ``<storage>/catalog/``.
 CATALOG_DIR = "catalog"
+#: A record's ``status``: the trial ran to the end, raised, or was stopped by ASHA.
 STATUSES = ("finished", "failed", "stopped")
-# Trials whose metrics rank: ASHA-stopped trials were evaluated too, failed ones may not.
+#: Trials whose metrics rank: ASHA-stopped trials were evaluated too, failed ones may not.
 RANKED_STATUSES = ("finished", "stopped")
 
 
@@ -66,6 +68,7 @@ def trial_epochs(status: Any, iterations: Any) -> int:
 # Stored as text (layers as JSON, method as is); the others as numbers.
 _JSON_HYPERPARAMETERS, _TEXT_HYPERPARAMETERS = {"layers"}, {"layers", "method"}
 
+#: The Arrow schema of a catalog part: one row per trial record.
 SCHEMA = pa.schema(
     [
         ("record_id", pa.string()),

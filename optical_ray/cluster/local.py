@@ -20,7 +20,7 @@ take, scoped to one node). Why an environment marker: every process of the clust
 from its launcher, so ``down`` finds exactly this cluster's processes in ``/proc`` and
 nothing else — never ``ray stop``, never a kill by name, never a process another user
 or test started. Ray 2.5x+ token auth stays on: nodes, drivers and job clients on this
-machine share ``~/.ray/auth_token`` and need ``RAY_AUTH_MODE=token`` (see :meth:`env`).
+machine share ``~/.ray/auth_token`` and need ``RAY_AUTH_MODE=token`` (see :meth:`LocalCluster.env`).
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def signal_all(pids: list[int], sig: int) -> None:
 
 @dataclass
 class NodeStatus:
-    """One node of a local cluster, as :meth:`LocalCluster.status` sees it."""
+    """One node of a local cluster, as :meth:`~optical_ray.cluster.local.LocalCluster.status` sees it."""
 
     role: str  # "head" or "worker"
     index: int
@@ -168,7 +168,7 @@ class NodeStatus:
 
 @dataclass
 class ClusterStatus:
-    """What :meth:`LocalCluster.status` reports; ``format()`` is what the CLI prints."""
+    """What :meth:`~optical_ray.cluster.local.LocalCluster.status` reports; ``format()`` is what the CLI prints."""
 
     name: str
     address: str

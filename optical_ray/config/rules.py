@@ -61,6 +61,7 @@ COST_COLUMNS = ("device_s", "training_s", "eval_s", "duration_s")
 _NUMERIC_COLUMNS = ("retention", *COST_COLUMNS, "iterations")
 
 
+#: Short names a query may use for a column (``cost`` is ``device_s``).
 NAME_ALIASES = {"cost": "device_s"}
 
 
@@ -80,6 +81,7 @@ _WHERE_RE = re.compile(r"^\s*([A-Za-z0-9_.@/\-]+?)\s*(>=|<=|==|!=|>|<)\s*(\S.*?)
 _METRIC_KEY_RE = re.compile(r"^(?:[A-Za-z0-9_]+-[A-Za-z0-9_]+/)?" + METRIC_RE.pattern[1:])
 
 
+#: What an objective or condition may name, as error messages list it.
 ALLOWED_NAMES = (
     "a metric (map, ndcg@10, en-en/map), retention, cost, "
     + ", ".join(COST_COLUMNS)
@@ -101,7 +103,7 @@ def name_kind(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective: a name :func:`values_of` resolves, maximised or minimised."""
+    """One objective: a name :func:`~optical_ray.catalog.pareto.values_of` resolves, maximised or minimised."""
 
     name: str
     mode: str  # "max" | "min"
@@ -224,6 +226,7 @@ def parse_where(spec: str | Condition | Sequence[str | Condition] | None) -> lis
 _SEARCH_NAMES = ("retention", "cost", "training_s", "device_s", "eval_s")
 
 
+#: Why ``--scheduler asha`` with several objectives is refused (the error's text).
 ASHA_OBJECTIVES = (
     "ASHA stops trials on one metric, and Ray's multi-objective OptunaSearch drops "
     "intermediate results, so the two cannot work together; use --scheduler none (FIFO "
@@ -288,6 +291,7 @@ def search_problems(sw: Any) -> list[str]:
 # --------------------------------------------------------------------------- tracking targets and study storage
 
 
+#: The tracking backends ``--tracking`` accepts.
 TRACKERS = ("mlflow", "tensorboard", "wandb")
 
 
@@ -376,9 +380,13 @@ def optuna_storage_problems(value: str | None) -> list[str]:
 # --------------------------------------------------------------------------- warm starts and origins
 
 
-ORIGIN_SAMPLER, ORIGIN_RANDOM = "sampler", "random"
+#: The origin of a config the search's sampler (TPE, or its transfer prior) proposed.
+ORIGIN_SAMPLER = "sampler"
+#: The origin of a random draw: random search, or TPE's start-up trials.
+ORIGIN_RANDOM = "random"
 
 
+#: The origin prefix of a config taken from another pair: ``warm_start:<pair>/<trial>``.
 WARM_PREFIX = "warm_start:"
 
 

@@ -38,18 +38,24 @@ __all__ = [
     "Config",
 ]
 
+#: A language pair: ``<query_lang>-<doc_lang>`` (``en-sw``, ``swa-en``).
 PAIR_RE = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
 #: Run and sweep names become one directory (``<output_dir>/<name>``, ``<storage>/<name>-<pair>``).
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-# Metric names as users write them: map, ndcg@10, mrr@10, recall@100, p@1, ...
+#: Metric names as users write them: map, ndcg@10, mrr@10, recall@100, p@1, ...
 METRIC_RE = re.compile(r"^(map|ndcg|mrr|recall|p)(@[1-9][0-9]*)?$")
 #: Source formats of the real data samples (optical_ray.data.real): bitext, evaluation,
 #: ranking (the English teacher's training pairs), monolingual text (the foreign side
 #: of MAFAND-MT's train split, for stage adapt).
 REAL_BITEXT_FORMATS = ("mafand",)
+#: Real evaluation sources (``data.eval``): sentences, documents, passages.
 REAL_EVAL_FORMATS = ("ntrex", "ntrex_doc", "afriqa", "xquad_r")
+#: Real English ranking pairs for the teacher's ``rank`` stage (``data.rank``).
 REAL_RANK_FORMATS = ("english_train",)
+#: Real monolingual text for stage ``adapt`` (``data.mono``): MAFAND-MT's train split,
+#: foreign side (already a bitext format, so not repeated in REAL_FORMATS).
 REAL_MONO_FORMATS = ("mafand",)
+#: Every real source format, in the order above.
 REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS + REAL_RANK_FORMATS
 #: The main searched knobs (flat keys), in the order tables show them: the catalog keeps
 #: each as a plain column (named after its last part) and the report lists them.

@@ -2,7 +2,7 @@
 
 Four sources, each turned into what the rest of optical-ray reads (bitext pairs and
 :class:`~optical_ray.data.collection.Collection` objects), and together into a dataset
-root in the standard layout (:func:`prepare_real`, ``optical-ray data prepare-real``):
+root in the standard layout (:func:`~optical_ray.data.prepare.prepare_real`, ``optical-ray data prepare-real``):
 
 - **MAFAND-MT** (Adelani et al., NAACL 2022): news bitext, line-aligned
   ``mafand_mt/data/text_files/en-<xx>/{train,dev,test}.{en,<xx>}``.
@@ -25,7 +25,7 @@ two-letter aliases (``sw``, ``ha``, ``de``, ...) are accepted everywhere.
 
 The data folder comes from an explicit path, else ``$OPTICAL_RAY_SHARED_DATA``, else
 ``../shared/data`` beside the repository checkout. Nothing is copied into the
-repository: :func:`prepare_real` writes wherever ``out`` points.
+repository: :func:`~optical_ray.data.prepare.prepare_real` writes wherever ``out`` points.
 """
 
 from __future__ import annotations

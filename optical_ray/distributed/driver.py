@@ -190,7 +190,7 @@ def run(
     check_data: bool = True,
     points: Mapping[str, Sequence[dict[str, Any]]] | None = None,
 ) -> SweepResult:
-    """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`optical_ray.sweeps.plan.run_sweep`).
+    """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`run_sweep`).
 
     ``out`` receives the progress lines (default: print); ``trial_fn(sampled, plan=)``
     replaces the training trial, for benchmarks of the driver itself (which pass

@@ -1,7 +1,7 @@
 """The tracking backends, one class each: MLflow (a parent run per pair, nested child
 runs per trial), TensorBoard (event files per trial under storage) and W&B (offline unless
 the user has a key). Each ``open``s, ``log``s and ``close``s runs; :class:`optical_ray.
-tracking.Tracker` drives them off the caller's thread and turns their failures into
+tracking.trackers.Tracker` drives them off the caller's thread and turns their failures into
 warnings."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training as plain functions, no Ray: the recipe (:func:`run`: stages in order, resume), the stages (rank, adapt, distill), the step loop, batches, losses, checkpoints, and the context a loop runs in."""
+"""Training as plain functions, no Ray: the recipe (:func:`~optical_ray.training.recipe.run`: stages in order, resume), the stages (rank, adapt, distill), the step loop, batches, losses, checkpoints, and the context a loop runs in."""
 
 from __future__ import annotations
 

@@ -255,7 +255,7 @@ def test_resume_after_the_driver_is_killed(cluster, sweep_root, sweep_space, swe
     import pickle
 
     from optical_ray.distributed.trust import UntrustedStateError
-    from tests.test_trust import _Payload
+    from tests.distributed.test_trust import _Payload
 
     marker = sweep_root / "pwned"
     (storage / "kill-en-xc" / "tuner.pkl").write_bytes(pickle.dumps(_Payload(str(marker))))
