@@ -15,6 +15,7 @@ each pair's tasks and references (once; a resumed study keeps it).
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -57,8 +58,10 @@ def evaluate_run(
     rel = run_path(study, pair, cell, seed)
     if store.exists(rel) and read_values(store, rel)[0].get("run") == cfg.name:
         return store.uri_of(rel)
+    start = time.perf_counter()
     results = evaluate_pairs(RetrievalModel.load(model), cfg, pairs=list(tasks), split="test")
     meta = {
+        "test_s": time.perf_counter() - start,  # what the test evaluation cost
         "study": study,
         "pair": pair,
         "cell": cell,

@@ -267,7 +267,7 @@ def effects_of(
         ridx = rng.integers(0, len(reference), size=(n_boot, len(reference)))
         ref_boot = reference[ridx].mean(axis=1)
     seeds = sorted(set.intersection(*(set(values[c]) for c in present)))
-    skipped = set()
+    skipped: set[str] = set()
     for con in contrasts(factors, [cell_levels[c] for c in names]):
         w = np.array(con.weights)
         used = [names[i] for i in np.flatnonzero(w)]
@@ -276,8 +276,8 @@ def effects_of(
             skipped.add(con.name)
             continue
         d = w @ M
-        est = float(d.mean())
-        lo, hi = _ci(d[idx].mean(axis=1), alpha)
+        boot = d[idx].mean(axis=1)
+        lo, hi = _ci(boot, alpha)
         _, p = paired_test(
             {q: {"v": float(x)} for q, x in enumerate(d)},
             {q: {"v": 0.0} for q in range(n)},
@@ -285,6 +285,7 @@ def effects_of(
             n_resamples=n_resamples,
             seed=seed,
         )
+        # the same contrast on each seed's runs alone
         per_seed = [
             float(
                 (w @ np.array([values[c][s] if c in used else np.zeros(n) for c in names])).mean()
@@ -292,33 +293,31 @@ def effects_of(
             for s in seeds
         ]
         row = EffectRow(
-            pair,
-            task,
-            metric,
-            con.kind,
-            con.name,
-            list(con.factors),
-            list(con.levels),
-            list(con.bases),
-            est,
-            lo,
-            hi,
-            float(p),
-            n,
-            per_seed,
-            float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+            pair=pair,
+            task=task,
+            metric=metric,
+            kind=con.kind,
+            name=con.name,
+            factors=list(con.factors),
+            levels=list(con.levels),
+            bases=list(con.bases),
+            estimate=float(d.mean()),
+            ci_low=lo,
+            ci_high=hi,
+            p_value=float(p),
+            n_queries=n,
+            per_seed=per_seed,
+            seed_sd=float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
         )
         if con.kind == "main" and reference is not None and ref_boot is not None:
             b = np.array(con.base) @ M
             room = float(reference.mean() - b.mean())
             if room > 1e-12:
-                row.gap_closed = est / room
+                row.gap_closed = row.estimate / room
                 rooms = ref_boot - b[idx].mean(axis=1)
-                ok = rooms > 1e-12
+                ok = rooms > 1e-12  # resamples where the base still has a gap
                 if ok.sum() >= 0.9 * n_boot:
-                    row.gap_closed_low, row.gap_closed_high = _ci(
-                        d[idx].mean(axis=1)[ok] / rooms[ok], alpha
-                    )
+                    row.gap_closed_low, row.gap_closed_high = _ci(boot[ok] / rooms[ok], alpha)
         rows.append(row)
     if skipped:
         notes.append(
