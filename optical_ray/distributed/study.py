@@ -71,7 +71,17 @@ def evaluate_run(
         "means": {t: r.metrics for t, r in results.items()},
     }
     values = {t: r.per_query for t, r in results.items()}
-    return write_values(store, rel, values, list(cfg.eval.metrics), meta)
+    return _outlasting(lambda: write_values(store, rel, values, list(cfg.eval.metrics), meta))
+
+
+def _outlasting(write: Callable[[], str]) -> str:
+    """``write()``, a storage outage waited out (about 75 s) as a checkpoint upload is:
+    a run's values are written once, after its evaluation."""
+    from optical_ray.retries import OUTAGE_ATTEMPTS, with_retries
+
+    return with_retries(
+        write, attempts=OUTAGE_ATTEMPTS, base_delay=1.0, max_delay=15.0, what="storing test values"
+    )
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,8 @@ def _zero_shot(plan: StudyPlan, pair: str) -> Callable[[], str]:
             "means": {t: r.metrics for t, r in results.items()},
         }
         values = {t: r.per_query for t, r in results.items()}
-        return write_values(
-            store, zero_shot_path(plan.name, pair), values, list(cfg.eval.metrics), meta
-        )
+        rel = zero_shot_path(plan.name, pair)
+        return _outlasting(lambda: write_values(store, rel, values, list(cfg.eval.metrics), meta))
 
     return evaluate
 
