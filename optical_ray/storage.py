@@ -297,6 +297,11 @@ class Storage:
             elif info.type == pafs.FileType.File:
                 self.filesystem.delete_file(target)
 
+    def s3_client(self) -> Any:
+        """A boto3 S3 client on this store's endpoint, region and AWS credential chain,
+        for requests pyarrow does not make (batch deletes, conditional writes)."""
+        return _boto_client(self.endpoint, self.region)
+
     def delete_files(self, paths: list[str]) -> None:
         """Delete many files (filesystem paths, as :meth:`join` gives); missing ones are
         fine. S3: DeleteObjects, 1000 keys a request (one request per key through
@@ -306,7 +311,7 @@ class Storage:
                 for path in paths:
                     Path(path).unlink(missing_ok=True)
             return
-        client = _boto_client(self.endpoint, self.region)
+        client = self.s3_client()
         by_bucket: dict[str, list[str]] = {}
         for path in paths:
             bucket, _, key = path.partition("/")

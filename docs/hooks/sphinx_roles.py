@@ -19,6 +19,7 @@ them by hand would churn every module; this extension rewrites them at build tim
 
 from __future__ import annotations
 
+import builtins
 import html
 import re
 from typing import Any
@@ -56,6 +57,8 @@ def _resolve(obj: griffe.Object, target: str) -> tuple[str | None, bool]:
     if target.split(".")[0] == package:
         return _canonical(collection, target), True
     head, _, rest = target.partition(".")
+    if not rest and hasattr(builtins, head):
+        return head, False  # a builtin (FileNotFoundError, ValueError): shown as code
     try:
         base = obj.resolve(head)
     except griffe.NameResolutionError:

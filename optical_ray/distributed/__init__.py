@@ -1,4 +1,4 @@
-"""All of Ray: the sweep driver, studies (a design's runs on the sweep machinery), each pair's Tune experiment, the trial function, Tune callbacks, the shared trial budget, driver watching, signed Tune state, and Ray Train across workers."""
+"""All of Ray: the sweep driver, studies (a design's runs on the sweep machinery), each pair's Tune experiment, the trial function, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, one driver per experiment (leases), and Ray Train across workers."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ _EXPORTS = {
     "TrackingCallback": "tracking",
     "StateSigner": "trust",
     "UntrustedStateError": "trust",
+    "StateKeyError": "trust",
     "state_key": "trust",
     "verify_state": "trust",
+    "state_filesystem": "statefs",
+    "SweepLeases": "lease",
+    "LeaseHeldError": "lease",
     "watch_driver": "driverwatch",
 }
 __all__ = list(_EXPORTS)

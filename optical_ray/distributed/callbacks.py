@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Mapping
 
 import ray
@@ -35,6 +35,7 @@ __all__ = [
     "checkpoint_uri",
     "coordinator_handle",
     "is_metric",
+    "recorded_results",
     "NAMESPACE",
 ]
 
@@ -107,7 +108,10 @@ class CatalogCallback(Callback):
     driver died writes none, and calls ``on_fenced`` (which asks the task to end). The
     trial's state (its config, best checkpoint, per-query values) is kept and saved
     with the experiment, and the resumed experiment records it: as it ends, it records
-    every trial it restored ended but finds no record of (:meth:`on_experiment_end`)."""
+    every trial it restored ended but finds no record of (:meth:`on_experiment_end`).
+
+    ``already``: trial ids the catalog held as ended when the pair started
+    (:func:`recorded_results`); they are never recorded again."""
 
     def __init__(
         self,
@@ -116,9 +120,11 @@ class CatalogCallback(Callback):
         baseline: dict[str, float] | None,
         fence: Callable[[], bool] | None = None,
         on_fenced: Callable[[Any], None] | None = None,
+        already: Iterable[str] = (),
     ) -> None:
         self.catalog, self.plan, self.baseline = catalog, plan, baseline
         self.fence, self.on_fenced = fence, on_fenced
+        self.already = frozenset(already)
         self.recorded: set[str] = set()
         self.started: dict[str, float] = {}
         self.configs: dict[str, dict[str, Any]] = {}
@@ -217,6 +223,9 @@ class CatalogCallback(Callback):
     def _record(self, trial: Any, status: str, error: str | None) -> None:
         from optical_ray.catalog import TrialRecord
 
+        if trial.trial_id in self.already:
+            self._recorded(trial)  # its record is in the catalog: no second part
+            return
         if self.fence is not None and not self.fence():
             log.warning("not recording trial %s: the sweep's driver is gone", trial.trial_id)
             if self.on_fenced is not None:
@@ -265,6 +274,9 @@ class CatalogCallback(Callback):
                 origin=(trial.config or {}).get(ORIGIN_KEY),
             )
         )
+        self._recorded(trial)
+
+    def _recorded(self, trial: Any) -> None:
         self.recorded.add(trial.trial_id)
         # recorded: its state need not travel with every experiment snapshot
         for kept in (self.started, self.configs, self.per_query, self.at_best):
@@ -352,7 +364,8 @@ def checkpoint_uri(ckpt: Any, result: Mapping[str, Any], store: Any) -> str | No
     """The URI of ``ckpt`` (a Tune checkpoint) or, without one, of the checkpoint a
     multi-worker trial reports as ``checkpoint_path`` (its Train run's best)."""
     if ckpt is not None:
-        kind = getattr(ckpt.filesystem, "type_name", "local")
+        # "py::s3" for the pair driver's StateFileSystem over S3 (statefs)
+        kind = getattr(ckpt.filesystem, "type_name", "local").rpartition("::")[2]
         return f"s3://{ckpt.path}" if kind == "s3" else ckpt.path
     path = result.get(CHECKPOINT_PATH_KEY)
     return store.uri_of(store.rel(path)) if isinstance(path, str) and path else None
@@ -370,3 +383,59 @@ def _error_line(trial: Any) -> str:
     except Exception:  # noqa: BLE001 - reporting must not break the sweep
         pass
     return error_reason(text or "unknown error")
+
+
+def recorded_results(catalog: Any, plan: PairPlan) -> dict[str, dict[str, Any]]:
+    """The trials of ``plan``'s experiment that the catalog holds as ended (finished,
+    or stopped early by the scheduler), as trial id → the result such a trial reports
+    in place of running again (its recorded metrics, config and training time).
+
+    A driver killed within seconds of a trial's end leaves the trial ended and recorded
+    but missing from Tune's last snapshot, so the resumed experiment starts it again:
+    the trial function then reports this instead of training, and the catalog callback
+    writes no second record (``already``). Failed trials are not here: a resume retries
+    them. Catalog records are not authenticated: a planted one can claim a result for a
+    trial (numbers and a JSON config, never code), as it can claim one in any query.
+    A catalog that cannot be read is a warning: those trials then run again."""
+    metric = plan.base.sweep.metric
+    try:
+        rows = catalog.records(
+            plan.pair,
+            plan.experiment,
+            columns=["trial_id", "status", "last_metrics", "config", "training_s", "best_value"],
+            status=["finished", "stopped"],
+        )
+    except (OpticalRayError, OSError) as exc:
+        log.warning(
+            "%s: could not read the catalog's records of %s (%s); trials it holds as "
+            "ended may run again",
+            plan.pair,
+            plan.experiment,
+            exc,
+        )
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows.to_dict("records"):
+        try:
+            last = json.loads(row["last_metrics"] or "{}")
+        except (TypeError, ValueError):
+            continue
+        result = {
+            k: float(v)
+            for k, v in (last.items() if isinstance(last, dict) else ())
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        }
+        best = row.get("best_value")
+        if metric not in result and isinstance(best, float) and math.isfinite(best):
+            result[metric] = best
+        if metric not in result:
+            continue  # Tune needs the metric in every result: such a trial runs again
+        training_s = row.get("training_s")
+        finite = isinstance(training_s, float) and math.isfinite(training_s)
+        result["train_s"] = float(training_s) if finite else 0.0
+        if isinstance(row.get("config"), str):
+            result[CONFIG_KEY] = row["config"]
+        if row["status"] == "finished":
+            result[FINISHED_KEY] = 1
+        out[str(row["trial_id"])] = result
+    return out

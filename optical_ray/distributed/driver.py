@@ -1,6 +1,8 @@
 """The sweep's driver: checks every pair before any trial starts, then runs each
 pair's experiment in its own zero-CPU Ray task (pinned to the driver's node, whose local
-paths and key file it uses) and prints one line per pair as its trials move.
+paths and key file it uses) and prints one line per pair as its trials move. From
+before it looks at an experiment's saved state to its end, the driver holds the
+experiment's lease (:mod:`~optical_ray.distributed.lease`): a second one is refused.
 
 The pairs share ``sweep.max_concurrent`` trials in flight through a named coordinator
 actor that each pair's :class:`~optical_ray.distributed.slots.SharedLimiter` asks before it
@@ -33,11 +35,13 @@ from optical_ray.sweeps.plan import (
     PairResult,
     SweepResult,
     error_reason,
+    experiment_name,
     plan_sweep,
     sweep_config,
     unconverging_epsilon,
 )
-from optical_ray.distributed.trust import state_key, verify_state
+from optical_ray.distributed.lease import LeaseLostError, SweepLeases
+from optical_ray.distributed.trust import VerifiedState, state_key, verify_state
 
 __all__ = ["run", "run_sweep"]
 
@@ -127,13 +131,25 @@ def _progress_line(pair: str, state: Mapping[str, Any], metric: str) -> str:
 
 
 def _wait(
-    refs: dict[str, Any], coord: Any, metric: str, verbose: int, out: Callable[[str], None]
+    refs: dict[str, Any],
+    coord: Any,
+    metric: str,
+    verbose: int,
+    out: Callable[[str], None],
+    lost: Callable[[], str | None] = lambda: None,
 ) -> dict[str, PairResult | BaseException]:
-    """Wait for every pair's task, printing a pair's progress line when it changes."""
+    """Wait for every pair's task, printing a pair's progress line when it changes.
+    When ``lost()`` says why (another driver took an experiment's lease over), the
+    pairs' tasks are cancelled and :class:`LeaseLostError` raised."""
     pending = dict(refs)
     shown: dict[str, tuple] = {}
     results: dict[str, PairResult | BaseException] = {}
     while pending:
+        why = lost()
+        if why:
+            for ref in pending.values():
+                ray.cancel(ref, force=True)
+            raise LeaseLostError(why)
         ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=2.0)
         if verbose >= 1:
             with contextlib.suppress(Exception):
@@ -198,17 +214,15 @@ def run(
     ``points`` (per pair: the sampled values of every trial, in order) runs those
     instead of sampling the space, without Optuna (a study's runs,
     :func:`optical_ray.distributed.study.run_study`)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from optical_ray.catalog import Catalog
     from optical_ray.data.sources import ensure_data_root
-    from optical_ray.distributed.driverwatch import this_driver
-    from optical_ray.distributed.train import check_resources, init_ray, prepare_config
+    from optical_ray.distributed.train import prepare_config
     from optical_ray.models.encoder import model_depth
     from optical_ray.storage import resolve_storage
 
     out = out or (lambda line: print(line, flush=True))
     cfg = prepare_config(cfg)
+    key = state_key()  # a short key or a corrupt key file: one line before anything starts
     sw = cfg.sweep
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
     if store.scheme == "s3":
@@ -227,28 +241,76 @@ def run(
         if not space.templated:
             ensure_data_root(cfg)  # generated once here, not raced for by the trials
         _check_pairs_data(cfg, space)
+    # One driver per experiment, from before it looks at their state to the end.
+    with SweepLeases(store, [experiment_name(cfg.name, pair) for pair in sw.pairs]) as leases:
+        return _run_pairs(
+            cfg,
+            space,
+            store,
+            key,
+            depth,
+            warm,
+            leases,
+            resume=resume,
+            address=address,
+            verbose=verbose,
+            trust_storage=trust_storage,
+            out=out,
+            trial_fn=trial_fn,
+            points=points,
+        )
+
+
+def _run_pairs(
+    cfg: Config,
+    space: Any,
+    store: Any,
+    key: bytes,
+    depth: int,
+    warm: Mapping[str, Any],
+    leases: SweepLeases,
+    *,
+    resume: bool,
+    address: str | None,
+    verbose: int,
+    trust_storage: bool,
+    out: Callable[[str], None],
+    trial_fn: Any,
+    points: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+) -> SweepResult:
+    """:func:`run` once the experiments' leases are held: start Ray, plan the pairs,
+    read and verify once the saved state of those that resume (handed to their tasks,
+    which restore from exactly those bytes), run every pair's task."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from optical_ray.distributed.driverwatch import this_driver
+    from optical_ray.distributed.train import check_resources, init_ray
+
+    sw = cfg.sweep
     init_ray(address, log_to_driver=verbose >= 2)
     check_resources(cfg)
     fs = store.ray_storage_filesystem()
     exists = {
-        pair: tune.Tuner.can_restore(store.join(f"{cfg.name}-{pair}"), storage_filesystem=fs)
+        pair: tune.Tuner.can_restore(
+            store.join(experiment_name(cfg.name, pair)), storage_filesystem=fs
+        )
         for pair in sw.pairs
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
     if points is not None:
         plans = [dataclasses.replace(p, points=tuple(points.get(p.pair, ()))) for p in plans]
-    key = state_key()
+    # Read and verified once; each pair's task restores from exactly these bytes.
+    states: dict[str, VerifiedState] = {}
     for plan in plans:
         if plan.resume:
             if trust_storage:
                 log.warning(
-                    "resuming %s without checking its saved state "
-                    "(--trust-storage): Ray unpickles whatever is there",
+                    "resuming %s without checking its saved state (--trust-storage): "
+                    "its state files as they are now are signed as this installation's",
                     redact(store.uri_of(store.rel(plan.path))),
                 )
-            else:
-                verify_state(store, store.rel(plan.path), key)
+            states[plan.pair] = verify_state(store, store.rel(plan.path), key, trust=trust_storage)
     if points is None:  # a fixed list of runs needs no Optuna study
         prepare_studies(plans, store, resume)
     name = _coordinator_name(cfg)
@@ -274,11 +336,18 @@ def run(
     try:
         if sw.pair_order == "sequential":
             for plan in plans:
-                ref = task.remote(plan, name, verbose, key, trial_fn, driver)
-                results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out))
+                ref = task.remote(
+                    plan, name, verbose, key, trial_fn, driver, states.get(plan.pair), trust_storage
+                )
+                results.update(_wait({plan.pair: ref}, coord, sw.metric, verbose, out, leases.lost))
         else:
-            refs = {p.pair: task.remote(p, name, verbose, key, trial_fn, driver) for p in plans}
-            results = _wait(refs, coord, sw.metric, verbose, out)
+            refs = {
+                p.pair: task.remote(
+                    p, name, verbose, key, trial_fn, driver, states.get(p.pair), trust_storage
+                )
+                for p in plans
+            }
+            results = _wait(refs, coord, sw.metric, verbose, out, leases.lost)
     finally:
         with contextlib.suppress(Exception):
             ray.kill(coord)

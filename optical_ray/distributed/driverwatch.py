@@ -29,6 +29,7 @@ __all__ = [
     "this_driver",
     "local_driver",
     "process_alive",
+    "process_start",
     "watch_driver",
 ]
 
@@ -45,7 +46,7 @@ class DriverRef:
     node_id: str
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The start time of ``pid`` (Linux: ``/proc/<pid>/stat``), None when it is not
     running (gone, or a zombie waiting to be reaped) or cannot be read."""
     try:
@@ -61,7 +62,7 @@ def _process_start(pid: int) -> str | None:
 def process_alive(ref: DriverRef) -> bool:
     """Whether the process ``ref`` names still runs."""
     if os.path.isdir("/proc"):
-        started = _process_start(ref.pid)
+        started = process_start(ref.pid)
         return started is not None and (ref.started is None or started == ref.started)
     try:
         os.kill(ref.pid, 0)
@@ -88,7 +89,7 @@ def this_driver() -> DriverRef:
     import ray
 
     pid = os.getpid()
-    started = _process_start(pid) if os.path.isdir("/proc") else None
+    started = process_start(pid) if os.path.isdir("/proc") else None
     return DriverRef(pid, started, ray.get_runtime_context().get_node_id())
 
 

@@ -51,12 +51,13 @@ from optical_ray.distributed.callbacks import (
     is_metric,
     best_kept_checkpoint,
     checkpoint_uri,
+    recorded_results,
 )
+from optical_ray.distributed.statefs import StateFileSystem, state_filesystem
 from optical_ray.distributed.trust import (
     StateManifest,
     StateSigner,
-    UntrustedStateError,
-    sign_tuner_file,
+    VerifiedState,
     state_key,
     verify_state,
 )
@@ -93,14 +94,25 @@ def _trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
 TrialFn = Callable[..., None]
 
 
-def _trainable(plan: PairPlan, trial_fn: TrialFn | None = None) -> Callable[[dict[str, Any]], None]:
+def _trainable(
+    plan: PairPlan,
+    trial_fn: TrialFn | None = None,
+    recorded: dict[str, dict[str, Any]] | None = None,
+) -> Callable[[dict[str, Any]], None]:
     """The pair's trial function, under a name of its own: Tune registers trainables
     cluster-wide by name, so two pairs fitting at once under one name (or one
     ``with_parameters`` key) would run each other's plans. ``trial_fn(sampled, plan=)``
-    replaces the training trial (benchmarks of the driver use stand-ins)."""
+    replaces the training trial (benchmarks of the driver use stand-ins). A trial in
+    ``recorded`` (ended in the catalog, :func:`recorded_results`) reports its recorded
+    result and trains nothing."""
     fn = trial_fn or _trial
+    recorded = recorded or {}
 
     def trial(sampled: dict[str, Any]) -> None:
+        result = recorded.get(tune.get_context().get_trial_id()) if recorded else None
+        if result is not None:
+            tune.report(result)
+            return
         fn(sampled, plan=plan)
 
     trial.__name__ = trial.__qualname__ = f"trial_{plan.experiment}"
@@ -239,28 +251,27 @@ def _baseline(plan: PairPlan) -> dict[str, float] | None:
     return ray.get(evaluate.remote())
 
 
-def snapshotted(store: Any, path: str) -> bool:
-    """Whether Tune saved the experiment's state at ``path`` (``experiment_state-*``).
-    A ``tuner.pkl`` alone means its driver died before Tune's first snapshot: Tune's
-    restore would then restart the experiment with ``num_samples=1`` (it logs the
-    failed restore and carries on), so such a pair starts again instead, keeping its
-    Optuna study."""
-    return any(Path(i.path).name.startswith("experiment_state-") for i in store.ls(store.rel(path)))
-
-
 def _tuner(
     plan: PairPlan,
     store: Any,
+    fs: StateFileSystem,
+    restore: bool,
     callbacks: list[Callback],
     coordinator: str,
     verbose: int,
     trial_fn: TrialFn | None = None,
     baseline: dict[str, float] | None = None,
+    recorded: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
+    """The pair's Tuner: restored (``restore``) from the state files ``fs`` serves, or
+    new. A ``tuner.pkl`` without an ``experiment_state-*`` means its driver died before
+    Tune's first snapshot: Tune's restore would then restart the experiment with
+    ``num_samples=1`` (it logs the failed restore and carries on), so such a pair starts
+    again instead, keeping its Optuna study."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sw, sc = plan.base.sweep, plan.base.scaling
-    trainable = _trainable(plan, trial_fn)
+    trainable = _trainable(plan, trial_fn, recorded)
     if sc.workers == 1:
         resources: dict[str, float] = {"CPU": sc.cpus_per_worker}
         if sc.gpus_per_worker:
@@ -271,8 +282,7 @@ def _tuner(
         # a non-empty request, so the driver claims a little memory instead.
         resources = {"CPU": 0, "memory": DRIVER_MEMORY}
     trainable = tune.with_resources(trainable, resources)
-    fs = store.ray_storage_filesystem()
-    if plan.resume and snapshotted(store, plan.path):
+    if restore:
         tuner = tune.Tuner.restore(
             plan.path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
         )
@@ -323,12 +333,20 @@ def fit_pair(
     key: bytes | None = None,
     trial_fn: TrialFn | None = None,
     driver: DriverRef | None = None,
+    state: VerifiedState | None = None,
+    trust_storage: bool = False,
 ) -> PairResult:
     """Build or restore ``plan``'s Tuner, fit it, and summarise it (runs in the pair's
     own zero-CPU Ray task; callable in-process too). ``key`` signs Tune's saved state:
     the driver's, handed over as an argument (never through the task's environment,
     which Ray logs). With ``driver``, the task ends itself when that process dies and
-    writes no catalog record after it (see :mod:`optical_ray.distributed.driverwatch`)."""
+    writes no catalog record after it (see :mod:`optical_ray.distributed.driverwatch`).
+
+    A resumed experiment restores from ``state``, the state files the driver read and
+    verified once (without it, they are read and verified here, a failure being fatal
+    unless ``trust_storage``), never from storage again
+    (:mod:`optical_ray.distributed.statefs`). Trials the catalog holds as ended are not
+    run again (:func:`~optical_ray.distributed.callbacks.recorded_results`)."""
     from optical_ray.catalog import Catalog
     from optical_ray.storage import resolve_storage
 
@@ -341,10 +359,14 @@ def fit_pair(
     catalog = Catalog(store)
     rel = store.rel(plan.path)
     key = key or state_key()
-    manifest = StateManifest()
-    if plan.resume:
-        with contextlib.suppress(UntrustedStateError):
-            manifest = verify_state(store, rel, key)  # checked by the driver (or overridden)
+    if plan.resume and state is None:
+        state = verify_state(store, rel, key, trust=trust_storage)
+    manifest = state.manifest if state is not None else StateManifest()
+    restore = state is not None and state.snapshotted
+    fs = state_filesystem(
+        store.ray_storage_filesystem(), plan.path, state.files if restore else None
+    )
+    recorded = recorded_results(catalog, plan) if plan.resume else {}
     baseline = _baseline(plan)
     signer = StateSigner(store, rel, manifest, key)
     from optical_ray.distributed.tracking import tracking_callbacks
@@ -362,15 +384,19 @@ def fit_pair(
             # not mid-step: Tune may have dropped checkpoints the saved state still
             # names; the task ends at the next step, the resume records the trial
             on_fenced=ender.fenced if ender else None,
+            already=recorded,
         ),
         ProgressCallback(plan, coordinator),
         signer,
         *([ender] if ender else []),
         *views,
     ]
-    tuner = _tuner(plan, store, callbacks, coordinator, verbose, trial_fn, baseline)
-    if not (plan.resume and snapshotted(store, plan.path)):
-        sign_tuner_file(store, rel, manifest)
+    tuner = _tuner(
+        plan, store, fs, restore, callbacks, coordinator, verbose, trial_fn, baseline, recorded
+    )
+    written = fs.written("tuner.pkl")  # signed as Tune wrote it, never as read back
+    if written is not None:
+        manifest.add("tuner.pkl", written)
         signer.write()
     with (
         watch_driver(watched, on_death=gone.set, grace_s=DRIVER_GONE_GRACE_S),

@@ -6,13 +6,17 @@ Tune restores an experiment by unpickling ``tuner.pkl``, ``searcher-state-*.pkl`
 ``callback-states-*.pkl`` and the trial objects inside ``experiment_state-*.json``; a
 pickle placed there by anyone with write access to the prefix runs code on the machine
 that resumes. So while a sweep runs, its driver records the SHA-256 of every state file
-it writes (from its own local staging copy, never read back from storage) in a manifest
-signed with HMAC-SHA256 under a key that never leaves the installation; ``--resume``
-checks every state file in storage against that manifest before Ray reads any of them.
+it writes (from its own local staging copy or the bytes it wrote, never read back from
+storage) in a manifest signed with HMAC-SHA256 under a key that never leaves the
+installation. ``--resume`` reads every state file once, checks it against that manifest
+(:func:`verify_state`), and Tune then restores from exactly those bytes
+(:mod:`optical_ray.distributed.statefs`), so a file swapped in storage after the check
+is never read.
 
-The key: ``$OPTICAL_RAY_STATE_KEY`` when set (give the same secret to every machine
-that may resume a sweep, e.g. a cluster's head node, through a secret store), else a
-random key created once in ``~/.config/optical-ray/state.key`` (mode 0600).
+The key: ``$OPTICAL_RAY_STATE_KEY`` when set (at least 32 bytes; give the same secret
+to every machine that may resume a sweep, e.g. a cluster's head node, through a secret
+store), else a random key created once, atomically, in
+``~/.config/optical-ray/state.key`` (mode 0600).
 """
 
 from __future__ import annotations
@@ -36,13 +40,15 @@ from optical_ray.storage import StorageUnavailable, redact
 __all__ = [
     "KEY_ENV",
     "MANIFEST_NAME",
+    "MIN_KEY_BYTES",
     "UntrustedStateError",
+    "StateKeyError",
     "StateManifest",
     "StateSigner",
+    "VerifiedState",
     "state_key",
     "is_state_file",
     "verify_state",
-    "sign_tuner_file",
 ]
 
 KEY_ENV = "OPTICAL_RAY_STATE_KEY"
@@ -50,39 +56,102 @@ MANIFEST_NAME = "optical-ray-state.json"
 #: Hashes kept per file: storage may lag behind the driver's staging copy by a few
 #: saves, and any version this installation wrote is one it may resume from.
 HISTORY = 64
+#: The shortest HMAC key accepted (bytes): SHA-256's output size.
+MIN_KEY_BYTES = 32
 
 
 class UntrustedStateError(OpticalRayError):
     """Saved sweep state in storage that this installation did not write."""
 
 
+class StateKeyError(OpticalRayError):
+    """The state key is missing, too short or its file is corrupt."""
+
+
+def _key_file(path: str | os.PathLike[str] | None) -> Path:
+    if path:
+        return Path(path)
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "optical-ray" / "state.key"
+
+
 def state_key(path: str | os.PathLike[str] | None = None) -> bytes:
-    """The HMAC key: ``$OPTICAL_RAY_STATE_KEY``, else the local key file (created with
-    32 random bytes, mode 0600, on first use)."""
+    """The HMAC key: ``$OPTICAL_RAY_STATE_KEY`` (at least :data:`MIN_KEY_BYTES` bytes),
+    else the local key file (``path``; default ``$XDG_CONFIG_HOME/optical-ray/state.key``),
+    created with 32 random bytes, hex-encoded, mode 0600, on first use.
+
+    Raises :class:`StateKeyError` (one line, never the key itself) for a key that is too
+    short (an empty key would let anyone forge a manifest) or a key file that is not
+    one this function wrote (empty, not hex, cut short)."""
     env = os.environ.get(KEY_ENV)
-    if env:
+    if env:  # set but empty counts as unset, as in most tools
+        size = len(env.strip().encode())
+        if size < MIN_KEY_BYTES:
+            raise StateKeyError(
+                f"${KEY_ENV} holds {size} bytes; a state key needs at least "
+                f"{MIN_KEY_BYTES} (e.g. the output of: python -c 'import secrets; "
+                "print(secrets.token_hex(32))'), or unset it to use the local key file"
+            )
         return env.encode()
-    key_file = (
-        Path(path)
-        if path
-        else Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        / "optical-ray"
-        / "state.key"
-    )
+    key_file = _key_file(path)
     try:
-        return bytes.fromhex(key_file.read_text().strip())
+        return _read_key_file(key_file)
     except FileNotFoundError:
         pass
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_hex(32)
-    # O_EXCL: two processes creating the key at once agree on the first one written.
+    return _create_key_file(key_file)
+
+
+def _read_key_file(key_file: Path) -> bytes:
+    """The key in ``key_file``; :class:`FileNotFoundError` when there is none yet."""
+    fix = (
+        f"delete it to have a new key created (sweeps signed with the old key then "
+        f"resume once with --trust-storage), or set ${KEY_ENV}"
+    )
     try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(key_file.read_text().strip())
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    return bytes.fromhex(value)
+        text = key_file.read_bytes().decode("ascii").strip()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
+        raise StateKeyError(f"state key file {key_file} cannot be read ({reason}); {fix}") from None
+    if not text:
+        raise StateKeyError(f"state key file {key_file} is empty; {fix}")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise StateKeyError(f"state key file {key_file} is not hex; {fix}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise StateKeyError(
+            f"state key file {key_file} holds a {len(key)}-byte key, under the "
+            f"{MIN_KEY_BYTES} bytes a state key needs; {fix}"
+        )
+    return key
+
+
+def _create_key_file(key_file: Path) -> bytes:
+    """Create ``key_file`` atomically: the key is written and synced to a private temp
+    file, then hard-linked into place. The link fails when the file exists, so two
+    processes creating it at once agree on the first one linked, and a crash leaves
+    either no key file or a whole one (never an empty key)."""
+    try:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = key_file.parent / f".{key_file.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another process was first
+                os.link(tmp, key_file)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StateKeyError(
+            f"cannot create the state key file {key_file} ({exc.strerror or exc}); "
+            f"set ${KEY_ENV} to a secret of at least {MIN_KEY_BYTES} bytes instead"
+        ) from None
+    return _read_key_file(key_file)
 
 
 def is_state_file(name: str) -> bool:
@@ -236,10 +305,42 @@ class StateSigner(Callback):
             self.store.write_bytes(f"{self.rel}/{MANIFEST_NAME}", self.manifest.sign(self.key))
 
 
-def verify_state(store: Any, experiment_rel: str, key: bytes | None = None) -> StateManifest:
-    """Check every state file Tune would read on restore against the signed manifest;
-    returns the manifest, or raises :class:`UntrustedStateError` naming the files."""
+@dataclass
+class VerifiedState:
+    """An experiment's state files as read once from storage (name → bytes) and the
+    manifest that vouches for them: what a resume restores from
+    (:func:`~optical_ray.distributed.statefs.state_filesystem`), never storage again."""
+
+    manifest: StateManifest
+    files: dict[str, bytes]
+
+    @property
+    def snapshotted(self) -> bool:
+        """Whether Tune saved the experiment's state (an ``experiment_state-*``): a
+        ``tuner.pkl`` alone means its driver died before Tune's first snapshot."""
+        return any(name.startswith("experiment_state-") for name in self.files)
+
+
+def _read_state_files(store: Any, experiment_rel: str) -> dict[str, bytes]:
+    return {
+        info.base_name: store.read_bytes(f"{experiment_rel}/{info.base_name}")
+        for info in store.ls(experiment_rel)
+        if info.is_file and is_state_file(info.base_name)
+    }
+
+
+def verify_state(
+    store: Any, experiment_rel: str, key: bytes | None = None, *, trust: bool = False
+) -> VerifiedState:
+    """Read every state file Tune would read on restore, once, and check it against the
+    signed manifest; returns the bytes and the manifest, or raises
+    :class:`UntrustedStateError` naming the files.
+
+    ``trust`` (``--trust-storage``) skips the check: the files read are adopted into the
+    manifest (the signed one when its signature holds, else a new one), so this
+    installation signs what its user vouched for and the next resume needs no flag."""
     where = store.uri_of(experiment_rel)
+    key = key or state_key()
     hint = (
         "; resume only state you trust: pass --trust-storage (trust_storage=True) if "
         f"everyone who can write to {redact(where)} is trusted"
@@ -247,31 +348,31 @@ def verify_state(store: Any, experiment_rel: str, key: bytes | None = None) -> S
     try:
         data = store.read_bytes(f"{experiment_rel}/{MANIFEST_NAME}")
     except (FileNotFoundError, OpticalRayError):
+        data = None
+    if trust:
+        manifest = StateManifest()
+        if data is not None:
+            with contextlib.suppress(UntrustedStateError):
+                manifest = StateManifest.load(data, key)
+        files = _read_state_files(store, experiment_rel)
+        for name, content in files.items():
+            manifest.add(name, content)
+        return VerifiedState(manifest, files)
+    if data is None:
         raise UntrustedStateError(
             f"refusing to resume {redact(where)}: it has no "
             f"{MANIFEST_NAME} signed by this installation{hint}"
-        ) from None
+        )
     try:
-        manifest = StateManifest.load(data, key or state_key())
+        manifest = StateManifest.load(data, key)
     except UntrustedStateError as exc:
         raise UntrustedStateError(f"refusing to resume {redact(where)}: {exc}{hint}") from None
-    found = [
-        (info.base_name, store.read_bytes(f"{experiment_rel}/{info.base_name}"))
-        for info in store.ls(experiment_rel)
-        if info.is_file and is_state_file(info.base_name)
-    ]
-    bad = manifest.untrusted(found)
+    files = _read_state_files(store, experiment_rel)
+    bad = manifest.untrusted(files.items())
     if bad:
         raise UntrustedStateError(
             f"refusing to resume {redact(where)}: {', '.join(sorted(bad))} "
             f"{'was' if len(bad) == 1 else 'were'} not written by this installation "
             f"(not in its signed {MANIFEST_NAME}){hint}"
         )
-    return manifest
-
-
-def sign_tuner_file(store: Any, experiment_rel: str, manifest: StateManifest) -> None:
-    """Add ``tuner.pkl`` (written straight to storage by ``Tuner()``, read back once
-    right after) to the manifest."""
-    with contextlib.suppress(FileNotFoundError, OpticalRayError):
-        manifest.add("tuner.pkl", store.read_bytes(f"{experiment_rel}/tuner.pkl"))
+    return VerifiedState(manifest, files)

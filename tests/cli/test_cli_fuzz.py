@@ -112,6 +112,17 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
         shutil.copy(good / name, pt / name)
     (pt / "pytorch_model.bin").write_bytes(pickle.dumps({"not": "weights"}))
     out["ptbin"] = str(pt)
+
+    # Config homes ($XDG_CONFIG_HOME) whose state key file is damaged.
+    for name, data in {
+        "key_empty": b"",
+        "key_blank": b"  \n",
+        "key_nothex": b"zz" * 32,
+        "key_short": b"ab" * 8,
+    }.items():
+        (d / name / "optical-ray").mkdir(parents=True)
+        (d / name / "optical-ray" / "state.key").write_bytes(data)
+        out[name] = str(d / name)
     return out
 
 
@@ -361,6 +372,67 @@ ROWS = [
         ["model.name_or_path", "ptbin", "pytorch_model.bin", "not plain weights"],
     ),
 ]
+
+
+SWEEP = ["sweep", "--space", "search_spaces/default.yaml", "--pairs", "en-xa"]
+STORE = ["--storage", "{tmp}/store"]
+
+# (id, environment, argv template, substrings the one stderr line must hold): inputs
+# that come from the environment, such as the state key and its file.
+ENV_ROWS = [
+    (
+        "state-key-env-short",
+        {"OPTICAL_RAY_STATE_KEY": "short"},
+        [*SWEEP, *STORE, "--resume"],
+        ["$OPTICAL_RAY_STATE_KEY holds 5 bytes", "at least 32"],
+    ),
+    (
+        "state-key-env-blank",
+        {"OPTICAL_RAY_STATE_KEY": " " * 40},
+        [*SWEEP, *STORE],
+        ["$OPTICAL_RAY_STATE_KEY holds 0 bytes", "at least 32"],
+    ),
+    (
+        "state-key-file-empty",
+        {"XDG_CONFIG_HOME": "{key_empty}"},
+        [*SWEEP, *STORE, "--resume"],
+        ["{key_empty}/optical-ray/state.key is empty", "delete it"],
+    ),
+    (
+        "state-key-file-blank",
+        {"XDG_CONFIG_HOME": "{key_blank}"},
+        [*SWEEP, *STORE],
+        ["{key_blank}/optical-ray/state.key is empty"],
+    ),
+    (
+        "state-key-file-not-hex",
+        {"XDG_CONFIG_HOME": "{key_nothex}"},
+        [*SWEEP, *STORE, "--resume"],
+        ["{key_nothex}/optical-ray/state.key is not hex", "OPTICAL_RAY_STATE_KEY"],
+    ),
+    (
+        "state-key-file-short",
+        {"XDG_CONFIG_HOME": "{key_short}"},
+        [*SWEEP, *STORE, "--resume", "--trust-storage"],
+        ["{key_short}/optical-ray/state.key holds a 8-byte key"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "environ, argv, needles", [r[1:] for r in ENV_ROWS], ids=[r[0] for r in ENV_ROWS]
+)
+def test_bad_environment_is_one_line_exit_2(
+    environ, argv, needles, env, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("OPTICAL_RAY_STATE_KEY", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path, **env))
+    test_bad_input_is_one_line_exit_2(argv, needles, env, tmp_path, capsys)
+    assert not (tmp_path / "store").exists()  # refused before anything was written
+    for value in environ.values():  # a key is never echoed
+        if value.strip() and "{" not in value:
+            assert value not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, needles", [(a, n) for _, a, n in ROWS], ids=[r[0] for r in ROWS])

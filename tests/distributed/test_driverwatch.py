@@ -10,14 +10,14 @@ import time
 
 from optical_ray.distributed.driverwatch import (
     DriverRef,
-    _process_start,
+    process_start,
     process_alive,
     watch_driver,
 )
 
 
 def _ref(pid: int) -> DriverRef:
-    return DriverRef(pid, _process_start(pid), node_id="here")
+    return DriverRef(pid, process_start(pid), node_id="here")
 
 
 def test_a_running_process_is_alive_and_a_reused_pid_is_not() -> None:
@@ -68,7 +68,7 @@ def test_only_a_driver_on_this_node_is_watched_or_fences_records(monkeypatch) ->
 
     from optical_ray.distributed.driverwatch import local_driver
 
-    ref = DriverRef(os.getpid(), _process_start(os.getpid()), node_id="head")
+    ref = DriverRef(os.getpid(), process_start(os.getpid()), node_id="head")
 
     class Context:
         def __init__(self, node: str) -> None:

@@ -23,8 +23,97 @@ def test_key_file_is_created_once_private(tmp_path, monkeypatch) -> None:
     first = state_key(path)
     assert len(first) == 32 and state_key(path) == first
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    monkeypatch.setenv("OPTICAL_RAY_STATE_KEY", "from-the-environment")
-    assert state_key(path) == b"from-the-environment"
+    assert [p.name for p in path.parent.iterdir()] == ["state.key"]  # no temp file left
+    monkeypatch.setenv("OPTICAL_RAY_STATE_KEY", "from-the-environment-" + "x" * 11)
+    assert state_key(path) == b"from-the-environment-" + b"x" * 11
+    monkeypatch.setenv("OPTICAL_RAY_STATE_KEY", "")  # set but empty: unset
+    assert state_key(path) == first
+
+
+@pytest.mark.parametrize("value", ["short", " " * 40, "x" * 31, "\n" + "y" * 30 + "\n"])
+def test_a_short_key_in_the_environment_is_refused(value, tmp_path, monkeypatch) -> None:
+    """An empty or short HMAC key would let anyone forge a manifest: refused in one
+    line that gives its length, never the key."""
+    from optical_ray.distributed.trust import StateKeyError, state_key
+
+    monkeypatch.setenv("OPTICAL_RAY_STATE_KEY", value)
+    with pytest.raises(
+        StateKeyError, match=r"OPTICAL_RAY_STATE_KEY holds \d+ bytes.*at least 32"
+    ) as e:
+        state_key(tmp_path / "state.key")
+    assert "\n" not in str(e.value) and (not value.strip() or value.strip() not in str(e.value))
+    assert not (tmp_path / "state.key").exists()
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is empty"),
+        (b"  \n\t\n", "is empty"),
+        (b"not a hex key at all, but 64 characters long.................", "is not hex"),
+        (b"ab" * 31 + b"\n", "holds a 31-byte key"),
+        (b"\xff\xfe" * 32, "cannot be read"),
+    ],
+)
+def test_a_corrupt_key_file_is_one_line_naming_it(content, problem, tmp_path, monkeypatch) -> None:
+    from optical_ray.distributed.trust import StateKeyError, state_key
+
+    monkeypatch.delenv("OPTICAL_RAY_STATE_KEY", raising=False)
+    path = tmp_path / "state.key"
+    path.write_bytes(content)
+    with pytest.raises(StateKeyError) as e:
+        state_key(path)
+    line = str(e.value)
+    assert "\n" not in line and str(path) in line and problem in line
+    assert "delete it" in line and "OPTICAL_RAY_STATE_KEY" in line
+    assert path.read_bytes() == content  # never replaced behind the user's back
+
+
+def _key_in_a_process(path: str, start: float, out) -> None:
+    import time
+
+    from optical_ray.distributed.trust import state_key
+
+    time.sleep(max(0.0, start - time.time()))
+    out.put(state_key(path).hex())
+
+
+def test_processes_creating_the_key_at_once_agree_on_one(tmp_path, monkeypatch) -> None:
+    import multiprocessing
+    import time
+
+    monkeypatch.delenv("OPTICAL_RAY_STATE_KEY", raising=False)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    start = time.time() + 0.5
+    path = str(tmp_path / "cfg" / "state.key")
+    procs = [ctx.Process(target=_key_in_a_process, args=(path, start, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    keys = {out.get(timeout=60) for _ in procs}
+    for p in procs:
+        p.join(timeout=60)
+    assert len(keys) == 1 and (tmp_path / "cfg" / "state.key").read_text() == keys.pop()
+
+
+def test_a_crash_while_creating_the_key_leaves_no_key_file(tmp_path, monkeypatch) -> None:
+    """The key is written to a temp file and linked into place: a crash before the link
+    leaves no key file (the next call creates a whole one), never an empty one."""
+    from optical_ray.distributed import trust
+
+    monkeypatch.delenv("OPTICAL_RAY_STATE_KEY", raising=False)
+    path = tmp_path / "state.key"
+
+    def crash(fd: int) -> None:
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(trust.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trust.state_key(path)
+    assert not path.exists()
+    monkeypatch.undo()
+    monkeypatch.delenv("OPTICAL_RAY_STATE_KEY", raising=False)
+    assert len(trust.state_key(path)) == 32 and len(path.read_text()) == 64
 
 
 def test_manifest_signature_and_versions(key_env) -> None:
@@ -72,7 +161,9 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
     signer.sign(staging)
     for p in staging.iterdir():  # Tune's sync: the same bytes land in storage
         store.write_bytes(f"sw-en-xc/{p.name}", p.read_bytes())
-    assert verify_state(store, "sw-en-xc").files  # our own state: trusted
+    state = verify_state(store, "sw-en-xc")  # our own state: trusted, read once
+    assert state.files == {p.name: p.read_bytes() for p in staging.iterdir()}
+    assert state.snapshotted
     assert b"kkkk" not in pickle.dumps(signer)  # Tune pickles callbacks into storage
 
     marker = tmp_path / "pwned"
@@ -84,6 +175,10 @@ def test_planted_pickle_is_refused_before_anything_reads_it(tmp_path, key_env) -
     ):
         verify_state(store, "sw-en-xc")
     assert not marker.exists()
+    # --trust-storage: the files as they are are adopted (signed), so the next resume
+    # needs no flag; nothing is unpickled here either.
+    trusted = verify_state(store, "sw-en-xc", trust=True)
+    assert not trusted.manifest.untrusted(trusted.files.items()) and not marker.exists()
     store.delete("sw-en-xc/optical-ray-state.json")
     with pytest.raises(UntrustedStateError, match="no optical-ray-state.json"):
         verify_state(store, "sw-en-xc")
