@@ -156,7 +156,7 @@ def _markdown(eff: StudyEffects, figures: dict[str, list[tuple[str, str]]], wher
     lines = [
         f"# Study {eff.name}",
         "",
-        f"{len(doc['cells'])} cells x {len(doc['seeds'])} seeds x {len(doc['pairs'])} "
+        f"{len(doc['cells'])} cells x {len(doc['seeds'])} seed(s) x {len(doc['pairs'])} "
         f"pair(s); {eff.runs} finished run(s) in `{where}`. Factors (first level = base): "
         f"{levels}. Metric: {eff.metric}, on the test split, evaluated once per run at its "
         "end (never used to select).",
