@@ -59,9 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from optical_ray.config import Config, from_flat
+from optical_ray.config.loader import read_yaml, yaml_value
 from optical_ray.data import real
 from optical_ray.evaluation.compare import paired_test
 from optical_ray.evaluation.trec import evaluate_run
@@ -168,7 +168,7 @@ def base_config(args: argparse.Namespace, base: dict[str, Any], lang: str, metho
         flat.update({"model.name_or_path": args.teacher, **teacher_model_keys(args.teacher)})
     for item in args.set or []:
         key, _, value = item.partition("=")
-        flat[key] = yaml.safe_load(value)
+        flat[key] = yaml_value(value, key)
     return from_flat(flat)
 
 
@@ -208,7 +208,7 @@ def sweep_setup(args: argparse.Namespace, lang: str) -> tuple[Config, Any]:
         values.update({"model.name_or_path": args.teacher, **teacher_model_keys(args.teacher)})
     for item in args.set or []:
         key, _, value = item.partition("=")
-        values[key] = yaml.safe_load(value)
+        values[key] = yaml_value(value, key)
     searched = {p.key for p in space.for_pair(pair)[1]}
     space = pin_overrides(space, {k: v for k, v in values.items() if k not in searched})
     storage = Path(args.out).resolve() / "sweep_storage"
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     real.shared_data_dir(args.shared)  # fail early, one line
     langs = [x for x in args.langs.split(",") if x]
     methods = [x for x in args.methods.split(",") if x]
-    base = yaml.safe_load(SPACE.read_text(encoding="utf-8"))["base"]  # read once
+    base = read_yaml(SPACE, "search space")["base"]  # read once
     teacher_cfg = base_config(args, base, langs[0], "none")
     teacher = RetrievalModel.from_config(teacher_cfg)
     zero = Encoder(teacher)

@@ -209,6 +209,40 @@ class Storage:
             creator.create_dir(self.bucket, recursive=False)
         return self
 
+    def check_writable(self, hint: str = "give a writable --storage / storage.uri") -> "Storage":
+        """Write and delete a small probe object under the root, or raise a one-line
+        :class:`StorageError` saying why not (read-only, not a directory, access denied).
+
+        Entry points that write (``train``, ``sweep``, ``evaluate --best``) call this
+        before Ray or training starts: a store that takes no writes otherwise fails
+        only after a training stage has finished, and that stage's work is lost.
+        Local storage is probed in its nearest existing directory, so a check creates
+        no directory; ``hint`` ends the message (the flag or key to change)."""
+        name = f".optical-ray-probe-{uuid.uuid4().hex}"
+        if self.scheme == "local":
+            root = Path(self.path)
+            here = next((p for p in (root, *root.parents) if p.exists()), root)
+            if not here.is_dir():
+                raise StorageError(
+                    f"local storage {self.path} cannot be written: {str(here)!r} is not a "
+                    f"directory; {hint}"
+                )
+            probe = here / name
+            try:
+                probe.write_bytes(b"probe")
+                probe.unlink()
+            except OSError as exc:
+                raise StorageError(
+                    f"local storage {self.path} cannot be written "
+                    f"({exc.strerror or type(exc).__name__} in {str(here)!r}); {hint}"
+                ) from None
+            return self
+        with self._translate(f"write a probe object under {self.uri}"):
+            with self.filesystem.open_output_stream(self.join(name)) as out:
+                out.write(b"probe")
+            self.filesystem.delete_file(self.join(name))
+        return self
+
     # ------------------------------------------------------------------ files
     def exists(self, rel: str = "") -> bool:
         with self._translate(f"look up {self.uri_of(rel)}"):

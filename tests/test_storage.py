@@ -367,3 +367,71 @@ def test_endpoint_host_port_with_credentials_is_masked(no_aws_env) -> None:
     with pytest.raises(StorageError) as info:
         resolve_storage("s3://bucket/x", endpoint=f"admin:{AWS_SECRET}@10.0.0.1:9000")
     assert AWS_SECRET not in str(info.value) and "'***@10.0.0.1:9000'" in str(info.value)
+
+
+# --------------------------------------------------------------------------- writes probed
+
+
+@pytest.fixture
+def read_only_dir(tmp_path, monkeypatch):
+    """A directory that takes no writes: permissions for a user; for root (who writes
+    through permissions) a read-only tmpfs mounted there, or, where mounting is not
+    allowed, a directory whose writes fail as a read-only file system's do."""
+    import errno
+    import os
+    import subprocess
+    from pathlib import Path
+
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)]
+    if subprocess.run(mount, capture_output=True).returncode == 0:
+        try:
+            yield d
+        finally:
+            subprocess.run(["umount", str(d)], capture_output=True)
+        return
+    real = Path.write_bytes
+
+    def refuse(self, data):
+        if d in self.parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    yield d
+
+
+def test_check_writable_probes_a_real_write_and_leaves_nothing(tmp_path) -> None:
+    s = resolve_storage(str(tmp_path / "not" / "yet" / "there"))
+    assert s.check_writable() is s
+    assert list(tmp_path.iterdir()) == []  # no probe left, no directory created
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError, match=r"cannot be written: '.*a-file' is not a directory"):
+        resolve_storage(str(tmp_path / "a-file" / "store")).check_writable()
+
+
+def test_read_only_storage_is_one_line_before_anything_runs(read_only_dir, capsys) -> None:
+    from optical_ray.cli.parser import main
+
+    store = read_only_dir / "store"
+    with pytest.raises(StorageError, match=r"cannot be written \(.*\); give a writable"):
+        resolve_storage(str(store)).check_writable()
+    # train: refused before the model is built or a step runs (it failed after the
+    # first stage's training, when its checkpoint could not be saved)
+    code = main(["train", "--storage", str(store), "rank.steps=1", "train.stages=[rank]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot be written" in err, err
+    assert str(read_only_dir) in err
+
+
+@pytest.mark.slow
+def test_s3_write_probe_leaves_no_object(s3_storage_uri) -> None:
+    s = resolve_storage(s3_storage_uri).check()
+    s.check_writable()
+    assert [i for i in s.ls(recursive=True) if i.type == pafs.FileType.File] == []

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from optical_ray.errors import StorageError
-from optical_ray.catalog.records import metric_values
+from optical_ray.catalog.records import finite, metric_values
 from optical_ray.config.rules import (
     ALLOWED_NAMES,
     ASHA_OBJECTIVES,
@@ -88,7 +88,7 @@ def values_of(df: pd.DataFrame, name: str) -> pd.Series:
         if base not in df:
             return pd.Series(np.nan, index=df.index)
         col = df[base]
-        return col if base in ("layers", "method") else col.astype("float64")
+        return col if base in ("layers", "method") else finite(col)
     if kind == "config":
         if "config" not in df:
             return pd.Series(np.nan, index=df.index)
@@ -98,7 +98,7 @@ def values_of(df: pd.DataFrame, name: str) -> pd.Series:
             dtype="object",
         )
     if "/" in base and "best_metrics" in df:
-        return _json_number(df["best_metrics"], base)
+        return finite(_json_number(df["best_metrics"], base))
     return metric_values(df, base)
 
 
@@ -121,12 +121,8 @@ def objective_matrix(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.nd
     """``[n_records, n_objectives]`` float matrix of the objectives' values."""
     if df.empty:
         return np.zeros((0, len(objectives)))
-    return np.column_stack(
-        [
-            pd.to_numeric(values_of(df, o.name), errors="coerce").to_numpy("float64")
-            for o in objectives
-        ]
-    )
+    # non-finite values (a planted +inf) are NaN: never on a front, never ranked first
+    return np.column_stack([finite(values_of(df, o.name)).to_numpy("float64") for o in objectives])
 
 
 # --------------------------------------------------------------------------- fronts

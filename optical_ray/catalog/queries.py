@@ -111,19 +111,44 @@ def rank_trials(
 
 
 def _materialize(
-    catalog: Catalog, winners: pd.DataFrame, metric: str, mode: str, validate: bool = True
+    catalog: Catalog,
+    ranked: pd.DataFrame,
+    metric: str,
+    mode: str,
+    validate: bool = True,
+    top: int | None = None,
 ) -> list[BestRecord]:
-    """Full records of the ranked ``winners`` (read from their parts only)."""
-    full = catalog.records_by_id(list(winners["record_id"]), set(winners["part"]))
-    out = []
-    for rank_in_pair, row in zip(
-        winners.groupby("pair").cumcount() + 1, winners.to_dict("records")
-    ):
-        out.append(
-            best_record(
-                full[row["record_id"]], int(rank_in_pair), metric, row["value"], mode, validate
-            )
-        )
+    """Full records of the best ``top`` rows of each pair of ``ranked`` (all with
+    None), in ``ranked``'s order, read from their parts only. A record this version
+    cannot read (text planted in a part, a config from a newer version) is skipped with
+    a warning naming it, and the next one in the ranking takes its place."""
+    out: list[BestRecord] = []
+    for _, group in ranked.groupby("pair", sort=False):
+        want = len(group) if top is None else top
+        got: list[BestRecord] = []
+        start = 0
+        while len(got) < want and start < len(group):
+            chunk = group.iloc[start : start + want - len(got)]
+            start += len(chunk)
+            full = catalog.records_by_id(list(chunk["record_id"]), set(chunk["part"]))
+            for row in chunk.to_dict("records"):
+                try:
+                    rec = best_record(
+                        full[row["record_id"]], len(got) + 1, metric, row["value"], mode, validate
+                    )
+                except (ConfigError, ValueError, TypeError, KeyError) as exc:
+                    log.warning(
+                        "catalog: skipping record %s (trial %r, experiment %r) in %s: this "
+                        "version cannot read it (%s)",
+                        row["record_id"],
+                        row.get("trial_id"),
+                        row.get("experiment"),
+                        row.get("part"),
+                        " ".join(str(exc).split())[:300] or type(exc).__name__,
+                    )
+                    continue
+                got.append(rec)
+        out.extend(got)
     return out
 
 
@@ -202,30 +227,33 @@ def best_config(
     if where is None and objectives is None:
         catalog = Catalog(storage)
         df = _pair_records(catalog, pair, experiment, _RANK_COLUMNS)
-        winners = rank_trials(df, pair, metric, top, mode, catalog.storage.where())
-        return _materialize(catalog, winners, metric, mode)
+        ranked = rank_trials(df, pair, metric, len(df), mode, catalog.storage.where())
+        return _materialize(catalog, ranked, metric, mode, top=top)
     conds = parse_where(where)
     objs = parse_objectives(objectives if objectives is not None else f"{metric}:{mode}")
     catalog, df = candidate_records(
         pair, storage, experiment, [o.name for o in objs] + [c.key for c in conds], conds
     )
     values = objective_matrix(df, objs)
-    if pd.isna(values[:, 0]).all():
+    # every objective, not only the first: one never recorded would be a silent NaN column
+    missing = [o.name for j, o in enumerate(objs) if pd.isna(values[:, j]).all()]
+    if missing:
         raise StorageError(
-            f"{objs[0].name!r} was never recorded by the trials of {pair!r} that meet "
-            f"the conditions in {catalog.storage.where()}; recorded metrics: "
-            f"{', '.join(recorded_metrics(df))}"
+            f"{', '.join(map(repr, missing))} {'was' if len(missing) == 1 else 'were'} "
+            f"never recorded by the trials of {pair!r} that meet the conditions in "
+            f"{catalog.storage.where()}; recorded metrics: {', '.join(recorded_metrics(df))}"
         )
     keys = [f"__obj{j}" for j in range(len(objs))]
     ranked = df.assign(**{k: values[:, j] for j, k in enumerate(keys)}).dropna(subset=keys[:1])
-    winners = ranked.sort_values(
+    ranked = ranked.sort_values(
         [*keys, "finished_at"], ascending=[not o.maximize for o in objs] + [True], kind="stable"
-    ).head(top)
-    winners = winners.assign(value=winners[keys[0]])
-    records = _materialize(catalog, winners, objs[0].name, objs[0].mode)
+    )
+    ranked = ranked.assign(value=ranked[keys[0]])
+    records = _materialize(catalog, ranked, objs[0].name, objs[0].mode, top=top)
     if objectives is not None:
-        for rec, row in zip(records, winners.to_dict("records")):
-            rec.objectives = {o.name: float(row[k]) for o, k in zip(objs, keys)}
+        rows = ranked.set_index("record_id")
+        for rec in records:
+            rec.objectives = {o.name: float(rows.at[rec.record_id, k]) for o, k in zip(objs, keys)}
     return records
 
 
@@ -245,8 +273,10 @@ def best_configs_all(
         raise _empty_error(catalog)
     winners = []
     for pair, group in df.groupby("pair", sort=True):
-        try:
-            winners.append(rank_trials(group, str(pair), metric, 1, mode, catalog.storage.where()))
+        try:  # the whole ranking: an unreadable winner leaves its place to the next
+            winners.append(
+                rank_trials(group, str(pair), metric, len(group), mode, catalog.storage.where())
+            )
         except StorageError as exc:
             log.warning("best_configs_all: skipping %s: %s", pair, exc)
     if not winners:
@@ -255,7 +285,7 @@ def best_configs_all(
             f"{catalog.storage.where()}; recorded metrics: "
             f"{', '.join(recorded_metrics(df))}"
         )
-    return _materialize(catalog, pd.concat(winners), metric, mode)
+    return _materialize(catalog, pd.concat(winners), metric, mode, top=1)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -377,7 +407,8 @@ def pareto_front(
     if missing:
         raise StorageError(
             f"objective(s) {', '.join(missing)} never recorded for pair {pair!r} in "
-            f"{catalog.storage.where()} ({len(df)} trials)"
+            f"{catalog.storage.where()} ({len(df)} trials); recorded metrics: "
+            f"{', '.join(recorded_metrics(df))}"
         )
     mask = non_dominated(values, [o.maximize for o in objs])
     front = df[mask].assign(**{f"__obj{j}": values[mask, j] for j in range(len(objs))})
@@ -387,6 +418,9 @@ def pareto_front(
     )
     front = front.assign(value=front["__obj0"])
     records = _materialize(catalog, front, objs[0].name, objs[0].mode, validate=False)
-    for rec, (_, row) in zip(records, front.iterrows()):
-        rec.objectives = {o.name: float(row[f"__obj{j}"]) for j, o in enumerate(objs)}
+    rows = front.set_index("record_id")
+    for rec in records:
+        rec.objectives = {
+            o.name: float(rows.at[rec.record_id, f"__obj{j}"]) for j, o in enumerate(objs)
+        }
     return records

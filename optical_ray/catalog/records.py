@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -30,6 +31,7 @@ from optical_ray.config.rules import origin_problems
 
 __all__ = [
     "metric_values",
+    "finite",
     "recorded_metrics",
     "TrialRecord",
     "BestRecord",
@@ -164,11 +166,35 @@ def _metrics(value: Any, key: str) -> dict[str, float]:
 
 def metric_value(metrics: Mapping[str, float], pair: str, metric: str) -> float | None:
     """The value of ``metric`` for ``pair`` in a record's metrics: the plain key (the
-    trial's own pair) or ``<pair>/<metric>``; None if neither is recorded."""
+    trial's own pair) or ``<pair>/<metric>``; None if neither is recorded, or if it is
+    not a finite number (a planted ``+inf`` never ranks first)."""
     for key in (metric, f"{pair}/{metric}"):
         if key in metrics and metrics[key] is not None:
-            return float(metrics[key])
+            try:
+                value = float(metrics[key])
+            except (TypeError, ValueError):
+                return None
+            return value if math.isfinite(value) else None
     return None
+
+
+def finite(values: pd.Series) -> pd.Series:
+    """``values`` as float64 with every non-finite value (NaN, +-inf) as NaN: what is
+    ranked, filtered or plotted treats them all as not recorded."""
+    out = pd.to_numeric(values, errors="coerce").astype("float64")
+    return out.where(np.isfinite(out))
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    """A JSON column's object, or {} when it is empty or not a JSON object (a record
+    this version cannot read is left out of the ranking, not a traceback)."""
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -184,6 +210,31 @@ def _hyperparameter(column: str, value: Any) -> Any:
     if value is None:
         return None
     return json.dumps(value) if column in _JSON_HYPERPARAMETERS else str(value)
+
+
+def _infinite(value: Any) -> bool:
+    try:
+        return value is not None and math.isinf(float(value))
+    except (TypeError, ValueError):
+        return False  # not a number at all: to_row names it
+
+
+def _infinite_values(record: TrialRecord) -> list[str]:
+    """A metric or a measurement of ``+-inf`` is no result (NaN or None means 'not
+    measured'): a record carrying one would rank first by a max metric."""
+    out = []
+    for name in ("best_metrics", "last_metrics", "baseline_metrics"):
+        metrics = getattr(record, name)
+        for key, value in metrics.items() if isinstance(metrics, Mapping) else ():
+            if _infinite(value):
+                out.append(
+                    f"{name}.{key}: got {value!r}, expected a finite number (NaN if not measured)"
+                )
+    for name in ("retention", "training_s", "device_s", "eval_s"):
+        value = getattr(record, name)
+        if _infinite(value):
+            out.append(f"{name}: got {value!r}, expected a finite number or None")
+    return out
 
 
 @dataclass
@@ -245,6 +296,7 @@ class TrialRecord:
         if not str(self.trial_id):
             problems.append("trial_id: empty")
         problems += origin_problems(self.origin)
+        problems += _infinite_values(self)
         if problems:
             raise ConfigError(problems, source="catalog record")
 
@@ -456,11 +508,11 @@ def metric_values(df: pd.DataFrame, metric: str) -> pd.Series:
     """``metric`` per record of ``df`` (catalog records, as :meth:`Catalog.records`
     gives them): the plain ``best_value`` column where the record's own metric is
     ``metric``, otherwise looked up in its ``best_metrics`` JSON; NaN if not recorded."""
-    values = df["best_value"].where(df["metric"] == metric).astype("float64")
+    values = finite(df["best_value"].where(df["metric"] == metric))
     other = values.isna()
     if other.any():
         looked_up = [
-            metric_value(json.loads(m) if isinstance(m, str) and m else {}, p, metric)
+            metric_value(_json_object(m), p, metric)
             for m, p in zip(df.loc[other, "best_metrics"], df.loc[other, "pair"])
         ]
         values.loc[other] = pd.Series(looked_up, index=values.index[other], dtype="float64")
@@ -469,7 +521,7 @@ def metric_values(df: pd.DataFrame, metric: str) -> pd.Series:
 
 def recorded_metrics(df: pd.DataFrame) -> list[str]:
     """The metric names recorded in the records ``df`` (for error messages)."""
-    names: set[str] = set(df["metric"].dropna())
+    names: set[str] = {str(m) for m in df["metric"].dropna()}
     for text in df["best_metrics"].dropna():
-        names.update(k.rsplit("/", 1)[-1] for k in json.loads(text))
+        names.update(str(k).rsplit("/", 1)[-1] for k in _json_object(text))
     return sorted(names)

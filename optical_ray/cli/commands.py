@@ -13,8 +13,10 @@ from pathlib import Path
 from optical_ray.errors import ConfigError, DataError
 
 
-def _check_dir(path: str | Path | None, what: str) -> None:
-    """A directory we will create or write into must not be (or sit under) a file."""
+def _check_dir(path: str | Path | None, what: str, *, probe: bool = False) -> None:
+    """A directory we will create or write into must not be (or sit under) a file;
+    with ``probe``, a real write must succeed there too (a read-only folder fails now,
+    in one line, not after the work that was to be written)."""
     if path is None:
         return
     p = Path(path).expanduser()
@@ -26,7 +28,11 @@ def _check_dir(path: str | Path | None, what: str) -> None:
                     f"{what}: got {str(path)!r}, {which} is a file; expected "
                     "a directory (created if missing)"
                 )
-            return
+            break
+    if probe:
+        from optical_ray.storage import resolve_storage
+
+        resolve_storage(str(p)).check_writable(f"give a writable {what}")
 
 
 def _check_address(address: str | None) -> None:
@@ -44,7 +50,7 @@ def _check_address(address: str | None) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from optical_ray.data.synthetic import synthesize_world
 
-    _check_dir(args.out, "--out")
+    _check_dir(args.out, "--out", probe=True)
     languages, sizes = args.languages, dict(args.bitext_size or [])
     if args.family is not None:
         from optical_ray.data.family import family_specs
@@ -88,7 +94,7 @@ def cmd_data_prepare_real(args: argparse.Namespace) -> int:
     from optical_ray.data.prepare import prepare_real
     from optical_ray.data.real import canonical_lang
 
-    _check_dir(args.out, "--out")
+    _check_dir(args.out, "--out", probe=True)
     manifest = prepare_real(
         args.out, shared=args.shared, languages=args.languages, reference=args.reference
     )
@@ -204,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--baselines", args.baselines), ("--reference", args.reference)):
         if value:
             raise ConfigError(f"evaluate: {flag} goes with --best")
-    _check_dir(args.out, "--out")
+    _check_dir(args.out, "--out", probe=True)
     ckpt = local_copy(args.checkpoint, endpoint=args.s3_endpoint)
     if not (ckpt / "optical_ray.json").is_file():
         raise ConfigError(
@@ -357,7 +363,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    _check_dir(args.out, "--out")
+    _check_dir(args.out, "--out", probe=True)
     store = _storage_arg(args)
     if args.study:
         from optical_ray.report.study import summary_text, write_study_report
@@ -384,7 +390,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from optical_ray.cli.demo import run_demo
 
-    _check_dir(args.out, "--out")
+    _check_dir(args.out, "--out", probe=True)
     run_demo(out_dir=args.out, trials=args.trials, seed=args.seed)
     return 0
 

@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
-import yaml
 
 from optical_ray.config.rules import (
     optuna_storage_problems,
@@ -26,7 +25,7 @@ from optical_ray.config.rules import (
     tracking_problems,
     warm_start_problems,
 )
-from optical_ray.config.loader import read_yaml
+from optical_ray.config.loader import read_yaml, yaml_value
 from optical_ray.errors import ConfigError
 from optical_ray.config.schema import (
     MAIN_HYPERPARAMETERS,
@@ -410,7 +409,10 @@ def _check_inputs(cfg: Config, problems: list[str]) -> None:
         problems.append(bad_name)
     for key, value in _strings(to_dict(cfg), ""):
         line = credentials_problem(key, value, bare_host=key == "storage.endpoint")
-        if line:
+        # A key whose own rule already refused it (a tracking or study URI, with the
+        # right place for its password) gets one line, not a second one pointing to
+        # the AWS chain.
+        if line and not any(p.startswith(f"{key}:") for p in problems):
             problems.append(line)
 
 
@@ -515,10 +517,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             problems.append(f"override {item!r}: expected key=value, e.g. distill.epsilon=0.05")
             continue
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = raw
+        out[key.strip()] = yaml_value(raw, key.strip()) if raw.strip() else ""
     if problems:
         raise ConfigError(problems)
     return out

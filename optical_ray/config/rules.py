@@ -322,9 +322,16 @@ def tracking_problems(key: str, items: Sequence[str]) -> list[str]:
                 f"{where}: got {item!r}, expected mlflow=URI such as mlflow=http://127.0.0.1:5000"
             )
         elif sep and _has_password(uri):
+            # MLflow takes a server (HTTP basic auth) or a database URI (SQLAlchemy)
+            instead = (
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+                if uri.strip().lower().startswith(("http://", "https://"))
+                else "the environment (PGUSER/PGPASSWORD, MYSQL_PWD) or the database's "
+                "own config file (~/.pgpass)"
+            )
             problems.append(
-                f"{where}: got {redact(item)!r}: a password in the tracking URI "
-                "would be logged; give it in MLFLOW_TRACKING_PASSWORD instead"
+                f"{where}: got {redact(item)!r}: credentials in the tracking URI "
+                f"would be logged; give them in {instead} instead"
             )
         elif kind in seen:
             problems.append(f"{where}: got {item!r}, {kind} is already listed")

@@ -50,6 +50,8 @@ from optical_ray.errors import DataError
 
 __all__ = [
     "COLLECTION_FILES",
+    "DROPPED",
+    "STRICT_HINT",
     "Collection",
     "Corpus",
     "TextPairs",
@@ -354,11 +356,16 @@ def find_collection_files(directory: PathLike) -> dict[str, Path]:
     return found
 
 
+#: How a dropped id ends its warning, and what ends the same line as a strict error.
+DROPPED = "; dropped"
+STRICT_HINT = "; fix the ids or load with strict=False to drop them"
+
+
 def _report(where: str, strict: bool, message: str, col: Collection) -> None:
     """Raise in strict mode; otherwise record and warn."""
     if strict:
-        raise DataError(f"{where}: {message}; fix the ids or load with strict=False to drop them")
-    col.warnings.append(f"{where}: {message}; dropped")
+        raise DataError(f"{where}: {message}{STRICT_HINT}")
+    col.warnings.append(f"{where}: {message}{DROPPED}")
     warnings.warn(f"{where}: {message}; dropped (strict=False)", UserWarning, stacklevel=3)
 
 

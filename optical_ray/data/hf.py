@@ -138,11 +138,19 @@ def load_hf_dataset(
                 builder, data_files=str(path), split=split or "train", cache_dir=cache, **kwargs
             )
         if path.is_dir():
-            return _pick_split(datasets.load_dataset(str(path), cache_dir=cache), split, label)
+            return _pick_split(
+                datasets.load_dataset(str(path), cache_dir=cache, trust_remote_code=False),
+                split,
+                label,
+            )
         if path.suffix in _BUILDERS or path.is_absolute() or str(source).startswith("."):
             raise DataError(f"{path}: file or folder not found")
         return _pick_split(
-            datasets.load_dataset(label, config, split=split, cache_dir=cache), None, label
+            datasets.load_dataset(
+                label, config, split=split, cache_dir=cache, trust_remote_code=False
+            ),
+            None,
+            label,
         )
     except DataError:
         raise

@@ -16,9 +16,24 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from optical_ray.data.collection import find_collection_files, load_collection, parse_pair
-from optical_ray.data.formats import PathLike, iter_bitext, iter_lines
+from optical_ray.data.collection import (
+    COLLECTION_FILES,
+    DROPPED,
+    STRICT_HINT,
+    build_collection,
+    find_collection_files,
+    parse_pair,
+    read_corpus,
+)
+from optical_ray.data.formats import (
+    PathLike,
+    iter_bitext,
+    iter_lines,
+    qrels_records,
+    read_queries,
+)
 from optical_ray.errors import DataError
 
 __all__ = ["FileReport", "ValidationReport", "validate_dataset"]
@@ -30,13 +45,24 @@ _LANG = re.compile(r"^[A-Za-z0-9_]+$")
 
 @dataclass
 class FileReport:
-    """What one collection directory or file holds, or why it could not be read."""
+    """What one collection directory or file holds, or why it could not be read:
+    ``errors`` holds every problem found in it, ``error`` the first (or None)."""
 
     path: str
     kind: str  # collection | bitext | mono | manifest | tokenizer
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.error and not self.errors:
+            self.errors = [self.error]
+
+    def fail(self, problem: str) -> None:
+        """Add one problem (the first becomes ``error``)."""
+        self.errors.append(problem)
+        self.error = self.error or problem
 
 
 @dataclass
@@ -55,8 +81,7 @@ class ValidationReport:
 
     def add(self, entry: FileReport) -> None:
         self.entries.append(entry)
-        if entry.error:
-            self.problems.append(entry.error)
+        self.problems.extend(entry.errors)
         self.warnings.extend(entry.warnings)
 
     def format(self) -> str:
@@ -64,7 +89,7 @@ class ValidationReport:
         cols = [c for c in _COUNT_COLUMNS if any(c in e.counts for e in self.entries)]
         rows = [["path", "kind", *cols, "status"]]
         for e in self.entries:
-            status = "ERROR" if e.error else ("warn" if e.warnings else "ok")
+            status = "ERROR" if e.errors else ("warn" if e.warnings else "ok")
             rows.append(
                 [
                     e.path,
@@ -99,16 +124,55 @@ class ValidationReport:
 
 
 def _collection(path: Path, rel: str, strict: bool) -> FileReport:
+    """Every problem of one collection: each file is read on its own (a bad queries
+    file does not hide a bad qrels file), then the files are checked against each
+    other; in ``strict`` mode every id that would be dropped is a problem."""
     entry = FileReport(rel, "collection")
+    try:
+        files = find_collection_files(path)
+    except DataError as e:
+        entry.fail(str(e))
+        return entry
+    missing = [r for r in ("queries", "corpus", "qrels") if r not in files]
+    if missing:
+        expected = "; ".join(f"{r}: {' or '.join(COLLECTION_FILES[r])}" for r in missing)
+        entry.fail(f"{path}: not a collection directory, missing {expected}")
+    parts: dict[str, Any] = {}
+    readers: dict[str, Callable[[Path], Any]] = {
+        "queries": read_queries,
+        "corpus": read_corpus,
+        "qrels": lambda f: list(qrels_records(f)),
+    }  # the triples are read once, when checked against the others
+    for role, read in readers.items():
+        if role in files:
+            try:
+                parts[role] = read(files[role])
+            except DataError as e:
+                entry.fail(str(e))
+    if entry.errors:
+        return entry
     try:
         with warnings.catch_warnings():  # the report carries them; don't print them twice
             warnings.simplefilter("ignore")
-            col = load_collection(path, strict=strict)
+            # lenient, so that both the qrels' and the triples' unknown ids are found
+            col = build_collection(
+                parts["queries"],
+                parts["corpus"],
+                parts["qrels"],
+                files.get("triples"),
+                strict=False,
+                names={k: str(v) for k, v in files.items()},
+                path=path,
+            )
     except DataError as e:
-        entry.error = str(e)
+        entry.fail(str(e))
         return entry
     entry.counts = col.counts()
-    entry.warnings = list(col.warnings)
+    for warning in col.warnings:
+        if strict and warning.endswith(DROPPED):
+            entry.fail(warning.removesuffix(DROPPED) + STRICT_HINT)
+        else:
+            entry.warnings.append(warning)
     return entry
 
 
@@ -120,7 +184,7 @@ def _bitext(source: Path | tuple[Path, Path], rel: str, pair: tuple[str, str]) -
             n += 1
             empty += not src.strip() or not tgt.strip()
     except DataError as e:
-        entry.error = str(e)
+        entry.fail(str(e))
         return entry
     entry.counts = {"pairs": n - empty}
     if empty:
@@ -174,14 +238,14 @@ def _mono(path: Path, root: Path) -> FileReport:
     entry = FileReport(rel, "mono")
     lang = path.name.removesuffix(".gz").split(".")[0]
     if not _LANG.match(lang):
-        entry.error = (
+        entry.fail(
             f"{path}: file name {lang!r} is not a language code (letters, digits, underscores)"
         )
         return entry
     try:
         entry.counts = {"lines": sum(1 for _ in iter_lines(path))}
     except DataError as e:
-        entry.error = str(e)
+        entry.fail(str(e))
     return entry
 
 
@@ -190,18 +254,17 @@ def _manifest(path: Path, root: Path) -> FileReport:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        entry.error = f"{path}: invalid JSON: {e}"
+        entry.fail(f"{path}: invalid JSON: {e}")
         return entry
     if not isinstance(data, dict):
-        entry.error = f"{path}: expected a JSON object, found {type(data).__name__}"
+        entry.fail(f"{path}: expected a JSON object, found {type(data).__name__}")
         return entry
     pairs = data.get("pairs", [])
     for pair in pairs if isinstance(pairs, list) else [pairs]:
         try:
             parse_pair(pair)
         except DataError as e:
-            entry.error = f"{path}: 'pairs': {e}"
-            break
+            entry.fail(f"{path}: 'pairs': {e}")
     return entry
 
 

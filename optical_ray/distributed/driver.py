@@ -219,6 +219,7 @@ def run(
     from optical_ray.distributed.train import prepare_config
     from optical_ray.models.encoder import model_depth
     from optical_ray.storage import resolve_storage
+    from optical_ray.tracking.trackers import check_study_storage
 
     out = out or (lambda line: print(line, flush=True))
     cfg = prepare_config(cfg)
@@ -227,6 +228,8 @@ def run(
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
     if store.scheme == "s3":
         store.ensure_bucket()
+    store.check_writable()  # a read-only store fails here, before Ray and the studies
+    check_study_storage(sw.optuna_storage, store)  # so does a broken optuna.db
     Catalog(store)  # a storage the catalog cannot use fails here, not in a trial
     # The model (and its depth) as the space's fixed values name it for the first pair.
     depth = model_depth(trial_config(space, sw.pairs[0], {}, cfg))

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from optical_ray.training.checkpoint import fetch_checkpoint, newest_checkpoint
+from optical_ray.training.checkpoint import fetch_checkpoint, fetch_usable_checkpoint
 from optical_ray.config import Config, from_dict, to_dict
 from optical_ray.training.context import UNSCORED, TrainContext, fill_metric, worst_score
 from optical_ray.errors import ConfigError, TrainingError
@@ -173,18 +173,21 @@ class RayTrainContext(TrainContext):
 
         if self._restored is not None:
             return str(self._restored)
-        found = newest_checkpoint(self.storage, self.run_path) if self.storage else None
         ckpt = ray.train.get_checkpoint()
-        source = None
-        if found is not None:
-            source = found
-        elif ckpt is not None:
-            source = (ckpt.path, ckpt.filesystem)
-        if source is None:
+        if self.storage is None and ckpt is None:
             return None
         target = Path(tempfile.mkdtemp(prefix="optical-ray-restore-", dir=self.run_dir))
-        self._restored = fetch_checkpoint(source, target)
-        return str(target)
+        # the newest usable one in storage (a damaged one is skipped with a warning)
+        found = (
+            fetch_usable_checkpoint(self.storage, self.run_path, target) if self.storage else None
+        )
+        if found is None and ckpt is not None:
+            found = fetch_checkpoint((ckpt.path, ckpt.filesystem), target)
+        if found is None:
+            shutil.rmtree(target, ignore_errors=True)
+            return None
+        self._restored = found
+        return str(found)
 
     def all_reduce_mean(self, value: float) -> float:
         if self.world_size == 1 or not dist.is_initialized():
@@ -287,6 +290,7 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
     store = resolve_storage(cfg.storage.uri, cfg.storage.endpoint, cfg.storage.region)
     if store.scheme == "s3":
         store.ensure_bucket()
+    store.check_writable()  # before Ray: not when the first checkpoint is saved
     init_ray(address)
     check_resources(cfg)
     trainer = build_trainer(cfg, storage=store)

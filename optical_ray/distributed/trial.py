@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ray import tune
 
-from optical_ray.training.checkpoint import fetch_checkpoint, newest_checkpoint
+from optical_ray.training.checkpoint import fetch_checkpoint, fetch_usable_checkpoint
 from optical_ray.config import Config, to_flat
 from optical_ray.training.context import TrainContext, fill_metric
 from optical_ray.errors import TrainingError
@@ -110,13 +110,15 @@ class TuneContext(TrainContext):
             ckpt = tune.get_checkpoint()
             if ckpt is None:
                 return None
-            found = newest_checkpoint(ckpt.filesystem, ckpt.path.rstrip("/").rsplit("/", 1)[0])
+            found = fetch_usable_checkpoint(
+                ckpt.filesystem, ckpt.path.rstrip("/").rsplit("/", 1)[0], self.run_dir / "restored"
+            )
             if found is None:
                 raise TrainingError(
-                    f"the trial's checkpoint {ckpt.path} is missing or incomplete and its "
-                    "directory holds no other complete checkpoint"
+                    f"the trial's checkpoint {ckpt.path} is missing, incomplete or damaged "
+                    "and its directory holds no other complete checkpoint"
                 )
-            self._restored = str(fetch_checkpoint(found, self.run_dir / "restored"))
+            self._restored = str(found)
         return self._restored
 
 

@@ -132,6 +132,7 @@ def _collection(cfg: Config, pair: str, split: str, what: str) -> Any:
 def _model_dir(uri: str, what: str, endpoint: str | None) -> Path:
     """A local saved-model directory for ``uri`` (itself, or its ``model/``); one-line
     :class:`DataError` naming the URI when it no longer exists."""
+    from optical_ray.models.remote import refuse_remote_code
     from optical_ray.storage import local_copy
 
     try:
@@ -140,6 +141,9 @@ def _model_dir(uri: str, what: str, endpoint: str | None) -> Path:
         raise DataError(f"{what} {uri}: not found ({exc})") from None
     for candidate in (local, local / "model"):
         if (candidate / "optical_ray.json").is_file():
+            # a checkpoint named by a record in shared storage: refused before anything
+            # is evaluated when it asks to run its own code
+            refuse_remote_code(candidate)
             return candidate
     if not local.exists():
         raise DataError(f"{what} {uri} does not exist (deleted?); nothing to evaluate")
@@ -325,6 +329,8 @@ def evaluate_best(
     if split not in ("dev", "test"):
         raise ConfigError(f"--split: got {split!r}, expected dev or test")
     store = resolve_storage(storage, endpoint) if isinstance(storage, str) else as_storage(storage)
+    if write:  # the results are written after every evaluation: fail before them
+        store.check_writable()
     catalog = Catalog(store)
     known = catalog.pairs(experiment)
     pairs = list(pairs or known)

@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from optical_ray.config import Config, ModelConfig, from_dict, to_dict
-from optical_ray.errors import ConfigError, DataError
+from optical_ray.errors import ConfigError, DataError, OpticalRayError
+from optical_ray.models.remote import refuse_remote_code, remote_code_error
 from optical_ray.models.scoring import Encoded, maxsim
 from optical_ray.models.text import LetterFolder
 
@@ -168,12 +169,26 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
+@contextlib.contextmanager
+def _no_remote_code(path: str | Path) -> Iterator[None]:
+    """Refuse a directory that asks to run its own code, and turn transformers' own
+    refusal (a hub id) into that line: its message advises ``trust_remote_code=True``."""
+    refuse_remote_code(path)
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise remote_code_error(path, "custom code in its configuration") from None
+        raise
+
+
 def _load_encoder(path: str | Path, **kwargs) -> nn.Module:
     from transformers import AutoModel
 
-    with _quiet_transformers(), warnings.catch_warnings():
+    with _no_remote_code(path), _quiet_transformers(), warnings.catch_warnings():
         # torch warns about the pickle protocol of a .bin it then refuses to unpickle
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        kwargs["trust_remote_code"] = False
         try:
             encoder = AutoModel.from_pretrained(str(path), add_pooling_layer=False, **kwargs)
         except TypeError:  # encoders without a pooler do not take the argument
@@ -184,8 +199,8 @@ def _load_encoder(path: str | Path, **kwargs) -> nn.Module:
 def _load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    with _quiet_transformers():
-        return AutoTokenizer.from_pretrained(str(path))
+    with _no_remote_code(path), _quiet_transformers():
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
 def preset_dir(name: str) -> Path:
@@ -289,6 +304,8 @@ class RetrievalModel(nn.Module):
         try:
             encoder = _load_encoder(path)
             tokenizer = _load_tokenizer(mc.tokenizer or path)
+        except OpticalRayError:
+            raise
         except pickle.UnpicklingError:
             # torch refused it (weights_only): never suggest loading it unsafely.
             raise ConfigError(
@@ -365,6 +382,8 @@ class RetrievalModel(nn.Module):
             if model.projection is not None:
                 weights = load_file(str(src / _PROJECTION))
                 model.projection.load_state_dict(weights)
+        except OpticalRayError:
+            raise
         except (OSError, ValueError, SafetensorError) as exc:
             # A copy cut short or a file gone: name the directory, not a library frame.
             raise DataError(

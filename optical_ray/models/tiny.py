@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from optical_ray.errors import ConfigError
+from optical_ray.models.remote import refuse_remote_code
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -223,7 +224,8 @@ def _load_tokenizer(
     path = Path(tokenizer_or_dir)
     if not path.is_dir():
         raise ConfigError(f"tokenizer {str(path)!r}: not a directory with a saved tokenizer")
-    return AutoTokenizer.from_pretrained(str(path))
+    refuse_remote_code(path)
+    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
 
 
 def build_tiny_encoder(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from optical_ray.catalog import RANKED_STATUSES, metric_value, non_dominated
 from optical_ray.catalog.pareto import values_of
+from optical_ray.catalog.records import finite
 from optical_ray.tables import number
 
 __all__ = ["pareto_section", "FRONT_HEAD"]
@@ -47,8 +48,8 @@ def pareto_section(
     """Plot ``pair``'s front of ``metric`` against ``<ref>/<metric>`` into ``path`` and
     return the front's table (head, body); None when no trial evaluated ``ref``."""
     ranked = df[df["status"].isin(RANKED_STATUSES)]
-    x = pd.to_numeric(values_of(ranked, metric), errors="coerce").to_numpy("float64")
-    y = pd.to_numeric(values_of(ranked, f"{ref}/{metric}"), errors="coerce").to_numpy("float64")
+    x = finite(values_of(ranked, metric)).to_numpy("float64")
+    y = finite(values_of(ranked, f"{ref}/{metric}")).to_numpy("float64")
     ok = ~(np.isnan(x) | np.isnan(y))
     if not ok.any():
         return None

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from optical_ray.catalog import RANKED_STATUSES, metric_values
+from optical_ray.catalog.records import finite
 from optical_ray.report.summary import PairSummary
 
 
@@ -78,7 +79,7 @@ def plot_params(df: pd.DataFrame, row: PairSummary, metric: str, path: Path) -> 
         (axes[0], "epsilon", "Sinkhorn epsilon", True),
         (axes[1], "weight", "distillation weight", False),
     ):
-        x = pd.to_numeric(ranked[column], errors="coerce")
+        x = finite(ranked[column])
         ok = x.notna() & values.notna() & (x > 0 if log_x else True)
         ax.scatter(x[ok], values[ok], s=18, alpha=0.75, color="#3b75af", label="trials")
         best = ranked["trial_id"] == row.best_trial

@@ -40,7 +40,7 @@ from optical_ray.config.rules import (
     parse_tracking,
     tracking_problems,
 )
-from optical_ray.errors import ConfigError
+from optical_ray.errors import ConfigError, StorageError
 from optical_ray.storage import redact
 from optical_ray.sweeps.protocol import FINISHED_KEY
 from optical_ray.tracking.backends import (
@@ -60,6 +60,7 @@ __all__ = [
     "study_name",
     "optuna_storage_url",
     "open_study_storage",
+    "check_study_storage",
     "prepare_study",
     "study_importances",
     "mlflow_tracking_uri",
@@ -148,22 +149,86 @@ def optuna_storage_url(value: str | None, store: Any) -> str | None:
     return f"sqlite:///{Path(store.path, 'optuna.db')}"
 
 
+def _study_file(url: str) -> Path | None:
+    """The local file of a SQLite or journal study storage; None for a server."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+@contextlib.contextmanager
+def _study_errors(url: str) -> Iterator[None]:
+    """A study storage that is not a database this Optuna reads (random bytes, another
+    Optuna's schema), or that takes no writes, is one line naming the file and what to
+    do; Optuna and SQLAlchemy would raise a traceback through the sweep."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except ImportError as exc:  # the URL names a database whose driver is missing
+        raise StorageError(
+            f"Optuna storage {redact(url)} needs a database driver that is not installed "
+            f"({exc}); install it (e.g. psycopg2-binary for postgresql://, PyMySQL for "
+            "mysql+pymysql://) or pass --optuna-storage memory"
+        ) from None
+    except (SQLAlchemyError, RuntimeError, OSError, ValueError) as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        reason = redact(reason.split(" [SQL:")[0])[:300] or type(exc).__name__
+        file = _study_file(url)
+        where = f"Optuna study file {str(file)!r}" if file else f"Optuna storage {redact(url)}"
+        low = reason.lower()
+        if isinstance(exc, RuntimeError) and "schema" in low:  # Optuna's advice is the fix
+            raise StorageError(
+                f"{where} holds another Optuna version's schema: {reason.rstrip('.')}; "
+                "or move the file aside to start the studies afresh"
+            ) from None
+        if isinstance(exc, PermissionError) or any(
+            k in low for k in ("readonly", "read-only", "unable to open")
+        ):
+            todo = "make it writable (or give another --storage), or pass --optuna-storage memory"
+        elif file is not None:
+            todo = (
+                "move it aside (the studies then start afresh) or restore it from a "
+                "backup; --optuna-storage memory keeps the studies in memory"
+            )
+        else:
+            todo = "check --optuna-storage (sweep.optuna_storage) and that the server is up"
+        raise StorageError(f"{where} cannot be used ({reason}); {todo}") from None
+
+
 def open_study_storage(url: str) -> Any:
-    """An Optuna storage object for ``url`` (Ray's OptunaSearch takes objects, not URLs)."""
+    """An Optuna storage object for ``url`` (Ray's OptunaSearch takes objects, not URLs).
+    A broken or foreign database is a one-line :class:`StorageError` naming the file."""
     import optuna
 
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend
+    with _study_errors(url):
+        if url.startswith("journal:"):
+            path = Path(url[len("journal:") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        Path(url.partition(":///")[2]).parent.mkdir(parents=True, exist_ok=True)
-        # Pairs of a sweep write one file at once: wait for the lock instead of failing.
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, **kwargs)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite:"):
+            Path(url.partition(":///")[2]).parent.mkdir(parents=True, exist_ok=True)
+            # Pairs of a sweep write one file at once: wait for the lock instead of failing.
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def check_study_storage(value: str | None, store: Any) -> None:
+    """Open a sweep's study storage (``sweep.optuna_storage`` on ``store``) once, before
+    Ray starts: a broken or foreign ``optuna.db`` is one line now, not a traceback
+    from the pair tasks."""
+    import optuna
+
+    url = optuna_storage_url(value, store)
+    if url is not None:
+        storage = open_study_storage(url)
+        with _study_errors(url):  # a journal is read only now
+            optuna.get_all_study_names(storage)
 
 
 def prepare_study(
@@ -185,20 +250,22 @@ def prepare_study(
 
     modes = [mode] if isinstance(mode, str) else list(mode)
     storage = storage if storage is not None else open_study_storage(url)
-    names = set(optuna.get_all_study_names(storage))
+    with _study_errors(url):
+        names = set(optuna.get_all_study_names(storage))
     if name in names and not resume:
         raise ConfigError(
             f"Optuna study {name!r} already exists in {redact(url)}; pass --resume to "
             f"continue it, another --name, or delete it: optuna delete-study --study-name "
             f"{name} --storage {redact(url)}"
         )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name,
-        load_if_exists=True,
-        directions=["maximize" if m == "max" else "minimize" for m in modes],
-    )
-    study.set_user_attr("metric", metric if isinstance(metric, str) else ",".join(metric))
+    with _study_errors(url):  # a read-only file fails at its first write
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            load_if_exists=True,
+            directions=["maximize" if m == "max" else "minimize" for m in modes],
+        )
+        study.set_user_attr("metric", metric if isinstance(metric, str) else ",".join(metric))
     return storage
 
 
@@ -218,7 +285,11 @@ def study_importances(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = open_study_storage(url)
+        try:
+            storage = open_study_storage(url)
+        except StorageError as exc:  # the report falls back to the catalog's trials
+            log.warning("%s", exc)
+            return None
         if experiment not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
             return None
         study = optuna.load_study(study_name=experiment, storage=storage)

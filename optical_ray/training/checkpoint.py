@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,13 @@ __all__ = [
     "STATE_FILE",
     "CHECKPOINT_PREFIX",
     "complete_checkpoints",
+    "remote_checkpoints",
     "newest_checkpoint",
     "fetch_checkpoint",
+    "fetch_usable_checkpoint",
+    "checkpoint_problem",
+    "read_optimizer_state",
+    "warn_damaged",
     "rng_state",
     "set_rng_state",
     "save_checkpoint",
@@ -56,17 +62,17 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
-    """``(path, filesystem)`` of the newest complete checkpoint under ``run_path``
-    (by stage, then step), or None. Complete = every file of its manifest present
-    with its size; a checkpoint cut off mid-upload is skipped."""
+def remote_checkpoints(filesystem: Any, run_path: str) -> list[str]:
+    """Paths of the complete checkpoints under ``run_path`` on ``filesystem``, newest
+    first (by stage, then step). Complete = every file of its manifest present with
+    its size; a checkpoint cut off mid-upload is skipped."""
     import pyarrow.fs as pafs
 
     try:
         entries = filesystem.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
     except OSError:
-        return None
-    best: tuple[tuple[int, int, bool], str] | None = None
+        return []
+    found: list[tuple[tuple[int, int, bool], str]] = []
     for entry in entries:
         if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
             continue
@@ -83,9 +89,15 @@ def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
             key = (int(state["stage_index"]), int(state["step"]), bool(state["stage_done"]))
         except (OSError, ValueError, KeyError):
             continue
-        if best is None or key > best[0]:
-            best = (key, entry.path)
-    return (best[1], filesystem) if best else None
+        found.append((key, entry.path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def newest_checkpoint(filesystem: Any, run_path: str) -> tuple[str, Any] | None:
+    """``(path, filesystem)`` of the newest complete checkpoint under ``run_path``
+    (see :func:`remote_checkpoints`), or None."""
+    found = remote_checkpoints(filesystem, run_path)
+    return (found[0], filesystem) if found else None
 
 
 def fetch_checkpoint(found: tuple[str, Any], target: Path) -> Path:
@@ -100,6 +112,75 @@ def fetch_checkpoint(found: tuple[str, Any], target: Path) -> Path:
         destination_filesystem=pafs.LocalFileSystem(),
     )
     return target
+
+
+def fetch_usable_checkpoint(filesystem: Any, run_path: str, target: Path) -> Path | None:
+    """The newest checkpoint under ``run_path`` that a run can resume from, copied into
+    ``target/<name>``; a damaged one (:func:`checkpoint_problem`) is skipped with a
+    warning for the one before it. None when there is none."""
+    for path in remote_checkpoints(filesystem, run_path):
+        local = fetch_checkpoint((path, filesystem), target / path.rstrip("/").rsplit("/", 1)[-1])
+        problem = checkpoint_problem(local)
+        if problem is None:
+            return local
+        warn_damaged(path, problem)
+        shutil.rmtree(local, ignore_errors=True)
+    return None
+
+
+def read_optimizer_state(path: str | os.PathLike, device: Any = "cpu") -> dict[str, Any]:
+    """The optimizer state in checkpoint ``path`` (``optimizer.pt``, tensors and numbers
+    only). A file cut short or holding anything else (a pickle of other objects) is a
+    one-line :class:`TrainingError`: it is never unpickled, and torch's advice to load
+    it with ``weights_only=False`` is not passed on."""
+    file = Path(path) / "optimizer.pt"
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file it then refuses to unpickle
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(file, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise TrainingError(
+            f"{file}: not a plain optimizer state ({type(exc).__name__}: truncated, "
+            "damaged or tampered); it was not unpickled"
+        ) from None
+    if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
+        raise TrainingError(f"{file}: not an optimizer state (no state/param_groups)")
+    return state
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a run cannot resume from the local checkpoint directory ``path`` (a file of
+    its manifest missing or of another size, an optimizer state that is not plain
+    tensors), or None when it can."""
+    p = Path(path)
+    try:
+        state = json.loads((p / STATE_FILE).read_text(encoding="utf-8"))
+        files = dict(state.get("files") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return f"{STATE_FILE} is unreadable"
+    for rel, size in files.items():
+        f = p / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, its manifest says {size}"
+    if (p / "optimizer.pt").is_file():
+        try:
+            read_optimizer_state(p)
+        except TrainingError:
+            return "optimizer.pt is not a plain optimizer state (truncated, damaged or tampered)"
+    return None
+
+
+def warn_damaged(path: str | os.PathLike, problem: str) -> None:
+    """The warning for a checkpoint skipped on resume: the one before it is used."""
+    warnings.warn(
+        f"checkpoint {path} is damaged ({problem}); resuming from the previous complete "
+        "checkpoint instead (or from the start when there is none)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optical_ray.training.checkpoint import complete_checkpoints
+from optical_ray.training.checkpoint import checkpoint_problem, complete_checkpoints, warn_damaged
 from optical_ray.config import Config
 from optical_ray.errors import ConfigError
 
@@ -152,8 +152,14 @@ class LocalContext(TrainContext):
             for p in root.iterdir():
                 if p.name.startswith((".tmp-", ".old-")):
                     shutil.rmtree(p, ignore_errors=True)
-        found = complete_checkpoints(root)
-        return str(found[-1]) if found else None
+        # Newest first; a damaged one (a file cut short, an optimizer state that is not
+        # plain tensors) is skipped with a warning, as an unreadable state.json is.
+        for path in reversed(complete_checkpoints(root)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return str(path)
+            warn_damaged(path, problem)
+        return None
 
 
 def _last_byte(path: Path) -> bytes:

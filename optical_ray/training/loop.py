@@ -28,6 +28,7 @@ from optical_ray.training.batches import Batches
 from optical_ray.training.checkpoint import (
     CHECKPOINT_PREFIX,
     read_checkpoint_state,
+    read_optimizer_state,
     save_checkpoint,
     set_rng_state,
 )
@@ -355,9 +356,7 @@ class _Optimisation:
         """Continue from checkpoint ``resume`` (optimizer, schedule, scaler, RNG);
         returns the step it was written at."""
         state = read_checkpoint_state(resume)
-        self.opt.load_state_dict(
-            torch.load(Path(resume) / "optimizer.pt", map_location=device, weights_only=True)
-        )
+        self.opt.load_state_dict(read_optimizer_state(resume, device))
         self.sched.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -176,6 +176,12 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
     ctx = ctx or LocalContext(local_run_dir(cfg))
     if ctx.run_dir is None:
         ctx.run_dir = local_run_dir(cfg)
+    if isinstance(ctx, LocalContext):
+        from optical_ray.storage import resolve_storage
+
+        # A run directory that takes no writes fails now, not when the first stage
+        # has trained and its checkpoint cannot be saved.
+        resolve_storage(str(ctx.run_dir)).check_writable("give a writable output_dir or --storage")
     check_distill_layers(cfg)
     device = resolve_device(cfg, ctx)
     seed_all(mix_seed(cfg.train.seed, ctx.rank))

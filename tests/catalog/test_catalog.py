@@ -3,6 +3,7 @@ queries and their errors, YAML that ``train --config`` accepts, no secret writte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -681,3 +682,90 @@ def test_s3_unreadable_parts_and_vanished_parts(s3_storage_uri, s3_env, tmp_path
     catalog.storage.delete_files([infos[0].path])  # gone between listing and reading
     with pytest.raises(PartGone):
         read_parts(catalog.storage, infos, ["record_id"], None)
+
+
+# --------------------------------------------------------------------------- planted records
+
+
+def plant(catalog: Catalog, rec: TrialRecord, **changes) -> Path:
+    """Write ``rec`` as a part of its own with ``changes`` to its row, past the record
+    validation (what anyone who can write to the bucket can do)."""
+    from optical_ray.catalog.records import SCHEMA
+
+    row = {**rec.to_row(), **changes}
+    path = (
+        Path(catalog.storage.path)
+        / "catalog"
+        / rec.experiment
+        / rec.pair
+        / f"part-99999999T000000000000Z-{rec.trial_id}.parquet"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), path)
+    return path
+
+
+def test_a_non_finite_metric_is_refused_on_write_and_ranks_nowhere(catalog) -> None:
+    from optical_ray.catalog import pareto_front
+
+    inf = float("inf")
+    with pytest.raises(ConfigError, match=r"best_metrics.map: got inf, expected a finite"):
+        catalog.append(dataclasses.replace(record(1), best_metrics={"map": inf}))
+    with pytest.raises(ConfigError, match=r"retention: got -inf"):
+        catalog.append(record(1, retention=-inf))
+    for i in range(3):
+        catalog.append(record(i, value=0.2 + i / 10, retention=0.9))
+    planted = {"map": inf, "en-sw/map": inf, "en-en/map": inf, "ndcg@10": inf}
+    plant(
+        catalog,
+        record(9),
+        best_value=inf,
+        best_metrics=json.dumps(planted),
+        retention=inf,
+    )
+    plant(catalog, record(8, value=0.1), best_metrics='{"map": 1e999, "en-en/map": 1e999}')
+    assert len(catalog.records(pair="en-sw")) == 5
+    (best,) = best_config("en-sw", storage=catalog.storage)
+    assert best.trial_id == "en-sw-0002" and best.value == pytest.approx(0.4)
+    by_ndcg = best_config("en-sw", "ndcg@10", storage=catalog.storage, top=5)
+    assert "en-sw-0009" not in [r.trial_id for r in by_ndcg]
+    ranked = best_config("en-sw", storage=catalog.storage, objectives="map,retention", top=9)
+    assert [r.trial_id for r in ranked][:3] == ["en-sw-0002", "en-sw-0001", "en-sw-0000"]
+    assert "en-sw-0009" not in [r.trial_id for r in ranked]
+    front = pareto_front("en-sw", "map,en-en/map", catalog.storage)
+    assert [r.trial_id for r in front] == ["en-sw-0002"]
+    assert best_configs_all(storage=catalog.storage)[0].trial_id == "en-sw-0002"
+
+
+def test_a_record_this_version_cannot_read_is_skipped_with_a_warning(catalog, caplog) -> None:
+    """Text planted in a part, or a record from a newer version: the pair still answers,
+    from the next record in the ranking, and the warning names the one skipped."""
+    for i in range(3):
+        catalog.append(record(i, value=0.2 + i / 10))
+    newer = {**flat_config("en-sw"), "distill.from_the_future": 1}
+    plant(catalog, record(7, value=0.8), config=json.dumps(newer))
+    plant(catalog, record(8, value=0.9), config="<script>not json")
+    caplog.set_level("WARNING", logger="optical_ray.catalog")
+    (best,) = best_config("en-sw", storage=catalog.storage)
+    assert best.trial_id == "en-sw-0002" and best.rank == 1
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "trial 'en-sw-0008'" in warned and "trial 'en-sw-0007'" in warned
+    assert "distill.from_the_future" in warned
+    top = best_config("en-sw", storage=catalog.storage, top=3)
+    assert [(r.trial_id, r.rank) for r in top] == [
+        ("en-sw-0002", 1),
+        ("en-sw-0001", 2),
+        ("en-sw-0000", 3),
+    ]
+    assert best_configs_all(storage=catalog.storage)[0].trial_id == "en-sw-0002"
+    objs = best_config("en-sw", storage=catalog.storage, objectives="map,ndcg@10")
+    assert objs[0].trial_id == "en-sw-0002" and objs[0].objectives["map"] == pytest.approx(0.4)
+
+
+def test_every_objective_must_have_been_recorded(catalog) -> None:
+    for i in range(2):
+        catalog.append(record(i))
+    with pytest.raises(StorageError, match=r"'recall@100' was never recorded .* recorded"):
+        best_config("en-sw", storage=catalog.storage, objectives="map,recall@100")
+    with pytest.raises(StorageError, match=r"'mrr@10', 'recall@100' were never recorded"):
+        best_config("en-sw", storage=catalog.storage, objectives="map,mrr@10,recall@100")

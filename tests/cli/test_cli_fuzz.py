@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -123,6 +124,99 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
         (d / name / "optical-ray").mkdir(parents=True)
         (d / name / "optical-ray" / "state.key").write_bytes(data)
         out[name] = str(d / name)
+    out.update(_hostile_inputs(d, good, cfg))
+    return out
+
+
+def _bomb(levels: int) -> bytes:
+    """A YAML alias bomb: nine aliases of nine aliases, ``levels`` deep (9**levels
+    nodes once expanded, from a few hundred bytes)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return ("\n".join(lines) + f"\nname: *a{levels}\n").encode()
+
+
+def _flow_bomb(levels: int) -> str:
+    """The same bomb as one flow sequence, for a ``key=value`` override."""
+    items = ["&a0 [" + ", ".join(["x"] * 9) + "]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "[" + ", ".join(items) + "]"
+
+
+def _hostile_inputs(d, good, cfg) -> dict[str, str]:
+    """Model directories that ask to run their own code, storage that takes no writes or
+    holds a broken Optuna database, alias bombs, a catalog, a collection with several
+    problems (issue #33)."""
+    import json
+    import sqlite3
+
+    from optical_ray.catalog import Catalog, TrialRecord
+    from optical_ray.config import to_flat
+    from optical_ray.tracking.trackers import open_study_storage
+
+    out: dict[str, str] = {}
+    # A saved model whose config.json names code of its own (modeling_evil.py beside
+    # it writes a marker if it ever runs); a plain Hugging Face directory likewise; a
+    # saved model whose tokenizer config does.
+    marker = d / "remote-code-ran"
+    for name, meta_file, drop_meta in (
+        ("remote", "config.json", False),
+        ("remote_hf", "config.json", True),
+        ("remote_tok", "tokenizer_config.json", False),
+    ):
+        copy = d / name
+        shutil.copytree(good, copy)
+        if drop_meta:
+            (copy / "optical_ray.json").unlink()
+        meta = json.loads((copy / meta_file).read_text())
+        meta["auto_map"] = {
+            "AutoConfig": "configuration_evil.EvilConfig",
+            "AutoModel": "modeling_evil.EvilModel",
+        }
+        if meta_file == "config.json":
+            meta["model_type"] = "evil"  # unknown to transformers: it would prompt
+        (copy / meta_file).write_text(json.dumps(meta))
+        for module in ("configuration_evil", "modeling_evil"):
+            (copy / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+        out[name] = str(copy)
+    out["marker"] = str(marker)
+
+    # Storage holding an optuna.db of random bytes, and one of another Optuna's schema.
+    for name in ("brokendb", "foreigndb"):
+        (d / name).mkdir()
+    (d / "brokendb" / "optuna.db").write_bytes(bytes(range(256)) * 16)
+    open_study_storage(f"sqlite:///{d / 'foreigndb' / 'optuna.db'}")
+    with sqlite3.connect(d / "foreigndb" / "optuna.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'v99.0.0'")
+    out.update(brokendb=str(d / "brokendb"), foreigndb=str(d / "foreigndb"))
+
+    (d / "bomb.yaml").write_bytes(_bomb(6))
+    out["bomb"] = str(d / "bomb.yaml")
+
+    # A catalog: the best trial's checkpoint is the model that asks to run code.
+    catalog = Catalog(d / "catalog_store", spool_dir=d / "spool", auto_compact=None)
+    flat = to_flat(cfg)
+    flat["pair"] = "en-xa"
+    for i, (value, ckpt) in enumerate([(0.4, d / "remote"), (0.3, good)]):
+        catalog.append(
+            TrialRecord(
+                "exp",
+                "en-xa",
+                f"t{i}",
+                config=flat,
+                best_metrics={"map": value, "en-xa/map": value},
+                checkpoint_uri=str(ckpt),
+            )
+        )
+    out["catalog"] = str(d / "catalog_store")
+
+    # A collection with three problems in three files.
+    col = d / "badcol"
+    col.mkdir()
+    (col / "queries.tsv").write_bytes(b"q1\tone\nq2\tt\xffwo\n")
+    (col / "corpus.jsonl").write_text('{"docid": "d1", "text": "doc"}\n{"docid": \n')
+    (col / "qrels.txt").write_text("q1 0 d1\n")
+    out["badcol"] = str(col)
     return out
 
 
@@ -371,6 +465,127 @@ ROWS = [
         [*TRAIN, "model.name_or_path={ptbin}", "rank.steps=1"],
         ["model.name_or_path", "ptbin", "pytorch_model.bin", "not plain weights"],
     ),
+    # --- model directories that ask to run their own code (auto_map): refused up front
+    (
+        "evaluate-remote-code-checkpoint",
+        ["evaluate", "--checkpoint", "{remote}"],
+        ["{remote}", "asks to run code", "auto_map in config.json", "trust_remote_code=False"],
+    ),
+    (
+        "train-remote-code-model",
+        [*TRAIN, "model.name_or_path={remote_hf}", "rank.steps=1"],
+        ["{remote_hf}", "asks to run code", "modeling_evil.EvilModel"],
+    ),
+    (
+        "train-remote-code-teacher",
+        [*TRAIN, "train.stages=[distill]", "train.teacher={remote}", "distill.steps=1"],
+        ["{remote}", "asks to run code"],
+    ),
+    (
+        "train-remote-code-tokenizer",
+        [*TRAIN, "model.name_or_path={remote_tok}", "rank.steps=1"],
+        ["{remote_tok}", "auto_map in tokenizer_config.json"],
+    ),
+    (
+        "evaluate-best-remote-code-checkpoint",
+        ["evaluate", "--best", "--storage", "{catalog}"],
+        ["{remote}", "asks to run code"],
+    ),
+    (
+        "evaluate-best-remote-code-baseline",
+        ["evaluate", "--best", "--storage", "{catalog}", "--baselines", "mine={remote_tok}"],
+        ["{remote_tok}", "asks to run code", "auto_map in tokenizer_config.json"],
+    ),
+    # --- storage that takes no writes: refused before Ray or training starts
+    (
+        "train-storage-not-a-directory",
+        ["train", "--storage", "{afile}/store", *TRAIN[1:], "rank.steps=1"],
+        ["{afile}", "cannot be written", "not a directory"],
+    ),
+    (
+        "sweep-storage-not-a-directory",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--storage",
+            "{afile}/s",
+        ],
+        ["{afile}", "cannot be written", "not a directory"],
+    ),
+    (
+        "evaluate-best-storage-not-a-directory",
+        ["evaluate", "--best", "--storage", "{afile}/store"],
+        ["{afile}", "cannot be written"],
+    ),
+    # --- an optuna.db that is not one, or another Optuna's
+    (
+        "sweep-broken-optuna-db",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--storage",
+            "{brokendb}",
+        ],
+        ["{brokendb}/optuna.db", "not a database", "move it aside"],
+    ),
+    (
+        "sweep-foreign-optuna-schema",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--storage",
+            "{foreigndb}",
+        ],
+        ["{foreigndb}/optuna.db", "another Optuna version's schema"],
+    ),
+    (  # no driver installed here; with one, the connection is refused: one line either way
+        "sweep-optuna-server-unusable",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--optuna-storage",
+            "postgresql://127.0.0.1:9/optuna",
+        ],
+        ["Optuna storage postgresql://127.0.0.1:9/optuna", "--optuna-storage"],
+    ),
+    # --- YAML alias bombs (9**6 nodes from 300 bytes): refused before they expand
+    ("config-alias-bomb", ["config", "--config", "{bomb}"], ["bomb.yaml", "alias bomb"]),
+    (
+        "space-alias-bomb",
+        ["sweep", "--space", "{bomb}", "--pairs", "en-xa"],
+        ["bomb.yaml", "alias bomb"],
+    ),
+    (
+        "override-alias-bomb",
+        ["config", "name=" + _flow_bomb(6)],
+        ["name:", "alias bomb"],
+    ),
+    # --- catalog queries
+    (
+        "best-unrecorded-second-objective",
+        ["best", "--pair", "en-xa", "--storage", "{catalog}", "--objectives", "map,ndcg@10"],
+        ["'ndcg@10' was never recorded", "recorded metrics: map"],
+    ),
+    # --- every problem of a collection, not the first
+    ("validate-every-problem", ["data", "validate", "{badcol}"], ["3 problem(s)", "badcol"]),
+    # --- one line, not two (the second pointed to the AWS credential chain)
+    (
+        "train-tracking-db-password",
+        ["train", "--tracking", f"mlflow=postgresql://u:{SECRET}@db/mlflow"],
+        ["Config is not well-formed: train.tracking[0]", "PGPASSWORD"],
+    ),
 ]
 
 
@@ -447,6 +662,27 @@ def test_bad_input_is_one_line_exit_2(argv, needles, env, tmp_path, capsys) -> N
     assert SECRET not in out + err
     for needle in needles:
         assert needle.format(**env) in lines[0], (needle, lines[0])
+
+
+def test_a_model_directory_never_runs_its_own_code(env, monkeypatch) -> None:
+    """Even a user who would answer transformers' prompt with 'y' runs nothing: every
+    loader refuses the directory before transformers can ask."""
+    import builtins
+
+    from optical_ray.config import from_flat
+    from optical_ray.errors import DataError
+    from optical_ray.models.encoder import RetrievalModel
+
+    monkeypatch.setattr(builtins, "input", lambda *a, **k: "y")
+    loads = [
+        lambda: RetrievalModel.load(env["remote"]),
+        lambda: RetrievalModel.load(env["remote_tok"]),
+        lambda: RetrievalModel.from_config(from_flat({"model.name_or_path": env["remote_hf"]})),
+    ]
+    for load in loads:
+        with pytest.raises(DataError, match="asks to run code shipped with the model"):
+            load()
+    assert not Path(env["marker"]).exists()
 
 
 def test_the_table_is_large_enough() -> None:

@@ -138,3 +138,40 @@ def test_cli_config_error_is_one_line_exit_2(capsys) -> None:
 def test_cli_config_prints_resolved(capsys) -> None:
     assert main(["config", "pair=en-sw"]) == 0
     assert json.loads(capsys.readouterr().out)["pair"] == "en-sw"
+
+
+def _alias_bomb(levels: int, flow: bool = False) -> str:
+    """Nine aliases of nine aliases, ``levels`` deep: 9**levels nodes once expanded."""
+    items = ["&a0 [" + ", ".join(["x"] * 9) + "]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    if flow:
+        return "[" + ", ".join(items) + "]"
+    return "".join(f"a{i}: {item}\n" for i, item in enumerate(items)) + f"name: *a{levels}\n"
+
+
+def test_yaml_alias_bombs_are_refused_before_they_expand(tmp_path) -> None:
+    """8 levels (43 million nodes from 400 bytes) ran 25 s and raised MemoryError: now one
+    line, from the node graph, before anything is built."""
+    from optical_ray.config.loader import MAX_YAML_NODES, read_yaml
+    from optical_ray.sweeps.space import load_space
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(8))
+    assert len(bomb.read_bytes()) < 500
+    for load in (read_yaml, load_config, load_space):
+        with pytest.raises(ConfigError, match=f"more than {MAX_YAML_NODES} nodes.*alias bomb"):
+            load(bomb)
+    with pytest.raises(ConfigError, match="name: YAML aliases expand"):
+        load_config(None, [f"name={_alias_bomb(8, flow=True)}"])
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="alias inside its own anchor at line 1"):
+        read_yaml(loop)
+    # aliases that stay small are fine, merge keys included
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(
+        "defaults: &d {epsilon: 0.05, weight: 0.5}\n"
+        "distill: {<<: *d, weight: 0.7}\n" + _alias_bomb(3).replace("name: *a3", "tags: *a3")
+    )
+    data = read_yaml(ok)
+    assert data["distill"] == {"epsilon": 0.05, "weight": 0.7} and len(data["tags"]) == 9

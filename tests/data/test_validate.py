@@ -286,3 +286,31 @@ def test_train_bitext_one_aligned_side_missing_is_named(tmp_path: Path) -> None:
         r"and train\.xc",
     ):
         bitext_pairs(from_flat({"data.root": str(tmp_path), "pair": "en-xc"}))
+
+
+def test_validate_lists_every_problem_of_one_collection(tmp_path: Path) -> None:
+    """A bad queries file does not hide a bad corpus or qrels file; in strict mode the
+    qrels' and the triples' unknown ids are both problems."""
+    col = make_collection(tmp_path / "eval" / "en-sw" / "test")
+    (col / "queries.tsv").write_bytes(b"q1\tfirst\nq2\tsec\xffond\n")
+    (col / "corpus.jsonl").write_text('{"docid": "d1", "text": "doc 1"}\n{"docid": \n')
+    (col / "qrels.txt").write_text("q1 0 d1\n")
+    report = validate_dataset(tmp_path)
+    assert len(report.problems) == 3, report.problems
+    for name in ("queries.tsv", "corpus.jsonl", "qrels.txt"):
+        assert sum(name in p for p in report.problems) == 1, (name, report.problems)
+    (entry,) = report.entries
+    assert entry.error == report.problems[0] and entry.errors == report.problems
+    assert report.format().count("ERROR ") == 3
+
+    both = make_collection(
+        tmp_path / "strict",
+        qrels={"q1": {"d1": 1}, "qx": {"d1": 1}},
+        triples=[{"qid": "q1", "pos": "d1", "neg": ["dx"]}],
+    )
+    strict = validate_dataset(both, strict=True)
+    assert len(strict.problems) == 2, strict.problems
+    assert "query id 'qx'" in strict.problems[0] and "'dx'" in strict.problems[1]
+    assert all(p.endswith("load with strict=False to drop them") for p in strict.problems)
+    lenient = validate_dataset(both)
+    assert lenient.ok and sum(w.endswith("; dropped") for w in lenient.warnings) == 2

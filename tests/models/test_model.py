@@ -318,3 +318,30 @@ def test_maxsim_without_gradient_matches_the_padded_scores():
         fast = maxsim(q, qm, d, dm)
     padded = maxsim(q.clone().requires_grad_(True), qm, d, dm)
     assert torch.allclose(fast, padded.detach(), atol=1e-5)
+
+
+def test_a_hub_model_with_custom_code_is_refused_without_transformers_advice(monkeypatch) -> None:
+    """A hub id is not a local directory to inspect: transformers refuses its code under
+    trust_remote_code=False, and its message (which advises trust_remote_code=True)
+    becomes ours."""
+    import transformers
+
+    from optical_ray.config import from_flat
+    from optical_ray.errors import DataError
+
+    seen = {}
+
+    def refuse(name, *args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError(
+            f"The repository {name} contains custom code which must be executed to correctly "
+            "load the model. Please pass the argument `trust_remote_code=True` to allow it."
+        )
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    with pytest.raises(DataError) as info:
+        RetrievalModel.from_config(from_flat({"model.name_or_path": "someone/custom-encoder"}))
+    assert seen["trust_remote_code"] is False
+    message = str(info.value)
+    assert "'someone/custom-encoder' asks to run code shipped with the model" in message
+    assert "trust_remote_code=True" not in message

@@ -238,3 +238,35 @@ def test_report_flags_trials_whose_sinkhorn_plans_did_not_converge(catalog, tmp_
         "en-sw": [{"trial_id": "en-sw-starved", "fraction": 0.4, "max_error": 0.25}]
     }
     assert "Sinkhorn did not converge" in (tmp_path / "report" / "report.html").read_text()
+
+
+@pytest.mark.slow  # ~5 s: matplotlib draws every plot
+def test_a_planted_infinite_metric_is_neither_best_nor_plotted(catalog, tmp_path) -> None:
+    """A record carrying +inf (written past the validation) was ranked first and crashed
+    the plots ("Axis limits cannot be NaN or Inf"): it is now a value not recorded."""
+    from tests.catalog.test_catalog import plant
+
+    synthetic_catalog(catalog, trials=3)
+    inf = float("inf")
+    planted = TrialRecord(
+        "sweep",
+        "en-sw",
+        "en-sw-inf",
+        config=_flat("en-sw", **{"distill.epsilon": 0.05}),
+        best_metrics=_metrics("en-sw", 0.3),
+        baseline_metrics=_metrics("en-sw", 0.2),
+    )
+    plant(
+        catalog,
+        planted,
+        best_value=inf,
+        best_metrics=json.dumps({**_metrics("en-sw", inf), "en-en/map": inf}),
+        epsilon=inf,
+    )
+    out = tmp_path / "report"
+    build_report(catalog.storage, out)
+    sw = next(
+        p for p in json.loads((out / "report.json").read_text())["pairs"] if p["pair"] == "en-sw"
+    )
+    assert sw["best"] == pytest.approx(0.43) and sw["best_trial"] == "en-sw-0"
+    _check_pngs(out, ["overview.png", "params_en-sw.png", "pareto_en-sw.png"])

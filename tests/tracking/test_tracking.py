@@ -132,6 +132,59 @@ def test_an_existing_study_needs_resume_and_gives_importances(tmp_path) -> None:
     assert study_importances(resolve_storage(str(tmp_path / "none")), "s-en-xc", "map") is None
 
 
+def test_a_broken_or_foreign_study_file_is_one_line_naming_it(tmp_path, caplog) -> None:
+    """A study file of random bytes or of another Optuna's schema: one StorageError naming
+    the file and what to do; the report (importances) falls back to the catalog."""
+    import sqlite3
+
+    from optical_ray.errors import StorageError
+    from optical_ray.storage import resolve_storage
+    from optical_ray.tracking.trackers import check_study_storage, study_importances
+
+    broken = resolve_storage(str(tmp_path / "broken"))
+    db = tmp_path / "broken" / "optuna.db"
+    db.parent.mkdir()
+    db.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(StorageError) as info:
+        check_study_storage(None, broken)
+    text = str(info.value)
+    assert f"Optuna study file {str(db)!r} cannot be used (file is not a database)" in text
+    assert "move it aside" in text and "--optuna-storage memory" in text
+    assert "\n" not in text and "[SQL:" not in text
+    caplog.set_level("WARNING")
+    assert study_importances(broken, "s-en-xc", "map") is None
+    assert any(str(db) in r.getMessage() for r in caplog.records)
+
+    foreign = resolve_storage(str(tmp_path / "foreign"))
+    check_study_storage(None, foreign)  # a fresh one is created
+    with sqlite3.connect(tmp_path / "foreign" / "optuna.db") as con:
+        con.execute("UPDATE alembic_version SET version_num = 'v99.0.0'")
+    with pytest.raises(StorageError, match="holds another Optuna version's schema: The runtime"):
+        check_study_storage(None, foreign)
+    journal = tmp_path / "journal.log"
+    journal.write_bytes(b"\xff\xfe not a journal\n")
+    with pytest.raises(StorageError, match=r"journal.log' cannot be used"):
+        check_study_storage(f"journal:{journal}", foreign)
+
+
+def test_a_tracking_uri_with_credentials_is_refused_once_without_the_aws_hint() -> None:
+    from optical_ray.config import from_flat
+    from optical_ray.errors import ConfigError
+
+    for key in ("train.tracking", "sweep.tracking"):
+        with pytest.raises(ConfigError) as err:
+            from_flat({key: ["mlflow=postgresql://u:hunter2@db:5432/mlflow"]})
+        assert len(err.value.problems) == 1, err.value.problems
+        (line,) = err.value.problems
+        assert line.startswith(f"{key}[0]: got 'mlflow=postgresql://***@db:5432/mlflow'")
+        assert "PGPASSWORD" in line and "AWS" not in line and "hunter2" not in line
+    with pytest.raises(ConfigError) as err:
+        from_flat({"sweep.optuna_storage": "postgresql://u:hunter2@db/optuna"})
+    assert len(err.value.problems) == 1 and "AWS" not in str(err.value)
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"):
+        from_flat({"train.tracking": ["mlflow=https://u:hunter2@mlflow.example"]})
+
+
 def _open_study(args: tuple[str, str]) -> str:
     """What a pair's task does with its study (module level: spawned processes run it)."""
     import optuna
