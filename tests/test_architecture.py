@@ -1,6 +1,6 @@
 """The house rules, checked on the source: imports point down (no cycle, counting imports
 inside functions and under TYPE_CHECKING), Ray is imported only under ``distributed/``
-and ``cluster/``, ``sweeps/`` plans without Ray, modules stay readable in one sitting,
+and ``cluster/``, ``sweeps/`` plans and ``studies/`` measure without Ray, modules stay readable in one sitting,
 private names stay in their module, and every subpackage has a face whose names
 resolve without pulling torch or Ray into a process that does not use them."""
 
@@ -28,6 +28,7 @@ SUBPACKAGES = [
     "evaluation",
     "models",
     "report",
+    "studies",
     "sweeps",
     "tracking",
     "training",
@@ -152,6 +153,16 @@ def test_sweeps_plan_without_ray_or_torch() -> None:
         m: sorted({i for i in _imports(m, path) if i.split(".")[0] in heavy})
         for m, path in MODULES.items()
         if m.startswith("optical_ray.sweeps")
+    }
+    assert {m: i for m, i in users.items() if i} == {}
+
+
+def test_studies_plan_and_measure_without_ray_or_torch() -> None:
+    heavy = ("ray", "torch", "transformers")
+    users = {
+        m: sorted({i for i in _imports(m, path) if i.split(".")[0] in heavy})
+        for m, path in MODULES.items()
+        if m.startswith("optical_ray.studies")
     }
     assert {m: i for m, i in users.items() if i} == {}
 

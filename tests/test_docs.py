@@ -48,6 +48,7 @@ SUBPACKAGES = [
     "evaluation",
     "models",
     "report",
+    "studies",
     "sweeps",
     "tracking",
     "training",

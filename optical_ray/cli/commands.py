@@ -401,12 +401,59 @@ def _best_across(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from optical_ray.report.gap import build_report
+def cmd_study(args: argparse.Namespace) -> int:
+    from optical_ray.config import load_config, parse_overrides
+    from optical_ray.studies.design import load_design
 
+    _check_address(args.address)
+    over = [f"storage.uri={args.storage}"] if args.storage else []
+    if args.s3_endpoint:
+        over.append(f"storage.endpoint={args.s3_endpoint}")
+    cfg = load_config(args.config, over + list(args.overrides))
+    _check_dir(cfg.output_dir, "output_dir")
+    design = load_design(args.design)
+    from optical_ray.distributed.study import run_study  # Ray-free; Ray is imported when it runs
+
+    result = run_study(
+        design,
+        cfg,
+        pairs=args.pairs,
+        seeds=args.seeds,
+        max_runs=args.max_runs,
+        name=args.name,
+        resume=args.resume,
+        address=args.address,
+        verbose=args.verbose,
+        max_concurrent=args.max_concurrent,
+        trust_storage=args.trust_storage,
+        overrides=parse_overrides(args.overrides),
+    )
+    print(result.summary())
+    if result.exit_code:
+        return result.exit_code
+    print(f"next: optical-ray report --study {result.name} --storage {result.storage}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     _check_dir(args.out, "--out", probe=True)
-    path = build_report(_storage_arg(args), args.out, metric=args.metric, mode=args.mode)
+    store = _storage_arg(args)
+    if args.study:
+        from optical_ray.report.study import summary_text, write_study_report
+        from optical_ray.studies.effects import study_effects
+
+        effects = study_effects(store, args.study, args.metric)
+        print(summary_text(effects))
+        print(f"study report written to {write_study_report(effects, args.out, store.uri)}")
+        return 0
+    from optical_ray.report.gap import build_report
+    from optical_ray.studies.store import list_studies
+
+    path = build_report(store, args.out, metric=args.metric, mode=args.mode)
     print(f"report written to {path}")
+    studies = list_studies(store)
+    if studies:
+        print(f"studies in this storage: {', '.join(studies)} (optical-ray report --study NAME)")
     return 0
 
 

@@ -320,9 +320,45 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", metavar="key=value")
     sw.set_defaults(func=commands.cmd_sweep)
 
+    st = sub.add_parser(
+        "study",
+        help="run a study: every cell of a design's factors x seeds, through the sweep "
+        "machinery, each run evaluated once on its test tasks (effects: report --study)",
+    )
+    st.add_argument("--design", required=True, help="YAML study design (studies/*.yaml)")
+    st.add_argument("--pairs", type=_csv, required=True, help="e.g. swa-en,hau-en")
+    st.add_argument(
+        "--seeds", type=int, default=None, help="seeds per cell, 0..N-1 (default: the design's)"
+    )
+    st.add_argument(
+        "--max-runs",
+        type=int,
+        default=200,
+        help="refuse a study of more runs than this (cells x seeds x pairs; default 200)",
+    )
+    st.add_argument("--storage", default=None, help="local dir or s3://bucket/prefix")
+    st.add_argument("--s3-endpoint", default=None, help="S3 endpoint (or AWS_ENDPOINT_URL)")
+    st.add_argument("--name", default=None, help="study name (default: the design's name)")
+    st.add_argument(
+        "--resume", action="store_true", help="continue the study with this name in this storage"
+    )
+    st.add_argument(
+        "--trust-storage",
+        action="store_true",
+        help="with --resume: skip the check that Tune's saved state was written here",
+    )
+    st.add_argument(
+        "--max-concurrent", type=int, default=None, help="runs in flight across all pairs"
+    )
+    st.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1)
+    st.add_argument("--config", default=None, help="base config YAML (storage, teacher, data)")
+    st.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
+    st.add_argument("overrides", nargs="*", metavar="key=value")
+    st.set_defaults(func=commands.cmd_study)
+
     for cmd, helptext in (
         ("best", "best configs per pair from the results catalog"),
-        ("report", "gap report (tables, plots) from the results catalog"),
+        ("report", "gap report (tables, plots) from the results catalog, or a study's effects"),
     ):
         q = sub.add_parser(cmd, help=helptext)
         q.add_argument("--storage", default="optical_runs", help="local dir or s3://bucket/prefix")
@@ -378,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
             q.set_defaults(func=commands.cmd_best)
         else:
             q.add_argument("--out", default="optical_report", help="output directory")
+            q.add_argument(
+                "--study",
+                default=None,
+                metavar="NAME",
+                help="the report of a study: effects with confidence intervals, "
+                "interaction plots, the gap closed",
+            )
             q.set_defaults(func=commands.cmd_report)
 
     cl = sub.add_parser("cluster", help="a local multi-node Ray cluster on this machine")

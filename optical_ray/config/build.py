@@ -36,6 +36,7 @@ from optical_ray.config.schema import (
     REAL_BITEXT_FORMATS,
     REAL_EVAL_FORMATS,
     REAL_FORMATS,
+    REAL_MONO_FORMATS,
     REAL_RANK_FORMATS,
     AdaptConfig,
     Config,
@@ -346,13 +347,23 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
             f"train.patience: got {tc.patience} with train.eval_every=0; early "
             "stopping needs dev evaluations during the stage (train.eval_every > 0)"
         )
-    for section, allowed in (("bitext", REAL_BITEXT_FORMATS), ("eval", REAL_EVAL_FORMATS)):
+    for section, allowed in (
+        ("bitext", REAL_BITEXT_FORMATS),
+        ("eval", REAL_EVAL_FORMATS),
+        ("mono", REAL_MONO_FORMATS),
+    ):
         for key, src in getattr(cfg.data, section).items():
             if src.format in REAL_FORMATS and src.format not in allowed:
                 problems.append(
                     f"data.{section}.{key}.format: got {src.format!r}, not a "
                     f"format for data.{section}; allowed here: {', '.join(allowed)}"
                 )
+    for lang, src in cfg.data.mono.items():
+        if src.format in REAL_MONO_FORMATS and src.split not in (None, "train"):
+            problems.append(
+                f"data.mono.{lang}.split: got {src.split!r}; monolingual text comes from "
+                "the train split only (never a dev or test sentence): leave it unset"
+            )
     rank_src = cfg.data.rank
     if (
         rank_src is not None

@@ -35,6 +35,7 @@ __all__ = [
     "Objective",
     "ORIGIN_RANDOM",
     "ORIGIN_SAMPLER",
+    "STUDY_PREFIX",
     "TRACKERS",
     "TrackingTarget",
     "WARM_PREFIX",
@@ -48,6 +49,8 @@ __all__ = [
     "reference_pair",
     "search_objective",
     "search_problems",
+    "study_origin",
+    "parse_study_origin",
     "tracking_problems",
     "warm_origin",
     "warm_start_problems",
@@ -413,6 +416,27 @@ def warm_origin(pair: str, trial_id: str) -> str:
     return f"{WARM_PREFIX}{pair}/{trial_id}"
 
 
+#: The origin of a study's run: ``study:<cell>/<seed>`` (:mod:`optical_ray.studies`).
+STUDY_PREFIX = "study:"
+# A study cell's name: factor=level pairs joined by commas (no '/', which ends it).
+_CELL_RE = re.compile(r"^[A-Za-z0-9_.+=,-]+$")
+
+
+def study_origin(cell: str, seed: int) -> str:
+    """The origin of the run of study cell ``cell`` with seed ``seed``."""
+    return f"{STUDY_PREFIX}{cell}/{int(seed)}"
+
+
+def parse_study_origin(origin: Any) -> tuple[str, int] | None:
+    """``(cell, seed)`` of a study run's origin, else None (not a study run's)."""
+    if not isinstance(origin, str) or not origin.startswith(STUDY_PREFIX):
+        return None
+    cell, _, seed = origin[len(STUDY_PREFIX) :].rpartition("/")
+    if not _CELL_RE.match(cell) or not re.fullmatch(r"-?[0-9]+", seed):
+        return None
+    return cell, int(seed)
+
+
 def origin_problems(origin: Any) -> list[str]:
     """Problems of a record's ``origin`` (None: not recorded, e.g. an older record)."""
     if origin is None or origin in (ORIGIN_SAMPLER, ORIGIN_RANDOM):
@@ -424,9 +448,11 @@ def origin_problems(origin: Any) -> list[str]:
     if isinstance(origin, str) and origin.startswith(FINALIST_PREFIX):
         if origin[len(FINALIST_PREFIX) :].strip():
             return []
+    if parse_study_origin(origin) is not None:
+        return []
     return [
         f"origin: got {origin!r}, expected {ORIGIN_SAMPLER}, {ORIGIN_RANDOM}, "
-        f"{WARM_PREFIX}<pair>/<trial> or {FINALIST_PREFIX}<trial>"
+        f"{WARM_PREFIX}<pair>/<trial>, {FINALIST_PREFIX}<trial> or {STUDY_PREFIX}<cell>/<seed>"
     ]
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "REAL_BITEXT_FORMATS",
     "REAL_EVAL_FORMATS",
     "REAL_RANK_FORMATS",
+    "REAL_MONO_FORMATS",
     "REAL_FORMATS",
     "MAIN_HYPERPARAMETERS",
     "HYPERPARAMETERS",
@@ -44,12 +45,16 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 #: Metric names as users write them: map, ndcg@10, mrr@10, recall@100, p@1, ...
 METRIC_RE = re.compile(r"^(map|ndcg|mrr|recall|p)(@[1-9][0-9]*)?$")
 #: Source formats of the real data samples (optical_ray.data.real): bitext, evaluation,
-#: ranking (the English teacher's training pairs).
+#: ranking (the English teacher's training pairs), monolingual text (the foreign side
+#: of MAFAND-MT's train split, for stage adapt).
 REAL_BITEXT_FORMATS = ("mafand",)
 #: Real evaluation sources (``data.eval``): sentences, documents, passages.
 REAL_EVAL_FORMATS = ("ntrex", "ntrex_doc", "afriqa", "xquad_r")
 #: Real English ranking pairs for the teacher's ``rank`` stage (``data.rank``).
 REAL_RANK_FORMATS = ("english_train",)
+#: Real monolingual text for stage ``adapt`` (``data.mono``): MAFAND-MT's train split,
+#: foreign side (already a bitext format, so not repeated in REAL_FORMATS).
+REAL_MONO_FORMATS = ("mafand",)
 #: Every real source format, in the order above.
 REAL_FORMATS = REAL_BITEXT_FORMATS + REAL_EVAL_FORMATS + REAL_RANK_FORMATS
 #: The main searched knobs (flat keys), in the order tables show them: the catalog keeps
@@ -143,8 +148,8 @@ class SourceConfig:
     format: str = _f(
         "auto",
         help="auto | tsv | jsonl | text | hf; real data samples: "
-        "mafand (bitext), ntrex | ntrex_doc | afriqa | xquad_r (evaluation), "
-        "english_train (ranking)",
+        "mafand (bitext; data.mono: its train split's foreign side), ntrex | "
+        "ntrex_doc | afriqa | xquad_r (evaluation), english_train (ranking)",
     )
     preset: str | None = _f(
         None, help="HF field mapping preset (mmarco, miracl, mrtydi, xor_tydi, opus)"
@@ -180,7 +185,9 @@ class DataConfig:
     )
     mono: dict[str, SourceConfig] = _f(
         factory=dict,
-        help="per language: unlabelled text for adapt (default <root>/mono/<lang>.txt)",
+        help="per language: unlabelled text for adapt (default <root>/mono/<lang>.txt): "
+        "any text file (one text a line), or {format: mafand} for the foreign side of "
+        "MAFAND-MT's train split",
     )
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "xquad_r_collection",
     "real_eval_collection",
     "real_bitext",
+    "real_mono",
     "EVAL_SPLITS",
     "XQUAD_CODES",
     "afriqa_rows",
@@ -533,3 +534,12 @@ def real_bitext(
         raise DataError(f"format {fmt!r} is not a bitext format; allowed: mafand")
     q, d = _task_langs(pair)
     return mafand_bitext(d if q == "en" else q, split, shared)
+
+
+def real_mono(fmt: str, lang: str, shared: str | os.PathLike | None = None) -> list[str]:
+    """Monolingual ``lang`` text a config source ``data.mono.<lang>: {format: mafand}``
+    names: the foreign side of MAFAND-MT's *train* split, one text per sentence pair
+    (dev and test sentences are held out for evaluation, so never read here)."""
+    if fmt != "mafand":
+        raise DataError(f"format {fmt!r} is not a monolingual format; allowed: mafand")
+    return [foreign for _, foreign in mafand_bitext(lang, "train", shared)]

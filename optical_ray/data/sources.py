@@ -6,8 +6,8 @@ once under ``<output_dir>/world/`` and reused. Explicit sources in ``cfg.data.bi
 ``cfg.data.eval``, ``cfg.data.mono`` and ``cfg.data.rank`` override the layout per pair
 or language; a source whose ``format`` is ``hf`` is read through
 :mod:`optical_ray.data.hf`, and the formats of the real data samples (``mafand`` for
-bitext; ``ntrex``, ``ntrex_doc``, ``afriqa``, ``xquad_r`` for evaluation;
-``english_train`` for ranking) through
+bitext and monolingual text; ``ntrex``, ``ntrex_doc``, ``afriqa``, ``xquad_r`` for
+evaluation; ``english_train`` for ranking) through
 :mod:`optical_ray.data.real`, with ``path`` the shared data folder (empty: the
 ``OPTICAL_RAY_SHARED_DATA`` variable, else ``../shared/data``).
 """
@@ -192,8 +192,14 @@ def _layout_bitext(root: Path, en: str, xx: str, split: str) -> list[tuple[str, 
 
 
 def mono_texts(cfg: Config, lang: str) -> list[str]:
-    """Unlabelled text in ``lang`` for the ``adapt`` stage."""
+    """Unlabelled text in ``lang`` for the ``adapt`` stage: ``data.mono.<lang>`` (a text
+    file, one text a line; or ``format: mafand``, MAFAND-MT's train split), else
+    ``<root>/mono/<lang>.txt``."""
     src = cfg.data.mono.get(lang)
+    if src is not None and src.format in REAL_FORMATS:
+        from optical_ray.data.real import real_mono
+
+        return real_mono(src.format, lang, src.path)
     path = Path(src.path) if src is not None else ensure_data_root(cfg) / "mono" / f"{lang}.txt"
     if not path.is_file():
         raise DataError(

@@ -1,4 +1,4 @@
-"""All of Ray: the sweep driver, each pair's Tune experiments (its search and its finalists), the trial function, noise-aware ASHA, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, one driver per experiment (leases), and Ray Train across workers."""
+"""All of Ray: the sweep driver, studies (a design's runs on the sweep machinery), each pair's Tune experiments (its search and its finalists), the trial function, noise-aware ASHA, Tune callbacks, the shared trial budget, driver watching, signed Tune state restored from verified bytes, one driver per experiment (leases), and Ray Train across workers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from optical_ray._lazy import lazy_exports
 
 _EXPORTS = {
     "run_sweep": "driver",
+    "run_study": "study",
+    "StudyResult": "study",
+    "FixedSearcher": "searchers",
     "fit": "train",
     "build_trainer": "train",
     "init_ray": "train",
@@ -15,7 +18,6 @@ _EXPORTS = {
     "TuneContext": "trial",
     "PruningAwareOptunaSearch": "searchers",
     "ObjectivesOptunaSearch": "searchers",
-    "FixedRuns": "searchers",
     "PairedASHA": "promotion",
     "SharedLimiter": "slots",
     "CatalogCallback": "callbacks",

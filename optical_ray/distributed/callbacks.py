@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import ray
 from ray.tune import Callback
 
+from optical_ray.catalog.identity import FINAL_SUFFIX
 from optical_ray.config import to_flat
 from optical_ray.errors import OpticalRayError
 from optical_ray.sweeps.plan import PairPlan, error_reason, resolve_trial_config
@@ -309,12 +310,14 @@ class ProgressCallback(Callback):
             s: sum(1 for v in self.status.values() if v == s)
             for s in ("running", "finished", "stopped", "failed")
         }
-        runs = len(self.plan.runs)  # a finalists experiment shows as its own line
+        # a finalists experiment shows as its own line; fixed runs count as its samples
+        final = self.plan.experiment.endswith(FINAL_SUFFIX)
+        points = self.plan.points
         self._handle.update.remote(
-            f"{self.plan.pair} finalists" if runs else self.plan.pair,
+            f"{self.plan.pair} finalists" if final else self.plan.pair,
             {
                 **counts,
-                "samples": runs or self.plan.base.sweep.samples,
+                "samples": len(points) if points is not None else self.plan.base.sweep.samples,
                 "start": self.start,
                 "best": self.best[0] if self.best else None,
                 "best_trial": self.best[1] if self.best else None,

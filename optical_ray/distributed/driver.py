@@ -208,12 +208,16 @@ def run(
     out: Callable[[str], None] | None = None,
     trial_fn: Any = None,
     check_data: bool = True,
+    points: Mapping[str, Sequence[dict[str, Any]]] | None = None,
 ) -> SweepResult:
     """Run the sweep ``cfg.sweep`` over ``space`` (see :func:`run_sweep`).
 
     ``out`` receives the progress lines (default: print); ``trial_fn(sampled, plan=)``
     replaces the training trial, for benchmarks of the driver itself (which pass
-    ``check_data=False``: their stand-in trials read no data)."""
+    ``check_data=False``: their stand-in trials read no data) and for studies.
+    ``points`` (per pair: the sampled values of every trial, in order) runs those
+    instead of sampling the space, without Optuna (a study's runs,
+    :func:`optical_ray.distributed.study.run_study`)."""
     from optical_ray.catalog import Catalog
     from optical_ray.data.sources import ensure_data_root
     from optical_ray.distributed.train import prepare_config
@@ -261,6 +265,7 @@ def run(
             trust_storage=trust_storage,
             out=out,
             trial_fn=trial_fn,
+            points=points,
         )
 
 
@@ -279,6 +284,7 @@ def _run_pairs(
     trust_storage: bool,
     out: Callable[[str], None],
     trial_fn: Any,
+    points: Mapping[str, Sequence[dict[str, Any]]] | None = None,
 ) -> SweepResult:
     """:func:`run` once the experiments' leases are held: start Ray, plan the pairs,
     read and verify once the saved state of those that resume (handed to their tasks,
@@ -300,6 +306,8 @@ def _run_pairs(
     }
     plans = plan_sweep(cfg, space, store.join, depth, exists, resume)
     plans = [dataclasses.replace(p, warm=warm.get(p.pair)) for p in plans]
+    if points is not None:
+        plans = [dataclasses.replace(p, points=tuple(points.get(p.pair, ()))) for p in plans]
     # Read and verified once; each pair's task restores from exactly these bytes (its
     # search, and its finalists experiment when one is in storage).
     states: dict[str, VerifiedState] = {}
@@ -319,7 +327,8 @@ def _run_pairs(
                     redact(store.uri_of(store.rel(path))),
                 )
             into[plan.pair] = verify_state(store, store.rel(path), key, trust=trust_storage)
-    prepare_studies(plans, store, resume)
+    if points is None:  # a fixed list of runs needs no Optuna study
+        prepare_studies(plans, store, resume)
     metric = plans[0].base.sweep.metric if plans else sw.metric
     name = _coordinator_name(cfg)
     with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here

@@ -296,7 +296,7 @@ def _tuner(
             scheduler=build_scheduler(plan),
             metric=sw.metric,
             mode=sw.mode,
-            num_samples=len(plan.runs) or sw.samples,
+            num_samples=len(plan.points) if plan.points is not None else sw.samples,
             # a single-worker trial runs in its actor: the next
             # trial reuses the warm process
             reuse_actors=sc.workers == 1,

@@ -158,11 +158,11 @@ class PairedASHA(AsyncHyperBandScheduler):
 
 
 def build_scheduler(plan: PairPlan) -> TrialScheduler:
-    """The scheduler of ``plan``'s experiment: FIFO for finalists or ``sweep.scheduler:
+    """The scheduler of ``plan``'s experiment: FIFO for fixed runs (finalists, studies) or ``sweep.scheduler:
     none``; ASHA with noise-aware promotion (``sweep.promotion: paired``) or Ray's
     plain ASHA (``mean``)."""
     sw = plan.base.sweep
-    if plan.runs or sw.scheduler != "asha":
+    if plan.points is not None or sw.scheduler != "asha":
         return FIFOScheduler()
     kwargs = {
         "time_attr": "training_iteration",

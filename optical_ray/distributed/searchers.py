@@ -1,7 +1,8 @@
 """The searchers of a pair's Tune experiment: Ray's OptunaSearch, told which trials the
 scheduler stopped (:class:`PruningAwareOptunaSearch`), extended to several objectives
 and constraints (:class:`ObjectivesOptunaSearch`), on the pair's persistent Optuna
-study, behind the sweep's shared trial budget (:func:`build_searcher`).
+study, or a fixed list of runs (:class:`FixedSearcher`, a study's cells x seeds), behind
+the sweep's shared trial budget (:func:`build_searcher`).
 
 Private Ray API used here (each with a test that fails when Ray changes it): the
 Optuna study and ask-and-tell trials inside ``OptunaSearch`` (``_ot_study``,
@@ -11,9 +12,10 @@ Optuna study and ask-and-tell trials inside ``OptunaSearch`` (``_ot_study``,
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import pickle
-from typing import Any
+from typing import Any, Sequence
 
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -25,7 +27,7 @@ from optical_ray.sweeps.protocol import FINISHED_KEY, ORIGIN_KEY, RUN_KEY
 __all__ = [
     "PruningAwareOptunaSearch",
     "ObjectivesOptunaSearch",
-    "FixedRuns",
+    "FixedSearcher",
     "make_sampler",
     "build_searcher",
 ]
@@ -125,38 +127,97 @@ class ObjectivesOptunaSearch(PruningAwareOptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-class FixedRuns(Searcher):
-    """The searcher of a finalists experiment: suggests its plan's runs in order (each
-    sampled config carries the run's flat config and origin), then finishes. Its
-    position and runs are saved with the experiment (``save``/``restore``: a plain
-    pickle in the experiment's signed state), so a resumed finalists experiment
-    suggests only the runs it had not started."""
+class FixedSearcher(Searcher):
+    """Suggests a fixed list of runs in order, then ``FINISHED``: a study's cells x
+    seeds, or a pair's finalists (each a full flat config under ``RUN_KEY``). Each run
+    carries its origin (``study:<cell>/<seed>``, ``finalist:<trial>``) under
+    ``ORIGIN_KEY`` for its catalog record.
 
-    def __init__(self, runs: Any, metric: str, mode: str) -> None:
+    A run whose origin and seed already have a finished record of this experiment in
+    the catalog is skipped, so no run is trained twice: not when a pair starts again
+    (its driver died before Tune's first snapshot), nor when Tune's last snapshot
+    predates a run that finished and was recorded (the restored searcher would
+    otherwise suggest it again). The catalog is read once per process, on the first
+    suggestion; the set read is not saved with the experiment.
+    """
+
+    def __init__(
+        self,
+        points: Sequence[dict[str, Any]],
+        storage: tuple[str, str | None, str | None],
+        experiment: str,
+        pair: str,
+        metric: str | None = None,
+        mode: str | None = None,
+    ) -> None:
         super().__init__(metric=metric, mode=mode)
-        self.runs = [(r.origin, r.config) for r in runs]
-        self.next = 0
+        self.points = [dict(p) for p in points]
+        self.next = 0  # index of the next point to suggest (saved with the experiment)
+        self.storage, self.experiment, self.pair = storage, experiment, pair
+        self._done: set[tuple[str, int | None]] | None = None
+
+    def _recorded(self) -> set[tuple[str, int | None]]:
+        from optical_ray.catalog import Catalog
+        from optical_ray.storage import resolve_storage
+
+        try:
+            df = Catalog(resolve_storage(*self.storage)).records(
+                self.pair,
+                self.experiment,
+                columns=["origin", "status", "config"],
+                status="finished",
+            )
+        except Exception as exc:  # noqa: BLE001 - storage down: run what the state says
+            log.warning("%s: could not read the catalog (%s); no run skipped", self.pair, exc)
+            return set()
+        done = set()
+        for origin, config in zip(df["origin"], df["config"]) if len(df) else ():
+            if isinstance(origin, str):
+                seed = json.loads(config).get("train.seed") if isinstance(config, str) else None
+                done.add((origin, seed))
+        return done
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        return True
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self.next >= len(self.runs):
-            return Searcher.FINISHED
-        origin, config = self.runs[self.next]
-        self.next += 1
-        return {RUN_KEY: config, ORIGIN_KEY: origin}
+        if self._done is None:
+            self._done = self._recorded()
+        while self.next < len(self.points):
+            point = self.points[self.next]
+            self.next += 1
+            if (point.get(ORIGIN_KEY), run_seed(point)) in self._done:
+                log.info("%s: %s is in the catalog already", self.pair, point.get(ORIGIN_KEY))
+                continue
+            return dict(point)
+        return Searcher.FINISHED
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Nothing to learn: the runs are fixed."""
+        """Nothing to learn: the list is fixed."""
 
     def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "_done"}
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"runs": self.runs, "next": self.next}, f)
+            pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.runs, self.next = list(state["runs"]), int(state["next"])
+            self.__dict__.update(pickle.load(f))
+        self._done = None
+
+
+def run_seed(point: dict[str, Any]) -> int | None:
+    """The ``train.seed`` a fixed run trains with: its own, or its full config's
+    (``RUN_KEY``); None when it sets none."""
+    if RUN_KEY in point:
+        return json.loads(point[RUN_KEY]).get("train.seed")
+    return point.get("train.seed")
 
 
 def make_sampler(sw: Any, constant_liar: bool = True) -> Any:
@@ -192,9 +253,20 @@ def build_searcher(
     from optical_ray.tracking.trackers import open_study_storage, optuna_storage_url
 
     sw = plan.base.sweep
-    if plan.runs:  # a finalists experiment: its runs, in the sweep's shared budget
-        fixed = FixedRuns(plan.runs, sw.metric, sw.mode)
-        return SharedLimiter(fixed, coordinator, plan.pair, samples=len(plan.runs))
+    if plan.points is not None:  # a study's runs or a pair's finalists, in the shared budget
+        st = plan.base.storage
+        fixed = FixedSearcher(
+            plan.points,
+            (st.uri, st.endpoint, st.region),
+            plan.experiment,
+            plan.pair,
+            metric=sw.metric,
+            mode=sw.mode,
+        )
+        runs: Searcher = fixed
+        if sw.max_concurrent_per_pair:
+            runs = ConcurrencyLimiter(fixed, max_concurrent=sw.max_concurrent_per_pair)
+        return SharedLimiter(runs, coordinator, plan.pair, samples=len(plan.points))
     warm = plan.warm
     objectives = sw.objectives
     conditions = parse_where(sw.constraints)

@@ -12,11 +12,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
-from optical_ray.training.checkpoint import fetch_usable_checkpoint
+from optical_ray.training.checkpoint import fetch_checkpoint, fetch_usable_checkpoint
 from optical_ray.config import Config, to_flat
 from optical_ray.training.context import TrainContext, fill_metric
 from optical_ray.distributed.devreports import DevReports
@@ -104,8 +104,17 @@ class TuneContext(TrainContext):
         return self._restored
 
 
-def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
-    """The Tune trial function: resolve the trial's config once, train, report."""
+def run_trial(
+    sampled: dict[str, Any],
+    *,
+    plan: PairPlan,
+    after: Callable[[Config, Path], None] | None = None,
+) -> None:
+    """The Tune trial function: resolve the trial's config once, train, report.
+
+    ``after(cfg, model_dir)`` runs on the trial's final model (a local saved-model
+    directory) before the end-of-trial report: a study evaluates it on its test tasks
+    there, once, never to select."""
     trial_id = tune.get_context().get_trial_id()
     cfg = resolve_trial_config(plan, sampled, trial_id)
     start = time.perf_counter()
@@ -113,6 +122,9 @@ def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
         ctx = TuneContext(cfg)
         try:
             history = run_training(cfg, ctx)
+            trained = time.perf_counter() - start
+            if after is not None:
+                after(cfg, Path(str(history.model_dir)))
         finally:
             shutil.rmtree(ctx.run_dir, ignore_errors=True)
         # A trial restored at its final checkpoint trains nothing and reports nothing
@@ -137,9 +149,18 @@ def run_trial(sampled: dict[str, Any], *, plan: PairPlan) -> None:
         best = best_kept_checkpoint(result, cfg.sweep.mode)  # the record names the best
         if best is not None:
             last[CHECKPOINT_PATH_KEY] = best.path
+        trained = time.perf_counter() - start
+        if after is not None and result.checkpoint is not None:
+            # the run's final model: its last checkpoint (the end of its last stage)
+            final = Path(tempfile.mkdtemp(prefix="optical-ray-final-"))
+            try:
+                ckpt = result.checkpoint
+                after(cfg, fetch_checkpoint((ckpt.path, ckpt.filesystem), final) / "model")
+            finally:
+                shutil.rmtree(final, ignore_errors=True)
     # train_s: the trial's own work (data, model, steps, evaluations, checkpoints); for
     # a TorchTrainer, as timed on its rank-0 worker (without the worker-group start-up).
-    train_s = last.get("run_s", time.perf_counter() - start)
+    train_s = last.get("run_s", trained)
     tune.report(
         {
             **last,

@@ -1,4 +1,4 @@
-"""The report: gap tables, figures and Pareto fronts from the catalog."""
+"""The report: gap tables, figures and Pareto fronts from the catalog; a study's effects, interaction plots and gap closed."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ _EXPORTS = {
     "best_vs_runner_up": "sections",
     "report_section": "sections",
     "pareto_section": "pareto",
+    "build_study_report": "study",
+    "write_study_report": "study",
 }
 __all__ = list(_EXPORTS)
 # What the flat layout's optical_ray.report module held, for saved experiments.

@@ -1,6 +1,7 @@
 """The report's figures: the per-pair overview, each pair's metric against its searched
-parameters, parameter importances, and a warm-started sweep against a cold one
-(:mod:`optical_ray.report.pareto` draws the Pareto fronts). Matplotlib, headless."""
+parameters, parameter importances, a warm-started sweep against a cold one, and a
+study's interaction plots and "gap closed" bars (:mod:`optical_ray.report.pareto`
+draws the Pareto fronts). Matplotlib, headless."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ __all__ = [
     "plot_params",
     "plot_importance",
     "plot_warm_vs_cold",
+    "plot_interaction",
+    "plot_gap_closed",
     "slug",
 ]
 
@@ -159,6 +162,61 @@ def plot_warm_vs_cold(
         plt.close(fig)
         figures.setdefault(pair, []).append((name, f"{pair}: warm vs cold best-so-far"))
     return curves
+
+
+def plot_interaction(
+    panels: dict[str, dict[str, dict[str, tuple[float, float | None]]]],
+    a: tuple[str, list[str]],
+    b: tuple[str, list[str]],
+    metric: str,
+    path: Path,
+) -> None:
+    """An interaction plot of factors ``a`` and ``b`` (``(name, levels)``): one panel per
+    title in ``panels`` (a pair's task), x = the levels of ``a``, one line per level of
+    ``b``, y = ``panels[title][b_level][a_level]`` = (mean, seed spread) over the cells
+    with those levels. Parallel lines: no interaction."""
+    plt = pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.4), squeeze=False, sharey=False
+    )
+    for ax, (title, lines) in zip(axes[0], panels.items()):
+        xs = list(range(len(a[1])))
+        for lb in b[1]:
+            points = lines.get(lb, {})
+            ys = [points.get(la, (float("nan"), None))[0] for la in a[1]]
+            err = [points.get(la, (0.0, None))[1] or 0.0 for la in a[1]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{b[0]}={lb}")
+        ax.set_xticks(xs, a[1])
+        ax.set_xlabel(a[0])
+        ax.set_title(title, fontsize=9)
+    axes[0][0].set_ylabel(f"{metric} (mean over seeds; bars: seed sd)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"interaction: {a[0]} x {b[0]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gap_closed(
+    bars: list[tuple[str, float, float | None, float | None]], title: str, path: Path
+) -> None:
+    """Horizontal bars: the fraction of the gap to the reference each factor's level
+    closes (``(label, value, ci_low, ci_high)``), with its 95 % interval."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(bars) + 1.5))
+    ys = list(range(len(bars)))
+    values = [v for _, v, _, _ in bars]
+    lo = [v - (low if low is not None else v) for _, v, low, _ in bars]
+    hi = [(high if high is not None else v) - v for _, v, _, high in bars]
+    colors = ["#3b75af" if v >= 0 else "#c0392b" for v in values]
+    ax.barh(ys, values, xerr=[lo, hi], color=colors, capsize=3)
+    ax.set_yticks(ys, [label for label, *_ in bars])
+    ax.axvline(0, color="#555555", linewidth=0.8)
+    ax.set_xlabel("fraction of the gap to the reference closed (95% CI)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def slug(pair: str) -> str:

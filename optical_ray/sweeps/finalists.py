@@ -28,6 +28,7 @@ from optical_ray.config import to_flat
 from optical_ray.config.objective import finalists_of
 from optical_ray.config.rules import BASE_ORIGIN, finalist_origin
 from optical_ray.sweeps.plan import FinalistRun, PairPlan, resolve_trial_config
+from optical_ray.sweeps.protocol import ORIGIN_KEY, RUN_KEY
 
 __all__ = [
     "final_experiment",
@@ -94,6 +95,9 @@ def finalist_plan(
     if not runs:
         return None
     name = final_experiment(plan.experiment)
+    # Each run a fixed point (distributed.searchers.FixedSearcher): its full config and
+    # its seed, under its origin.
+    points = tuple({RUN_KEY: r.config, ORIGIN_KEY: r.origin, "train.seed": r.seed} for r in runs)
     return dataclasses.replace(
-        plan, experiment=name, path=path_of(name), runs=runs, resume=exists, warm=None
+        plan, experiment=name, path=path_of(name), points=points, resume=exists, warm=None
     )

@@ -72,7 +72,9 @@ class PairPlan:
 
     ``base`` is the sweep's validated base config (storage, data, model, sweep
     settings); ``space`` the parsed search space; ``depth`` the encoder depth layer
-    choices are sampled against; ``max_t`` ASHA's horizon in Tune results.
+    choices are sampled against; ``max_t`` ASHA's horizon in Tune results. ``points``,
+    when given, are the sampled values of every trial to run, in order, instead of
+    sampling the space (a study's runs, :mod:`optical_ray.studies`).
     """
 
     pair: str
@@ -85,9 +87,10 @@ class PairPlan:
     resume: bool = False
     space_file: str | None = None
     warm: Any = None  # a warmstart.WarmStart: points to enqueue and TPE's prior
-    #: the finalists experiment's runs (``<experiment>`` is then ``<search>-final``);
-    #: empty for a search
-    runs: tuple[FinalistRun, ...] = ()
+    #: fixed runs instead of a search (a study's cells x seeds, or the pair's finalists,
+    #: whose ``<experiment>`` is then ``<search>-final``): each a sampled dict with its
+    #: origin under ``ORIGIN_KEY``; None for a search
+    points: tuple[dict[str, Any], ...] | None = None
 
     @property
     def searched(self) -> list[str]:

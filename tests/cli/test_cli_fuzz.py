@@ -81,6 +81,17 @@ def env(tiny_world, tmp_path_factory) -> dict[str, str]:
                 "  sweep.objective: 'mean({lang}-en/map, {lang}-en_doc/map)'\n"
             ).encode(),
         ),
+        "st_unknown": ("st-unknown.yaml", b"name: s\nfactors:\n  distill.foo: [1, 2]\n"),
+        "st_bounds": (
+            "st-bounds.yaml",
+            b"name: s\nfactors:\n  distill.rank_batch_size: [-1, 8]\n"
+            b"  eps: {key: distill.epsilon, levels: {a: 0.1, b: -1}}\n",
+        ),
+        "st_grid": ("st-grid.yaml", b"name: s\nseeds: 2\nfactors:\n  distill.method: [ot, none]\n"),
+        "st_ref": (
+            "st-ref.yaml",
+            b"name: s\nreference: xq-en\nfactors:\n  distill.method: [ot, none]\n",
+        ),
         "afile": ("afile", b"not a directory\n"),
     }
     out = {k: str(d / name) for k, (name, _) in files.items()}
@@ -452,6 +463,52 @@ ROWS = [
         "best-across-pairs-with-pair",
         ["best", "--storage", "{answers}", "--across-pairs", "swa-en,hau-en", "--pair", "swa-en"],
         ["best --across-pairs: --pair cannot go with it"],
+    ),
+    # --- study designs refused before anything runs
+    (
+        "study-unknown-factor-key",
+        ["study", "--design", "{st_unknown}", "--pairs", "en-xc"],
+        ["st-unknown.yaml", "factors.distill.foo: unknown config key 'distill.foo'"],
+    ),
+    (
+        "study-levels-out-of-bounds",
+        ["study", "--design", "{st_bounds}", "--pairs", "en-xc"],
+        [
+            "2 errors",
+            "factors.distill.rank_batch_size: level '-1'",
+            "must be >= 0",
+            "factors.eps: level 'b' (distill.epsilon=-1)",
+        ],
+    ),
+    (
+        "study-more-runs-than-allowed",
+        ["study", "--design", "{st_grid}", "--pairs", "en-xc,xc-en", "--max-runs", "3"],
+        ["2 cells x 2 seeds x 2 pair(s) = 8 runs", "more than --max-runs 3"],
+    ),
+    (
+        "study-missing-reference",
+        [
+            "study",
+            "--design",
+            "{st_ref}",
+            "--pairs",
+            "en-xc",
+            "--storage",
+            "{tmp}/store",
+            "data.root={world}",
+            "output_dir={tmp}/runs",
+        ],
+        ["reference xq-en has no evaluation data", "pairs with evaluation data: en-en,", "en-xc"],
+    ),
+    (
+        "study-seeds-zero",
+        ["study", "--design", "{st_grid}", "--pairs", "en-xc", "--seeds", "0"],
+        ["--seeds: got 0"],
+    ),
+    (
+        "report-unknown-study",
+        ["report", "--study", "nope", "--storage", "{tmp}/store", "--out", "{tmp}/rep"],
+        ["no study 'nope'", "studies there: none"],
     ),
     # --- files where directories belong
     (

@@ -13,7 +13,7 @@ import pytest
 from optical_ray.cli.parser import main
 from optical_ray.config import from_flat
 from optical_ray.data import real
-from optical_ray.data.sources import bitext_pairs, eval_collection
+from optical_ray.data.sources import bitext_pairs, eval_collection, mono_texts
 from optical_ray.errors import ConfigError, DataError
 
 
@@ -86,6 +86,34 @@ def test_real_format_in_the_wrong_section_is_a_config_error():
         from_flat({"data.eval": {"swa-en": {"path": "", "format": "mafand"}}})
     with pytest.raises(ConfigError, match="data.bitext.en-swa.format: got 'ntrex'"):
         from_flat({"data.bitext": {"en-swa": {"path": "", "format": "ntrex"}}})
+
+
+def test_monolingual_text_comes_from_the_mafand_train_split_only(tmp_path):
+    """data.mono.<lang>: {format: mafand} is the foreign side of MAFAND-MT's train
+    split (stage adapt); a dev or test split is refused, and so is an evaluation format."""
+    from tests.fake_shared import make_fake_shared
+
+    fake = make_fake_shared(tmp_path / "shared", bitext=5)
+    cfg = from_flat(
+        {"pair": "swa-en", "data.mono": {"swa": {"path": str(fake), "format": "mafand"}}}
+    )
+    assert mono_texts(cfg, "swa") == [f"swa train pair {i}" for i in range(5)]
+    with pytest.raises(ConfigError) as exc:
+        from_flat(
+            {
+                "data.mono": {
+                    "swa": {"path": "", "format": "mafand", "split": "test"},
+                    "hau": {"path": "", "format": "ntrex"},
+                }
+            }
+        )
+    assert any("data.mono.swa.split: got 'test'" in p for p in exc.value.problems)
+    assert any("data.mono.hau.format: got 'ntrex'" in p for p in exc.value.problems)
+    # Any text file is a monolingual source too (one text a line).
+    text = tmp_path / "swa.txt"
+    text.write_text("habari ya asubuhi\nkaribu sana\n", encoding="utf-8")
+    cfg = from_flat({"pair": "swa-en", "data.mono": {"swa": str(text)}})
+    assert mono_texts(cfg, "swa") == ["habari ya asubuhi", "karibu sana"]
 
 
 # --------------------------------------------------------------------------- MAFAND-MT
