@@ -181,8 +181,11 @@ def cluster(ray_node):
     a cluster of their own, e.g. one whose nodes a test kills, override this)."""
     import ray
 
+    from optical_ray.cluster.nodes import pinned_env
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address=ray_node.address)
+    # Pinned: another module's cluster may run beside this one (see pinned_env).
+    ray.init(address=ray_node.address, runtime_env=pinned_env(ray_node.address))
     yield ray_node
     ray.shutdown()

@@ -35,7 +35,9 @@ def s3_cluster(s3_server):
         cluster = Cluster(
             initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 2**20}
         )
-        ray.init(address=cluster.address)
+        from optical_ray.cluster.nodes import pinned_env
+
+        ray.init(address=cluster.address, runtime_env=pinned_env(cluster.address))
         try:
             yield cluster
         finally:

@@ -56,6 +56,7 @@ from optical_ray.cluster.nodes import (
     free_ports,
     marked_pids,
     physical_memory,
+    pinned_env,
     reap,
     session_of,
     signal_all,
@@ -223,6 +224,7 @@ class LocalCluster:
         import ray
 
         self.use_auth()
+        init_kwargs["runtime_env"] = pinned_env(self.address, init_kwargs.get("runtime_env"))
         ray.init(address=self.address, **init_kwargs)
 
     def pids(self) -> list[int]:

@@ -25,6 +25,7 @@ __all__ = [
     "NodeStatus",
     "ClusterStatus",
     "parse_bytes",
+    "pinned_env",
     "default_state_dir",
     "fmt_bytes",
     "physical_memory",
@@ -312,3 +313,13 @@ def check_size(
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def pinned_env(address: str, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``runtime_env`` (a job's) with ``RAY_ADDRESS`` set to ``address`` for every worker
+    of the job: Ray Train's placement-group cleaner finds its controller through Ray's
+    state API, which without it picks the newest cluster on the host; when that is
+    another cluster, it takes the controller for dead and removes the trial's workers."""
+    env = dict(runtime_env or {})
+    env["env_vars"] = {**env.get("env_vars", {}), "RAY_ADDRESS": address}
+    return env

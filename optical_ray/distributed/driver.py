@@ -106,9 +106,14 @@ def _check_pairs_data(cfg: Config, space: Any) -> None:
 
 def _pair_task_env() -> dict[str, str]:
     """Settings a pair's task takes from the driver's environment (Ray Tune / Train
-    switches and ours; never credentials)."""
+    switches and ours; never credentials), and this cluster's address: Ray Train's
+    placement-group cleaner looks the controller up through Ray's state API, which
+    without ``RAY_ADDRESS`` picks the newest cluster on the host, and when that is
+    another one, takes the controller for dead and removes its workers."""
+    import ray
+
     prefixes = ("TUNE_", "RAY_TRAIN_", "RAY_AIR_", "OPTICAL_RAY_")
-    return {
+    env = {
         k: v
         for k, v in os.environ.items()
         if k.startswith(prefixes)
@@ -116,6 +121,8 @@ def _pair_task_env() -> dict[str, str]:
         and "SECRET" not in k
         and k != "OPTICAL_RAY_STATE_KEY"
     }
+    env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return env
 
 
 def _progress_line(pair: str, state: Mapping[str, Any], metric: str) -> str:

@@ -59,7 +59,12 @@ def init_ray(
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        from optical_ray.cluster.nodes import pinned_env
+
+        # "auto" and ray:// resolve on connect: only a HOST:PORT can be pinned here.
+        pin = "://" not in address and address != "auto"
+        env = pinned_env(address) if pin else None
+        ray.init(address=address, log_to_driver=log_to_driver, runtime_env=env)
         return
     # A local Ray claims ~30% of RAM for its object store by default; we pass
     # tensors by file, not through the object store, so a small one is enough.

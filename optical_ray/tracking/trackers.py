@@ -221,10 +221,13 @@ def open_study_storage(url: str) -> Any:
 def check_study_storage(value: str | None, store: Any) -> None:
     """Open a sweep's study storage (``sweep.optuna_storage`` on ``store``) once, before
     Ray starts: a broken or foreign ``optuna.db`` is one line now, not a traceback
-    from the pair tasks."""
+    from the pair tasks. A file not there yet is left for the sweep to create."""
     import optuna
 
     url = optuna_storage_url(value, store)
+    file = None if url is None else _study_file(url)
+    if file is not None and not file.exists():
+        return  # nothing to check, and a sweep refused later leaves no empty database
     if url is not None:
         storage = open_study_storage(url)
         with _study_errors(url):  # a journal is read only now

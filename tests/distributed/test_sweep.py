@@ -409,4 +409,14 @@ def test_impossible_sweeps_fail_in_one_line_before_any_trial(
             workers_per_trial=99,
             verbose=0,
         )
-    assert not storage.exists() or not any(storage.iterdir())
+    assert not storage.exists() or not any(storage.iterdir()), sorted(map(str, storage.rglob("*")))
+
+
+def test_a_pair_task_is_pinned_to_its_cluster(cluster) -> None:
+    """A pair's task (and the Tune trials and Train controllers under it) gets this
+    cluster's address: Ray's state API in them must not look in another cluster."""
+    import ray
+
+    from optical_ray.distributed.driver import _pair_task_env
+
+    assert _pair_task_env()["RAY_ADDRESS"] == ray.get_runtime_context().gcs_address

@@ -17,9 +17,13 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes(ray_node, tmp_path_factory):
     """A head and one worker node (1 CPU each, small object stores) from
-    :class:`~optical_ray.cluster.local.LocalCluster`, this process connected; stopped after."""
+    :class:`~optical_ray.cluster.local.LocalCluster`, this process connected; stopped after.
+
+    The session's ``ray_node`` runs beside it, as another cluster on a user's host may:
+    Ray's own lookups in the workers then find the newest cluster, not this one, unless
+    the job pins its address (:func:`~optical_ray.cluster.nodes.pinned_env`)."""
     from optical_ray.cluster.local import LocalCluster
 
     if ray.is_initialized():
@@ -240,3 +244,24 @@ def test_too_many_workers_is_one_clear_error(two_nodes, teacher_dir) -> None:
 
     with pytest.raises(ConfigError, match="needs 8 CPUs .* the cluster has 2 CPUs"):
         fit(_cfg(teacher_dir, "big", **{"scaling.workers": 8}))
+
+
+def test_workers_find_their_own_cluster_beside_another(two_nodes) -> None:
+    """With the session's other cluster running on this host, Ray's state API in a worker
+    (what Ray Train's placement-group cleaner asks whether its controller lives) finds
+    this cluster's actors: the job pins ``RAY_ADDRESS``. Unpinned, it looked in the
+    newest cluster, took the controller for dead and removed the training workers."""
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def look(self) -> tuple[str | None, bool]:
+            from ray.util.state import get_actor
+
+            me = ray.get_runtime_context().get_actor_id()
+            return os.environ.get("RAY_ADDRESS"), get_actor(me) is not None
+
+    probe = Probe.remote()
+    address, found = ray.get(probe.look.remote())
+    ray.kill(probe)
+    assert address == two_nodes.address
+    assert found
