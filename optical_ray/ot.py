@@ -28,10 +28,11 @@ convergence): the plan is solved without autograd and the loss is
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "SinkhornResult",
     "converges_within",
     "cost_matrix",
+    "full_precision",
     "iterations_needed",
     "min_epsilon",
     "normalize_layer_weights",
@@ -240,6 +242,22 @@ def min_epsilon(max_iter: int, tol: float = 1e-3, cost_range: float = _COST_RANG
     return eps
 
 
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Switch autocast off on ``device`` for the block (a no-op when it is off).
+
+    Under bf16/fp16 autocast, ``bmm`` and ``baddbmm`` run in the half dtype whatever
+    their inputs: a cost ``1 - cos`` computed there has a resolution of ~4e-3 in bf16,
+    as coarse as the smallest useful eps, and Sinkhorn's updates would lose the
+    marginals. The OT cost, the solver and the loss's inner product run in float32.
+    """
+    if torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
 def sinkhorn(
     cost: Tensor,
     row_mask: Tensor | None = None,
@@ -364,7 +382,7 @@ def sinkhorn(
     col_mask = _as_mask(col_mask, "col_mask", (batch, m), cost.device)
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
 
-    with torch.no_grad():
+    with torch.no_grad(), full_precision(cost.device):
         pair_mask = row_mask[:, :, None] & col_mask[:, None, :]  # [batch, n, m]
         c = cost.detach().to(dtype).masked_fill(~pair_mask, 0.0)  # [batch, n, m]
         a = row_mask.to(dtype) / row_mask.sum(-1, keepdim=True)  # [batch, n]
@@ -406,6 +424,10 @@ def sinkhorn(
                 - c.masked_fill(~pair_mask, math.inf).amin((1, 2))
             ).max()
         )
+        if not math.isfinite(spread):
+            raise ValueError(
+                "cost holds inf or NaN entries on real tokens; Sinkhorn needs finite costs"
+            )
         need = iterations_needed(eps, tol, max(spread, 1e-6))
         warnings.warn(
             SinkhornConvergenceWarning(
@@ -699,13 +721,14 @@ def cost_matrix(x: Tensor, y: Tensor, cost: str = "cosine") -> Tensor:
         x = x.float()
     if y.dtype in (torch.float16, torch.bfloat16):
         y = y.float()
-    if cost == "cosine":
-        # shape [batch, n, m]; F.normalize keeps all-zero (padding) vectors finite
-        return 1.0 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
-    x_sq = x.pow(2).sum(-1, keepdim=True)  # [batch, n, 1]
-    y_sq = y.pow(2).sum(-1).unsqueeze(1)  # [batch, 1, m]
-    sq = torch.baddbmm(x_sq + y_sq, x, y.transpose(1, 2), alpha=-2.0)  # [batch, n, m]
-    return sq.clamp_min(0.0) / x.shape[-1]
+    with full_precision(x.device):  # autocast would run the bmm in the half dtype
+        if cost == "cosine":
+            # shape [batch, n, m]; F.normalize keeps all-zero (padding) vectors finite
+            return 1.0 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
+        x_sq = x.pow(2).sum(-1, keepdim=True)  # [batch, n, 1]
+        y_sq = y.pow(2).sum(-1).unsqueeze(1)  # [batch, 1, m]
+        sq = torch.baddbmm(x_sq + y_sq, x, y.transpose(1, 2), alpha=-2.0)  # [batch, n, m]
+        return sq.clamp_min(0.0) / x.shape[-1]
 
 
 def ot_distillation_loss(
@@ -809,11 +832,12 @@ def ot_distillation_loss(
     )
     plans = result.plan.view(n_layers, batch * n * m)  # [n_layers, batch * n * m]
     # sum_l w_l / batch * <P_l, C_l>, one fused dot per layer; d loss / d C_l = w_l P_l / batch
-    loss = sum(
-        float(w) / batch * torch.dot(p, c_l.reshape(-1).to(p.dtype))
-        for w, p, c_l in zip(weights, plans, c.view(n_layers, -1), strict=True)
-        if w > 0
-    )
+    with full_precision(device):
+        loss = sum(
+            float(w) / batch * torch.dot(p, c_l.reshape(-1).to(p.dtype))
+            for w, p, c_l in zip(weights, plans, c.view(n_layers, -1), strict=True)
+            if w > 0
+        )
     if return_plans:
         return loss, list(result.plan.view(n_layers, batch, n, m).unbind(0))
     return loss

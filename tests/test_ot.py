@@ -619,3 +619,31 @@ def test_shipped_spaces_sample_only_converging_epsilons(path):
         max_iter = base.get("distill.sinkhorn_iters", defaults.sinkhorn_iters)
         tol = base.get("distill.sinkhorn_tol", defaults.sinkhorn_tol)
         assert converges_within(min(eps), max_iter, tol), (pair, min(eps), max_iter, tol)
+
+
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_under_bf16_autocast_the_cost_and_sinkhorn_stay_fp32(padded, cost):
+    """Inside a bf16 autocast region (train.precision=bf16) the OT cost, the solver and
+    the loss run in float32: the cost matches the fp32 one to float32 round-off (bf16
+    would be off by ~4e-3), and the plan keeps its marginals within the tolerance."""
+    x, y, row, col = padded["x"], padded["y"], padded["row"], padded["col"]
+    ref_cost = cost_matrix(x, y, cost)
+    ref = sinkhorn(ref_cost, row, col, 0.05, tol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c = cost_matrix(x, y, cost)
+        res = sinkhorn(c, row, col, 0.05, tol=1e-5)
+        loss = ot_distillation_loss(x, y.requires_grad_(), row, col, 0.05, cost=cost)
+    assert c.dtype == torch.float32
+    torch.testing.assert_close(c, ref_cost, rtol=1e-5, atol=1e-5)
+    assert res.converged and torch.all(res.marginal_error <= 1e-5)
+    torch.testing.assert_close(res.plan, ref.plan, rtol=1e-4, atol=1e-6)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(y.grad).all()
+
+
+def test_a_non_finite_cost_is_one_clear_error(padded):
+    c = padded["cost"].clone()
+    c[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inf or NaN"):
+        sinkhorn(c, padded["row"], padded["col"], 0.05)

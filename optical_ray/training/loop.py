@@ -122,14 +122,23 @@ def _schedule(total: int, warmup_ratio: float) -> Callable[[int], float]:
     return factor
 
 
-def _raise_nonfinite(stage: str, step: int, loss: float, parts: dict[str, float]) -> None:
+def _raise_nonfinite(
+    stage: str, step: int, loss: float, parts: dict[str, float], fp16: bool = False
+) -> None:
+    """One line for a loss that is inf or NaN; under fp16 autocast it names the likely
+    cause: hidden states or the OT cost beyond fp16's range (65504)."""
     # Sinkhorn's diagnostics only when they say something (a plan that did not converge).
     detail = ", ".join(
         f"{k}={v:.4g}" for k, v in parts.items() if not (k.startswith("sinkhorn_") and v == 0)
     )
+    hint = (
+        "under train.precision=fp16 the hidden states or the OT cost overflowed fp16's "
+        "range (65504); use train.precision=bf16 (fp32's range) or fp32"
+        if fp16
+        else STAGE_HINTS[stage]
+    )
     raise TrainingError(
-        f"{stage} loss became {loss} at step {step}"
-        f"{f' ({detail})' if detail else ''}; {STAGE_HINTS[stage]}"
+        f"{stage} loss became {loss} at step {step}{f' ({detail})' if detail else ''}; {hint}"
     )
 
 
@@ -393,7 +402,7 @@ def _train_step(
             value = float(loss.detach())
             part_values = {k: float(v.detach()) for k, v in parts.items()}
             if not math.isfinite(value):
-                _raise_nonfinite(stage.name, step, value, part_values)
+                _raise_nonfinite(stage.name, step, value, part_values, o.scaler is not None)
             scaled = loss / tc.grad_accum
             (o.scaler.scale(scaled) if o.scaler is not None else scaled).backward()
         loss_sum += value / tc.grad_accum

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from optical_ray.config import Config, DistillConfig
+from optical_ray.errors import TrainingError
 from optical_ray.models.encoder import Encoded, RetrievalModel
 from optical_ray.ot import normalize_layer_weights, ot_distillation_loss
 
@@ -142,6 +143,7 @@ def distill_loss(
     d = cfg.distill
     if method == "contrastive":
         return student_states[0].new_zeros((), dtype=torch.float32)
+    _check_finite_states(teacher_states, student_states)
     if method == "ot":
         return ot_distillation_loss(
             [t.float() for t in teacher_states],
@@ -165,6 +167,27 @@ def distill_loss(
     raise ValueError(
         f"distill.method {method!r}: allowed ot, mse_token, mse_sentence, contrastive, none"
     )
+
+
+def _check_finite_states(teacher: Sequence[Tensor], student: Sequence[Tensor]) -> None:
+    """One line (not Sinkhorn's error on a NaN cost) when hidden states hold inf or NaN;
+    under fp16 autocast that is fp16's range (65504) overflowing."""
+    for side, states in (("teacher", teacher), ("student", student)):
+        if all(bool(torch.isfinite(t).all()) for t in states):
+            continue
+        device = states[0].device.type
+        fp16 = torch.is_autocast_enabled(device) and (
+            torch.get_autocast_dtype(device) == torch.float16
+        )
+        raise TrainingError(
+            f"distill: the {side}'s hidden states hold inf or NaN"
+            + (
+                " under train.precision=fp16: they overflowed fp16's range (65504); use "
+                "train.precision=bf16 (fp32's range) or fp32"
+                if fp16
+                else "; lower the learning rate or check the model's weights"
+            )
+        )
 
 
 def l2sp_penalty(pairs: Sequence[tuple[Tensor, Tensor]]) -> Tensor:

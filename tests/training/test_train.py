@@ -784,3 +784,20 @@ def test_sinkhorn_non_convergence_is_reported_once_per_stage(tiny_config, tiny_w
         "Sinkhorn stopped at distill.sinkhorn_iters=1 before distill.sinkhorn_tol=1e-09 "
         "in 3 of 3 steps" in out
     )
+
+
+def test_fp16_overflow_is_one_line_naming_the_precision(tiny_config, tiny_world, monkeypatch):
+    """fp16 autocast (forced on CPU here: it needs a GPU otherwise) with hidden states
+    beyond fp16's range: one TrainingError naming fp16's range and what to use instead."""
+    import optical_ray.training.loop as loop
+
+    monkeypatch.setattr(loop, "resolve_precision", lambda cfg, device: torch.float16)
+    cfg = tiny_config(**{"train.precision": "fp16"})
+    teacher = tiny_model(cfg, tiny_world.tokenizer_dir)
+    student = teacher.copy()
+    with torch.no_grad():  # embeddings far beyond 65504 once summed and projected
+        for p in student.parameters():
+            p.mul_(1e5)
+    with pytest.raises(TrainingError, match=r"fp16's range \(65504\).*bf16") as info:
+        train_distill(student, teacher, bitext_pairs(cfg), cfg)
+    assert "\n" not in str(info.value)
