@@ -153,9 +153,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         and args.address is None
         and not cfg.storage.uri.startswith("s3://")
     ):
+        from optical_ray.training.context import check_local_gpus
         from optical_ray.training.recipe import LocalContext, local_run_dir, run
 
         from optical_ray.tracking.trackers import track_run
+
+        check_local_gpus(cfg)
 
         run_dir = local_run_dir(cfg)  # under --storage DIR when given
         with track_run(cfg, LocalContext(run_dir)) as ctx:

@@ -388,6 +388,11 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
         problems.append(
             "train.device: got 'cpu' with scaling.gpus_per_worker > 0; use 'auto' or 'cuda'"
         )
+    if cfg.scaling.backend == "nccl" and cfg.scaling.gpus_per_worker == 0:
+        problems.append(
+            "scaling.backend: got 'nccl' with scaling.gpus_per_worker=0 (NCCL needs a GPU "
+            "per worker); use 'auto' or 'gloo', or set scaling.gpus_per_worker"
+        )
     problems += tracking_problems("train.tracking", cfg.train.tracking)
     problems += tracking_problems("sweep.tracking", cfg.sweep.tracking)
     problems += optuna_storage_problems(cfg.sweep.optuna_storage)

@@ -369,6 +369,10 @@ class ScalingConfig:
     workers: int = _f(1, ge=1)
     cpus_per_worker: float = _f(1.0, gt=0)
     gpus_per_worker: float = _f(0.0, ge=0)
+    backend: Literal["auto", "nccl", "gloo"] = _f(
+        "auto",
+        help="torch.distributed backend; auto = nccl when the GPU workers see CUDA, else gloo",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = _f("PACK")
     max_failures: int = _f(2, ge=-1, help="worker-group restarts; -1 = unlimited")
 

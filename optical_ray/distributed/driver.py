@@ -299,11 +299,12 @@ def _run_pairs(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from optical_ray.distributed.driverwatch import this_driver
-    from optical_ray.distributed.train import check_resources, init_ray
+    from optical_ray.distributed.train import check_resources, init_ray, resolve_backend
 
     sw = cfg.sweep
     init_ray(address, log_to_driver=verbose >= 2)
     check_resources(cfg)
+    cfg = resolve_backend(cfg)  # probed once here, before trials hold the GPUs
     fs = store.ray_storage_filesystem()
     exists = {
         pair: tune.Tuner.can_restore(

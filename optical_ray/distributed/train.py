@@ -12,6 +12,7 @@ restart with the same name and storage.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -26,12 +27,14 @@ import torch.distributed as dist
 from torch import nn
 
 from optical_ray.training.checkpoint import fetch_checkpoint, fetch_usable_checkpoint
-from optical_ray.config import Config, from_dict, to_dict
+from optical_ray.config import Config, from_dict, from_flat, to_dict
 from optical_ray.distributed.devreports import DevReports
 from optical_ray.training.context import UNSCORED, TrainContext, fill_metric, worst_score
 from optical_ray.errors import ConfigError, TrainingError
 from optical_ray.models.encoder import check_distill_layers
 from optical_ray.training.recipe import run
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RayTrainContext",
@@ -39,6 +42,9 @@ __all__ = [
     "UNSCORED",
     "build_trainer",
     "check_resources",
+    "GPU_WITHOUT_CUDA",
+    "gpu_workers_see_cuda",
+    "resolve_backend",
     "checkpoint_score",
     "fit",
     "init_ray",
@@ -111,10 +117,15 @@ class RayTrainContext(TrainContext):
 
         c = ray.train.get_context()
         local = Path(tempfile.mkdtemp(prefix=f"optical-ray-{cfg.name}-r{c.get_world_rank()}-"))
+        device = ray.train.torch.get_device()
+        if device.type == "cuda" and not torch.cuda.is_available():
+            # GPU resources without CUDA (logical GPUs): the driver said so once
+            # (resolve_backend); the worker trains on its CPU.
+            device = torch.device("cpu")
         super().__init__(
             rank=c.get_world_rank(),
             world_size=c.get_world_size(),
-            device=ray.train.torch.get_device(),
+            device=device,
             run_dir=local,
         )
         self.score_key, self.score_mode = cfg.sweep.metric, cfg.sweep.mode
@@ -122,6 +133,7 @@ class RayTrainContext(TrainContext):
         self.run_path, self.storage = run_path, storage
         self._restored: Path | None = None
         self._num_nodes: int | None = None
+        self._placement: list[dict[str, Any]] | None = None
         self._started = time.perf_counter()
         # rank 0 evaluates (training.recipe.evaluate_dev fills it): its reports carry
         # the per-query values Tune's noise-aware promotion and the catalog read
@@ -132,15 +144,29 @@ class RayTrainContext(TrainContext):
     def num_nodes(self) -> int:
         """How many distinct Ray nodes this worker group spans (reported with metrics)."""
         if self._num_nodes is None:
+            self._num_nodes = len({p["node"] for p in self.placement()})
+        return self._num_nodes
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Every rank's node, the GPU ids Ray assigned it and the device it trains on,
+        gathered once from all ranks (a collective: every rank calls it)."""
+        if self._placement is None:
             import ray
 
-            node = ray.get_runtime_context().get_node_id()
-            nodes = [node]
+            here = {
+                "rank": self.rank,
+                "node": ray.get_runtime_context().get_node_id(),
+                "gpu_ids": [
+                    str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+                ],
+                "device": str(self.device),
+            }
+            everyone: list[Any] = [here]
             if self.world_size > 1 and dist.is_initialized():
-                nodes = [None] * self.world_size
-                dist.all_gather_object(nodes, node)
-            self._num_nodes = len(set(nodes))
-        return self._num_nodes
+                everyone = [None] * self.world_size
+                dist.all_gather_object(everyone, here)
+            self._placement = everyone
+        return self._placement
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.world_size == 1:
@@ -251,7 +277,7 @@ def build_trainer(
     return TorchTrainer(
         worker_loop,
         train_loop_config={"config": to_dict(cfg), "run_name": name or cfg.name},
-        torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
+        torch_config=TorchConfig(backend=_backend(sc.backend, sc.gpus_per_worker)),
         scaling_config=ScalingConfig(
             num_workers=sc.workers,
             use_gpu=sc.gpus_per_worker > 0,
@@ -304,6 +330,7 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
     store.check_writable()  # before Ray: not when the first checkpoint is saved
     init_ray(address)
     check_resources(cfg)
+    cfg = resolve_backend(cfg)
     trainer = build_trainer(cfg, storage=store)
     result = trainer.fit()
     if result.error is not None:
@@ -316,6 +343,68 @@ def fit(cfg: Config, *, address: str | None = None) -> FitResult:
         path=result.path,
         history=history,
     )
+
+
+#: The driver's one line when a run's GPU workers see no CUDA device.
+GPU_WITHOUT_CUDA = "GPU resources were assigned but torch sees no CUDA device; running on CPU"
+
+
+def _backend(backend: str, gpus_per_worker: float) -> str:
+    """The torch.distributed backend: ``backend``, or for ``auto`` NCCL on GPUs and gloo
+    otherwise (:func:`resolve_backend` settles ``auto`` before a run with GPUs)."""
+    if backend != "auto":
+        return backend
+    return "nccl" if gpus_per_worker > 0 else "gloo"
+
+
+def gpu_workers_see_cuda(gpus_per_worker: float, timeout: float = 120.0) -> bool:
+    """Whether torch sees a CUDA device in a process holding ``gpus_per_worker`` of
+    Ray's GPUs (a task placed like a training worker). Ray's GPUs are logical: a node
+    started with ``--num-gpus`` advertises them whether or not it has any. A probe that
+    finds no free GPU within ``timeout`` seconds assumes CUDA (Ray's own default)."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    @ray.remote(num_cpus=0, num_gpus=min(gpus_per_worker, 1.0), max_retries=0)
+    def probe() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    ref = probe.remote()
+    try:
+        return bool(ray.get(ref, timeout=timeout))
+    except GetTimeoutError:
+        ray.cancel(ref, force=True)
+        log.warning(
+            "no GPU came free within %.0f s to check for CUDA; assuming the GPU workers have it",
+            timeout,
+        )
+        return True
+
+
+def resolve_backend(cfg: Config) -> Config:
+    """``cfg`` with ``scaling.backend`` settled for the cluster it runs on: with GPUs
+    per worker, NCCL when the GPU workers see CUDA; GPUs that torch cannot see (Ray's
+    logical GPUs on a CPU host) train on CPU over gloo after one warning,
+    :data:`GPU_WITHOUT_CUDA`. Asking for ``nccl`` or ``train.device=cuda`` there is one
+    line (:class:`~optical_ray.errors.ConfigError`)."""
+    sc = cfg.scaling
+    if sc.gpus_per_worker <= 0 or gpu_workers_see_cuda(sc.gpus_per_worker):
+        backend = _backend(sc.backend, sc.gpus_per_worker)
+        return cfg if backend == sc.backend else from_flat({"scaling.backend": backend}, cfg)
+    if sc.backend == "nccl":
+        raise ConfigError(
+            "scaling.backend: got 'nccl' but torch sees no CUDA device on the GPU workers "
+            "(Ray's GPUs here are logical); use 'auto' or 'gloo'"
+        )
+    if cfg.train.device == "cuda":
+        raise ConfigError(
+            "train.device: got 'cuda' but torch sees no CUDA device on the GPU workers "
+            "(Ray's GPUs here are logical); use 'auto'"
+        )
+    log.warning(GPU_WITHOUT_CUDA)
+    return from_flat({"scaling.backend": "gloo"}, cfg)
 
 
 def check_resources(cfg: Config) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "fill_metric",
     "resolve_device",
     "resolve_precision",
+    "check_local_gpus",
     "mix_seed",
     "seed_all",
 ]
@@ -96,6 +97,11 @@ class TrainContext:
     def all_reduce_mean(self, value: float) -> float:
         """Mean of ``value`` over workers (for logging)."""
         return value
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each rank trains: its node, the GPU ids it holds and its device, as
+        written into every checkpoint's ``state.json`` (here: this one process)."""
+        return [{"rank": 0, "node": "local", "gpu_ids": [], "device": str(self.device or "cpu")}]
 
     def barrier(self) -> None:
         """Wait for every worker."""
@@ -292,6 +298,18 @@ def resolve_device(cfg: Config, ctx: TrainContext | None = None) -> torch.device
     return torch.device(
         "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
     )
+
+
+def check_local_gpus(cfg: Config) -> None:
+    """A run in this process (one worker, no cluster) that asks for GPUs needs CUDA
+    here: one line otherwise, as a sweep refuses GPUs its cluster lacks (it used to
+    train on CPU without a word)."""
+    if cfg.scaling.gpus_per_worker > 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            f"scaling.gpus_per_worker: got {cfg.scaling.gpus_per_worker:g} but torch sees no "
+            "CUDA device on this machine (one worker, no --address: it trains in this "
+            "process); drop --gpus-per-worker, or pass --address of a cluster with GPUs"
+        )
 
 
 def resolve_precision(cfg: Config, device: torch.device) -> torch.dtype | None:

@@ -305,6 +305,7 @@ def _checkpoint(
 ) -> str | None:
     """Rank 0 writes the checkpoint; every rank gets its path (None off rank 0)."""
     path, root = None, ctx.checkpoint_root()
+    state = {**state, "placement": ctx.placement()}  # gathered from every rank
     if ctx.rank == 0 and root is not None:
         name = f"{CHECKPOINT_PREFIX}{stage.index}-{stage.name}-{state['step']:07d}"
         path = str(

@@ -675,6 +675,22 @@ ROWS = [
         ["train", "--tracking", f"mlflow=postgresql://u:{SECRET}@db/mlflow"],
         ["Config is not well-formed: train.tracking[0]", "PGPASSWORD"],
     ),
+    # --- devices: GPUs this machine does not have (a sweep refuses them too)
+    (
+        "train-gpus-without-cuda",
+        ["train", "--gpus-per-worker", "1", "--storage", "{tmp}/store"],
+        ["scaling.gpus_per_worker: got 1", "no CUDA device"],
+    ),
+    (
+        "train-precision-unknown",
+        ["train", "train.precision=fp8"],
+        ["train.precision", "fp8", "bf16"],
+    ),
+    (
+        "train-nccl-without-gpus",
+        ["train", "scaling.backend=nccl"],
+        ["scaling.backend: got 'nccl'", "gloo"],
+    ),
 ]
 
 

@@ -43,7 +43,8 @@ FAST_HEALTH_CHECKS = {
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and 2 worker nodes, 1 CPU each, connected from this process."""
+    """A head and 2 worker nodes, 1 CPU and 1 (logical) GPU each, connected from this
+    process."""
     from optical_ray.cluster.local import LocalCluster
 
     if ray.is_initialized():
@@ -53,6 +54,7 @@ def cluster(tmp_path_factory):
     c = LocalCluster(
         nodes=2,
         cpus_per_node=1,
+        gpus_per_node=1,  # logical GPUs: the lost-node test runs GPU trials
         object_store_memory="100M",
         name=f"f{uuid.uuid4().hex[:6]}",
         state_dir=tmp_path_factory.mktemp("cluster-state"),
@@ -313,7 +315,13 @@ def _trial_on(cluster, node, experiment_dir: Path) -> str | None:
     return None
 
 
-def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root, sweep_space, sweep_base) -> None:
+def test_a_sweep_survives_a_lost_worker_node(
+    cluster, sweep_root, sweep_space, sweep_base, caplog
+) -> None:
+    """GPU trials (1 worker, 1 of the nodes' logical GPUs each): the trial on a node that
+    dies restarts from its checkpoint on a surviving node, holding one GPU there; the
+    GPUs have no CUDA behind them, so they train on CPU after one warning."""
+    from optical_ray.distributed.train import GPU_WITHOUT_CUDA
     from optical_ray.sweeps.space import parse_space
     from optical_ray.distributed import run_sweep
 
@@ -326,7 +334,14 @@ def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root, sweep_space, s
     def sweep() -> None:
         try:
             outcome["result"] = run_sweep(
-                sweep_base(storage, **{"eval.metrics": ["map"], "sweep.max_concurrent": 3}),
+                sweep_base(
+                    storage,
+                    **{
+                        "eval.metrics": ["map"],
+                        "sweep.max_concurrent": 3,
+                        "scaling.gpus_per_worker": 1,
+                    },
+                ),
                 parse_space(sweep_space(steps=STEPS, **EPSILON)),
                 pairs=["en-xc"],
                 samples=samples,
@@ -371,3 +386,8 @@ def test_a_sweep_survives_a_lost_worker_node(cluster, sweep_root, sweep_space, s
     steps, resumes = _steps(row["checkpoint_uri"].iloc[0])
     assert steps == list(range(1, STEPS + 1))
     assert resumes and all(r["step"] > 0 for r in resumes)
+    # Every trial held exactly the one GPU it asked for, and trained on CPU.
+    for uri in records["checkpoint_uri"]:
+        placement = json.loads((Path(uri) / "state.json").read_text())["placement"]
+        assert [(len(p["gpu_ids"]), p["device"]) for p in placement] == [(1, "cpu")]
+    assert [r.getMessage() for r in caplog.records].count(GPU_WITHOUT_CUDA) == 1

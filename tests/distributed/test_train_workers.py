@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def two_nodes(ray_node, tmp_path_factory):
-    """A head and one worker node (1 CPU each, small object stores) from
+    """A head and one worker node (1 CPU and 1 logical GPU each, small object stores) from
     :class:`~optical_ray.cluster.local.LocalCluster`, this process connected; stopped after.
 
     The session's ``ray_node`` runs beside it, as another cluster on a user's host may:
@@ -31,6 +31,7 @@ def two_nodes(ray_node, tmp_path_factory):
     with LocalCluster(
         nodes=1,
         cpus_per_node=1,
+        gpus_per_node=1,  # logical: Ray hands them out, torch sees no CUDA behind them
         object_store_memory=150 * 2**20,
         name="two-nodes",
         state_dir=tmp_path_factory.mktemp("cluster"),
@@ -265,3 +266,29 @@ def test_workers_find_their_own_cluster_beside_another(two_nodes) -> None:
     ray.kill(probe)
     assert address == two_nodes.address
     assert found
+
+
+def test_gpu_workers_get_their_own_gpu_and_train_on_cpu(two_nodes, teacher_dir, caplog) -> None:
+    """``--workers 2 --gpus-per-worker 1`` on the two nodes' logical GPUs: each worker
+    holds its own GPU (no two share one, none holds more than asked), torch sees no CUDA
+    behind them, so the run trains on CPU over gloo after one warning, never a crash."""
+    from optical_ray.distributed.train import GPU_WITHOUT_CUDA, fit
+
+    result = fit(_cfg(teacher_dir, "gpu", **{"scaling.workers": 2, "scaling.gpus_per_worker": 1}))
+    placement = _final_state(result.checkpoint)["placement"]
+    assert [p["rank"] for p in placement] == [0, 1]
+    assert all(len(p["gpu_ids"]) == 1 and p["device"] == "cpu" for p in placement)
+    held = [(p["node"], p["gpu_ids"][0]) for p in placement]
+    assert len(set(held)) == 2 and len({node for node, _ in held}) == 2
+    assert result.metrics["num_nodes"] == 2
+    assert [r.getMessage() for r in caplog.records].count(GPU_WITHOUT_CUDA) == 1
+
+
+def test_more_gpus_than_the_cluster_has_is_one_line(two_nodes, teacher_dir) -> None:
+    from optical_ray.distributed.train import fit
+    from optical_ray.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="needs 1 CPUs and 3 GPUs; the cluster has 2 CPUs and 2 GPUs"
+    ):
+        fit(_cfg(teacher_dir, "gbig", **{"scaling.workers": 1, "scaling.gpus_per_worker": 3}))
