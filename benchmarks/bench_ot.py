@@ -70,7 +70,7 @@ POT_REG_TYPES = ("entropy", "kl")
 LOOP_PAIRS = 8
 
 
-def make_case(batch: int, n: int, m: int, d: int, seed: int) -> dict:
+def make_case(batch: int, n: int, m: int, d: int, seed: int, device: str = "cpu") -> dict:
     """Teacher/student token states with a shared direction and a latent alignment.
 
     States are unit vectors around a common direction (hidden states of BERT-like
@@ -91,10 +91,10 @@ def make_case(batch: int, n: int, m: int, d: int, seed: int) -> dict:
     noise = F.normalize(torch.randn(batch, m, d, generator=gen), dim=-1)
     student = F.normalize(aligned + 0.6 * noise + 0.7 * common, dim=-1)  # [batch, m, d]
     return {
-        "teacher": teacher,
-        "student": student.requires_grad_(True),
-        "t_mask": t_mask,
-        "s_mask": s_mask,
+        "teacher": teacher.to(device),
+        "student": student.to(device).requires_grad_(True),
+        "t_mask": t_mask.to(device),
+        "s_mask": s_mask.to(device),
         "n_real": n_real.tolist(),
         "m_real": m_real.tolist(),
     }
@@ -269,6 +269,12 @@ def calibrate_pot_loop(case, eps):
     return None, None, float("nan")
 
 
+def _sync(case: dict) -> None:
+    """Wait for the GPU's queued work (CUDA kernels run asynchronously)."""
+    if case["teacher"].is_cuda:
+        torch.cuda.synchronize()
+
+
 def time_interleaved(runners: dict, case: dict, repeats: int, warmup: int = 2) -> dict:
     """Median wall time (ms) per runner; runners alternate within each repeat."""
     times = {name: [] for name in runners}
@@ -282,15 +288,17 @@ def time_interleaved(runners: dict, case: dict, repeats: int, warmup: int = 2) -
         for r in range(repeats):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
+                _sync(case)
                 t0 = time.perf_counter()
                 runners[name]()
+                _sync(case)
                 times[name].append((time.perf_counter() - t0) * 1e3)
                 case["student"].grad = None
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_case(batch, n, m, d, eps, repeats, pot_repeats, seed=0):
-    case = make_case(batch, n, m, d, seed)
+def bench_case(batch, n, m, d, eps, repeats, pot_repeats, seed=0, device="cpu", pot=True):
+    case = make_case(batch, n, m, d, seed, device)
     name = f"b{batch}_n{n}_m{m}_d{d}"
     runners, errors, notes = {}, {}, {}
 
@@ -310,7 +318,7 @@ def bench_case(batch, n, m, d, eps, repeats, pot_repeats, seed=0):
     errors["cost_floor"] = None
 
     failed = []
-    for method in POT_METHODS:
+    for method in POT_METHODS if pot else ():
         for reg_type in POT_REG_TYPES:
             label = f"pot_solve_batch/{method}/{reg_type}"
             tol, err, reason = calibrate_pot_batch(case, eps, method, reg_type)
@@ -328,7 +336,7 @@ def bench_case(batch, n, m, d, eps, repeats, pot_repeats, seed=0):
             errors[label] = err
             notes[label] = {"pot_tol": tol}
 
-    loop_method, loop_tol, loop_err = calibrate_pot_loop(case, eps)
+    loop_method, loop_tol, loop_err = calibrate_pot_loop(case, eps) if pot else (None,) * 3
     if loop_method is not None:
         runners["pot_sinkhorn2_loop"] = solver_pot_loop(case, eps, loop_method, loop_tol)
         errors["pot_sinkhorn2_loop"] = loop_err
@@ -337,7 +345,7 @@ def bench_case(batch, n, m, d, eps, repeats, pot_repeats, seed=0):
             "pot_tol": loop_tol,
             "scaled_from_pairs": LOOP_PAIRS,
         }
-    else:
+    elif pot:
         failed.append({"solver": "pot_sinkhorn2_loop", "marginal_error": None, "converged": False})
 
     fast = {k: v for k, v in runners.items() if not k.startswith("pot_")}
@@ -439,7 +447,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--pot-repeats", type=int, default=5, help="timed repeats of the POT solvers"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--eps", type=float, nargs="+", default=None, help="only these eps (default 0.01 0.05 0.1)"
+    )
+    parser.add_argument("--no-pot", action="store_true", help="ours and the cost floor only")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
@@ -460,11 +475,18 @@ def main(argv=None) -> None:
         cases = [(8, 16, 32, 64, 0.05)]
         repeats, pot_repeats = 3, 2
     else:
-        cases = [(64, 32, m, 384, eps) for m in (64, 180) for eps in (0.01, 0.05, 0.1)]
+        cases = [
+            (64, 32, m, 384, eps) for m in (64, 180) for eps in (args.eps or (0.01, 0.05, 0.1))
+        ]
         repeats, pot_repeats = args.repeats, args.pot_repeats
     for batch, n, m, d, eps in cases:
-        for line in bench_case(batch, n, m, d, eps, repeats, pot_repeats):
-            print(json.dumps(line), flush=True)
+        lines = bench_case(
+            batch, n, m, d, eps, repeats, pot_repeats, device=args.device, pot=not args.no_pot
+        )
+        for line in lines:
+            print(json.dumps({**line, "device": args.device}), flush=True)
+    if args.eps is not None:
+        return  # the small-eps cases are their own study
     small = (
         [(8, 16, 32, 64, 3e-3)]
         if args.quick

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
 from ray import tune
 
 from optical_ray.training.checkpoint import fetch_checkpoint, fetch_usable_checkpoint
 from optical_ray.config import Config, to_flat
-from optical_ray.training.context import TrainContext, fill_metric
+from optical_ray.training.context import TrainContext, fill_metric, resolve_device
 from optical_ray.distributed.devreports import DevReports
 from optical_ray.errors import TrainingError
 from optical_ray.retries import OUTAGE_ATTEMPTS, call_transient, with_retries
@@ -42,6 +43,7 @@ class TuneContext(TrainContext):
             device=None,
             run_dir=Path(tempfile.mkdtemp(prefix="optical-ray-trial-")),
         )
+        self.cfg = cfg
         self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
         self.config_json = json.dumps(to_flat(cfg), sort_keys=True)
         self.last: dict[str, Any] = {}
@@ -53,6 +55,20 @@ class TuneContext(TrainContext):
         # the whole evaluation whenever the metric improves (the catalog keeps the best).
         self.dev_per_query: dict[str, Any] = {}
         self.dev_reports = DevReports(cfg, self.dev_per_query)
+
+    def placement(self) -> list[dict[str, Any]]:
+        """This trial process's node, the GPU ids Ray assigned it and its device."""
+        rc = ray.get_runtime_context()
+        gpus = rc.get_accelerator_ids().get("GPU", [])
+        device = self.device if self.device is not None else resolve_device(self.cfg)
+        return [
+            {
+                "rank": 0,
+                "node": rc.get_node_id(),
+                "gpu_ids": [str(i) for i in gpus],
+                "device": str(device),
+            }
+        ]
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         out = fill_metric(metrics, self.last, self.metric, self.mode)
