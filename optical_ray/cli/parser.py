@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-storage",
         action="store_true",
         help="with --resume: skip the check that Tune's saved state was "
-        "written by this installation (see README, trust model)",
+        "written by this installation (docs: trust.md)",
     )
     sw.add_argument(
         "--verbose",
@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="several objectives, e.g. map,en-en/map or map,cost: Optuna's multi-objective "
-        "TPE under FIFO scheduling (see README, Pareto fronts)",
+        "TPE under FIFO scheduling (docs: guide/sweeps.md, several objectives)",
     )
     sw.add_argument(
         "--constraint",

@@ -80,7 +80,7 @@ class SharedLimiter(Searcher):
     trial's actor, and the CPU it holds, cached for the pair's next trial (one per
     experiment, until its search is finished); a slot handed to another pair meanwhile
     left that pair's trial waiting for a CPU the cached actor held (44-67 s stalls in
-    ``bench_cluster.py``, see the README's cluster-scale section). Kept, the slot goes
+    ``bench_cluster.py``, see docs/scale.md). Kept, the slot goes
     to the pair's next trial, which reuses the warm actor.
 
     Holds the coordinator by name, so a searcher restored on resume finds the new
