@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optical_ray.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # the config is built in the handlers
+    from optical_ray.config import Config
 
 
 def _check_dir(path: str | Path | None, what: str, *, probe: bool = False) -> None:
@@ -142,10 +146,18 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config
+    from optical_ray.config.rules import parse_bytes
 
     _check_address(args.address)
+    budget = (
+        None if args.memory_budget is None else parse_bytes(args.memory_budget, "--memory-budget")
+    )
+    if not args.dry_run and (budget is not None or args.format != "table"):
+        raise ConfigError("train: --memory-budget and --format go with --dry-run")
     cfg = load_config(args.config, _train_overrides(args))
     _check_dir(cfg.output_dir, "output_dir")
+    if args.dry_run:
+        return _train_dry_run(cfg, budget, args.format)
     # One worker on this machine trains in this process; more workers, a cluster, or
     # object storage (checkpoints persisted there, resumable) go through Ray Train.
     if (
@@ -172,6 +184,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = fit(cfg, address=args.address)
     print(f"done: {result.summary()}")
+    return 0
+
+
+def _train_dry_run(cfg: Config, budget: int | None, fmt: str) -> int:
+    """``train --dry-run``: one line (or a JSON object) per stage; a report, so exit 0
+    even when a step is over the budget."""
+    from optical_ray.training.sizing import dry_run
+
+    rows = dry_run(cfg, budget)
+    if fmt == "json":
+        print(json.dumps({"stages": rows}, indent=2, sort_keys=True, default=str))
+    else:
+        for row in rows:
+            print(row["text"])
     return 0
 
 
@@ -243,10 +269,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from optical_ray.config import load_config, parse_overrides, to_flat
+    from optical_ray.config.rules import parse_bytes
     from optical_ray.sweeps.space import load_space, pin_overrides
 
     _check_address(args.address)
     over = [f"storage.uri={args.storage}"] if args.storage else []
+    if args.memory_budget is not None:  # a shorthand for sweep.memory_budget
+        parse_bytes(args.memory_budget, "--memory-budget")
+        over.append(f"sweep.memory_budget={json.dumps(args.memory_budget)}")
     if args.s3_endpoint:
         over.append(f"storage.endpoint={args.s3_endpoint}")
     if args.name is not None:

@@ -142,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="mlflow[=URI], tensorboard, wandb (comma-separated; train.tracking)",
     )
+    tr.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="train nothing, write no run: measure the peak memory of one step of each "
+        "stage at the configured batch size on inputs of the maximum lengths (CUDA: "
+        "max_memory_allocated; CPU: peak RSS growth plus the weights)",
+    )
+    tr.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="with --dry-run: also the largest batch size per stage that fits SIZE, e.g. "
+        "8GiB or 500M (binary units), from a line fitted through measured batches",
+    )
+    tr.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="with --dry-run: one line per stage (default) or JSON",
+    )
     tr.add_argument("overrides", nargs="*", metavar="key=value")
     tr.set_defaults(func=commands.cmd_train)
 
@@ -315,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="new seeds for each finalist and for the base (default 2)",
+    )
+    sw.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help="warn before launch for each pair and stage whose step at the space's largest "
+        "batch sizes and lengths does not fit SIZE, e.g. 8GiB or 500M (sweep.memory_budget; "
+        "default: the GPU's total memory on a CUDA driver, no check on CPU)",
     )
     sw.add_argument("--address", default=None, help="Ray cluster: auto or HOST:PORT")
     sw.add_argument("overrides", nargs="*", metavar="key=value")

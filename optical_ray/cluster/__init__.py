@@ -8,7 +8,6 @@ _EXPORTS = {
     "LocalCluster": "local",
     "ClusterStatus": "nodes",
     "NodeStatus": "nodes",
-    "parse_bytes": "nodes",
 }
 __all__ = list(_EXPORTS)
 # What the flat layout's optical_ray.cluster module held, for saved experiments.

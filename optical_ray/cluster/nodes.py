@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optical_ray.config.rules import parse_bytes
 from optical_ray.errors import ClusterError, ConfigError
 
 __all__ = [
@@ -46,7 +47,6 @@ DEFAULT_OBJECT_STORE = 200 * 2**20
 MIN_OBJECT_STORE = 75 * 2**20  # Ray refuses a smaller object store
 MIN_MEMORY = 256 * 2**20
 CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 STARTED_LINE = "Ray runtime started"
 # A node start that failed for a passing reason is tried again: a port taken in the
 # moment between picking and binding it, or a raylet that missed Ray's fixed 30 s
@@ -54,21 +54,6 @@ STARTED_LINE = "Ray runtime started"
 RETRYABLE = re.compile(
     r"already in use|address in use|failed to bind|timed out during startup", re.IGNORECASE
 )
-
-
-def parse_bytes(value: int | str, flag: str) -> int:
-    """``2G``, ``512M``, ``150MiB``, ``1.5g`` or a plain byte count, as bytes (binary
-    units). Raises :class:`ConfigError` naming ``flag`` for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value > 0:
-            return value
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
-        if m and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ConfigError(
-        f"{flag}: got {value!r}, expected a size such as 2G, 512M or 1073741824 (bytes)"
-    )
 
 
 def fmt_bytes(n: int) -> str:

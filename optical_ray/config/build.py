@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 from optical_ray.config.objective import OBJECTIVE_KEY, objective_problems
 from optical_ray.config.rules import (
     optuna_storage_problems,
+    parse_bytes,
     search_problems,
     tracking_problems,
     warm_start_problems,
@@ -396,6 +397,11 @@ def _check_semantics(cfg: Config, problems: list[str]) -> None:
     problems += tracking_problems("train.tracking", cfg.train.tracking)
     problems += tracking_problems("sweep.tracking", cfg.sweep.tracking)
     problems += optuna_storage_problems(cfg.sweep.optuna_storage)
+    if sw.memory_budget is not None:
+        try:
+            parse_bytes(sw.memory_budget, "sweep.memory_budget")
+        except ConfigError as exc:
+            problems += exc.problems
     problems += warm_start_problems(cfg.sweep.warm_start)
     uri = cfg.storage.uri
     if "://" in uri and not uri.startswith(("s3://", "file://")):

@@ -1,7 +1,8 @@
 """The grammar of config values that several layers read: objectives and constraints
 (``sweep.objectives``, ``sweep.constraints``, ``best --where``), tracking targets,
-Optuna study storage, warm-start sources and record origins (the sweep's weighted dev
-objective, ``sweep.objective``, has a module of its own: :mod:`optical_ray.config.objective`).
+Optuna study storage, warm-start sources, record origins and sizes in bytes (the
+sweep's weighted dev objective, ``sweep.objective``, has a module of its own:
+:mod:`optical_ray.config.objective`).
 
 These rules live here, beside the schema, because validation needs them and sits
 below everything that uses them: the catalog, the sweep planner, the trackers and the
@@ -41,6 +42,7 @@ __all__ = [
     "WARM_PREFIX",
     "default_mode",
     "optuna_storage_problems",
+    "parse_bytes",
     "origin_problems",
     "parse_objectives",
     "parse_tracking",
@@ -55,6 +57,28 @@ __all__ = [
     "warm_origin",
     "warm_start_problems",
 ]
+
+# --------------------------------------------------------------------------- sizes
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(value: int | str, flag: str) -> int:
+    """``2G``, ``512M``, ``150MiB``, ``8GiB``, ``1.5g`` or a plain byte count, as bytes
+    (binary units: ``500MB`` is 500 MiB). Raises :class:`ConfigError` naming ``flag``
+    for anything else. Cluster sizes (``cluster up --memory``) and memory budgets
+    (``sweep.memory_budget``, ``--memory-budget``) read sizes with it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > 0:
+            return value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", value, re.IGNORECASE)
+        if m and float(m.group(1)) > 0:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ConfigError(
+        f"{flag}: got {value!r}, expected a size such as 2G, 512M or 1073741824 (bytes)"
+    )
+
 
 # --------------------------------------------------------------------------- objectives and conditions
 

@@ -483,6 +483,13 @@ class SweepConfig:
         help="level (one-sided, Holm over the finalists) at which a finalist must beat "
         "the base to be the answer",
     )
+    memory_budget: str | None = _f(
+        None,
+        help="memory one training step may take, e.g. 8GiB or 500M (binary units): before "
+        "any trial starts, the driver measures one step of each stage at the space's "
+        "largest batch sizes and lengths and warns per pair and stage when it does not "
+        "fit. None = the GPU's total memory on a CUDA driver; no check on CPU",
+    )
 
 
 @dataclass

@@ -248,6 +248,9 @@ def run(
     check_objectives(cfg, space)  # every task of each pair's objective is evaluated
     for line in unconverging_epsilon(cfg, space):
         log.warning("%s", line)
+    from optical_ray.training.sizing import warn_step_memory  # torch only when it runs
+
+    warn_step_memory(cfg, space)  # one warning per pair/stage whose largest step won't fit
     # Source pairs are read and checked before data or Ray: a bad source is one line.
     from optical_ray.sweeps.warmstart import plan_warm_starts
 

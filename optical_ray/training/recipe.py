@@ -60,6 +60,8 @@ __all__ = [
     "STAGE_HINTS",
     "local_run_dir",
     "read_progress",
+    "stages_to_run",
+    "initial_model",
 ]
 
 
@@ -194,7 +196,7 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
     check_distill_layers(cfg)
     device = resolve_device(cfg, ctx)
     seed_all(mix_seed(cfg.train.seed, ctx.rank))
-    stages = [s for s in cfg.train.stages if not (s == "rank" and cfg.train.teacher)]
+    stages = stages_to_run(cfg)
     history = History()
     teacher: RetrievalModel | None = None
     ckpt = ctx.latest_checkpoint()
@@ -218,14 +220,8 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
             {"stage": state["stage"], "step": int(state["step"]), "time": time.time()}
         )
         ctx.print0(f"resuming from {ckpt} (stage {state['stage']}, step {state['step']})")
-    elif cfg.train.teacher:
-        model = RetrievalModel.from_config(_with_model(cfg, cfg.train.teacher))
     else:
-        if cfg.model.name_or_path == "tiny" and not cfg.model.tokenizer:
-            # the tiny model's tokenizer is the data root's: the recipe makes sure the
-            # data exist (the model builder never generates them)
-            sources.ensure_data_root(cfg)
-        model = RetrievalModel.from_config(cfg)
+        model = initial_model(cfg)
 
     keep = getattr(ctx, "dev_per_query", None)  # a context that records them
     # eval_s: seconds spent evaluating in this run so far (a trial's evaluation cost),
@@ -277,6 +273,27 @@ def run(cfg: Config, ctx: TrainContext | None = None) -> History:
         )
     ctx.barrier()
     return history
+
+
+def stages_to_run(cfg: Config) -> list[str]:
+    """``train.stages`` in order, less ``rank`` when ``train.teacher`` gives the trained
+    teacher."""
+    return [s for s in cfg.train.stages if not (s == "rank" and cfg.train.teacher)]
+
+
+def initial_model(cfg: Config) -> RetrievalModel:
+    """The model a fresh run starts from: ``train.teacher`` when set, else the one
+    ``model.name_or_path`` names (for ``tiny``, the data root that holds its tokenizer
+    is generated first when missing)."""
+    from optical_ray.data import sources
+
+    if cfg.train.teacher:
+        return RetrievalModel.from_config(_with_model(cfg, cfg.train.teacher))
+    if cfg.model.name_or_path == "tiny" and not cfg.model.tokenizer:
+        # the tiny model's tokenizer is the data root's: the recipe makes sure the
+        # data exist (the model builder never generates them)
+        sources.ensure_data_root(cfg)
+    return RetrievalModel.from_config(cfg)
 
 
 def _with_model(cfg: Config, path: str) -> Config:

@@ -464,6 +464,35 @@ ROWS = [
         ["best", "--storage", "{answers}", "--across-pairs", "swa-en,hau-en", "--pair", "swa-en"],
         ["best --across-pairs: --pair cannot go with it"],
     ),
+    # --- batch sizing: a memory budget must be a size
+    (
+        "train-dry-run-memory-budget-banana",
+        ["train", "--dry-run", "--memory-budget", "banana"],
+        ["--memory-budget: got 'banana'", "expected a size such as 2G, 512M"],
+    ),
+    (
+        "train-memory-budget-without-dry-run",
+        ["train", "--memory-budget", "8GiB"],
+        ["--memory-budget and --format go with --dry-run"],
+    ),
+    (
+        "sweep-memory-budget-banana",
+        [
+            "sweep",
+            "--space",
+            "search_spaces/default.yaml",
+            "--pairs",
+            "en-xa",
+            "--memory-budget",
+            "banana",
+        ],
+        ["--memory-budget: got 'banana'", "expected a size such as 2G, 512M"],
+    ),
+    (
+        "config-memory-budget-negative",
+        ["config", "sweep.memory_budget=-3G"],
+        ["sweep.memory_budget: got '-3G'", "expected a size"],
+    ),
     # --- study designs refused before anything runs
     (
         "study-unknown-factor-key",
