@@ -139,7 +139,12 @@ def test_a_broken_or_foreign_study_file_is_one_line_naming_it(tmp_path, caplog) 
 
     from optical_ray.errors import StorageError
     from optical_ray.storage import resolve_storage
-    from optical_ray.tracking.trackers import check_study_storage, study_importances
+    from optical_ray.tracking.trackers import (
+        check_study_storage,
+        open_study_storage,
+        optuna_storage_url,
+        study_importances,
+    )
 
     broken = resolve_storage(str(tmp_path / "broken"))
     db = tmp_path / "broken" / "optuna.db"
@@ -156,7 +161,10 @@ def test_a_broken_or_foreign_study_file_is_one_line_naming_it(tmp_path, caplog) 
     assert any(str(db) in r.getMessage() for r in caplog.records)
 
     foreign = resolve_storage(str(tmp_path / "foreign"))
-    check_study_storage(None, foreign)  # a fresh one is created
+    check_study_storage(None, foreign)  # nothing to check yet, and nothing created
+    assert not (tmp_path / "foreign" / "optuna.db").exists()
+    open_study_storage(optuna_storage_url(None, foreign))  # what the sweep creates
+    check_study_storage(None, foreign)  # a fresh study file passes
     with sqlite3.connect(tmp_path / "foreign" / "optuna.db") as con:
         con.execute("UPDATE alembic_version SET version_num = 'v99.0.0'")
     with pytest.raises(StorageError, match="holds another Optuna version's schema: The runtime"):
