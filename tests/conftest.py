@@ -181,11 +181,10 @@ def cluster(ray_node):
     a cluster of their own, e.g. one whose nodes a test kills, override this)."""
     import ray
 
-    from optical_ray.cluster.nodes import pinned_env
-
     if ray.is_initialized():
         ray.shutdown()
-    # Pinned: another module's cluster may run beside this one (see pinned_env).
-    ray.init(address=ray_node.address, runtime_env=pinned_env(ray_node.address))
+    # Unpinned on purpose: a sweep pins its own pair tasks (driver._pair_task_env), which
+    # test_sweep.py::test_a_pair_task_is_pinned_to_its_cluster checks.
+    ray.init(address=ray_node.address)
     yield ray_node
     ray.shutdown()
