@@ -16,7 +16,7 @@ a smoke check of the path, not GPU numbers).
 - ``minilm_distill_examples_per_s``: the real all-MiniLM-L6-v2 (the ``minilm`` model,
   shipped on PyPI) as teacher and student, OT distillation on real text (bitext from
   ``../shared/data`` when present, else the synthetic world's), batch ``--batch``,
-  medians of interleaved fp32 and bf16 steps (the bf16 line only where supported).
+  the median step of fp32, then of bf16 (the bf16 line only where supported).
 
 Usage: ``python benchmarks/bench_gpu.py [--quick] [--allow-cpu] [--figures a,b]``
 """
@@ -36,7 +36,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_step import step  # noqa: E402
 
 FIGURES = ("train_1gpu", "sweep_gpu_trials", "minilm_distill_examples_per_s")
 
@@ -175,7 +174,8 @@ def _sentences(n: int) -> tuple[list[tuple[str, str]], str]:
 
 
 def minilm_distill(device: str, batch: int, repeats: int) -> list[dict]:
-    """Interleaved OT distillation steps of the real MiniLM, per precision."""
+    """Median OT distillation step of the real MiniLM, per precision (after one warm-up)."""
+    from bench_step import step
     from optical_ray.config import from_flat
     from optical_ray.models.encoder import RetrievalModel
     from optical_ray.training.recipe import resolve_precision
