@@ -82,6 +82,40 @@ def _coordinator_name(cfg: Config) -> str:
     return f"sweep:{cfg.name}:{cfg.storage.uri}"
 
 
+def _free_name(name: str, timeout: float = 30.0) -> None:
+    """Kill the actor registered as ``name`` (a coordinator an earlier driver left) and
+    wait until Ray has released the name: ``ray.kill`` returns before that, and an actor
+    created under a name still being released has its creation cancelled."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
+        time.sleep(0.2)
+
+
+def _start_coordinator(name: str, here: Any, slots: int, owners: list[str]) -> Any:
+    """The sweep's coordinator actor, under ``name`` once any earlier one has gone; a
+    creation Ray cancels (the name not yet released) is tried again, 5 times in all."""
+    from ray.exceptions import RaySystemError
+
+    def start() -> Any:
+        _free_name(name)
+        options = {"name": name, "namespace": NAMESPACE, "scheduling_strategy": here}
+        return _Coordinator.options(**options).remote(slots, owners)
+
+    for attempt in range(4):
+        try:
+            return start()
+        except (RaySystemError, ValueError) as exc:  # cancelled, or the name still taken
+            log.info("starting the sweep coordinator again (%s)", exc)
+            time.sleep(1.0 + attempt)
+    return start()
+
+
 def _check_pairs_data(cfg: Config, space: Any) -> None:
     """Every pair's evaluation data (of every task of its objective) and bitext (when
     it distils) exist, as the space names them for that pair (its templates filled
@@ -342,17 +376,13 @@ def _run_pairs(
         prepare_studies(plans, store, resume)
     metric = plans[0].base.sweep.metric if plans else sw.metric
     name = _coordinator_name(cfg)
-    with contextlib.suppress(ValueError):  # a coordinator left by an earlier driver here
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     # The coordinator and the pairs' tasks live on the driver's node: a worker node
     # that dies then takes only trials with it (they restart from their checkpoints).
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     # Concurrent pairs share the slots equally (a pair that ends leaves its share to
     # the others); one after another, the pair running has them all.
     owners = [p.pair for p in plans] if sw.pair_order == "concurrent" else []
-    coord = _Coordinator.options(name=name, namespace=NAMESPACE, scheduling_strategy=here).remote(
-        sw.max_concurrent, owners
-    )
+    coord = _start_coordinator(name, here, sw.max_concurrent, owners)
     task = ray.remote(fit_pair).options(
         num_cpus=0,
         max_retries=0,
@@ -395,6 +425,7 @@ def _run_pairs(
     finally:
         with contextlib.suppress(Exception):
             ray.kill(coord)
+        _free_name(name)  # the next sweep of this name in this process finds it free
     pairs = {}
     for plan in plans:
         r = results[plan.pair]

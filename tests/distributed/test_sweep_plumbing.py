@@ -203,3 +203,34 @@ def test_summary_lists_the_searched_keys_first() -> None:
     text = SweepResult("real", "map", "/x", {"hau-en": pair}).summary()
     assert "hau-en: map=0.4258; 3 trials, 0 failed" in text
     assert "epsilon=0.02, contrastive=1.56, layers=[-2, -1], weight=1" in text
+
+
+def test_a_cancelled_coordinator_start_is_tried_again(monkeypatch) -> None:
+    """Ray cancels the creation of an actor under a name it has not yet released (the
+    coordinator of the sweep before, just killed): the driver waits and tries again."""
+    import optical_ray.distributed.driver as driver
+    from ray.exceptions import RaySystemError
+
+    calls: list[tuple] = []
+
+    class FakeCoordinator:
+        @staticmethod
+        def options(**options):
+            class Starter:
+                @staticmethod
+                def remote(*args):
+                    calls.append((options["name"], args))
+                    if len(calls) == 1:
+                        raise RaySystemError("Actor creation cancelled.")
+                    return "coordinator"
+
+            return Starter
+
+    def no_actor(name, namespace=None):
+        raise ValueError(f"Failed to look up actor with name {name!r}")
+
+    monkeypatch.setattr(driver, "_Coordinator", FakeCoordinator)
+    monkeypatch.setattr(driver.ray, "get_actor", no_actor)
+    monkeypatch.setattr(driver.time, "sleep", lambda s: None)
+    assert driver._start_coordinator("sweep:x:/s", None, 2, ["en-xc"]) == "coordinator"
+    assert calls == [("sweep:x:/s", (2, ["en-xc"]))] * 2
